@@ -1,0 +1,219 @@
+// bindings.cpp: the pybind11 module pyqwen._core (model, state, snapshots; kernels for the tests).
+//
+// Python hands over the mmapped GGUF's tensor pointers (never copies) and token ids; a whole forward
+// pass runs in C++ with the GIL released.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <mutex>
+
+#include "model.h"
+#include "simd/dispatch.h"
+
+namespace py = pybind11;
+
+namespace pq {
+
+void bind_quants(py::module_& m);
+void bind_ref(py::module_& m);
+
+namespace {
+
+template <typename T>
+T get(const py::dict& d, const char* key) {
+    if (!d.contains(key)) throw std::invalid_argument(std::string("config is missing '") + key + "'");
+    return d[key].cast<T>();
+}
+
+Config config_from_dict(const py::dict& d) {
+    Config c;
+    c.n_embd = get<int64_t>(d, "n_embd");
+    c.n_ff = get<int64_t>(d, "n_ff");
+    c.n_vocab = get<int64_t>(d, "n_vocab");
+    c.n_layer = get<int>(d, "n_layer");
+    c.recurrent = get<std::vector<bool>>(d, "recurrent");
+    c.n_head = get<int>(d, "n_head");
+    c.n_head_kv = get<int>(d, "n_head_kv");
+    c.head_dim = get<int>(d, "head_dim");
+    c.n_rot = get<int>(d, "n_rot");
+    c.rope_base = get<float>(d, "rope_base");
+    c.ssm_conv = get<int>(d, "ssm_conv");
+    c.ssm_k_heads = get<int>(d, "ssm_k_heads");
+    c.ssm_v_heads = get<int>(d, "ssm_v_heads");
+    c.ssm_k_dim = get<int>(d, "ssm_k_dim");
+    c.ssm_v_dim = get<int>(d, "ssm_v_dim");
+    c.rms_eps = get<float>(d, "rms_eps");
+    return c;
+}
+
+// tensors: name -> (ggml_type, ne0, ne1, address). Addresses point into memory the Python side keeps
+// alive for the model's lifetime (the mmap), passed as `keepalive`.
+Weights weights_from_dict(const Config& c, const py::dict& tensors) {
+    auto find = [&](const std::string& name) -> Tensor {
+        Tensor t;
+        if (!tensors.contains(name)) return t;
+        auto tup = tensors[py::str(name)].cast<std::tuple<int, int64_t, int64_t, uintptr_t>>();
+        t.type = std::get<0>(tup);
+        t.ne0 = std::get<1>(tup);
+        t.ne1 = std::get<2>(tup);
+        t.data = reinterpret_cast<const uint8_t*>(std::get<3>(tup));
+        return t;
+    };
+    Weights w;
+    w.token_embd = find("token_embd.weight");
+    w.output_norm = find("output_norm.weight");
+    w.output = find("output.weight");
+    if (!w.output.valid()) w.output = w.token_embd;  // tied LM head
+    for (int il = 0; il < c.n_layer; ++il) {
+        const std::string p = "blk." + std::to_string(il) + ".";
+        LayerWeights L;
+        L.attn_norm = find(p + "attn_norm.weight");
+        L.post_attention_norm = find(p + "post_attention_norm.weight");
+        L.ffn_gate = find(p + "ffn_gate.weight");
+        L.ffn_up = find(p + "ffn_up.weight");
+        L.ffn_down = find(p + "ffn_down.weight");
+        L.attn_qkv = find(p + "attn_qkv.weight");
+        L.attn_gate = find(p + "attn_gate.weight");
+        L.ssm_conv1d = find(p + "ssm_conv1d.weight");
+        L.ssm_dt = find(p + "ssm_dt.bias");
+        L.ssm_a = find(p + "ssm_a");
+        L.ssm_beta = find(p + "ssm_beta.weight");
+        L.ssm_alpha = find(p + "ssm_alpha.weight");
+        L.ssm_norm = find(p + "ssm_norm.weight");
+        L.ssm_out = find(p + "ssm_out.weight");
+        L.attn_q = find(p + "attn_q.weight");
+        L.attn_k = find(p + "attn_k.weight");
+        L.attn_v = find(p + "attn_v.weight");
+        L.attn_q_norm = find(p + "attn_q_norm.weight");
+        L.attn_k_norm = find(p + "attn_k_norm.weight");
+        L.attn_output = find(p + "attn_output.weight");
+        w.layers.push_back(L);
+    }
+    return w;
+}
+
+// One forward at a time per model: the thread pool is not reentrant and a server may call from
+// several Python threads.
+struct PyModel {
+    std::unique_ptr<Model> model;
+    py::object keepalive;
+    std::mutex mu;
+};
+
+py::dict config_to_dict(const Config& c) {
+    py::dict d;
+    d["n_embd"] = c.n_embd;
+    d["n_ff"] = c.n_ff;
+    d["n_vocab"] = c.n_vocab;
+    d["n_layer"] = c.n_layer;
+    d["recurrent"] = c.recurrent;
+    d["n_head"] = c.n_head;
+    d["n_head_kv"] = c.n_head_kv;
+    d["head_dim"] = c.head_dim;
+    d["n_rot"] = c.n_rot;
+    d["rope_base"] = c.rope_base;
+    d["ssm_conv"] = c.ssm_conv;
+    d["ssm_k_heads"] = c.ssm_k_heads;
+    d["ssm_v_heads"] = c.ssm_v_heads;
+    d["ssm_k_dim"] = c.ssm_k_dim;
+    d["ssm_v_dim"] = c.ssm_v_dim;
+    d["rms_eps"] = c.rms_eps;
+    return d;
+}
+
+}  // namespace
+}  // namespace pq
+
+PYBIND11_MODULE(_core, m) {
+    using namespace pq;
+    m.doc() = "pyqwen C++ core: qwen35 forward pass on the CPU, GGUF block formats, kernels";
+
+    py::class_<State>(m, "State")
+        .def_readonly("pos", &State::pos)
+        .def_readonly("n_ctx", &State::n_ctx)
+        .def_property_readonly("nbytes", &State::bytes)
+        .def_property_readonly("kv_type", [](const State& s) { return s.kv_type == KvType::F16 ? "f16" : "f32"; })
+        .def("reset", &State::reset, "Forget every token (KV cache and recurrent states).");
+
+    py::class_<Snapshot>(m, "Snapshot")
+        .def_readonly("pos", &Snapshot::pos)
+        .def_readonly("has_kv", &Snapshot::has_kv)
+        .def_property_readonly("nbytes", &Snapshot::bytes);
+
+    py::class_<PyModel>(m, "Model")
+        .def(py::init([](const py::dict& config, const py::dict& tensors, int n_threads, py::object keepalive) {
+                 auto pm = std::make_unique<PyModel>();
+                 Config c = config_from_dict(config);
+                 if (c.n_layer <= 0 || c.n_layer > 4096) throw std::invalid_argument("n_layer out of range");
+                 if ((int)c.recurrent.size() != c.n_layer) throw std::invalid_argument("recurrent[] length != n_layer");
+                 Weights w = weights_from_dict(c, tensors);
+                 if (n_threads < 1 || n_threads > 1024) throw std::invalid_argument("n_threads out of range");
+                 pm->model = std::make_unique<Model>(std::move(c), std::move(w), n_threads);
+                 pm->keepalive = std::move(keepalive);
+                 return pm;
+             }),
+             py::arg("config"), py::arg("tensors"), py::arg("n_threads"), py::arg("keepalive") = py::none())
+        .def_property_readonly("config", [](PyModel& pm) { return config_to_dict(pm.model->config()); })
+        .def_property_readonly("n_threads", [](PyModel& pm) { return pm.model->n_threads(); })
+        .def(
+            "new_state",
+            [](PyModel& pm, int64_t n_ctx, const std::string& kv_type) {
+                if (kv_type != "f16" && kv_type != "f32") throw std::invalid_argument("kv_type must be 'f16' or 'f32'");
+                return pm.model->new_state(n_ctx, kv_type == "f16" ? KvType::F16 : KvType::F32);
+            },
+            py::arg("n_ctx"), py::arg("kv_type") = "f16")
+        .def(
+            "forward",
+            [](PyModel& pm, State& st, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
+               const std::string& logits, int64_t n_batch) -> py::object {
+                if (tokens.ndim() != 1) throw std::invalid_argument("tokens must be a 1-D array");
+                const int64_t n = tokens.shape(0);
+                if (logits != "last" && logits != "all" && logits != "none")
+                    throw std::invalid_argument("logits must be 'last', 'all' or 'none'");
+                const int64_t V = pm.model->config().n_vocab;
+                const bool all = logits == "all";
+                py::array_t<float> out;
+                float* o = nullptr;
+                if (logits != "none") {
+                    if (all) out = py::array_t<float>({n, V});
+                    else out = py::array_t<float>({V});
+                    o = out.mutable_data();
+                }
+                const int32_t* tok = tokens.data();
+                {
+                    py::gil_scoped_release release;
+                    std::lock_guard<std::mutex> lock(pm.mu);
+                    pm.model->forward(st, tok, n, o, all, n_batch);
+                }
+                if (!o) return py::none();
+                return std::move(out);
+            },
+            py::arg("state"), py::arg("tokens"), py::arg("logits") = "last", py::arg("n_batch") = 256,
+            "Run tokens through the model at state.pos; returns float32 logits of the last token [n_vocab], "
+            "of every token [n, n_vocab] (logits='all') or None.")
+        .def(
+            "snapshot",
+            [](PyModel& pm, const State& st, bool with_kv) {
+                std::lock_guard<std::mutex> lock(pm.mu);
+                return pm.model->snapshot(st, with_kv);
+            },
+            py::arg("state"), py::arg("with_kv") = false)
+        .def(
+            "restore",
+            [](PyModel& pm, State& st, const Snapshot& s) {
+                std::lock_guard<std::mutex> lock(pm.mu);
+                pm.model->restore(st, s);
+            },
+            py::arg("state"), py::arg("snapshot"));
+
+    m.def("type_supported", &type_supported, py::arg("ggml_type"),
+          "Whether the CPU kernels can use weights of this ggml type.");
+    m.def("simd_backend", []() { return std::string(simd_kernels().name); }, "Name of the kernel set in use.");
+    m.def(
+        "set_simd", [](const std::string& name) { return simd_select(name.c_str()); }, py::arg("name"),
+        "Choose the kernel set ('ref', 'avx2', 'auto'); returns False if unavailable here.");
+
+    bind_quants(m);
+    bind_ref(m);
+}

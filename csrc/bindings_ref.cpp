@@ -1,0 +1,115 @@
+// bindings_ref.cpp: the reference kernels exposed one by one (pyqwen._core.ref_*), so that tests can
+// hold the SIMD and CUDA versions (and numpy/torch re-derivations) against the spec directly.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <vector>
+
+#include "gdn.h"
+#include "matmul.h"
+#include "ops.h"
+
+namespace py = pybind11;
+
+namespace pq {
+
+using farr = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using barr = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+static void need(bool ok, const char* msg) {
+    if (!ok) throw std::invalid_argument(msg);
+}
+
+void bind_ref(py::module_& m) {
+    m.def(
+        "ref_rms_norm",
+        [](farr x, py::object w, float eps) {
+            need(x.ndim() == 2, "x must be [rows, n]");
+            const int64_t rows = x.shape(0), n = x.shape(1);
+            farr out({rows, n});
+            farr wa;
+            const float* wp = nullptr;
+            if (!w.is_none()) {
+                wa = w.cast<farr>();
+                need(wa.ndim() == 1 && wa.shape(0) == n, "w must be [n]");
+                wp = wa.data();
+            }
+            for (int64_t r = 0; r < rows; ++r) rms_norm(x.data() + r * n, wp, out.mutable_data() + r * n, n, eps);
+            return out;
+        },
+        py::arg("x"), py::arg("w"), py::arg("eps"));
+
+    m.def(
+        "ref_matmul",
+        [](int type, barr data, int64_t ne0, int64_t ne1, farr x, int n_threads) {
+            need(type_supported(type), "unsupported weight type");
+            need(ne0 > 0 && ne1 > 0 && ne0 % type_block_size(type) == 0, "bad weight shape for its type");
+            need((size_t)data.size() == row_bytes(type, ne0) * (size_t)ne1, "weight byte size does not match shape");
+            need(x.ndim() == 2 && x.shape(1) == ne0, "x must be [n_tok, ne0]");
+            Tensor W;
+            W.type = type;
+            W.ne0 = ne0;
+            W.ne1 = ne1;
+            W.data = data.data();
+            const int64_t n_tok = x.shape(0);
+            farr y({n_tok, ne1});
+            float* yp = y.mutable_data();
+            const float* xp = x.data();
+            {
+                py::gil_scoped_release release;
+                ThreadPool pool(n_threads);
+                matmul(pool, W, xp, n_tok, yp);
+            }
+            return y;
+        },
+        py::arg("type"), py::arg("data"), py::arg("ne0"), py::arg("ne1"), py::arg("x"), py::arg("n_threads") = 1,
+        "y[t] = W x[t] for weight rows stored in a GGUF type (the forward pass's matmul).");
+
+    m.def(
+        "ref_conv1d_silu",
+        [](farr x, farr w, farr state) {
+            need(x.ndim() == 2 && w.ndim() == 2 && state.ndim() == 2, "x [n,C], w [C,K], state [C,K-1]");
+            const int64_t n = x.shape(0), C = x.shape(1), K = w.shape(1);
+            need(w.shape(0) == C && state.shape(0) == C && state.shape(1) == K - 1 && K >= 1, "shape mismatch");
+            farr y({n, C});
+            farr st({C, K - 1});
+            std::copy(state.data(), state.data() + C * (K - 1), st.mutable_data());
+            conv1d_silu(x.data(), w.data(), st.mutable_data(), y.mutable_data(), C, K, n, 0, C);
+            return py::make_tuple(y, st);
+        },
+        py::arg("x"), py::arg("w"), py::arg("state"), "Causal conv + SiLU; returns (y, new_state).");
+
+    m.def(
+        "ref_delta_rule",
+        [](farr q, farr k, farr v, farr g, farr beta, farr state, float q_scale) {
+            // q, k: [n, dk]; v: [n, dv]; g, beta: [n]; state: [dv, dk] (transposed); one head.
+            need(q.ndim() == 2 && k.ndim() == 2 && v.ndim() == 2 && state.ndim() == 2, "bad ranks");
+            const int64_t n = q.shape(0), dk = q.shape(1), dv = v.shape(1);
+            need(k.shape(0) == n && k.shape(1) == dk && v.shape(0) == n, "q/k/v shapes disagree");
+            need(g.size() == n && beta.size() == n, "g and beta must have n values");
+            need(state.shape(0) == dv && state.shape(1) == dk, "state must be [dv, dk]");
+            farr o({n, dv});
+            farr S({dv, dk});
+            std::copy(state.data(), state.data() + dv * dk, S.mutable_data());
+            delta_rule_head(q.data(), k.data(), v.data(), dk, dk, dv, g.data(), beta.data(), 1, S.mutable_data(), dk,
+                            dv, n, q_scale, o.mutable_data(), dv);
+            return py::make_tuple(o, S);
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("g"), py::arg("beta"), py::arg("state"),
+        py::arg("q_scale"), "Gated delta rule for one head; returns (o [n, dv], state [dv, dk]).");
+
+    m.def(
+        "ref_rope_neox",
+        [](farr x, int n_rot, py::array_t<int64_t, py::array::c_style | py::array::forcecast> pos, float base) {
+            need(x.ndim() == 2 && pos.ndim() == 1 && pos.shape(0) == x.shape(0), "x [n, D], pos [n]");
+            need(n_rot >= 0 && n_rot % 2 == 0 && n_rot <= x.shape(1), "bad n_rot");
+            farr y({x.shape(0), x.shape(1)});
+            std::copy(x.data(), x.data() + x.size(), y.mutable_data());
+            for (int64_t r = 0; r < x.shape(0); ++r) rope_neox(y.mutable_data() + r * x.shape(1), n_rot, pos.data()[r], base);
+            return y;
+        },
+        py::arg("x"), py::arg("n_rot"), py::arg("pos"), py::arg("base"));
+}
+
+}  // namespace pq

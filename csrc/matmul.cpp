@@ -1,0 +1,82 @@
+#include "matmul.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "simd/dispatch.h"
+
+namespace pq {
+
+float dot_f32_ref(const float* w, const float* x, int64_t n) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; ++i) s += w[i] * x[i];
+    return s;
+}
+
+float dot_f16_ref(const uint16_t* w, const float* x, int64_t n) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; ++i) s += fp16_to_fp32(w[i]) * x[i];
+    return s;
+}
+
+float dot_bf16_ref(const uint16_t* w, const float* x, int64_t n) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; ++i) s += bf16_to_fp32(w[i]) * x[i];
+    return s;
+}
+
+// Tokens are processed in tiles so that a tile of activations stays in cache while the thread walks
+// its weight rows; each weight row is then read n_tok / kTokTile times instead of n_tok times.
+static constexpr int64_t kTokTile = 16;
+
+static void matmul_float(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y) {
+    const int64_t K = W.ne0, N = W.ne1;
+    const SimdKernels& sk = simd_kernels();
+    pool.parallel_for(N, [&](int64_t r0, int64_t r1, int) {
+        for (int64_t t0 = 0; t0 < n_tok; t0 += kTokTile) {
+            const int64_t t1 = std::min(n_tok, t0 + kTokTile);
+            for (int64_t r = r0; r < r1; ++r) {
+                const void* wr = W.row(r);
+                for (int64_t t = t0; t < t1; ++t) {
+                    const float* xt = x + t * K;
+                    float v;
+                    switch (W.type) {
+                        case T_F32: v = sk.dot_f32((const float*)wr, xt, K); break;
+                        case T_F16: v = sk.dot_f16((const uint16_t*)wr, xt, K); break;
+                        default: v = sk.dot_bf16((const uint16_t*)wr, xt, K); break;
+                    }
+                    y[t * N + r] = v;
+                }
+            }
+        }
+    });
+}
+
+static void matmul_quant(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y) {
+    const QuantTraits* qt = quant_traits(W.type);
+    const int64_t K = W.ne0, N = W.ne1;
+    const size_t act_row = row_bytes(qt->vec_dot_type, K);
+    std::vector<uint8_t> xq((size_t)n_tok * act_row);
+    pool.parallel_for(n_tok, [&](int64_t t0, int64_t t1, int) {
+        for (int64_t t = t0; t < t1; ++t) qt->quantize_act(x + t * K, xq.data() + t * act_row, K);
+    });
+    pool.parallel_for(N, [&](int64_t r0, int64_t r1, int) {
+        for (int64_t t0 = 0; t0 < n_tok; t0 += kTokTile) {
+            const int64_t t1 = std::min(n_tok, t0 + kTokTile);
+            for (int64_t r = r0; r < r1; ++r) {
+                const void* wr = W.row(r);
+                for (int64_t t = t0; t < t1; ++t) y[t * N + r] = qt->vec_dot(K, wr, xq.data() + t * act_row);
+            }
+        }
+    });
+}
+
+void matmul(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y) {
+    if (W.type == T_F32 || W.type == T_F16 || W.type == T_BF16) {
+        matmul_float(pool, W, x, n_tok, y);
+    } else {
+        matmul_quant(pool, W, x, n_tok, y);
+    }
+}
+
+}  // namespace pq

@@ -1,0 +1,367 @@
+// model.cpp: the qwen35 forward pass on the CPU (the readable reference the fast paths are held to).
+#include "model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "gdn.h"
+#include "matmul.h"
+#include "ops.h"
+
+namespace pq {
+
+int Config::n_attn_layers() const { return (int)std::count(recurrent.begin(), recurrent.end(), false); }
+int Config::n_recurrent_layers() const { return (int)std::count(recurrent.begin(), recurrent.end(), true); }
+
+// ---- validation ----------------------------------------------------------------------------------
+
+static void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+static void check_tensor(const Tensor& t, const std::string& name, int64_t ne0, int64_t ne1, bool f32_only) {
+    if (!t.valid()) fail("missing tensor " + name);
+    if (f32_only ? t.type != T_F32 : !type_supported(t.type))
+        fail("tensor " + name + ": unsupported type " + std::to_string(t.type));
+    if (t.ne0 != ne0 || t.ne1 != ne1)
+        fail("tensor " + name + ": shape [" + std::to_string(t.ne0) + ", " + std::to_string(t.ne1) + "], expected [" +
+             std::to_string(ne0) + ", " + std::to_string(ne1) + "]");
+    const int bs = type_block_size(t.type);
+    if (bs == 0 || t.ne0 % bs != 0) fail("tensor " + name + ": row size not a multiple of its block size");
+}
+
+void validate_model(const Config& c, const Weights& w) {
+    if (c.n_embd <= 0 || c.n_ff <= 0 || c.n_vocab <= 0 || c.n_layer <= 0) fail("model sizes must be positive");
+    if ((int)c.recurrent.size() != c.n_layer || (int)w.layers.size() != c.n_layer) fail("layer count mismatch");
+    if (c.n_attn_layers() > 0) {
+        if (c.n_head <= 0 || c.n_head_kv <= 0 || c.n_head % c.n_head_kv != 0)
+            fail("attention head counts invalid (n_head must be a multiple of n_head_kv)");
+        if (c.head_dim <= 0 || c.n_rot < 0 || c.n_rot > c.head_dim || c.n_rot % 2 != 0) fail("rope/head dims invalid");
+    }
+    if (c.n_recurrent_layers() > 0) {
+        if (c.ssm_k_heads <= 0 || c.ssm_v_heads <= 0 || c.ssm_v_heads % c.ssm_k_heads != 0)
+            fail("DeltaNet head counts invalid (V heads must be a multiple of QK heads)");
+        if (c.ssm_k_dim <= 0 || c.ssm_v_dim <= 0 || c.ssm_conv < 1 || c.ssm_conv > 16) fail("DeltaNet dims invalid");
+    }
+    if (!(c.rms_eps > 0.0f) || !(c.rope_base > 0.0f)) fail("rms eps / rope base must be positive");
+
+    const int64_t E = c.n_embd, F = c.n_ff, V = c.n_vocab;
+    check_tensor(w.token_embd, "token_embd.weight", E, V, false);
+    check_tensor(w.output_norm, "output_norm.weight", E, 1, true);
+    check_tensor(w.output, "output.weight", E, V, false);
+    for (int il = 0; il < c.n_layer; ++il) {
+        const LayerWeights& L = w.layers[il];
+        const std::string p = "blk." + std::to_string(il) + ".";
+        check_tensor(L.attn_norm, p + "attn_norm.weight", E, 1, true);
+        check_tensor(L.post_attention_norm, p + "post_attention_norm.weight", E, 1, true);
+        check_tensor(L.ffn_gate, p + "ffn_gate.weight", E, F, false);
+        check_tensor(L.ffn_up, p + "ffn_up.weight", E, F, false);
+        check_tensor(L.ffn_down, p + "ffn_down.weight", F, E, false);
+        if (c.recurrent[il]) {
+            const int64_t C = c.conv_channels(), Dv = (int64_t)c.ssm_v_heads * c.ssm_v_dim, nv = c.ssm_v_heads;
+            check_tensor(L.attn_qkv, p + "attn_qkv.weight", E, C, false);
+            check_tensor(L.attn_gate, p + "attn_gate.weight", E, Dv, false);
+            check_tensor(L.ssm_conv1d, p + "ssm_conv1d.weight", c.ssm_conv, C, true);
+            check_tensor(L.ssm_dt, p + "ssm_dt.bias", nv, 1, true);
+            check_tensor(L.ssm_a, p + "ssm_a", nv, 1, true);
+            check_tensor(L.ssm_beta, p + "ssm_beta.weight", E, nv, false);
+            check_tensor(L.ssm_alpha, p + "ssm_alpha.weight", E, nv, false);
+            check_tensor(L.ssm_norm, p + "ssm_norm.weight", c.ssm_v_dim, 1, true);
+            check_tensor(L.ssm_out, p + "ssm_out.weight", Dv, E, false);
+        } else {
+            const int64_t D = c.head_dim;
+            check_tensor(L.attn_q, p + "attn_q.weight", E, 2 * c.n_head * D, false);
+            check_tensor(L.attn_k, p + "attn_k.weight", E, c.n_head_kv * D, false);
+            check_tensor(L.attn_v, p + "attn_v.weight", E, c.n_head_kv * D, false);
+            check_tensor(L.attn_q_norm, p + "attn_q_norm.weight", D, 1, true);
+            check_tensor(L.attn_k_norm, p + "attn_k_norm.weight", D, 1, true);
+            check_tensor(L.attn_output, p + "attn_output.weight", c.n_head * D, E, false);
+        }
+    }
+}
+
+// ---- state ---------------------------------------------------------------------------------------
+
+void State::reset() {
+    pos = 0;
+    for (auto& c : conv) std::fill(c.begin(), c.end(), 0.0f);
+    for (auto& s : ssm) std::fill(s.begin(), s.end(), 0.0f);
+}
+
+size_t State::bytes() const {
+    size_t b = 2 * k.size() * (size_t)n_ctx * kv_row_bytes;
+    for (auto& c : conv) b += c.size() * 4;
+    for (auto& s : ssm) b += s.size() * 4;
+    return b;
+}
+
+size_t Snapshot::bytes() const {
+    size_t b = 0;
+    for (auto& c : conv) b += c.size() * 4;
+    for (auto& s : ssm) b += s.size() * 4;
+    for (auto& x : k) b += x.size();
+    for (auto& x : v) b += x.size();
+    return b;
+}
+
+Model::Model(Config cfg, Weights w, int n_threads) : cfg_(std::move(cfg)), w_(std::move(w)), pool_(n_threads) {
+    validate_model(cfg_, w_);
+    int na = 0, nr = 0;
+    for (int il = 0; il < cfg_.n_layer; ++il) layer_slot_.push_back(cfg_.recurrent[il] ? nr++ : na++);
+}
+
+std::unique_ptr<State> Model::new_state(int64_t n_ctx, KvType kv_type) const {
+    if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive");
+    auto st = std::make_unique<State>();
+    st->n_ctx = n_ctx;
+    st->kv_type = kv_type;
+    st->kv_row_bytes = (size_t)cfg_.n_head_kv * cfg_.head_dim * (kv_type == KvType::F16 ? 2 : 4);
+    for (int i = 0; i < cfg_.n_attn_layers(); ++i) {
+        st->k.emplace_back(new uint8_t[(size_t)n_ctx * st->kv_row_bytes]);
+        st->v.emplace_back(new uint8_t[(size_t)n_ctx * st->kv_row_bytes]);
+    }
+    for (int i = 0; i < cfg_.n_recurrent_layers(); ++i) {
+        st->conv.emplace_back(cfg_.conv_state_floats(), 0.0f);
+        st->ssm.emplace_back(cfg_.ssm_state_floats(), 0.0f);
+    }
+    return st;
+}
+
+Snapshot Model::snapshot(const State& st, bool with_kv) const {
+    Snapshot s;
+    s.pos = st.pos;
+    s.conv = st.conv;
+    s.ssm = st.ssm;
+    s.has_kv = with_kv;
+    if (with_kv) {
+        const size_t n = (size_t)st.pos * st.kv_row_bytes;
+        for (size_t i = 0; i < st.k.size(); ++i) {
+            s.k.emplace_back(st.k[i].get(), st.k[i].get() + n);
+            s.v.emplace_back(st.v[i].get(), st.v[i].get() + n);
+        }
+    }
+    return s;
+}
+
+void Model::restore(State& st, const Snapshot& s) const {
+    if (s.pos > st.n_ctx) throw std::invalid_argument("snapshot position beyond this state's context");
+    if (s.conv.size() != st.conv.size() || s.ssm.size() != st.ssm.size())
+        throw std::invalid_argument("snapshot belongs to a different model");
+    for (size_t i = 0; i < s.conv.size(); ++i)
+        if (s.conv[i].size() != st.conv[i].size() || s.ssm[i].size() != st.ssm[i].size())
+            throw std::invalid_argument("snapshot belongs to a different model");
+    if (s.has_kv) {
+        const size_t n = (size_t)s.pos * st.kv_row_bytes;
+        if (s.k.size() != st.k.size()) throw std::invalid_argument("snapshot belongs to a different model");
+        for (size_t i = 0; i < s.k.size(); ++i) {
+            if (s.k[i].size() != n) throw std::invalid_argument("snapshot KV cache has a different layout");
+            std::copy(s.k[i].begin(), s.k[i].end(), st.k[i].get());
+            std::copy(s.v[i].begin(), s.v[i].end(), st.v[i].get());
+        }
+    }
+    st.conv = s.conv;
+    st.ssm = s.ssm;
+    st.pos = s.pos;
+}
+
+// ---- forward -------------------------------------------------------------------------------------
+
+static const float* f32(const Tensor& t) { return (const float*)t.data; }
+
+void Model::forward(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int64_t n_batch) {
+    if (n <= 0) throw std::invalid_argument("no tokens to process");
+    if (st.pos + n > st.n_ctx)
+        throw std::length_error("context overflow: " + std::to_string(st.pos) + " + " + std::to_string(n) +
+                                " tokens exceed n_ctx " + std::to_string(st.n_ctx));
+    if (st.conv.size() != (size_t)cfg_.n_recurrent_layers() || st.k.size() != (size_t)cfg_.n_attn_layers())
+        throw std::invalid_argument("state belongs to a different model");
+    for (int64_t i = 0; i < n; ++i)
+        if (tokens[i] < 0 || tokens[i] >= cfg_.n_vocab)
+            throw std::out_of_range("token id " + std::to_string(tokens[i]) + " outside the vocabulary");
+    if (n_batch < 1) n_batch = 1;
+    for (int64_t b = 0; b < n; b += n_batch) {
+        const int64_t m = std::min(n_batch, n - b);
+        const bool last = b + m == n;
+        float* o = nullptr;
+        if (out) o = logits_all ? out + b * cfg_.n_vocab : (last ? out : nullptr);
+        forward_batch(st, tokens + b, m, o, logits_all);
+    }
+}
+
+void Model::forward_batch(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all) {
+    const int64_t E = cfg_.n_embd;
+    std::vector<float> x(n * E), a(n * E), tmp(n * E);
+    for (int64_t t = 0; t < n; ++t) tensor_row_to_float(w_.token_embd, tokens[t], x.data() + t * E);
+
+    for (int il = 0; il < cfg_.n_layer; ++il) {
+        const LayerWeights& L = w_.layers[il];
+        for (int64_t t = 0; t < n; ++t) rms_norm(x.data() + t * E, f32(L.attn_norm), a.data() + t * E, E, cfg_.rms_eps);
+        if (cfg_.recurrent[il]) gdn_layer(L, layer_slot_[il], st, a.data(), n, tmp.data());
+        else attn_layer(L, layer_slot_[il], st, a.data(), n, tmp.data());
+        for (int64_t i = 0; i < n * E; ++i) x[i] += tmp[i];
+        for (int64_t t = 0; t < n; ++t)
+            rms_norm(x.data() + t * E, f32(L.post_attention_norm), a.data() + t * E, E, cfg_.rms_eps);
+        ffn(L, a.data(), n, tmp.data());
+        for (int64_t i = 0; i < n * E; ++i) x[i] += tmp[i];
+    }
+    st.pos += n;
+
+    if (!out) return;
+    const int64_t first = logits_all ? 0 : n - 1, rows = n - first;
+    for (int64_t t = 0; t < rows; ++t)
+        rms_norm(x.data() + (first + t) * E, f32(w_.output_norm), a.data() + t * E, E, cfg_.rms_eps);
+    matmul(pool_, w_.output, a.data(), rows, out);
+}
+
+void Model::ffn(const LayerWeights& L, const float* f, int64_t n, float* out) {
+    const int64_t F = cfg_.n_ff;
+    std::vector<float> g(n * F), u(n * F);
+    matmul(pool_, L.ffn_gate, f, n, g.data());
+    matmul(pool_, L.ffn_up, f, n, u.data());
+    for (int64_t i = 0; i < n * F; ++i) g[i] = silu(g[i]) * u[i];
+    matmul(pool_, L.ffn_down, g.data(), n, out);
+}
+
+// Gated DeltaNet: in-projections, causal conv + SiLU, L2-normalised q/k, the delta-rule recurrence
+// per V head (V head h reads QK head h % n_k_heads: the GGUF's tiled head order), gated RMSNorm.
+void Model::gdn_layer(const LayerWeights& L, int rl, State& st, const float* a, int64_t n, float* out) {
+    const Config& c = cfg_;
+    const int64_t C = c.conv_channels(), K = c.ssm_conv, nk = c.ssm_k_heads, nv = c.ssm_v_heads;
+    const int64_t dk = c.ssm_k_dim, dv = c.ssm_v_dim, Dk = nk * dk, Dv = nv * dv;
+    std::vector<float> qkv(n * C), z(n * Dv), b(n * nv), al(n * nv), y(n * C), o(n * Dv);
+    matmul(pool_, L.attn_qkv, a, n, qkv.data());
+    matmul(pool_, L.attn_gate, a, n, z.data());
+    matmul(pool_, L.ssm_beta, a, n, b.data());
+    matmul(pool_, L.ssm_alpha, a, n, al.data());
+
+    // Causal depthwise conv over [state (K-1 oldest first) | new inputs]; tap K-1 is the current token.
+    float* cs = st.conv[rl].data();
+    pool_.parallel_for(C, [&](int64_t c0, int64_t c1, int) {
+        conv1d_silu(qkv.data(), f32(L.ssm_conv1d), cs, y.data(), C, K, n, c0, c1);
+    });
+
+    // q and k: L2-normalise each head once per token (they are shared by n_v/n_k V heads).
+    for (int64_t t = 0; t < n; ++t)
+        for (int64_t h = 0; h < 2 * nk; ++h) l2_norm(y.data() + t * C + h * dk, dk, 1e-6f);
+
+    // Per-token, per-head log decay g = ssm_a * softplus(alpha + dt_bias) (ssm_a = -exp(A_log)) and
+    // write strength beta = sigmoid(b).
+    const float* A = f32(L.ssm_a);
+    const float* dt = f32(L.ssm_dt);
+    for (int64_t t = 0; t < n; ++t)
+        for (int64_t h = 0; h < nv; ++h) {
+            al[t * nv + h] = A[h] * softplus(al[t * nv + h] + dt[h]);
+            b[t * nv + h] = sigmoid(b[t * nv + h]);
+        }
+
+    const float q_scale = 1.0f / std::sqrt((float)dk);
+    const float* norm_w = f32(L.ssm_norm);
+    float* S_all = st.ssm[rl].data();
+    pool_.parallel_for(nv, [&](int64_t h0, int64_t h1, int) {
+        for (int64_t h = h0; h < h1; ++h) {
+            const int64_t kh = h % nk;  // tiled V -> QK head map of llama.cpp's GGUF
+            delta_rule_head(y.data() + kh * dk, y.data() + Dk + kh * dk, y.data() + 2 * Dk + h * dv, C, C, C,
+                            al.data() + h, b.data() + h, nv, S_all + h * dv * dk, dk, dv, n, q_scale,
+                            o.data() + h * dv, Dv);
+            // Gated RMSNorm: normalise the head, scale by ssm_norm (no +1), gate by SiLU(z).
+            for (int64_t t = 0; t < n; ++t) {
+                float* oh = o.data() + t * Dv + h * dv;
+                const float* zh = z.data() + t * Dv + h * dv;
+                rms_norm(oh, norm_w, oh, dv, c.rms_eps);
+                for (int64_t j = 0; j < dv; ++j) oh[j] *= silu(zh[j]);
+            }
+        }
+    });
+    matmul(pool_, L.ssm_out, o.data(), n, out);
+}
+
+static inline void kv_store(uint8_t* dst, const float* src, int64_t n, KvType type) {
+    if (type == KvType::F32) {
+        memcpy(dst, src, (size_t)n * 4);
+    } else {
+        uint16_t* h = (uint16_t*)dst;
+        for (int64_t i = 0; i < n; ++i) h[i] = fp32_to_fp16(src[i]);
+    }
+}
+
+static inline float kv_dot(const uint8_t* row, const float* q, int64_t n, KvType type) {
+    float s = 0.0f;
+    if (type == KvType::F32) {
+        const float* r = (const float*)row;
+        for (int64_t i = 0; i < n; ++i) s += r[i] * q[i];
+    } else {
+        const uint16_t* r = (const uint16_t*)row;
+        for (int64_t i = 0; i < n; ++i) s += fp16_to_fp32(r[i]) * q[i];
+    }
+    return s;
+}
+
+static inline void kv_axpy(float* acc, const uint8_t* row, float p, int64_t n, KvType type) {
+    if (type == KvType::F32) {
+        const float* r = (const float*)row;
+        for (int64_t i = 0; i < n; ++i) acc[i] += p * r[i];
+    } else {
+        const uint16_t* r = (const uint16_t*)row;
+        for (int64_t i = 0; i < n; ++i) acc[i] += p * fp16_to_fp32(r[i]);
+    }
+}
+
+// Gated attention: per-head [q | gate] rows, q/k RMSNorm, partial NEOX RoPE, causal GQA over the
+// KV cache (query head h reads KV head h / (n_head / n_head_kv)), sigmoid gate, output projection.
+void Model::attn_layer(const LayerWeights& L, int al, State& st, const float* a, int64_t n, float* out) {
+    const Config& c = cfg_;
+    const int64_t H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim, group = H / Hkv;
+    std::vector<float> qg(n * H * 2 * D), kk(n * Hkv * D), vv(n * Hkv * D), o(n * H * D);
+    matmul(pool_, L.attn_q, a, n, qg.data());
+    matmul(pool_, L.attn_k, a, n, kk.data());
+    matmul(pool_, L.attn_v, a, n, vv.data());
+
+    const int64_t pos0 = st.pos;
+    for (int64_t t = 0; t < n; ++t) {
+        for (int64_t h = 0; h < H; ++h) {
+            float* q = qg.data() + (t * H + h) * 2 * D;
+            rms_norm(q, f32(L.attn_q_norm), q, D, c.rms_eps);
+            rope_neox(q, c.n_rot, pos0 + t, c.rope_base);
+        }
+        for (int64_t g = 0; g < Hkv; ++g) {
+            float* k = kk.data() + (t * Hkv + g) * D;
+            rms_norm(k, f32(L.attn_k_norm), k, D, c.rms_eps);
+            rope_neox(k, c.n_rot, pos0 + t, c.rope_base);
+        }
+        uint8_t* krow = st.k[al].get() + (size_t)(pos0 + t) * st.kv_row_bytes;
+        uint8_t* vrow = st.v[al].get() + (size_t)(pos0 + t) * st.kv_row_bytes;
+        kv_store(krow, kk.data() + t * Hkv * D, Hkv * D, st.kv_type);
+        kv_store(vrow, vv.data() + t * Hkv * D, Hkv * D, st.kv_type);
+    }
+
+    const float scale = 1.0f / std::sqrt((float)D);
+    const size_t head_bytes = (size_t)D * (st.kv_type == KvType::F16 ? 2 : 4);
+    const uint8_t* Kc = st.k[al].get();
+    const uint8_t* Vc = st.v[al].get();
+    pool_.parallel_for(n * H, [&](int64_t i0, int64_t i1, int) {
+        std::vector<float> p(pos0 + n);
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t t = i / H, h = i % H, g = h / group, n_keys = pos0 + t + 1;
+            const float* q = qg.data() + (t * H + h) * 2 * D;
+            float mx = -INFINITY;
+            for (int64_t s = 0; s < n_keys; ++s) {
+                p[s] = kv_dot(Kc + s * st.kv_row_bytes + g * head_bytes, q, D, st.kv_type) * scale;
+                mx = std::max(mx, p[s]);
+            }
+            float sum = 0.0f;
+            for (int64_t s = 0; s < n_keys; ++s) {
+                p[s] = std::exp(p[s] - mx);
+                sum += p[s];
+            }
+            float* oh = o.data() + (t * H + h) * D;
+            std::fill(oh, oh + D, 0.0f);
+            for (int64_t s = 0; s < n_keys; ++s)
+                kv_axpy(oh, Vc + s * st.kv_row_bytes + g * head_bytes, p[s] / sum, D, st.kv_type);
+            const float* gate = q + D;
+            for (int64_t d = 0; d < D; ++d) oh[d] *= sigmoid(gate[d]);
+        }
+    });
+    matmul(pool_, L.attn_output, o.data(), n, out);
+}
+
+}  // namespace pq

@@ -1,0 +1,108 @@
+// model.h: the qwen35 (Qwen3.5/3.6 dense hybrid) model on the CPU: weights, sequence state, forward.
+//
+// Layer math and tensor layouts follow llama.cpp's GGUF conventions (V heads tiled, ssm_a = -exp(A_log),
+// RMSNorm weights stored as 1+w, attn_q rows interleaved [q|gate] per head). The forward of a batch of
+// tokens runs here entirely; Python only hands in token ids and gets logits back.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensor.h"
+#include "threadpool.h"
+
+namespace pq {
+
+struct Config {
+    int64_t n_embd = 0, n_ff = 0, n_vocab = 0;
+    int n_layer = 0;
+    std::vector<bool> recurrent;      // per layer: true = Gated DeltaNet, false = gated attention
+    // gated attention
+    int n_head = 0, n_head_kv = 0, head_dim = 0, n_rot = 0;
+    float rope_base = 10000.0f;
+    // Gated DeltaNet
+    int ssm_conv = 4;                 // conv kernel size
+    int ssm_k_heads = 0, ssm_v_heads = 0, ssm_k_dim = 0, ssm_v_dim = 0;
+    float rms_eps = 1e-6f;
+
+    int64_t conv_channels() const { return 2LL * ssm_k_heads * ssm_k_dim + (int64_t)ssm_v_heads * ssm_v_dim; }
+    int64_t conv_state_floats() const { return (ssm_conv - 1) * conv_channels(); }
+    int64_t ssm_state_floats() const { return (int64_t)ssm_v_heads * ssm_v_dim * ssm_k_dim; }
+    int n_attn_layers() const;
+    int n_recurrent_layers() const;
+};
+
+struct LayerWeights {
+    Tensor attn_norm, post_attention_norm, ffn_gate, ffn_up, ffn_down;
+    // Gated DeltaNet
+    Tensor attn_qkv, attn_gate, ssm_conv1d, ssm_dt, ssm_a, ssm_beta, ssm_alpha, ssm_norm, ssm_out;
+    // gated attention
+    Tensor attn_q, attn_k, attn_v, attn_q_norm, attn_k_norm, attn_output;
+};
+
+struct Weights {
+    Tensor token_embd, output_norm, output;  // output may be token_embd (tied)
+    std::vector<LayerWeights> layers;
+};
+
+enum class KvType { F32, F16 };
+
+// The per-sequence state: KV cache of the attention layers, conv and SSM states of the DeltaNet layers.
+struct State {
+    int64_t n_ctx = 0;
+    int64_t pos = 0;                         // tokens processed so far
+    KvType kv_type = KvType::F16;
+    // per attention layer: [n_ctx][n_head_kv][head_dim]; left uninitialised (only rows < pos are read),
+    // so a long context costs no page faults until it is used.
+    std::vector<std::unique_ptr<uint8_t[]>> k, v;
+    size_t kv_row_bytes = 0;                 // bytes of one position of one layer's K (or V)
+    std::vector<std::vector<float>> conv;    // per DeltaNet layer: [channel][ssm_conv - 1], oldest first
+    std::vector<std::vector<float>> ssm;     // per DeltaNet layer: [v_head][v_dim j][k_dim i] (S^T rows)
+
+    void reset();                            // back to an empty sequence (states zeroed)
+    size_t bytes() const;
+};
+
+// A checkpoint of the recurrent part (and optionally the KV cache up to pos).
+struct Snapshot {
+    int64_t pos = 0;
+    bool has_kv = false;
+    std::vector<std::vector<float>> conv, ssm;
+    std::vector<std::vector<uint8_t>> k, v;  // only rows [0, pos) when has_kv
+    size_t bytes() const;
+};
+
+class Model {
+public:
+    Model(Config cfg, Weights w, int n_threads);
+
+    const Config& config() const { return cfg_; }
+    int n_threads() const { return pool_.size(); }
+
+    std::unique_ptr<State> new_state(int64_t n_ctx, KvType kv_type) const;
+
+    // Runs n tokens through the model at positions state.pos.., advancing the state. Logits are
+    // written for every token (logits_all) or only for the last one, into out ([n or 1][n_vocab]);
+    // out may be null to skip the LM head. Batches larger than n_batch are split internally.
+    void forward(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int64_t n_batch = 256);
+
+    Snapshot snapshot(const State& st, bool with_kv) const;
+    void restore(State& st, const Snapshot& snap) const;
+
+private:
+    void forward_batch(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all);
+    void gdn_layer(const LayerWeights& L, int rl, State& st, const float* a, int64_t n, float* out);
+    void attn_layer(const LayerWeights& L, int al, State& st, const float* a, int64_t n, float* out);
+    void ffn(const LayerWeights& L, const float* f, int64_t n, float* out);
+
+    Config cfg_;
+    Weights w_;
+    std::vector<int> layer_slot_;  // per layer: its index among attention or among recurrent layers
+    mutable ThreadPool pool_;
+};
+
+// Checks config and tensor shapes/types; throws std::invalid_argument naming the problem.
+void validate_model(const Config& cfg, const Weights& w);
+
+}  // namespace pq

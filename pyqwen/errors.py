@@ -1,0 +1,13 @@
+"""Exception types users can catch."""
+
+
+class PyqwenError(Exception):
+    """Base class of pyqwen's errors."""
+
+
+class ModelFormatError(PyqwenError, ValueError):
+    """A model file is not a valid qwen35 GGUF (names the offending key or tensor)."""
+
+
+class ContextOverflowError(PyqwenError, ValueError):
+    """A prompt (plus the tokens to generate) does not fit in the context window."""

@@ -1,0 +1,147 @@
+"""Streaming generation: the decode loop, stop strings, UTF-8-safe text, per-call statistics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .sampling import Sampler
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0         # prompt tokens whose state was reused instead of prefilled
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        n = self.prompt_tokens - self.cached_tokens
+        return n / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        # The first generated token comes from the prefill logits; the rest each cost one decode step.
+        n = max(self.generated_tokens - 1, 0)
+        return n / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"prompt {self.prompt_tokens} tok ({self.cached_tokens} cached), "
+                f"prefill {self.prefill_tokens_per_second:.1f} tok/s, "
+                f"generated {self.generated_tokens} tok, decode {self.decode_tokens_per_second:.1f} tok/s")
+
+
+@dataclass
+class Chunk:
+    """A piece of generated text and the token ids that produced it (text may lag tokens)."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of text that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+class Generation:
+    """Iterator over Chunks of one generation; `.stats`, `.text`, `.tokens`, `.finish_reason` after it ends.
+
+    step(tokens) runs the model on tokens and returns the logits of the last one; the first call
+    receives the prompt. The caller's state therefore holds prompt + generated tokens, except the last
+    sampled token (it is in `.tokens` but has not been fed back).
+    """
+
+    def __init__(self, step: Callable[[list[int]], np.ndarray], prompt_ids: list[int], prefill_ids: list[int],
+                 sampler: Sampler, max_tokens: int, eog_ids: set[int], stop: list[str], stream_decoder,
+                 stats: GenerationStats):
+        self._step = step
+        self._prompt_ids = prompt_ids
+        self._prefill_ids = prefill_ids
+        self._sampler = sampler
+        self._max_tokens = max_tokens
+        self._eog = eog_ids
+        self._stop = [s for s in stop if s]
+        self._dec = stream_decoder
+        self.stats = stats
+        self.tokens: list[int] = []
+        self.text = ""
+        self.finish_reason: str | None = None
+        self.fed_tokens: list[int] = []  # tokens the state has consumed (for session bookkeeping)
+        self._it = self._run()
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return self._it
+
+    def __next__(self) -> Chunk:
+        return next(self._it)
+
+    def close(self) -> None:
+        """Stop early (e.g. the client went away); the state stays consistent with fed_tokens."""
+        self._it.close()
+        if self.finish_reason is None:
+            self.finish_reason = "cancelled"
+
+    def _run(self) -> Iterator[Chunk]:
+        history = list(self._prompt_ids)
+        t0 = time.perf_counter()
+        logits = self._step(self._prefill_ids) if self._prefill_ids else None
+        self.fed_tokens.extend(self._prefill_ids)
+        self.stats.prefill_seconds = time.perf_counter() - t0
+        if logits is None:
+            raise ValueError("nothing to evaluate: the prompt is empty")
+        full = ""      # all text decoded so far
+        emitted = 0    # how much of it has been yielded
+        pending_ids: list[int] = []
+        t_dec = time.perf_counter()
+        try:
+            while True:
+                tok = self._sampler.sample(logits, history)
+                if tok in self._eog:
+                    self.finish_reason = "stop"
+                    break
+                self.tokens.append(tok)
+                history.append(tok)
+                pending_ids.append(tok)
+                self.stats.generated_tokens += 1
+                full += self._dec.push(tok)
+                hit = -1
+                for s in self._stop:
+                    i = full.find(s, max(0, emitted - len(s) + 1))
+                    if i >= 0 and (hit < 0 or i < hit):
+                        hit = i
+                if hit >= 0:
+                    self.text = full[:hit]
+                    if hit > emitted:
+                        yield Chunk(full[emitted:hit], pending_ids)
+                    self.finish_reason = "stop"
+                    return
+                safe = len(full) - _held_back(full, self._stop)
+                if safe > emitted:
+                    yield Chunk(full[emitted:safe], pending_ids)
+                    pending_ids = []
+                    emitted = safe
+                if len(self.tokens) >= self._max_tokens:
+                    self.finish_reason = "length"
+                    break
+                logits = self._step([tok])
+                self.fed_tokens.append(tok)
+            full += self._dec.flush()
+            self.text = full
+            if len(full) > emitted or pending_ids:
+                yield Chunk(full[emitted:], pending_ids)
+        finally:
+            self.stats.decode_seconds = time.perf_counter() - t_dec
+            if self.finish_reason is None:  # cancelled or failed: report what the caller saw
+                self.text = full[:emitted]

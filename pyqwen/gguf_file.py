@@ -1,0 +1,353 @@
+"""Open and validate a qwen35 GGUF file: metadata, hyper-parameters, tensor table.
+
+Parsing is done by the `gguf` package (memory-mapped); everything is checked here before the C++ core
+sees a single pointer, so a truncated or hostile file raises ModelFormatError naming the problem
+instead of crashing the process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
+
+from .errors import ModelFormatError
+
+ARCH = "qwen35"
+
+# Weight types the C++ core can read; quantized ones are added when the core reports support.
+FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
+
+
+def _core_supported_types() -> set[int]:
+    try:
+        from . import _core
+    except ImportError:  # metadata-only use (e.g. `pyqwen info`) works without the extension
+        return {int(t) for t in FLOAT_TYPES}
+    return {int(t) for t in GGMLQuantizationType if _core.type_supported(int(t))}
+
+
+class _CheckedReader(GGUFReader):
+    """GGUFReader that checks each tensor's type and byte range before mapping it."""
+
+    def _build_tensors(self, start_offs: int, fields: list) -> None:  # noqa: D401 (gguf API)
+        file_size = len(self.data)
+        for f in fields:
+            _name_len, name_data, _n_dims, dims, raw_dtype, offset_tensor = f.parts
+            name = bytes(name_data).decode("utf-8", errors="replace")
+            try:
+                qtype = GGMLQuantizationType(int(raw_dtype[0]))
+            except ValueError:
+                raise ModelFormatError(f"tensor {name!r}: unknown ggml type id {int(raw_dtype[0])}") from None
+            if any(int(d) <= 0 for d in dims):
+                raise ModelFormatError(f"tensor {name!r}: non-positive dimension {list(map(int, dims))}")
+            block, size = GGML_QUANT_SIZES[qtype]
+            n = int(np.prod([int(d) for d in dims], dtype=object))
+            if int(dims[0]) % block:
+                raise ModelFormatError(f"tensor {name!r}: row of {int(dims[0])} values is not a multiple of "
+                                       f"the {qtype.name} block size {block}")
+            start = int(start_offs) + int(offset_tensor[0])
+            if start % self.alignment:
+                raise ModelFormatError(f"tensor {name!r}: data offset {start} is not {self.alignment}-byte aligned")
+            end = start + n * size // block
+            if end > file_size:
+                raise ModelFormatError(f"tensor {name!r}: data [{start}, {end}) lies past the end of the file "
+                                       f"({file_size} bytes); the file is truncated or corrupt")
+        super()._build_tensors(start_offs, fields)
+
+
+def _field_value(f) -> Any:
+    """A GGUF KV field as a plain Python value (str, int, float, bool or list of those)."""
+    t = f.types[0]
+    if t == GGUFValueType.STRING:
+        return bytes(f.parts[f.data[0]]).decode("utf-8", errors="replace")
+    if t == GGUFValueType.ARRAY:
+        sub = f.types[1] if len(f.types) > 1 else None
+        if sub == GGUFValueType.STRING:
+            return [bytes(f.parts[i]).decode("utf-8", errors="replace") for i in f.data]
+        return [v.item() for i in f.data for v in f.parts[i]]
+    v = f.parts[f.data[0]][0]
+    return bool(v) if t == GGUFValueType.BOOL else v.item()
+
+
+@dataclass
+class HParams:
+    """qwen35 hyper-parameters, read from the metadata keys llama.cpp uses."""
+
+    n_vocab: int
+    n_embd: int
+    n_ff: int
+    n_layer: int              # block_count - nextn_predict_layers (the MTP block is not a layer)
+    n_nextn: int
+    n_ctx_train: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_rot: int
+    rope_base: float
+    rms_eps: float
+    ssm_conv: int
+    ssm_k_heads: int
+    ssm_v_heads: int
+    ssm_k_dim: int
+    ssm_v_dim: int
+    full_attention_interval: int
+    recurrent: list[bool] = field(repr=False)
+
+    def core_config(self) -> dict:
+        return {
+            "n_embd": self.n_embd, "n_ff": self.n_ff, "n_vocab": self.n_vocab, "n_layer": self.n_layer,
+            "recurrent": self.recurrent, "n_head": self.n_head, "n_head_kv": self.n_head_kv,
+            "head_dim": self.head_dim, "n_rot": self.n_rot, "rope_base": self.rope_base,
+            "ssm_conv": self.ssm_conv, "ssm_k_heads": self.ssm_k_heads, "ssm_v_heads": self.ssm_v_heads,
+            "ssm_k_dim": self.ssm_k_dim, "ssm_v_dim": self.ssm_v_dim, "rms_eps": self.rms_eps,
+        }
+
+    @property
+    def n_attn_layers(self) -> int:
+        return self.recurrent.count(False)
+
+    @property
+    def conv_channels(self) -> int:
+        return 2 * self.ssm_k_heads * self.ssm_k_dim + self.ssm_v_heads * self.ssm_v_dim
+
+    def state_bytes(self, n_ctx: int, kv_bytes: int = 2) -> int:
+        """Bytes of one sequence's state: KV cache for n_ctx tokens plus the recurrent states."""
+        kv = 2 * self.n_attn_layers * n_ctx * self.n_head_kv * self.head_dim * kv_bytes
+        n_rec = self.n_layer - self.n_attn_layers
+        rec = n_rec * 4 * ((self.ssm_conv - 1) * self.conv_channels + self.ssm_v_heads * self.ssm_v_dim * self.ssm_k_dim)
+        return kv + rec
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    type: int          # ggml type id
+    shape: tuple       # ne: contiguous dimension first, as in ggml
+    offset: int        # absolute byte offset in the file
+    nbytes: int
+    data: np.ndarray = field(repr=False)  # memory-mapped bytes/values
+
+    @property
+    def type_name(self) -> str:
+        return GGMLQuantizationType(self.type).name
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Every KV pair of a GGUF file as Python values (see docs/CONTRACTS.md)."""
+    return GGUFFile.open(path, validate=False).metadata
+
+
+class GGUFFile:
+    """A memory-mapped GGUF file with its metadata and tensor table (validated for qwen35)."""
+
+    def __init__(self, path: Path, reader: GGUFReader, metadata: dict, tensors: dict[str, TensorInfo]):
+        self.path = path
+        self.reader = reader
+        self.metadata = metadata
+        self.tensors = tensors
+        self.hparams: HParams | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, validate: bool = True) -> "GGUFFile":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such model file: {path}")
+        if path.stat().st_size < 24:
+            raise ModelFormatError(f"{path}: too small to be a GGUF file ({path.stat().st_size} bytes)")
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise ModelFormatError(f"{path}: not a GGUF file (wrong magic)")
+        try:
+            reader = _CheckedReader(path, "r")
+        except ModelFormatError as e:
+            raise ModelFormatError(f"{path}: {e}") from None
+        except Exception as e:  # the gguf parser raises many types on corrupt input
+            raise ModelFormatError(f"{path}: cannot parse GGUF ({type(e).__name__}: {e}); "
+                                   "the file is truncated or corrupt") from None
+        metadata = {}
+        for name, f in reader.fields.items():
+            if name.startswith("GGUF."):
+                continue
+            try:
+                metadata[name] = _field_value(f)
+            except Exception as e:
+                raise ModelFormatError(f"{path}: metadata key {name!r} cannot be read ({e})") from None
+        tensors = {}
+        for t in reader.tensors:
+            tensors[t.name] = TensorInfo(t.name, int(t.tensor_type), tuple(int(d) for d in t.shape),
+                                         int(t.data_offset), int(t.n_bytes), t.data)
+        gf = cls(path, reader, metadata, tensors)
+        if validate:
+            gf.hparams = gf._read_hparams()
+            gf._check_tensors()
+        return gf
+
+    # ---- hyper-parameters ----------------------------------------------------------------------
+
+    def _key(self, key: str, kind: type, default: Any = None, required: bool = True):
+        full = f"{ARCH}.{key}" if not key.startswith(("general.", "tokenizer.")) else key
+        if full not in self.metadata:
+            if required and default is None:
+                raise ModelFormatError(f"{self.path}: missing metadata key {full!r}")
+            return default
+        v = self.metadata[full]
+        if kind is int and isinstance(v, list) and v and all(isinstance(x, int) for x in v):
+            if len(set(v) - {0}) > 1:  # per-layer arrays (0 for layers without the feature) must agree
+                raise ModelFormatError(f"{self.path}: per-layer values of {full!r} differ ({sorted(set(v))})")
+            v = max(v)
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, kind) or isinstance(v, bool) and kind is not bool:
+            raise ModelFormatError(f"{self.path}: metadata key {full!r} has type {type(v).__name__}, "
+                                   f"expected {kind.__name__}")
+        return v
+
+    def _read_hparams(self) -> HParams:
+        arch = self.metadata.get("general.architecture")
+        if arch is None:
+            raise ModelFormatError(f"{self.path}: missing metadata key 'general.architecture'")
+        if arch != ARCH:
+            raise ModelFormatError(f"{self.path}: architecture is {arch!r}; pyqwen runs only {ARCH!r} "
+                                   "(Qwen3.5/Qwen3.6 dense hybrid models)")
+        block_count = self._key("block_count", int)
+        n_nextn = self._key("nextn_predict_layers", int, 0, required=False)
+        n_layer = block_count - n_nextn
+        n_embd = self._key("embedding_length", int)
+        n_head = self._key("attention.head_count", int)
+        head_dim = self._key("attention.key_length", int, n_embd // max(n_head, 1), required=False)
+        value_dim = self._key("attention.value_length", int, head_dim, required=False)
+        if value_dim != head_dim:
+            raise ModelFormatError(f"{self.path}: attention key_length {head_dim} != value_length {value_dim}")
+        interval = self._key("full_attention_interval", int, 4, required=False)
+        k_heads = self._key("ssm.group_count", int)
+        v_heads = self._key("ssm.time_step_rank", int)
+        inner = self._key("ssm.inner_size", int)
+        positive = dict(block_count=block_count, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                        head_dim=head_dim, full_attention_interval=interval, k_heads=k_heads, v_heads=v_heads,
+                        inner=inner)
+        for k, v in positive.items():
+            if v <= 0:
+                raise ModelFormatError(f"{self.path}: {k} must be positive (got {v})")
+        if n_layer > 4096 or n_embd > 1 << 20:
+            raise ModelFormatError(f"{self.path}: implausible model size (n_layer {n_layer}, n_embd {n_embd})")
+        if inner % v_heads:
+            raise ModelFormatError(f"{self.path}: ssm.inner_size {inner} not divisible by ssm.time_step_rank {v_heads}")
+        rec = self.metadata.get(f"{ARCH}.attention.recurrent_layers")
+        if isinstance(rec, list) and len(rec) >= n_layer:
+            recurrent = [bool(x) for x in rec[:n_layer]]
+        else:
+            recurrent = [(i + 1) % interval != 0 for i in range(n_layer)]
+        tok = self.tensors.get("token_embd.weight")
+        if tok is None:
+            raise ModelFormatError(f"{self.path}: missing tensor 'token_embd.weight'")
+        if len(tok.shape) != 2:
+            raise ModelFormatError(f"{self.path}: tensor 'token_embd.weight' must be 2-D, has shape {tok.shape}")
+        n_vocab = tok.shape[1]
+        tokens = self.metadata.get("tokenizer.ggml.tokens")
+        if isinstance(tokens, list) and len(tokens) != n_vocab:
+            raise ModelFormatError(f"{self.path}: tokenizer has {len(tokens)} tokens but token_embd.weight has "
+                                   f"{n_vocab} rows")
+        hp = HParams(
+            n_vocab=n_vocab, n_embd=n_embd, n_ff=self._key("feed_forward_length", int), n_layer=n_layer,
+            n_nextn=n_nextn, n_ctx_train=self._key("context_length", int, 262144, required=False),
+            n_head=n_head, n_head_kv=self._key("attention.head_count_kv", int, n_head, required=False),
+            head_dim=head_dim, n_rot=self._key("rope.dimension_count", int, head_dim, required=False),
+            rope_base=self._key("rope.freq_base", float, 10000.0, required=False),
+            rms_eps=self._key("attention.layer_norm_rms_epsilon", float),
+            ssm_conv=self._key("ssm.conv_kernel", int), ssm_k_heads=k_heads, ssm_v_heads=v_heads,
+            ssm_k_dim=self._key("ssm.state_size", int), ssm_v_dim=inner // v_heads,
+            full_attention_interval=interval, recurrent=recurrent)
+        if hp.n_head % max(hp.n_head_kv, 1) or hp.n_head_kv <= 0:
+            raise ModelFormatError(f"{self.path}: head_count {hp.n_head} not a multiple of head_count_kv {hp.n_head_kv}")
+        if v_heads % k_heads:
+            raise ModelFormatError(f"{self.path}: ssm.time_step_rank {v_heads} not a multiple of ssm.group_count {k_heads}")
+        if hp.n_rot % 2 or hp.n_rot > head_dim or hp.n_rot < 0:
+            raise ModelFormatError(f"{self.path}: rope.dimension_count {hp.n_rot} invalid for head dim {head_dim}")
+        if not 1 <= hp.ssm_conv <= 16 or hp.ssm_k_dim <= 0 or hp.n_ff <= 0:
+            raise ModelFormatError(f"{self.path}: invalid ssm.conv_kernel/state_size/feed_forward_length")
+        if not hp.rms_eps > 0 or not hp.rope_base > 0:
+            raise ModelFormatError(f"{self.path}: layer_norm_rms_epsilon and rope.freq_base must be positive")
+        return hp
+
+    # ---- tensors -------------------------------------------------------------------------------
+
+    def expected_tensors(self) -> dict[str, tuple]:
+        """Every tensor the forward pass reads, with its expected ne (contiguous dimension first)."""
+        hp = self.hparams
+        E, F, V = hp.n_embd, hp.n_ff, hp.n_vocab
+        exp = {"token_embd.weight": (E, V), "output_norm.weight": (E,)}
+        if "output.weight" in self.tensors:
+            exp["output.weight"] = (E, V)
+        Dk = hp.ssm_k_heads * hp.ssm_k_dim
+        Dv = hp.ssm_v_heads * hp.ssm_v_dim
+        C = 2 * Dk + Dv
+        H, Hkv, D = hp.n_head, hp.n_head_kv, hp.head_dim
+        for i in range(hp.n_layer):
+            p = f"blk.{i}."
+            exp.update({p + "attn_norm.weight": (E,), p + "post_attention_norm.weight": (E,),
+                        p + "ffn_gate.weight": (E, F), p + "ffn_up.weight": (E, F), p + "ffn_down.weight": (F, E)})
+            if hp.recurrent[i]:
+                exp.update({p + "attn_qkv.weight": (E, C), p + "attn_gate.weight": (E, Dv),
+                            p + "ssm_conv1d.weight": (hp.ssm_conv, C), p + "ssm_dt.bias": (hp.ssm_v_heads,),
+                            p + "ssm_a": (hp.ssm_v_heads,), p + "ssm_beta.weight": (E, hp.ssm_v_heads),
+                            p + "ssm_alpha.weight": (E, hp.ssm_v_heads), p + "ssm_norm.weight": (hp.ssm_v_dim,),
+                            p + "ssm_out.weight": (Dv, E)})
+            else:
+                exp.update({p + "attn_q.weight": (E, 2 * H * D), p + "attn_k.weight": (E, Hkv * D),
+                            p + "attn_v.weight": (E, Hkv * D), p + "attn_q_norm.weight": (D,),
+                            p + "attn_k_norm.weight": (D,), p + "attn_output.weight": (H * D, E)})
+        return exp
+
+    def _check_tensors(self) -> None:
+        supported = _core_supported_types()
+        for name, shape in self.expected_tensors().items():
+            t = self.tensors.get(name)
+            if t is None:
+                raise ModelFormatError(f"{self.path}: missing tensor {name!r}")
+            got = tuple(d for d in t.shape)
+            # ggml drops trailing 1s inconsistently between writers: compare with them stripped.
+            strip = lambda s: tuple(s[: max(1, len(s) - next((i for i, d in enumerate(reversed(s)) if d != 1), 0))])
+            if strip(got) != strip(shape):
+                raise ModelFormatError(f"{self.path}: tensor {name!r} has shape {list(got)}, expected {list(shape)}")
+            if t.type not in supported:
+                raise ModelFormatError(f"{self.path}: tensor {name!r} has type {t.type_name}, which pyqwen does "
+                                       "not support yet")
+            if len(shape) == 1 and t.type not in FLOAT_TYPES:
+                raise ModelFormatError(f"{self.path}: 1-D tensor {name!r} must be F32/F16/BF16, not {t.type_name}")
+            if name.endswith("ssm_conv1d.weight") and t.type not in FLOAT_TYPES:
+                raise ModelFormatError(f"{self.path}: tensor {name!r} must be a float type, not {t.type_name}")
+
+    def core_tensors(self) -> tuple[dict, list]:
+        """(name -> (type, ne0, ne1, address)) for the C++ core, and the arrays that must stay alive.
+
+        Weights are passed as pointers into the mapping. Small vectors (norms, conv taps, decay
+        parameters) that a writer stored as F16/BF16 are widened to F32 copies: the core reads those
+        as floats and they are a few KB.
+        """
+        out, keep = {}, []
+        for name in self.expected_tensors():
+            t = self.tensors[name]
+            small = len([d for d in t.shape if d != 1]) <= 1 or name.endswith("ssm_conv1d.weight")
+            arr = t.data
+            ttype = t.type
+            if small and t.type != int(GGMLQuantizationType.F32):
+                arr = _widen_to_f32(t)
+                ttype = int(GGMLQuantizationType.F32)
+            arr = np.ascontiguousarray(arr)
+            keep.append(arr)
+            ne0 = t.shape[0]
+            ne1 = int(np.prod(t.shape[1:], dtype=np.int64)) if len(t.shape) > 1 else 1
+            out[name] = (ttype, ne0, ne1, arr.ctypes.data)
+        return out, keep
+
+
+def _widen_to_f32(t: TensorInfo) -> np.ndarray:
+    if t.type == int(GGMLQuantizationType.F16):
+        return np.asarray(t.data, dtype=np.float16).astype(np.float32)
+    raw = np.asarray(t.data).view(np.uint16).astype(np.uint32) << 16  # BF16: high half of an f32
+    return raw.view(np.float32)

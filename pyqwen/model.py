@@ -1,0 +1,268 @@
+"""The public Python API: Model.load / tokenize / eval / generate / chat."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .errors import ContextOverflowError, ModelFormatError
+from .generation import Chunk, Generation, GenerationStats
+from .gguf_file import GGUFFile
+from .sampling import Sampler, SamplingParams
+
+_DATA = Path(__file__).parent / "data"
+
+
+def default_threads() -> int:
+    """Physical-ish core count: matmuls are bandwidth-bound, so SMT siblings rarely help."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, n)
+
+
+class ChatChunk:
+    """A streamed piece of an assistant reply: reasoning text, visible content, or both empty."""
+
+    __slots__ = ("reasoning", "content", "token_ids")
+
+    def __init__(self, reasoning: str = "", content: str = "", token_ids: list[int] | None = None):
+        self.reasoning = reasoning
+        self.content = content
+        self.token_ids = token_ids or []
+
+    def __repr__(self) -> str:
+        return f"ChatChunk(reasoning={self.reasoning!r}, content={self.content!r})"
+
+
+class ChatGeneration:
+    """Iterator over ChatChunks; `.message` (role, content, reasoning_content) and `.stats` at the end."""
+
+    def __init__(self, gen: Generation, started_in_think: bool):
+        from .chat import ReasoningSplitter
+
+        self.generation = gen
+        self._splitter = ReasoningSplitter(started_in_think)
+        self.reasoning_content = ""
+        self.content = ""
+        self._it = self._run()
+
+    @property
+    def stats(self) -> GenerationStats:
+        return self.generation.stats
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.generation.finish_reason
+
+    @property
+    def message(self) -> dict:
+        m = {"role": "assistant", "content": self.content}
+        if self.reasoning_content:
+            m["reasoning_content"] = self.reasoning_content
+        return m
+
+    def __iter__(self):
+        return self._it
+
+    def __next__(self) -> ChatChunk:
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it.close()
+        self.generation.close()
+
+    def _emit(self, parts, ids) -> ChatChunk:
+        c = ChatChunk(token_ids=ids)
+        for kind, text in parts:
+            if kind == "reasoning":
+                c.reasoning += text
+            else:
+                c.content += text
+        self.reasoning_content += c.reasoning
+        self.content += c.content
+        return c
+
+    def _run(self) -> Iterator[ChatChunk]:
+        for chunk in self.generation:
+            parts = self._splitter.push(chunk.text)
+            if parts:
+                yield self._emit(parts, chunk.token_ids)
+        parts = self._splitter.flush()
+        if parts:
+            yield self._emit(parts, [])
+        # The template strips whitespace around reasoning when it re-renders history; do the same.
+        self.reasoning_content = self.reasoning_content.strip("\n")
+        self.content = self.content.lstrip("\n")
+
+
+class Model:
+    """A loaded qwen35 GGUF model with its tokenizer and chat template.
+
+    >>> m = Model.load("Qwen3.6-27B-Q4_K_M.gguf", n_ctx=8192)
+    >>> for chunk in m.generate("The capital of France is", max_tokens=8, temperature=0):
+    ...     print(chunk.text, end="")
+    """
+
+    def __init__(self, gguf: GGUFFile, core, tokenizer, chat_template, n_ctx: int, kv_type: str, n_batch: int):
+        self.gguf = gguf
+        self.path = gguf.path
+        self.hparams = gguf.hparams
+        self.metadata = gguf.metadata
+        self._core = core
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.n_ctx = n_ctx
+        self.kv_type = kv_type
+        self.n_batch = n_batch
+        self.backend = "cpu"
+
+    # ---- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, *, n_ctx: int = 4096, threads: int | None = None,
+             kv_type: str = "f16", n_batch: int = 256, backend: str = "auto") -> "Model":
+        """Open a qwen35 GGUF (None = the built-in demo model) and prepare it for inference.
+
+        n_ctx is the context window of each sequence state (capped at the model's training context);
+        kv_type 'f16' (as llama.cpp) or 'f32'; n_batch bounds the tokens per prefill chunk.
+        """
+        from . import _core
+        from .chat import ChatTemplate
+        from .tokenizer import Tokenizer
+
+        if backend not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
+        if backend == "cuda":
+            raise RuntimeError("the CUDA backend is not available in this build (CPU only)")
+        if path is None:
+            from .demo import demo_model_path
+
+            path = demo_model_path()
+        if kv_type not in ("f16", "f32"):
+            raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
+        if not isinstance(n_ctx, int) or n_ctx < 1:
+            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        if n_batch < 1:
+            raise ValueError("n_batch must be >= 1")
+        gf = GGUFFile.open(path)
+        n_ctx = min(n_ctx, gf.hparams.n_ctx_train)
+        tensors, keep = gf.core_tensors()
+        try:
+            core = _core.Model(gf.hparams.core_config(), tensors, threads or default_threads(), (gf.reader, keep))
+        except ValueError as e:
+            raise ModelFormatError(f"{gf.path}: {e}") from None
+        try:
+            tokenizer = Tokenizer.from_metadata(gf.metadata)
+        except (KeyError, ValueError) as e:
+            raise ModelFormatError(f"{gf.path}: tokenizer metadata invalid: {e}") from None
+        if tokenizer.n_vocab != gf.hparams.n_vocab:
+            raise ModelFormatError(f"{gf.path}: tokenizer has {tokenizer.n_vocab} tokens, model {gf.hparams.n_vocab}")
+        source = gf.metadata.get("tokenizer.chat_template")
+        if not isinstance(source, str):
+            source = (_DATA / "qwen3.6-chat-template.jinja").read_text()
+        return cls(gf, core, tokenizer, ChatTemplate(source), n_ctx, kv_type, n_batch)
+
+    # ---- tokens --------------------------------------------------------------------------------
+
+    @property
+    def n_vocab(self) -> int:
+        return self.hparams.n_vocab
+
+    def tokenize(self, text: str, *, parse_special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    # ---- low level -----------------------------------------------------------------------------
+
+    def new_state(self, n_ctx: int | None = None):
+        """A fresh sequence state (KV cache + recurrent states)."""
+        return self._core.new_state(n_ctx or self.n_ctx, self.kv_type)
+
+    def forward(self, state, tokens: Sequence[int], logits: str = "last"):
+        """Feed tokens into state; returns logits ('last' [n_vocab], 'all' [n, n_vocab]) or None."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if tokens.ndim != 1 or tokens.size == 0:
+            raise ValueError("tokens must be a non-empty 1-D sequence")
+        if tokens.min() < 0 or tokens.max() >= self.n_vocab:
+            raise ValueError(f"token ids must be in [0, {self.n_vocab})")
+        if state.pos + tokens.size > state.n_ctx:
+            raise ContextOverflowError(f"{state.pos} tokens in context + {tokens.size} new exceed n_ctx {state.n_ctx}")
+        return self._core.forward(state, tokens.astype(np.int32), logits, self.n_batch)
+
+    def snapshot(self, state, with_kv: bool = False):
+        """Checkpoint of the state (recurrent part; KV rows too if with_kv)."""
+        return self._core.snapshot(state, with_kv)
+
+    def restore(self, state, snapshot) -> None:
+        self._core.restore(state, snapshot)
+
+    def eval(self, tokens: Sequence[int]) -> np.ndarray:
+        """float32 logits for every position, shape [len(tokens), n_vocab], from a fresh state."""
+        tokens = list(tokens)
+        state = self.new_state(max(len(tokens), 1))
+        return self.forward(state, tokens, logits="all")
+
+    # ---- generation ----------------------------------------------------------------------------
+
+    def _sampling(self, kw: dict) -> SamplingParams:
+        names = SamplingParams.__dataclass_fields__
+        unknown = set(kw) - set(names)
+        if unknown:
+            raise TypeError(f"unknown generation arguments: {', '.join(sorted(unknown))}")
+        p = SamplingParams(**kw)
+        p.stop = list(p.stop or [])
+        p.validate()
+        return p
+
+    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 256, state=None,
+                 **sampling: Any) -> Generation:
+        """Stream a continuation of prompt (text, special tokens parsed, or token ids).
+
+        Sampling keywords: temperature, top_k, top_p, min_p, presence_penalty, repetition_penalty,
+        penalty_last_n, seed, stop (list of strings). Iterate for Chunks; `.stats` after the end.
+        """
+        params = self._sampling(sampling)
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if any(t < 0 or t >= self.n_vocab for t in ids):
+            raise ValueError(f"token ids must be in [0, {self.n_vocab})")
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        state = state if state is not None else self.new_state()
+        room = state.n_ctx - len(ids)
+        if room < 1:
+            raise ContextOverflowError(f"prompt of {len(ids)} tokens does not fit in the context of "
+                                       f"{state.n_ctx} tokens (one more is needed to generate)")
+        stats = GenerationStats(prompt_tokens=len(ids))
+        return Generation(lambda toks: self.forward(state, toks), ids, ids, Sampler(params),
+                          min(max_tokens, room), self.tokenizer.eog_ids, params.stop,
+                          self.tokenizer.stream_decoder(), stats)
+
+    def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None,
+                    add_generation_prompt: bool = True, **template_kwargs: Any) -> str:
+        return self.chat_template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                         **template_kwargs)
+
+    def chat(self, messages: list[dict], *, tools: list[dict] | None = None, max_tokens: int = 1024,
+             enable_thinking: bool | None = None, preserve_thinking: bool | None = None,
+             sampling: dict | None = None, **template_kwargs: Any) -> ChatGeneration:
+        """Stream an assistant reply to messages (OpenAI-style dicts) through the chat template.
+
+        Reasoning (inside <think>) and visible content come separately in each ChatChunk.
+        """
+        if enable_thinking is not None:
+            template_kwargs["enable_thinking"] = enable_thinking
+        if preserve_thinking is not None:
+            template_kwargs["preserve_thinking"] = preserve_thinking
+        prompt = self.render_chat(messages, tools=tools, **template_kwargs)
+        started_in_think = prompt.rstrip("\n").endswith("<think>")
+        gen = self.generate(prompt, max_tokens=max_tokens, **(sampling or {}))
+        return ChatGeneration(gen, started_in_think)
