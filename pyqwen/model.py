@@ -158,7 +158,7 @@ class Model:
             raise ModelFormatError(f"{gf.path}: {e}") from None
         try:
             tokenizer = Tokenizer.from_metadata(gf.metadata)
-        except (KeyError, ValueError) as e:
+        except Exception as e:  # the tokenizers library reports a corrupt vocab as a bare Exception
             raise ModelFormatError(f"{gf.path}: tokenizer metadata invalid: {e}") from None
         if tokenizer.n_vocab != gf.hparams.n_vocab:
             raise ModelFormatError(f"{gf.path}: tokenizer has {tokenizer.n_vocab} tokens, model {gf.hparams.n_vocab}")
