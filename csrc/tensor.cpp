@@ -3,7 +3,9 @@
 namespace pq {
 
 bool type_supported(int type) {
-    return type == T_F32 || type == T_F16 || type == T_BF16 || quant_traits(type) != nullptr;
+    if (type == T_F32 || type == T_F16 || type == T_BF16) return true;
+    const QuantTraits* qt = quant_traits(type);
+    return qt != nullptr && qt->vec_dot != nullptr;  // Q8_K/Q8_1 are activation-only formats
 }
 
 void tensor_row_to_float(const Tensor& t, int64_t r, float* dst) {

@@ -1,0 +1,98 @@
+// quants_internal.h: private helpers shared by the per-type quant sources (not part of the public API).
+//
+// Every quantizer here must reproduce llama.cpp's reference output byte for byte, so the float
+// arithmetic is written out in the same order as ggml's scalar C code and this code is compiled with
+// -ffp-contract=off (a fused multiply-add rounds once instead of twice and would change chosen levels).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "formats.h"
+
+namespace pq {
+namespace qi {
+
+// Round to nearest (ties to even) by adding 1.5*2^23 and reading the mantissa, exactly as ggml's
+// nearest_int does. Only meaningful for |f| < 2^22; outside that the result is the same
+// deterministic garbage ggml produces, which we must reproduce for byte identity.
+inline int nearest_int(float f) {
+    const float v = f + 12582912.f;
+    int32_t i;
+    memcpy(&i, &v, sizeof(i));
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+// C's float -> int8 conversion as x86-64 compilers emit it (cvttss2si to 32 bits, keep the low byte):
+// NaN and out-of-range values become INT32_MIN, whose low byte is 0. Written explicitly because the
+// plain cast is undefined behaviour for those inputs and ggml's Q8_0 reference hits them for
+// subnormal blocks (1/d overflows to inf).
+inline int8_t trunc_to_i8(float r) {
+    int32_t i = INT32_MIN;
+    if (r > -2147483904.f && r < 2147483648.f) i = (int32_t)r;
+    return (int8_t)(uint8_t)(uint32_t)i;
+}
+
+constexpr float kGroupMaxEps = 1e-15f;  // ggml GROUP_MAX_EPS: below this a group counts as all-zero
+
+// Scale/min search for asymmetric k-quants (ggml make_qkx2_quants): levels L in [0, nmax] with
+// x ~ scale*L - the_min. Returns the scale; writes L and the (positive) min.
+float search_scale_min(int n, int nmax, const float* x, const float* weights, uint8_t* L, float* the_min,
+                       uint8_t* Laux, float rmin, float rdelta, int nstep);
+
+// Scale search for symmetric k-quants with weights x^2 (ggml make_qx_quants, rmse_type 1, no
+// importance): levels L in [0, 2*nmax) with x ~ scale*(L - nmax). Returns the (signed) scale.
+float search_scale_sym(int n, int nmax, const float* x, int8_t* L);
+
+// Q4_K/Q5_K share the 6-bit scale/min packing; pack 8 (scale, min) pairs into the 12 bytes.
+void pack_scale_min_k4(const uint8_t* ls, const uint8_t* lm, uint8_t* scales12);
+
+// Per-type kernels (defined in quants_q8.cpp, quants_q4k_q5k.cpp, quants_q6k.cpp, quants_iq4.cpp).
+void q8_0_to_float(const void* src, float* dst, int64_t n);
+void q8_0_from_float(const float* src, void* dst, int64_t n);
+float q8_0_vec_dot(int64_t n, const void* w, const void* x);
+void q8_1_to_float(const void* src, float* dst, int64_t n);
+void q8_1_from_float(const float* src, void* dst, int64_t n);
+void q8_k_to_float(const void* src, float* dst, int64_t n);
+void q8_k_from_float(const float* src, void* dst, int64_t n);
+
+void q4_k_to_float(const void* src, float* dst, int64_t n);
+void q4_k_from_float(const float* src, void* dst, int64_t n);
+float q4_k_vec_dot(int64_t n, const void* w, const void* x);
+void q5_k_to_float(const void* src, float* dst, int64_t n);
+void q5_k_from_float(const float* src, void* dst, int64_t n);
+float q5_k_vec_dot(int64_t n, const void* w, const void* x);
+
+void q6_k_to_float(const void* src, float* dst, int64_t n);
+void q6_k_from_float(const float* src, void* dst, int64_t n);
+float q6_k_vec_dot(int64_t n, const void* w, const void* x);
+
+void iq4_nl_to_float(const void* src, float* dst, int64_t n);
+float iq4_nl_vec_dot(int64_t n, const void* w, const void* x);
+void iq4_xs_to_float(const void* src, float* dst, int64_t n);
+float iq4_xs_vec_dot(int64_t n, const void* w, const void* x);
+
+#if defined(PQ_HAVE_AVX2_KERNELS)
+// AVX2 versions, bit-identical to the references: only the integer lane sums are computed with SIMD
+// (simd/quants_avx2.cpp); the float steps stay in the scalar files above, in ggml's order.
+float q8_0_vec_dot_avx2(int64_t n, const void* w, const void* x);
+float q4_k_vec_dot_avx2(int64_t n, const void* w, const void* x);
+float q5_k_vec_dot_avx2(int64_t n, const void* w, const void* x);
+float q6_k_vec_dot_avx2(int64_t n, const void* w, const void* x);
+
+namespace avx2 {
+// Integer kernels (simd/quants_avx2.cpp). They may only use types from formats.h, never its inline
+// functions: an out-of-line copy compiled with -mavx2 could be picked by the linker for scalar callers.
+// lane[l] = sum over values e = l (mod 8) of scale(e) * q8[e] * q(e) for one super-block, where
+// sc holds the 8 unpacked 6-bit sub-block scales (Q4_K/Q5_K); Q6_K reads its int8 scales itself.
+void q4_k_lanes(const block_q4_K& b, const int8_t* q8, const uint8_t* sc, int32_t* lane);
+void q5_k_lanes(const block_q5_K& b, const int8_t* q8, const uint8_t* sc, int32_t* lane);
+void q6_k_lanes(const block_q6_K& b, const int8_t* q8, int32_t* lane);
+// sumi[i] = sum_j w[i].qs[j] * a[i].qs[j] for nb blocks.
+void q8_0_block_sums(int64_t nb, const block_q8_0* w, const block_q8_0* a, int32_t* sumi);
+}  // namespace avx2
+#endif
+
+}  // namespace qi
+}  // namespace pq

@@ -1,0 +1,227 @@
+// quants_q4k_q5k.cpp: Q4_K and Q5_K (asymmetric 4/5-bit, 8 sub-blocks of 32 with 6-bit scale and min).
+//
+// The two formats share everything except the number of levels and how the 5th bit is stored, so
+// the scale selection lives in one routine parametrised the way ggml's two reference quantizers are.
+#include <cmath>
+
+#include "quants_internal.h"
+
+namespace pq {
+namespace qi {
+
+namespace {
+
+// ggml's search parameters per format (make_qkx2_quants arguments in quantize_row_q{4,5}_K_ref).
+struct KxParams {
+    int nmax;
+    float rmin, rdelta;
+    int nstep;
+};
+constexpr KxParams kQ4K{15, -1.f, 0.1f, 20};
+constexpr KxParams kQ5K{31, -0.5f, 0.1f, 15};
+
+// One 256-value super-block: choose per-sub-block scale/min, quantize them to 6 bits against fp16
+// super-scales d/dmin, then requantize every value against the scales as they will be decoded.
+// Writes d, dmin, the 12 packed scale bytes and the levels L[256] in [0, nmax].
+void choose_levels(const float* x, const KxParams& p, uint16_t* d_out, uint16_t* dmin_out, uint8_t* scales12,
+                   uint8_t* L) {
+    float sub_scale[QK_K / 32], sub_min[QK_K / 32];
+    float weights[32];
+    uint8_t Laux[32];
+    float max_scale = 0, max_min = 0;  // scales and mins are both >= 0 here
+    for (int j = 0; j < QK_K / 32; ++j) {
+        const float* xs = x + 32 * j;
+        // Weight each value by the sub-block RMS plus its own magnitude: large values matter more.
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
+        const float av_x = sqrtf(sum_x2 / 32);
+        for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(xs[l]);
+        sub_scale[j] = search_scale_min(32, p.nmax, xs, weights, L + 32 * j, &sub_min[j], Laux, p.rmin, p.rdelta,
+                                        p.nstep);
+        if (sub_scale[j] > max_scale) max_scale = sub_scale[j];
+        if (sub_min[j] > max_min) max_min = sub_min[j];
+    }
+
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    uint8_t ls[QK_K / 32], lm[QK_K / 32];
+    for (int j = 0; j < QK_K / 32; ++j) {
+        // ggml truncates to uint8 before clamping; keep that order (matters only for degenerate input).
+        const uint8_t a = (uint8_t)nearest_int(inv_scale * sub_scale[j]);
+        const uint8_t b = (uint8_t)nearest_int(inv_min * sub_min[j]);
+        ls[j] = a < 63 ? a : 63;
+        lm[j] = b < 63 ? b : 63;
+    }
+    pack_scale_min_k4(ls, lm, scales12);
+    *d_out = fp32_to_fp16(max_scale / 63.f);
+    *dmin_out = fp32_to_fp16(max_min / 63.f);
+
+    // Requantize with the decoded (rounded) scales so the levels fit what the reader will compute.
+    // Sub-blocks whose decoded scale is 0 keep the levels from the search, as ggml does.
+    const float d_all = fp16_to_fp32(*d_out), dmin_all = fp16_to_fp32(*dmin_out);
+    for (int j = 0; j < QK_K / 32; ++j) {
+        uint8_t sc, m;
+        get_scale_min_k4(j, scales12, &sc, &m);
+        const float d = d_all * sc;
+        if (!d) continue;
+        const float dm = dmin_all * m;
+        for (int ii = 0; ii < 32; ++ii) {
+            int l = nearest_int((x[32 * j + ii] + dm) / d);
+            l = l < 0 ? 0 : (l > p.nmax ? p.nmax : l);
+            L[32 * j + ii] = (uint8_t)l;
+        }
+    }
+}
+
+// Unpack the 8 (scale, min) pairs of a super-block.
+inline void unpack_scales(const uint8_t* scales12, uint8_t* sc, uint8_t* m) {
+    for (int j = 0; j < 8; ++j) get_scale_min_k4(j, scales12, &sc[j], &m[j]);
+}
+
+// Float tail of the Q4_K/Q5_K dots, in ggml's scalar order: the 8 int32 lanes from a lane kernel
+// (reference below, AVX2 in simd/quants_avx2.cpp) are converted separately into 8 float partial
+// sums that run over the whole row, the min term goes straight into sumf, and the 8 partials are
+// added to sumf only at the end of the row.
+template <class Block, class LanesFn>
+float kx_vec_dot(int64_t n, const void* w, const void* x, LanesFn lanes) {
+    const Block* b = (const Block*)w;
+    const block_q8_K* a = (const block_q8_K*)x;
+    float sums[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    float sumf = 0;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        uint8_t sc[8], m[8];
+        unpack_scales(b[i].scales, sc, m);
+        int32_t lane[8];
+        lanes(b[i], a[i].qs, sc, lane);
+        // The min term needs only sum(q8) per sub-block: Q8_K carries sums of 16, two per sub-block.
+        int32_t summ = 0;
+        for (int j = 0; j < QK_K / 16; ++j) summ += a[i].bsums[j] * m[j / 2];
+        const float dd = fp16_to_fp32(b[i].d) * a[i].d;
+        for (int l = 0; l < 8; ++l) sums[l] += dd * lane[l];
+        const float dm = fp16_to_fp32(b[i].dmin) * a[i].d;
+        sumf -= dm * summ;
+    }
+    for (int l = 0; l < 8; ++l) sumf += sums[l];
+    return sumf;
+}
+
+// Levels of a Q4_K block in natural order: each 64-value group takes the low nibbles of 32 bytes
+// for its first half and the high nibbles for its second half.
+inline void q4_k_levels(const block_q4_K& b, uint8_t* q) {
+    for (int g = 0; g < QK_K / 64; ++g) {
+        const uint8_t* qs = b.qs + 32 * g;
+        for (int l = 0; l < 32; ++l) {
+            q[64 * g + l] = qs[l] & 0xF;
+            q[64 * g + 32 + l] = qs[l] >> 4;
+        }
+    }
+}
+
+// Q5_K adds bit 4 from qh: value 64g+l uses bit 2g of qh[l], value 64g+32+l bit 2g+1.
+inline void q5_k_levels(const block_q5_K& b, uint8_t* q) {
+    for (int g = 0; g < QK_K / 64; ++g) {
+        const uint8_t* qs = b.qs + 32 * g;
+        for (int l = 0; l < 32; ++l) {
+            q[64 * g + l] = (uint8_t)((qs[l] & 0xF) | (((b.qh[l] >> (2 * g)) & 1) << 4));
+            q[64 * g + 32 + l] = (uint8_t)((qs[l] >> 4) | (((b.qh[l] >> (2 * g + 1)) & 1) << 4));
+        }
+    }
+}
+
+// Reference lane kernels: lane[l] = sum over values e = l (mod 8) of sc[e/32] * q8[e] * q[e].
+void q4_k_lanes_ref(const block_q4_K& b, const int8_t* q8, const uint8_t* sc, int32_t* lane) {
+    uint8_t q[QK_K];
+    q4_k_levels(b, q);
+    for (int l = 0; l < 8; ++l) lane[l] = 0;
+    for (int e = 0; e < QK_K; ++e) lane[e & 7] += (int32_t)sc[e / 32] * (q8[e] * q[e]);
+}
+
+void q5_k_lanes_ref(const block_q5_K& b, const int8_t* q8, const uint8_t* sc, int32_t* lane) {
+    uint8_t q[QK_K];
+    q5_k_levels(b, q);
+    for (int l = 0; l < 8; ++l) lane[l] = 0;
+    for (int e = 0; e < QK_K; ++e) lane[e & 7] += (int32_t)sc[e / 32] * (q8[e] * q[e]);
+}
+
+// Decode value = d*sc*q - dmin*m with ggml's rounding: (d*sc)*q - (dmin*m).
+inline void kx_decode(const uint8_t* q, uint16_t d16, uint16_t dmin16, const uint8_t* scales12, float* y) {
+    uint8_t sc[8], m[8];
+    unpack_scales(scales12, sc, m);
+    const float d = fp16_to_fp32(d16), dmin = fp16_to_fp32(dmin16);
+    for (int j = 0; j < 8; ++j) {
+        const float dl = d * sc[j], ml = dmin * m[j];
+        for (int l = 0; l < 32; ++l) y[32 * j + l] = dl * q[32 * j + l] - ml;
+    }
+}
+
+}  // namespace
+
+// ---- Q4_K ----
+void q4_k_from_float(const float* x, void* dst, int64_t n) {
+    block_q4_K* y = (block_q4_K*)dst;
+    uint8_t L[QK_K];
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        choose_levels(x, kQ4K, &y[i].d, &y[i].dmin, y[i].scales, L);
+        for (int g = 0; g < QK_K / 64; ++g) {
+            for (int l = 0; l < 32; ++l) y[i].qs[32 * g + l] = (uint8_t)(L[64 * g + l] | (L[64 * g + 32 + l] << 4));
+        }
+    }
+}
+
+void q4_k_to_float(const void* src, float* y, int64_t n) {
+    const block_q4_K* b = (const block_q4_K*)src;
+    uint8_t q[QK_K];
+    for (int64_t i = 0; i < n / QK_K; ++i, y += QK_K) {
+        q4_k_levels(b[i], q);
+        kx_decode(q, b[i].d, b[i].dmin, b[i].scales, y);
+    }
+}
+
+float q4_k_vec_dot(int64_t n, const void* w, const void* x) {
+    return kx_vec_dot<block_q4_K>(n, w, x, q4_k_lanes_ref);
+}
+
+#if defined(PQ_HAVE_AVX2_KERNELS)
+float q4_k_vec_dot_avx2(int64_t n, const void* w, const void* x) {
+    return kx_vec_dot<block_q4_K>(n, w, x, avx2::q4_k_lanes);
+}
+#endif
+
+// ---- Q5_K ----
+void q5_k_from_float(const float* x, void* dst, int64_t n) {
+    block_q5_K* y = (block_q5_K*)dst;
+    uint8_t L[QK_K];
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        choose_levels(x, kQ5K, &y[i].d, &y[i].dmin, y[i].scales, L);
+        memset(y[i].qh, 0, sizeof(y[i].qh));
+        for (int g = 0; g < QK_K / 64; ++g) {
+            for (int l = 0; l < 32; ++l) {
+                const int lo = L[64 * g + l], hi = L[64 * g + 32 + l];
+                y[i].qs[32 * g + l] = (uint8_t)((lo & 0xF) | ((hi & 0xF) << 4));
+                y[i].qh[l] |= (uint8_t)(((lo >> 4) << (2 * g)) | ((hi >> 4) << (2 * g + 1)));
+            }
+        }
+    }
+}
+
+void q5_k_to_float(const void* src, float* y, int64_t n) {
+    const block_q5_K* b = (const block_q5_K*)src;
+    uint8_t q[QK_K];
+    for (int64_t i = 0; i < n / QK_K; ++i, y += QK_K) {
+        q5_k_levels(b[i], q);
+        kx_decode(q, b[i].d, b[i].dmin, b[i].scales, y);
+    }
+}
+
+float q5_k_vec_dot(int64_t n, const void* w, const void* x) {
+    return kx_vec_dot<block_q5_K>(n, w, x, q5_k_lanes_ref);
+}
+
+#if defined(PQ_HAVE_AVX2_KERNELS)
+float q5_k_vec_dot_avx2(int64_t n, const void* w, const void* x) {
+    return kx_vec_dot<block_q5_K>(n, w, x, avx2::q5_k_lanes);
+}
+#endif
+
+}  // namespace qi
+}  // namespace pq

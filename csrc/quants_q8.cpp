@@ -1,0 +1,140 @@
+// quants_q8.cpp: the 8-bit formats. Q8_0 is both a weight format and the activation format for
+// Q8_0/IQ4_NL weights; Q8_K is the activation format for the k-quants and IQ4_XS on the CPU; Q8_1
+// (Q8_0 plus d*sum) is what llama.cpp's CUDA backend quantizes activations to.
+#include <cmath>
+
+#include "quants_internal.h"
+
+namespace pq {
+namespace qi {
+
+// ---- Q8_0: d = amax/127 (fp16), q = round(x/d) with C roundf (ties away from zero) ----
+void q8_0_from_float(const float* x, void* dst, int64_t n) {
+    block_q8_0* y = (block_q8_0*)dst;
+    for (int64_t i = 0; i < n / QK8_0; ++i, x += QK8_0) {
+        float amax = 0;
+        for (int j = 0; j < QK8_0; ++j) amax = amax > fabsf(x[j]) ? amax : fabsf(x[j]);
+        const float d = amax / 127;
+        // Multiply by the fp32 inverse of the unrounded d, as ggml does (not divide by the fp16 d).
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        for (int j = 0; j < QK8_0; ++j) y[i].qs[j] = trunc_to_i8(roundf(x[j] * id));
+    }
+}
+
+void q8_0_to_float(const void* src, float* y, int64_t n) {
+    const block_q8_0* b = (const block_q8_0*)src;
+    for (int64_t i = 0; i < n / QK8_0; ++i, y += QK8_0) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < QK8_0; ++j) y[j] = b[i].qs[j] * d;
+    }
+}
+
+namespace {
+
+// Integer dot of each 32-value block pair: sumi[i] = sum_j w[i].qs[j] * a[i].qs[j].
+void q8_0_block_sums_ref(int64_t nb, const block_q8_0* w, const block_q8_0* a, int32_t* sumi) {
+    for (int64_t i = 0; i < nb; ++i) {
+        int32_t s = 0;
+        for (int j = 0; j < QK8_0; ++j) s += w[i].qs[j] * a[i].qs[j];
+        sumi[i] = s;
+    }
+}
+
+// Float part in ggml's order: one float add per block. Integer sums come in chunks so a SIMD kernel
+// can produce them without any float arithmetic of its own.
+template <class SumsFn>
+float q8_0_dot(int64_t n, const void* w, const void* x, SumsFn sums) {
+    const block_q8_0* b = (const block_q8_0*)w;
+    const block_q8_0* a = (const block_q8_0*)x;
+    constexpr int64_t kChunk = 64;
+    int32_t sumi[kChunk];
+    float sumf = 0;
+    const int64_t nb = n / QK8_0;
+    for (int64_t i0 = 0; i0 < nb; i0 += kChunk) {
+        const int64_t m = nb - i0 < kChunk ? nb - i0 : kChunk;
+        sums(m, b + i0, a + i0, sumi);
+        for (int64_t i = 0; i < m; ++i) {
+            sumf += sumi[i] * (fp16_to_fp32(b[i0 + i].d) * fp16_to_fp32(a[i0 + i].d));
+        }
+    }
+    return sumf;
+}
+
+}  // namespace
+
+float q8_0_vec_dot(int64_t n, const void* w, const void* x) { return q8_0_dot(n, w, x, q8_0_block_sums_ref); }
+
+#if defined(PQ_HAVE_AVX2_KERNELS)
+float q8_0_vec_dot_avx2(int64_t n, const void* w, const void* x) {
+    return q8_0_dot(n, w, x, avx2::q8_0_block_sums);
+}
+#endif
+
+// ---- Q8_1: Q8_0 plus s = fp16(d * sum(q)) so a dot with an offset format can fold the offset ----
+void q8_1_from_float(const float* x, void* dst, int64_t n) {
+    block_q8_1* y = (block_q8_1*)dst;
+    for (int64_t i = 0; i < n / QK8_0; ++i, x += QK8_0) {
+        float amax = 0;
+        for (int j = 0; j < QK8_0; ++j) amax = amax > fabsf(x[j]) ? amax : fabsf(x[j]);
+        const float d = amax / 127;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        int32_t sum = 0;
+        for (int j = 0; j < QK8_0; ++j) {
+            y[i].qs[j] = trunc_to_i8(roundf(x[j] * id));
+            sum += y[i].qs[j];
+        }
+        y[i].s = fp32_to_fp16(sum * d);
+    }
+}
+
+void q8_1_to_float(const void* src, float* y, int64_t n) {
+    const block_q8_1* b = (const block_q8_1*)src;
+    for (int64_t i = 0; i < n / QK8_0; ++i, y += QK8_0) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < QK8_0; ++j) y[j] = b[i].qs[j] * d;
+    }
+}
+
+// ---- Q8_K: fp32 d per 256 values, q in [-127, 127] via nearest_int, plus sums of each 16 ----
+void q8_k_from_float(const float* x, void* dst, int64_t n) {
+    block_q8_K* y = (block_q8_K*)dst;
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        float vmax = 0, amax = 0;
+        for (int j = 0; j < QK_K; ++j) {
+            const float ax = fabsf(x[j]);
+            if (ax > amax) {
+                amax = ax;
+                vmax = x[j];
+            }
+        }
+        if (!amax) {
+            // ggml leaves bsums untouched here; we zero the whole block so output is deterministic.
+            memset(&y[i], 0, sizeof(block_q8_K));
+            continue;
+        }
+        // -127/max (not -128): keeps the range symmetric, which ggml's SIMD dot kernels rely on.
+        const float iscale = -127.f / vmax;
+        for (int j = 0; j < QK_K; ++j) {
+            const int v = nearest_int(iscale * x[j]);
+            y[i].qs[j] = (int8_t)(v < 127 ? v : 127);
+        }
+        for (int j = 0; j < QK_K / 16; ++j) {
+            int sum = 0;
+            for (int l = 0; l < 16; ++l) sum += y[i].qs[16 * j + l];
+            y[i].bsums[j] = (int16_t)sum;
+        }
+        y[i].d = 1 / iscale;
+    }
+}
+
+void q8_k_to_float(const void* src, float* y, int64_t n) {
+    const block_q8_K* b = (const block_q8_K*)src;
+    for (int64_t i = 0; i < n / QK_K; ++i, y += QK_K) {
+        for (int j = 0; j < QK_K; ++j) y[j] = b[i].d * b[i].qs[j];
+    }
+}
+
+}  // namespace qi
+}  // namespace pq
