@@ -1,0 +1,674 @@
+"""The `pyqwen` command line: generate, chat, info, bench, convert (and serve, when installed).
+
+    pyqwen generate -m model.gguf -p "The capital of France is" -n 32 --temp 0
+    pyqwen generate --hf unsloth/Qwen3.6-27B-GGUF:Q4_K_M --chat -p "Why is the sky blue?"
+    pyqwen chat -m model.gguf --system "You are terse."
+    pyqwen info model.gguf --ctx 32768 --gpu-mem 24GiB
+    pyqwen bench -m model.gguf -p 512 -n 128 -r 3 -t 8 --peer-llama-cpp
+
+Bad input (missing or invalid file, bad numbers, a prompt that does not fit) prints one line on stderr
+and exits with status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ContextOverflowError, ModelFormatError
+
+DEMO_NOTE = "pyqwen: no model given: using the built-in demo model (random weights, the text is gibberish)"
+
+
+class CLIError(ValueError):
+    """Bad command-line input; main() prints it as one line and exits 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# ---- argument types --------------------------------------------------------------------------------
+
+def _int(lo: int | None = None, what: str = "integer"):
+    def parse(s: str) -> int:
+        try:
+            v = int(s, 0) if s.strip().lower().startswith("0x") else int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an {what}, got {s!r}") from None
+        if lo is not None and v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+    return parse
+
+
+def _float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {s!r}")
+    return v
+
+
+_UNITS = {"": 2**30, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
+          "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
+
+
+def parse_size(s: str) -> int:
+    """'24GiB', '24G' (binary), '24GB' (decimal), '16000MiB', '24' (GiB) -> bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", s)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"expected a size such as 24GiB, 80G or 16000MiB, got {s!r}")
+    v = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {s!r}")
+    return int(v)
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+# ---- shared option groups --------------------------------------------------------------------------
+
+def _add_model_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    g = p.add_argument_group("model")
+    if positional:
+        g.add_argument("model", nargs="?", metavar="MODEL", help="GGUF file (default: the built-in demo model)")
+    else:
+        g.add_argument("-m", "--model", metavar="FILE", help="GGUF file (default: the built-in demo model)")
+    g.add_argument("--hf", metavar="REPO[:QUANT]",
+                   help="download/cached GGUF from the Hugging Face Hub, e.g. unsloth/Qwen3.6-27B-GGUF:Q4_K_M")
+
+
+def _add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None:
+    g = p.add_argument_group("runtime")
+    g.add_argument("-c", "--ctx", type=_int(1, "integer >= 1"), default=ctx_default, metavar="N",
+                   help=f"context size in tokens (default {ctx_default}, capped at the model's training context)")
+    g.add_argument("-t", "--threads", type=_int(1), default=None, metavar="T",
+                   help="CPU threads (default: all cores available to this process)")
+    g.add_argument("-b", "--batch-size", type=_int(1), default=256, metavar="N",
+                   help="maximum tokens per prefill chunk (default 256)")
+    g.add_argument("--kv-type", choices=("f16", "f32"), default="f16", help="KV cache type (default f16)")
+    g.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto", help="compute backend")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling (llama.cpp defaults)")
+    g.add_argument("-n", "--n-predict", type=_int(-1), default=None, metavar="N",
+                   help="tokens to generate; -1 = until end of turn or the context is full "
+                        "(default 256 for raw completion, -1 for chat)")
+    g.add_argument("--temp", type=_float, default=0.8, help="temperature; 0 = greedy (default 0.8)")
+    g.add_argument("--top-k", type=_int(0), default=40, help="top-k, 0 = off (default 40)")
+    g.add_argument("--top-p", type=_float, default=0.95, help="top-p, 1 = off (default 0.95)")
+    g.add_argument("--min-p", type=_float, default=0.05, help="min-p, 0 = off (default 0.05)")
+    g.add_argument("--presence-penalty", type=_float, default=0.0, help="presence penalty (default 0)")
+    g.add_argument("--repeat-penalty", type=_float, default=1.0, help="repetition penalty, 1 = off (default 1)")
+    g.add_argument("--repeat-last-n", type=_int(0), default=64, help="tokens the penalties look at (default 64)")
+    g.add_argument("-s", "--seed", type=_int(-1), default=-1, help="RNG seed, -1 = random (default -1)")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop when TEXT is generated (repeatable)")
+
+
+def _add_chat_display_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("chat")
+    g.add_argument("--system", metavar="TEXT", help="system message")
+    g.add_argument("--no-think", action="store_true", help="disable thinking (enable_thinking=False)")
+    g.add_argument("--hide-reasoning", action="store_true", help="do not print the reasoning (<think>) text")
+
+
+def _sampling(args) -> dict:
+    from .sampling import SamplingParams
+
+    kw = dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+              presence_penalty=args.presence_penalty, repetition_penalty=args.repeat_penalty,
+              penalty_last_n=args.repeat_last_n, seed=None if args.seed < 0 else args.seed, stop=list(args.stop))
+    SamplingParams(**kw).validate()  # ValueError before any model is loaded
+    return kw
+
+
+# ---- model resolution and loading -----------------------------------------------------------------
+
+def resolve_model_path(model: str | None, hf: str | None, *, quiet: bool = False) -> Path:
+    """-m FILE, --hf REPO[:QUANT] or (neither) the demo model, as a local path."""
+    if model and hf:
+        raise CLIError("give either a model file or --hf, not both")
+    if hf:
+        from .hub import resolve_hf
+
+        return resolve_hf(hf)
+    if model:
+        p = Path(model).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"no such model file: {p}")
+        if p.is_dir():
+            raise CLIError(f"{p} is a directory; give a .gguf file (convert a checkpoint with `pyqwen convert`)")
+        return p
+    if not quiet:
+        print(DEMO_NOTE, file=sys.stderr, flush=True)
+    from .demo import demo_model_path
+
+    return Path(demo_model_path())
+
+
+def _load(args, n_ctx: int | None = None):
+    try:
+        from .model import Model
+        from . import _core  # noqa: F401  (a clear message when the extension is missing)
+    except ImportError as e:
+        raise CLIError(f"the C++ extension pyqwen._core is not available ({e}); build/install pyqwen first") from None
+    path = resolve_model_path(args.model, args.hf)
+    try:
+        return Model.load(path, n_ctx=n_ctx or args.ctx, threads=args.threads, kv_type=args.kv_type,
+                          n_batch=args.batch_size, backend=args.backend)
+    except RuntimeError as e:  # e.g. --backend cuda on a CPU-only build
+        raise CLIError(str(e)) from None
+
+
+# ---- output of chat replies -----------------------------------------------------------------------
+
+class ReplyPrinter:
+    """Writes ChatChunks: reasoning dimmed (ANSI) on a terminal, inside <think> tags otherwise, or hidden."""
+
+    DIM, RESET = "\033[2m", "\033[0m"
+
+    def __init__(self, out, hide_reasoning: bool = False, color: bool | None = None):
+        self.out = out
+        if hide_reasoning:
+            self.mode = "hide"
+        else:
+            tty = color if color is not None else (_isatty(out) and not os.environ.get("NO_COLOR"))
+            self.mode = "dim" if tty else "tags"
+        self.section = None      # None, "reasoning", "content"
+        self.last = ""
+
+    def _w(self, s: str) -> None:
+        if s:
+            self.out.write(s)
+            self.last = s
+
+    def reasoning(self, text: str) -> None:
+        if not text or self.mode == "hide":
+            return
+        if self.section is None:
+            self._w(self.DIM if self.mode == "dim" else "<think>\n")
+            self.section = "reasoning"
+        self._w(text)
+        self.out.flush()
+
+    def content(self, text: str) -> None:
+        if not text:
+            return
+        if self.section == "reasoning":
+            self._w(self.RESET + "\n\n" if self.mode == "dim" else "\n</think>\n\n")
+        self.section = "content"
+        self._w(text)
+        self.out.flush()
+
+    def finish(self, newline: bool = True) -> None:
+        if self.section == "reasoning":
+            self._w(self.RESET if self.mode == "dim" else "\n</think>")
+        if newline and self.last and not self.last.endswith("\n"):
+            self._w("\n")
+        self.section = None
+        self.last = ""
+        self.out.flush()
+
+
+def _isatty(f) -> bool:
+    try:
+        return f.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _stream_chat(cg, printer: ReplyPrinter) -> None:
+    try:
+        for c in cg:
+            printer.reasoning(c.reasoning)
+            printer.content(c.content)
+    finally:
+        printer.finish()
+
+
+# ---- generate ---------------------------------------------------------------------------------------
+
+def _read_prompt(args) -> str:
+    if args.prompt is not None and args.file is not None:
+        raise CLIError("give either -p or -f, not both")
+    if args.file is not None:
+        if args.file == "-":
+            return sys.stdin.read()
+        try:
+            return Path(args.file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise FileNotFoundError(f"cannot read prompt file {args.file}: {e.strerror}") from None
+    if args.prompt is not None:
+        return args.prompt
+    if not _isatty(sys.stdin):
+        return sys.stdin.read()
+    raise CLIError("no prompt: give -p TEXT, -f FILE or pipe text on stdin")
+
+
+def cmd_generate(args) -> int:
+    prompt = _read_prompt(args)
+    if not prompt:
+        raise CLIError("the prompt is empty")
+    sampling = _sampling(args)
+    chat = args.chat or args.no_think or args.system is not None
+    n = args.n_predict if args.n_predict is not None else (-1 if chat else 256)
+    model = _load(args)
+    max_tokens = model.n_ctx if n < 0 else n
+    if max_tokens < 1:
+        raise CLIError("-n must be -1 or >= 1")
+    out = sys.stdout
+    if chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system is not None else [])
+        messages.append({"role": "user", "content": prompt})
+        gen = model.chat(messages, max_tokens=max_tokens, enable_thinking=False if args.no_think else None,
+                         sampling=sampling)
+    else:
+        gen = model.generate(prompt, max_tokens=max_tokens, **sampling)
+        if args.echo:
+            out.write(prompt)
+            out.flush()
+    try:
+        if chat:
+            _stream_chat(gen, ReplyPrinter(out, args.hide_reasoning))
+        else:
+            last = ""
+            for c in gen:
+                if c.text:
+                    out.write(c.text)
+                    out.flush()
+                    last = c.text
+            if _isatty(out) and last and not last.endswith("\n"):
+                out.write("\n")
+    except KeyboardInterrupt:
+        gen.close()
+        out.write("\n")
+        print(gen.stats.summary() + " (interrupted)", file=sys.stderr)
+        return 130
+    print(gen.stats.summary(), file=sys.stderr)
+    return 0
+
+
+# ---- chat REPL --------------------------------------------------------------------------------------
+
+CHAT_HELP = ("commands: /exit (or EOF) quits, /reset clears the conversation, /help shows this; "
+             "end a line with \\ to continue on the next; Ctrl-C stops a reply")
+
+
+def _read_user(tty: bool) -> str | None:
+    """One user message (backslash-continued lines joined), or None at EOF."""
+    lines = []
+    while True:
+        if tty:
+            try:
+                line = input("> " if not lines else ". ")
+            except EOFError:
+                line = None
+        else:
+            line = sys.stdin.readline()
+            line = line.rstrip("\n") if line else None
+        if line is None:
+            return "\n".join(lines) if lines else None
+        if line.endswith("\\"):
+            lines.append(line[:-1])
+            continue
+        lines.append(line)
+        return "\n".join(lines)
+
+
+def cmd_chat(args) -> int:
+    sampling = _sampling(args)
+    model = _load(args)
+    n = args.n_predict if args.n_predict is not None else -1
+    max_tokens = model.n_ctx if n < 0 else n
+    if max_tokens < 1:
+        raise CLIError("-n must be -1 or >= 1")
+    tty = _isatty(sys.stdin)
+    print(f"pyqwen chat: {Path(model.path).name}, context {model.n_ctx} tokens. {CHAT_HELP}", file=sys.stderr)
+    history: list[dict] = []
+    printer = ReplyPrinter(sys.stdout, args.hide_reasoning)
+    while True:
+        try:
+            text = _read_user(tty)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            break
+        if text is None:
+            break
+        cmd = text.strip()
+        if not cmd:
+            continue
+        if cmd in ("/exit", "/quit", "/bye"):
+            break
+        if cmd == "/reset":
+            history.clear()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if cmd == "/help":
+            print(CHAT_HELP, file=sys.stderr)
+            continue
+        user = {"role": "user", "content": text}
+        messages = ([{"role": "system", "content": args.system}] if args.system is not None else [])
+        messages += history + [user]
+        try:
+            cg = model.chat(messages, max_tokens=max_tokens, enable_thinking=False if args.no_think else None,
+                            sampling=sampling)
+        except ContextOverflowError as e:
+            print(f"pyqwen: error: {e}; /reset to start a new conversation", file=sys.stderr)
+            continue
+        interrupted = False
+        try:
+            _stream_chat(cg, printer)
+        except KeyboardInterrupt:
+            cg.close()
+            interrupted = True
+        history += [user, cg.message]
+        print(cg.stats.summary() + (" (interrupted)" if interrupted else ""), file=sys.stderr)
+        if not tty:
+            sys.stdout.flush()
+    return 0
+
+
+# ---- info -------------------------------------------------------------------------------------------
+
+def _layer_pattern(recurrent: list[bool]) -> str:
+    s = "".join("L" if r else "A" for r in recurrent)
+    n = len(s)
+    for p in range(1, n):
+        if n % p == 0 and s[:p] * (n // p) == s:
+            return f"[{s[:p]}] x {n // p}"
+    return s
+
+
+def memory_plan(gf, n_ctx: int, kv_bytes: int = 2) -> dict:
+    """Bytes of weights (tensors the forward pass reads) and one sequence's state at n_ctx."""
+    hp = gf.hparams
+    weights = sum(gf.tensors[name].nbytes for name in gf.expected_tensors())
+    rec = hp.state_bytes(0, kv_bytes)
+    kv_per_token = hp.state_bytes(1, kv_bytes) - rec
+    return {"n_ctx": n_ctx, "weights": weights, "kv_cache": kv_per_token * n_ctx, "recurrent": rec,
+            "kv_per_token": kv_per_token, "total": weights + hp.state_bytes(n_ctx, kv_bytes)}
+
+
+def max_context(plan: dict, budget: int, n_ctx_train: int) -> int:
+    """Largest n_ctx whose weights + state fit in budget bytes (0 if not even the weights fit)."""
+    room = budget - plan["weights"] - plan["recurrent"]
+    if room < plan["kv_per_token"]:
+        return 0
+    return min(room // plan["kv_per_token"], n_ctx_train) if plan["kv_per_token"] else n_ctx_train
+
+
+def cmd_info(args) -> int:
+    import numpy as np
+    from gguf import GGMLQuantizationType
+
+    from .bench import describe_model
+    from .gguf_file import GGUFFile
+
+    path = resolve_model_path(args.model, args.hf)
+    gf = GGUFFile.open(path, validate=False)
+    md = gf.metadata
+    out = []
+    w = out.append
+    size = path.stat().st_size
+    desc = describe_model(gf)
+    w(f"file:            {path} ({fmt_bytes(size)}, {size:,} bytes)")
+    if md.get("split.count", 1) not in (None, 1):
+        w(f"split:           part {md.get('split.no', 0) + 1} of {md.get('split.count')} (this part only)")
+    w(f"name:            {md.get('general.name', '?')}")
+    w(f"model:           {desc.name}")
+    arch = md.get("general.architecture", "?")
+    hp = None
+    problem = None
+    try:
+        hp = gf._read_hparams()
+        gf.hparams = hp
+    except ModelFormatError as e:
+        problem = str(e)
+    if hp is not None:
+        try:
+            gf._check_tensors()
+        except ModelFormatError as e:
+            problem = str(e)
+    runnable = "yes" if problem is None else f"no: {problem}"
+    w(f"architecture:    {arch} (runnable by this build: {runnable})")
+    w(f"parameters:      {desc.n_params:,} ({desc.params_str})")
+    w(f"tensor data:     {desc.size:,} bytes ({fmt_bytes(desc.size)}), {len(gf.tensors)} tensors, "
+      f"{8 * desc.size / max(desc.n_params, 1):.2f} bits per weight")
+    if hp is not None:
+        w("hyper-parameters:")
+        w(f"  vocab {hp.n_vocab}, embedding {hp.n_embd}, feed-forward {hp.n_ff}, layers {hp.n_layer}"
+          + (f" (+{hp.n_nextn} MTP)" if hp.n_nextn else "") + f", trained context {hp.n_ctx_train}")
+        w(f"  attention: heads {hp.n_head}, kv heads {hp.n_head_kv}, head dim {hp.head_dim}, "
+          f"rope dims {hp.n_rot}, rope base {hp.rope_base:g}, rms eps {hp.rms_eps:g}")
+        w(f"  gated delta net: conv {hp.ssm_conv}, qk heads {hp.ssm_k_heads}, v heads {hp.ssm_v_heads}, "
+          f"k dim {hp.ssm_k_dim}, v dim {hp.ssm_v_dim}")
+        w(f"layers:          {hp.n_layer - hp.n_attn_layers} gated delta net (L) + {hp.n_attn_layers} "
+          f"full attention (A): {_layer_pattern(hp.recurrent)}")
+    counts: dict[str, list[int]] = {}
+    for t in gf.tensors.values():
+        c = counts.setdefault(GGMLQuantizationType(t.type).name, [0, 0, 0])
+        c[0] += 1
+        c[1] += t.nbytes
+        c[2] += int(np.prod(t.shape, dtype=np.int64))
+    w("tensor types:")
+    w(f"  {'type':<8} {'tensors':>7} {'params':>16} {'bytes':>16} {'size':>11}")
+    for name, (k, b, ne) in sorted(counts.items(), key=lambda kv: -kv[1][1]):
+        w(f"  {name:<8} {k:>7} {ne:>16,} {b:>16,} {fmt_bytes(b):>11}")
+    w(f"  {'total':<8} {len(gf.tensors):>7} {desc.n_params:>16,} {desc.size:>16,} {fmt_bytes(desc.size):>11}")
+    plan = None
+    if hp is not None and all(n in gf.tensors for n in gf.expected_tensors()):
+        n_ctx = min(args.ctx, hp.n_ctx_train)
+        kvb = 2 if args.kv_type == "f16" else 4
+        plan = memory_plan(gf, n_ctx, kvb)
+        capped = f", capped from {args.ctx} at the trained context" if n_ctx < args.ctx else ""
+        w(f"memory at context {n_ctx} ({args.kv_type.upper()} KV cache, one sequence{capped}; "
+          "compute scratch not included):")
+        w(f"  weights          {plan['weights']:>16,} bytes {fmt_bytes(plan['weights']):>11}  "
+          "(tensors the forward pass reads)")
+        w(f"  KV cache         {plan['kv_cache']:>16,} bytes {fmt_bytes(plan['kv_cache']):>11}  "
+          f"({plan['kv_per_token']:,} bytes per token over {hp.n_attn_layers} attention layers)")
+        w(f"  recurrent state  {plan['recurrent']:>16,} bytes {fmt_bytes(plan['recurrent']):>11}  "
+          f"({hp.n_layer - hp.n_attn_layers} layers, F32, independent of context)")
+        w(f"  total            {plan['total']:>16,} bytes {fmt_bytes(plan['total']):>11}")
+        if args.gpu_mem is not None:
+            budget = args.gpu_mem
+            fits = plan["total"] <= budget
+            verdict = (f"yes ({fmt_bytes(budget - plan['total'])} to spare)" if fits
+                       else f"no (short by {fmt_bytes(plan['total'] - budget)})")
+            w(f"fits in {fmt_bytes(budget)}: {verdict}")
+            best = max_context(plan, budget, hp.n_ctx_train)
+            if best == 0:
+                w(f"largest context that fits in {fmt_bytes(budget)}: none (the weights alone do not fit)")
+            else:
+                cap = " (the whole trained context)" if best == hp.n_ctx_train else ""
+                w(f"largest context that fits in {fmt_bytes(budget)}: {best:,} tokens{cap}")
+    if args.json:
+        data = {"path": str(path), "file_size": size, "architecture": arch, "name": md.get("general.name"),
+                "model": desc.name, "runnable": problem is None, "problem": problem, "n_params": desc.n_params,
+                "tensor_bytes": desc.size, "n_tensors": len(gf.tensors),
+                "types": {k: {"tensors": v[0], "bytes": v[1], "params": v[2]} for k, v in counts.items()},
+                "hparams": None if hp is None else {k: v for k, v in vars(hp).items() if k != "recurrent"},
+                "layer_pattern": None if hp is None else "".join("L" if r else "A" for r in hp.recurrent),
+                "memory": plan}
+        if plan is not None and args.gpu_mem is not None:
+            data["gpu_mem"] = args.gpu_mem
+            data["fits"] = plan["total"] <= args.gpu_mem
+            data["max_ctx"] = max_context(plan, args.gpu_mem, hp.n_ctx_train)
+        print(json.dumps(data, indent=2))
+    else:
+        print("\n".join(out))
+    return 0
+
+
+# ---- bench ------------------------------------------------------------------------------------------
+
+def cmd_bench(args) -> int:
+    from .bench import format_markdown, run_bench
+
+    path = resolve_model_path(args.model, args.hf)
+    try:
+        from . import _core  # noqa: F401
+    except ImportError as e:
+        raise CLIError(f"the C++ extension pyqwen._core is not available ({e})") from None
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else None
+    try:
+        report = run_bench(path, n_prompt=args.n_prompt, n_gen=args.n_gen, reps=args.repetitions,
+                           threads=args.threads, n_batch=args.batch_size, backend=args.backend,
+                           peer_llama_cpp=args.peer_llama_cpp, log=log)
+    except RuntimeError as e:
+        raise CLIError(str(e)) from None
+    if args.output == "json":
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(format_markdown(report))
+    return 0
+
+
+# ---- convert / serve --------------------------------------------------------------------------------
+
+def cmd_convert(argv: Sequence[str]) -> int:
+    from .convert import main as convert_main
+
+    return convert_main(list(argv))
+
+
+def _add_serve(subparsers) -> None:
+    """`pyqwen serve` lives in pyqwen.server.cli (another module): it must provide
+    `add_parser(subparsers)` that registers a "serve" sub-parser whose defaults set `func(args) -> int`,
+    and keep heavy imports (fastapi, uvicorn) inside that function so other subcommands stay fast."""
+    import importlib
+
+    try:
+        server_cli = importlib.import_module("pyqwen.server.cli")
+    except ModuleNotFoundError as e:
+        if not e.name or e.name == "pyqwen" or e.name.startswith("pyqwen."):
+            return  # not written yet / not shipped: no serve subcommand
+        missing = e.name
+
+        def unavailable(args) -> int:
+            raise CLIError(f"`pyqwen serve` needs the {missing!r} package: pip install 'pyqwen[server]'")
+
+        p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server (not installed)")
+        p.set_defaults(func=unavailable)
+        return
+    if not hasattr(server_cli, "add_parser"):
+        return
+    server_cli.add_parser(subparsers)
+
+
+# ---- parser -----------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = _Parser(prog="pyqwen", description="llama.cpp-style inference for Qwen3.6 (GGUF arch qwen35).",
+                 epilog="Run `pyqwen COMMAND --help` for the options of a command.")
+    ap.add_argument("--version", action="version", version=f"pyqwen {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("generate", help="complete a prompt (raw text, or --chat through the chat template)",
+                       description="Stream a completion of a prompt to stdout; statistics go to stderr.")
+    _add_model_args(p)
+    g = p.add_argument_group("prompt")
+    g.add_argument("-p", "--prompt", metavar="TEXT", help="prompt text (special tokens are parsed)")
+    g.add_argument("-f", "--file", metavar="FILE", help="read the prompt from FILE ('-' = stdin)")
+    g.add_argument("--chat", action="store_true", help="send the prompt as one user message through the chat template")
+    g.add_argument("--echo", action="store_true", help="print the prompt before the completion (raw mode)")
+    _add_chat_display_args(p)
+    _add_sampling_args(p)
+    _add_runtime_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat",
+                       description="Chat with the model; reads messages from stdin. " + CHAT_HELP + ".")
+    _add_model_args(p)
+    _add_chat_display_args(p)
+    _add_sampling_args(p)
+    _add_runtime_args(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("info", help="show a GGUF's architecture, tensors and memory needs (no extension needed)",
+                       description="Describe a GGUF file and the memory needed to run it.")
+    _add_model_args(p, positional=True)
+    p.add_argument("-c", "--ctx", type=_int(1, "integer >= 1"), default=4096, metavar="N",
+                   help="context size for the memory plan (default 4096, capped at the trained context)")
+    p.add_argument("--kv-type", choices=("f16", "f32"), default="f16", help="KV cache type for the plan (default f16)")
+    p.add_argument("--gpu-mem", type=parse_size, metavar="SIZE",
+                   help="check the plan against this much memory (e.g. 24GiB, 80G, 16000MiB; bare number = GiB) "
+                        "and print the largest context that fits")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("bench", help="llama-bench style pp/tg throughput",
+                       description="Prefill (ppN: random tokens, fresh state) and decode (tgN: one token at a "
+                                   "time, greedy, after a short prompt) throughput, mean ± std over repetitions.")
+    _add_model_args(p)
+    p.add_argument("-p", "--n-prompt", type=_int(0), default=512, metavar="N",
+                   help="prompt tokens (default 512, 0 = skip)")
+    p.add_argument("-n", "--n-gen", type=_int(0), default=128, metavar="N",
+                   help="generated tokens (default 128, 0 = skip)")
+    p.add_argument("-r", "--repetitions", type=_int(1), default=3, metavar="N", help="repetitions (default 3)")
+    p.add_argument("-t", "--threads", type=_int(1), default=None, metavar="T", help="threads (default: all cores)")
+    p.add_argument("-b", "--batch-size", type=_int(1), default=256, metavar="N", help="prefill chunk (default 256)")
+    p.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--peer-llama-cpp", action="store_true",
+                   help="also measure llama.cpp (llama-cpp-python) on the same GGUF and print the ratio")
+    p.add_argument("-o", "--output", choices=("md", "json"), default="md", help="output format (default md)")
+    p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    p.set_defaults(func=cmd_bench)
+
+    sub.add_parser("convert", help="convert a Hugging Face checkpoint to GGUF (see `pyqwen convert --help`)",
+                   add_help=False)
+    _add_serve(sub)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "convert":
+        return cmd_convert(argv[1:])
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "func", None):
+        ap.print_help(sys.stderr)
+        return 2
+    from .hub import HubError
+
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `pyqwen generate ... | head`
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 1
+    except (CLIError, HubError, ModelFormatError, ContextOverflowError, FileNotFoundError, IsADirectoryError,
+            PermissionError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"pyqwen {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
