@@ -1,0 +1,50 @@
+// selftest_kernels.h: host entry points of the emulator self-test kernels (selftest_kernels.cu).
+//
+// No include guard on purpose: selftest_module.cpp includes it once per namespace, because the kernels
+// are compiled twice -- normally (namespace selftest) and with -DPQ_SELFTEST_NO_BARRIER (namespace
+// nobarrier) -- to show that the emulator turns a missing __syncthreads into a wrong result.
+#include <cstdint>
+#include <vector>
+
+#ifndef PQ_SELFTEST_NS
+#error "define PQ_SELFTEST_NS before including selftest_kernels.h"
+#endif
+
+namespace PQ_SELFTEST_NS {
+
+// Sum of each 256-value chunk of x: static __shared__ tree reduction.
+std::vector<float> block_sum(const std::vector<float>& x);
+// Same with a runtime block size and dynamic shared memory.
+std::vector<float> dyn_block_sum(const std::vector<float>& x, int block);
+// Warp intrinsics on one block of 64 threads; returns kWarpTests rows of 64 ints (see the .cu).
+constexpr int kWarpTests = 13;
+std::vector<int32_t> warp_ops(const std::vector<int32_t>& x);
+// __syncthreads_count/_and/_or of (x[t] > 0) over a block of x.size() threads: 3 rows of x.size().
+std::vector<int32_t> barrier_votes(const std::vector<int32_t>& x);
+// Thread (8, 4, 2) block: per thread {linear id from threadIdx, lane-0 value of its warp}.
+std::vector<int32_t> block_3d();
+// Atomics over many blocks: {histogram..., max, float sum as int, u64 sum low, u64 sum high}.
+std::vector<int64_t> atomics(const std::vector<int32_t>& vals, int nbins);
+// __dp4a signed and unsigned on packed int8x4 operands.
+std::vector<int32_t> dp4a(const std::vector<int32_t>& a, const std::vector<int32_t>& b, const std::vector<int32_t>& c,
+                          bool is_unsigned);
+// fp16 / bf16: rows {half bits, bf16 bits} as uint16 values, for each float of x.
+std::vector<uint16_t> to_16bit(const std::vector<float>& x);
+// Half arithmetic on pairs: rows {hadd, hmul, hsub, hfma(a,b,a)} as half bits.
+std::vector<uint16_t> half_ops(const std::vector<float>& a, const std::vector<float>& b);
+// Error codes from invalid launches: {2048 threads, grid.y 70000, 64 KiB dynamic smem without opt-in,
+// 64 KiB with opt-in, last error after a good launch}.
+std::vector<int> launch_errors();
+
+// Each of these aborts the process with a pq_emu error message (tests run them in a subprocess).
+void divergent_exit();      // half the block exits, the other half waits at __syncthreads
+void divergent_sites();     // odd and even threads wait at two different __syncthreads
+void shfl_lane_exits();     // lane 5 exits before a full-mask shuffle
+void shfl_vs_barrier();     // lane 0 shuffles while the other lanes wait at __syncthreads
+void shfl_not_in_mask();    // a lane calls a shuffle with a mask that excludes itself
+void shfl_mask_mismatch();  // lanes 0-15 shuffle with a half-warp mask, lanes 16-31 with the full mask
+void shfl_missing_lanes();  // full-mask shuffle in a block of 48 threads
+void smem_overflow();       // writes past the dynamic shared memory
+void trap();                // __trap()
+
+}  // namespace PQ_SELFTEST_NS
