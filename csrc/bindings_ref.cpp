@@ -6,7 +6,9 @@
 #include <stdexcept>
 #include <vector>
 
+#include "attention.h"
 #include "gdn.h"
+#include "model.h"
 #include "matmul.h"
 #include "ops.h"
 
@@ -110,6 +112,40 @@ void bind_ref(py::module_& m) {
             return y;
         },
         py::arg("x"), py::arg("n_rot"), py::arg("pos"), py::arg("base"));
+
+    m.def(
+        "ref_attention",
+        [](farr q, py::array k_cache, py::array v_cache, int64_t pos0) {
+            // q: [n, H, D] (normed + roped); caches: [n_keys_total, Hkv, D] float32 or float16, holding
+            // the keys of positions 0..pos0+n-1. Query t attends to keys 0..pos0+t (causal), query head h
+            // to KV head h / (H / Hkv). Returns o [n, H, D] (before the output gate).
+            need(q.ndim() == 3 && k_cache.ndim() == 3 && v_cache.ndim() == 3, "q [n,H,D], caches [m,Hkv,D]");
+            const int64_t n = q.shape(0), H = q.shape(1), D = q.shape(2);
+            const int64_t m = k_cache.shape(0), Hkv = k_cache.shape(1);
+            need(k_cache.shape(2) == D && v_cache.shape(0) == m && v_cache.shape(1) == Hkv && v_cache.shape(2) == D,
+                 "cache shapes disagree");
+            need(Hkv > 0 && H % Hkv == 0, "H must be a multiple of Hkv");
+            need(pos0 >= 0 && pos0 + n <= m, "cache too short for pos0 + n");
+            const bool f16 = k_cache.dtype().is(py::dtype::of<uint16_t>()) || k_cache.dtype().kind() == 'f' && k_cache.itemsize() == 2;
+            need(k_cache.dtype().is(v_cache.dtype()), "caches must share a dtype");
+            need(f16 || (k_cache.dtype().kind() == 'f' && k_cache.itemsize() == 4), "caches must be float32 or float16");
+            auto kc = py::array::ensure(k_cache, py::array::c_style), vc = py::array::ensure(v_cache, py::array::c_style);
+            const KvType kt = f16 ? KvType::F16 : KvType::F32;
+            const size_t row = (size_t)Hkv * D * (f16 ? 2 : 4), head = (size_t)D * (f16 ? 2 : 4);
+            farr o({n, H, D});
+            std::vector<float> p(pos0 + n);
+            const uint8_t* K = (const uint8_t*)kc.data();
+            const uint8_t* V = (const uint8_t*)vc.data();
+            for (int64_t t = 0; t < n; ++t)
+                for (int64_t h = 0; h < H; ++h) {
+                    const int64_t g = h / (H / Hkv);
+                    attention_head(q.data() + (t * H + h) * D, K + g * head, V + g * head, row, pos0 + t + 1, D,
+                                   1.0f / std::sqrt((float)D), kt, p.data(), o.mutable_data() + (t * H + h) * D);
+                }
+            return o;
+        },
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"),
+        "Causal GQA attention (scale 1/sqrt(D)) of n queries at positions pos0.. over a KV cache.");
 }
 
 }  // namespace pq

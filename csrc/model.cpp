@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "attention.h"
 #include "gdn.h"
 #include "matmul.h"
 #include "ops.h"
@@ -284,28 +285,6 @@ static inline void kv_store(uint8_t* dst, const float* src, int64_t n, KvType ty
     }
 }
 
-static inline float kv_dot(const uint8_t* row, const float* q, int64_t n, KvType type) {
-    float s = 0.0f;
-    if (type == KvType::F32) {
-        const float* r = (const float*)row;
-        for (int64_t i = 0; i < n; ++i) s += r[i] * q[i];
-    } else {
-        const uint16_t* r = (const uint16_t*)row;
-        for (int64_t i = 0; i < n; ++i) s += fp16_to_fp32(r[i]) * q[i];
-    }
-    return s;
-}
-
-static inline void kv_axpy(float* acc, const uint8_t* row, float p, int64_t n, KvType type) {
-    if (type == KvType::F32) {
-        const float* r = (const float*)row;
-        for (int64_t i = 0; i < n; ++i) acc[i] += p * r[i];
-    } else {
-        const uint16_t* r = (const uint16_t*)row;
-        for (int64_t i = 0; i < n; ++i) acc[i] += p * fp16_to_fp32(r[i]);
-    }
-}
-
 // Gated attention: per-head [q | gate] rows, q/k RMSNorm, partial NEOX RoPE, causal GQA over the
 // KV cache (query head h reads KV head h / (n_head / n_head_kv)), sigmoid gate, output projection.
 void Model::attn_layer(const LayerWeights& L, int al, State& st, const float* a, int64_t n, float* out) {
@@ -343,20 +322,9 @@ void Model::attn_layer(const LayerWeights& L, int al, State& st, const float* a,
         for (int64_t i = i0; i < i1; ++i) {
             const int64_t t = i / H, h = i % H, g = h / group, n_keys = pos0 + t + 1;
             const float* q = qg.data() + (t * H + h) * 2 * D;
-            float mx = -INFINITY;
-            for (int64_t s = 0; s < n_keys; ++s) {
-                p[s] = kv_dot(Kc + s * st.kv_row_bytes + g * head_bytes, q, D, st.kv_type) * scale;
-                mx = std::max(mx, p[s]);
-            }
-            float sum = 0.0f;
-            for (int64_t s = 0; s < n_keys; ++s) {
-                p[s] = std::exp(p[s] - mx);
-                sum += p[s];
-            }
             float* oh = o.data() + (t * H + h) * D;
-            std::fill(oh, oh + D, 0.0f);
-            for (int64_t s = 0; s < n_keys; ++s)
-                kv_axpy(oh, Vc + s * st.kv_row_bytes + g * head_bytes, p[s] / sum, D, st.kv_type);
+            attention_head(q, Kc + g * head_bytes, Vc + g * head_bytes, st.kv_row_bytes, n_keys, D, scale,
+                           st.kv_type, p.data(), oh);
             const float* gate = q + D;
             for (int64_t d = 0; d < D; ++d) oh[d] *= sigmoid(gate[d]);
         }
