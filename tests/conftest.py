@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-FIXTURES = Path(__file__).parent / "fixtures"
-HF_MODELS = sorted(p.name for p in (FIXTURES / "hf").iterdir() if (p / "reference.npz").exists())
+from pq_testutil import FIXTURES
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +26,3 @@ def gguf_cache(tmp_path_factory):
 
     return get
 
-
-def load_reference(name: str) -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / "hf" / name / "reference.npz") as z:
-        return {k: z[k] for k in z.files}

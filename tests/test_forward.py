@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import pyqwen
-from conftest import HF_MODELS, load_reference
+from pq_testutil import HF_MODELS, load_reference
 
 
 def rel_err(a: np.ndarray, ref: np.ndarray) -> float:

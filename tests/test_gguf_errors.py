@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import pyqwen
-from conftest import HF_MODELS
+from pq_testutil import HF_MODELS
 from pyqwen.gguf_file import GGUFFile
 
 NAME = HF_MODELS[0]
