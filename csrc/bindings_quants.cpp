@@ -199,7 +199,7 @@ void bind_quants(py::module_& m) {
           "Decode n values from raw blocks (any contiguous byte buffer) to float32.");
     m.def("quant_vec_dot", &py_vec_dot, py::arg("type"), py::arg("w"), py::arg("x"),
           "Dot of one quantized weight row with float32 x; x is first quantized to the weight's "
-          "activation format (Q8_K or Q8_0) as llama.cpp's CPU backend does.");
+          "activation format (Q8_K, Q8_0 or Q8_1) as llama.cpp's CPU backend does.");
     m.def("quant_vec_dot_q", &py_vec_dot_q, py::arg("type"), py::arg("w"), py::arg("act"), py::arg("n"),
           py::arg("reference") = false,
           "Dot of one quantized weight row with an already quantized activation row (raw blocks). "

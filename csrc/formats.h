@@ -112,6 +112,41 @@ constexpr int QK4_NL = 32;
 constexpr int QK_K = 256;
 constexpr int K_SCALE_SIZE = 12;
 
+// Legacy 32-value formats (llama.cpp's fallbacks for rows that are not a multiple of 256; also whole
+// community files). The 5-bit ones keep the 5th bits of all 32 values in qh (bit j = value j).
+constexpr int QK4_0 = 32;
+constexpr int QK4_1 = 32;
+constexpr int QK5_0 = 32;
+constexpr int QK5_1 = 32;
+
+struct block_q4_0 {      // 18 bytes: x = d * (q - 8); value j in the low nibble of qs[j], j+16 in the high
+    uint16_t d;
+    uint8_t qs[QK4_0 / 2];
+};
+static_assert(sizeof(block_q4_0) == 18, "block_q4_0 layout");
+
+struct block_q4_1 {      // 20 bytes: x = d * q + m
+    uint16_t d;
+    uint16_t m;
+    uint8_t qs[QK4_1 / 2];
+};
+static_assert(sizeof(block_q4_1) == 20, "block_q4_1 layout");
+
+struct block_q5_0 {      // 22 bytes: x = d * (q - 16)
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[QK5_0 / 2];
+};
+static_assert(sizeof(block_q5_0) == 22, "block_q5_0 layout");
+
+struct block_q5_1 {      // 24 bytes: x = d * q + m
+    uint16_t d;
+    uint16_t m;
+    uint8_t qh[4];
+    uint8_t qs[QK5_1 / 2];
+};
+static_assert(sizeof(block_q5_1) == 24, "block_q5_1 layout");
+
 struct block_q8_0 {      // 34 bytes per 32 values: x = d * q
     uint16_t d;          // fp16 scale
     int8_t qs[QK8_0];
@@ -193,6 +228,7 @@ PQ_HD inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t*
 PQ_HD inline int type_block_size(int type) {
     switch (type) {
         case T_F32: case T_F16: case T_BF16: return 1;
+        case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1:
         case T_Q8_0: case T_Q8_1: case T_IQ4_NL: return 32;
         case T_Q4_K: case T_Q5_K: case T_Q6_K: case T_Q8_K: case T_IQ4_XS: return QK_K;
         default: return 0;
@@ -203,6 +239,10 @@ PQ_HD inline int type_block_bytes(int type) {
     switch (type) {
         case T_F32: return 4;
         case T_F16: case T_BF16: return 2;
+        case T_Q4_0: return (int)sizeof(block_q4_0);
+        case T_Q4_1: return (int)sizeof(block_q4_1);
+        case T_Q5_0: return (int)sizeof(block_q5_0);
+        case T_Q5_1: return (int)sizeof(block_q5_1);
         case T_Q8_0: return (int)sizeof(block_q8_0);
         case T_Q8_1: return (int)sizeof(block_q8_1);
         case T_IQ4_NL: return (int)sizeof(block_iq4_nl);

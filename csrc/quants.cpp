@@ -26,6 +26,16 @@ using namespace qi;
 const QuantTraits kRefTraits[] = {
     {T_Q8_0, "q8_0", QK8_0, sizeof(block_q8_0), q8_0_to_float, q8_0_from_float, T_Q8_0, q8_0_from_float,
      q8_0_vec_dot, q8_0_vec_dot},
+    // Legacy formats (llama.cpp's fallbacks for rows not a multiple of 256): as on ggml's CPU backend,
+    // Q4_0/Q5_0 dot with Q8_0 activations, Q4_1/Q5_1 with Q8_1 (its s folds in the weight's min).
+    {T_Q4_0, "q4_0", QK4_0, sizeof(block_q4_0), q4_0_to_float, q4_0_from_float, T_Q8_0, q8_0_from_float,
+     q4_0_vec_dot, q4_0_vec_dot},
+    {T_Q4_1, "q4_1", QK4_1, sizeof(block_q4_1), q4_1_to_float, q4_1_from_float, T_Q8_1, q8_1_from_float,
+     q4_1_vec_dot, q4_1_vec_dot},
+    {T_Q5_0, "q5_0", QK5_0, sizeof(block_q5_0), q5_0_to_float, q5_0_from_float, T_Q8_0, q8_0_from_float,
+     q5_0_vec_dot, q5_0_vec_dot},
+    {T_Q5_1, "q5_1", QK5_1, sizeof(block_q5_1), q5_1_to_float, q5_1_from_float, T_Q8_1, q8_1_from_float,
+     q5_1_vec_dot, q5_1_vec_dot},
     {T_Q4_K, "q4_K", QK_K, sizeof(block_q4_K), q4_k_to_float, q4_k_from_float, T_Q8_K, q8_k_from_float,
      q4_k_vec_dot, q4_k_vec_dot},
     {T_Q5_K, "q5_K", QK_K, sizeof(block_q5_K), q5_k_to_float, q5_k_from_float, T_Q8_K, q8_k_from_float,
@@ -70,6 +80,10 @@ Table build_table() {
                 case T_Q4_K: q.vec_dot = q4_k_vec_dot_avx2; break;
                 case T_Q5_K: q.vec_dot = q5_k_vec_dot_avx2; break;
                 case T_Q6_K: q.vec_dot = q6_k_vec_dot_avx2; break;
+                case T_Q4_0: q.vec_dot = q4_0_vec_dot_avx2; break;
+                case T_Q4_1: q.vec_dot = q4_1_vec_dot_avx2; break;
+                case T_Q5_0: q.vec_dot = q5_0_vec_dot_avx2; break;
+                case T_Q5_1: q.vec_dot = q5_1_vec_dot_avx2; break;
                 default: break;
             }
         }

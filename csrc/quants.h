@@ -37,7 +37,7 @@ struct QuantTraits {
 const char* quant_simd_name();
 
 // nullptr for types without quantized support (and for the float types).
-// Supported: Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS (weights) and Q8_K, Q8_1 (activation-only: their
+// Supported: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS (weights) and Q8_K, Q8_1 (activation-only: their
 // from_float_ref is ggml's quantize_row_q8_{K,1}_ref, vec_dot/quantize_act are nullptr and
 // vec_dot_type is -1). IQ4_NL/IQ4_XS have from_float_ref == nullptr (read-only formats).
 // Reference kernels are scalar and bit-exact with ggml's scalar C code: from_float_ref is byte-identical

@@ -57,6 +57,20 @@ void q8_1_from_float(const float* src, void* dst, int64_t n);
 void q8_k_to_float(const void* src, float* dst, int64_t n);
 void q8_k_from_float(const float* src, void* dst, int64_t n);
 
+// Legacy 32-value formats (quants_legacy.cpp): Q4_0/Q5_0 dot with Q8_0 activations, Q4_1/Q5_1 with Q8_1.
+void q4_0_to_float(const void* src, float* dst, int64_t n);
+void q4_0_from_float(const float* src, void* dst, int64_t n);
+float q4_0_vec_dot(int64_t n, const void* w, const void* x);
+void q4_1_to_float(const void* src, float* dst, int64_t n);
+void q4_1_from_float(const float* src, void* dst, int64_t n);
+float q4_1_vec_dot(int64_t n, const void* w, const void* x);
+void q5_0_to_float(const void* src, float* dst, int64_t n);
+void q5_0_from_float(const float* src, void* dst, int64_t n);
+float q5_0_vec_dot(int64_t n, const void* w, const void* x);
+void q5_1_to_float(const void* src, float* dst, int64_t n);
+void q5_1_from_float(const float* src, void* dst, int64_t n);
+float q5_1_vec_dot(int64_t n, const void* w, const void* x);
+
 void q4_k_to_float(const void* src, float* dst, int64_t n);
 void q4_k_from_float(const float* src, void* dst, int64_t n);
 float q4_k_vec_dot(int64_t n, const void* w, const void* x);
@@ -80,6 +94,10 @@ float q8_0_vec_dot_avx2(int64_t n, const void* w, const void* x);
 float q4_k_vec_dot_avx2(int64_t n, const void* w, const void* x);
 float q5_k_vec_dot_avx2(int64_t n, const void* w, const void* x);
 float q6_k_vec_dot_avx2(int64_t n, const void* w, const void* x);
+float q4_0_vec_dot_avx2(int64_t n, const void* w, const void* x);
+float q4_1_vec_dot_avx2(int64_t n, const void* w, const void* x);
+float q5_0_vec_dot_avx2(int64_t n, const void* w, const void* x);
+float q5_1_vec_dot_avx2(int64_t n, const void* w, const void* x);
 
 namespace avx2 {
 // Integer kernels (simd/quants_avx2.cpp). They may only use types from formats.h, never its inline

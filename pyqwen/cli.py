@@ -546,7 +546,13 @@ def cmd_bench(args) -> int:
 def cmd_convert(argv: Sequence[str]) -> int:
     from .convert import main as convert_main
 
-    return convert_main(list(argv))
+    return convert_main(list(argv), prog="pyqwen convert")
+
+
+def cmd_quantize(argv: Sequence[str]) -> int:
+    from .convert.quantize import main as quantize_main
+
+    return quantize_main(list(argv), prog="pyqwen quantize")
 
 
 def _add_serve(subparsers) -> None:
@@ -636,6 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("convert", help="convert a Hugging Face checkpoint to GGUF (see `pyqwen convert --help`)",
                    add_help=False)
+    sub.add_parser("quantize", help="requantize a F32/F16/BF16 GGUF, e.g. to q4_k_m (see `pyqwen quantize --help`)",
+                   add_help=False)
     _add_serve(sub)
     return ap
 
@@ -644,6 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "convert":
         return cmd_convert(argv[1:])
+    if argv and argv[0] == "quantize":
+        return cmd_quantize(argv[1:])
     ap = build_parser()
     args = ap.parse_args(argv)
     if not getattr(args, "func", None):

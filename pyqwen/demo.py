@@ -30,12 +30,14 @@ DEMO_CONFIG = {
     "intermediate_size": 768,
     "num_hidden_layers": 8,  # two macro-blocks of 3 GatedDeltaNet + 1 attention layer
     "full_attention_interval": 4,
-    "linear_num_key_heads": 4,
-    "linear_num_value_heads": 12,  # 3 V heads per QK head, like the 27B (16/48)
-    "linear_key_head_dim": 32,
-    "linear_value_head_dim": 32,
+    # Every quantized row size (256, 768) is a multiple of 256, so `pyqwen quantize --type q4_k_m` gives
+    # pure k-quants like the 27B (no Q5_0/Q8_0 fallbacks).
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 6,  # 3 V heads per QK head, like the 27B (16/48)
+    "linear_key_head_dim": 128,  # the 27B's GDN head dim
+    "linear_value_head_dim": 128,
     "linear_conv_kernel_dim": 4,
-    "num_attention_heads": 6,
+    "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "head_dim": 64,
     "rope_parameters": {
@@ -73,7 +75,8 @@ def random_weight(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -
     """
     if name.endswith("linear_attn.norm.weight"):
         x = 1.0 + 0.2 * rng.standard_normal(shape)
-    elif name.endswith("norm.weight"):  # zero-centred RMSNorm weights (scale is 1 + w)
+    elif name.endswith("norm.weight") or (len(shape) == 1 and "_norm_" in name):
+        # zero-centred RMSNorm weights (scale is 1 + w), incl. MTP's pre_fc_norm_embedding/_hidden
         x = 0.2 * rng.standard_normal(shape)
     elif name.endswith("A_log"):
         x = np.log(rng.uniform(1.0, 16.0, shape))
@@ -144,7 +147,7 @@ def demo_model_path() -> Path:
         # never sees a partial file, and the last rename simply wins with identical bytes.
         built = convert(hf_dir, Path(tmp) / "demo.gguf", "f16", name="pyqwen-demo", progress=False)
         os.replace(built, path)
-    # Builds for older code versions are dead weight (18 MB each); an open mmap survives the unlink.
+    # Builds for older code versions are dead weight (22 MB each); an open mmap survives the unlink.
     for old in root.glob("demo-*.gguf"):
         if old != path:
             old.unlink(missing_ok=True)

@@ -251,6 +251,14 @@ class TensorJob:
             x = self.transform(x)
         return np.ascontiguousarray(x, dtype=np.float32)
 
+    @property
+    def streamable(self) -> bool:
+        """Untransformed 2-D tensors can be read and written a block of rows at a time."""
+        return self.transform is None and len(self.shape) == 2
+
+    def load_rows(self, ckpt: HFCheckpoint, r0: int, r1: int) -> np.ndarray:
+        return np.ascontiguousarray(ckpt.load_rows(self.hf_name, r0, r1), dtype=np.float32)
+
 
 def _out_shape(hf_shape: tuple[int, ...], gguf_name: str) -> tuple[int, ...]:
     if gguf_name.endswith("ssm_conv1d.weight"):
