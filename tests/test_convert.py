@@ -286,6 +286,9 @@ def test_multimodal_layout_gives_the_same_file(gguf_cache, tmp_path):
     assert sorted(a) == sorted(b)
     for n in a:
         np.testing.assert_array_equal(a[n].data, b[n].data, err_msg=n)
+    # The dropped vision tower is noted in the metadata (plain text checkpoints carry no such key).
+    assert gguf.GGUFReader(out).fields["pyqwen.skipped_vision_tensors"].contents() == 2
+    assert "pyqwen.skipped_vision_tensors" not in gguf.GGUFReader(gguf_cache(NAMES[1], "f32")).fields
 
 
 def test_mtp_export_and_no_mtp(tmp_path):

@@ -89,10 +89,15 @@ def convert(
     if meta.size_label is None:
         meta.size_label = gguf.size_label(n_params, n_params, 0, 0)
 
+    # Vision tensors go to a separate mmproj file (as llama.cpp's --mmproj); say so in the text GGUF.
+    n_vision = sum(1 for n in ckpt.tensors if "visual." in n)
+
     def add_metadata(w: gguf.GGUFWriter) -> None:
         w.add_type(gguf.GGUFType.MODEL)
         meta.set_gguf_meta_model(w)
         write_metadata(w, p, n_mtp)
+        if n_vision:
+            w.add_uint32("pyqwen.skipped_vision_tensors", n_vision)
         w.add_file_type(int(file_type))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_vocab(w, tok_dir, p.n_vocab)
