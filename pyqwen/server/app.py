@@ -1,0 +1,272 @@
+"""FastAPI application: OpenAI-compatible endpoints over one Engine.
+
+Endpoints: POST /v1/chat/completions, POST /v1/completions (both with SSE streaming), GET /v1/models,
+GET /health, GET /metrics (Prometheus text). With an API key, /v1/* and /metrics need
+`Authorization: Bearer KEY` (401 otherwise); /health stays open for load balancers.
+
+Sessions: a request's session key is the `X-Session-Id` header, else the `session_id` field, else the
+`user` field. Requests with the same key share one cached state (see pyqwen.session); requests without
+one go to a small pool of anonymous sessions matched by prompt prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .engine import Engine, Job, new_id
+from .protocol import APIError, parse_chat, parse_completion, parse_json_body
+
+MAX_BODY = 32 * 2 ** 20
+POLL_SECONDS = 0.25
+
+
+def create_app(engine: Engine, *, api_key: str | None = None, max_body: int = MAX_BODY) -> FastAPI:
+    app = FastAPI(title="pyqwen", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+
+    def error_response(e: APIError, endpoint: str | None = None) -> JSONResponse:
+        if endpoint:
+            engine.metrics.count(endpoint, e.status)
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError):
+        return error_response(e, request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(e.status_code, "invalid_request_error")
+        return error_response(APIError(e.status_code, str(e.detail), kind), None)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, e: Exception):
+        return error_response(APIError(500, f"internal error: {type(e).__name__}", "server_error"), request.url.path)
+
+    def check_auth(request: Request) -> None:
+        if api_key is None:
+            return
+        h = request.headers.get("authorization", "")
+        scheme, _, token = h.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')",
+                           "authentication_error", None, "invalid_api_key")
+
+    async def read_body(request: Request) -> dict:
+        cl = request.headers.get("content-length")
+        if cl is not None and cl.isdigit() and int(cl) > max_body:
+            raise APIError(413, f"the request body is larger than {max_body} bytes", "invalid_request_error",
+                           None, "request_too_large")
+        raw = bytearray()
+        async for part in request.stream():
+            raw += part
+            if len(raw) > max_body:
+                raise APIError(413, f"the request body is larger than {max_body} bytes",
+                               "invalid_request_error", None, "request_too_large")
+        return parse_json_body(bytes(raw))
+
+    async def next_event(job: Job, request: Request) -> tuple[str, Any] | None:
+        """The job's next event; None (and the job cancelled) if the client went away first."""
+        while True:
+            try:
+                return await asyncio.wait_for(job.events.get(), POLL_SECONDS)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    job.cancel()
+                    return None
+
+    # ---- info endpoints ------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health():
+        ok = engine.alive
+        engine.metrics.count("/health", 200 if ok else 503)
+        body = {"status": "ok" if ok else "error", "queue_depth": engine.queue_depth,
+                "processing": engine.processing}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        check_auth(request)
+        engine.metrics.count("/metrics", 200)
+        return PlainTextResponse(engine.prometheus(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_auth(request)
+        engine.metrics.count("/v1/models", 200)
+        m = engine.model
+        return {"object": "list", "data": [{
+            "id": engine.model_name, "object": "model", "created": engine.created, "owned_by": "pyqwen",
+            "meta": {"n_ctx": m.n_ctx, "n_vocab": m.n_vocab, "kv_type": m.kv_type},
+        }]}
+
+    # ---- generation endpoints ------------------------------------------------------------------
+
+    def sse(obj: Any) -> str:
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+    async def start(request: Request, kind: str) -> tuple[Job, Any]:
+        check_auth(request)
+        body = await read_body(request)
+        header_key = request.headers.get("x-session-id")
+        if header_key is not None and not (0 < len(header_key) <= 256):
+            raise APIError(400, "X-Session-Id must be 1-256 characters", "invalid_request_error", "X-Session-Id")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        if kind == "chat":
+            req = parse_chat(body, engine.model.n_ctx, header_key)
+            job = await run_in_threadpool(engine.prepare_chat, req, loop, events)
+        else:
+            req = parse_completion(body, engine.model.n_ctx, engine.model.n_vocab, header_key)
+            job = await run_in_threadpool(engine.prepare_completion, req, loop, events)
+        engine.submit(job)
+        return job, req
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        path = "/v1/chat/completions"
+        job, req = await start(request, "chat")
+        rid, created, model = new_id("chatcmpl"), int(time.time()), engine.model_name
+
+        def chunk(delta: dict, finish=None, usage=None) -> dict:
+            c = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+            if usage is not None:
+                c["usage"] = usage
+            return c
+
+        if req.stream:
+            engine.metrics.count(path, 200)
+
+            async def stream() -> AsyncIterator[str]:
+                done = False
+                try:
+                    yield sse(chunk({"role": "assistant", "content": ""}))
+                    while True:
+                        ev = await next_event(job, request)
+                        if ev is None:
+                            return
+                        kind, payload = ev
+                        if kind == "delta":
+                            yield sse(chunk(payload))
+                        elif kind == "done":
+                            done = True
+                            yield sse(chunk({}, payload["finish_reason"]))
+                            if req.include_usage:
+                                u = {"id": rid, "object": "chat.completion.chunk", "created": created,
+                                     "model": model, "choices": [], "usage": payload["usage"]}
+                                yield sse(u)
+                            yield "data: [DONE]\n\n"
+                            return
+                        else:
+                            done = True
+                            yield sse(payload.body())
+                            yield "data: [DONE]\n\n"
+                            return
+                finally:
+                    if not done:
+                        job.cancel()
+
+            return StreamingResponse(stream(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+        ev = None
+        try:
+            while True:
+                ev = await next_event(job, request)
+                if ev is None:
+                    return Response(status_code=499)
+                kind, payload = ev
+                if kind == "done":
+                    break
+                if kind == "error":
+                    return error_response(payload, path)
+        finally:
+            if ev is None or ev[0] != "done":
+                job.cancel()
+        msg: dict[str, Any] = {"role": "assistant",
+                               "content": payload["content"] if payload["content"] or not payload["tool_calls"]
+                               else None}
+        if payload["reasoning_content"]:
+            msg["reasoning_content"] = payload["reasoning_content"]
+        if payload["tool_calls"]:
+            msg["tool_calls"] = [c.to_openai() for c in payload["tool_calls"]]
+        engine.metrics.count(path, 200)
+        return {"id": rid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": msg, "finish_reason": payload["finish_reason"],
+                             "logprobs": None}],
+                "usage": payload["usage"], "timings": payload["timings"]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        path = "/v1/completions"
+        job, req = await start(request, "completion")
+        rid, created, model = new_id("cmpl"), int(time.time()), engine.model_name
+
+        def chunk(text: str, finish=None) -> dict:
+            return {"id": rid, "object": "text_completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+
+        if req.stream:
+            engine.metrics.count(path, 200)
+
+            async def stream() -> AsyncIterator[str]:
+                done = False
+                try:
+                    while True:
+                        ev = await next_event(job, request)
+                        if ev is None:
+                            return
+                        kind, payload = ev
+                        if kind == "delta":
+                            yield sse(chunk(payload["text"]))
+                        elif kind == "done":
+                            done = True
+                            yield sse(chunk("", payload["finish_reason"]))
+                            if req.include_usage:
+                                yield sse({"id": rid, "object": "text_completion", "created": created,
+                                           "model": model, "choices": [], "usage": payload["usage"]})
+                            yield "data: [DONE]\n\n"
+                            return
+                        else:
+                            done = True
+                            yield sse(payload.body())
+                            yield "data: [DONE]\n\n"
+                            return
+                finally:
+                    if not done:
+                        job.cancel()
+
+            return StreamingResponse(stream(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+        ev = None
+        try:
+            while True:
+                ev = await next_event(job, request)
+                if ev is None:
+                    return Response(status_code=499)
+                kind, payload = ev
+                if kind == "done":
+                    break
+                if kind == "error":
+                    return error_response(payload, path)
+        finally:
+            if ev is None or ev[0] != "done":
+                job.cancel()
+        engine.metrics.count(path, 200)
+        return {"id": rid, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": payload["text"], "finish_reason": payload["finish_reason"],
+                             "logprobs": None}],
+                "usage": payload["usage"], "timings": payload["timings"]}
+
+    return app
