@@ -5,17 +5,16 @@
 
 #include "formats.h"
 #include "model.h"
+#include "simd/dispatch.h"
 
 namespace pq {
 
 static inline float kv_dot(const uint8_t* row, const float* q, int64_t n, KvType type) {
     float s = 0.0f;
     if (type == KvType::F32) {
-        const float* r = (const float*)row;
-        for (int64_t i = 0; i < n; ++i) s += r[i] * q[i];
+        s = simd_kernels().dot_f32((const float*)row, q, n);
     } else {
-        const uint16_t* r = (const uint16_t*)row;
-        for (int64_t i = 0; i < n; ++i) s += fp16_to_fp32(r[i]) * q[i];
+        s = simd_kernels().dot_f16((const uint16_t*)row, q, n);
     }
     return s;
 }
@@ -25,8 +24,7 @@ static inline void kv_axpy(float* acc, const uint8_t* row, float p, int64_t n, K
         const float* r = (const float*)row;
         for (int64_t i = 0; i < n; ++i) acc[i] += p * r[i];
     } else {
-        const uint16_t* r = (const uint16_t*)row;
-        for (int64_t i = 0; i < n; ++i) acc[i] += p * fp16_to_fp32(r[i]);
+        simd_kernels().axpy_f16(acc, (const uint16_t*)row, p, n);
     }
 }
 

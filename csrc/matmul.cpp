@@ -25,6 +25,10 @@ float dot_bf16_ref(const uint16_t* w, const float* x, int64_t n) {
     return s;
 }
 
+void axpy_f16_ref(float* acc, const uint16_t* h, float a, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) acc[i] += a * fp16_to_fp32(h[i]);
+}
+
 // Tokens are processed in tiles so that a tile of activations stays in cache while the thread walks
 // its weight rows; each weight row is then read n_tok / kTokTile times instead of n_tok times.
 static constexpr int64_t kTokTile = 16;

@@ -16,5 +16,6 @@ void matmul(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, fl
 float dot_f32_ref(const float* w, const float* x, int64_t n);
 float dot_f16_ref(const uint16_t* w, const float* x, int64_t n);
 float dot_bf16_ref(const uint16_t* w, const float* x, int64_t n);
+void axpy_f16_ref(float* acc, const uint16_t* h, float a, int64_t n);
 
 }  // namespace pq

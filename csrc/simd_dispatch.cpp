@@ -11,9 +11,10 @@ namespace pq {
 float dot_f32_avx2(const float* w, const float* x, int64_t n);
 float dot_f16_avx2(const uint16_t* w, const float* x, int64_t n);
 float dot_bf16_avx2(const uint16_t* w, const float* x, int64_t n);
-static const SimdKernels kAvx2 = {"avx2", dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2};
+void axpy_f16_avx2(float* acc, const uint16_t* h, float a, int64_t n);
+static const SimdKernels kAvx2 = {"avx2", dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2, axpy_f16_avx2};
 #endif
-static const SimdKernels kRef = {"ref", dot_f32_ref, dot_f16_ref, dot_bf16_ref};
+static const SimdKernels kRef = {"ref", dot_f32_ref, dot_f16_ref, dot_bf16_ref, axpy_f16_ref};
 
 static bool cpu_has_avx2() {
 #if defined(PQ_HAVE_AVX2_KERNELS) && (defined(__x86_64__) || defined(__i386__))

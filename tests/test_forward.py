@@ -138,6 +138,26 @@ def test_simd_kernels_match_reference():
             np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-6 * scale)
 
 
+def test_simd_attention_matches_reference():
+    """Attention over f16/f32 KV rows (AVX2 dot and axpy) against the plain reference loops."""
+    from pyqwen import _core
+
+    rng = np.random.default_rng(1)
+    n, H, Hkv, D, pos0 = 5, 6, 2, 72, 37
+    q = rng.standard_normal((n, H, D)).astype(np.float32)
+    for dt in (np.float32, np.float16):
+        K = rng.standard_normal((pos0 + n, Hkv, D)).astype(dt)
+        V = rng.standard_normal((pos0 + n, Hkv, D)).astype(dt)
+        assert _core.set_simd("ref")
+        ref = _core.ref_attention(q, K, V, pos0)
+        if not _core.set_simd("avx2"):
+            _core.set_simd("auto")
+            pytest.skip("no AVX2 on this CPU")
+        fast = _core.ref_attention(q, K, V, pos0)
+        _core.set_simd("auto")
+        np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-5)
+
+
 def test_against_llama_cpp(gguf_cache):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (.ci/run installs it)")
     for name in HF_MODELS:

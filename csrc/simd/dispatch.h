@@ -14,6 +14,8 @@ struct SimdKernels {
     float (*dot_f32)(const float* w, const float* x, int64_t n);
     float (*dot_f16)(const uint16_t* w, const float* x, int64_t n);
     float (*dot_bf16)(const uint16_t* w, const float* x, int64_t n);
+    // acc[i] += a * float(h[i]): the attention's weighted sum of f16 V rows.
+    void (*axpy_f16)(float* acc, const uint16_t* h, float a, int64_t n);
 };
 
 const SimdKernels& simd_kernels();

@@ -60,4 +60,14 @@ float dot_bf16_avx2(const uint16_t* w, const float* x, int64_t n) {
     return s;
 }
 
+void axpy_f16_avx2(float* acc, const uint16_t* h, float a, int64_t n) {
+    const __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i)));
+        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(va, v, _mm256_loadu_ps(acc + i)));
+    }
+    for (; i < n; ++i) acc[i] += a * _cvtsh_ss(h[i]);
+}
+
 }  // namespace pq
