@@ -499,6 +499,10 @@ def cmd_info(args) -> int:
             else:
                 cap = " (the whole trained context)" if best == hp.n_ctx_train else ""
                 w(f"largest context that fits in {fmt_bytes(budget)}: {best:,} tokens{cap}")
+            gpu = _cuda_plan(gf, n_ctx, args.kv_type, budget)
+            if gpu is not None:
+                w("CUDA backend plan (adds snapshots, scratch and the CUDA context; what Model.load checks):")
+                out.extend("  " + line for line in gpu.lines())
     if args.json:
         data = {"path": str(path), "file_size": size, "architecture": arch, "name": md.get("general.name"),
                 "model": desc.name, "runnable": problem is None, "problem": problem, "n_params": desc.n_params,
@@ -508,6 +512,9 @@ def cmd_info(args) -> int:
                 "layer_pattern": None if hp is None else "".join("L" if r else "A" for r in hp.recurrent),
                 "memory": plan}
         if plan is not None and args.gpu_mem is not None:
+            gpu = _cuda_plan(gf, min(args.ctx, hp.n_ctx_train), args.kv_type, args.gpu_mem)
+            if gpu is not None:
+                data["cuda_plan"] = {"fits": gpu.fits, "max_ctx": gpu.max_ctx, "lines": gpu.lines()}
             data["gpu_mem"] = args.gpu_mem
             data["fits"] = plan["total"] <= args.gpu_mem
             data["max_ctx"] = max_context(plan, args.gpu_mem, hp.n_ctx_train)
@@ -515,6 +522,16 @@ def cmd_info(args) -> int:
     else:
         print("\n".join(out))
     return 0
+
+
+def _cuda_plan(gf, n_ctx: int, kv_type: str, budget: int):
+    """The CUDA backend's memory plan (pyqwen.memory_plan), or None where it does not apply."""
+    from .memory_plan import plan as gpu_plan
+
+    try:
+        return gpu_plan(gf, n_ctx, kv_type, budget)
+    except ValueError:  # e.g. an F32 KV cache, which the GPU backend does not implement
+        return None
 
 
 # ---- bench ------------------------------------------------------------------------------------------

@@ -65,8 +65,9 @@ class Generation:
 
     def __init__(self, step: Callable[[list[int]], np.ndarray], prompt_ids: list[int], prefill_ids: list[int],
                  sampler: Sampler, max_tokens: int, eog_ids: set[int], stop: list[str], stream_decoder,
-                 stats: GenerationStats):
+                 stats: GenerationStats, step_sample: Callable[[int], int] | None = None):
         self._step = step
+        self._step_sample = step_sample  # feeds a token and returns the next one, chosen on the device
         self._prompt_ids = prompt_ids
         self._prefill_ids = prefill_ids
         self._sampler = sampler
@@ -106,8 +107,9 @@ class Generation:
         pending_ids: list[int] = []
         t_dec = time.perf_counter()
         try:
+            next_tok = None
             while True:
-                tok = self._sampler.sample(logits, history)
+                tok = self._sampler.sample(logits, history) if next_tok is None else next_tok
                 if tok in self._eog:
                     self.finish_reason = "stop"
                     break
@@ -135,7 +137,10 @@ class Generation:
                 if len(self.tokens) >= self._max_tokens:
                     self.finish_reason = "length"
                     break
-                logits = self._step([tok])
+                if self._step_sample is not None:
+                    next_tok = self._step_sample(tok)
+                else:
+                    logits = self._step([tok])
                 self.fed_tokens.append(tok)
             full += self._dec.flush()
             self.text = full

@@ -135,10 +135,9 @@ class Model:
         from .chat import ChatTemplate
         from .tokenizer import Tokenizer
 
-        if backend not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
-        if backend == "cuda":
-            raise RuntimeError("the CUDA backend is not available in this build (CPU only)")
+        from .cuda_backend import select_backend
+
+        chosen = select_backend(backend, kv_type)  # 'auto': cuda if pyqwen._cuda sees a device
         if path is None:
             from .demo import demo_model_path
 
@@ -151,9 +150,14 @@ class Model:
             raise ValueError("n_batch must be >= 1")
         gf = GGUFFile.open(path)
         n_ctx = min(n_ctx, gf.hparams.n_ctx_train)
-        tensors, keep = gf.core_tensors()
         try:
-            core = _core.Model(gf.hparams.core_config(), tensors, threads or default_threads(), (gf.reader, keep))
+            if chosen == "cuda":
+                from .cuda_backend import CudaCore
+
+                core = CudaCore.from_gguf(gf, n_ctx, n_batch=n_batch, kv_type=kv_type)
+            else:
+                tensors, keep = gf.core_tensors()
+                core = _core.Model(gf.hparams.core_config(), tensors, threads or default_threads(), (gf.reader, keep))
         except ValueError as e:
             raise ModelFormatError(f"{gf.path}: {e}") from None
         try:
@@ -165,7 +169,9 @@ class Model:
         source = gf.metadata.get("tokenizer.chat_template")
         if not isinstance(source, str):
             source = (_DATA / "qwen3.6-chat-template.jinja").read_text()
-        return cls(gf, core, tokenizer, ChatTemplate(source), n_ctx, kv_type, n_batch)
+        model = cls(gf, core, tokenizer, ChatTemplate(source), n_ctx, kv_type, n_batch)
+        model.backend = chosen
+        return model
 
     # ---- tokens --------------------------------------------------------------------------------
 
@@ -242,9 +248,12 @@ class Model:
             raise ContextOverflowError(f"prompt of {len(ids)} tokens does not fit in the context of "
                                        f"{state.n_ctx} tokens (one more is needed to generate)")
         stats = GenerationStats(prompt_tokens=len(ids))
+        step_sample = None  # GPU: the next token is chosen on the device (no penalties there)
+        if self.backend == "cuda" and params.repetition_penalty == 1.0 and params.presence_penalty == 0.0:
+            step_sample = self._core.step_sampler(state, params)
         return Generation(lambda toks: self.forward(state, toks), ids, ids, Sampler(params),
                           min(max_tokens, room), self.tokenizer.eog_ids, params.stop,
-                          self.tokenizer.stream_decoder(), stats)
+                          self.tokenizer.stream_decoder(), stats, step_sample=step_sample)
 
     def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None,
                     add_generation_prompt: bool = True, **template_kwargs: Any) -> str:

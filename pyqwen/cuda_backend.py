@@ -1,0 +1,210 @@
+"""The CUDA backend as a drop-in for the CPU core object (pyqwen._core.Model).
+
+`CudaCore` has the methods pyqwen.Model uses on its core -- new_state, forward, snapshot, restore,
+config -- backed by pyqwen._cuda.CudaModel (cuda/backend/model.cu): weights uploaded once to the GPU,
+states (F16 KV cache, F32 recurrent states) and snapshots in device memory, the forward pass on the
+GPU, decode steps replayed as CUDA graphs. On top of that:
+
+- `decode(state, token, params)`: one step with the next token chosen on the GPU (argmax, or
+  temperature / top-k / top-p / min-p sampling with a seeded counter-based RNG); only the token id
+  crosses to the host. `step_sampler(state, params)` wraps it as `f(token) -> next token` for the
+  generation loop. Repetition/presence penalties need the token history: with those the caller keeps
+  using forward() + the host Sampler (logits cross to the host, 1 MB per step on the 27B).
+- a memory plan (pyqwen.memory_plan) checked against the device's free memory before anything is
+  allocated: a model that does not fit raises OutOfGPUMemory naming the largest context that does.
+
+    from pyqwen.cuda_backend import CudaCore, cuda_available
+    core = CudaCore.from_gguf(gguf_file, n_ctx=8192)      # upload with a progress bar
+    st = core.new_state(8192); logits = core.forward(st, np.array(ids, np.int32), "last", 256)
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import numpy as np
+
+from .memory_plan import (CUDA_RUNTIME_RESERVE_BYTES, DEFAULT_SNAPSHOTS, ModelShape, OutOfGPUMemory, Plan,
+                          plan_for, weights_of)
+
+__all__ = ["CudaCore", "cuda_available", "cuda_module", "select_backend", "OutOfGPUMemory"]
+
+
+def cuda_module():
+    """pyqwen._cuda, or None when it is not built."""
+    try:
+        from . import _cuda
+    except ImportError:
+        return None
+    return _cuda
+
+
+def cuda_available(module=None) -> str | None:
+    """None when the CUDA backend can run here, else the reason it cannot."""
+    mod = module if module is not None else cuda_module()
+    if mod is None:
+        return "pyqwen._cuda is not built (install with nvcc available, PYQWEN_CUDA=on)"
+    if not hasattr(mod, "CudaModel"):
+        return "pyqwen._cuda has no CudaModel (built from an older source tree)"
+    try:
+        n = mod.device_count()
+    except Exception as e:  # a broken driver install
+        return f"CUDA device query failed: {e}"
+    if n <= 0:
+        return "no CUDA device (or no driver) is visible"
+    return None
+
+
+def select_backend(backend: str, kv_type: str = "f16", module=None) -> str:
+    """'cpu' or 'cuda' for Model.load's backend argument.
+
+    'auto' is 'cuda' when pyqwen._cuda imports and sees a device (and the KV type is one the GPU
+    kernels implement, f16), else 'cpu'. 'cuda' raises RuntimeError naming why it cannot run.
+    """
+    if backend not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
+    if backend == "cpu":
+        return "cpu"
+    why = cuda_available(module)
+    if backend == "cuda":
+        if why is not None:
+            raise RuntimeError(f"the CUDA backend is not available: {why}")
+        if kv_type != "f16":
+            raise ValueError(f"the CUDA backend keeps an F16 KV cache; kv_type {kv_type!r} needs backend='cpu'")
+        return "cuda"
+    return "cuda" if why is None and kv_type == "f16" else "cpu"
+
+
+def _progress_bar(total: int, enabled: bool | None):
+    """A tqdm byte counter on stderr (only on a terminal unless enabled=True), or None."""
+    if enabled is False or (enabled is None and not sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="uploading weights to the GPU",
+                leave=False, file=sys.stderr)
+
+
+class CudaCore:
+    """pyqwen._core.Model's interface on the GPU (see the module doc)."""
+
+    backend = "cuda"
+
+    def __init__(self, model, plan: Plan | None = None, module=None):
+        self._m = model
+        self._mod = module
+        self.plan = plan
+
+    @classmethod
+    def from_gguf(cls, gguf, n_ctx: int, *, n_batch: int = 256, kv_type: str = "f16",
+                  n_snapshots: int = DEFAULT_SNAPSHOTS, progress: bool | Callable[[int, int], Any] | None = None,
+                  use_graphs: bool = True, check_memory: bool = True, module=None) -> "CudaCore":
+        """Plan, check against free device memory, then upload the weights of an opened GGUFFile.
+
+        progress: a callable(done_bytes, total_bytes), True/False for a tqdm bar, None = bar on a tty.
+        module: the pybind module to use (default pyqwen._cuda; the tests pass the emulated one).
+        """
+        mod = module if module is not None else cuda_module()
+        why = cuda_available(mod)
+        if why is not None:
+            raise RuntimeError(f"the CUDA backend is not available: {why}")
+        if kv_type != "f16":
+            raise ValueError(f"the CUDA backend keeps an F16 KV cache; kv_type {kv_type!r} is not supported")
+        hp = gguf.hparams
+        p = None
+        if check_memory:
+            free, _total = mod.mem_get_info()
+            p = plan_for(ModelShape.from_hparams(hp), weights_of(gguf), n_ctx, kv_type, int(free),
+                         n_batch=n_batch, n_snapshots=n_snapshots, context_bytes=CUDA_RUNTIME_RESERVE_BYTES,
+                         budget_source="free on the device")
+            p.check()
+        tensors, keep = gguf.core_tensors()
+        bar = None
+        cb = None
+        if callable(progress):
+            cb = progress
+        else:
+            total = sum(w.nbytes for w in weights_of(gguf))
+            bar = _progress_bar(total, progress)
+            if bar is not None:
+                def cb(done: int, total: int, _bar=bar) -> None:
+                    _bar.total = total
+                    _bar.update(done - _bar.n)
+        try:
+            model = mod.CudaModel(hp.core_config(), tensors, n_batch=n_batch, n_ctx=n_ctx, use_graphs=use_graphs,
+                                  progress=cb)
+        finally:
+            if bar is not None:
+                bar.close()
+        del keep  # the weights live on the device now; the mmap is not needed by the core
+        return cls(model, p, mod)
+
+    # ---- the core interface (as pyqwen._core.Model) ------------------------------------------------
+
+    @property
+    def config(self) -> dict:
+        return self._m.config
+
+    @property
+    def n_batch(self) -> int:
+        return self._m.n_batch
+
+    def new_state(self, n_ctx: int, kv_type: str = "f16"):
+        return self._m.new_state(n_ctx, kv_type)
+
+    def forward(self, state, tokens, logits: str = "last", n_batch: int = 256):
+        return self._m.forward(state, np.ascontiguousarray(tokens, dtype=np.int32), logits, n_batch)
+
+    def snapshot(self, state, with_kv: bool = False):
+        return self._m.snapshot(state, with_kv)
+
+    def restore(self, state, snapshot) -> None:
+        self._m.restore(state, snapshot)
+
+    # ---- device-side decoding ----------------------------------------------------------------------
+
+    def decode(self, state, token: int, params=None, counter: int = 0) -> int:
+        """Feed `token` (-1: the previous decode()'s choice, still on the GPU) and return the next token.
+
+        params: a pyqwen.sampling.SamplingParams (None or greedy = argmax). Penalties are not applied
+        here (see the module doc); seed None draws from a fixed default seed.
+        """
+        if params is None or params.greedy:
+            return self._m.decode(state, int(token))
+        seed = params.seed if params.seed is not None else 0x5eed
+        return self._m.decode(state, int(token), float(params.temperature), int(params.top_k), float(params.top_p),
+                              float(params.min_p), seed & 0xFFFFFFFFFFFFFFFF, counter)
+
+    def step_sampler(self, state, params=None) -> Callable[[int], int]:
+        """f(token) -> next token: feeds token, samples on the GPU; draws numbered 0, 1, ... per call."""
+        if params is not None and (params.repetition_penalty != 1.0 or params.presence_penalty != 0.0):
+            raise ValueError("penalties need the host sampler: use forward() + pyqwen.sampling.Sampler")
+        counter = [0]
+
+        def step(token: int) -> int:
+            tok = self.decode(state, token, params, counter[0])
+            counter[0] += 1
+            return tok
+
+        return step
+
+    # ---- introspection -----------------------------------------------------------------------------
+
+    @property
+    def weight_bytes(self) -> int:
+        return self._m.weight_bytes
+
+    @property
+    def workspace(self) -> dict:
+        return self._m.workspace
+
+    @property
+    def graph_stats(self) -> dict:
+        return self._m.graph_stats
+
+    @property
+    def graphs_enabled(self) -> bool:
+        return self._m.graphs_enabled

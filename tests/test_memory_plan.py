@@ -1,0 +1,123 @@
+"""The GPU memory planner (pyqwen/memory_plan.py) on the real Qwen3.6-27B Q4_K_M shapes (synthesised:
+the 851-tensor table with llama.cpp's Q4_K_M mix, /work/shared/reference/gguf-qwen35.md section 5), and
+on a converted fixture GGUF."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyqwen.memory_plan import (CUDA_CONTEXT_BYTES, ModelShape, OutOfGPUMemory, Weight, plan, plan_for,
+                                tensor_bytes)
+
+GiB = 2**30
+Q4_K, Q6_K, F32 = 12, 14, 0
+
+
+def use_more_bits(i: int, n: int) -> bool:
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def qwen36_27b_q4km() -> tuple[ModelShape, list[Weight]]:
+    E, F, V, L = 5120, 17408, 248320, 64
+    shape = ModelShape(n_embd=E, n_ff=F, n_vocab=V, n_layer=L, n_attn_layers=16, n_head=24, n_head_kv=4,
+                       head_dim=256, ssm_conv=4, ssm_k_heads=16, ssm_v_heads=48, ssm_k_dim=128, ssm_v_dim=128,
+                       n_ctx_train=262144)
+    ws: list[Weight] = []
+
+    def add(name, t, ne0, ne1=1):
+        ws.append(Weight(name, t, ne0, ne1, tensor_bytes(t, ne0, ne1)))
+
+    add("token_embd.weight", Q4_K, E, V)
+    add("output_norm.weight", F32, E)
+    add("output.weight", Q6_K, E, V)
+    for i in range(L):
+        p = f"blk.{i}."
+        more = Q6_K if use_more_bits(i, L) else Q4_K
+        add(p + "attn_norm.weight", F32, E)
+        add(p + "post_attention_norm.weight", F32, E)
+        add(p + "ffn_gate.weight", Q4_K, E, F)
+        add(p + "ffn_up.weight", Q4_K, E, F)
+        add(p + "ffn_down.weight", more, F, E)
+        if (i + 1) % 4:
+            add(p + "attn_qkv.weight", more, E, 10240)
+            add(p + "attn_gate.weight", Q4_K, E, 6144)
+            add(p + "ssm_conv1d.weight", F32, 4, 10240)
+            add(p + "ssm_dt.bias", F32, 48)
+            add(p + "ssm_a", F32, 48)
+            add(p + "ssm_beta.weight", Q4_K, E, 48)
+            add(p + "ssm_alpha.weight", Q4_K, E, 48)
+            add(p + "ssm_norm.weight", F32, 128)
+            add(p + "ssm_out.weight", Q4_K, 6144, E)
+        else:
+            add(p + "attn_q.weight", Q4_K, E, 12288)
+            add(p + "attn_k.weight", Q4_K, E, 1024)
+            add(p + "attn_v.weight", more, E, 1024)
+            add(p + "attn_q_norm.weight", F32, 256)
+            add(p + "attn_k_norm.weight", F32, 256)
+            add(p + "attn_output.weight", Q4_K, 6144, E)
+    return shape, ws
+
+
+def test_27b_tensor_table_matches_the_reference():
+    shape, ws = qwen36_27b_q4km()
+    assert len(ws) == 851
+    total = sum(w.nbytes for w in ws)
+    assert 16.0e9 < total < 17.2e9  # "about 16.8 GB" with the Q4_K_M mix
+    assert shape.recurrent_bytes() == 48 * 4 * (3 * 10240 + 48 * 128 * 128)  # ~150 MiB
+    assert shape.kv_bytes_per_token() == 16 * 2 * 4 * 256 * 2                # 64 KiB per token
+
+
+def test_27b_fits_a_24gib_card_at_a_useful_context():
+    shape, ws = qwen36_27b_q4km()
+    p = plan_for(shape, ws, 32768, "f16", 24 * GiB)
+    text = "\n".join(p.lines())
+    assert p.fits, text
+    assert 65536 <= p.max_ctx < 131072, text  # ~5.6 GiB left for KV at 64 KiB/token
+    assert f"largest context that fits: {p.max_ctx:,} tokens" in text
+    # the largest context really is the boundary
+    assert plan_for(shape, ws, p.max_ctx, "f16", 24 * GiB).fits
+    assert not plan_for(shape, ws, p.max_ctx + 1, "f16", 24 * GiB).fits
+    assert p.context == CUDA_CONTEXT_BYTES
+
+
+def test_27b_on_32gib_and_full_context():
+    shape, ws = qwen36_27b_q4km()
+    p32 = plan_for(shape, ws, 262144, "f16", 32 * GiB)
+    assert p32.max_ctx > 180000
+    p24 = plan_for(shape, ws, 262144, "f16", 24 * GiB)
+    assert p24.fits is False
+    with pytest.raises(OutOfGPUMemory) as e:
+        p24.check()
+    msg = str(e.value)
+    assert "does not fit" in msg and f"n_ctx={p24.max_ctx}" in msg
+    assert e.value.plan.max_ctx == p24.max_ctx
+
+
+def test_too_small_card_says_nothing_fits():
+    shape, ws = qwen36_27b_q4km()
+    p = plan_for(shape, ws, 4096, "f16", 12 * GiB)
+    assert p.fits is False and p.max_ctx == 0
+    assert "even the weights" in p.error_message()
+    assert any("none" in line for line in p.lines())
+
+
+def test_workspace_is_bounded_and_grows_with_the_batch():
+    shape, ws = qwen36_27b_q4km()
+    small = plan_for(shape, ws, 8192, n_batch=32).workspace["total"]
+    big = plan_for(shape, ws, 8192, n_batch=512).workspace["total"]
+    assert small < big < 512 * 2**20
+
+
+def test_plan_of_a_converted_gguf(gguf_cache):
+    path = gguf_cache("qwen35-r2-untied", "f16")
+    p = plan(path, 64, gpu_mem_bytes=1 * GiB)
+    assert p.fits and p.max_ctx == 4096  # capped at the trained context
+    from pyqwen.gguf_file import GGUFFile
+    from pyqwen.memory_plan import weights_of
+
+    gf = GGUFFile.open(path)
+    ws = weights_of(gf)
+    assert p.n_weights == len(ws) == len(gf.expected_tensors())
+    assert sum(w.nbytes for w in ws) <= p.weights < sum(w.nbytes for w in ws) + 256 * len(ws)
+    with pytest.raises(ValueError):
+        plan(path, 64, kv_type="bf16")
