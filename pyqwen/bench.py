@@ -80,6 +80,7 @@ class BenchReport:
     n_batch: int
     rows: list[BenchRow] = field(default_factory=list)
     peer_error: str | None = None    # why llama.cpp was not measured, when it was asked for
+    decode_bytes: int = 0            # DRAM bytes one decode step moves (weights, state, KV) at the tg context
 
     def ratio(self, test: str) -> float | None:
         a = next((r for r in self.rows if r.engine == "pyqwen" and r.test == test), None)
@@ -253,6 +254,12 @@ def run_bench(path: str | Path | None = None, *, n_prompt: int = 512, n_gen: int
                 peer = bench_llama_cpp(path, n_prompt, n_gen, reps, threads, n_batch)
             except Exception as e:  # e.g. llama.cpp too old for the architecture
                 report.peer_error = f"llama.cpp failed: {type(e).__name__}: {e}"
+    if n_gen > 0:
+        from .memory_plan import ModelShape, decode_traffic, weights_of
+
+        kv_type = model.kv_type if model.kv_type in ("f16", "f32") else "f16"
+        report.decode_bytes = int(decode_traffic(ModelShape.from_hparams(model.hparams), weights_of(model.gguf),
+                                                 PROMPT_TG + n_gen // 2, kv_type)["total"])
     for i, (test, n) in enumerate((("pp", n_prompt), ("tg", n_gen))):
         if n <= 0:
             continue
@@ -286,6 +293,13 @@ def format_markdown(report: BenchReport) -> str:
 
     sep = "| " + " | ".join(("-" * (w - 1) + ":") if h in right else "-" * w for w, h in zip(widths, head)) + " |"
     out = [line(head), sep] + [line(c) for c in rows]
+    tg = next((r for r in report.rows if r.engine == "pyqwen" and r.test.startswith("tg")), None)
+    if tg is not None and report.decode_bytes:
+        # The decode roofline: every step streams the weights and the recurrent state once.
+        gbs = report.decode_bytes * tg.mean / 1e9
+        out.append("")
+        out.append(f"{tg.test} ({tg.backend}): {gbs:.1f} GB/s achieved ({report.decode_bytes / 1e6:.3f} MB moved "
+                   f"per token: weights, recurrent state, KV)")
     if report.peer_error:
         out.append("")
         out.append(f"(llama.cpp not measured: {report.peer_error})")

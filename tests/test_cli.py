@@ -247,13 +247,23 @@ def test_bench_table(capsys, model_path):
     head = [c.strip() for c in lines[0].strip("|").split("|")]
     assert head == ["model", "size", "params", "backend", "threads", "test", "t/s"]
     assert re.fullmatch(r"\|( -+:? \|)+", lines[1].replace("| -", "| -"))
-    rows = {c[5]: c for c in ([x.strip() for x in ln.strip("|").split("|")] for ln in lines[2:])}
+    table = [ln for ln in lines[2:] if ln.startswith("|")]
+    rows = {c[5]: c for c in ([x.strip() for x in ln.strip("|").split("|")] for ln in table)}
     assert set(rows) == {"pp8", "tg4"}
     for r in rows.values():
         assert r[0] == "qwen35 679K F16" and r[1] == f"{_bytes_mib(model_path):.2f} MiB" and r[2] == "0.68 M"
         assert r[3] == "CPU" and r[4] == "1"
         mean, std = (float(x) for x in r[6].split("±"))
         assert mean > 0 and std >= 0
+    # Achieved bandwidth of decode: at least every weight matrix but the (gathered) embedding per token.
+    m = re.search(r"tg4 \(CPU\): ([\d.]+) GB/s achieved \(([\d.]+) MB moved per token", out)
+    assert m, out
+    streamed = sum(v[1] for k, v in _independent_counts(model_path).items())
+    embd = gguf.GGUFReader(model_path)
+    embd_bytes = next(int(t.n_bytes) for t in embd.tensors if t.name == "token_embd.weight")
+    assert float(m.group(2)) * 1e6 >= (streamed - embd_bytes) * 0.999 - 500  # printed to 1 kB
+    tg = float(rows["tg4"][6].split("±")[0])
+    assert abs(float(m.group(1)) - float(m.group(2)) * 1e6 * tg / 1e9) <= 0.06 + 0.01 * float(m.group(1))
 
 
 def _bytes_mib(path):
@@ -270,7 +280,8 @@ def test_bench_peer_llama_cpp(capsys, model_path):
         return
     head = [c.strip() for c in out.splitlines()[0].strip("|").split("|")]
     assert head[-1] == "pyqwen/llama.cpp"
-    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in out.strip().splitlines()[2:]]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in out.strip().splitlines()[2:]
+            if ln.startswith("|")]
     assert [(r[3], r[5]) for r in rows] == [("CPU (pyqwen)", "pp8"), ("CPU (llama.cpp)", "pp8"),
                                            ("CPU (pyqwen)", "tg4"), ("CPU (llama.cpp)", "tg4")]
     assert float(rows[0][-1]) > 0 and rows[1][-1] == ""
