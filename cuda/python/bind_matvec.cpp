@@ -1,6 +1,146 @@
-// bind_matvec.cpp: Python entry points of quantized GEMV / GEMM (placeholder until that part lands).
+// bind_matvec.cpp: Python entry points of the matmul family (ops_matvec.h): copy in, run, copy out.
+// Built into both pyqwen._cuda and the emulated pyqwen_cuda_emu (see bindings.cpp).
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <stdexcept>
+#include <string>
+
+#include "../host_api.h"
+#include "../kernels/matvec_internal.cuh"
+#include "../ops_matvec.h"
+
+namespace py = pybind11;
+
 namespace pq::cuda_bind {
-void bind_matvec(pybind11::module_&) {}
+
+namespace {
+
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+void check(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+class DevBuf {
+public:
+    explicit DevBuf(size_t bytes) : bytes_(bytes) {
+        if (bytes) check(cudaMalloc(&p_, bytes), "cudaMalloc");
+    }
+    DevBuf(const void* src, size_t bytes) : DevBuf(bytes) {
+        if (bytes) check(cudaMemcpy(p_, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
+    }
+    DevBuf(const DevBuf&) = delete;
+    DevBuf& operator=(const DevBuf&) = delete;
+    ~DevBuf() {
+        if (p_) cudaFree(p_);
+    }
+    template <class T = void>
+    T* get() const {
+        return static_cast<T*>(p_);
+    }
+    void download(void* dst) const {
+        if (bytes_) check(cudaMemcpy(dst, p_, bytes_, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+    }
+
+private:
+    void* p_ = nullptr;
+    size_t bytes_;
+};
+
+void finish(cudaError_t e, const char* what) {
+    check(e, what);
+    check(cudaDeviceSynchronize(), what);
+}
+
+void check_weight(const U8Array& w, int64_t N, const char* name) {
+    if (w.ndim() < 1) throw std::invalid_argument(std::string(name) + " must be a byte array");
+    if (N < 0 || (N > 0 && w.nbytes() % N != 0))
+        throw std::invalid_argument(std::string(name) + ": byte size is not N whole rows");
+}
+
+// x: [n_tok, K] float32.
+void check_x(const F32Array& x, int64_t K) {
+    if (x.ndim() != 2 || x.shape(1) != K) throw std::invalid_argument("x must be [n_tok, K] float32");
+}
+
+F32Array matmul(int type, const U8Array& w, int64_t K, int64_t N, const F32Array& x) {
+    check_weight(w, N, "w");
+    check_x(x, K);
+    const int64_t n_tok = x.shape(0);
+    DevBuf dw(w.data(), (size_t)w.nbytes());
+    DevBuf dx(x.data(), (size_t)x.nbytes());
+    DevBuf dy(sizeof(float) * (size_t)(n_tok * N));
+    DevBuf scratch(pq::cuda::matmul_scratch_bytes(type, K, N, n_tok));
+    finish(pq::cuda::matmul(type, dw.get(), K, N, dx.get<float>(), n_tok, dy.get<float>(), scratch.get(), nullptr),
+           "matmul");
+    F32Array out({n_tok, N});
+    dy.download(out.mutable_data());
+    return out;
+}
+
+F32Array matmul_swiglu(int type_g, const U8Array& wg, int type_u, const U8Array& wu, int64_t K, int64_t N,
+                       const F32Array& x) {
+    check_weight(wg, N, "wg");
+    check_weight(wu, N, "wu");
+    check_x(x, K);
+    const int64_t n_tok = x.shape(0);
+    DevBuf dg(wg.data(), (size_t)wg.nbytes());
+    DevBuf du(wu.data(), (size_t)wu.nbytes());
+    DevBuf dx(x.data(), (size_t)x.nbytes());
+    DevBuf dy(sizeof(float) * (size_t)(n_tok * N));
+    const size_t sb = pq::cuda::matmul_scratch_bytes(type_g, K, N, n_tok);
+    if (sb != pq::cuda::matmul_scratch_bytes(type_u, K, N, n_tok))
+        throw std::logic_error("matmul_scratch_bytes depends on the weight type");
+    DevBuf scratch(sb);
+    finish(pq::cuda::matmul_swiglu(type_g, dg.get(), type_u, du.get(), K, N, dx.get<float>(), n_tok,
+                                   dy.get<float>(), scratch.get(), nullptr),
+           "matmul_swiglu");
+    F32Array out({n_tok, N});
+    dy.download(out.mutable_data());
+    return out;
+}
+
+F32Array get_rows(int type, const U8Array& w, int64_t K, const I32Array& ids) {
+    if (ids.ndim() != 1) throw std::invalid_argument("ids must be 1-D int32");
+    const int64_t n = ids.shape(0);
+    DevBuf dw(w.data(), (size_t)w.nbytes());
+    DevBuf dids(ids.data(), (size_t)ids.nbytes());
+    DevBuf dout(sizeof(float) * (size_t)(n * K));
+    finish(pq::cuda::get_rows(type, dw.get(), K, dids.get<int32_t>(), n, dout.get<float>(), nullptr), "get_rows");
+    F32Array out({n, K});
+    dout.download(out.mutable_data());
+    return out;
+}
+
+// Rows [row0, row0 + nrows) of W as the prefill path's fp16 tile (raw float16 bits viewed as float16).
+py::array dequant_f16(int type, const U8Array& w, int64_t K, int64_t row0, int64_t nrows) {
+    DevBuf dw(w.data(), (size_t)w.nbytes());
+    DevBuf dout(sizeof(uint16_t) * (size_t)(nrows * K));
+    finish(pq::cuda::detail::dequant_rows_f16(type, dw.get(), K, row0, nrows, dout.get<uint16_t>(), nullptr),
+           "dequant_f16");
+    py::array_t<uint16_t> out({nrows, K});
+    dout.download(out.mutable_data());
+    return out.attr("view")("float16");
+}
+
+}  // namespace
+
+void bind_matvec(py::module_& m) {
+    m.def("matmul", &matmul, py::arg("type"), py::arg("w"), py::arg("K"), py::arg("N"), py::arg("x"),
+          "y[n_tok, N] = x[n_tok, K] @ W^T for N rows of K values in GGUF type `type` (raw bytes).");
+    m.def("matmul_swiglu", &matmul_swiglu, py::arg("type_g"), py::arg("wg"), py::arg("type_u"), py::arg("wu"),
+          py::arg("K"), py::arg("N"), py::arg("x"), "silu(x @ Wg^T) * (x @ Wu^T).");
+    m.def("get_rows", &get_rows, py::arg("type"), py::arg("w"), py::arg("K"), py::arg("ids"),
+          "Rows ids of W dequantized to float32, shape (len(ids), K).");
+    m.def("dequant_f16", &dequant_f16, py::arg("type"), py::arg("w"), py::arg("K"), py::arg("row0"), py::arg("nrows"),
+          "Debug: rows of W as the prefill path's fp16 weight tile, float16 (nrows, K).");
+    m.def("_set_prefill_tile_values", &pq::cuda::detail::set_prefill_tile_values, py::arg("values"),
+          "Test hook: fp16 values per prefill weight tile (0 = default), to exercise several tiles.");
+    m.def("matmul_scratch_bytes", &pq::cuda::matmul_scratch_bytes, py::arg("type"), py::arg("K"), py::arg("N"),
+          py::arg("n_tok"), "Device scratch bytes of matmul / matmul_swiglu.");
+}
+
 }  // namespace pq::cuda_bind

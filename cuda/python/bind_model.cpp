@@ -1,6 +1,336 @@
-// bind_model.cpp: Python entry points of the CUDA backend model (placeholder until that part lands).
+// bind_model.cpp: Python entry points of the CUDA backend model (pyqwen._cuda.CudaModel and friends).
+//
+// The same construction arguments as pyqwen._core.Model -- the config dict and the tensor table
+// name -> (ggml_type, ne0, ne1, host address) -- and the same methods (new_state, forward, snapshot,
+// restore, config), plus decode() (one token, next token chosen on the GPU). Weights are copied to the
+// device once; afterwards the mmap is not needed by this object (keepalive is still held so a caller
+// may release it when it likes).
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+
+#include "../backend/model.h"
+#include "../host_api.h"
+
+namespace py = pybind11;
+using pq::cuda::HostTensor;
+using pq::cuda::Model;
+using pq::cuda::ModelConfig;
+using pq::cuda::Snapshot;
+using pq::cuda::State;
+
+namespace {
+
+template <typename T>
+T get(const py::dict& d, const char* key) {
+    if (!d.contains(key)) throw std::invalid_argument(std::string("config is missing '") + key + "'");
+    return d[key].cast<T>();
+}
+
+ModelConfig config_from_dict(const py::dict& d) {
+    ModelConfig c;
+    c.n_embd = get<int64_t>(d, "n_embd");
+    c.n_ff = get<int64_t>(d, "n_ff");
+    c.n_vocab = get<int64_t>(d, "n_vocab");
+    c.n_layer = get<int>(d, "n_layer");
+    c.recurrent = get<std::vector<bool>>(d, "recurrent");
+    c.n_head = get<int>(d, "n_head");
+    c.n_head_kv = get<int>(d, "n_head_kv");
+    c.head_dim = get<int>(d, "head_dim");
+    c.n_rot = get<int>(d, "n_rot");
+    c.rope_base = get<float>(d, "rope_base");
+    c.ssm_conv = get<int>(d, "ssm_conv");
+    c.ssm_k_heads = get<int>(d, "ssm_k_heads");
+    c.ssm_v_heads = get<int>(d, "ssm_v_heads");
+    c.ssm_k_dim = get<int>(d, "ssm_k_dim");
+    c.ssm_v_dim = get<int>(d, "ssm_v_dim");
+    c.rms_eps = get<float>(d, "rms_eps");
+    if (c.n_layer <= 0 || c.n_layer > 4096) throw std::invalid_argument("n_layer out of range");
+    if ((int)c.recurrent.size() != c.n_layer) throw std::invalid_argument("recurrent[] length != n_layer");
+    return c;
+}
+
+py::dict config_to_dict(const ModelConfig& c) {
+    py::dict d;
+    d["n_embd"] = c.n_embd;
+    d["n_ff"] = c.n_ff;
+    d["n_vocab"] = c.n_vocab;
+    d["n_layer"] = c.n_layer;
+    d["recurrent"] = c.recurrent;
+    d["n_head"] = c.n_head;
+    d["n_head_kv"] = c.n_head_kv;
+    d["head_dim"] = c.head_dim;
+    d["n_rot"] = c.n_rot;
+    d["rope_base"] = c.rope_base;
+    d["ssm_conv"] = c.ssm_conv;
+    d["ssm_k_heads"] = c.ssm_k_heads;
+    d["ssm_v_heads"] = c.ssm_v_heads;
+    d["ssm_k_dim"] = c.ssm_k_dim;
+    d["ssm_v_dim"] = c.ssm_v_dim;
+    d["rms_eps"] = c.rms_eps;
+    return d;
+}
+
+std::map<std::string, HostTensor> tensors_from_dict(const py::dict& tensors) {
+    std::map<std::string, HostTensor> out;
+    for (auto item : tensors) {
+        auto tup = item.second.cast<std::tuple<int, int64_t, int64_t, uintptr_t>>();
+        HostTensor t;
+        t.type = std::get<0>(tup);
+        t.ne0 = std::get<1>(tup);
+        t.ne1 = std::get<2>(tup);
+        t.data = reinterpret_cast<const void*>(std::get<3>(tup));
+        out[item.first.cast<std::string>()] = t;
+    }
+    return out;
+}
+
+py::dict plan_to_dict(const pq::cuda::WorkspacePlan& p) {
+    py::dict d;
+    d["activations"] = p.activations;
+    d["logits"] = p.logits;
+    d["scratch"] = p.scratch;
+    d["misc"] = p.misc;
+    d["total"] = p.total();
+    return d;
+}
+
+// One call at a time per model: the stream, buffers and graphs are shared by every state.
+struct PyModel {
+    std::unique_ptr<Model> model;
+    py::object keepalive;
+    std::mutex mu;
+};
+
+void check(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+    }
+}
+
+}  // namespace
 
 namespace pq::cuda_bind {
-void bind_model(pybind11::module_&) {}
+
+void bind_model(py::module_& m) {
+    py::class_<State>(m, "CudaState")
+        .def_readonly("pos", &State::pos)
+        .def_readonly("n_ctx", &State::n_ctx)
+        .def_property_readonly("nbytes", &State::bytes)
+        .def_property_readonly("kv_type", [](const State&) { return "f16"; })
+        .def("reset", &State::reset, "Forget every token (KV cache and recurrent states).");
+
+    py::class_<Snapshot>(m, "CudaSnapshot")
+        .def_readonly("pos", &Snapshot::pos)
+        .def_readonly("has_kv", &Snapshot::has_kv)
+        .def_property_readonly("nbytes", &Snapshot::bytes);
+
+    py::class_<PyModel>(m, "CudaModel")
+        .def(py::init([](const py::dict& config, const py::dict& tensors, int64_t n_batch, int64_t n_ctx,
+                         bool use_graphs, py::object progress, py::object keepalive) {
+                 auto pm = std::make_unique<PyModel>();
+                 ModelConfig c = config_from_dict(config);
+                 auto host = tensors_from_dict(tensors);
+                 pq::cuda::ModelOptions opt;
+                 opt.n_batch = n_batch;
+                 opt.use_graphs = use_graphs;
+                 pq::cuda::ProgressFn cb;
+                 if (!progress.is_none()) {
+                     cb = [progress](size_t done, size_t total) {
+                         py::gil_scoped_acquire gil;
+                         progress(done, total);
+                     };
+                 }
+                 {
+                     py::gil_scoped_release release;
+                     pm->model = std::make_unique<Model>(std::move(c), host, opt, cb);
+                     if (n_ctx > 0) pm->model->new_state(n_ctx);  // sizes the scratch for n_ctx up front
+                 }
+                 pm->keepalive = std::move(keepalive);
+                 return pm;
+             }),
+             py::arg("config"), py::arg("tensors"), py::arg("n_batch") = 256, py::arg("n_ctx") = 0,
+             py::arg("use_graphs") = true, py::arg("progress") = py::none(), py::arg("keepalive") = py::none(),
+             "Upload the weights (pointers into host memory, e.g. the mmapped GGUF) to the GPU. n_ctx > 0 "
+             "reserves scratch for states of that context now; progress(done_bytes, total_bytes) is called "
+             "while uploading.")
+        .def_property_readonly("config", [](PyModel& pm) { return config_to_dict(pm.model->config()); })
+        .def_property_readonly("n_batch", [](PyModel& pm) { return pm.model->options().n_batch; })
+        .def_property_readonly("weight_bytes", [](PyModel& pm) { return pm.model->weight_bytes(); })
+        .def_property_readonly("workspace", [](PyModel& pm) { return plan_to_dict(pm.model->workspace()); },
+                               "Bytes of activation buffers, logits, op scratch and sampling workspace.")
+        .def_property_readonly("graphs_enabled", [](PyModel& pm) { return pm.model->graphs_enabled(); })
+        .def_property_readonly("graph_stats",
+                               [](PyModel& pm) {
+                                   auto g = pm.model->graph_stats();
+                                   py::dict d;
+                                   d["captures"] = g.captures;
+                                   d["instantiations"] = g.instantiations;
+                                   d["updates"] = g.updates;
+                                   d["launches"] = g.launches;
+                                   d["direct"] = g.direct;
+                                   return d;
+                               })
+        .def(
+            "new_state",
+            [](PyModel& pm, int64_t n_ctx, const std::string& kv_type) {
+                if (kv_type != "f16") throw std::invalid_argument("the CUDA backend keeps an f16 KV cache (kv_type 'f16')");
+                py::gil_scoped_release release;
+                std::lock_guard<std::mutex> lock(pm.mu);
+                return pm.model->new_state(n_ctx);
+            },
+            py::arg("n_ctx"), py::arg("kv_type") = "f16", py::keep_alive<0, 1>())
+        .def(
+            "forward",
+            [](PyModel& pm, State& st, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
+               const std::string& logits, int64_t n_batch) -> py::object {
+                if (tokens.ndim() != 1) throw std::invalid_argument("tokens must be a 1-D array");
+                const int64_t n = tokens.shape(0);
+                if (logits != "last" && logits != "all" && logits != "none")
+                    throw std::invalid_argument("logits must be 'last', 'all' or 'none'");
+                const int64_t V = pm.model->config().n_vocab;
+                const bool all = logits == "all";
+                py::array_t<float> out;
+                float* o = nullptr;
+                if (logits != "none") {
+                    if (all) out = py::array_t<float>({n, V});
+                    else out = py::array_t<float>({V});
+                    o = out.mutable_data();
+                }
+                const int32_t* tok = tokens.data();
+                {
+                    py::gil_scoped_release release;
+                    std::lock_guard<std::mutex> lock(pm.mu);
+                    pm.model->forward(st, tok, n, o, all, n_batch);
+                }
+                if (!o) return py::none();
+                return std::move(out);
+            },
+            py::arg("state"), py::arg("tokens"), py::arg("logits") = "last", py::arg("n_batch") = 256,
+            "Run tokens through the model at state.pos; float32 logits of the last token [n_vocab], of every "
+            "token [n, n_vocab] (logits='all') or None.")
+        .def(
+            "decode",
+            [](PyModel& pm, State& st, int32_t token, float temperature, int top_k, float top_p, float min_p,
+               uint64_t seed, uint64_t counter) {
+                pq::cuda::SampleParams p;
+                p.temperature = temperature;
+                p.top_k = top_k;
+                p.top_p = top_p;
+                p.min_p = min_p;
+                p.seed = seed;
+                p.counter = counter;
+                int32_t next;
+                {
+                    py::gil_scoped_release release;
+                    std::lock_guard<std::mutex> lock(pm.mu);
+                    next = pm.model->decode(st, token, p);
+                }
+                if (next < 0) throw std::runtime_error("sampling found no valid token (logits are all NaN)");
+                return next;
+            },
+            py::arg("state"), py::arg("token"), py::arg("temperature") = 0.0f, py::arg("top_k") = 0,
+            py::arg("top_p") = 1.0f, py::arg("min_p") = 0.0f, py::arg("seed") = 0, py::arg("counter") = 0,
+            "One decode step: feed `token` (-1: the token the previous decode() chose, still on the GPU) at "
+            "state.pos and return the next token, chosen on the GPU (argmax when temperature < 1e-5, else "
+            "top-k / top-p / min-p / temperature sampling with the draw (seed, counter)).")
+        .def(
+            "snapshot",
+            [](PyModel& pm, const State& st, bool with_kv) {
+                py::gil_scoped_release release;
+                std::lock_guard<std::mutex> lock(pm.mu);
+                return pm.model->snapshot(st, with_kv);
+            },
+            py::arg("state"), py::arg("with_kv") = false, py::keep_alive<0, 1>(),
+            "Checkpoint of the state in GPU memory (recurrent part; KV rows too if with_kv).")
+        .def(
+            "restore",
+            [](PyModel& pm, State& st, const Snapshot& s) {
+                py::gil_scoped_release release;
+                std::lock_guard<std::mutex> lock(pm.mu);
+                pm.model->restore(st, s);
+            },
+            py::arg("state"), py::arg("snapshot"));
+
+    m.def(
+        "model_workspace_bytes",
+        [](const py::dict& config, const py::list& weights, int64_t n_batch, int64_t n_ctx) {
+            ModelConfig c = config_from_dict(config);
+            std::vector<pq::cuda::DevTensor> ws;
+            for (auto w : weights) {
+                auto t = w.cast<std::tuple<int, int64_t, int64_t>>();
+                pq::cuda::DevTensor d;
+                d.type = std::get<0>(t);
+                d.ne0 = std::get<1>(t);
+                d.ne1 = std::get<2>(t);
+                ws.push_back(d);
+            }
+            return plan_to_dict(Model::plan_workspace(c, ws, n_batch, n_ctx));
+        },
+        py::arg("config"), py::arg("weights"), py::arg("n_batch"), py::arg("n_ctx"),
+        "The device workspace CudaModel allocates (weights given as (type, ne0, ne1) tuples); "
+        "pyqwen/memory_plan.py mirrors this.");
+
+    m.def(
+        "mem_get_info",
+        []() {
+            size_t free_b = 0, total_b = 0;
+            check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+            return py::make_tuple(free_b, total_b);
+        },
+        "(free, total) bytes of the current device (cudaMemGetInfo).");
+
+    m.def(
+        "sample_logits",
+        [](py::array_t<float, py::array::c_style | py::array::forcecast> logits, float temperature, int top_k,
+           float top_p, float min_p, uint64_t seed, uint64_t counter, int cap) {
+            if (logits.ndim() != 1) throw std::invalid_argument("logits must be 1-D");
+            const int64_t n = logits.shape(0);
+            const size_t ws_b = pq::cuda::sample_workspace_bytes(n);
+            void *dl = nullptr, *dws = nullptr, *dout = nullptr;
+            auto cleanup = [&]() {
+                if (dl) cudaFree(dl);
+                if (dws) cudaFree(dws);
+                if (dout) cudaFree(dout);
+            };
+            int32_t out = -2;
+            try {
+                check(cudaMalloc(&dl, sizeof(float) * n), "cudaMalloc");
+                check(cudaMalloc(&dws, ws_b), "cudaMalloc");
+                check(cudaMalloc(&dout, sizeof(int32_t)), "cudaMalloc");
+                check(cudaMemcpy(dl, logits.data(), sizeof(float) * n, cudaMemcpyHostToDevice), "cudaMemcpy");
+                pq::cuda::SampleParams p;
+                p.temperature = temperature;
+                p.top_k = top_k;
+                p.top_p = top_p;
+                p.min_p = min_p;
+                p.seed = seed;
+                p.counter = counter;
+                check(pq::cuda::sample_token_cap(static_cast<float*>(dl), n, p, static_cast<int32_t*>(dout), dws, ws_b,
+                                                 cap < 0 ? 8192 : cap, nullptr),
+                      "sample_token");
+                check(cudaDeviceSynchronize(), "sample_token");
+                check(cudaMemcpy(&out, dout, sizeof(int32_t), cudaMemcpyDeviceToHost), "cudaMemcpy");
+            } catch (...) {
+                cleanup();
+                throw;
+            }
+            cleanup();
+            return out;
+        },
+        py::arg("logits"), py::arg("temperature"), py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
+        py::arg("min_p") = 0.0f, py::arg("seed") = 0, py::arg("counter") = 0, py::arg("cap") = -1,
+        "One draw of the device sampler from a logits row (test entry point; cap < 8192 forces the "
+        "whole-row path).");
+}
+
 }  // namespace pq::cuda_bind

@@ -1,0 +1,197 @@
+// attention.cu: launch code of the gated-attention core (norm + RoPE + cache append, decode, prefill).
+#include <cmath>
+
+#include "../compat.cuh"
+#include "../kernels/attention_common.cuh"
+#include "../kernels/attention_decode.cuh"
+#include "../kernels/attention_prefill.cuh"
+#include "../kernels/rope.cuh"
+#include "../ops_attention.h"
+
+namespace pq::cuda {
+
+namespace {
+
+constexpr int64_t kMaxCtx = int64_t(1) << 24;  // positions exact in float (RoPE)
+constexpr int64_t kDecodeMinSplit = 128;       // keys per decode split, at least
+constexpr int kDecodeMaxSplits = 128;
+constexpr int64_t kPrefillMinSplit = 256;  // keys per prefill split, at least
+constexpr int kPrefillMaxSplits = 64;
+constexpr int kPrefillSplitBelowBlocks = 128;  // split prefill only when the grid has fewer blocks
+constexpr int kPrefillTargetBlocks = 256;
+
+int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round_up(int64_t a, int64_t m) { return cdiv(a, m) * m; }
+
+bool supported_d(int D) { return D == 32 || D == 64 || D == 128 || D == 256; }
+
+// Partial bytes per (token, query head, split): O[D] and (m, l).
+size_t partial_bytes(int D) { return sizeof(float) * (size_t)D + sizeof(float2); }
+
+// Keys per split of the decode kernel for L keys (a multiple of 32).
+int64_t decode_split_len(int64_t L, const AttentionTuning& t) {
+    if (t.decode_split > 0) return round_up(t.decode_split, 32);
+    const int64_t even = round_up(cdiv(L, kDecodeMaxSplits), 32);
+    return even > kDecodeMinSplit ? even : kDecodeMinSplit;
+}
+
+int64_t decode_split_bound(int64_t L_max, const AttentionTuning& t) {
+    if (t.decode_split > 0) return cdiv(L_max, round_up(t.decode_split, 32));
+    const int64_t b = cdiv(L_max, kDecodeMinSplit);
+    return b < kDecodeMaxSplits ? b : kDecodeMaxSplits;
+}
+
+int64_t prefill_blocks(int64_t n, int H, int Hkv) { return cdiv(n * (H / Hkv), kPrefillBM) * Hkv; }
+
+// Upper bound of the prefill split count (before rounding the split length), for any L <= L_max.
+int64_t prefill_split_count(int64_t n, int H, int Hkv, int64_t L_max, const AttentionTuning& t) {
+    if (t.prefill_split > 0) return cdiv(L_max, round_up(t.prefill_split, 64));
+    const int64_t blocks = prefill_blocks(n, H, Hkv);
+    if (blocks >= kPrefillSplitBelowBlocks) return 1;
+    int64_t ns = cdiv(kPrefillTargetBlocks, blocks);
+    const int64_t by_len = cdiv(L_max, kPrefillMinSplit);
+    if (ns > by_len) ns = by_len;
+    if (ns > kPrefillMaxSplits) ns = kPrefillMaxSplits;
+    return ns < 1 ? 1 : ns;
+}
+
+int64_t prefill_split_len(int64_t n, int H, int Hkv, int64_t L, const AttentionTuning& t) {
+    if (t.prefill_split > 0) return round_up(t.prefill_split, 64);
+    return round_up(cdiv(L, prefill_split_count(n, H, Hkv, L, t)), 64);
+}
+
+bool valid_heads(int H, int Hkv, int D) { return H > 0 && Hkv > 0 && H % Hkv == 0 && supported_d(D); }
+
+template <int D, int NR>
+void launch_decode(const float* qg, const uint16_t* kc, const uint16_t* vc, float* po, float2* pml, int H, int Hkv,
+                   int64_t L, int64_t split_len, int nsplit, float q_scale, cudaStream_t stream) {
+    const dim3 grid(nsplit, Hkv * (H / Hkv / NR));
+    auto* kern = attn_decode_kernel<D, NR>;
+    PQ_LAUNCH(kern, grid, kDecodeWarps * 32, (decode_smem_bytes<D, NR>()), stream, qg, kc, vc, po, pml, H, Hkv, L,
+              split_len, q_scale);
+}
+
+// Query heads per decode block: all G of a KV head when G is one of the instantiated counts, else the
+// largest instantiated divisor of G (the K/V rows are then read G / NR times).
+int decode_heads_per_block(int G) {
+    for (int nr : {8, 6, 4, 3, 2})
+        if (G % nr == 0) return nr;
+    return 1;
+}
+
+template <int D>
+void decode_dispatch(const float* qg, const uint16_t* kc, const uint16_t* vc, float* po, float2* pml, int H,
+                     int Hkv, int64_t L, int64_t split_len, int nsplit, float q_scale, cudaStream_t stream) {
+    switch (decode_heads_per_block(H / Hkv)) {
+        case 8: launch_decode<D, 8>(qg, kc, vc, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
+        case 6: launch_decode<D, 6>(qg, kc, vc, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
+        case 4: launch_decode<D, 4>(qg, kc, vc, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
+        case 3: launch_decode<D, 3>(qg, kc, vc, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
+        case 2: launch_decode<D, 2>(qg, kc, vc, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
+        default: launch_decode<D, 1>(qg, kc, vc, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
+    }
+}
+
+template <int D>
+void launch_prefill(const float* qg, const uint16_t* kc, const uint16_t* vc, float* out, float* po, float2* pml,
+                    int H, int Hkv, int pos0, int n, int split_len, int nsplit, float s_scale, cudaStream_t stream) {
+    const dim3 grid((unsigned)cdiv((int64_t)n * (H / Hkv), kPrefillBM), Hkv, nsplit);
+    PQ_LAUNCH(attn_prefill_kernel<D>, grid, kPrefillWarps * 32, prefill_smem_bytes<D>(), stream, qg, kc, vc, out, po,
+              pml, H, Hkv, pos0, n, split_len, s_scale);
+}
+
+}  // namespace
+
+size_t attention_scratch_bytes_ex(int H, int Hkv, int D, int64_t n, int64_t n_ctx, const AttentionTuning& tuning) {
+    if (!valid_heads(H, Hkv, D) || n <= 0 || n_ctx <= 0) return 0;
+    const size_t per = partial_bytes(D) * (size_t)H;
+    size_t need = 0;
+    if (!tuning.force_prefill) need = per * (size_t)decode_split_bound(n_ctx, tuning);  // decode: always partials
+    for (int64_t m = tuning.force_prefill ? 1 : 2; m <= n && m <= n_ctx; ++m) {
+        const int64_t ns = prefill_split_count(m, H, Hkv, n_ctx, tuning);
+        if (ns > 1 && per * (size_t)(ns * m) > need) need = per * (size_t)(ns * m);
+    }
+    return need;
+}
+
+size_t attention_scratch_bytes(int H, int Hkv, int D, int64_t n, int64_t n_ctx) {
+    return attention_scratch_bytes_ex(H, Hkv, D, n, n_ctx, AttentionTuning{});
+}
+
+cudaError_t attention_prepare(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
+                              uint16_t* k_cache, uint16_t* v_cache, int64_t pos0, int64_t n, int H, int Hkv, int D,
+                              int n_rot, float rope_base, float eps, cudaStream_t stream) {
+    if (n == 0) return cudaSuccess;
+    if (n < 0 || pos0 < 0 || pos0 + n > kMaxCtx || !valid_heads(H, Hkv, D) || n_rot < 0 || n_rot % 2 != 0 ||
+        n_rot > D || n_rot / 2 > kRopeMaxPairs || !qg || !k || !q_norm || !k_norm || (v_cache && !v))
+        return cudaErrorInvalidValue;
+    // The reference's frequencies (csrc/ops.cpp rope_neox), split into float pairs.
+    RopeFreqs f;
+    for (int i = 0; i < kRopeMaxPairs; ++i) {
+        f.hi[i] = 0.0f;
+        f.lo[i] = 0.0f;
+    }
+    for (int i = 0; i < n_rot / 2; ++i) {
+        const double fr = std::pow((double)rope_base, -2.0 * i / (double)n_rot);
+        f.hi[i] = (float)fr;
+        f.lo[i] = (float)(fr - (double)f.hi[i]);
+    }
+    const int64_t rows = n * (H + Hkv);
+    const int64_t blocks = cdiv(rows, kPrepWarps);
+    if (blocks > INT_MAX) return cudaErrorInvalidValue;
+    PQ_LAUNCH(qk_norm_rope_kernel, (unsigned)blocks, kPrepWarps * 32, 0, stream, qg, k, v, q_norm, k_norm, k_cache,
+              v_cache, pos0, (int)n, H, Hkv, D, n_rot, eps, f);
+    return cudaGetLastError();
+}
+
+cudaError_t attention_ex(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
+                         uint16_t* k_cache, uint16_t* v_cache, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv,
+                         int D, int n_rot, float rope_base, float eps, float* out, void* scratch,
+                         cudaStream_t stream, const AttentionTuning& tuning) {
+    if (n == 0) return cudaSuccess;
+    if (n < 0 || pos0 < 0 || n_ctx <= 0 || n_ctx > kMaxCtx || pos0 + n > n_ctx || !valid_heads(H, Hkv, D) || !v ||
+        !k_cache || !v_cache || !out || n * (H / Hkv) > INT_MAX)
+        return cudaErrorInvalidValue;
+
+    // Plan (and validate) everything before the first launch: a rejected call changes nothing.
+    const int64_t L = pos0 + n;  // keys of the last query
+    const bool decode = n == 1 && !tuning.force_prefill;
+    int64_t split_len = decode ? decode_split_len(L, tuning) : prefill_split_len(n, H, Hkv, L, tuning);
+    if (split_len > round_up(L, 64)) split_len = round_up(L, 64);  // one split (keeps it an int)
+    const int64_t nsplit = cdiv(L, split_len);
+    const bool combine = decode || nsplit > 1;  // decode always goes through the partials
+    if (nsplit > 65535 || (combine && !scratch) || (combine && n > 65535)) return cudaErrorInvalidValue;
+    float* po = combine ? static_cast<float*>(scratch) : nullptr;
+    float2* pml = combine ? reinterpret_cast<float2*>(po + n * H * nsplit * D) : nullptr;
+
+    cudaError_t e = attention_prepare(qg, k, v, q_norm, k_norm, k_cache, v_cache, pos0, n, H, Hkv, D, n_rot,
+                                      rope_base, eps, stream);
+    if (e != cudaSuccess) return e;
+
+    const float scale_log2 = kLog2e / std::sqrt((float)D);
+    if (decode) {
+        auto* launch = D == 32 ? decode_dispatch<32> : D == 64 ? decode_dispatch<64>
+                     : D == 128 ? decode_dispatch<128> : decode_dispatch<256>;
+        launch(qg, k_cache, v_cache, po, pml, H, Hkv, L, split_len, (int)nsplit, scale_log2, stream);
+    } else {
+        auto* launch = D == 32 ? launch_prefill<32> : D == 64 ? launch_prefill<64>
+                     : D == 128 ? launch_prefill<128> : launch_prefill<256>;
+        launch(qg, k_cache, v_cache, out, po, pml, H, Hkv, (int)pos0, (int)n, (int)split_len, (int)nsplit,
+               scale_log2, stream);
+    }
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    if (combine) {
+        PQ_LAUNCH(attn_combine_kernel, dim3(H, (unsigned)n), D, 0, stream, po, pml, qg, out, H, D, (int)nsplit);
+        return cudaGetLastError();
+    }
+    return cudaSuccess;
+}
+
+cudaError_t attention(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
+                      uint16_t* k_cache, uint16_t* v_cache, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv,
+                      int D, int n_rot, float rope_base, float eps, float* out, void* scratch, cudaStream_t stream) {
+    return attention_ex(qg, k, v, q_norm, k_norm, k_cache, v_cache, n_ctx, pos0, n, H, Hkv, D, n_rot, rope_base, eps,
+                        out, scratch, stream, AttentionTuning{});
+}
+
+}  // namespace pq::cuda

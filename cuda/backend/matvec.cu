@@ -1,0 +1,194 @@
+// matvec.cu: matmul / matmul_swiglu / matmul_scratch_bytes (ops_matvec.h): path selection, scratch layout
+// and the launches of the decode kernel (kernels/matvec.cuh). The prefill GEMM lives in gemm.cu.
+//
+// Scratch layout (each part 256-byte aligned):
+//   act   decode: n_tok * K/32 Q8_1 blocks; prefill: max(fp16 x, Q8_1 x) (the latter for the no-cuBLAS
+//         fallback)
+//   tile  prefill only: prefill_tile_rows(K, N) * K fp16 values (dequantized weights)
+//   g, u  n_tok * N floats each: the two projections of matmul_swiglu when they are not fused (prefill,
+//         or decode with different gate/up types)
+#include "../compat.cuh"
+#include "../kernels/matvec.cuh"
+#include "../kernels/matvec_internal.cuh"
+#include "../ops.h"
+#include "../ops_matvec.h"
+
+namespace pq::cuda {
+
+namespace {
+
+constexpr int64_t kMultiPassMaxTok = 16;  // n_tok <= this: mmv launches of <= kMmvMaxTok tokens
+
+size_t align256(size_t b) { return (b + 255) & ~size_t(255); }
+
+bool is_float_type(int type) { return type == pq::T_F32 || type == pq::T_F16 || type == pq::T_BF16; }
+
+struct Layout {
+    size_t act = 0, tile = 0, g = 0, u = 0, total = 0;
+};
+
+Layout layout(int64_t K, int64_t N, int64_t n_tok) {
+    Layout l;
+    const size_t q8 = (size_t)n_tok * (size_t)((K + 31) / 32) * kQ8_1BlockBytes;
+    if (n_tok <= kMultiPassMaxTok) {
+        l.act = align256(q8);
+    } else {
+        const size_t x16 = (size_t)n_tok * (size_t)K * 2;
+        l.act = align256(x16 > q8 ? x16 : q8);
+        l.tile = align256((size_t)detail::prefill_tile_rows(K, N) * (size_t)K * 2);
+    }
+    l.g = l.u = align256((size_t)n_tok * (size_t)N * sizeof(float));
+    l.total = l.act + l.tile + l.g + l.u;
+    return l;
+}
+
+struct ScratchPtrs {
+    void* act;
+    uint16_t* tile;
+    float* g;
+    float* u;
+};
+
+ScratchPtrs carve(void* scratch, const Layout& l) {
+    char* p = static_cast<char*>(scratch);
+    return {p, reinterpret_cast<uint16_t*>(p + l.act), reinterpret_cast<float*>(p + l.act + l.tile),
+            reinterpret_cast<float*>(p + l.act + l.tile + l.g)};
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// Warps per row: enough warps in flight for small N (k/v projections, 48-row alpha/beta), one warp per row
+// when N alone fills the GPU.
+int warps_per_row(int64_t N, int nchunks) {
+    int wpr = N >= 8192 ? 1 : N >= 2048 ? 2 : 4;
+    while (wpr > 1 && wpr > nchunks) wpr /= 2;
+    return wpr;
+}
+
+template <class T, int NT, bool GLU>
+cudaError_t launch_mmv_nt(const MmvArgs& a, int64_t grid, cudaStream_t stream) {
+    auto* k = mmv_kernel<T, NT, GLU>;
+    PQ_LAUNCH(k, (unsigned)grid, kMmvThreads, 0, stream, a);
+    return cudaGetLastError();
+}
+
+// One launch: ntok (1..8) tokens of act (quantized or float, per T) against one or two (GLU) weights.
+template <class T, bool GLU>
+cudaError_t launch_mmv(const void* Wg, const void* Wu, int64_t K, int64_t N, const void* act, int ntok, float* y,
+                       cudaStream_t stream) {
+    const int64_t nblk = K / T::kBlockVals;
+    MmvArgs a;
+    a.row_bytes = nblk * T::kBlockBytes;
+    a.w[0] = static_cast<const uint8_t*>(Wg);
+    a.w[1] = static_cast<const uint8_t*>(GLU ? Wu : Wg);
+    a.wend[0] = a.w[0] + N * a.row_bytes;
+    a.wend[1] = a.w[1] + N * a.row_bytes;
+    a.nrows = N;
+    a.units_per_row = (int)(nblk * T::kUnits);
+    a.act = act;
+    a.act_stride = T::kFloatAct ? K : K / 32;
+    a.ntok = ntok;
+    a.y = y;
+    a.ldy = N;
+    a.wpr = warps_per_row(N, (a.units_per_row + 31) / 32);
+    const int64_t grid = (N + kMmvWarps / a.wpr - 1) / (kMmvWarps / a.wpr);
+    if (ntok <= 1) return launch_mmv_nt<T, 1, GLU>(a, grid, stream);
+    if (ntok <= 2) return launch_mmv_nt<T, 2, GLU>(a, grid, stream);
+    if (ntok <= 4) return launch_mmv_nt<T, 4, GLU>(a, grid, stream);
+    return launch_mmv_nt<T, 8, GLU>(a, grid, stream);
+}
+
+// Quantizes x (n_tok rows of K) to Q8_1 into q8 when `type` needs it.
+cudaError_t prepare_act(int type, const float* x, int64_t K, int64_t n_tok, void* q8, cudaStream_t stream) {
+    if (is_float_type(type)) return cudaSuccess;
+    for (int64_t t0 = 0; t0 < n_tok; t0 += 65535) {
+        const int64_t nt = n_tok - t0 < 65535 ? n_tok - t0 : 65535;
+        const cudaError_t e = quantize_q8_1(x + t0 * K, static_cast<char*>(q8) + t0 * (K / 32) * kQ8_1BlockBytes,
+                                            (int)K, (int)nt, K, stream);
+        if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
+}
+
+// All tokens through the decode kernel, kMmvMaxTok per launch. Activations must be prepared (prepare_act).
+// Wu != nullptr: fused SwiGLU (same type for both weights).
+cudaError_t mmv_passes(int type, const void* Wg, const void* Wu, int64_t K, int64_t N, const float* x,
+                       const void* q8, int64_t n_tok, float* y, cudaStream_t stream) {
+    return mv::dispatch_type(type, cudaErrorInvalidValue, [&](auto t) {
+        using T = decltype(t);
+        for (int64_t t0 = 0; t0 < n_tok; t0 += kMmvMaxTok) {
+            const int nt = (int)(n_tok - t0 < kMmvMaxTok ? n_tok - t0 : kMmvMaxTok);
+            const void* act = T::kFloatAct
+                                  ? static_cast<const void*>(x + t0 * K)
+                                  : static_cast<const void*>(static_cast<const char*>(q8) +
+                                                             t0 * (K / 32) * (int64_t)kQ8_1BlockBytes);
+            const cudaError_t e = Wu ? launch_mmv<T, true>(Wg, Wu, K, N, act, nt, y + t0 * N, stream)
+                                     : launch_mmv<T, false>(Wg, nullptr, K, N, act, nt, y + t0 * N, stream);
+            if (e != cudaSuccess) return e;
+        }
+        return cudaSuccess;
+    });
+}
+
+cudaError_t check_common(int type, const void* W, int64_t K, int64_t N, const float* x, int64_t n_tok,
+                         const float* y, const void* scratch) {
+    if (!detail::matmul_type_ok(type, K, nullptr) || N < 0 || n_tok < 0 || N > INT_MAX) return cudaErrorInvalidValue;
+    if (N == 0 || n_tok == 0) return cudaSuccess;
+    if (!W || !x || !y || !aligned16(W) || !aligned16(x) || !scratch || !aligned16(scratch))
+        return cudaErrorInvalidValue;
+    return cudaSuccess;
+}
+
+}  // namespace
+
+size_t matmul_scratch_bytes(int type, int64_t K, int64_t N, int64_t n_tok) {
+    if (!detail::matmul_type_ok(type, K, nullptr) || N <= 0 || n_tok <= 0) return 0;
+    return layout(K, N, n_tok).total;
+}
+
+cudaError_t matmul(int type, const void* W, int64_t K, int64_t N, const float* x, int64_t n_tok, float* y,
+                   void* scratch, cudaStream_t stream) {
+    cudaError_t e = check_common(type, W, K, N, x, n_tok, y, scratch);
+    if (e != cudaSuccess || N == 0 || n_tok == 0) return e;
+    const Layout l = layout(K, N, n_tok);
+    const ScratchPtrs s = carve(scratch, l);
+    if (n_tok > kMultiPassMaxTok) {
+        auto* x16 = static_cast<uint16_t*>(s.act);
+        e = detail::f32_to_f16(x, x16, n_tok * K, stream);
+        if (e != cudaSuccess) return e;
+        e = detail::gemm_prefill(type, W, K, N, x16, n_tok, y, s.tile, stream);
+        if (e != cudaErrorNotSupported) return e;
+        // no cuBLAS in this build: decode kernel passes (correct, slower)
+    }
+    e = prepare_act(type, x, K, n_tok, s.act, stream);
+    if (e != cudaSuccess) return e;
+    return mmv_passes(type, W, nullptr, K, N, x, s.act, n_tok, y, stream);
+}
+
+cudaError_t matmul_swiglu(int type_g, const void* Wg, int type_u, const void* Wu, int64_t K, int64_t N,
+                          const float* x, int64_t n_tok, float* y, void* scratch, cudaStream_t stream) {
+    cudaError_t e = check_common(type_g, Wg, K, N, x, n_tok, y, scratch);
+    if (e == cudaSuccess) e = check_common(type_u, Wu, K, N, x, n_tok, y, scratch);
+    if (e != cudaSuccess || N == 0 || n_tok == 0) return e;
+    const Layout l = layout(K, N, n_tok);
+    const ScratchPtrs s = carve(scratch, l);
+    if (n_tok > kMultiPassMaxTok) {
+        auto* x16 = static_cast<uint16_t*>(s.act);
+        e = detail::f32_to_f16(x, x16, n_tok * K, stream);
+        if (e != cudaSuccess) return e;
+        e = detail::gemm_prefill(type_g, Wg, K, N, x16, n_tok, s.g, s.tile, stream);
+        if (e == cudaSuccess) e = detail::gemm_prefill(type_u, Wu, K, N, x16, n_tok, s.u, s.tile, stream);
+        if (e == cudaSuccess) return swiglu_f32(s.g, s.u, y, (int)N, (int)n_tok, N, N, N, stream);
+        if (e != cudaErrorNotSupported) return e;
+    }
+    // Q8_1 activations once for both weights (a float-typed weight reads x directly)
+    e = prepare_act(is_float_type(type_g) ? type_u : type_g, x, K, n_tok, s.act, stream);
+    if (e != cudaSuccess) return e;
+    if (type_g == type_u) return mmv_passes(type_g, Wg, Wu, K, N, x, s.act, n_tok, y, stream);
+    e = mmv_passes(type_g, Wg, nullptr, K, N, x, s.act, n_tok, s.g, stream);
+    if (e == cudaSuccess) e = mmv_passes(type_u, Wu, nullptr, K, N, x, s.act, n_tok, s.u, stream);
+    if (e != cudaSuccess) return e;
+    return swiglu_f32(s.g, s.u, y, (int)N, (int)n_tok, N, N, N, stream);
+}
+
+}  // namespace pq::cuda

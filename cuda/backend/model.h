@@ -1,0 +1,228 @@
+// model.h: the qwen35 model on one CUDA device -- weights uploaded once, sequence states, snapshots and
+// the forward pass kept on the GPU; decode steps replayed as a CUDA graph.
+//
+// Plain C++ against the runtime API (host_api.h): the pybind11 module (python/bind_model.cpp, g++) uses
+// it, and the implementation (backend/model.cu) is compiled by nvcc for pyqwen._cuda and by g++
+// -DPQ_CUDA_EMU for the emulated test module. The layer math is csrc/model.cpp's forward_batch, op for
+// op, through the kernel families' launchers (ops.h, ops_matvec.h, ops_gdn.h, ops_attention.h).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../host_api.h"
+
+namespace pq::cuda {
+
+// The same hyper-parameters as pq::Config (csrc/model.h) / the config dict of pyqwen._core.Model.
+struct ModelConfig {
+    int64_t n_embd = 0, n_ff = 0, n_vocab = 0;
+    int n_layer = 0;
+    std::vector<bool> recurrent;  // per layer: true = Gated DeltaNet, false = gated attention
+    int n_head = 0, n_head_kv = 0, head_dim = 0, n_rot = 0;
+    float rope_base = 10000.0f;
+    int ssm_conv = 4;
+    int ssm_k_heads = 0, ssm_v_heads = 0, ssm_k_dim = 0, ssm_v_dim = 0;
+    float rms_eps = 1e-6f;
+
+    int64_t conv_channels() const { return 2LL * ssm_k_heads * ssm_k_dim + (int64_t)ssm_v_heads * ssm_v_dim; }
+    int64_t conv_state_floats() const { return (int64_t)(ssm_conv - 1) * conv_channels(); }
+    int64_t ssm_state_floats() const { return (int64_t)ssm_v_heads * ssm_v_dim * ssm_k_dim; }
+    int n_attn_layers() const;
+    int n_recurrent_layers() const;
+    int64_t kv_row_halves() const { return (int64_t)n_head_kv * head_dim; }  // fp16 values per position
+};
+
+// One weight as the Python side hands it over: a pointer into the mmapped GGUF (host memory).
+struct HostTensor {
+    int type = -1;  // GgmlType
+    int64_t ne0 = 0, ne1 = 1;
+    const void* data = nullptr;
+};
+
+// One weight in device memory (a slice of the model's weight arena).
+struct DevTensor {
+    int type = -1;
+    int64_t ne0 = 0, ne1 = 1;
+    const void* data = nullptr;
+    size_t bytes = 0;
+    bool valid() const { return data != nullptr; }
+    const float* f32() const { return static_cast<const float*>(data); }
+};
+
+struct ModelOptions {
+    int64_t n_batch = 256;      // largest prefill chunk (activation buffers are sized for it)
+    bool use_graphs = true;     // capture decode steps as CUDA graphs (ignored by the emulator build)
+    size_t upload_chunk = 64u << 20;  // bytes per staged host->device copy while uploading weights
+};
+
+// Sampling on the device (see sampling.cu): temperature <= 0 (or < 1e-5) is greedy.
+struct SampleParams {
+    float temperature = 0.0f;
+    int top_k = 0;          // 0 = off
+    float top_p = 1.0f;     // 1 = off
+    float min_p = 0.0f;     // 0 = off
+    uint64_t seed = 0;
+    uint64_t counter = 0;   // draw number: (seed, counter) picks the random numbers of one draw
+};
+
+// Device sampling (sampling.cu): draws one token from a row of n logits with p's temperature, top-k,
+// top-p and min-p (the order and meaning of pyqwen/sampling.py, see sampling.cuh), writing its id to
+// out[0]. Uses `workspace` (sample_workspace_bytes(n) bytes of device memory); never syncs.
+size_t sample_workspace_bytes(int64_t n);
+cudaError_t sample_token(const float* logits, int64_t n, const SampleParams& p, int32_t* out, void* workspace,
+                         size_t workspace_bytes, cudaStream_t stream);
+// The same with a smaller candidate-list capacity (tests: forces the whole-row fallback on short rows).
+cudaError_t sample_token_cap(const float* logits, int64_t n, const SampleParams& p, int32_t* out, void* workspace,
+                             size_t workspace_bytes, int cap, cudaStream_t stream);
+
+// One sequence: fp16 KV cache of every attention layer ([n_ctx][n_head_kv][head_dim] per layer, rows
+// >= pos never read), conv and SSM states (fp32, the CPU layouts) of every DeltaNet layer. One device
+// allocation.
+class State {
+public:
+    ~State();
+    State(const State&) = delete;
+    State& operator=(const State&) = delete;
+
+    int64_t n_ctx = 0;
+    int64_t pos = 0;
+    void reset();  // pos = 0, recurrent states zeroed (synchronous)
+    size_t bytes() const { return bytes_; }
+    const void* owner() const { return owner_; }
+
+private:
+    friend class Model;
+    State() = default;
+    const void* owner_ = nullptr;  // the Model that made it
+    cudaStream_t stream_ = nullptr;
+    void* arena_ = nullptr;
+    size_t bytes_ = 0;
+    std::vector<uint16_t*> k_, v_;    // per attention layer
+    std::vector<float*> conv_, ssm_;  // per DeltaNet layer
+    float* recurrent_ = nullptr;      // conv_ and ssm_ of all layers, contiguous
+    size_t recurrent_bytes_ = 0;
+    uint64_t id_ = 0;                 // unique per state (graph cache key)
+};
+
+// A device-side checkpoint: recurrent states (+ KV rows [0, pos) when has_kv).
+class Snapshot {
+public:
+    ~Snapshot();
+    Snapshot(const Snapshot&) = delete;
+    Snapshot& operator=(const Snapshot&) = delete;
+    int64_t pos = 0;
+    bool has_kv = false;
+    size_t bytes() const { return bytes_; }
+
+private:
+    friend class Model;
+    Snapshot() = default;
+    const void* owner_ = nullptr;
+    void* arena_ = nullptr;
+    size_t bytes_ = 0;
+    size_t recurrent_bytes_ = 0;
+    size_t kv_layer_bytes_ = 0;  // bytes of K (or V) per attention layer = pos * row bytes
+};
+
+// Device memory the model allocates besides weights and states (activation buffers + op scratch), for
+// a batch of n_batch tokens and states of up to n_ctx positions. Mirrored by pyqwen/memory_plan.py.
+struct WorkspacePlan {
+    size_t activations = 0;  // residual/norm/projection buffers for n_batch tokens
+    size_t logits = 0;       // LM-head output rows (min(n_batch, kLogitRows) x n_vocab)
+    size_t scratch = 0;      // max over the ops' *_scratch_bytes
+    size_t misc = 0;         // token ids, sampling buffers
+    size_t total() const { return activations + logits + scratch + misc; }
+};
+
+using ProgressFn = std::function<void(size_t done, size_t total)>;
+
+class Model {
+public:
+    // Uploads every weight (chunked, through pinned staging buffers); progress(done, total) after each chunk.
+    Model(ModelConfig cfg, const std::map<std::string, HostTensor>& tensors, ModelOptions opt,
+          const ProgressFn& progress = nullptr);
+    ~Model();
+    Model(const Model&) = delete;
+    Model& operator=(const Model&) = delete;
+
+    const ModelConfig& config() const { return cfg_; }
+    const ModelOptions& options() const { return opt_; }
+    size_t weight_bytes() const { return weight_bytes_; }
+    WorkspacePlan workspace() const { return plan_; }
+    static WorkspacePlan plan_workspace(const ModelConfig& cfg, const std::vector<DevTensor>& weights,
+                                        int64_t n_batch, int64_t n_ctx);
+
+    std::unique_ptr<State> new_state(int64_t n_ctx);
+
+    // As pq::Model::forward: n tokens at st.pos; out (host) gets logits of every token (logits_all) or
+    // of the last one; out == nullptr skips the LM head. Chunks of at most n_batch tokens.
+    void forward(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int64_t n_batch);
+
+    // One decode step on the device: feeds `token` (or, when token < 0, the token the previous
+    // decode step of this model chose, still in device memory) at st.pos, picks the next token on the
+    // GPU (argmax, or the sampler with p) and returns it -- 4 bytes cross to the host.
+    int32_t decode(State& st, int32_t token, const SampleParams& p);
+
+    std::unique_ptr<Snapshot> snapshot(const State& st, bool with_kv);
+    void restore(State& st, const Snapshot& s);
+
+    // Graph statistics (tests and benchmarks): captures, whole instantiations, in-place updates, replays.
+    struct GraphStats {
+        int64_t captures = 0, instantiations = 0, updates = 0, launches = 0, direct = 0;
+    };
+    GraphStats graph_stats() const { return gstats_; }
+    bool graphs_enabled() const;
+    void synchronize();
+
+private:
+    struct Layer;
+    struct Buffers;
+    struct GraphCache;
+
+    void upload(const std::map<std::string, HostTensor>& tensors, const ProgressFn& progress);
+    void ensure_workspace(int64_t n_ctx);
+    void check_state(const State& st) const;
+    // The forward body for n tokens whose ids are already in d_tokens_ (no host sync); leaves the
+    // final-normed hidden rows [first, n) in the norm buffer when lm_rows > 0 and the LM head of those
+    // rows in d_logits_.
+    void run_layers(State& st, int64_t n);
+    void run_lm_head(int64_t first_row, int64_t rows);
+    void run_decode_body(State& st);  // run_layers(st, 1) + LM head of that row
+    void launch_decode_body(State& st);
+    void record_slot(int slot, State& st);
+    void prepare_next(State& st);
+
+    ModelConfig cfg_;
+    ModelOptions opt_;
+    cudaStream_t stream_ = nullptr;          // all work
+    cudaStream_t capture_stream_ = nullptr;  // graph recording only (never executes anything)
+    cudaStream_t cur_ = nullptr;             // where run_* enqueue: stream_, or capture_stream_ while recording
+    bool device_token_valid_ = false;        // buf tokens[0] holds the last decode step's choice...
+    uint64_t device_token_state_ = 0;        // ...for this state
+    void* weight_arena_ = nullptr;
+    size_t weight_bytes_ = 0;
+    DevTensor token_embd_, output_norm_, output_;
+    std::vector<Layer> layers_;
+    std::vector<int> slot_;  // per layer: index among attention or DeltaNet layers
+    std::vector<DevTensor> all_weights_;
+
+    WorkspacePlan plan_;
+    int64_t ws_ctx_ = 0;            // n_ctx the scratch is sized for
+    std::unique_ptr<Buffers> buf_;
+    uint64_t ws_generation_ = 0;    // bumps when buffers move (captured graphs become stale)
+    uint64_t next_state_id_ = 1;
+
+    std::unique_ptr<GraphCache> graph_;
+    GraphStats gstats_;
+};
+
+// Rows of logits computed per LM-head launch for logits='all' (bounds the logits buffer).
+constexpr int64_t kLogitRows = 16;
+
+}  // namespace pq::cuda

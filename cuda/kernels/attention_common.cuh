@@ -1,0 +1,127 @@
+// attention_common.cuh: pieces shared by the attention kernels: fp16 row loads, the split-K partial
+// layout and its combine kernel (with the sigmoid output gate), and the m16n8k16 tensor-core MMA with its
+// portable twin.
+//
+// Softmax runs in the log2 domain: scores are q.k * (1/sqrt(D)) * log2(e), probabilities exp2(s - m).
+// Split-K partials hold, per (token t, query head h, split s): (m, l) = (running max in that domain, sum of
+// exp2(s - m)) and the unnormalised O[D] = sum exp2(s - m) v. A split with no key for a row has m = -inf
+// (its O is not written and not read).
+#pragma once
+
+#include "../compat.cuh"
+#include "reduce.cuh"
+
+namespace pq::cuda {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ float half_bits_to_float(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+__device__ __forceinline__ uint16_t float_to_half_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
+
+// Two floats -> one 32-bit register of two fp16 values, `lo` in the low half (lower index).
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+    return (uint32_t)float_to_half_bits(lo) | ((uint32_t)float_to_half_bits(hi) << 16);
+}
+
+// N consecutive fp16 values (N in {1, 2, 4, 8}, p aligned to 2*N bytes) -> floats, in one load.
+template <int N>
+__device__ __forceinline__ void load_half_row(const uint16_t* __restrict__ p, float* f) {
+    static_assert(N == 1 || N == 2 || N == 4 || N == 8, "1, 2, 4 or 8 halves");
+    if constexpr (N == 1) {
+        f[0] = half_bits_to_float(*p);
+    } else {
+        uint32_t w[N / 2];
+        if constexpr (N == 2) {
+            w[0] = *reinterpret_cast<const uint32_t*>(p);
+        } else if constexpr (N == 4) {
+            const uint2 u = *reinterpret_cast<const uint2*>(p);
+            w[0] = u.x;
+            w[1] = u.y;
+        } else {
+            const uint4 u = *reinterpret_cast<const uint4*>(p);
+            w[0] = u.x;
+            w[1] = u.y;
+            w[2] = u.z;
+            w[3] = u.w;
+        }
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) {
+            f[2 * i] = half_bits_to_float((uint16_t)(w[i] & 0xffffu));
+            f[2 * i + 1] = half_bits_to_float((uint16_t)(w[i] >> 16));
+        }
+    }
+}
+
+__device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// ---- split-K combine ---------------------------------------------------------------------------------
+
+// out[t][h*D + d] = sigmoid(gate) * sum_s w_s O_s[d] / sum_s w_s l_s with w_s = exp2(m_s - max m).
+// Grid (H, n), block D threads. part_o: [(t*H + h) * nsplit + s][D]; part_ml: [(t*H + h) * nsplit + s].
+__global__ void __launch_bounds__(256)
+    attn_combine_kernel(const float* __restrict__ part_o, const float2* __restrict__ part_ml,
+                        const float* __restrict__ qg, float* __restrict__ out, int H, int D, int nsplit) {
+    const int64_t th = (int64_t)blockIdx.y * H + blockIdx.x;
+    const int d = threadIdx.x;
+    const float2* ml = part_ml + th * nsplit;
+    float M = -INFINITY;
+    for (int s = 0; s < nsplit; ++s) M = fmaxf(M, ml[s].x);
+    float l = 0.0f, o = 0.0f;
+    for (int s = 0; s < nsplit; ++s) {
+        const float2 e = ml[s];
+        if (e.x == -INFINITY) continue;  // no key of this split for this row: O_s was not written
+        const float w = exp2f(e.x - M);
+        l += w * e.y;
+        o += w * part_o[(th * nsplit + s) * D + d];
+    }
+    out[th * D + d] = o / l * sigmoid_f(qg[th * 2 * D + D + d]);
+}
+
+// ---- tensor-core MMA ---------------------------------------------------------------------------------
+
+// c[4] (16x8 f32) += A (16x16 f16, row-major) * B (16x8 f16, "col": stored by columns), one warp.
+// Fragments (PTX ISA, mma.m16n8k16 .f16), gid = lane / 4, tig = lane % 4, two halves per register, the
+// lower index in the low 16 bits:
+//   a[0] = A[gid][2tig, 2tig+1]   a[1] = A[gid+8][2tig, 2tig+1]   a[2] = A[gid][2tig+8, +9]   a[3] = A[gid+8][2tig+8, +9]
+//   b[0] = B[2tig, 2tig+1][gid]   b[1] = B[2tig+8, 2tig+9][gid]
+//   c[0], c[1] = C[gid][2tig, 2tig+1]   c[2], c[3] = C[gid+8][2tig, 2tig+1]
+// The portable twin (emulator) gathers the row of A and the columns of B it needs with 32 shuffles and
+// accumulates the exact fp16 products in fp32, so the fragment bookkeeping of the callers is what the
+// emulated tests check; the tensor cores' internal summation order differs (within the tolerances).
+// The twin is also what a pre-Ampere GPU (no m16n8k16) would run: correct, slow.
+__device__ __forceinline__ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if PQ_HAVE_PTX && PQ_DEVICE_ARCH >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    const int lane = threadIdx.x % 32;
+    const int gid = lane / 4, tig = lane % 4;
+    auto dot2 = [](uint32_t x, uint32_t y) {
+        return half_bits_to_float((uint16_t)(x & 0xffffu)) * half_bits_to_float((uint16_t)(y & 0xffffu)) +
+               half_bits_to_float((uint16_t)(x >> 16)) * half_bits_to_float((uint16_t)(y >> 16));
+    };
+    float c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {  // k pairs 2j, 2j+1 (regs 0/1 of A, b[0]) and 2j+8, 2j+9 (regs 2/3, b[1])
+        const int src_a = gid * 4 + j;
+        const int src_b0 = (2 * tig) * 4 + j, src_b1 = (2 * tig + 1) * 4 + j;  // columns 2tig, 2tig+1
+        const uint32_t a0 = __shfl_sync(kFullMask, a[0], src_a), a1 = __shfl_sync(kFullMask, a[1], src_a);
+        const uint32_t a2 = __shfl_sync(kFullMask, a[2], src_a), a3 = __shfl_sync(kFullMask, a[3], src_a);
+        const uint32_t b00 = __shfl_sync(kFullMask, b[0], src_b0), b10 = __shfl_sync(kFullMask, b[1], src_b0);
+        const uint32_t b01 = __shfl_sync(kFullMask, b[0], src_b1), b11 = __shfl_sync(kFullMask, b[1], src_b1);
+        c0 += dot2(a0, b00) + dot2(a2, b10);
+        c1 += dot2(a0, b01) + dot2(a2, b11);
+        c2 += dot2(a1, b00) + dot2(a3, b10);
+        c3 += dot2(a1, b01) + dot2(a3, b11);
+    }
+    c[0] = c0;
+    c[1] = c1;
+    c[2] = c2;
+    c[3] = c3;
+#endif
+}
+
+}  // namespace pq::cuda

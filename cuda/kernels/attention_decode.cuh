@@ -1,0 +1,154 @@
+// attention_decode.cuh: one query token over the fp16 KV cache, split-K (flash-decoding).
+//
+// Grid (nsplit, Hkv * G / NR), 4 warps per block. A block owns one KV head g, NR of its G query heads
+// (NR == G whenever G <= 8 is in {1, 2, 3, 4, 6, 8}: the model's 6 heads share one pass, so every K/V
+// byte is read once per token) and the keys [s * split_len, min(L, (s+1) * split_len)). Warp w takes the
+// chunks of 32 keys w, w + 4, ...:
+//   - scores: lane l holds dims [l*D/32, (l+1)*D/32) of q (NR heads, pre-scaled by log2(e)/sqrt(D)) and of
+//     each K row (one 16-byte load per lane for D = 256: the warp reads the 512-byte row coalesced),
+//     NR warp sums per key; lane kk of the warp keeps the score of key kk of the chunk;
+//   - online softmax once per chunk (fp32): chunk max over the lanes, rescale of l and O;
+//   - O += p V: every lane accumulates its D/32 dims of NR heads, p broadcast by shuffle.
+// Rows are loaded 4 at a time (clamped to the last valid key) so each warp has 4 loads in flight. The 4
+// warps are merged through shared memory and every split writes its partial (m, l, O) for
+// attn_combine_kernel, even a single one: the decode step is always the same launches (CUDA graphs).
+#pragma once
+
+#include "../compat.cuh"
+#include "attention_common.cuh"
+#include "reduce.cuh"
+
+namespace pq::cuda {
+
+constexpr int kDecodeWarps = 4;
+
+template <int D, int NR>
+constexpr size_t decode_smem_bytes() {
+    return sizeof(float) * (size_t)kDecodeWarps * NR * (D + 2);
+}
+
+template <int D, int NR>
+__global__ void __launch_bounds__(kDecodeWarps * 32)
+    attn_decode_kernel(const float* __restrict__ qg, const uint16_t* __restrict__ k_cache,
+                       const uint16_t* __restrict__ v_cache, float* __restrict__ part_o,
+                       float2* __restrict__ part_ml, int H, int Hkv, int64_t L, int64_t split_len, float q_scale) {
+    constexpr int DPL = D / 32;  // dims per lane
+    static_assert(D % 32 == 0 && DPL <= 8, "D in {32, 64, 128, 256}");
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int G = H / Hkv, groups = G / NR;
+    const int g = blockIdx.y / groups;
+    const int h0 = g * G + (blockIdx.y % groups) * NR;
+    const int s = blockIdx.x, nsplit = gridDim.x;
+
+    float q[NR][DPL];
+#pragma unroll
+    for (int r = 0; r < NR; ++r)
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) q[r][i] = qg[(int64_t)(h0 + r) * 2 * D + lane * DPL + i] * q_scale;
+
+    float m[NR], l[NR], acc[NR][DPL];
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) acc[r][i] = 0.0f;
+    }
+
+    const int64_t k0 = (int64_t)s * split_len;
+    const int64_t k1 = k0 + split_len < L ? k0 + split_len : L;
+    const int64_t row_stride = (int64_t)Hkv * D;
+    const uint16_t* kb = k_cache + (int64_t)g * D + lane * DPL;
+    const uint16_t* vb = v_cache + (int64_t)g * D + lane * DPL;
+
+    for (int64_t c0 = k0 + warp * 32; c0 < k1; c0 += kDecodeWarps * 32) {
+        const int nk = (int)(k1 - c0 < 32 ? k1 - c0 : 32);  // valid keys of this chunk, >= 1
+        float sc[NR];
+#pragma unroll
+        for (int r = 0; r < NR; ++r) sc[r] = -INFINITY;
+        for (int kk = 0; kk < nk; kk += 4) {
+            float kf[4][DPL];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const int j = kk + u < nk ? kk + u : nk - 1;
+                load_half_row<DPL>(kb + (c0 + j) * row_stride, kf[u]);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+#pragma unroll
+                for (int r = 0; r < NR; ++r) {
+                    float d = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < DPL; ++i) d += q[r][i] * kf[u][i];
+                    d = warp_sum(d);
+                    if (lane == kk + u && kk + u < nk) sc[r] = d;
+                }
+            }
+        }
+        float p[NR];
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+            const float mn = fmaxf(m[r], warp_max(sc[r]));  // finite: key c0 is valid
+            const float alpha = exp2f(m[r] - mn);
+            p[r] = exp2f(sc[r] - mn);  // 0 for lanes past nk
+            l[r] = l[r] * alpha + p[r];
+#pragma unroll
+            for (int i = 0; i < DPL; ++i) acc[r][i] *= alpha;
+            m[r] = mn;
+        }
+        for (int kk = 0; kk < nk; kk += 4) {
+            float vf[4][DPL];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const int j = kk + u < nk ? kk + u : nk - 1;
+                load_half_row<DPL>(vb + (c0 + j) * row_stride, vf[u]);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const int src = kk + u < 32 ? kk + u : 31;
+#pragma unroll
+                for (int r = 0; r < NR; ++r) {
+                    // p of key kk+u; keys past nk have p == 0 (their row is a clamped duplicate, finite)
+                    const float pr = __shfl_sync(kFullMask, p[r], src);
+#pragma unroll
+                    for (int i = 0; i < DPL; ++i) acc[r][i] += pr * vf[u][i];
+                }
+            }
+        }
+    }
+
+    // Merge the 4 warps: [warp][r] -> (m, l, O[D]) in shared memory.
+    PQ_DYN_SHARED(float, sm);
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+        const float lw = warp_sum(l[r]);
+        float* e = sm + (warp * NR + r) * (D + 2);
+        if (lane == 0) {
+            e[0] = m[r];
+            e[1] = lw;
+        }
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) e[2 + lane * DPL + i] = acc[r][i];
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < NR * D; idx += kDecodeWarps * 32) {
+        const int r = idx / D, d = idx % D;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < kDecodeWarps; ++w) M = fmaxf(M, sm[(w * NR + r) * (D + 2)]);
+        float lsum = 0.0f, o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kDecodeWarps; ++w) {
+            const float* e = sm + (w * NR + r) * (D + 2);
+            if (e[0] == -INFINITY) continue;  // this warp had no chunk
+            const float wt = exp2f(e[0] - M);
+            lsum += wt * e[1];
+            o += wt * e[2 + d];
+        }
+        const int64_t ps = (int64_t)(h0 + r) * nsplit + s;  // token 0
+        part_o[ps * D + d] = o;
+        if (d == 0) part_ml[ps] = make_float2(M, lsum);
+    }
+}
+
+}  // namespace pq::cuda

@@ -1,0 +1,51 @@
+// get_rows.cuh: dequantization of whole weight rows -- the embedding gather (float rows) and the prefill
+// path's fp16 weight tiles (gemm.cuh / backend/gemm.cu).
+//
+// One thread decodes one sub-block (32 values; 8 for float types) with the type's `dequant`
+// (matvec_types.cuh), which reproduces the CPU dequantizers bit for bit; the fp16 variant then rounds
+// each float to nearest even (pq::fp32_to_fp16, as numpy's float16 cast). Rows are either listed (ids,
+// the gather) or a contiguous range (row0.., the tiles).
+#pragma once
+
+#include "../compat.cuh"
+#include "matvec_types.cuh"
+
+namespace pq::cuda {
+
+constexpr int kDequantThreads = 64;
+
+// Grid: (ceil(subs_per_row / kDequantThreads), min(nrows, 65535)); rows beyond gridDim.y loop.
+// out row i (of ldo elements) = row (ids ? ids[i] : row0 + i) of W. out must be 16-byte aligned and ldo a
+// multiple of 8 (vector stores).
+template <class T, bool kF16Out>
+__global__ void __launch_bounds__(kDequantThreads)
+    dequant_rows_kernel(const uint8_t* __restrict__ W, int64_t row_bytes, const int32_t* __restrict__ ids,
+                        int64_t row0, int64_t nrows, int subs_per_row, void* __restrict__ out, int64_t ldo) {
+    constexpr int kVals = T::kBlockVals / T::kSubs;  // 32 or 8
+    const int s = blockIdx.x * kDequantThreads + threadIdx.x;
+    if (s >= subs_per_row) return;
+    const int64_t blk_off = (int64_t)(s / T::kSubs) * T::kBlockBytes;
+    for (int64_t i = blockIdx.y; i < nrows; i += gridDim.y) {
+        const int64_t r = ids ? (int64_t)ids[i] : row0 + i;
+        float v[kVals];
+        T::dequant(W + r * row_bytes + blk_off, s % T::kSubs, v);
+        if constexpr (kF16Out) {
+            uint4* o = reinterpret_cast<uint4*>(static_cast<uint16_t*>(out) + i * ldo + (int64_t)s * kVals);
+#pragma unroll
+            for (int j = 0; j < kVals / 8; ++j) {
+                uint32_t h[4];
+#pragma unroll
+                for (int k = 0; k < 4; ++k)
+                    h[k] = (uint32_t)pq::fp32_to_fp16(v[8 * j + 2 * k]) |
+                           ((uint32_t)pq::fp32_to_fp16(v[8 * j + 2 * k + 1]) << 16);
+                o[j] = make_uint4(h[0], h[1], h[2], h[3]);
+            }
+        } else {
+            float4* o = reinterpret_cast<float4*>(static_cast<float*>(out) + i * ldo + (int64_t)s * kVals);
+#pragma unroll
+            for (int j = 0; j < kVals / 4; ++j) o[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+        }
+    }
+}
+
+}  // namespace pq::cuda

@@ -1,0 +1,224 @@
+// matvec.cuh: quantized matrix-vector products for decode (n_tok <= 8 per launch), ggml's mmvq design.
+//
+//   y[t][r] = sum_k W[r][k] * x[t][k]   (GLU: y[t][r] = silu(Wg x_t)[r] * (Wu x_t)[r])
+//
+// Work split. A CTA is kWarps = 4 warps; `wpr` warps (1, 2 or 4, chosen by the launcher) share one row,
+// so a CTA serves 4 / wpr rows. A row is cut into chunks of 32 units (a unit = 32 values, 8 for float
+// weights: matvec_types.cuh); warp `part` of a row takes chunks part, part + wpr, ... Lane l of a warp
+// handles unit l of the chunk for every token of the launch, so each weight byte is read by exactly one
+// lane of one warp, once per launch, whatever the number of tokens (1..8): the weight row is read once
+// and serves all columns.
+//
+// Weight loads. A chunk is a contiguous byte range of the row (4 blocks of a 256-value type, 32 blocks of
+// a 32-value type). The warp copies it into its shared-memory stage with coalesced 128-bit loads of
+// 16-byte-aligned pieces (lane i loads pieces i, i + 32, ...: consecutive lanes, consecutive 16 bytes),
+// then each lane decodes its unit from shared memory. The stage starts at the 16-byte boundary below the
+// chunk, so types whose blocks are not 16-byte multiples (Q6_K 210 bytes, Q8_0 34, ...) still get full
+// 128-bit loads; the up to 15 bytes before/after a chunk belong to the neighbouring chunk/row and are
+// re-read from L1/L2, never from DRAM twice in practice. A piece that would run past the end of the
+// tensor is read with 16-bit loads instead, so nothing outside W is touched (W must be 16-byte aligned).
+// The next chunk's pieces are loaded into registers before the current chunk is computed (register
+// double buffering), so every warp keeps ~0.6-1 KB of weight loads in flight.
+// On the GPU the pieces are read with ld.global.nc.L1::no_allocate (streamed, keeps L1 for the
+// activations); the portable twin is __ldg, which the emulated tests run.
+//
+// Activations. Quantized types read Q8_1 blocks (quantize_q8_1.cuh, d = amax/127 per 32 values) from
+// global memory through L1 (n_tok * K * 36/32 bytes, re-read by every warp, L1/L2 resident); float types
+// read the float rows. Integer dot products are __dp4a; see matvec_types.cuh for each type's arithmetic.
+//
+// Bytes moved per launch (DRAM): N * row_bytes of weights (once) + n_tok * K * 1.125 bytes of Q8_1
+// activations (float types: n_tok * K * 4) per SM that touches them (L2 hits after the first) +
+// n_tok * N * 4 bytes of output. For Qwen3.6-27B shapes the weights are > 99% of the traffic.
+#pragma once
+
+#include "../compat.cuh"
+#include "matvec_types.cuh"
+#include "reduce.cuh"
+
+namespace pq::cuda {
+
+constexpr int kMmvWarps = 4;
+constexpr int kMmvThreads = 32 * kMmvWarps;
+constexpr int kMmvMaxTok = 8;  // tokens served by one launch (one read of the weights)
+
+struct MmvArgs {
+    const uint8_t* w[2];     // gate (or the only) weight, up weight (GLU)
+    const uint8_t* wend[2];  // one past the last byte of each weight tensor
+    int64_t row_bytes;
+    int64_t nrows;
+    int units_per_row;
+    const void* act;         // const block_q8_1* (K/32 blocks per token) or const float* (K per token)
+    int64_t act_stride;      // per token, in blocks or floats
+    int ntok;                // tokens of this launch, 1..NT
+    float* y;                // y[t * ldy + r]
+    int64_t ldy;
+    int wpr;                 // warps per row: 1, 2 or 4
+};
+
+namespace mv {
+
+// 16 bytes of weights at p (16-byte aligned), streamed past L1 on the GPU.
+__device__ __forceinline__ uint4 ld_weights16(const uint8_t* p) {
+#if PQ_HAVE_PTX
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+#else
+    return __ldg(reinterpret_cast<const uint4*>(p));
+#endif
+}
+
+// The 16-byte piece at p (aligned) when it may cross `end` (exclusive; end - p is even): 16-bit loads of
+// the bytes before end, zeros after.
+__device__ __forceinline__ uint4 ld_weights16_tail(const uint8_t* p, const uint8_t* end) {
+    uint32_t w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        if (p + 2 * k + 2 <= end) w[k >> 1] |= (uint32_t)__ldg(reinterpret_cast<const uint16_t*>(p) + k) << (16 * (k & 1));
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+template <class T>
+struct Stage {
+    static constexpr int kChunkBlocks = 32 / T::kUnits;
+    static constexpr int kChunkBytes = kChunkBlocks * T::kBlockBytes;
+    // pieces of a chunk: its start is even, so at most 14 bytes before it share its first piece
+    static constexpr int kMaxPieces = (14 + kChunkBytes + 15) / 16;
+    static constexpr int kPiecesPerLane = (kMaxPieces + 31) / 32;
+    static constexpr int kStagePieces = 32 * kPiecesPerLane;
+};
+
+// Loads the pieces of chunk c of the row at `row` into regs (lane's share).
+template <class T>
+__device__ __forceinline__ void fetch_chunk(uint4 (&regs)[Stage<T>::kPiecesPerLane], const uint8_t* row, int c,
+                                            int units_per_row, const uint8_t* wend, int lane) {
+    constexpr int kChunkBlocks = Stage<T>::kChunkBlocks;
+    const int nblk_row = units_per_row / T::kUnits;
+    const int b0 = c * kChunkBlocks;
+    const int b1 = min(b0 + kChunkBlocks, nblk_row);
+    const uint8_t* start = row + (int64_t)b0 * T::kBlockBytes;
+    const uint8_t* end = row + (int64_t)b1 * T::kBlockBytes;
+    const uint8_t* p0 = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(start) & ~(uintptr_t)15);
+    const int npieces = (int)((end - p0 + 15) >> 4);
+#pragma unroll
+    for (int k = 0; k < Stage<T>::kPiecesPerLane; ++k) {
+        const int i = lane + 32 * k;
+        const uint8_t* p = p0 + 16 * i;
+        regs[k] = i >= npieces ? make_uint4(0u, 0u, 0u, 0u) : p + 16 <= wend ? ld_weights16(p) : ld_weights16_tail(p, wend);
+    }
+}
+
+// silu(g) * u as swiglu_f32_kernel (elementwise.cuh) computes it.
+__device__ __forceinline__ float silu_mul(float g, float u) {
+    return g / (1.0f + expf(-g)) * u;
+}
+
+}  // namespace mv
+
+// Grid: ceil(nrows / (kMmvWarps / wpr)) CTAs of kMmvThreads.
+template <class T, int NT, bool GLU>
+__global__ void __launch_bounds__(kMmvThreads) mmv_kernel(const MmvArgs args) {
+    using St = mv::Stage<T>;
+    constexpr int NW = GLU ? 2 : 1;
+    __shared__ uint4 stage[kMmvWarps][NW][St::kStagePieces];
+    __shared__ float red[kMmvWarps][NW][NT];
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wpr = args.wpr;
+    const int64_t row = (int64_t)blockIdx.x * (kMmvWarps / wpr) + warp / wpr;
+    const int part = warp % wpr;
+
+    float acc[NW][NT];
+#pragma unroll
+    for (int g = 0; g < NW; ++g)
+#pragma unroll
+        for (int t = 0; t < NT; ++t) acc[g][t] = 0.0f;
+
+    if (row < args.nrows) {  // uniform per warp
+        const int upr = args.units_per_row;
+        const int nchunks = (upr + 31) / 32;
+        const uint8_t* wrow[NW];
+#pragma unroll
+        for (int g = 0; g < NW; ++g) wrow[g] = args.w[g] + row * args.row_bytes;
+
+        uint4 regs[NW][St::kPiecesPerLane];
+        int c = part;
+        if (c < nchunks) {
+#pragma unroll
+            for (int g = 0; g < NW; ++g) mv::fetch_chunk<T>(regs[g], wrow[g], c, upr, args.wend[g], lane);
+        }
+        for (; c < nchunks; c += wpr) {
+#pragma unroll
+            for (int g = 0; g < NW; ++g)
+#pragma unroll
+                for (int k = 0; k < St::kPiecesPerLane; ++k) stage[warp][g][lane + 32 * k] = regs[g][k];
+            __syncwarp();
+            if (c + wpr < nchunks) {  // next chunk's loads in flight while this one is computed
+#pragma unroll
+                for (int g = 0; g < NW; ++g) mv::fetch_chunk<T>(regs[g], wrow[g], c + wpr, upr, args.wend[g], lane);
+            }
+            const int unit = c * 32 + lane;
+            if (unit < upr) {
+                const int64_t ib = unit / T::kUnits;  // block index within the row
+                const int u = unit % T::kUnits;
+                const int64_t blk_in_chunk = ib - (int64_t)c * St::kChunkBlocks;
+                typename T::W w[NW];
+#pragma unroll
+                for (int g = 0; g < NW; ++g) {
+                    const uintptr_t start =
+                        reinterpret_cast<uintptr_t>(wrow[g]) + (uintptr_t)((int64_t)c * St::kChunkBytes);
+                    const uint8_t* sbase = reinterpret_cast<const uint8_t*>(&stage[warp][g][0]) + (start & 15);
+                    T::load_w(w[g], sbase + blk_in_chunk * T::kBlockBytes, u);
+                }
+#pragma unroll
+                for (int t = 0; t < NT; ++t) {
+                    if (t < args.ntok) {
+                        typename T::A a;
+                        if constexpr (T::kFloatAct) {
+                            T::load_a(a, static_cast<const float*>(args.act) + t * args.act_stride, ib, u);
+                        } else {
+                            T::load_a(a, static_cast<const pq::block_q8_1*>(args.act) + t * args.act_stride, ib, u);
+                        }
+#pragma unroll
+                        for (int g = 0; g < NW; ++g) acc[g][t] += T::dot(w[g], a);
+                    }
+                }
+            }
+            __syncwarp();  // the stage is overwritten by the next chunk
+        }
+    }
+
+#pragma unroll
+    for (int g = 0; g < NW; ++g)
+#pragma unroll
+        for (int t = 0; t < NT; ++t) acc[g][t] = warp_sum(acc[g][t]);
+
+    if (wpr > 1) {  // uniform over the block
+        if (lane == 0) {
+#pragma unroll
+            for (int g = 0; g < NW; ++g)
+#pragma unroll
+                for (int t = 0; t < NT; ++t) red[warp][g][t] = acc[g][t];
+        }
+        __syncthreads();
+        if (part == 0 && row < args.nrows && lane < args.ntok) {
+            float s[NW];
+#pragma unroll
+            for (int g = 0; g < NW; ++g) {
+                s[g] = 0.0f;
+                for (int p = 0; p < wpr; ++p) s[g] += red[warp + p][g][lane];
+            }
+            args.y[lane * args.ldy + row] = GLU ? mv::silu_mul(s[0], s[NW - 1]) : s[0];
+        }
+    } else if (row < args.nrows && lane == 0) {
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            if (t < args.ntok) args.y[t * args.ldy + row] = GLU ? mv::silu_mul(acc[0][t], acc[NW - 1][t]) : acc[0][t];
+        }
+    }
+}
+
+}  // namespace pq::cuda

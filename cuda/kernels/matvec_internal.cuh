@@ -1,0 +1,33 @@
+// matvec_internal.cuh: host-side helpers shared by backend/matvec.cu, gemm.cu and get_rows.cu (not part
+// of the public API in ops_matvec.h).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../host_api.h"
+
+namespace pq::cuda::detail {
+
+// Validity of (type, K) for the matmul family; fills the row geometry.
+bool matmul_type_ok(int type, int64_t K, int64_t* row_bytes);
+
+// Rows [row0, row0 + nrows) of W dequantized to fp16 bits, out[i * K + k] (row-major, ld = K).
+cudaError_t dequant_rows_f16(int type, const void* W, int64_t K, int64_t row0, int64_t nrows, uint16_t* out,
+                             cudaStream_t stream);
+
+// y[i] = fp16(x[i]).
+cudaError_t f32_to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t stream);
+
+// Rows per dequantized fp16 weight tile of the prefill path (<= 16M values per tile by default).
+int64_t prefill_tile_rows(int64_t K, int64_t N);
+// Test hook: values per tile (0 restores the default), so that small matrices exercise several tiles.
+void set_prefill_tile_values(int64_t values);
+
+// Prefill product y[t][r] = sum_k fp16(W[r][k]) * x16[t][k] (ldy = N) with cuBLAS: F16 weights directly,
+// other types through `tile` (prefill_tile_rows(K, N) * K fp16 values). Returns cudaErrorNotSupported
+// (before any GEMM ran) when the build has no cuBLAS.
+cudaError_t gemm_prefill(int type, const void* W, int64_t K, int64_t N, const uint16_t* x16, int64_t n_tok,
+                         float* y, uint16_t* tile, cudaStream_t stream);
+
+}  // namespace pq::cuda::detail

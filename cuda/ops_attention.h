@@ -1,0 +1,62 @@
+// ops_attention.h: host entry points of the gated-attention kernels (backend/attention.cu). Plain C++,
+// callable from g++-compiled code in the real and the emulated build. All pointers are device pointers;
+// every function only enqueues work on `stream` and returns the launch error.
+//
+// Supported shapes: D (head_dim) in {32, 64, 128, 256}; H a multiple of Hkv; n_rot even, 0 <= n_rot <= D;
+// n_ctx < 2^24 (positions are exact in float); pos0 + n <= n_ctx. Anything else: cudaErrorInvalidValue,
+// nothing launched.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "host_api.h"
+
+namespace pq::cuda {
+
+// Bytes of device scratch `attention` needs for a call with these head shapes, any n' <= n tokens and
+// any pos0 with pos0 + n' <= n_ctx (so one buffer sized for the largest batch serves every call). It
+// holds the split-K partial results (m, l, unnormalised O per query head and split); 0 is possible.
+size_t attention_scratch_bytes(int H, int Hkv, int D, int64_t n, int64_t n_ctx);
+
+// One gated-attention layer's core for n tokens at positions pos0..pos0+n-1 of one sequence:
+//   qg [n][H][2*D]: the attn_q projection, per head [q (D) | gate (D)]; modified in place (q normed+roped);
+//   k, v [n][Hkv][D]: the attn_k / attn_v projections; k modified in place (normed+roped);
+//   q_norm, k_norm [D]: RMSNorm weights (already +1 in the GGUF: multiply directly);
+//   k_cache, v_cache [n_ctx][Hkv][D] fp16 (bit patterns, uint16): rows pos0..pos0+n-1 are written here;
+//   out [n][H*D] = sigmoid(gate) * softmax(q k^T / sqrt(D), causal over 0..pos0+t) v, query head h -> KV head h / (H/Hkv).
+// q/k RMSNorm (eps) before NEOX RoPE on dims [0, n_rot): pairs (i, i + n_rot/2), theta_i = pos * base^(-2i/n_rot).
+// `out` [n][H*D] (device, float) receives the gated output; it must not alias qg, k or v.
+// n == 1 runs the split-K decode kernel + the split combine (always the same 3 launches, with only the
+// decode grid and the scalar arguments depending on pos0: CUDA-graph updates keep the topology), n > 1
+// the flash prefill kernel (split over keys, + combine, when the batch is too small to fill the GPU).
+// Attention reads K and V back from the fp16 cache, as the CPU backend does.
+cudaError_t attention(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
+                      uint16_t* k_cache, uint16_t* v_cache, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv,
+                      int D, int n_rot, float rope_base, float eps, float* out, void* scratch, cudaStream_t stream);
+
+// ---- lower-level pieces (the backend may call them; the tests use them to reach edge cases) ----------
+
+// Step 1 of `attention` alone: q/k RMSNorm + NEOX RoPE in place, and (when k_cache / v_cache are not
+// null) the fp16 append of k (normed+roped) and v to rows pos0..pos0+n-1. The RoPE angle matches
+// csrc/ops.cpp rope_neox (double-precision frequencies from the host, float-float phase, exact
+// Cody-Waite reduction, float sincos): |cos, sin - reference| <= 5e-7 for every position < 2^24.
+cudaError_t attention_prepare(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
+                              uint16_t* k_cache, uint16_t* v_cache, int64_t pos0, int64_t n, int H, int Hkv, int D,
+                              int n_rot, float rope_base, float eps, cudaStream_t stream);
+
+// Overrides of the automatic launch choices, for tests (0 = automatic).
+struct AttentionTuning {
+    int64_t decode_split = 0;   // keys per split of the decode kernel (rounded up to a multiple of 32)
+    int64_t prefill_split = 0;  // keys per split of the prefill kernel (rounded up to a multiple of 64)
+    bool force_prefill = false; // n == 1 through the prefill kernel
+};
+
+size_t attention_scratch_bytes_ex(int H, int Hkv, int D, int64_t n, int64_t n_ctx, const AttentionTuning& tuning);
+
+cudaError_t attention_ex(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
+                         uint16_t* k_cache, uint16_t* v_cache, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv,
+                         int D, int n_rot, float rope_base, float eps, float* out, void* scratch,
+                         cudaStream_t stream, const AttentionTuning& tuning);
+
+}  // namespace pq::cuda

@@ -1,0 +1,45 @@
+// ops_matvec.h: host entry points of the matmul family (backend/matvec.cu, gemm.cu, get_rows.cu).
+// Plain C++ like ops.h: device pointers in, work enqueued on `stream`, launch error out.
+//
+// Weight types (GGUF ids, formats.h): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, F16,
+// BF16, F32. Others return cudaErrorInvalidValue. K must be a positive multiple of the type's block size
+// (32 or 256; 8 for the float types). W must be 16-byte aligned (cudaMalloc'd, or a 16-byte aligned
+// offset into such memory: GGUF tensor data is 32-byte aligned); x and y 16-byte aligned; scratch
+// 256-byte aligned.
+//
+// Paths (chosen per call by n_tok):
+//   n_tok <= 8    decode: x quantized to Q8_1 (quantize_q8_1.cuh; float weights keep float x), one mmv
+//                 launch (kernels/matvec.cuh): every weight byte is read once and serves all n_tok.
+//   n_tok <= 16   two mmv launches of <= 8 tokens (2 reads of the weights beat the prefill path's
+//                 dequantized fp16 copy: 0.56 -> 2 x 0.56 bytes per Q4_K weight, vs 0.56 + 2 + 2).
+//   n_tok > 16    prefill: x to fp16, weights dequantized to fp16 in tiles of <= 16M values, cuBLAS
+//                 GemmEx (blas.h, fp32 accumulation). Builds without cuBLAS fall back to mmv launches.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "host_api.h"
+
+namespace pq::cuda {
+
+// Bytes of device scratch the matmul needs (activation quantization, dequantized weight tiles, ...).
+// Enough for matmul and for matmul_swiglu with any pair of weight types of these dimensions.
+size_t matmul_scratch_bytes(int type, int64_t K, int64_t N, int64_t n_tok);
+
+// y[t*N + r] = sum_k W[r][k] * x[t*K + k]; W: N rows of K values in GGUF type `type` (device memory, rows
+// contiguous, row_bytes = K / block_size * block_bytes); x float32 [n_tok][K]; y float32 [n_tok][N].
+cudaError_t matmul(int type, const void* W, int64_t K, int64_t N, const float* x, int64_t n_tok, float* y,
+                   void* scratch, cudaStream_t stream);
+
+// y[t*N + r] = silu(Wg x_t)[r] * (Wu x_t)[r]: the FFN gate and up projections fused (one pass over x's
+// quantized activations; both weights read in the same kernel when n_tok <= 8).
+cudaError_t matmul_swiglu(int type_g, const void* Wg, int type_u, const void* Wu, int64_t K, int64_t N,
+                          const float* x, int64_t n_tok, float* y, void* scratch, cudaStream_t stream);
+
+// out[i*K + k] = float value k of row ids[i] of W (embedding gather, dequantized).
+// Bit-identical with the CPU dequantizers (pyqwen._core.dequantize). ids must be valid row indices.
+cudaError_t get_rows(int type, const void* W, int64_t K, const int32_t* ids, int64_t n, float* out,
+                     cudaStream_t stream);
+
+}  // namespace pq::cuda

@@ -1,0 +1,140 @@
+"""Prefill matmul (n_tok > 16): fp16 weight tiles (dequant_rows_kernel) x fp16 activations through
+pq::cuda::gemm_f16 (cuBLAS on a GPU; a host GEMM under the emulator).
+
+Checks:
+
+1. The fp16 tile is bit-exact: fp16(CPU dequantized float) for every type (round to nearest even, as
+   numpy's float16 cast).
+2. The product against a numpy model of exactly that arithmetic, y = fp16(w) . fp16(x) in float64; the
+   only difference is the GEMM's float32 accumulation, bounded by (K + 16) * 2^-24 * sum |w16 x16|.
+3. The product against pyqwen._core.ref_matmul. Derivation of the tolerance: with w, x the exact weights and
+   activations, the GPU computes sum_i fp16(w_i) fp16(x_i) with |fp16(v) - v| <= 2^-11 |v| + 2^-25 (the
+   absolute part covers fp16 subnormals), so |y_gpu - w.x| <= sum_i (2^-10 + 2^-22)|w_i x_i|
+   + 2^-25 (|w_i| + |x_i|) + its float32 accumulation (above). The CPU quantizes x: Q8_K,
+   |a2_i - x_i| <= d256/2; Q8_0/Q8_1 (32-value blocks, fp16 scale), <= d32 (1/2 + 127 * 2^-11); float
+   weights: exact x. Q4_1/Q5_1 on the CPU also use the fp16 block sum s for the min term, adding
+   |m| 2^-11 |s| per block. Both bounds added give the tolerance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pyqwen import _core
+from test_matvec import (ALL_TYPES, CPU_ACT, E1, F16, BF16, FLOAT_TYPES, NAMES, Q4_1, Q4_K, Q5_1, Q6_K, Q8_0,
+                         IQ4_XS, block_m, dequant, make_weight, make_x, offset_terms, q8_1_values, q8_k_scale,
+                         rng_for, silu, type_ids, _k_for)
+
+
+def prefill_model(w: np.ndarray, x: np.ndarray):
+    """(y, tol): fp16 weights and activations, exact products, float32-accumulation bound."""
+    w16 = w.astype(np.float16).astype(np.float64)
+    x16 = x.astype(np.float16).astype(np.float64)
+    K = w.shape[1]
+    return x16 @ w16.T, (K + 16) * 2.0**-24 * (np.abs(x16) @ np.abs(w16).T) + 1e-30
+
+
+def ref_tolerance(wtype, wbytes, w, x):
+    N, K = w.shape
+    aw = np.abs(w.astype(np.float64))
+    ax = np.abs(x.astype(np.float64))
+    mag = aw + 2 * offset_terms(wtype, wbytes, N, K)
+    tol = (2.0**-10 + 2.0**-22 + (K + 16) * 2.0**-24) * (ax @ aw.T)  # fp16 roundings + GPU accumulation
+    tol += 2.0**-25 * (aw.sum(1)[None, :] + ax.sum(1)[:, None])      # fp16 subnormals
+    tol += (K / 32 + 32) * 2.0**-23 * (ax @ mag.T)                   # CPU accumulation
+    if CPU_ACT[wtype] == "q8_k":
+        tol += 0.5 * q8_k_scale(x) @ aw.T
+    elif CPU_ACT[wtype] == "q8_32":
+        _, d32, s = q8_1_values(x)
+        tol += E1 * d32 @ aw.T
+        if wtype in (Q4_1, Q5_1):
+            tol += 2.0**-11 * np.abs(s) @ np.abs(block_m(wtype, wbytes, N, K)).T
+    return tol + 1e-30
+
+
+def check_prefill(got, wtype, wbytes, w, x, what):
+    N, K = w.shape
+    y, tol = prefill_model(w, x)
+    err = np.abs(got - y)
+    assert np.all(err <= tol), f"{what}: vs fp16 model, worst err/tol = {np.max(err / tol):.3g}"
+    ref = np.asarray(_core.ref_matmul(wtype, wbytes, K, N, x))
+    tol = ref_tolerance(wtype, wbytes, w, x)
+    err = np.abs(got - ref)
+    assert np.all(err <= tol), f"{what}: vs ref_matmul, worst err/tol = {np.max(err / tol):.3g}"
+
+
+@pytest.fixture
+def small_tiles(ops):
+    """Weight tiles of 64 rows for K = 256 (several tiles per matrix); restores the default afterwards."""
+    ops._set_prefill_tile_values(64 * 256)
+    yield
+    ops._set_prefill_tile_values(0)
+
+
+@type_ids
+def test_dequant_f16_tile_bit_exact(ops, wtype):
+    rng = rng_for("tile", wtype)
+    N, K = 11, _k_for(wtype)
+    wb = make_weight(wtype, N, K, rng)
+    w = dequant(wtype, wb, N, K)
+    got = ops.dequant_f16(wtype, wb, K, 3, 7)
+    np.testing.assert_array_equal(got.view(np.uint16), w[3:10].astype(np.float16).view(np.uint16))
+
+
+@type_ids
+@pytest.mark.parametrize("n_tok", [17, 40, 64])
+def test_matmul_prefill(ops, wtype, n_tok):
+    rng = rng_for("prefill", wtype, n_tok)
+    N, K = 37, _k_for(wtype)
+    wb = make_weight(wtype, N, K, rng)
+    w = dequant(wtype, wb, N, K)
+    x = make_x(rng, n_tok, K)
+    check_prefill(ops.matmul(wtype, wb, K, N, x), wtype, wb, w, x, f"{NAMES[wtype]} n_tok={n_tok}")
+
+
+@pytest.mark.parametrize("wtype", [Q4_K, Q6_K, Q8_0, IQ4_XS, F16, BF16], ids=lambda t: NAMES[t])
+def test_matmul_prefill_tiles(ops, small_tiles, wtype):
+    """N = 150 with 64-row tiles: 64 + 64 + 22 rows, each tile's GEMM writing its columns of y."""
+    rng = rng_for("tiles", wtype)
+    N, K, n_tok = 150, 256, 21
+    wb = make_weight(wtype, N, K, rng)
+    w = dequant(wtype, wb, N, K)
+    x = make_x(rng, n_tok, K)
+    check_prefill(ops.matmul(wtype, wb, K, N, x), wtype, wb, w, x, NAMES[wtype])
+
+
+@pytest.mark.parametrize("K", [256, 768, 1280])
+def test_matmul_prefill_k(ops, K):
+    rng = rng_for("prefill_k", K)
+    N, n_tok = 19, 33
+    wb = make_weight(Q4_K, N, K, rng)
+    w = dequant(Q4_K, wb, N, K)
+    x = make_x(rng, n_tok, K)
+    check_prefill(ops.matmul(Q4_K, wb, K, N, x), Q4_K, wb, w, x, f"K={K}")
+
+
+@pytest.mark.parametrize("tg,tu", [(Q4_K, Q4_K), (Q4_K, Q6_K), (F16, Q8_0)], ids=lambda t: NAMES[t])
+def test_matmul_swiglu_prefill(ops, tg, tu):
+    rng = rng_for("swiglu_prefill", tg, tu)
+    N, K, n_tok = 41, 512, 24
+    wgb, wub = make_weight(tg, N, K, rng), make_weight(tu, N, K, rng)
+    x = make_x(rng, n_tok, K)
+    g, tol_g = prefill_model(dequant(tg, wgb, N, K), x)
+    u, tol_u = prefill_model(dequant(tu, wub, N, K), x)
+    expect = silu(g) * u
+    tol = 1.1 * tol_g * (np.abs(u) + tol_u) + np.abs(silu(g)) * tol_u + 1e-6 * np.abs(expect) + 1e-30
+    got = ops.matmul_swiglu(tg, wgb, tu, wub, K, N, x)
+    err = np.abs(got - expect)
+    assert np.all(err <= tol), f"worst err/tol = {np.max(err / tol):.3g}"
+
+
+def test_scratch_bytes(ops):
+    """Scratch grows with the tokens; the prefill layout holds the fp16 activations and one weight tile."""
+    K, N = 5120, 17408
+    dec = ops.matmul_scratch_bytes(Q4_K, K, N, 8)
+    pre = ops.matmul_scratch_bytes(Q4_K, K, N, 512)
+    assert 0 < dec < pre
+    assert pre >= 512 * K * 2 + 3264 * K * 2 + 2 * 512 * N * 4
+    assert ops.matmul_scratch_bytes(F16, K, N, 512) == pre  # any pairing of types for matmul_swiglu
+    assert ops.matmul_scratch_bytes(10, K, N, 1) == 0       # unsupported type
