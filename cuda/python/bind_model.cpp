@@ -122,19 +122,21 @@ void check(cudaError_t e, const char* what) {
 namespace pq::cuda_bind {
 
 void bind_model(py::module_& m) {
-    py::class_<State>(m, "CudaState")
+    // module_local: the real (pyqwen._cuda) and the emulated (pyqwen_cuda_emu) modules define the same
+    // C++ types and may be loaded into one process (the tests do); each keeps its own registration.
+    py::class_<State>(m, "CudaState", py::module_local())
         .def_readonly("pos", &State::pos)
         .def_readonly("n_ctx", &State::n_ctx)
         .def_property_readonly("nbytes", &State::bytes)
         .def_property_readonly("kv_type", [](const State&) { return "f16"; })
         .def("reset", &State::reset, "Forget every token (KV cache and recurrent states).");
 
-    py::class_<Snapshot>(m, "CudaSnapshot")
+    py::class_<Snapshot>(m, "CudaSnapshot", py::module_local())
         .def_readonly("pos", &Snapshot::pos)
         .def_readonly("has_kv", &Snapshot::has_kv)
         .def_property_readonly("nbytes", &Snapshot::bytes);
 
-    py::class_<PyModel>(m, "CudaModel")
+    py::class_<PyModel>(m, "CudaModel", py::module_local())
         .def(py::init([](const py::dict& config, const py::dict& tensors, int64_t n_batch, int64_t n_ctx,
                          bool use_graphs, py::object progress, py::object keepalive) {
                  auto pm = std::make_unique<PyModel>();
