@@ -8,6 +8,7 @@
 
 #include <mutex>
 
+#include "config_py.h"
 #include "model.h"
 #include "simd/dispatch.h"
 
@@ -19,33 +20,6 @@ void bind_quants(py::module_& m);
 void bind_ref(py::module_& m);
 
 namespace {
-
-template <typename T>
-T get(const py::dict& d, const char* key) {
-    if (!d.contains(key)) throw std::invalid_argument(std::string("config is missing '") + key + "'");
-    return d[key].cast<T>();
-}
-
-Config config_from_dict(const py::dict& d) {
-    Config c;
-    c.n_embd = get<int64_t>(d, "n_embd");
-    c.n_ff = get<int64_t>(d, "n_ff");
-    c.n_vocab = get<int64_t>(d, "n_vocab");
-    c.n_layer = get<int>(d, "n_layer");
-    c.recurrent = get<std::vector<bool>>(d, "recurrent");
-    c.n_head = get<int>(d, "n_head");
-    c.n_head_kv = get<int>(d, "n_head_kv");
-    c.head_dim = get<int>(d, "head_dim");
-    c.n_rot = get<int>(d, "n_rot");
-    c.rope_base = get<float>(d, "rope_base");
-    c.ssm_conv = get<int>(d, "ssm_conv");
-    c.ssm_k_heads = get<int>(d, "ssm_k_heads");
-    c.ssm_v_heads = get<int>(d, "ssm_v_heads");
-    c.ssm_k_dim = get<int>(d, "ssm_k_dim");
-    c.ssm_v_dim = get<int>(d, "ssm_v_dim");
-    c.rms_eps = get<float>(d, "rms_eps");
-    return c;
-}
 
 // tensors: name -> (ggml_type, ne0, ne1, address). Addresses point into memory the Python side keeps
 // alive for the model's lifetime (the mmap), passed as `keepalive`.
@@ -101,27 +75,6 @@ struct PyModel {
     std::mutex mu;
 };
 
-py::dict config_to_dict(const Config& c) {
-    py::dict d;
-    d["n_embd"] = c.n_embd;
-    d["n_ff"] = c.n_ff;
-    d["n_vocab"] = c.n_vocab;
-    d["n_layer"] = c.n_layer;
-    d["recurrent"] = c.recurrent;
-    d["n_head"] = c.n_head;
-    d["n_head_kv"] = c.n_head_kv;
-    d["head_dim"] = c.head_dim;
-    d["n_rot"] = c.n_rot;
-    d["rope_base"] = c.rope_base;
-    d["ssm_conv"] = c.ssm_conv;
-    d["ssm_k_heads"] = c.ssm_k_heads;
-    d["ssm_v_heads"] = c.ssm_v_heads;
-    d["ssm_k_dim"] = c.ssm_k_dim;
-    d["ssm_v_dim"] = c.ssm_v_dim;
-    d["rms_eps"] = c.rms_eps;
-    return d;
-}
-
 }  // namespace
 }  // namespace pq
 
@@ -145,8 +98,6 @@ PYBIND11_MODULE(_core, m) {
         .def(py::init([](const py::dict& config, const py::dict& tensors, int n_threads, py::object keepalive) {
                  auto pm = std::make_unique<PyModel>();
                  Config c = config_from_dict(config);
-                 if (c.n_layer <= 0 || c.n_layer > 4096) throw std::invalid_argument("n_layer out of range");
-                 if ((int)c.recurrent.size() != c.n_layer) throw std::invalid_argument("recurrent[] length != n_layer");
                  Weights w = weights_from_dict(c, tensors);
                  if (n_threads < 1 || n_threads > 1024) throw std::invalid_argument("n_threads out of range");
                  pm->model = std::make_unique<Model>(std::move(c), std::move(w), n_threads);

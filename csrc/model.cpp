@@ -13,9 +13,6 @@
 
 namespace pq {
 
-int Config::n_attn_layers() const { return (int)std::count(recurrent.begin(), recurrent.end(), false); }
-int Config::n_recurrent_layers() const { return (int)std::count(recurrent.begin(), recurrent.end(), true); }
-
 // ---- validation ----------------------------------------------------------------------------------
 
 static void fail(const std::string& msg) { throw std::invalid_argument(msg); }

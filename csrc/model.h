@@ -9,29 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "config.h"
 #include "tensor.h"
 #include "threadpool.h"
 
 namespace pq {
-
-struct Config {
-    int64_t n_embd = 0, n_ff = 0, n_vocab = 0;
-    int n_layer = 0;
-    std::vector<bool> recurrent;      // per layer: true = Gated DeltaNet, false = gated attention
-    // gated attention
-    int n_head = 0, n_head_kv = 0, head_dim = 0, n_rot = 0;
-    float rope_base = 10000.0f;
-    // Gated DeltaNet
-    int ssm_conv = 4;                 // conv kernel size
-    int ssm_k_heads = 0, ssm_v_heads = 0, ssm_k_dim = 0, ssm_v_dim = 0;
-    float rms_eps = 1e-6f;
-
-    int64_t conv_channels() const { return 2LL * ssm_k_heads * ssm_k_dim + (int64_t)ssm_v_heads * ssm_v_dim; }
-    int64_t conv_state_floats() const { return (ssm_conv - 1) * conv_channels(); }
-    int64_t ssm_state_floats() const { return (int64_t)ssm_v_heads * ssm_v_dim * ssm_k_dim; }
-    int n_attn_layers() const;
-    int n_recurrent_layers() const;
-};
 
 struct LayerWeights {
     Tensor attn_norm, post_attention_norm, ffn_gate, ffn_up, ffn_down;

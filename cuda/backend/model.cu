@@ -34,8 +34,6 @@
 
 namespace pq::cuda {
 
-int ModelConfig::n_attn_layers() const { return (int)std::count(recurrent.begin(), recurrent.end(), false); }
-int ModelConfig::n_recurrent_layers() const { return (int)std::count(recurrent.begin(), recurrent.end(), true); }
 
 namespace {
 
@@ -142,7 +140,7 @@ ActLayout act_layout(const ModelConfig& c, int64_t nb) {
     ActLayout L{};
     Carver cv;
     const int64_t E = c.n_embd, C = c.conv_channels(), Dv = (int64_t)c.ssm_v_heads * c.ssm_v_dim;
-    const int64_t nv = c.ssm_v_heads, HD = (int64_t)c.n_head * c.head_dim, KV = c.kv_row_halves();
+    const int64_t nv = c.ssm_v_heads, HD = (int64_t)c.n_head * c.head_dim, KV = c.kv_row_values();
     L.tokens = cv.take(4 * nb);
     L.next = cv.take(4);
     L.x = cv.take(4 * nb * E);
@@ -462,7 +460,7 @@ std::unique_ptr<State> Model::new_state(int64_t n_ctx) {
     }
     st->recurrent_bytes_ = cv.size;
     cv.size = align_up(cv.size);
-    const size_t kv_b = 2 * (size_t)n_ctx * (size_t)c.kv_row_halves();
+    const size_t kv_b = 2 * (size_t)n_ctx * (size_t)c.kv_row_values();
     for (int i = 0; i < c.n_attn_layers(); ++i) {
         k_off.push_back(cv.take(kv_b));
         v_off.push_back(cv.take(kv_b));
@@ -491,7 +489,7 @@ std::unique_ptr<Snapshot> Model::snapshot(const State& st, bool with_kv) {
     s->pos = st.pos;
     s->has_kv = with_kv;
     s->recurrent_bytes_ = st.recurrent_bytes_;
-    s->kv_layer_bytes_ = with_kv ? (size_t)st.pos * 2 * (size_t)c.kv_row_halves() : 0;
+    s->kv_layer_bytes_ = with_kv ? (size_t)st.pos * 2 * (size_t)c.kv_row_values() : 0;
     const size_t rec = align_up(s->recurrent_bytes_);
     const size_t kvl = align_up(s->kv_layer_bytes_);
     s->bytes_ = rec + 2 * (size_t)c.n_attn_layers() * kvl;

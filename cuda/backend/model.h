@@ -16,27 +16,12 @@
 #include <vector>
 
 #include "../host_api.h"
+#include "config.h"
 
 namespace pq::cuda {
 
-// The same hyper-parameters as pq::Config (csrc/model.h) / the config dict of pyqwen._core.Model.
-struct ModelConfig {
-    int64_t n_embd = 0, n_ff = 0, n_vocab = 0;
-    int n_layer = 0;
-    std::vector<bool> recurrent;  // per layer: true = Gated DeltaNet, false = gated attention
-    int n_head = 0, n_head_kv = 0, head_dim = 0, n_rot = 0;
-    float rope_base = 10000.0f;
-    int ssm_conv = 4;
-    int ssm_k_heads = 0, ssm_v_heads = 0, ssm_k_dim = 0, ssm_v_dim = 0;
-    float rms_eps = 1e-6f;
-
-    int64_t conv_channels() const { return 2LL * ssm_k_heads * ssm_k_dim + (int64_t)ssm_v_heads * ssm_v_dim; }
-    int64_t conv_state_floats() const { return (int64_t)(ssm_conv - 1) * conv_channels(); }
-    int64_t ssm_state_floats() const { return (int64_t)ssm_v_heads * ssm_v_dim * ssm_k_dim; }
-    int n_attn_layers() const;
-    int n_recurrent_layers() const;
-    int64_t kv_row_halves() const { return (int64_t)n_head_kv * head_dim; }  // fp16 values per position
-};
+// The hyper-parameters: the same struct as the CPU core (csrc/config.h).
+using ModelConfig = pq::Config;
 
 // One weight as the Python side hands it over: a pointer into the mmapped GGUF (host memory).
 struct HostTensor {
