@@ -117,28 +117,8 @@ PYBIND11_MODULE(_core, m) {
         .def(
             "forward",
             [](PyModel& pm, State& st, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
-               const std::string& logits, int64_t n_batch) -> py::object {
-                if (tokens.ndim() != 1) throw std::invalid_argument("tokens must be a 1-D array");
-                const int64_t n = tokens.shape(0);
-                if (logits != "last" && logits != "all" && logits != "none")
-                    throw std::invalid_argument("logits must be 'last', 'all' or 'none'");
-                const int64_t V = pm.model->config().n_vocab;
-                const bool all = logits == "all";
-                py::array_t<float> out;
-                float* o = nullptr;
-                if (logits != "none") {
-                    if (all) out = py::array_t<float>({n, V});
-                    else out = py::array_t<float>({V});
-                    o = out.mutable_data();
-                }
-                const int32_t* tok = tokens.data();
-                {
-                    py::gil_scoped_release release;
-                    std::lock_guard<std::mutex> lock(pm.mu);
-                    pm.model->forward(st, tok, n, o, all, n_batch);
-                }
-                if (!o) return py::none();
-                return std::move(out);
+               const std::string& logits, int64_t n_batch) {
+                return pq::forward_py(*pm.model, pm.mu, st, tokens, logits, n_batch);
             },
             py::arg("state"), py::arg("tokens"), py::arg("logits") = "last", py::arg("n_batch") = 256,
             "Run tokens through the model at state.pos; returns float32 logits of the last token [n_vocab], "

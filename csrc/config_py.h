@@ -1,9 +1,11 @@
 // config_py.h: the config dict both Python model classes (_core.Model, _cuda.CudaModel) take and give.
 #pragma once
 
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -62,6 +64,36 @@ inline pybind11::dict config_to_dict(const Config& c) {
     d["ssm_v_dim"] = c.ssm_v_dim;
     d["rms_eps"] = c.rms_eps;
     return d;
+}
+
+// The body of both model classes' forward(state, tokens, logits, n_batch): checks the arguments,
+// allocates the logits array ('last' [n_vocab], 'all' [n, n_vocab], 'none' -> None) and runs
+// model.forward with the GIL released under the model's mutex (one forward at a time per model).
+template <typename ModelT, typename StateT>
+pybind11::object forward_py(ModelT& model, std::mutex& mu, StateT& st,
+                            const pybind11::array_t<int32_t, pybind11::array::c_style | pybind11::array::forcecast>& tokens,
+                            const std::string& logits, int64_t n_batch) {
+    if (tokens.ndim() != 1) throw std::invalid_argument("tokens must be a 1-D array");
+    const int64_t n = tokens.shape(0);
+    if (logits != "last" && logits != "all" && logits != "none")
+        throw std::invalid_argument("logits must be 'last', 'all' or 'none'");
+    const int64_t V = model.config().n_vocab;
+    const bool all = logits == "all";
+    pybind11::array_t<float> out;
+    float* o = nullptr;
+    if (logits != "none") {
+        if (all) out = pybind11::array_t<float>({n, V});
+        else out = pybind11::array_t<float>({V});
+        o = out.mutable_data();
+    }
+    const int32_t* tok = tokens.data();
+    {
+        pybind11::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(mu);
+        model.forward(st, tok, n, o, all, n_batch);
+    }
+    if (!o) return pybind11::none();
+    return std::move(out);
 }
 
 }  // namespace pq
