@@ -320,8 +320,23 @@ def test_concurrent_streams_with_disconnects(server):
     assert engine.metrics.cancelled - cancelled0 >= 1
     assert requests.get(server["url"] + "/health", timeout=10).json()["status"] == "ok"
     # A session whose client hung up is consistent: its next prompt gives exactly a fresh prefill's logits.
-    msgs = [{"role": "user", "content": "client 3 leaves"}]
-    r = chat(server, messages=msgs, max_tokens=2, temperature=0, extra_body={"session_id": "c3"})
+    # (Done on a quiet server: under the 32 clients above, a leaver's idle state may rightly have been
+    # evicted by the LRU budget, which would make the reuse check vacuous.)
+    r = post(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "client dc leaves"}], "max_tokens": 900, "stream": True,
+        "session_id": "dc", "temperature": 0.7, "seed": 3}, stream=True)
+    got = 0
+    for line in r.iter_lines():
+        if line.startswith(b"data: "):
+            got += 1
+            if got >= 3:
+                break
+    r.close()
+    deadline = time.time() + 60
+    while (engine.queue_depth or engine.processing) and time.time() < deadline:
+        time.sleep(0.05)
+    msgs = [{"role": "user", "content": "client dc leaves"}]
+    r = chat(server, messages=msgs, max_tokens=2, temperature=0, extra_body={"session_id": "dc"})
     prompt_ids, sampler = server["script"].records[-1]
     assert r.usage.prompt_tokens_details.cached_tokens > 0
     fresh = m.forward(m.new_state(), prompt_ids)
