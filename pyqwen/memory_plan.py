@@ -86,7 +86,7 @@ def tensor_bytes(ggml_type: int, ne0: int, ne1: int = 1) -> int:
 
 # ---- mirrors of the kernels' scratch formulas ------------------------------------------------------
 
-_Q8_1_BLOCK = 36
+# Decode activations: Q8_1 values as int8 (n_tok*K bytes) and, apart, each 32-block's (d, s) as two floats.
 _MULTIPASS_MAX_TOK = 16          # matvec.cu kMultiPassMaxTok
 _TILE_VALUES = 16 << 20          # gemm.cu kTileValues
 
@@ -101,7 +101,7 @@ def matmul_scratch_bytes(ggml_type: int, K: int, N: int, n_tok: int) -> int:
     g = _MATMUL_TYPES.get(ggml_type)
     if g is None or K <= 0 or K % g or N <= 0 or n_tok <= 0:
         return 0
-    q8 = n_tok * _cdiv(K, 32) * _Q8_1_BLOCK
+    q8 = _align(n_tok * K) + _align(n_tok * (K // 32) * 8)
     tile = 0
     if n_tok <= _MULTIPASS_MAX_TOK:
         act = _align(q8)

@@ -22,9 +22,11 @@ namespace pq::cuda::detail {
 namespace {
 constexpr int64_t kTileValues = int64_t(16) << 20;  // 16M fp16 values = 32 MB per weight tile
 int64_t g_tile_values = kTileValues;                 // test hook (set_prefill_tile_values)
+bool g_blas_disabled = false;                        // test hook (set_prefill_blas_disabled)
 }  // namespace
 
 void set_prefill_tile_values(int64_t values) { g_tile_values = values > 0 ? values : kTileValues; }
+void set_prefill_blas_disabled(bool disabled) { g_blas_disabled = disabled; }
 
 int64_t prefill_tile_rows(int64_t K, int64_t N) {
     int64_t r = g_tile_values / K / 64 * 64;
@@ -43,6 +45,7 @@ cudaError_t f32_to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t stre
 cudaError_t gemm_prefill(int type, const void* W, int64_t K, int64_t N, const uint16_t* x16, int64_t n_tok,
                          float* y, uint16_t* tile, cudaStream_t stream) {
     if (K > INT_MAX || N > INT_MAX || n_tok > INT_MAX) return cudaErrorInvalidValue;
+    if (g_blas_disabled) return cudaErrorNotSupported;
     if (type == pq::T_F16)
         return gemm_f16(static_cast<const uint16_t*>(W), x16, y, (int)N, (int)n_tok, (int)K, (int)K, (int)K, (int)N,
                         stream);

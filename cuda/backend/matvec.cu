@@ -2,15 +2,15 @@
 // and the launches of the decode kernel (kernels/matvec.cuh). The prefill GEMM lives in gemm.cu.
 //
 // Scratch layout (each part 256-byte aligned):
-//   act   decode: n_tok * K/32 Q8_1 blocks; prefill: max(fp16 x, Q8_1 x) (the latter for the no-cuBLAS
-//         fallback)
+//   act   decode: Q8_1 activations, n_tok * K int8 values then n_tok * K/32 (d, s) float pairs (QAct);
+//         prefill: max(fp16 x, the Q8_1 layout) (the latter for the no-cuBLAS fallback)
 //   tile  prefill only: prefill_tile_rows(K, N) * K fp16 values (dequantized weights)
 //   g, u  n_tok * N floats each: the two projections of matmul_swiglu when they are not fused (prefill,
 //         or decode with different gate/up types)
 #include "../compat.cuh"
 #include "../kernels/matvec.cuh"
 #include "../kernels/matvec_internal.cuh"
-#include "../ops.h"
+#include "../ops.h"  // swiglu_f32
 #include "../ops_matvec.h"
 
 namespace pq::cuda {
@@ -27,9 +27,11 @@ struct Layout {
     size_t act = 0, tile = 0, g = 0, u = 0, total = 0;
 };
 
+size_t q8_values_bytes(int64_t K, int64_t n_tok) { return align256((size_t)n_tok * (size_t)K); }
+
 Layout layout(int64_t K, int64_t N, int64_t n_tok) {
     Layout l;
-    const size_t q8 = (size_t)n_tok * (size_t)((K + 31) / 32) * kQ8_1BlockBytes;
+    const size_t q8 = q8_values_bytes(K, n_tok) + align256((size_t)n_tok * (size_t)(K / 32) * sizeof(float) * 2);
     if (n_tok <= kMultiPassMaxTok) {
         l.act = align256(q8);
     } else {
@@ -74,8 +76,8 @@ cudaError_t launch_mmv_nt(const MmvArgs& a, int64_t grid, cudaStream_t stream) {
 
 // One launch: ntok (1..8) tokens of act (quantized or float, per T) against one or two (GLU) weights.
 template <class T, bool GLU>
-cudaError_t launch_mmv(const void* Wg, const void* Wu, int64_t K, int64_t N, const void* act, int ntok, float* y,
-                       cudaStream_t stream) {
+cudaError_t launch_mmv(const void* Wg, const void* Wu, int64_t K, int64_t N, const void* act, const float2* act_ds,
+                       int ntok, float* y, cudaStream_t stream) {
     const int64_t nblk = K / T::kBlockVals;
     MmvArgs a;
     a.row_bytes = nblk * T::kBlockBytes;
@@ -86,7 +88,8 @@ cudaError_t launch_mmv(const void* Wg, const void* Wu, int64_t K, int64_t N, con
     a.nrows = N;
     a.units_per_row = (int)(nblk * T::kUnits);
     a.act = act;
-    a.act_stride = T::kFloatAct ? K : K / 32;
+    a.act_ds = act_ds;
+    a.act_stride = K;
     a.ntok = ntok;
     a.y = y;
     a.ldy = N;
@@ -98,16 +101,31 @@ cudaError_t launch_mmv(const void* Wg, const void* Wu, int64_t K, int64_t N, con
     return launch_mmv_nt<T, 8, GLU>(a, grid, stream);
 }
 
-// Quantizes x (n_tok rows of K) to Q8_1 into q8 when `type` needs it.
-cudaError_t prepare_act(int type, const float* x, int64_t K, int64_t n_tok, void* q8, cudaStream_t stream) {
-    if (is_float_type(type)) return cudaSuccess;
+}  // namespace
+
+namespace detail {
+size_t quantize_act_ds_offset(int64_t K, int64_t n_tok) { return q8_values_bytes(K, n_tok); }
+
+cudaError_t quantize_act(const float* x, int64_t K, int64_t n_tok, void* q8, cudaStream_t stream) {
+    if (K <= 0 || K % 32 != 0 || n_tok < 0) return cudaErrorInvalidValue;
+    auto* qs = static_cast<int8_t*>(q8);
+    auto* ds = reinterpret_cast<float2*>(static_cast<char*>(q8) + q8_values_bytes(K, n_tok));
     for (int64_t t0 = 0; t0 < n_tok; t0 += 65535) {
         const int64_t nt = n_tok - t0 < 65535 ? n_tok - t0 : 65535;
-        const cudaError_t e = quantize_q8_1(x + t0 * K, static_cast<char*>(q8) + t0 * (K / 32) * kQ8_1BlockBytes,
-                                            (int)K, (int)nt, K, stream);
+        const dim3 grid((unsigned)((K + kQuantActBlock - 1) / kQuantActBlock), (unsigned)nt);
+        PQ_LAUNCH(quantize_act_kernel, grid, kQuantActBlock, 0, stream, x + t0 * K, qs + t0 * K, ds + t0 * (K / 32), K);
+        const cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;
     }
     return cudaSuccess;
+}
+}  // namespace detail
+
+namespace {
+
+// Quantizes x (n_tok rows of K) to Q8_1 into q8 (QAct layout) when `type` needs it.
+cudaError_t prepare_act(int type, const float* x, int64_t K, int64_t n_tok, void* q8, cudaStream_t stream) {
+    return is_float_type(type) ? cudaSuccess : detail::quantize_act(x, K, n_tok, q8, stream);
 }
 
 // All tokens through the decode kernel, kMmvMaxTok per launch. Activations must be prepared (prepare_act).
@@ -118,12 +136,13 @@ cudaError_t mmv_passes(int type, const void* Wg, const void* Wu, int64_t K, int6
         using T = decltype(t);
         for (int64_t t0 = 0; t0 < n_tok; t0 += kMmvMaxTok) {
             const int nt = (int)(n_tok - t0 < kMmvMaxTok ? n_tok - t0 : kMmvMaxTok);
-            const void* act = T::kFloatAct
-                                  ? static_cast<const void*>(x + t0 * K)
-                                  : static_cast<const void*>(static_cast<const char*>(q8) +
-                                                             t0 * (K / 32) * (int64_t)kQ8_1BlockBytes);
-            const cudaError_t e = Wu ? launch_mmv<T, true>(Wg, Wu, K, N, act, nt, y + t0 * N, stream)
-                                     : launch_mmv<T, false>(Wg, nullptr, K, N, act, nt, y + t0 * N, stream);
+            const void* act = T::kFloatAct ? static_cast<const void*>(x + t0 * K)
+                                           : static_cast<const void*>(static_cast<const int8_t*>(q8) + t0 * K);
+            const auto* ds0 =
+                reinterpret_cast<const float2*>(static_cast<const char*>(q8) + q8_values_bytes(K, n_tok));
+            const float2* ds = ds0 + t0 * (K / 32);
+            const cudaError_t e = Wu ? launch_mmv<T, true>(Wg, Wu, K, N, act, ds, nt, y + t0 * N, stream)
+                                     : launch_mmv<T, false>(Wg, nullptr, K, N, act, ds, nt, y + t0 * N, stream);
             if (e != cudaSuccess) return e;
         }
         return cudaSuccess;

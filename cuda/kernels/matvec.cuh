@@ -22,13 +22,24 @@
 // On the GPU the pieces are read with ld.global.nc.L1::no_allocate (streamed, keeps L1 for the
 // activations); the portable twin is __ldg, which the emulated tests run.
 //
-// Activations. Quantized types read Q8_1 blocks (quantize_q8_1.cuh, d = amax/127 per 32 values) from
-// global memory through L1 (n_tok * K * 36/32 bytes, re-read by every warp, L1/L2 resident); float types
-// read the float rows. Integer dot products are __dp4a; see matvec_types.cuh for each type's arithmetic.
+// Activations. Quantized types read Q8_1 values (quantize_act_kernel below: d = amax/127 per 32 values,
+// the arithmetic of quantize_q8_1.cuh) in a split layout -- int8 values contiguous, (d, s) floats apart
+// (matvec_types.cuh, QAct) -- so each lane fetches them with 128-bit loads; they come from L1/L2
+// (n_tok * K * 1.25 bytes, re-read by every warp). Float types read the float rows. Integer dot products
+// are __dp4a; see matvec_types.cuh for each type's arithmetic.
 //
-// Bytes moved per launch (DRAM): N * row_bytes of weights (once) + n_tok * K * 1.125 bytes of Q8_1
-// activations (float types: n_tok * K * 4) per SM that touches them (L2 hits after the first) +
-// n_tok * N * 4 bytes of output. For Qwen3.6-27B shapes the weights are > 99% of the traffic.
+// Bytes moved per launch (DRAM): N * row_bytes of weights (once) + n_tok * K * 1.25 bytes of activations
+// (float weights: n_tok * K * 4), L2-resident after the first SM reads them, + n_tok * N * 4 bytes of
+// output. The quantization launch reads n_tok * K * 4 and writes n_tok * K * 1.25 bytes. For Qwen3.6-27B
+// shapes the weights are > 99% of the traffic.
+//
+// Expected throughput on an RTX 4090 (1008 GB/s): with 12 CTAs of 4 warps resident per SM (40-64 registers
+// per thread for n_tok <= 4) and ~1 KB of weight loads in flight per warp, the kernel should stream
+// weights at 80-90% of peak for 1-2 tokens: a 5120 x 17408 Q4_K ffn_down (50 MB) in ~60 us, the whole
+// Qwen3.6-27B Q4_K_M weight set (~15.8 GB without the gathered token_embd) in ~19 ms, i.e. a ~50 token/s
+// matmul ceiling for decode. Per token and 32-unit chunk a warp issues ~3 activation loads per lane
+// (2 x 128-bit + scales, ~18 L1 wavefronts for Q4_K, ~36 for Q6_K) against ~9 wavefronts of weight
+// staging, so 8 tokens stay within L1 bandwidth (~128 B/clk/SM) at roughly 60-80% of DRAM peak.
 #pragma once
 
 #include "../compat.cuh"
@@ -47,8 +58,9 @@ struct MmvArgs {
     int64_t row_bytes;
     int64_t nrows;
     int units_per_row;
-    const void* act;         // const block_q8_1* (K/32 blocks per token) or const float* (K per token)
-    int64_t act_stride;      // per token, in blocks or floats
+    const void* act;         // int8 Q8_1 values (quantized types) or floats (float types), K per token
+    const float2* act_ds;    // (d, s) per 32 values, K / 32 per token (quantized types)
+    int64_t act_stride;      // K
     int ntok;                // tokens of this launch, 1..NT
     float* y;                // y[t * ldy + r]
     int64_t ldy;
@@ -76,7 +88,8 @@ __device__ __forceinline__ uint4 ld_weights16_tail(const uint8_t* p, const uint8
     uint32_t w[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-        if (p + 2 * k + 2 <= end) w[k >> 1] |= (uint32_t)__ldg(reinterpret_cast<const uint16_t*>(p) + k) << (16 * (k & 1));
+        if (p + 2 * k + 2 <= end)
+            w[k >> 1] |= (uint32_t)__ldg(reinterpret_cast<const uint16_t*>(p) + k) << (16 * (k & 1));
     }
     return make_uint4(w[0], w[1], w[2], w[3]);
 }
@@ -107,7 +120,9 @@ __device__ __forceinline__ void fetch_chunk(uint4 (&regs)[Stage<T>::kPiecesPerLa
     for (int k = 0; k < Stage<T>::kPiecesPerLane; ++k) {
         const int i = lane + 32 * k;
         const uint8_t* p = p0 + 16 * i;
-        regs[k] = i >= npieces ? make_uint4(0u, 0u, 0u, 0u) : p + 16 <= wend ? ld_weights16(p) : ld_weights16_tail(p, wend);
+        regs[k] = i >= npieces     ? make_uint4(0u, 0u, 0u, 0u)
+                  : p + 16 <= wend ? ld_weights16(p)
+                                   : ld_weights16_tail(p, wend);
     }
 }
 
@@ -117,6 +132,29 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
 }
 
 }  // namespace mv
+
+// Activations to Q8_1 in the split layout of mv::QAct: qs[row * K + i], ds[row * (K / 32) + i / 32] =
+// (fp16(d), fp16(s)) widened to float. Same arithmetic as quantize_q8_1_kernel (quantize_q8_1.cuh), hence
+// bit-identical with ggml's quantize_row_q8_1_ref. K % 32 == 0. Grid: (ceil(K / 256), rows <= 65535).
+constexpr int kQuantActBlock = 256;
+
+__global__ void __launch_bounds__(kQuantActBlock)
+    quantize_act_kernel(const float* __restrict__ x, int8_t* __restrict__ qs, float2* __restrict__ ds, int64_t K) {
+    const int64_t row = blockIdx.y;
+    const int64_t i = (int64_t)blockIdx.x * kQuantActBlock + threadIdx.x;
+    if (i >= K) return;  // whole warps leave together (K % 32 == 0)
+    const int lane = threadIdx.x % 32;
+    const float xi = x[row * K + i];
+    const float amax = warp_max(fabsf(xi));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const int q = (int)roundf(xi * id);
+    const int sum = warp_sum(q);
+    qs[row * K + i] = (int8_t)q;
+    if (lane == 0)
+        ds[row * (K / 32) + i / 32] = make_float2(pq::fp16_to_fp32(pq::fp32_to_fp16(d)),
+                                                  pq::fp16_to_fp32(pq::fp32_to_fp16((float)sum * d)));
+}
 
 // Grid: ceil(nrows / (kMmvWarps / wpr)) CTAs of kMmvThreads.
 template <class T, int NT, bool GLU>
@@ -180,7 +218,9 @@ __global__ void __launch_bounds__(kMmvThreads) mmv_kernel(const MmvArgs args) {
                         if constexpr (T::kFloatAct) {
                             T::load_a(a, static_cast<const float*>(args.act) + t * args.act_stride, ib, u);
                         } else {
-                            T::load_a(a, static_cast<const pq::block_q8_1*>(args.act) + t * args.act_stride, ib, u);
+                            const mv::QAct x{static_cast<const int8_t*>(args.act) + t * args.act_stride,
+                                             args.act_ds + t * (args.act_stride / 32)};
+                            T::load_a(a, x, ib, u);
                         }
 #pragma unroll
                         for (int g = 0; g < NW; ++g) acc[g][t] += T::dot(w[g], a);

@@ -12,6 +12,11 @@ namespace pq::cuda::detail {
 // Validity of (type, K) for the matmul family; fills the row geometry.
 bool matmul_type_ok(int type, int64_t K, int64_t* row_bytes);
 
+// x (n_tok rows of K, K % 32 == 0) to Q8_1 in the decode kernel's layout (mv::QAct): n_tok * K int8 at q8,
+// then n_tok * K/32 float2 (d, s) at q8 + quantize_act_ds_offset(K, n_tok).
+cudaError_t quantize_act(const float* x, int64_t K, int64_t n_tok, void* q8, cudaStream_t stream);
+size_t quantize_act_ds_offset(int64_t K, int64_t n_tok);
+
 // Rows [row0, row0 + nrows) of W dequantized to fp16 bits, out[i * K + k] (row-major, ld = K).
 cudaError_t dequant_rows_f16(int type, const void* W, int64_t K, int64_t row0, int64_t nrows, uint16_t* out,
                              cudaStream_t stream);
@@ -23,6 +28,8 @@ cudaError_t f32_to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t stre
 int64_t prefill_tile_rows(int64_t K, int64_t N);
 // Test hook: values per tile (0 restores the default), so that small matrices exercise several tiles.
 void set_prefill_tile_values(int64_t values);
+// Test hook: gemm_prefill answers cudaErrorNotSupported as in a build without cuBLAS.
+void set_prefill_blas_disabled(bool disabled);
 
 // Prefill product y[t][r] = sum_k fp16(W[r][k]) * x16[t][k] (ldy = N) with cuBLAS: F16 weights directly,
 // other types through `tile` (prefill_tile_rows(K, N) * K fp16 values). Returns cudaErrorNotSupported

@@ -9,8 +9,9 @@
 //   kAlign                    alignment of a block inside a 16-byte-aligned row buffer, gcd(bytes, 16)
 //   W / load_w(w, blk, u)     unit u of the block at blk, decoded once into registers (integer levels
 //                             packed 4 per int, scales as floats)
-//   A / load_a(a, act, ib, u) the matching 32 activations of one token: Q8_1 blocks (quantized types) or
-//                             floats (F16/BF16/F32), where ib is the block index within the row
+//   A / load_a(a, act, ib, u) the matching 32 activations of one token: QAct (quantized types, the Q8_1
+//                             values in the kernels' split layout, see QAct) or floats (F16/BF16/F32),
+//                             where ib is the block index within the row
 //   dot(w, a)                 the unit's contribution to the row's dot product
 //   kSubs / dequant(blk, s, y)   values 32*s .. 32*s+31 of the block (8*s.. for float types) as floats,
 //                             bit-identical with the CPU dequantizers (csrc/quants_*.cpp, which are
@@ -82,20 +83,29 @@ __device__ __forceinline__ int iq4_lookup(uint32_t nib) {
 }
 
 // ---- activations -------------------------------------------------------------------------------------
+// Q8_1 activations of one token in the split layout written by quantize_act_kernel (matvec.cuh): the K
+// int8 values contiguous (16-byte aligned), and per 32-value block (d, s) as floats (the fp16-rounded d and
+// s of block_q8_1, widened). Lanes then fetch their 32 (or 2 x 16) values with 128-bit loads; with the
+// 36-byte block_q8_1 a warp's 4-byte loads touch ~9 cache lines each (L1-wavefront bound from 2 tokens on).
+struct QAct {
+    const int8_t* qs;  // K values
+    const float2* ds;  // K / 32 blocks
+};
+
 // One whole Q8_1 block: 32 int8 as 8 words, d and s.
 struct Act32 {
     int q[8];
     float d, s;
 };
 
-template <bool kWithS>
-__device__ __forceinline__ void load_act32(Act32& a, const pq::block_q8_1* b) {
-    const int* q = reinterpret_cast<const int*>(b->qs);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) a.q[i] = q[i];
-    const uint32_t ds = *reinterpret_cast<const uint32_t*>(b);
-    a.d = h2f((uint16_t)(ds & 0xFFFFu));
-    a.s = kWithS ? h2f((uint16_t)(ds >> 16)) : 0.0f;
+__device__ __forceinline__ void load_act32(Act32& a, const QAct& x, int64_t b) {
+    const int4* q = reinterpret_cast<const int4*>(x.qs + 32 * b);
+    const int4 q0 = q[0], q1 = q[1];
+    a.q[0] = q0.x, a.q[1] = q0.y, a.q[2] = q0.z, a.q[3] = q0.w;
+    a.q[4] = q1.x, a.q[5] = q1.y, a.q[6] = q1.z, a.q[7] = q1.w;
+    const float2 ds = x.ds[b];
+    a.d = ds.x;
+    a.s = ds.y;
 }
 
 __device__ __forceinline__ int dot8(const int* w, const int* a) {
@@ -120,7 +130,7 @@ struct TQ8_0 {
 #pragma unroll
         for (int i = 0; i < 8; ++i) w.q[i] = (int)ld32<kAlign>(blk + 2 + 4 * i);
     }
-    __device__ static void load_a(A& a, const pq::block_q8_1* x, int64_t ib, int) { load_act32<false>(a, x + ib); }
+    __device__ static void load_a(A& a, const QAct& x, int64_t ib, int) { load_act32(a, x, ib); }
     __device__ static float dot(const W& w, const A& a) { return w.d * a.d * (float)dot8(w.q, a.q); }
     __device__ static void dequant(const uint8_t* blk, int, float* y) {
         const float d = h2f(ld16(blk));
@@ -148,7 +158,7 @@ struct TQ4_0 {
             w.q[i + 4] = sub8x4((v >> 4) & 0x0F0F0F0Fu);
         }
     }
-    __device__ static void load_a(A& a, const pq::block_q8_1* x, int64_t ib, int) { load_act32<false>(a, x + ib); }
+    __device__ static void load_a(A& a, const QAct& x, int64_t ib, int) { load_act32(a, x, ib); }
     __device__ static float dot(const W& w, const A& a) { return w.d * a.d * (float)dot8(w.q, a.q); }
     __device__ static void dequant(const uint8_t* blk, int, float* y) {
         const float d = h2f(ld16(blk));
@@ -180,7 +190,7 @@ struct TQ4_1 {
             w.q[i + 4] = (int)((v >> 4) & 0x0F0F0F0Fu);
         }
     }
-    __device__ static void load_a(A& a, const pq::block_q8_1* x, int64_t ib, int) { load_act32<true>(a, x + ib); }
+    __device__ static void load_a(A& a, const QAct& x, int64_t ib, int) { load_act32(a, x, ib); }
     __device__ static float dot(const W& w, const A& a) { return w.d * a.d * (float)dot8(w.q, a.q) + w.m * a.s; }
     __device__ static void dequant(const uint8_t* blk, int, float* y) {
         const float d = h2f(ld16(blk)), m = h2f(ld16(blk + 2));
@@ -212,7 +222,7 @@ struct TQ5_0 {
             w.q[i + 4] = sub16x4(((v >> 4) & 0x0F0F0F0Fu) | spread4_bit4((qh >> (16 + 4 * i)) & 0xFu));
         }
     }
-    __device__ static void load_a(A& a, const pq::block_q8_1* x, int64_t ib, int) { load_act32<false>(a, x + ib); }
+    __device__ static void load_a(A& a, const QAct& x, int64_t ib, int) { load_act32(a, x, ib); }
     __device__ static float dot(const W& w, const A& a) { return w.d * a.d * (float)dot8(w.q, a.q); }
     __device__ static void dequant(const uint8_t* blk, int, float* y) {
         const float d = h2f(ld16(blk));
@@ -248,7 +258,7 @@ struct TQ5_1 {
             w.q[i + 4] = (int)(((v >> 4) & 0x0F0F0F0Fu) | spread4_bit4((qh >> (16 + 4 * i)) & 0xFu));
         }
     }
-    __device__ static void load_a(A& a, const pq::block_q8_1* x, int64_t ib, int) { load_act32<true>(a, x + ib); }
+    __device__ static void load_a(A& a, const QAct& x, int64_t ib, int) { load_act32(a, x, ib); }
     __device__ static float dot(const W& w, const A& a) { return w.d * a.d * (float)dot8(w.q, a.q) + w.m * a.s; }
     __device__ static void dequant(const uint8_t* blk, int, float* y) {
         const float d = h2f(ld16(blk)), m = h2f(ld16(blk + 2));
@@ -282,7 +292,7 @@ struct TIQ4_NL {
             w.q[i + 4] = iq4_lookup((v >> 4) & 0x0F0F0F0Fu);
         }
     }
-    __device__ static void load_a(A& a, const pq::block_q8_1* x, int64_t ib, int) { load_act32<false>(a, x + ib); }
+    __device__ static void load_a(A& a, const QAct& x, int64_t ib, int) { load_act32(a, x, ib); }
     __device__ static float dot(const W& w, const A& a) { return w.d * a.d * (float)dot8(w.q, a.q); }
     __device__ static void dequant(const uint8_t* blk, int, float* y) {
         const float d = h2f(ld16(blk));
@@ -319,9 +329,7 @@ struct TIQ4_XS {
             w.q[i + 4] = iq4_lookup((v >> 4) & 0x0F0F0F0Fu);
         }
     }
-    __device__ static void load_a(A& a, const pq::block_q8_1* x, int64_t ib, int u) {
-        load_act32<false>(a, x + ib * 8 + u);
-    }
+    __device__ static void load_a(A& a, const QAct& x, int64_t ib, int u) { load_act32(a, x, ib * 8 + u); }
     __device__ static float dot(const W& w, const A& a) { return w.dl * a.d * (float)dot8(w.q, a.q); }
     __device__ static void dequant(const uint8_t* blk, int s, float* y) {
         const float dl = __fmul_rn(h2f(ld16(blk)), (float)scale(blk, s));
@@ -339,7 +347,7 @@ struct TIQ4_XS {
 // i = 0..15. x = d*sc*q - dmin*m per sub-block, so the unit contributes
 //   d * (d8a*sc_a*dot_a + d8b*sc_b*dot_b) - dmin * (d8a*m_a*sum_a + d8b*m_b*sum_b)
 // with dot/sum over the unit's 16 values of each sub-block (sum = sum of the q8 values, exact).
-struct ActK2 {  // two half Q8_1 blocks (16 values each)
+struct ActK2 {  // halves of two Q8_1 blocks (16 values each)
     int a[4], b[4];
     float da, db;
 };
@@ -379,18 +387,15 @@ struct TQxK {
             w.hi[i] = (int)hi;
         }
     }
-    __device__ static void load_a(A& a, const pq::block_q8_1* x, int64_t ib, int u) {
+    __device__ static void load_a(A& a, const QAct& x, int64_t ib, int u) {
         const int j = u >> 1, h = u & 1;
-        const pq::block_q8_1* ba = x + ib * 8 + 2 * j;
-        const int* qa = reinterpret_cast<const int*>(ba[0].qs + 16 * h);
-        const int* qb = reinterpret_cast<const int*>(ba[1].qs + 16 * h);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            a.a[i] = qa[i];
-            a.b[i] = qb[i];
-        }
-        a.da = h2f(ba[0].d);
-        a.db = h2f(ba[1].d);
+        const int8_t* q = x.qs + 256 * ib + 64 * j + 16 * h;
+        const int4 qa = *reinterpret_cast<const int4*>(q), qb = *reinterpret_cast<const int4*>(q + 32);
+        a.a[0] = qa.x, a.a[1] = qa.y, a.a[2] = qa.z, a.a[3] = qa.w;
+        a.b[0] = qb.x, a.b[1] = qb.y, a.b[2] = qb.z, a.b[3] = qb.w;
+        const float4 ds = *reinterpret_cast<const float4*>(x.ds + ib * 8 + 2 * j);  // blocks 2j, 2j+1
+        a.da = ds.x;
+        a.db = ds.z;
     }
     __device__ static float dot(const W& w, const A& a) {
         int dota = 0, dotb = 0, suma = 0, sumb = 0;
@@ -457,16 +462,18 @@ struct TQ6_K {
         for (int k = 0; k < 4; ++k) w.sc[k] = sc[2 * k];
         w.d = h2f(ld16(blk + 208));
     }
-    __device__ static void load_a(A& a, const pq::block_q8_1* x, int64_t ib, int u) {
+    __device__ static void load_a(A& a, const QAct& x, int64_t ib, int u) {
         const int n = u >> 2, lq = u & 3;
-        const pq::block_q8_1* b = x + ib * 8 + 4 * n;
+        const int8_t* q = x.qs + 256 * ib + 128 * n + 8 * lq;
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            const int* q = reinterpret_cast<const int*>(b[k].qs + 8 * lq);
-            a.q[k][0] = q[0];
-            a.q[k][1] = q[1];
-            a.d[k] = h2f(b[k].d);
+            const int2 v = *reinterpret_cast<const int2*>(q + 32 * k);
+            a.q[k][0] = v.x;
+            a.q[k][1] = v.y;
         }
+        const float4* ds = reinterpret_cast<const float4*>(x.ds + ib * 8 + 4 * n);  // blocks 4n .. 4n+3
+        const float4 d01 = ds[0], d23 = ds[1];
+        a.d[0] = d01.x, a.d[1] = d01.z, a.d[2] = d23.x, a.d[3] = d23.z;
     }
     __device__ static float dot(const W& w, const A& a) {
         float s = 0.0f;

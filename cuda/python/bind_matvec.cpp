@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -126,6 +127,23 @@ py::array dequant_f16(int type, const U8Array& w, int64_t K, int64_t row0, int64
     return out.attr("view")("float16");
 }
 
+// The decode path's Q8_1 activations: (qs int8 [n_tok, K], ds float32 [n_tok, K/32, 2] = (d, s)).
+py::tuple quantize_act(const F32Array& x) {
+    if (x.ndim() != 2 || x.shape(1) % 32 != 0) throw std::invalid_argument("x must be [n_tok, K], K % 32 == 0");
+    const int64_t n_tok = x.shape(0), K = x.shape(1);
+    const size_t off = pq::cuda::detail::quantize_act_ds_offset(K, n_tok);
+    DevBuf dx(x.data(), (size_t)x.nbytes());
+    DevBuf dq(off + sizeof(float) * 2 * (size_t)(n_tok * K / 32));
+    finish(pq::cuda::detail::quantize_act(dx.get<float>(), K, n_tok, dq.get(), nullptr), "quantize_act");
+    py::array_t<uint8_t> raw((py::ssize_t)(off + sizeof(float) * 2 * (size_t)(n_tok * K / 32)));
+    dq.download(raw.mutable_data());
+    py::array_t<int8_t> qs({n_tok, K});
+    py::array_t<float> ds({n_tok, K / 32, (int64_t)2});
+    std::memcpy(qs.mutable_data(), raw.data(), (size_t)(n_tok * K));
+    std::memcpy(ds.mutable_data(), raw.data() + off, sizeof(float) * 2 * (size_t)(n_tok * K / 32));
+    return py::make_tuple(qs, ds);
+}
+
 }  // namespace
 
 void bind_matvec(py::module_& m) {
@@ -137,8 +155,12 @@ void bind_matvec(py::module_& m) {
           "Rows ids of W dequantized to float32, shape (len(ids), K).");
     m.def("dequant_f16", &dequant_f16, py::arg("type"), py::arg("w"), py::arg("K"), py::arg("row0"), py::arg("nrows"),
           "Debug: rows of W as the prefill path's fp16 weight tile, float16 (nrows, K).");
+    m.def("quantize_act", &quantize_act, py::arg("x"),
+          "Debug: the decode path's Q8_1 activations of x [n_tok, K]: (qs int8 [n_tok, K], ds [n_tok, K/32, 2]).");
     m.def("_set_prefill_tile_values", &pq::cuda::detail::set_prefill_tile_values, py::arg("values"),
           "Test hook: fp16 values per prefill weight tile (0 = default), to exercise several tiles.");
+    m.def("_set_prefill_blas_disabled", &pq::cuda::detail::set_prefill_blas_disabled, py::arg("disabled"),
+          "Test hook: make the prefill path behave as in a build without cuBLAS (decode-kernel fallback).");
     m.def("matmul_scratch_bytes", &pq::cuda::matmul_scratch_bytes, py::arg("type"), py::arg("K"), py::arg("N"),
           py::arg("n_tok"), "Device scratch bytes of matmul / matmul_swiglu.");
 }

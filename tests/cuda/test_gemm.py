@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from pyqwen import _core
-from test_matvec import (ALL_TYPES, CPU_ACT, E1, F16, BF16, FLOAT_TYPES, NAMES, Q4_1, Q4_K, Q5_1, Q6_K, Q8_0,
-                         IQ4_XS, block_m, dequant, make_weight, make_x, offset_terms, q8_1_values, q8_k_scale,
-                         rng_for, silu, type_ids, _k_for)
+from test_matvec import (CPU_ACT, E1, F16, BF16, NAMES, Q4_1, Q4_K, Q5_1, Q6_K, Q8_0, IQ4_XS, block_m,
+                         check_matmul, check_swiglu, dequant, make_weight, make_x, offset_terms, q8_1_values,
+                         q8_k_scale, rng_for, silu, type_ids, _k_for)
 
 
 def prefill_model(w: np.ndarray, x: np.ndarray):
@@ -127,6 +127,26 @@ def test_matmul_swiglu_prefill(ops, tg, tu):
     got = ops.matmul_swiglu(tg, wgb, tu, wub, K, N, x)
     err = np.abs(got - expect)
     assert np.all(err <= tol), f"worst err/tol = {np.max(err / tol):.3g}"
+
+
+@pytest.mark.parametrize("wtype", [Q4_K, Q8_0, F16], ids=lambda t: NAMES[t])
+def test_matmul_prefill_without_cublas(ops, wtype):
+    """Without cuBLAS (gemm_f16 -> cudaErrorNotSupported) the prefill sizes run the decode kernel in passes
+    of 8 tokens: the decode path's arithmetic, checked like test_matvec's."""
+    rng = rng_for("noblas", wtype)
+    N, K, n_tok = 23, 512, 19
+    wb = make_weight(wtype, N, K, rng)
+    w = dequant(wtype, wb, N, K)
+    x = make_x(rng, n_tok, K)
+    wub = make_weight(Q4_K, N, K, rng)
+    ops._set_prefill_blas_disabled(True)
+    try:
+        got = ops.matmul(wtype, wb, K, N, x)
+        got_glu = ops.matmul_swiglu(wtype, wb, Q4_K, wub, K, N, x)
+    finally:
+        ops._set_prefill_blas_disabled(False)
+    check_matmul(got, wtype, wb, w, x, NAMES[wtype])
+    check_swiglu(got_glu, wtype, wb, Q4_K, wub, x, N, K)
 
 
 def test_scratch_bytes(ops):

@@ -93,8 +93,9 @@ def _f16_field(vals) -> np.ndarray:
 
 
 def make_weight(wtype: int, N: int, K: int, rng: np.random.Generator) -> np.ndarray:
-    """Skips the test when the CPU reference lacks the type. Random weight bytes (N rows of K values): random levels/scales bytes with finite fp16 scale fields,
-    so every bit pattern of the packed formats is exercised. Returns a uint8 array of N * row_bytes."""
+    """Random weight bytes (N rows of K values): random levels/scales bytes with finite fp16 scale fields,
+    so every bit pattern of the packed formats is exercised. Returns a uint8 array of N * row_bytes; skips
+    the test when the CPU reference lacks the type."""
     need_cpu(wtype)
     if wtype in FLOAT_TYPES:
         w = rng.normal(0, 0.05, (N, K)).astype(np.float32)
@@ -257,6 +258,19 @@ def _k_for(wtype):
     return 512 if GEOMETRY[wtype][0] == 256 else 320
 
 
+@pytest.mark.parametrize("n_tok,K", [(1, 32), (3, 256), (8, 5120), (2, 96)])
+def test_quantize_act_bit_exact(ops, n_tok, K):
+    """The decode path's Q8_1 activations (split layout) equal ggml's quantize_row_q8_1_ref bit for bit."""
+    rng = rng_for("act", n_tok, K)
+    x = make_x(rng, n_tok, K)
+    x[0, :32] = 0.0  # an all-zero block: d = 0, q = 0
+    qs, ds = ops.quantize_act(x)
+    ref = quantize_q8_1_ref(x)
+    np.testing.assert_array_equal(qs, ref["qs"].reshape(n_tok, K))
+    np.testing.assert_array_equal(ds[..., 0], ref["d"].astype(np.float32))
+    np.testing.assert_array_equal(ds[..., 1], ref["s"].astype(np.float32))
+
+
 @type_ids
 def test_get_rows_bit_exact(ops, wtype):
     rng = rng_for("get_rows", wtype)
@@ -273,7 +287,7 @@ def test_get_rows_empty(ops):
 
 
 @type_ids
-@pytest.mark.parametrize("n_tok", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("n_tok", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_matmul_decode(ops, wtype, n_tok):
     rng = rng_for("decode", wtype, n_tok)
     N, K = 37, _k_for(wtype)
@@ -297,7 +311,7 @@ def test_matmul_decode_shapes(ops, wtype, N, K256, n_tok):
 
 
 @pytest.mark.parametrize("wtype,N,K,n_tok", [(Q6_K, 2051, 256, 3), (Q4_K, 2049, 512, 1), (F32, 2050, 256, 2),
-                                             (Q6_K, 8195, 256, 2), (Q8_0, 8193, 64, 5)],
+                                             (Q6_K, 8195, 256, 2), (Q8_0, 8193, 64, 2)],
                          ids=["q6_K-2051", "q4_K-2049", "f32-2050", "q6_K-8195", "q8_0-8193"])
 def test_matmul_row_split(ops, wtype, N, K, n_tok):
     """2048 <= N < 8192 runs two warps per row, N >= 8192 one (the big projections and the output matrix);
@@ -348,7 +362,8 @@ def test_matmul_rejects(ops, bad):
 
 # ---- fused SwiGLU ----------------------------------------------------------------------------------------------
 def silu(v):
-    return v / (1.0 + np.exp(-v))
+    with np.errstate(over="ignore"):  # exp(-v) -> inf for very negative v gives silu = -0, as wanted
+        return v / (1.0 + np.exp(-v))
 
 
 def check_swiglu(got, tg, wgb, tu, wub, x, N, K):
@@ -373,6 +388,9 @@ def test_matmul_swiglu_decode(ops, tg, tu, n_tok):
     x = make_x(rng, n_tok, K)
     got = ops.matmul_swiglu(tg, wgb, tu, wub, K, N, x)
     check_swiglu(got, tg, wgb, tu, wub, x, N, K)
-    # the fused kernel does the per-row arithmetic of two separate products
-    sep = silu(ops.matmul(tg, wgb, K, N, x).astype(np.float64)) * ops.matmul(tu, wub, K, N, x)
-    np.testing.assert_allclose(got, sep, rtol=2e-6, atol=1e-30)
+    if getattr(ops, "emulated", False):
+        # the fused kernel does the per-row arithmetic of two separate products and swiglu_f32's silu: bit
+        # for bit under the emulator (on a GPU, FMA contraction may differ between the instantiations)
+        g = ops.matmul(tg, wgb, K, N, x)
+        u = ops.matmul(tu, wub, K, N, x)
+        np.testing.assert_array_equal(got, ops.swiglu(g, u))
