@@ -51,7 +51,7 @@ def main(argv=None) -> int:
 
     from pyqwen.cuda_backend import CudaCore, cuda_available
     from pyqwen.gguf_file import GGUFFile
-    from pyqwen.memory_plan import ModelShape, decode_traffic, weights_of
+    from pyqwen.memory_plan import decode_traffic, plan
 
     why = cuda_available()
     if why:
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     core = CudaCore.from_gguf(gf, n_ctx, n_batch=args.batch_size, progress=None)
     load_s = time.perf_counter() - t0
-    shape, weights = ModelShape.from_hparams(gf.hparams), weights_of(gf)
+    mem_plan = plan(gf, n_ctx)
     peak = args.peak_gbs
     try:
         import subprocess
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
         return args.n_gen / (time.perf_counter() - t)
 
     if args.n_gen > 0:
-        traffic = decode_traffic(shape, weights, 8 + args.n_gen // 2)
+        traffic = decode_traffic(mem_plan, 8 + args.n_gen // 2)
         report(f"tg{args.n_gen} device", timed(lambda: tg("device", core)), traffic)
         report(f"tg{args.n_gen} host-logits", timed(lambda: tg("host", core)), traffic)
         print(f"graphs: {core.graph_stats}")

@@ -18,54 +18,9 @@ namespace pq {
 
 void bind_quants(py::module_& m);
 void bind_ref(py::module_& m);
+void bind_spec(py::module_& m);
 
 namespace {
-
-// tensors: name -> (ggml_type, ne0, ne1, address). Addresses point into memory the Python side keeps
-// alive for the model's lifetime (the mmap), passed as `keepalive`.
-Weights weights_from_dict(const Config& c, const py::dict& tensors) {
-    auto find = [&](const std::string& name) -> Tensor {
-        Tensor t;
-        if (!tensors.contains(name)) return t;
-        auto tup = tensors[py::str(name)].cast<std::tuple<int, int64_t, int64_t, uintptr_t>>();
-        t.type = std::get<0>(tup);
-        t.ne0 = std::get<1>(tup);
-        t.ne1 = std::get<2>(tup);
-        t.data = reinterpret_cast<const uint8_t*>(std::get<3>(tup));
-        return t;
-    };
-    Weights w;
-    w.token_embd = find("token_embd.weight");
-    w.output_norm = find("output_norm.weight");
-    w.output = find("output.weight");
-    if (!w.output.valid()) w.output = w.token_embd;  // tied LM head
-    for (int il = 0; il < c.n_layer; ++il) {
-        const std::string p = "blk." + std::to_string(il) + ".";
-        LayerWeights L;
-        L.attn_norm = find(p + "attn_norm.weight");
-        L.post_attention_norm = find(p + "post_attention_norm.weight");
-        L.ffn_gate = find(p + "ffn_gate.weight");
-        L.ffn_up = find(p + "ffn_up.weight");
-        L.ffn_down = find(p + "ffn_down.weight");
-        L.attn_qkv = find(p + "attn_qkv.weight");
-        L.attn_gate = find(p + "attn_gate.weight");
-        L.ssm_conv1d = find(p + "ssm_conv1d.weight");
-        L.ssm_dt = find(p + "ssm_dt.bias");
-        L.ssm_a = find(p + "ssm_a");
-        L.ssm_beta = find(p + "ssm_beta.weight");
-        L.ssm_alpha = find(p + "ssm_alpha.weight");
-        L.ssm_norm = find(p + "ssm_norm.weight");
-        L.ssm_out = find(p + "ssm_out.weight");
-        L.attn_q = find(p + "attn_q.weight");
-        L.attn_k = find(p + "attn_k.weight");
-        L.attn_v = find(p + "attn_v.weight");
-        L.attn_q_norm = find(p + "attn_q_norm.weight");
-        L.attn_k_norm = find(p + "attn_k_norm.weight");
-        L.attn_output = find(p + "attn_output.weight");
-        w.layers.push_back(L);
-    }
-    return w;
-}
 
 // One forward at a time per model: the thread pool is not reentrant and a server may call from
 // several Python threads.
@@ -98,7 +53,7 @@ PYBIND11_MODULE(_core, m) {
         .def(py::init([](const py::dict& config, const py::dict& tensors, int n_threads, py::object keepalive) {
                  auto pm = std::make_unique<PyModel>();
                  Config c = config_from_dict(config);
-                 Weights w = weights_from_dict(c, tensors);
+                 Weights w = bind_cpu_weights(c, tensors_from_dict(tensors));
                  if (n_threads < 1 || n_threads > 1024) throw std::invalid_argument("n_threads out of range");
                  pm->model = std::make_unique<Model>(std::move(c), std::move(w), n_threads);
                  pm->keepalive = std::move(keepalive);
@@ -145,6 +100,7 @@ PYBIND11_MODULE(_core, m) {
         "set_simd", [](const std::string& name) { return simd_select(name.c_str()); }, py::arg("name"),
         "Choose the kernel set ('ref', 'avx2', 'auto'); returns False if unavailable here.");
 
+    bind_spec(m);
     bind_quants(m);
     bind_ref(m);
 }

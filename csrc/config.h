@@ -9,7 +9,8 @@ namespace pq {
 
 struct Config {
     int64_t n_embd = 0, n_ff = 0, n_vocab = 0;
-    int n_layer = 0;
+    int n_layer = 0;                  // main layers (the MTP block is not one)
+    int n_nextn = 0;                  // MTP blocks after them (blk.{n_layer}..), 0 when not loaded
     std::vector<bool> recurrent;      // per layer: true = Gated DeltaNet, false = gated attention
     // gated attention
     int n_head = 0, n_head_kv = 0, head_dim = 0, n_rot = 0;

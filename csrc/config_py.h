@@ -1,15 +1,18 @@
-// config_py.h: the config dict both Python model classes (_core.Model, _cuda.CudaModel) take and give.
+// config_py.h: what both Python model classes (_core.Model, _cuda.CudaModel) take and give: the config
+// dict, the tensor table, the forward() body.
 #pragma once
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 
-#include "config.h"
+#include "model_spec.h"
 
 namespace pq {
 
@@ -28,6 +31,7 @@ inline Config config_from_dict(const pybind11::dict& d) {
     c.n_ff = get<int64_t>(d, "n_ff");
     c.n_vocab = get<int64_t>(d, "n_vocab");
     c.n_layer = get<int>(d, "n_layer");
+    c.n_nextn = d.contains("n_nextn") ? d["n_nextn"].cast<int>() : 0;
     c.recurrent = get<std::vector<bool>>(d, "recurrent");
     c.n_head = get<int>(d, "n_head");
     c.n_head_kv = get<int>(d, "n_head_kv");
@@ -40,8 +44,7 @@ inline Config config_from_dict(const pybind11::dict& d) {
     c.ssm_k_dim = get<int>(d, "ssm_k_dim");
     c.ssm_v_dim = get<int>(d, "ssm_v_dim");
     c.rms_eps = get<float>(d, "rms_eps");
-    if (c.n_layer <= 0 || c.n_layer > 4096) throw std::invalid_argument("n_layer out of range");
-    if ((int)c.recurrent.size() != c.n_layer) throw std::invalid_argument("recurrent[] length != n_layer");
+    validate_config(c);
     return c;
 }
 
@@ -51,6 +54,7 @@ inline pybind11::dict config_to_dict(const Config& c) {
     d["n_ff"] = c.n_ff;
     d["n_vocab"] = c.n_vocab;
     d["n_layer"] = c.n_layer;
+    d["n_nextn"] = c.n_nextn;
     d["recurrent"] = c.recurrent;
     d["n_head"] = c.n_head;
     d["n_head_kv"] = c.n_head_kv;
@@ -64,6 +68,22 @@ inline pybind11::dict config_to_dict(const Config& c) {
     d["ssm_v_dim"] = c.ssm_v_dim;
     d["rms_eps"] = c.rms_eps;
     return d;
+}
+
+// tensors: name -> (ggml_type, ne0, ne1, address). Addresses point into memory the Python side keeps
+// alive for the model's lifetime (the mmap), passed as `keepalive`.
+inline std::map<std::string, TensorDesc> tensors_from_dict(const pybind11::dict& tensors) {
+    std::map<std::string, TensorDesc> out;
+    for (auto item : tensors) {
+        auto tup = item.second.cast<std::tuple<int, int64_t, int64_t, uintptr_t>>();
+        TensorDesc t;
+        t.type = std::get<0>(tup);
+        t.ne0 = std::get<1>(tup);
+        t.ne1 = std::get<2>(tup);
+        t.data = reinterpret_cast<const void*>(std::get<3>(tup));
+        out[item.first.cast<std::string>()] = t;
+    }
+    return out;
 }
 
 // The body of both model classes' forward(state, tokens, logits, n_batch): checks the arguments,

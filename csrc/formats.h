@@ -9,7 +9,10 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__) || defined(PQ_CUDA_EMU)
+#if defined(__CUDACC__)
+#define PQ_HD __host__ __device__
+#elif defined(PQ_CUDA_EMU)
+#include "emu/emu_qualifiers.h"  // __host__ / __device__ as plain C++ (host code may include this first)
 #define PQ_HD __host__ __device__
 #else
 #define PQ_HD

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -13,69 +14,24 @@
 
 namespace pq {
 
-// ---- validation ----------------------------------------------------------------------------------
+// ---- weights --------------------------------------------------------------------------------------
 
-static void fail(const std::string& msg) { throw std::invalid_argument(msg); }
-
-static void check_tensor(const Tensor& t, const std::string& name, int64_t ne0, int64_t ne1, bool f32_only) {
-    if (!t.valid()) fail("missing tensor " + name);
-    if (f32_only ? t.type != T_F32 : !type_supported(t.type))
-        fail("tensor " + name + ": unsupported type " + std::to_string(t.type));
-    if (t.ne0 != ne0 || t.ne1 != ne1)
-        fail("tensor " + name + ": shape [" + std::to_string(t.ne0) + ", " + std::to_string(t.ne1) + "], expected [" +
-             std::to_string(ne0) + ", " + std::to_string(ne1) + "]");
-    const int bs = type_block_size(t.type);
-    if (bs == 0 || t.ne0 % bs != 0) fail("tensor " + name + ": row size not a multiple of its block size");
-}
-
-void validate_model(const Config& c, const Weights& w) {
-    if (c.n_embd <= 0 || c.n_ff <= 0 || c.n_vocab <= 0 || c.n_layer <= 0) fail("model sizes must be positive");
-    if ((int)c.recurrent.size() != c.n_layer || (int)w.layers.size() != c.n_layer) fail("layer count mismatch");
-    if (c.n_attn_layers() > 0) {
-        if (c.n_head <= 0 || c.n_head_kv <= 0 || c.n_head % c.n_head_kv != 0)
-            fail("attention head counts invalid (n_head must be a multiple of n_head_kv)");
-        if (c.head_dim <= 0 || c.n_rot < 0 || c.n_rot > c.head_dim || c.n_rot % 2 != 0) fail("rope/head dims invalid");
-    }
-    if (c.n_recurrent_layers() > 0) {
-        if (c.ssm_k_heads <= 0 || c.ssm_v_heads <= 0 || c.ssm_v_heads % c.ssm_k_heads != 0)
-            fail("DeltaNet head counts invalid (V heads must be a multiple of QK heads)");
-        if (c.ssm_k_dim <= 0 || c.ssm_v_dim <= 0 || c.ssm_conv < 1 || c.ssm_conv > 16) fail("DeltaNet dims invalid");
-    }
-    if (!(c.rms_eps > 0.0f) || !(c.rope_base > 0.0f)) fail("rms eps / rope base must be positive");
-
-    const int64_t E = c.n_embd, F = c.n_ff, V = c.n_vocab;
-    check_tensor(w.token_embd, "token_embd.weight", E, V, false);
-    check_tensor(w.output_norm, "output_norm.weight", E, 1, true);
-    check_tensor(w.output, "output.weight", E, V, false);
-    for (int il = 0; il < c.n_layer; ++il) {
-        const LayerWeights& L = w.layers[il];
-        const std::string p = "blk." + std::to_string(il) + ".";
-        check_tensor(L.attn_norm, p + "attn_norm.weight", E, 1, true);
-        check_tensor(L.post_attention_norm, p + "post_attention_norm.weight", E, 1, true);
-        check_tensor(L.ffn_gate, p + "ffn_gate.weight", E, F, false);
-        check_tensor(L.ffn_up, p + "ffn_up.weight", E, F, false);
-        check_tensor(L.ffn_down, p + "ffn_down.weight", F, E, false);
-        if (c.recurrent[il]) {
-            const int64_t C = c.conv_channels(), Dv = (int64_t)c.ssm_v_heads * c.ssm_v_dim, nv = c.ssm_v_heads;
-            check_tensor(L.attn_qkv, p + "attn_qkv.weight", E, C, false);
-            check_tensor(L.attn_gate, p + "attn_gate.weight", E, Dv, false);
-            check_tensor(L.ssm_conv1d, p + "ssm_conv1d.weight", c.ssm_conv, C, true);
-            check_tensor(L.ssm_dt, p + "ssm_dt.bias", nv, 1, true);
-            check_tensor(L.ssm_a, p + "ssm_a", nv, 1, true);
-            check_tensor(L.ssm_beta, p + "ssm_beta.weight", E, nv, false);
-            check_tensor(L.ssm_alpha, p + "ssm_alpha.weight", E, nv, false);
-            check_tensor(L.ssm_norm, p + "ssm_norm.weight", c.ssm_v_dim, 1, true);
-            check_tensor(L.ssm_out, p + "ssm_out.weight", Dv, E, false);
-        } else {
-            const int64_t D = c.head_dim;
-            check_tensor(L.attn_q, p + "attn_q.weight", E, 2 * c.n_head * D, false);
-            check_tensor(L.attn_k, p + "attn_k.weight", E, c.n_head_kv * D, false);
-            check_tensor(L.attn_v, p + "attn_v.weight", E, c.n_head_kv * D, false);
-            check_tensor(L.attn_q_norm, p + "attn_q_norm.weight", D, 1, true);
-            check_tensor(L.attn_k_norm, p + "attn_k_norm.weight", D, 1, true);
-            check_tensor(L.attn_output, p + "attn_output.weight", c.n_head * D, E, false);
-        }
-    }
+Weights bind_cpu_weights(const Config& c, const TensorMap& tensors) {
+    Weights w;
+    auto lookup = [&](const std::string& name) -> const TensorDesc* {
+        auto it = tensors.find(name);
+        return it == tensors.end() ? nullptr : &it->second;
+    };
+    bind_weights(c, w, lookup, type_supported, "CPU", [](const TensorSpec&, const TensorDesc& t) {
+        Tensor x;
+        x.type = t.type;
+        x.ne0 = t.ne0;
+        x.ne1 = t.ne1;
+        x.data = static_cast<const uint8_t*>(t.data);
+        return x;
+    });
+    if (!w.output.valid()) w.output = w.token_embd;  // tied LM head
+    return w;
 }
 
 // ---- state ---------------------------------------------------------------------------------------
@@ -103,7 +59,9 @@ size_t Snapshot::bytes() const {
 }
 
 Model::Model(Config cfg, Weights w, int n_threads) : cfg_(std::move(cfg)), w_(std::move(w)), pool_(n_threads) {
-    validate_model(cfg_, w_);
+    validate_config(cfg_);
+    if (w_.layers.size() != (size_t)(cfg_.n_layer + cfg_.n_nextn) || !w_.token_embd.valid() || !w_.output.valid())
+        throw std::invalid_argument("weights do not match the config (bind them with bind_cpu_weights)");
     int na = 0, nr = 0;
     for (int il = 0; il < cfg_.n_layer; ++il) layer_slot_.push_back(cfg_.recurrent[il] ? nr++ : na++);
 }
@@ -113,15 +71,19 @@ std::unique_ptr<State> Model::new_state(int64_t n_ctx, KvType kv_type) const {
     auto st = std::make_unique<State>();
     st->n_ctx = n_ctx;
     st->kv_type = kv_type;
-    st->kv_row_bytes = (size_t)cfg_.n_head_kv * cfg_.head_dim * (kv_type == KvType::F16 ? 2 : 4);
-    for (int i = 0; i < cfg_.n_attn_layers(); ++i) {
-        st->k.emplace_back(new uint8_t[(size_t)n_ctx * st->kv_row_bytes]);
-        st->v.emplace_back(new uint8_t[(size_t)n_ctx * st->kv_row_bytes]);
-    }
-    for (int i = 0; i < cfg_.n_recurrent_layers(); ++i) {
-        st->conv.emplace_back(cfg_.conv_state_floats(), 0.0f);
-        st->ssm.emplace_back(cfg_.ssm_state_floats(), 0.0f);
-    }
+    st->kv_row_bytes = kv_row_bytes(cfg_, kv_ggml_type(kv_type));
+    // The buffers the spec lists (model_spec.h PQ_STATE_BUFFERS), each per layer that has it.
+    for_each_state_buffer(cfg_, [&](const StateBufferSpec& b) {
+        for (int i = 0; i < b.n_layers; ++i) {
+            if (b.per_position) {
+                auto& dst = std::strcmp(b.name, "k") == 0 ? st->k : st->v;
+                dst.emplace_back(new uint8_t[(size_t)n_ctx * st->kv_row_bytes]);
+            } else {
+                auto& dst = std::strcmp(b.name, "conv") == 0 ? st->conv : st->ssm;
+                dst.emplace_back(b.values, 0.0f);
+            }
+        }
+    });
     return st;
 }
 

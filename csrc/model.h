@@ -5,30 +5,30 @@
 // tokens runs here entirely; Python only hands in token ids and gets logits back.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "config.h"
+#include "model_spec.h"
 #include "tensor.h"
 #include "threadpool.h"
 
 namespace pq {
 
-struct LayerWeights {
-    Tensor attn_norm, post_attention_norm, ffn_gate, ffn_up, ffn_down;
-    // Gated DeltaNet
-    Tensor attn_qkv, attn_gate, ssm_conv1d, ssm_dt, ssm_a, ssm_beta, ssm_alpha, ssm_norm, ssm_out;
-    // gated attention
-    Tensor attn_q, attn_k, attn_v, attn_q_norm, attn_k_norm, attn_output;
-};
+// The weights in place in the mmapped GGUF, one field per tensor of the spec (model_spec.h).
+using LayerWeights = LayerT<Tensor>;
+using Weights = WeightsT<Tensor>;
 
-struct Weights {
-    Tensor token_embd, output_norm, output;  // output may be token_embd (tied)
-    std::vector<LayerWeights> layers;
-};
+// A tensor table as the Python side hands it over: name -> (type, ne0, ne1, address in the mmap).
+using TensorMap = std::map<std::string, TensorDesc>;
+
+// Binds every tensor of the spec from the table and validates it (shape, type the CPU kernels read);
+// output.weight absent = tied to token_embd. Throws std::invalid_argument naming the problem.
+Weights bind_cpu_weights(const Config& cfg, const TensorMap& tensors);
 
 enum class KvType { F32, F16 };
+inline int kv_ggml_type(KvType t) { return t == KvType::F16 ? T_F16 : T_F32; }
 
 // The per-sequence state: KV cache of the attention layers, conv and SSM states of the DeltaNet layers.
 struct State {
@@ -57,7 +57,7 @@ struct Snapshot {
 
 class Model {
 public:
-    Model(Config cfg, Weights w, int n_threads);
+    Model(Config cfg, Weights w, int n_threads);  // w from bind_cpu_weights (validated)
 
     const Config& config() const { return cfg_; }
     int n_threads() const { return pool_.size(); }
@@ -83,8 +83,5 @@ private:
     std::vector<int> layer_slot_;  // per layer: its index among attention or among recurrent layers
     mutable ThreadPool pool_;
 };
-
-// Checks config and tensor shapes/types; throws std::invalid_argument naming the problem.
-void validate_model(const Config& cfg, const Weights& w);
 
 }  // namespace pq

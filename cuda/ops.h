@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "host_api.h"
+#include "plan/workspace_sizes.h"  // argmax_workspace_bytes
 
 namespace pq::cuda {
 
@@ -30,7 +31,6 @@ cudaError_t add_f32(const float* a, const float* b, float* y, int64_t n, cudaStr
 
 // out[r] = argmax of row r (n values, row stride sx); ties -> smallest index, NaNs ignored.
 // `workspace` must hold argmax_workspace_bytes(n, nrows) bytes of device memory (may be 0 bytes).
-size_t argmax_workspace_bytes(int64_t n, int nrows);
 cudaError_t argmax_f32(const float* x, int64_t n, int nrows, int64_t sx, int32_t* out, void* workspace,
                        cudaStream_t stream);
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "host_api.h"
+#include "plan/workspace_sizes.h"  // AttentionTuning, attention_scratch_bytes_ex
 
 namespace pq::cuda {
 
@@ -45,14 +46,8 @@ cudaError_t attention_prepare(float* qg, float* k, const float* v, const float* 
                               uint16_t* k_cache, uint16_t* v_cache, int64_t pos0, int64_t n, int H, int Hkv, int D,
                               int n_rot, float rope_base, float eps, cudaStream_t stream);
 
-// Overrides of the automatic launch choices, for tests (0 = automatic).
-struct AttentionTuning {
-    int64_t decode_split = 0;   // keys per split of the decode kernel (rounded up to a multiple of 32)
-    int64_t prefill_split = 0;  // keys per split of the prefill kernel (rounded up to a multiple of 64)
-    bool force_prefill = false; // n == 1 through the prefill kernel
-};
-
-size_t attention_scratch_bytes_ex(int H, int Hkv, int D, int64_t n, int64_t n_ctx, const AttentionTuning& tuning);
+// AttentionTuning (overrides of the automatic launch choices, for tests) and attention_scratch_bytes_ex:
+// plan/workspace_sizes.h.
 
 cudaError_t attention_ex(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
                          uint16_t* k_cache, uint16_t* v_cache, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv,

@@ -255,11 +255,10 @@ def run_bench(path: str | Path | None = None, *, n_prompt: int = 512, n_gen: int
             except Exception as e:  # e.g. llama.cpp too old for the architecture
                 report.peer_error = f"llama.cpp failed: {type(e).__name__}: {e}"
     if n_gen > 0:
-        from .memory_plan import ModelShape, decode_traffic, weights_of
+        from .memory_plan import decode_traffic, plan
 
         kv_type = model.kv_type if model.kv_type in ("f16", "f32") else "f16"
-        report.decode_bytes = int(decode_traffic(ModelShape.from_hparams(model.hparams), weights_of(model.gguf),
-                                                 PROMPT_TG + n_gen // 2, kv_type)["total"])
+        report.decode_bytes = int(decode_traffic(plan(model.gguf, model.n_ctx, kv_type), PROMPT_TG + n_gen // 2)["total"])
     for i, (test, n) in enumerate((("pp", n_prompt), ("tg", n_gen))):
         if n <= 0:
             continue

@@ -396,14 +396,13 @@ def _layer_pattern(recurrent: list[bool]) -> str:
     return s
 
 
-def memory_plan(gf, n_ctx: int, kv_bytes: int = 2) -> dict:
-    """Bytes of weights (tensors the forward pass reads) and one sequence's state at n_ctx."""
-    hp = gf.hparams
+def memory_plan(gf, n_ctx: int, kv_type: str = "f16") -> dict:
+    """Bytes of weights (tensors the forward pass reads) and one sequence's state at n_ctx (the spec's
+    state buffers, computed in C++)."""
     weights = sum(gf.tensors[name].nbytes for name in gf.expected_tensors())
-    rec = hp.state_bytes(0, kv_bytes)
-    kv_per_token = hp.state_bytes(1, kv_bytes) - rec
-    return {"n_ctx": n_ctx, "weights": weights, "kv_cache": kv_per_token * n_ctx, "recurrent": rec,
-            "kv_per_token": kv_per_token, "total": weights + hp.state_bytes(n_ctx, kv_bytes)}
+    st = gf.hparams.state_bytes(n_ctx, kv_type)
+    return {"n_ctx": n_ctx, "weights": weights, "kv_cache": st["kv_cache"], "recurrent": st["recurrent"],
+            "kv_per_token": st["kv_per_token"], "total": weights + st["total"]}
 
 
 def max_context(plan: dict, budget: int, n_ctx_train: int) -> int:
@@ -475,8 +474,7 @@ def cmd_info(args) -> int:
     plan = None
     if hp is not None and all(n in gf.tensors for n in gf.expected_tensors()):
         n_ctx = min(args.ctx, hp.n_ctx_train)
-        kvb = 2 if args.kv_type == "f16" else 4
-        plan = memory_plan(gf, n_ctx, kvb)
+        plan = memory_plan(gf, n_ctx, args.kv_type)
         capped = f", capped from {args.ctx} at the trained context" if n_ctx < args.ctx else ""
         w(f"memory at context {n_ctx} ({args.kv_type.upper()} KV cache, one sequence{capped}; "
           "compute scratch not included):")

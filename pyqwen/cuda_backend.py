@@ -25,8 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .memory_plan import (CUDA_RUNTIME_RESERVE_BYTES, DEFAULT_SNAPSHOTS, ModelShape, OutOfGPUMemory, Plan,
-                          plan_for, weights_of)
+from .memory_plan import CUDA_RUNTIME_RESERVE_BYTES, DEFAULT_SNAPSHOTS, OutOfGPUMemory, Plan, plan_for
 
 __all__ = ["CudaCore", "cuda_available", "cuda_module", "select_backend", "OutOfGPUMemory"]
 
@@ -117,7 +116,7 @@ class CudaCore:
         p = None
         if check_memory:
             free, _total = mod.mem_get_info()
-            p = plan_for(ModelShape.from_hparams(hp), weights_of(gguf), n_ctx, kv_type, int(free),
+            p = plan_for(hp.core_config(), gguf.tensor_table(), n_ctx, kv_type, int(free), n_ctx_train=hp.n_ctx_train,
                          n_batch=n_batch, n_snapshots=n_snapshots, context_bytes=CUDA_RUNTIME_RESERVE_BYTES,
                          budget_source="free on the device")
             p.check()
@@ -127,7 +126,7 @@ class CudaCore:
         if callable(progress):
             cb = progress
         else:
-            total = sum(w.nbytes for w in weights_of(gguf))
+            total = sum(gguf.tensors[name].nbytes for name in gguf.expected_tensors())
             bar = _progress_bar(total, progress)
             if bar is not None:
                 def cb(done: int, total: int, _bar=bar) -> None:

@@ -19,15 +19,13 @@ from .errors import ModelFormatError
 
 ARCH = "qwen35"
 
-# Weight types the C++ core can read; quantized ones are added when the core reports support.
+# Types of the tensors the spec stores as floats (widened to F32 for the kernels).
 FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
 
 
 def _core_supported_types() -> set[int]:
-    try:
-        from . import _core
-    except ImportError:  # metadata-only use (e.g. `pyqwen info`) works without the extension
-        return {int(t) for t in FLOAT_TYPES}
+    from . import _core  # the spec and the kernels' type list live in the extension
+
     return {int(t) for t in GGMLQuantizationType if _core.type_supported(int(t))}
 
 
@@ -101,6 +99,7 @@ class HParams:
     def core_config(self) -> dict:
         return {
             "n_embd": self.n_embd, "n_ff": self.n_ff, "n_vocab": self.n_vocab, "n_layer": self.n_layer,
+            "n_nextn": 0,  # the MTP block (hp.n_nextn) is declared in the spec; nothing runs it yet
             "recurrent": self.recurrent, "n_head": self.n_head, "n_head_kv": self.n_head_kv,
             "head_dim": self.head_dim, "n_rot": self.n_rot, "rope_base": self.rope_base,
             "ssm_conv": self.ssm_conv, "ssm_k_heads": self.ssm_k_heads, "ssm_v_heads": self.ssm_v_heads,
@@ -111,16 +110,11 @@ class HParams:
     def n_attn_layers(self) -> int:
         return self.recurrent.count(False)
 
-    @property
-    def conv_channels(self) -> int:
-        return 2 * self.ssm_k_heads * self.ssm_k_dim + self.ssm_v_heads * self.ssm_v_dim
+    def state_bytes(self, n_ctx: int, kv_type: str = "f16") -> dict:
+        """Bytes of one sequence's state (recurrent, kv_per_token, kv_cache, total), from the C++ spec."""
+        from . import _core
 
-    def state_bytes(self, n_ctx: int, kv_bytes: int = 2) -> int:
-        """Bytes of one sequence's state: KV cache for n_ctx tokens plus the recurrent states."""
-        kv = 2 * self.n_attn_layers * n_ctx * self.n_head_kv * self.head_dim * kv_bytes
-        n_rec = self.n_layer - self.n_attn_layers
-        rec = n_rec * 4 * ((self.ssm_conv - 1) * self.conv_channels + self.ssm_v_heads * self.ssm_v_dim * self.ssm_k_dim)
-        return kv + rec
+        return _core.state_bytes(self.core_config(), n_ctx, kv_type)
 
 
 @dataclass
@@ -275,75 +269,74 @@ class GGUFFile:
         return hp
 
     # ---- tensors -------------------------------------------------------------------------------
+    # What a qwen35 model reads is the C++ spec (csrc/model_spec.h), not a table kept here: the same walk
+    # binds the weights on the CPU, uploads them on CUDA and plans GPU memory.
 
-    def expected_tensors(self) -> dict[str, tuple]:
-        """Every tensor the forward pass reads, with its expected ne (contiguous dimension first)."""
-        hp = self.hparams
-        E, F, V = hp.n_embd, hp.n_ff, hp.n_vocab
-        exp = {"token_embd.weight": (E, V), "output_norm.weight": (E,)}
-        if "output.weight" in self.tensors:
-            exp["output.weight"] = (E, V)
-        Dk = hp.ssm_k_heads * hp.ssm_k_dim
-        Dv = hp.ssm_v_heads * hp.ssm_v_dim
-        C = 2 * Dk + Dv
-        H, Hkv, D = hp.n_head, hp.n_head_kv, hp.head_dim
-        for i in range(hp.n_layer):
-            p = f"blk.{i}."
-            exp.update({p + "attn_norm.weight": (E,), p + "post_attention_norm.weight": (E,),
-                        p + "ffn_gate.weight": (E, F), p + "ffn_up.weight": (E, F), p + "ffn_down.weight": (F, E)})
-            if hp.recurrent[i]:
-                exp.update({p + "attn_qkv.weight": (E, C), p + "attn_gate.weight": (E, Dv),
-                            p + "ssm_conv1d.weight": (hp.ssm_conv, C), p + "ssm_dt.bias": (hp.ssm_v_heads,),
-                            p + "ssm_a": (hp.ssm_v_heads,), p + "ssm_beta.weight": (E, hp.ssm_v_heads),
-                            p + "ssm_alpha.weight": (E, hp.ssm_v_heads), p + "ssm_norm.weight": (hp.ssm_v_dim,),
-                            p + "ssm_out.weight": (Dv, E)})
-            else:
-                exp.update({p + "attn_q.weight": (E, 2 * H * D), p + "attn_k.weight": (E, Hkv * D),
-                            p + "attn_v.weight": (E, Hkv * D), p + "attn_q_norm.weight": (D,),
-                            p + "attn_k_norm.weight": (D,), p + "attn_output.weight": (H * D, E)})
-        return exp
+    def expected_tensors(self) -> dict[str, dict]:
+        """name -> {ne0, ne1, storage, optional} of every tensor the forward pass reads that this file has
+        or must have (an absent optional one -- output.weight, tied -- is left out), in file order."""
+        from . import _core
+
+        spec = _core.expected_tensors(self.hparams.core_config())
+        return {name: t for name, t in spec.items() if not t["optional"] or name in self.tensors}
 
     def _check_tensors(self) -> None:
         supported = _core_supported_types()
-        for name, shape in self.expected_tensors().items():
+        for name, want in self.expected_tensors().items():
             t = self.tensors.get(name)
             if t is None:
                 raise ModelFormatError(f"{self.path}: missing tensor {name!r}")
-            got = tuple(d for d in t.shape)
+            shape = (want["ne0"], want["ne1"])
             # ggml drops trailing 1s inconsistently between writers: compare with them stripped.
-            strip = lambda s: tuple(s[: max(1, len(s) - next((i for i, d in enumerate(reversed(s)) if d != 1), 0))])
-            if strip(got) != strip(shape):
-                raise ModelFormatError(f"{self.path}: tensor {name!r} has shape {list(got)}, expected {list(shape)}")
+            if _strip_ones(t.shape) != _strip_ones(shape):
+                raise ModelFormatError(f"{self.path}: tensor {name!r} has shape {list(t.shape)}, "
+                                       f"expected {list(_strip_ones(shape))}")
             if t.type not in supported:
                 raise ModelFormatError(f"{self.path}: tensor {name!r} has type {t.type_name}, which pyqwen does "
                                        "not support yet")
-            if len(shape) == 1 and t.type not in FLOAT_TYPES:
-                raise ModelFormatError(f"{self.path}: 1-D tensor {name!r} must be F32/F16/BF16, not {t.type_name}")
-            if name.endswith("ssm_conv1d.weight") and t.type not in FLOAT_TYPES:
-                raise ModelFormatError(f"{self.path}: tensor {name!r} must be a float type, not {t.type_name}")
+            if want["storage"] == "float" and t.type not in FLOAT_TYPES:
+                raise ModelFormatError(f"{self.path}: tensor {name!r} must be F32/F16/BF16 (the kernels read it as "
+                                       f"floats), not {t.type_name}")
 
     def core_tensors(self) -> tuple[dict, list]:
         """(name -> (type, ne0, ne1, address)) for the C++ core, and the arrays that must stay alive.
 
-        Weights are passed as pointers into the mapping. Small vectors (norms, conv taps, decay
-        parameters) that a writer stored as F16/BF16 are widened to F32 copies: the core reads those
-        as floats and they are a few KB.
+        Weights are passed as pointers into the mapping. Tensors the spec stores as floats (norms, conv
+        taps, decay parameters) that a writer stored as F16/BF16 are widened to F32 copies: the kernels
+        read those as floats and they are a few KB.
         """
         out, keep = {}, []
-        for name in self.expected_tensors():
+        for name, want in self.expected_tensors().items():
             t = self.tensors[name]
-            small = len([d for d in t.shape if d != 1]) <= 1 or name.endswith("ssm_conv1d.weight")
             arr = t.data
             ttype = t.type
-            if small and t.type != int(GGMLQuantizationType.F32):
+            if want["storage"] == "float" and t.type != int(GGMLQuantizationType.F32):
                 arr = _widen_to_f32(t)
                 ttype = int(GGMLQuantizationType.F32)
             arr = np.ascontiguousarray(arr)
             keep.append(arr)
-            ne0 = t.shape[0]
-            ne1 = int(np.prod(t.shape[1:], dtype=np.int64)) if len(t.shape) > 1 else 1
+            ne0, ne1 = _ne01(t.shape)
             out[name] = (ttype, ne0, ne1, arr.ctypes.data)
         return out, keep
+
+    def tensor_table(self) -> dict[str, tuple[int, int, int]]:
+        """name -> (type, ne0, ne1) of every tensor in the file (what the memory planner walks)."""
+        return {name: (t.type, *_ne01(t.shape)) for name, t in self.tensors.items()}
+
+
+def _strip_ones(s) -> tuple:
+    s = tuple(int(d) for d in s)
+    while len(s) > 1 and s[-1] == 1:
+        s = s[:-1]
+    return s
+
+
+def _ne01(shape) -> tuple[int, int]:
+    """ggml shape -> (ne0, rows): higher dimensions fold into rows."""
+    ne1 = 1
+    for d in shape[1:]:
+        ne1 *= int(d)
+    return int(shape[0]), ne1
 
 
 def _widen_to_f32(t: TensorInfo) -> np.ndarray:

@@ -6,26 +6,36 @@ from __future__ import annotations
 
 import pytest
 
-from pyqwen.memory_plan import (CUDA_CONTEXT_BYTES, ModelShape, OutOfGPUMemory, Weight, plan, plan_for,
-                                tensor_bytes)
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from pyqwen.memory_plan import CUDA_CONTEXT_BYTES, OutOfGPUMemory, plan, plan_for
 
 GiB = 2**30
 Q4_K, Q6_K, F32 = 12, 14, 0
+N_CTX_TRAIN = 262144
+CONFIG_27B = {"n_embd": 5120, "n_ff": 17408, "n_vocab": 248320, "n_layer": 64,
+              "recurrent": [(i + 1) % 4 != 0 for i in range(64)], "n_head": 24, "n_head_kv": 4, "head_dim": 256,
+              "n_rot": 64, "rope_base": 1e7, "ssm_conv": 4, "ssm_k_heads": 16, "ssm_v_heads": 48, "ssm_k_dim": 128,
+              "ssm_v_dim": 128, "rms_eps": 1e-6}
+
+
+def nbytes(t: int, ne0: int, ne1: int = 1) -> int:
+    """Bytes of a tensor by the gguf package's block sizes (independent of our C++)."""
+    bs, bb = GGML_QUANT_SIZES[GGMLQuantizationType(t)]
+    return ne0 // bs * bb * ne1
 
 
 def use_more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
-def qwen36_27b_q4km() -> tuple[ModelShape, list[Weight]]:
+def qwen36_27b_q4km() -> tuple[dict, dict]:
+    """(core config, tensor table name -> (type, ne0, ne1)) of Qwen3.6-27B Q4_K_M, written out by hand."""
     E, F, V, L = 5120, 17408, 248320, 64
-    shape = ModelShape(n_embd=E, n_ff=F, n_vocab=V, n_layer=L, n_attn_layers=16, n_head=24, n_head_kv=4,
-                       head_dim=256, ssm_conv=4, ssm_k_heads=16, ssm_v_heads=48, ssm_k_dim=128, ssm_v_dim=128,
-                       n_ctx_train=262144)
-    ws: list[Weight] = []
+    ws: dict[str, tuple[int, int, int]] = {}
 
     def add(name, t, ne0, ne1=1):
-        ws.append(Weight(name, t, ne0, ne1, tensor_bytes(t, ne0, ne1)))
+        ws[name] = (t, ne0, ne1)
 
     add("token_embd.weight", Q4_K, E, V)
     add("output_norm.weight", F32, E)
@@ -55,36 +65,54 @@ def qwen36_27b_q4km() -> tuple[ModelShape, list[Weight]]:
             add(p + "attn_q_norm.weight", F32, 256)
             add(p + "attn_k_norm.weight", F32, 256)
             add(p + "attn_output.weight", Q4_K, 6144, E)
-    return shape, ws
+    return dict(CONFIG_27B), ws
+
+
+def plan27(n_ctx: int, gpu_mem: int | None = None, **kw):
+    cfg, ws = qwen36_27b_q4km()
+    return plan_for(cfg, ws, n_ctx, "f16", gpu_mem, n_ctx_train=N_CTX_TRAIN, **kw)
 
 
 def test_27b_tensor_table_matches_the_reference():
-    shape, ws = qwen36_27b_q4km()
+    cfg, ws = qwen36_27b_q4km()
     assert len(ws) == 851
-    total = sum(w.nbytes for w in ws)
+    total = sum(nbytes(*t) for t in ws.values())
     assert 16.0e9 < total < 17.2e9  # "about 16.8 GB" with the Q4_K_M mix
-    assert shape.recurrent_bytes() == 48 * 4 * (3 * 10240 + 48 * 128 * 128)  # ~150 MiB
-    assert shape.kv_bytes_per_token() == 16 * 2 * 4 * 256 * 2                # 64 KiB per token
+    p = plan27(4096)
+    assert p.n_weights == 851  # the spec walks every tensor of the table
+    aligned = sum(-(-nbytes(*t) // 256) * 256 for t in ws.values())
+    assert p.weights == aligned
+    assert p.recurrent == 48 * 4 * (3 * 10240 + 48 * 128 * 128)  # ~150 MiB
+    assert p.kv_per_token == 16 * 2 * 4 * 256 * 2                # 64 KiB per token
+    assert p.kv_cache == 4096 * p.kv_per_token and p.snapshots == 2 * p.recurrent
+
+
+def test_a_missing_tensor_is_named():
+    cfg, ws = qwen36_27b_q4km()
+    del ws["blk.3.attn_k.weight"]
+    with pytest.raises(ValueError, match="blk.3.attn_k.weight"):
+        plan_for(cfg, ws, 4096)
+    cfg, ws = qwen36_27b_q4km()
+    del ws["output.weight"]  # optional: tied to token_embd
+    assert plan_for(cfg, ws, 4096).n_weights == 850
 
 
 def test_27b_fits_a_24gib_card_at_a_useful_context():
-    shape, ws = qwen36_27b_q4km()
-    p = plan_for(shape, ws, 32768, "f16", 24 * GiB)
+    p = plan27(32768, 24 * GiB)
     text = "\n".join(p.lines())
     assert p.fits, text
     assert 65536 <= p.max_ctx < 131072, text  # ~5.6 GiB left for KV at 64 KiB/token
     assert f"largest context that fits: {p.max_ctx:,} tokens" in text
     # the largest context really is the boundary
-    assert plan_for(shape, ws, p.max_ctx, "f16", 24 * GiB).fits
-    assert not plan_for(shape, ws, p.max_ctx + 1, "f16", 24 * GiB).fits
+    assert plan27(p.max_ctx, 24 * GiB).fits
+    assert not plan27(p.max_ctx + 1, 24 * GiB).fits
     assert p.context == CUDA_CONTEXT_BYTES
 
 
 def test_27b_on_32gib_and_full_context():
-    shape, ws = qwen36_27b_q4km()
-    p32 = plan_for(shape, ws, 262144, "f16", 32 * GiB)
+    p32 = plan27(262144, 32 * GiB)
     assert p32.max_ctx > 180000
-    p24 = plan_for(shape, ws, 262144, "f16", 24 * GiB)
+    p24 = plan27(262144, 24 * GiB)
     assert p24.fits is False
     with pytest.raises(OutOfGPUMemory) as e:
         p24.check()
@@ -94,17 +122,15 @@ def test_27b_on_32gib_and_full_context():
 
 
 def test_too_small_card_says_nothing_fits():
-    shape, ws = qwen36_27b_q4km()
-    p = plan_for(shape, ws, 4096, "f16", 12 * GiB)
+    p = plan27(4096, 12 * GiB)
     assert p.fits is False and p.max_ctx == 0
     assert "even the weights" in p.error_message()
     assert any("none" in line for line in p.lines())
 
 
 def test_workspace_is_bounded_and_grows_with_the_batch():
-    shape, ws = qwen36_27b_q4km()
-    small = plan_for(shape, ws, 8192, n_batch=32).workspace["total"]
-    big = plan_for(shape, ws, 8192, n_batch=512).workspace["total"]
+    small = plan27(8192, n_batch=32).workspace["total"]
+    big = plan27(8192, n_batch=512).workspace["total"]
     assert small < big < 512 * 2**20
 
 
@@ -113,11 +139,11 @@ def test_plan_of_a_converted_gguf(gguf_cache):
     p = plan(path, 64, gpu_mem_bytes=1 * GiB)
     assert p.fits and p.max_ctx == 4096  # capped at the trained context
     from pyqwen.gguf_file import GGUFFile
-    from pyqwen.memory_plan import weights_of
 
     gf = GGUFFile.open(path)
-    ws = weights_of(gf)
-    assert p.n_weights == len(ws) == len(gf.expected_tensors())
-    assert sum(w.nbytes for w in ws) <= p.weights < sum(w.nbytes for w in ws) + 256 * len(ws)
+    names = gf.expected_tensors()
+    assert p.n_weights == len(names) == len(gf.tensors)  # the fixture has no MTP block
+    raw = sum(gf.tensors[n].nbytes for n in names)
+    assert raw <= p.weights < raw + 256 * len(names)
     with pytest.raises(ValueError):
         plan(path, 64, kv_type="bf16")

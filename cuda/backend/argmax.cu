@@ -5,19 +5,7 @@
 
 namespace pq::cuda {
 
-namespace {
-// Blocks per row: about 8 values per thread, at most 128 blocks (a 248k vocabulary gives 122).
-int argmax_blocks(int64_t n) {
-    const int64_t per_block = (int64_t)kArgmaxBlock * 8;
-    const int64_t b = (n + per_block - 1) / per_block;
-    return (int)(b < 1 ? 1 : b > 128 ? 128 : b);
-}
-}  // namespace
-
-size_t argmax_workspace_bytes(int64_t n, int nrows) {
-    const int nblk = argmax_blocks(n);
-    return nblk == 1 ? 0 : sizeof(ArgmaxPair) * (size_t)nblk * (size_t)nrows;
-}
+// argmax_blocks / argmax_workspace_bytes: plan/workspace_sizes.h.
 
 cudaError_t argmax_f32(const float* x, int64_t n, int nrows, int64_t sx, int32_t* out, void* workspace,
                        cudaStream_t stream) {

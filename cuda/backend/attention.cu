@@ -13,54 +13,10 @@ namespace pq::cuda {
 namespace {
 
 constexpr int64_t kMaxCtx = int64_t(1) << 24;  // positions exact in float (RoPE)
-constexpr int64_t kDecodeMinSplit = 128;       // keys per decode split, at least
-constexpr int kDecodeMaxSplits = 128;
-constexpr int64_t kPrefillMinSplit = 256;  // keys per prefill split, at least
-constexpr int kPrefillMaxSplits = 64;
-constexpr int kPrefillSplitBelowBlocks = 128;  // split prefill only when the grid has fewer blocks
-constexpr int kPrefillTargetBlocks = 256;
 
-int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t round_up(int64_t a, int64_t m) { return cdiv(a, m) * m; }
-
-bool supported_d(int D) { return D == 32 || D == 64 || D == 128 || D == 256; }
-
-// Partial bytes per (token, query head, split): O[D] and (m, l).
-size_t partial_bytes(int D) { return sizeof(float) * (size_t)D + sizeof(float2); }
-
-// Keys per split of the decode kernel for L keys (a multiple of 32).
-int64_t decode_split_len(int64_t L, const AttentionTuning& t) {
-    if (t.decode_split > 0) return round_up(t.decode_split, 32);
-    const int64_t even = round_up(cdiv(L, kDecodeMaxSplits), 32);
-    return even > kDecodeMinSplit ? even : kDecodeMinSplit;
-}
-
-int64_t decode_split_bound(int64_t L_max, const AttentionTuning& t) {
-    if (t.decode_split > 0) return cdiv(L_max, round_up(t.decode_split, 32));
-    const int64_t b = cdiv(L_max, kDecodeMinSplit);
-    return b < kDecodeMaxSplits ? b : kDecodeMaxSplits;
-}
-
-int64_t prefill_blocks(int64_t n, int H, int Hkv) { return cdiv(n * (H / Hkv), kPrefillBM) * Hkv; }
-
-// Upper bound of the prefill split count (before rounding the split length), for any L <= L_max.
-int64_t prefill_split_count(int64_t n, int H, int Hkv, int64_t L_max, const AttentionTuning& t) {
-    if (t.prefill_split > 0) return cdiv(L_max, round_up(t.prefill_split, 64));
-    const int64_t blocks = prefill_blocks(n, H, Hkv);
-    if (blocks >= kPrefillSplitBelowBlocks) return 1;
-    int64_t ns = cdiv(kPrefillTargetBlocks, blocks);
-    const int64_t by_len = cdiv(L_max, kPrefillMinSplit);
-    if (ns > by_len) ns = by_len;
-    if (ns > kPrefillMaxSplits) ns = kPrefillMaxSplits;
-    return ns < 1 ? 1 : ns;
-}
-
-int64_t prefill_split_len(int64_t n, int H, int Hkv, int64_t L, const AttentionTuning& t) {
-    if (t.prefill_split > 0) return round_up(t.prefill_split, 64);
-    return round_up(cdiv(L, prefill_split_count(n, H, Hkv, L, t)), 64);
-}
-
-bool valid_heads(int H, int Hkv, int D) { return H > 0 && Hkv > 0 && H % Hkv == 0 && supported_d(D); }
+// Split choices (decode_split_len, prefill_split_count, ...) and the scratch they need:
+// plan/workspace_sizes.h, shared with the memory planner.
+bool valid_heads(int H, int Hkv, int D) { return attention_heads_ok(H, Hkv, D); }
 
 template <int D, int NR>
 void launch_decode(const float* qg, const uint16_t* kc, const uint16_t* vc, float* po, float2* pml, int H, int Hkv,
@@ -101,18 +57,6 @@ void launch_prefill(const float* qg, const uint16_t* kc, const uint16_t* vc, flo
 }
 
 }  // namespace
-
-size_t attention_scratch_bytes_ex(int H, int Hkv, int D, int64_t n, int64_t n_ctx, const AttentionTuning& tuning) {
-    if (!valid_heads(H, Hkv, D) || n <= 0 || n_ctx <= 0) return 0;
-    const size_t per = partial_bytes(D) * (size_t)H;
-    size_t need = 0;
-    if (!tuning.force_prefill) need = per * (size_t)decode_split_bound(n_ctx, tuning);  // decode: always partials
-    for (int64_t m = tuning.force_prefill ? 1 : 2; m <= n && m <= n_ctx; ++m) {
-        const int64_t ns = prefill_split_count(m, H, Hkv, n_ctx, tuning);
-        if (ns > 1 && per * (size_t)(ns * m) > need) need = per * (size_t)(ns * m);
-    }
-    return need;
-}
 
 size_t attention_scratch_bytes(int H, int Hkv, int D, int64_t n, int64_t n_ctx) {
     return attention_scratch_bytes_ex(H, Hkv, D, n, n_ctx, AttentionTuning{});

@@ -21,30 +21,7 @@ cudaError_t launch_conv(const float* x, const float* w, float* state, float* y, 
     return cudaGetLastError();
 }
 
-// Byte offsets of the chunked path's scratch arrays (256-byte aligned), for base == nullptr too.
-struct GdnScratch {
-    size_t qn, kn, g, beta, u, w, p, total;
-};
-
-GdnScratch gdn_scratch_layout(int nk, int nv, int dk, int dv, int64_t n) {
-    const int64_t nc = (n + kGdnChunk - 1) / kGdnChunk;
-    GdnScratch s{};
-    size_t off = 0;
-    auto take = [&off](int64_t floats) {
-        const size_t at = off;
-        off += ((size_t)floats * sizeof(float) + 255) & ~(size_t)255;
-        return at;
-    };
-    s.qn = take(n * nk * dk);
-    s.kn = take(n * nk * dk);
-    s.g = take((int64_t)nv * n);
-    s.beta = take((int64_t)nv * n);
-    s.u = take((int64_t)nv * n * dv);
-    s.w = take((int64_t)nv * n * dk);
-    s.p = take((int64_t)nv * nc * kGdnChunk * kGdnChunk);
-    s.total = off;
-    return s;
-}
+// The chunked path's scratch arrays: gdn_scratch_layout (plan/workspace_sizes.h).
 
 bool gdn_shape_ok(int nk, int nv, int dk, int dv, int64_t n) {
     return nk > 0 && nv > 0 && nv <= 65535 && dk > 0 && dk <= 256 && dv > 0 && dv <= 8192 && n >= 0 &&

@@ -20,7 +20,6 @@
 namespace pq::cuda::detail {
 
 namespace {
-constexpr int64_t kTileValues = int64_t(16) << 20;  // 16M fp16 values = 32 MB per weight tile
 int64_t g_tile_values = kTileValues;                 // test hook (set_prefill_tile_values)
 bool g_blas_disabled = false;                        // test hook (set_prefill_blas_disabled)
 }  // namespace
@@ -28,11 +27,9 @@ bool g_blas_disabled = false;                        // test hook (set_prefill_b
 void set_prefill_tile_values(int64_t values) { g_tile_values = values > 0 ? values : kTileValues; }
 void set_prefill_blas_disabled(bool disabled) { g_blas_disabled = disabled; }
 
-int64_t prefill_tile_rows(int64_t K, int64_t N) {
-    int64_t r = g_tile_values / K / 64 * 64;
-    if (r < 64) r = 64;
-    return r < N ? r : N;
-}
+int64_t prefill_tile_values() { return g_tile_values; }
+
+int64_t prefill_tile_rows(int64_t K, int64_t N) { return cuda::prefill_tile_rows(K, N, g_tile_values); }
 
 cudaError_t f32_to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t stream) {
     if (n <= 0) return n == 0 ? cudaSuccess : cudaErrorInvalidValue;

@@ -1,12 +1,7 @@
 // matvec.cu: matmul / matmul_swiglu / matmul_scratch_bytes (ops_matvec.h): path selection, scratch layout
 // and the launches of the decode kernel (kernels/matvec.cuh). The prefill GEMM lives in gemm.cu.
 //
-// Scratch layout (each part 256-byte aligned):
-//   act   decode: Q8_1 activations, n_tok * K int8 values then n_tok * K/32 (d, s) float pairs (QAct);
-//         prefill: max(fp16 x, the Q8_1 layout) (the latter for the no-cuBLAS fallback)
-//   tile  prefill only: prefill_tile_rows(K, N) * K fp16 values (dequantized weights)
-//   g, u  n_tok * N floats each: the two projections of matmul_swiglu when they are not fused (prefill,
-//         or decode with different gate/up types)
+// Scratch layout: matmul_scratch_layout in plan/workspace_sizes.h (act | tile | g | u).
 #include "../compat.cuh"
 #include "../kernels/matvec.cuh"
 #include "../kernels/matvec_internal.cuh"
@@ -17,31 +12,13 @@ namespace pq::cuda {
 
 namespace {
 
-constexpr int64_t kMultiPassMaxTok = 16;  // n_tok <= this: mmv launches of <= kMmvMaxTok tokens
-
-size_t align256(size_t b) { return (b + 255) & ~size_t(255); }
-
 bool is_float_type(int type) { return type == pq::T_F32 || type == pq::T_F16 || type == pq::T_BF16; }
 
-struct Layout {
-    size_t act = 0, tile = 0, g = 0, u = 0, total = 0;
-};
-
-size_t q8_values_bytes(int64_t K, int64_t n_tok) { return align256((size_t)n_tok * (size_t)K); }
-
+// The scratch layout (kMultiPassMaxTok, matmul_scratch_layout: plan/workspace_sizes.h), with the current
+// prefill tile size.
+using Layout = MatmulScratch;
 Layout layout(int64_t K, int64_t N, int64_t n_tok) {
-    Layout l;
-    const size_t q8 = q8_values_bytes(K, n_tok) + align256((size_t)n_tok * (size_t)(K / 32) * sizeof(float) * 2);
-    if (n_tok <= kMultiPassMaxTok) {
-        l.act = align256(q8);
-    } else {
-        const size_t x16 = (size_t)n_tok * (size_t)K * 2;
-        l.act = align256(x16 > q8 ? x16 : q8);
-        l.tile = align256((size_t)detail::prefill_tile_rows(K, N) * (size_t)K * 2);
-    }
-    l.g = l.u = align256((size_t)n_tok * (size_t)N * sizeof(float));
-    l.total = l.act + l.tile + l.g + l.u;
-    return l;
+    return matmul_scratch_layout(K, N, n_tok, detail::prefill_tile_values());
 }
 
 struct ScratchPtrs {

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <stdexcept>
 #include <string>
 
@@ -37,10 +38,6 @@ namespace pq::cuda {
 
 namespace {
 
-constexpr size_t kAlign = 256;
-
-size_t align_up(size_t x, size_t a = kAlign) { return (x + a - 1) / a * a; }
-
 [[noreturn]] void fail_cuda(cudaError_t e, const char* what) {
     cudaGetLastError();  // clear a sticky launch error so later calls report their own
     throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
@@ -52,42 +49,21 @@ inline void check(cudaError_t e, const char* what) {
 
 [[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
 
-// Matmul / embedding weight types (the matvec family's launchers take any GGUF weight type).
-bool weight_type_ok(int type) {
-    switch (type) {
-        case T_F32: case T_F16: case T_BF16: case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q8_0:
-        case T_Q4_K: case T_Q5_K: case T_Q6_K: case T_IQ4_NL: case T_IQ4_XS:
-            return true;
-        default:
-            return false;
-    }
-}
+// Matmul / embedding weight types (the matvec family's launchers take any of these).
+bool weight_type_ok(int type) { return matmul_k_granularity(type) != 0; }
 
-size_t tensor_bytes(int type, int64_t ne0, int64_t ne1) {
-    const int bs = type_block_size(type);
-    if (bs <= 0) return 0;
-    return (size_t)(ne0 / bs) * (size_t)type_block_bytes(type) * (size_t)ne1;
+// The CUDA kernels' limits on top of the spec's config checks.
+void check_cuda_limits(const ModelConfig& c) {
+    if ((c.n_attn_layers() > 0 || c.n_nextn > 0) && !attention_head_dim_ok(c.head_dim))
+        fail("head_dim " + std::to_string(c.head_dim) + " is not supported by the CUDA attention kernels "
+             "(32, 64, 128 or 256)");
+    if (c.n_recurrent_layers() > 0 && (c.ssm_conv > 8 || c.ssm_k_dim > 256))
+        fail("DeltaNet conv kernel > 8 or key head dim > 256 is not supported by the CUDA kernels");
 }
-
-// A bump allocator over one device allocation (offsets first, then one cudaMalloc).
-struct Carver {
-    size_t size = 0;
-    size_t take(size_t bytes) {
-        const size_t off = size;
-        size = align_up(size + bytes);
-        return off;
-    }
-};
 
 }  // namespace
 
 // ---- weights ---------------------------------------------------------------------------------------
-
-struct Model::Layer {
-    DevTensor attn_norm, post_attention_norm, ffn_gate, ffn_up, ffn_down;
-    DevTensor attn_qkv, attn_gate, ssm_conv1d, ssm_dt, ssm_a, ssm_beta, ssm_alpha, ssm_norm, ssm_out;
-    DevTensor attn_q, attn_k, attn_v, attn_q_norm, attn_k_norm, attn_output;
-};
 
 // Activation buffers + op scratch: one allocation, carved per the plan.
 struct Model::Buffers {
@@ -129,112 +105,12 @@ struct Model::GraphCache {
     bool warm = false;  // a decode body already ran uncaptured (every kernel module is loaded: lazy loading)
 };
 
-namespace {
-
-// The activation layout for n_batch tokens; the same arithmetic as memory_plan.py's activation_bytes().
-struct ActLayout {
-    size_t tokens, next, x, a, t, qkv, z, beta, alpha, y, o, qg, k, v, ao, h, logits, total;
-};
-
-ActLayout act_layout(const ModelConfig& c, int64_t nb) {
-    ActLayout L{};
-    Carver cv;
-    const int64_t E = c.n_embd, C = c.conv_channels(), Dv = (int64_t)c.ssm_v_heads * c.ssm_v_dim;
-    const int64_t nv = c.ssm_v_heads, HD = (int64_t)c.n_head * c.head_dim, KV = c.kv_row_values();
-    L.tokens = cv.take(4 * nb);
-    L.next = cv.take(4);
-    L.x = cv.take(4 * nb * E);
-    L.a = cv.take(4 * nb * E);
-    L.t = cv.take(4 * nb * E);
-    // The mixer/FFN region: DeltaNet, attention and FFN buffers overlap.
-    const size_t region = cv.size;
-    Carver g;  // DeltaNet
-    L.qkv = region + g.take(4 * nb * C);
-    L.z = region + g.take(4 * nb * Dv);
-    L.beta = region + g.take(4 * nb * nv);
-    L.alpha = region + g.take(4 * nb * nv);
-    L.y = region + g.take(4 * nb * C);
-    L.o = region + g.take(4 * nb * Dv);
-    Carver at;  // attention
-    L.qg = region + at.take(4 * nb * 2 * HD);
-    L.k = region + at.take(4 * nb * KV);
-    L.v = region + at.take(4 * nb * KV);
-    L.ao = region + at.take(4 * nb * HD);
-    Carver f;  // FFN
-    L.h = region + f.take(4 * nb * c.n_ff);
-    size_t mix = 0;
-    if (c.n_recurrent_layers() > 0) mix = std::max(mix, g.size);
-    if (c.n_attn_layers() > 0) mix = std::max(mix, at.size);
-    mix = std::max(mix, f.size);
-    cv.size = region + mix;
-    L.logits = cv.take(4 * std::min(nb, kLogitRows) * c.n_vocab);
-    L.total = cv.size;
-    return L;
-}
-
-}  // namespace
-
-WorkspacePlan Model::plan_workspace(const ModelConfig& c, const std::vector<DevTensor>& weights, int64_t nb,
-                                    int64_t n_ctx) {
-    WorkspacePlan p;
-    const ActLayout L = act_layout(c, nb);
-    p.logits = L.total - L.logits;
-    p.activations = L.logits;
-    // Scratch: the largest any op asks for at any batch size it will see (1..n_batch tokens, LM head
-    // 1..kLogitRows). Distinct weight shapes are few, so this loops over each n directly.
-    size_t s = 0;
-    struct Shape {
-        int type;
-        int64_t K, N;
-        bool lm;
-    };
-    std::vector<Shape> shapes;
-    for (const DevTensor& w : weights) {
-        if (w.ne1 <= 1) continue;  // vectors are not matmul operands
-        const bool lm = w.ne1 == c.n_vocab && w.ne0 == c.n_embd;  // token_embd / output (LM head rows)
-        bool seen = false;
-        for (const Shape& sh : shapes) seen |= sh.type == w.type && sh.K == w.ne0 && sh.N == w.ne1 && sh.lm == lm;
-        if (!seen) shapes.push_back({w.type, w.ne0, w.ne1, lm});
-    }
-    for (const Shape& sh : shapes) {
-        const int64_t nmax = sh.lm ? std::min(nb, kLogitRows) : nb;
-        for (int64_t n = 1; n <= nmax; ++n) s = std::max(s, matmul_scratch_bytes(sh.type, sh.K, sh.N, n));
-    }
-    for (int64_t n = 1; n <= nb; ++n) {
-        if (c.n_recurrent_layers() > 0)
-            s = std::max(s, gdn_scratch_bytes(c.ssm_k_heads, c.ssm_v_heads, c.ssm_k_dim, c.ssm_v_dim, n));
-        if (c.n_attn_layers() > 0 && n_ctx > 0)
-            s = std::max(s, attention_scratch_bytes(c.n_head, c.n_head_kv, c.head_dim, n, n_ctx));
-    }
-    p.scratch = align_up(s);
-    p.misc = align_up(std::max(sample_workspace_bytes(c.n_vocab), argmax_workspace_bytes(c.n_vocab, 1)));
-    return p;
-}
-
 // ---- construction / upload -----------------------------------------------------------------------------
 
-Model::Model(ModelConfig cfg, const std::map<std::string, HostTensor>& tensors, ModelOptions opt,
-             const ProgressFn& progress)
+Model::Model(ModelConfig cfg, const HostTensors& tensors, ModelOptions opt, const ProgressFn& progress)
     : cfg_(std::move(cfg)), opt_(opt), graph_(std::make_unique<GraphCache>()) {
-    const ModelConfig& c = cfg_;
-    if (c.n_embd <= 0 || c.n_ff <= 0 || c.n_vocab <= 0 || c.n_layer <= 0) fail("model sizes must be positive");
-    if ((int)c.recurrent.size() != c.n_layer) fail("recurrent[] length != n_layer");
-    if (c.n_attn_layers() > 0) {
-        if (c.n_head <= 0 || c.n_head_kv <= 0 || c.n_head % c.n_head_kv != 0)
-            fail("attention head counts invalid (n_head must be a multiple of n_head_kv)");
-        if (c.head_dim <= 0 || c.n_rot < 0 || c.n_rot > c.head_dim || c.n_rot % 2 != 0) fail("rope/head dims invalid");
-        if (c.head_dim != 32 && c.head_dim != 64 && c.head_dim != 128 && c.head_dim != 256)
-            fail("head_dim " + std::to_string(c.head_dim) + " is not supported by the CUDA attention kernels "
-                 "(32, 64, 128 or 256)");
-    }
-    if (c.n_recurrent_layers() > 0) {
-        if (c.ssm_k_heads <= 0 || c.ssm_v_heads <= 0 || c.ssm_v_heads % c.ssm_k_heads != 0)
-            fail("DeltaNet head counts invalid (V heads must be a multiple of QK heads)");
-        if (c.ssm_k_dim <= 0 || c.ssm_v_dim <= 0 || c.ssm_conv < 1 || c.ssm_conv > 16) fail("DeltaNet dims invalid");
-        if (c.ssm_conv > 8 || c.ssm_k_dim > 256)
-            fail("DeltaNet conv kernel > 8 or key head dim > 256 is not supported by the CUDA kernels");
-    }
-    if (!(c.rms_eps > 0.0f) || !(c.rope_base > 0.0f)) fail("rms eps / rope base must be positive");
+    validate_config(cfg_);
+    check_cuda_limits(cfg_);
     if (opt_.n_batch < 1) opt_.n_batch = 1;
     if (opt_.upload_chunk < (1u << 20)) opt_.upload_chunk = 1u << 20;
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -261,80 +137,42 @@ Model::~Model() {
     if (capture_stream_) cudaStreamDestroy(capture_stream_);
 }
 
-void Model::upload(const std::map<std::string, HostTensor>& tensors, const ProgressFn& progress) {
+void Model::upload(const HostTensors& tensors, const ProgressFn& progress) {
     const ModelConfig& c = cfg_;
-    // 1. Which tensors, with which shapes (the checks of pq::validate_model), and where in the arena.
+    // 1. Which tensors (the spec's, checked there: presence, shapes, types) and where in the arena.
     struct Item {
         DevTensor* dst;
-        const HostTensor* src;
+        const void* src;
         size_t offset;
     };
     std::vector<Item> items;
     Carver cv;
-    auto want = [&](DevTensor& dst, const std::string& name, int64_t ne0, int64_t ne1, bool f32_only,
-                    bool optional = false) {
+    auto lookup = [&](const std::string& name) -> const TensorDesc* {
         auto it = tensors.find(name);
-        if (it == tensors.end() || !it->second.data) {
-            if (optional) return;
-            fail("missing tensor " + name);
-        }
-        const HostTensor& t = it->second;
-        if (f32_only ? t.type != T_F32 : !weight_type_ok(t.type))
-            fail("tensor " + name + ": unsupported type " + std::to_string(t.type) + " for the CUDA backend");
-        if (t.ne0 != ne0 || t.ne1 != ne1)
-            fail("tensor " + name + ": shape [" + std::to_string(t.ne0) + ", " + std::to_string(t.ne1) + "], expected [" +
-                 std::to_string(ne0) + ", " + std::to_string(ne1) + "]");
-        const int bs = type_block_size(t.type);
-        if (bs <= 0 || t.ne0 % bs != 0) fail("tensor " + name + ": row size not a multiple of its block size");
-        dst.type = t.type;
-        dst.ne0 = t.ne0;
-        dst.ne1 = t.ne1;
-        dst.bytes = tensor_bytes(t.type, t.ne0, t.ne1);
-        items.push_back({&dst, &t, cv.take(dst.bytes)});
+        return it == tensors.end() ? nullptr : &it->second;
     };
-    const int64_t E = c.n_embd, F = c.n_ff, V = c.n_vocab;
-    want(token_embd_, "token_embd.weight", E, V, false);
-    want(output_norm_, "output_norm.weight", E, 1, true);
-    want(output_, "output.weight", E, V, false, /*optional=*/true);  // absent: tied to token_embd
-    layers_.resize(c.n_layer);
+    bind_weights(c, w_, lookup, weight_type_ok, "CUDA", [&](const TensorSpec&, const TensorDesc& t) {
+        DevTensor d;
+        d.type = t.type;
+        d.ne0 = t.ne0;
+        d.ne1 = t.ne1;
+        d.bytes = tensor_bytes(t.type, t.ne0, t.ne1);
+        d.data = t.data;  // the host source until the arena exists (replaced below)
+        return d;
+    });
+    // Slots are final now (w_.layers no longer resizes): record their arena offsets.
+    for_each_weight(c, w_, [&](const TensorSpec&, const std::string&, int64_t, int64_t, DevTensor& d) {
+        if (d.valid()) items.push_back({&d, d.data, cv.take(d.bytes)});
+    });
     int na = 0, nr = 0;
-    for (int il = 0; il < c.n_layer; ++il) {
-        Layer& L = layers_[il];
-        slot_.push_back(c.recurrent[il] ? nr++ : na++);
-        const std::string p = "blk." + std::to_string(il) + ".";
-        want(L.attn_norm, p + "attn_norm.weight", E, 1, true);
-        want(L.post_attention_norm, p + "post_attention_norm.weight", E, 1, true);
-        want(L.ffn_gate, p + "ffn_gate.weight", E, F, false);
-        want(L.ffn_up, p + "ffn_up.weight", E, F, false);
-        want(L.ffn_down, p + "ffn_down.weight", F, E, false);
-        if (c.recurrent[il]) {
-            const int64_t C = c.conv_channels(), Dv = (int64_t)c.ssm_v_heads * c.ssm_v_dim, nv = c.ssm_v_heads;
-            want(L.attn_qkv, p + "attn_qkv.weight", E, C, false);
-            want(L.attn_gate, p + "attn_gate.weight", E, Dv, false);
-            want(L.ssm_conv1d, p + "ssm_conv1d.weight", c.ssm_conv, C, true);
-            want(L.ssm_dt, p + "ssm_dt.bias", nv, 1, true);
-            want(L.ssm_a, p + "ssm_a", nv, 1, true);
-            want(L.ssm_beta, p + "ssm_beta.weight", E, nv, false);
-            want(L.ssm_alpha, p + "ssm_alpha.weight", E, nv, false);
-            want(L.ssm_norm, p + "ssm_norm.weight", c.ssm_v_dim, 1, true);
-            want(L.ssm_out, p + "ssm_out.weight", Dv, E, false);
-        } else {
-            const int64_t D = c.head_dim, H = c.n_head, Hkv = c.n_head_kv;
-            want(L.attn_q, p + "attn_q.weight", E, 2 * H * D, false);
-            want(L.attn_k, p + "attn_k.weight", E, Hkv * D, false);
-            want(L.attn_v, p + "attn_v.weight", E, Hkv * D, false);
-            want(L.attn_q_norm, p + "attn_q_norm.weight", D, 1, true);
-            want(L.attn_k_norm, p + "attn_k_norm.weight", D, 1, true);
-            want(L.attn_output, p + "attn_output.weight", H * D, E, false);
-        }
-    }
+    for (int il = 0; il < c.n_layer; ++il) slot_.push_back(c.recurrent[il] ? nr++ : na++);
     weight_bytes_ = cv.size;
 
     // 2. One device allocation; items sorted by offset (they are, by construction).
     check(cudaMalloc(&weight_arena_, std::max<size_t>(weight_bytes_, 1)), "cudaMalloc (weights)");
     for (Item& it : items) it.dst->data = static_cast<const uint8_t*>(weight_arena_) + it.offset;
-    if (!output_.valid()) output_ = token_embd_;
-    for (const Item& it : items) all_weights_.push_back(*it.dst);
+    for (const Item& it : items) weight_shapes_.push_back({it.dst->type, it.dst->ne0, it.dst->ne1});
+    if (!w_.output.valid()) w_.output = w_.token_embd;  // tied LM head: one copy
 
     // 3. Copy. The arena is filled as one byte range in chunks: each chunk is assembled in a pinned
     // staging buffer from the tensors it overlaps (alignment gaps stay garbage; nothing reads them) and
@@ -361,7 +199,7 @@ void Model::upload(const std::map<std::string, HostTensor>& tensors, const Progr
                 const size_t t0 = std::max(items[i].offset, base);
                 const size_t t1 = std::min(items[i].offset + items[i].dst->bytes, base + len);
                 if (t0 < t1)
-                    std::memcpy(buf + (t0 - base), static_cast<const uint8_t*>(items[i].src->data) + (t0 - items[i].offset),
+                    std::memcpy(buf + (t0 - base), static_cast<const uint8_t*>(items[i].src) + (t0 - items[i].offset),
                                 t1 - t0);
             }
             uint8_t* dst = static_cast<uint8_t*>(weight_arena_) + base;
@@ -394,7 +232,7 @@ void Model::ensure_workspace(int64_t n_ctx) {
     if (buf_ && n_ctx <= ws_ctx_) return;
     const int64_t ctx = std::max(n_ctx, ws_ctx_);
     check(cudaStreamSynchronize(stream_), "ensure_workspace");
-    const WorkspacePlan p = plan_workspace(cfg_, all_weights_, opt_.n_batch, ctx);
+    const WorkspacePlan p = plan_workspace(cfg_, weight_shapes_, opt_.n_batch, ctx);
     const ActLayout L = act_layout(cfg_, opt_.n_batch);
     auto b = std::make_unique<Buffers>();
     const size_t total = L.total + p.scratch + p.misc;
@@ -448,31 +286,30 @@ std::unique_ptr<State> Model::new_state(int64_t n_ctx) {
     st->stream_ = stream_;
     st->n_ctx = n_ctx;
     st->id_ = next_state_id_++;
+    // The spec's buffers (model_spec.h PQ_STATE_BUFFERS). Recurrent ones first and contiguous, layer by
+    // layer (one memset resets them, one copy snapshots them); then the KV rows (fp16), layer by layer.
+    std::vector<StateBufferSpec> rec, kv;
+    for_each_state_buffer(c, [&](const StateBufferSpec& b) { (b.per_position ? kv : rec).push_back(b); });
+    const size_t kv_b = (size_t)n_ctx * kv_row_bytes(c, T_F16);
+    std::map<std::string, std::vector<size_t>> off;
     Carver cv;
-    const size_t conv_b = 4 * (size_t)c.conv_state_floats(), ssm_b = 4 * (size_t)c.ssm_state_floats();
-    // Recurrent states first and contiguous (one memset resets them, one copy snapshots them).
-    std::vector<size_t> conv_off, ssm_off, k_off, v_off;
-    for (int i = 0; i < c.n_recurrent_layers(); ++i) {
-        conv_off.push_back(cv.size);
-        cv.size += conv_b;
-        ssm_off.push_back(cv.size);
-        cv.size += ssm_b;
-    }
+    for (int i = 0; i < c.n_recurrent_layers(); ++i)
+        for (const StateBufferSpec& b : rec) {
+            off[b.name].push_back(cv.size);
+            cv.size += sizeof(float) * (size_t)b.values;
+        }
     st->recurrent_bytes_ = cv.size;
     cv.size = align_up(cv.size);
-    const size_t kv_b = 2 * (size_t)n_ctx * (size_t)c.kv_row_values();
-    for (int i = 0; i < c.n_attn_layers(); ++i) {
-        k_off.push_back(cv.take(kv_b));
-        v_off.push_back(cv.take(kv_b));
-    }
+    for (int i = 0; i < c.n_attn_layers(); ++i)
+        for (const StateBufferSpec& b : kv) off[b.name].push_back(cv.take(kv_b));
     st->bytes_ = std::max<size_t>(cv.size, 1);
     check(cudaMalloc(&st->arena_, st->bytes_), "cudaMalloc (sequence state)");
     char* base = static_cast<char*>(st->arena_);
     st->recurrent_ = reinterpret_cast<float*>(base);
-    for (size_t o : conv_off) st->conv_.push_back(reinterpret_cast<float*>(base + o));
-    for (size_t o : ssm_off) st->ssm_.push_back(reinterpret_cast<float*>(base + o));
-    for (size_t o : k_off) st->k_.push_back(reinterpret_cast<uint16_t*>(base + o));
-    for (size_t o : v_off) st->v_.push_back(reinterpret_cast<uint16_t*>(base + o));
+    for (size_t o : off["conv"]) st->conv_.push_back(reinterpret_cast<float*>(base + o));
+    for (size_t o : off["ssm"]) st->ssm_.push_back(reinterpret_cast<float*>(base + o));
+    for (size_t o : off["k"]) st->k_.push_back(reinterpret_cast<uint16_t*>(base + o));
+    for (size_t o : off["v"]) st->v_.push_back(reinterpret_cast<uint16_t*>(base + o));
     st->reset();
     return st;
 }
@@ -489,7 +326,7 @@ std::unique_ptr<Snapshot> Model::snapshot(const State& st, bool with_kv) {
     s->pos = st.pos;
     s->has_kv = with_kv;
     s->recurrent_bytes_ = st.recurrent_bytes_;
-    s->kv_layer_bytes_ = with_kv ? (size_t)st.pos * 2 * (size_t)c.kv_row_values() : 0;
+    s->kv_layer_bytes_ = with_kv ? (size_t)st.pos * kv_row_bytes(c, T_F16) : 0;
     const size_t rec = align_up(s->recurrent_bytes_);
     const size_t kvl = align_up(s->kv_layer_bytes_);
     s->bytes_ = rec + 2 * (size_t)c.n_attn_layers() * kvl;
@@ -550,9 +387,9 @@ void Model::run_layers(State& st, int64_t n) {
     cudaStream_t s = cur_;
     const int64_t E = c.n_embd, F = c.n_ff;
     const float eps = c.rms_eps;
-    PQ_OP(get_rows(token_embd_.type, token_embd_.data, E, b.tokens, n, b.x, s));
+    PQ_OP(get_rows(w_.token_embd.type, w_.token_embd.data, E, b.tokens, n, b.x, s));
     for (int il = 0; il < c.n_layer; ++il) {
-        const Layer& L = layers_[il];
+        const Layer& L = w_.layers[il];
         const int slot = slot_[il];
         PQ_OP(rms_norm_f32(b.x, L.attn_norm.f32(), b.a, (int)E, (int)n, E, E, eps, s));
         if (c.recurrent[il]) {
@@ -593,8 +430,8 @@ void Model::run_lm_head(int64_t first, int64_t rows) {
     const ModelConfig& c = cfg_;
     Buffers& b = *buf_;
     const int64_t E = c.n_embd;
-    PQ_OP(rms_norm_f32(b.x + first * E, output_norm_.f32(), b.a, (int)E, (int)rows, E, E, c.rms_eps, cur_));
-    PQ_OP(matmul(output_.type, output_.data, E, c.n_vocab, b.a, rows, b.logits, b.scratch, cur_));
+    PQ_OP(rms_norm_f32(b.x + first * E, w_.output_norm.f32(), b.a, (int)E, (int)rows, E, E, c.rms_eps, cur_));
+    PQ_OP(matmul(w_.output.type, w_.output.data, E, c.n_vocab, b.a, rows, b.logits, b.scratch, cur_));
 }
 
 void Model::run_decode_body(State& st) {

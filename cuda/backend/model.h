@@ -16,19 +16,16 @@
 #include <vector>
 
 #include "../host_api.h"
-#include "config.h"
+#include "../plan/workspace_sizes.h"
+#include "model_spec.h"
 
 namespace pq::cuda {
 
 // The hyper-parameters: the same struct as the CPU core (csrc/config.h).
 using ModelConfig = pq::Config;
 
-// One weight as the Python side hands it over: a pointer into the mmapped GGUF (host memory).
-struct HostTensor {
-    int type = -1;  // GgmlType
-    int64_t ne0 = 0, ne1 = 1;
-    const void* data = nullptr;
-};
+// The weights as the Python side hands them over: name -> pointer into the mmapped GGUF (host memory).
+using HostTensors = std::map<std::string, pq::TensorDesc>;
 
 // One weight in device memory (a slice of the model's weight arena).
 struct DevTensor {
@@ -58,8 +55,7 @@ struct SampleParams {
 
 // Device sampling (sampling.cu): draws one token from a row of n logits with p's temperature, top-k,
 // top-p and min-p (the order and meaning of pyqwen/sampling.py, see sampling.cuh), writing its id to
-// out[0]. Uses `workspace` (sample_workspace_bytes(n) bytes of device memory); never syncs.
-size_t sample_workspace_bytes(int64_t n);
+// out[0]. Uses `workspace` (sample_workspace_bytes(n) bytes of device memory, workspace_sizes.h); never syncs.
 cudaError_t sample_token(const float* logits, int64_t n, const SampleParams& p, int32_t* out, void* workspace,
                          size_t workspace_bytes, cudaStream_t stream);
 // The same with a smaller candidate-list capacity (tests: forces the whole-row fallback on short rows).
@@ -115,22 +111,13 @@ private:
     size_t kv_layer_bytes_ = 0;  // bytes of K (or V) per attention layer = pos * row bytes
 };
 
-// Device memory the model allocates besides weights and states (activation buffers + op scratch), for
-// a batch of n_batch tokens and states of up to n_ctx positions. Mirrored by pyqwen/memory_plan.py.
-struct WorkspacePlan {
-    size_t activations = 0;  // residual/norm/projection buffers for n_batch tokens
-    size_t logits = 0;       // LM-head output rows (min(n_batch, kLogitRows) x n_vocab)
-    size_t scratch = 0;      // max over the ops' *_scratch_bytes
-    size_t misc = 0;         // token ids, sampling buffers
-    size_t total() const { return activations + logits + scratch + misc; }
-};
-
 using ProgressFn = std::function<void(size_t done, size_t total)>;
 
 class Model {
 public:
     // Uploads every weight (chunked, through pinned staging buffers); progress(done, total) after each chunk.
-    Model(ModelConfig cfg, const std::map<std::string, HostTensor>& tensors, ModelOptions opt,
+    // The tensors are bound and checked by the spec (model_spec.h) before anything is allocated.
+    Model(ModelConfig cfg, const HostTensors& tensors, ModelOptions opt,
           const ProgressFn& progress = nullptr);
     ~Model();
     Model(const Model&) = delete;
@@ -139,9 +126,7 @@ public:
     const ModelConfig& config() const { return cfg_; }
     const ModelOptions& options() const { return opt_; }
     size_t weight_bytes() const { return weight_bytes_; }
-    WorkspacePlan workspace() const { return plan_; }
-    static WorkspacePlan plan_workspace(const ModelConfig& cfg, const std::vector<DevTensor>& weights,
-                                        int64_t n_batch, int64_t n_ctx);
+    WorkspacePlan workspace() const { return plan_; }  // as plan_workspace (workspace_sizes.h) sized it
 
     std::unique_ptr<State> new_state(int64_t n_ctx);
 
@@ -166,11 +151,11 @@ public:
     void synchronize();
 
 private:
-    struct Layer;
+    using Layer = LayerT<DevTensor>;
     struct Buffers;
     struct GraphCache;
 
-    void upload(const std::map<std::string, HostTensor>& tensors, const ProgressFn& progress);
+    void upload(const HostTensors& tensors, const ProgressFn& progress);
     void ensure_workspace(int64_t n_ctx);
     void check_state(const State& st) const;
     // The forward body for n tokens whose ids are already in d_tokens_ (no host sync); leaves the
@@ -192,10 +177,9 @@ private:
     uint64_t device_token_state_ = 0;        // ...for this state
     void* weight_arena_ = nullptr;
     size_t weight_bytes_ = 0;
-    DevTensor token_embd_, output_norm_, output_;
-    std::vector<Layer> layers_;
+    WeightsT<DevTensor> w_;  // slices of weight_arena_, one per tensor of the spec
     std::vector<int> slot_;  // per layer: index among attention or DeltaNet layers
-    std::vector<DevTensor> all_weights_;
+    std::vector<WeightShape> weight_shapes_;  // what the workspace plan sizes the matmul scratch for
 
     WorkspacePlan plan_;
     int64_t ws_ctx_ = 0;            // n_ctx the scratch is sized for
@@ -206,8 +190,5 @@ private:
     std::unique_ptr<GraphCache> graph_;
     GraphStats gstats_;
 };
-
-// Rows of logits computed per LM-head launch for logits='all' (bounds the logits buffer).
-constexpr int64_t kLogitRows = 16;
 
 }  // namespace pq::cuda

@@ -6,9 +6,6 @@
 namespace pq::cuda {
 
 namespace {
-constexpr size_t kWsAlign = 256;
-size_t ws_align(size_t x) { return (x + kWsAlign - 1) / kWsAlign * kWsAlign; }
-
 int sample_blocks(int64_t n) {
     const int64_t per = (int64_t)kSampleBlock * 8;
     const int64_t b = (n + per - 1) / per;
@@ -16,11 +13,8 @@ int sample_blocks(int64_t n) {
 }
 }  // namespace
 
-size_t sample_workspace_bytes(int64_t n) {
-    (void)n;
-    return ws_align(sizeof(float) * kSampleMaxBlocks) + ws_align(sizeof(int32_t)) + sizeof(SampleCand) * kSampleCap;
-}
-
+// The workspace (sample_workspace_bytes, plan/workspace_sizes.h): per-block maxima, the candidate count,
+// the candidate list.
 // cap < kSampleCap only in tests (forces the whole-row path on small rows).
 cudaError_t sample_token_cap(const float* logits, int64_t n, const SampleParams& p, int32_t* out, void* workspace,
                              size_t workspace_bytes, int cap, cudaStream_t stream) {
@@ -29,9 +23,9 @@ cudaError_t sample_token_cap(const float* logits, int64_t n, const SampleParams&
     if (!(p.temperature > 0.0f) || !(p.top_p > 0.0f) || p.min_p < 0.0f || p.top_k < 0) return cudaErrorInvalidValue;
     char* ws = static_cast<char*>(workspace);
     float* partial = reinterpret_cast<float*>(ws);
-    int32_t* count = reinterpret_cast<int32_t*>(ws + ws_align(sizeof(float) * kSampleMaxBlocks));
-    SampleCand* cand = reinterpret_cast<SampleCand*>(ws + ws_align(sizeof(float) * kSampleMaxBlocks) +
-                                                     ws_align(sizeof(int32_t)));
+    int32_t* count = reinterpret_cast<int32_t*>(ws + align_up(sizeof(float) * kSampleMaxBlocks));
+    SampleCand* cand = reinterpret_cast<SampleCand*>(ws + align_up(sizeof(float) * kSampleMaxBlocks) +
+                                                     align_up(sizeof(int32_t)));
     const int nb = sample_blocks(n);
     const float cutoff = kSampleCutoff * (p.temperature > 1.0f ? p.temperature : 1.0f);
     const float top_p = p.top_p < 1.0f ? p.top_p : 1.0f;

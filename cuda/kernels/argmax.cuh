@@ -8,15 +8,17 @@
 
 #include "../compat.cuh"
 #include "reduce.cuh"
+#include "../plan/workspace_sizes.h"
 
 namespace pq::cuda {
 
-constexpr int kArgmaxBlock = 256;
+// kArgmaxBlock, argmax_blocks: plan/workspace_sizes.h (the workspace is sized from them).
 
 struct ArgmaxPair {
     float v;
     int i;  // INT_MAX: empty
 };
+static_assert(sizeof(ArgmaxPair) == kArgmaxPairBytes, "workspace_sizes.h sizes the argmax workspace");
 
 __device__ __forceinline__ bool argmax_better(float v, int i, float bv, int bi) {
     return v > bv || (v == bv && i < bi);  // false for NaN v

@@ -17,11 +17,12 @@
 
 #include "../compat.cuh"
 #include "attention_common.cuh"
+#include "../plan/workspace_sizes.h"
 
 namespace pq::cuda {
 
-constexpr int kPrefillWarps = 4;
-constexpr int kPrefillBM = 16 * kPrefillWarps;  // query rows per block
+// kPrefillWarps, kPrefillBM (query rows per block): plan/workspace_sizes.h (the split count and so the
+// scratch depend on them).
 constexpr int kPrefillBN = 32;                  // keys per tile
 
 template <int D>

@@ -37,10 +37,11 @@
 
 #include "../compat.cuh"
 #include "gdn_common.cuh"
+#include "../plan/workspace_sizes.h"
 
 namespace pq::cuda {
 
-constexpr int kGdnChunk = 64;         // BT: tokens per chunk
+// kGdnChunk (BT, tokens per chunk): plan/workspace_sizes.h, which sizes the scratch per chunk.
 constexpr int kGdnChunkThreads = 256;
 constexpr int kGdnKTile = 32;         // dk columns per shared-memory tile
 constexpr int kGdnScanRows = 16;      // state rows per scan block

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "../host_api.h"
+#include "../plan/workspace_sizes.h"
 
 namespace pq::cuda::detail {
 
@@ -26,6 +27,8 @@ cudaError_t f32_to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t stre
 
 // Rows per dequantized fp16 weight tile of the prefill path (<= 16M values per tile by default).
 int64_t prefill_tile_rows(int64_t K, int64_t N);
+// Values per tile now (kTileValues unless a test changed it): the scratch layout depends on it.
+int64_t prefill_tile_values();
 // Test hook: values per tile (0 restores the default), so that small matrices exercise several tiles.
 void set_prefill_tile_values(int64_t values);
 // Test hook: gemm_prefill answers cudaErrorNotSupported as in a build without cuBLAS.

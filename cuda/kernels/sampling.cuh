@@ -21,18 +21,18 @@
 
 #include "../compat.cuh"
 #include "reduce.cuh"
+#include "../plan/workspace_sizes.h"
 
 namespace pq::cuda {
 
-constexpr int kSampleBlock = 256;          // threads of the max / compaction kernels
-constexpr int kSampleMaxBlocks = 256;      // blocks of those kernels (each takes a slice of the row)
-constexpr int kSampleCap = 8192;           // candidate list capacity
+// kSampleBlock, kSampleMaxBlocks, kSampleCap: plan/workspace_sizes.h (the workspace is sized from them).
 constexpr float kSampleCutoff = 30.0f;     // candidates: l >= l_max - kSampleCutoff * max(1, T)
 
 struct SampleCand {
     float l;
     int32_t i;
 };
+static_assert(sizeof(SampleCand) == kSampleCandBytes, "workspace_sizes.h sizes the sampler workspace");
 
 // Monotone map float -> uint32 (larger float, larger key); NaN maps to 0 (never kept).
 __device__ __forceinline__ uint32_t sample_key(float f) {

@@ -24,27 +24,13 @@
 namespace py = pybind11;
 using pq::config_from_dict;
 using pq::config_to_dict;
-using pq::cuda::HostTensor;
+using pq::tensors_from_dict;
 using pq::cuda::Model;
 using pq::cuda::ModelConfig;
 using pq::cuda::Snapshot;
 using pq::cuda::State;
 
 namespace {
-
-std::map<std::string, HostTensor> tensors_from_dict(const py::dict& tensors) {
-    std::map<std::string, HostTensor> out;
-    for (auto item : tensors) {
-        auto tup = item.second.cast<std::tuple<int, int64_t, int64_t, uintptr_t>>();
-        HostTensor t;
-        t.type = std::get<0>(tup);
-        t.ne0 = std::get<1>(tup);
-        t.ne1 = std::get<2>(tup);
-        t.data = reinterpret_cast<const void*>(std::get<3>(tup));
-        out[item.first.cast<std::string>()] = t;
-    }
-    return out;
-}
 
 py::dict plan_to_dict(const pq::cuda::WorkspacePlan& p) {
     py::dict d;
@@ -195,25 +181,6 @@ void bind_model(py::module_& m) {
                 pm.model->restore(st, s);
             },
             py::arg("state"), py::arg("snapshot"));
-
-    m.def(
-        "model_workspace_bytes",
-        [](const py::dict& config, const py::list& weights, int64_t n_batch, int64_t n_ctx) {
-            ModelConfig c = config_from_dict(config);
-            std::vector<pq::cuda::DevTensor> ws;
-            for (auto w : weights) {
-                auto t = w.cast<std::tuple<int, int64_t, int64_t>>();
-                pq::cuda::DevTensor d;
-                d.type = std::get<0>(t);
-                d.ne0 = std::get<1>(t);
-                d.ne1 = std::get<2>(t);
-                ws.push_back(d);
-            }
-            return plan_to_dict(Model::plan_workspace(c, ws, n_batch, n_ctx));
-        },
-        py::arg("config"), py::arg("weights"), py::arg("n_batch"), py::arg("n_ctx"),
-        "The device workspace CudaModel allocates (weights given as (type, ne0, ne1) tuples); "
-        "pyqwen/memory_plan.py mirrors this.");
 
     m.def(
         "mem_get_info",

@@ -1,13 +1,13 @@
 """The CUDA backend's whole forward pass (cuda/backend/model.cu through every kernel family) against the
-CPU backend, run on the CPU by the emulator -- and the device sampler, and the memory planner's mirror
-of the workspace formulas.
+CPU backend, run on the CPU by the emulator -- and the device sampler, and the memory plan against the
+model's allocations.
 
 Model: tests/fixtures/hf/qwen35-r2-untied converted to F16 (8 layers: 6 DeltaNet + 2 attention, hidden
 64, vocab 2432). The emulator runs every launch with one fiber per CUDA thread, so each forward costs
 seconds: the scenarios are few tokens long but cover both matmul paths (<= 16 tokens: quantized/float
 mmv kernels; > 16: fp16 GEMM), the chunked and recurrent GDN, prefill and decode attention, chunk
 boundaries (state carried across prefill chunks), on-device greedy feedback (decode(-1)), device
-snapshots with and without KV rows, and the errors.
+snapshots with and without KV rows, and the errors; and the memory plan against what the model allocates.
 
 Tolerances: chunks of <= 16 tokens (float weights: float activations, mmv kernels) stay within 2e-2
 absolute of the CPU logits (|logits| <= ~5, std ~1; observed ~5e-4: the chunked delta rule and the
@@ -263,31 +263,24 @@ def test_sampler_whole_row_fallback(emu_ops):
     assert draws <= allowed
 
 
-# ---- the planner's mirror of the C++ workspace formulas -------------------------------------------------
+# ---- the memory plan is what the CUDA model allocates ------------------------------------------------------
 
-def test_memory_plan_mirrors_the_cpp_workspace(emu_ops, tiny_f16):
-    import sys
-    from pathlib import Path
-
+@pytest.mark.parametrize("n_batch,n_ctx", [(1, 16), (8, 100), (32, 64)])
+def test_memory_plan_is_what_the_model_allocates(emu_ops, tiny_f16, n_batch, n_ctx):
+    """The plan (pyqwen._core, no GPU) against the emulated CUDA model's real allocations: weight arena,
+    workspace, and one state (its KV rows and recurrent part, each region 256-byte aligned)."""
     from pyqwen.gguf_file import GGUFFile
-    from pyqwen.memory_plan import ModelShape, weights_of, workspace_bytes
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from test_memory_plan import qwen36_27b_q4km
+    from pyqwen.memory_plan import plan
 
     gf = GGUFFile.open(tiny_f16)
-    cases = [(gf.hparams.core_config(), ModelShape.from_hparams(gf.hparams), weights_of(gf))]
-    shape, ws = qwen36_27b_q4km()
-    cfg27 = {"n_embd": shape.n_embd, "n_ff": shape.n_ff, "n_vocab": shape.n_vocab, "n_layer": 64,
-             "recurrent": [(i + 1) % 4 != 0 for i in range(64)], "n_head": 24, "n_head_kv": 4, "head_dim": 256,
-             "n_rot": 64, "rope_base": 1e7, "ssm_conv": 4, "ssm_k_heads": 16, "ssm_v_heads": 48, "ssm_k_dim": 128,
-             "ssm_v_dim": 128, "rms_eps": 1e-6}
-    cases.append((cfg27, shape, ws))
-    for cfg, s, weights in cases:
-        table = [(w.type, w.ne0, w.ne1) for w in weights]
-        for n_batch, n_ctx in ((1, 16), (8, 100), (32, 4096), (256, 65536)):
-            want = emu_ops.model_workspace_bytes(cfg, table, n_batch, n_ctx)
-            assert workspace_bytes(s, weights, n_batch, n_ctx) == want, (n_batch, n_ctx)
+    p = plan(gf, n_ctx, n_batch=n_batch)
+    core = load_cuda_core(emu_ops, tiny_f16, n_batch=n_batch, n_ctx=n_ctx)
+    assert core.weight_bytes == p.weights
+    assert core.workspace == p.workspace
+    st = core.new_state(n_ctx)
+    regions = 1 + 2 * p.n_attn_layers
+    assert 0 <= st.nbytes - (p.recurrent + p.kv_cache) < 256 * regions
+    assert p.kv_per_token == 2 * p.n_attn_layers * gf.hparams.n_head_kv * gf.hparams.head_dim * 2  # K, V in fp16
 
 
 # ---- a k-quant model: Q4_K / Q6_K weights end to end ------------------------------------------------------
