@@ -89,9 +89,10 @@ def _progress_bar(total: int, enabled: bool | None):
 
 
 class CudaCore:
-    """pyqwen._core.Model's interface on the GPU (see the module doc)."""
+    """The pyqwen.backend.Backend contract on the GPU (see the module doc)."""
 
     backend = "cuda"
+    device_sampling = True   # decode() samples on the GPU: the generation loop uses it when it can
 
     def __init__(self, model, plan: Plan | None = None, module=None):
         self._m = model
@@ -170,7 +171,8 @@ class CudaCore:
         """Feed `token` (-1: the previous decode()'s choice, still on the GPU) and return the next token.
 
         params: a pyqwen.sampling.SamplingParams (None or greedy = argmax). Penalties are not applied
-        here (see the module doc); seed None draws from a fixed default seed.
+        here (see the module doc); seed None draws from a fixed default seed. `counter` numbers the draws
+        of one generation (the RNG is counter-based: (seed, counter) gives the same draw).
         """
         if params is None or params.greedy:
             return self._m.decode(state, int(token))
