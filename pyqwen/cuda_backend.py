@@ -7,9 +7,10 @@ GPU, decode steps replayed as CUDA graphs. On top of that:
 
 - `decode(state, token, params)`: one step with the next token chosen on the GPU (argmax, or
   temperature / top-k / top-p / min-p sampling with a seeded counter-based RNG); only the token id
-  crosses to the host. `step_sampler(state, params)` wraps it as `f(token) -> next token` for the
-  generation loop. Repetition/presence penalties need the token history: with those the caller keeps
-  using forward() + the host Sampler (logits cross to the host, 1 MB per step on the 27B).
+  crosses to the host (`device_sampling = True`: the generation loop, pyqwen.generation, uses it for
+  every request that needs nothing host-only). `step_sampler(state, params)` wraps it as
+  `f(token) -> next token`. Repetition/presence penalties need the token history: with those the loop
+  uses forward() + the host Sampler (logits cross to the host, 1 MB per step on the 27B).
 - a memory plan (pyqwen.memory_plan) checked against the device's free memory before anything is
   allocated: a model that does not fit raises OutOfGPUMemory naming the largest context that does.
 
