@@ -21,13 +21,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ContextOverflowError, ModelFormatError
-
-DEMO_NOTE = "pyqwen: no model given: using the built-in demo model (random weights, the text is gibberish)"
-
-
-class CLIError(ValueError):
-    """Bad command-line input; main() prints it as one line and exits 2."""
+from .errors import CLIError, ContextOverflowError, ModelFormatError
+from .model_path import DEMO_NOTE, resolve_model_path  # noqa: F401  (both are part of this module's API)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -140,28 +135,6 @@ def _sampling(args) -> dict:
 
 
 # ---- model resolution and loading -----------------------------------------------------------------
-
-def resolve_model_path(model: str | None, hf: str | None, *, quiet: bool = False) -> Path:
-    """-m FILE, --hf REPO[:QUANT] or (neither) the demo model, as a local path."""
-    if model and hf:
-        raise CLIError("give either a model file or --hf, not both")
-    if hf:
-        from .hub import resolve_hf
-
-        return resolve_hf(hf)
-    if model:
-        p = Path(model).expanduser()
-        if not p.exists():
-            raise FileNotFoundError(f"no such model file: {p}")
-        if p.is_dir():
-            raise CLIError(f"{p} is a directory; give a .gguf file (convert a checkpoint with `pyqwen convert`)")
-        return p
-    if not quiet:
-        print(DEMO_NOTE, file=sys.stderr, flush=True)
-    from .demo import demo_model_path
-
-    return Path(demo_model_path())
-
 
 def _load(args, n_ctx: int | None = None):
     try:

@@ -7,9 +7,10 @@ GPU, decode steps replayed as CUDA graphs. On top of that:
 
 - `decode(state, token, params)`: one step with the next token chosen on the GPU (argmax, or
   temperature / top-k / top-p / min-p sampling with a seeded counter-based RNG); only the token id
-  crosses to the host. `step_sampler(state, params)` wraps it as `f(token) -> next token` for the
-  generation loop. Repetition/presence penalties need the token history: with those the caller keeps
-  using forward() + the host Sampler (logits cross to the host, 1 MB per step on the 27B).
+  crosses to the host (`device_sampling = True`: the generation loop, pyqwen.generation, uses it for
+  every request that needs nothing host-only). `step_sampler(state, params)` wraps it as
+  `f(token) -> next token`. Repetition/presence penalties need the token history: with those the loop
+  uses forward() + the host Sampler (logits cross to the host, 1 MB per step on the 27B).
 - a memory plan (pyqwen.memory_plan) checked against the device's free memory before anything is
   allocated: a model that does not fit raises OutOfGPUMemory naming the largest context that does.
 
@@ -88,9 +89,10 @@ def _progress_bar(total: int, enabled: bool | None):
 
 
 class CudaCore:
-    """pyqwen._core.Model's interface on the GPU (see the module doc)."""
+    """The pyqwen.backend.Backend contract on the GPU (see the module doc)."""
 
     backend = "cuda"
+    device_sampling = True   # decode() samples on the GPU: the generation loop uses it when it can
 
     def __init__(self, model, plan: Plan | None = None, module=None):
         self._m = model
@@ -169,7 +171,8 @@ class CudaCore:
         """Feed `token` (-1: the previous decode()'s choice, still on the GPU) and return the next token.
 
         params: a pyqwen.sampling.SamplingParams (None or greedy = argmax). Penalties are not applied
-        here (see the module doc); seed None draws from a fixed default seed.
+        here (see the module doc); seed None draws from a fixed default seed. `counter` numbers the draws
+        of one generation (the RNG is counter-based: (seed, counter) gives the same draw).
         """
         if params is None or params.greedy:
             return self._m.decode(state, int(token))

@@ -11,3 +11,7 @@ class ModelFormatError(PyqwenError, ValueError):
 
 class ContextOverflowError(PyqwenError, ValueError):
     """A prompt (plus the tokens to generate) does not fit in the context window."""
+
+
+class CLIError(ValueError):
+    """Bad command-line input; the CLIs print it as one line and exit 2."""

@@ -1,14 +1,24 @@
-"""Streaming generation: the decode loop, stop strings, UTF-8-safe text, per-call statistics."""
+"""Streaming generation: the decode loop, stop strings, UTF-8-safe text, per-call statistics.
+
+One loop serves Model.generate / Model.chat (and so the CLI) and the server's session turns. It drives
+a `Sequence` -- one state on one backend, with whatever bookkeeping its owner needs (the session cache
+records the tokens fed and checkpoints between prefill pieces) -- and decides per generation how each
+next token is chosen:
+
+- on the device (`Sequence.decode`: feed a token, get the next id back; the logits stay where they are)
+  when the backend samples on its device and the sampler needs nothing host-only (its `device_params`
+  is not None: no penalties over the history, no custom sampler such as a test hook);
+- else on the host: `Sequence.step` returns the logits and the Sampler draws from them.
+The first token always comes from the prefill's logits through the host Sampler.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Iterator, Protocol, Sequence as Seq
 
 import numpy as np
-
-from .sampling import Sampler
 
 
 @dataclass
@@ -55,19 +65,49 @@ def _held_back(text: str, stops: list[str]) -> int:
     return best
 
 
+class Sequence(Protocol):
+    """What the loop drives: one state, fed through its owner."""
+
+    device_sampling: bool   # decode() chooses the next token on the device
+
+    def prefill(self, ids: list[int]) -> np.ndarray: ...        # feed the prompt; logits of its last token
+
+    def step(self, token: int) -> np.ndarray: ...              # feed one token; its logits (host)
+
+    def decode(self, token: int, params: Any, counter: int) -> int: ...  # feed one token; the next id
+
+
+class StateSequence:
+    """A state fed straight through a pyqwen.Model (no bookkeeping)."""
+
+    def __init__(self, model, state):
+        self._model = model
+        self.state = state
+        self.device_sampling = bool(model.device_sampling)
+
+    def prefill(self, ids):
+        return self._model.forward(self.state, ids)
+
+    def step(self, token):
+        return self._model.forward(self.state, [token])
+
+    def decode(self, token, params, counter):
+        return self._model.decode(self.state, token, params, counter)
+
+
 class Generation:
     """Iterator over Chunks of one generation; `.stats`, `.text`, `.tokens`, `.finish_reason` after it ends.
 
-    step(tokens) runs the model on tokens and returns the logits of the last one; the first call
-    receives the prompt. The caller's state therefore holds prompt + generated tokens, except the last
-    sampled token (it is in `.tokens` but has not been fed back).
+    The sequence's state ends up holding prompt + generated tokens, except the last sampled token (it is
+    in `.tokens` but has not been fed back). `.on_device` says which way the tokens were chosen.
     """
 
-    def __init__(self, step: Callable[[list[int]], np.ndarray], prompt_ids: list[int], prefill_ids: list[int],
-                 sampler: Sampler, max_tokens: int, eog_ids: set[int], stop: list[str], stream_decoder,
-                 stats: GenerationStats, step_sample: Callable[[int], int] | None = None):
-        self._step = step
-        self._step_sample = step_sample  # feeds a token and returns the next one, chosen on the device
+    def __init__(self, seq: Sequence, prompt_ids: Seq[int], prefill_ids: Seq[int], sampler, max_tokens: int,
+                 eog_ids: set[int], stop: list[str], stream_decoder, stats: GenerationStats):
+        self._seq = seq
+        # Device sampling only when the sampler says the device may choose in its place (see module doc).
+        self._device_params = getattr(sampler, "device_params", None)
+        self.on_device = bool(seq.device_sampling) and self._device_params is not None
         self._prompt_ids = prompt_ids
         self._prefill_ids = prefill_ids
         self._sampler = sampler
@@ -97,8 +137,9 @@ class Generation:
     def _run(self) -> Iterator[Chunk]:
         history = list(self._prompt_ids)
         t0 = time.perf_counter()
-        logits = self._step(self._prefill_ids) if self._prefill_ids else None
+        logits = self._seq.prefill(list(self._prefill_ids)) if self._prefill_ids else None
         self.fed_tokens.extend(self._prefill_ids)
+        draws = 0      # device draws so far: numbers them for the device RNG
         self.stats.prefill_seconds = time.perf_counter() - t0
         if logits is None:
             raise ValueError("nothing to evaluate: the prompt is empty")
@@ -137,10 +178,11 @@ class Generation:
                 if len(self.tokens) >= self._max_tokens:
                     self.finish_reason = "length"
                     break
-                if self._step_sample is not None:
-                    next_tok = self._step_sample(tok)
+                if self.on_device:
+                    next_tok = self._seq.decode(tok, self._device_params, draws)
+                    draws += 1
                 else:
-                    logits = self._step([tok])
+                    logits = self._seq.step(tok)
                 self.fed_tokens.append(tok)
             full += self._dec.flush()
             self.text = full

@@ -9,7 +9,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .errors import ContextOverflowError, ModelFormatError
-from .generation import Chunk, Generation, GenerationStats
+from .generation import Chunk, Generation, GenerationStats, StateSequence
 from .gguf_file import GGUFFile
 from .sampling import Sampler, SamplingParams
 
@@ -43,10 +43,10 @@ class ChatGeneration:
     """Iterator over ChatChunks; `.message` (role, content, reasoning_content) and `.stats` at the end."""
 
     def __init__(self, gen: Generation, started_in_think: bool):
-        from .chat import ReasoningSplitter
+        from .reply import ReplyStream
 
         self.generation = gen
-        self._splitter = ReasoningSplitter(started_in_think)
+        self._reply = ReplyStream(started_in_think)
         self.reasoning_content = ""
         self.content = ""
         self._it = self._run()
@@ -76,25 +76,20 @@ class ChatGeneration:
         self._it.close()
         self.generation.close()
 
-    def _emit(self, parts, ids) -> ChatChunk:
-        c = ChatChunk(token_ids=ids)
-        for kind, text in parts:
-            if kind == "reasoning":
-                c.reasoning += text
-            else:
-                c.content += text
+    def _chunk(self, delta: dict, ids) -> ChatChunk:
+        c = ChatChunk(delta.get("reasoning_content", ""), delta.get("content", ""), ids)
         self.reasoning_content += c.reasoning
         self.content += c.content
         return c
 
     def _run(self) -> Iterator[ChatChunk]:
         for chunk in self.generation:
-            parts = self._splitter.push(chunk.text)
-            if parts:
-                yield self._emit(parts, chunk.token_ids)
-        parts = self._splitter.flush()
-        if parts:
-            yield self._emit(parts, [])
+            delta = self._reply.push(chunk.text)
+            if delta:
+                yield self._chunk(delta, chunk.token_ids)
+        delta = self._reply.flush()
+        if delta:
+            yield self._chunk(delta, [])
         # The template strips whitespace around reasoning when it re-renders history; do the same.
         self.reasoning_content = self.reasoning_content.strip("\n")
         self.content = self.content.lstrip("\n")
@@ -132,6 +127,7 @@ class Model:
         kv_type 'f16' (as llama.cpp) or 'f32'; n_batch bounds the tokens per prefill chunk.
         """
         from . import _core
+        from .backend import CpuCore
         from .chat import ChatTemplate
         from .tokenizer import Tokenizer
 
@@ -157,7 +153,8 @@ class Model:
                 core = CudaCore.from_gguf(gf, n_ctx, n_batch=n_batch, kv_type=kv_type)
             else:
                 tensors, keep = gf.core_tensors()
-                core = _core.Model(gf.hparams.core_config(), tensors, threads or default_threads(), (gf.reader, keep))
+                core = CpuCore(_core.Model(gf.hparams.core_config(), tensors, threads or default_threads(),
+                                           (gf.reader, keep)))
         except ValueError as e:
             raise ModelFormatError(f"{gf.path}: {e}") from None
         try:
@@ -209,6 +206,15 @@ class Model:
     def restore(self, state, snapshot) -> None:
         self._core.restore(state, snapshot)
 
+    @property
+    def device_sampling(self) -> bool:
+        """True when the backend chooses tokens on its device (decode() returns only the id)."""
+        return bool(getattr(self._core, "device_sampling", False))
+
+    def decode(self, state, token: int, params: SamplingParams | None = None, counter: int = 0) -> int:
+        """Feed one token and return the next, chosen by params (None = greedy); see pyqwen.backend."""
+        return self._core.decode(state, token, params, counter)
+
     def eval(self, tokens: Sequence[int]) -> np.ndarray:
         """float32 logits for every position, shape [len(tokens), n_vocab], from a fresh state."""
         tokens = list(tokens)
@@ -248,12 +254,8 @@ class Model:
             raise ContextOverflowError(f"prompt of {len(ids)} tokens does not fit in the context of "
                                        f"{state.n_ctx} tokens (one more is needed to generate)")
         stats = GenerationStats(prompt_tokens=len(ids))
-        step_sample = None  # GPU: the next token is chosen on the device (no penalties there)
-        if self.backend == "cuda" and params.repetition_penalty == 1.0 and params.presence_penalty == 0.0:
-            step_sample = self._core.step_sampler(state, params)
-        return Generation(lambda toks: self.forward(state, toks), ids, ids, Sampler(params),
-                          min(max_tokens, room), self.tokenizer.eog_ids, params.stop,
-                          self.tokenizer.stream_decoder(), stats, step_sample=step_sample)
+        return Generation(StateSequence(self, state), ids, ids, Sampler(params), min(max_tokens, room),
+                          self.tokenizer.eog_ids, params.stop, self.tokenizer.stream_decoder(), stats)
 
     def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None,
                     add_generation_prompt: bool = True, **template_kwargs: Any) -> str:

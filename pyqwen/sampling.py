@@ -74,29 +74,112 @@ class Sampler:
             logits[ids] -= p.presence_penalty
         return logits
 
+    @property
+    def uses_history(self) -> bool:
+        """True when the token history changes the logits (penalties): only the host can do that."""
+        p = self.params
+        return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0
+
+    @property
+    def device_params(self) -> SamplingParams | None:
+        """The params when a backend that samples on its device may choose the token in this sampler's
+        place (plain temperature / top-k / top-p / min-p, no history, no overridden `sample`), else None."""
+        if type(self).sample is not Sampler.sample or self.uses_history:
+            return None
+        return self.params
+
     def sample(self, logits: np.ndarray, history: list[int] | None = None) -> int:
         p = self.params
         logits = self.apply_penalties(np.asarray(logits, dtype=np.float32), history or [])
         if p.greedy:
             return int(np.argmax(logits))
         n = logits.shape[0]
-        k = p.top_k if 0 < p.top_k < n else n
-        # Candidates sorted by logit, descending (argpartition first: the vocab is 248k wide).
-        if k < n:
-            idx = np.argpartition(-logits, k - 1)[:k]
-        else:
-            idx = np.arange(n)
-        idx = idx[np.argsort(-logits[idx], kind="stable")]
-        cand = logits[idx].astype(np.float64)
-        probs = np.exp(cand - cand[0])
-        probs /= probs.sum()
-        if p.top_p < 1.0:
-            cut = int(np.searchsorted(np.cumsum(probs), p.top_p) + 1)
-            idx, cand, probs = idx[:cut], cand[:cut], probs[:cut]
-        if p.min_p > 0.0:
-            keep = probs >= p.min_p * probs[0]
-            idx, cand = idx[keep], cand[keep]
+        idx = None
+        if 0 < p.top_k < n:
+            # argpartition picks the top k (which of several tied at the k-th value is its choice, as ever);
+            # they are then the row the filters below run on, in argpartition's order.
+            idx = np.argpartition(-logits, p.top_k - 1)[:p.top_k]
+            logits = logits[idx]
+        order = kept_candidates(logits, p.top_p, p.min_p)
+        cand = logits[order].astype(np.float64)
         z = (cand - cand[0]) / p.temperature
         w = np.exp(z)
         w /= w.sum()
-        return int(idx[self.rng.choice(len(idx), p=w)])
+        pick = int(order[self.rng.choice(len(order), p=w)])
+        return int(idx[pick]) if idx is not None else pick
+
+
+# ---- top-p / min-p without sorting the row ------------------------------------------------------------
+#
+# The filters keep a prefix of the row sorted by descending logit (stable: ties in row order), so only
+# that prefix needs sorting. Its length is bounded in O(n) for min-p (p_i >= min_p * p_0 is a threshold
+# on the logit) and found for top-p by sorting a growing top slice until its cumulative probability
+# reaches top_p. The probabilities are normalised by the sum over the whole row, computed in O(n) in row
+# order; the full-sort formulation sums in sorted order, which may differ in the last bits. Only a
+# comparison within that rounding of its threshold could come out differently: such rows (measure zero
+# for real logits, but possible with ties and round numbers) are decided by the full sort instead.
+
+_MARGIN = 1e-9   # relative; the two sums differ by < 1e-13 relative (pairwise float64 over <= 2^20 terms)
+_FIRST_SLICE = 64
+
+
+def sorted_prefix(logits: np.ndarray, m: int) -> np.ndarray:
+    """Indices of the m largest logits in stable descending order (ties by index), extended to every
+    index tied with the m-th, so it is exactly a prefix of np.argsort(-logits, kind="stable")."""
+    n = logits.shape[0]
+    if m >= n:
+        return np.argsort(-logits, kind="stable")
+    kth = logits[np.argpartition(-logits, m - 1)[m - 1]]
+    sel = np.flatnonzero(logits >= kth)          # ascending indices: the stable sort keeps ties in order
+    return sel[np.argsort(-logits[sel], kind="stable")]
+
+
+def kept_candidates(logits: np.ndarray, top_p: float, min_p: float) -> np.ndarray:
+    """Indices the top-p then min-p filters keep, best first: the same as sorting the whole row
+    (stable, descending), normalising, cutting at the first cumulative probability >= top_p, then
+    keeping p >= min_p * p_max."""
+    n = logits.shape[0]
+    if top_p >= 1.0 and min_p <= 0.0:
+        return np.argsort(-logits, kind="stable")  # nothing is filtered: every token is a candidate
+    x = logits.astype(np.float64)
+    c0 = float(x.max())
+    e = np.exp(x - c0)
+    den = e.sum()
+    limit = n
+    if min_p > 0.0:
+        # p_i >= min_p * p_0 with p = e / den and e_0 = 1: a threshold on e_i, hence on the logit.
+        p = e / den
+        limit = int(np.count_nonzero(p >= min_p * (1.0 / den)))
+        if np.any(np.abs(e - min_p) <= _MARGIN * min_p):
+            return _kept_by_full_sort(logits, top_p, min_p)
+        if top_p >= 1.0:
+            return sorted_prefix(logits, limit)[:limit]
+    m = min(_FIRST_SLICE, limit)
+    while True:
+        order = sorted_prefix(logits, m)
+        probs = np.exp(logits[order].astype(np.float64) - c0) / den
+        cs = np.cumsum(probs)
+        if cs[-1] >= top_p or len(order) >= limit:
+            break
+        m = min(limit, m * 4)
+    cut = int(np.searchsorted(cs, top_p) + 1)
+    # The decision cs[cut-1] >= top_p > cs[cut-2] must not hang on the last bits of den.
+    near = (cut <= len(cs) and cs[cut - 1] < top_p * (1 + _MARGIN)) or \
+        (2 <= cut <= len(cs) + 1 and cs[cut - 2] > top_p * (1 - _MARGIN))
+    if near:
+        return _kept_by_full_sort(logits, top_p, min_p)
+    return order[:min(cut, limit)]
+
+
+def _kept_by_full_sort(logits: np.ndarray, top_p: float, min_p: float) -> np.ndarray:
+    """The reference formulation (sort everything); used only for rows at a rounding boundary."""
+    idx = np.argsort(-logits, kind="stable")
+    cand = logits[idx].astype(np.float64)
+    probs = np.exp(cand - cand[0])
+    probs /= probs.sum()
+    if top_p < 1.0:
+        cut = int(np.searchsorted(np.cumsum(probs), top_p) + 1)
+        idx, probs = idx[:cut], probs[:cut]
+    if min_p > 0.0:
+        idx = idx[probs >= min_p * probs[0]]
+    return idx

@@ -170,11 +170,21 @@ class Turn:
     def state(self):
         return self.session.state
 
-    def _step(self, toks: list[int]):
-        if self.generation is not None and len(self.session.tokens) < len(self.prompt_ids):
-            # First call: the uncached part of the prompt, in pieces with checkpoints between them.
-            return self.cache._feed(self.session, toks, self._checkpoints, "last", self._cancel)
-        return self.cache._feed(self.session, toks, (), "last", None)
+    # ---- the generation loop's Sequence (pyqwen.generation): every token fed is recorded ----------
+
+    @property
+    def device_sampling(self) -> bool:
+        return bool(self.cache.model.device_sampling)
+
+    def prefill(self, toks: list[int]):
+        """The uncached part of the prompt, in pieces with checkpoints (and cancel checks) between them."""
+        return self.cache._feed(self.session, toks, self._checkpoints, "last", self._cancel)
+
+    def step(self, token: int):
+        return self.cache._feed(self.session, [token], (), "last", None)
+
+    def decode(self, token: int, params, counter: int) -> int:
+        return self.cache._decode(self.session, token, params, counter)
 
     def generate(self, sampler, max_tokens: int, eog_ids: set[int], stop: list[str], stream_decoder) -> Generation:
         """A Generation continuing this prompt; it prefills only prompt_ids[n_cached:]."""
@@ -184,7 +194,7 @@ class Turn:
             raise ContextOverflowError(f"prompt of {len(ids)} tokens does not fit in the context of "
                                        f"{self.state.n_ctx} tokens (one more is needed to generate)")
         stats = GenerationStats(prompt_tokens=len(ids), cached_tokens=self.n_cached)
-        self.generation = Generation(self._step, ids, ids[self.n_cached:], sampler, min(max_tokens, room),
+        self.generation = Generation(self, ids, ids[self.n_cached:], sampler, min(max_tokens, room),
                                      eog_ids, stop, stream_decoder, stats)
         return self.generation
 
@@ -455,6 +465,16 @@ class SessionCache:
             if b in kinds:
                 self._checkpoint(s, kinds[b])
         return out
+
+    def _decode(self, s: Session, token: int, params, counter: int) -> int:
+        """Feed one token and let the backend choose the next on its device."""
+        try:
+            nxt = self.model.decode(s.state, token, params, counter)
+        except BaseException:
+            self._invalidate(s)
+            raise
+        s.tokens.append(int(token))
+        return nxt
 
     def _align(self, s: Session, target: list[int]) -> int:
         if s.tokens == target:

@@ -19,20 +19,7 @@ from pathlib import Path
 
 import tokenizers
 
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-
-PRE_REGEX = {
-    # Qwen3.5/3.6: letter runs absorb combining marks, digits one per token.
-    "qwen35": (
-        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
-        r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-    ),
-    # Qwen2/2.5/3: same shape without \p{M}; digits also one per token.
-    "qwen2": (
-        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-        r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-    ),
-}
+from .vocab_spec import BYTE, CONTROL, NORMAL, PRE_REGEX, UNKNOWN, UNUSED, USER_DEFINED  # noqa: F401
 
 # Texts llama.cpp adds to the end-of-generation set whenever the vocab has them.
 EOG_TEXTS = ("<|im_end|>", "<|endoftext|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>")
@@ -102,7 +89,7 @@ class Tokenizer:
     @classmethod
     def from_hf_dir(cls, tokenizer_dir: Path | str, vocab_size: int | None = None) -> Tokenizer:
         """Same tokenizer as after a GGUF round trip, straight from an HF tokenizer directory."""
-        from pyqwen.convert.vocab import vocab_metadata
+        from .hf_vocab import vocab_metadata
 
         if vocab_size is None:
             vocab_size = tokenizers.Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json")).get_vocab_size()

@@ -131,54 +131,42 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body: int = MA
         engine.submit(job)
         return job, req
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        path = "/v1/chat/completions"
-        job, req = await start(request, "chat")
-        rid, created, model = new_id("chatcmpl"), int(time.time()), engine.model_name
+    def relay_sse(job: Job, request: Request, chunks: "ChunkBuilder", include_usage: bool) -> StreamingResponse:
+        """The job's events as server-sent events; the job is cancelled if the stream ends early."""
 
-        def chunk(delta: dict, finish=None, usage=None) -> dict:
-            c = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
-            if usage is not None:
-                c["usage"] = usage
-            return c
+        async def stream() -> AsyncIterator[str]:
+            done = False
+            try:
+                for c in chunks.head():
+                    yield sse(c)
+                while True:
+                    ev = await next_event(job, request)
+                    if ev is None:
+                        return
+                    kind, payload = ev
+                    if kind == "delta":
+                        yield sse(chunks.delta(payload))
+                    elif kind == "done":
+                        done = True
+                        yield sse(chunks.finish(payload["finish_reason"]))
+                        if include_usage:
+                            yield sse(chunks.usage(payload["usage"]))
+                        yield "data: [DONE]\n\n"
+                        return
+                    else:
+                        done = True
+                        yield sse(payload.body())
+                        yield "data: [DONE]\n\n"
+                        return
+            finally:
+                if not done:
+                    job.cancel()
 
-        if req.stream:
-            engine.metrics.count(path, 200)
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-            async def stream() -> AsyncIterator[str]:
-                done = False
-                try:
-                    yield sse(chunk({"role": "assistant", "content": ""}))
-                    while True:
-                        ev = await next_event(job, request)
-                        if ev is None:
-                            return
-                        kind, payload = ev
-                        if kind == "delta":
-                            yield sse(chunk(payload))
-                        elif kind == "done":
-                            done = True
-                            yield sse(chunk({}, payload["finish_reason"]))
-                            if req.include_usage:
-                                u = {"id": rid, "object": "chat.completion.chunk", "created": created,
-                                     "model": model, "choices": [], "usage": payload["usage"]}
-                                yield sse(u)
-                            yield "data: [DONE]\n\n"
-                            return
-                        else:
-                            done = True
-                            yield sse(payload.body())
-                            yield "data: [DONE]\n\n"
-                            return
-                finally:
-                    if not done:
-                        job.cancel()
-
-            return StreamingResponse(stream(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
+    async def wait_done(job: Job, request: Request, path: str) -> dict | Response:
+        """The job's 'done' payload, or the response to send instead (its error; 499 if the client left)."""
         ev = None
         try:
             while True:
@@ -187,12 +175,75 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body: int = MA
                     return Response(status_code=499)
                 kind, payload = ev
                 if kind == "done":
-                    break
+                    return payload
                 if kind == "error":
                     return error_response(payload, path)
         finally:
             if ev is None or ev[0] != "done":
                 job.cancel()
+
+    async def generation_endpoint(request: Request, kind: str, path: str, chunks_cls) -> Any:
+        job, req = await start(request, kind)
+        chunks = chunks_cls(engine.model_name)
+        if req.stream:
+            engine.metrics.count(path, 200)
+            return relay_sse(job, request, chunks, req.include_usage)
+        payload = await wait_done(job, request, path)
+        if isinstance(payload, Response):
+            return payload
+        engine.metrics.count(path, 200)
+        return chunks.whole(payload)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await generation_endpoint(request, "chat", "/v1/chat/completions", ChatChunks)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await generation_endpoint(request, "completion", "/v1/completions", CompletionChunks)
+
+    return app
+
+
+# ---- response bodies, one builder per endpoint ---------------------------------------------------------
+
+class ChunkBuilder:
+    """The JSON objects of one response: streamed chunks (head, delta, finish, usage) or the whole body."""
+
+    prefix = ""
+    object = ""
+
+    def __init__(self, model: str):
+        self.id, self.created, self.model = new_id(self.prefix), int(time.time()), model
+
+    def _base(self, obj: str, choices: list) -> dict:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
+
+    def head(self) -> list[dict]:
+        return []
+
+    def usage(self, usage: dict) -> dict:
+        c = self._base(self.object, [])
+        c["usage"] = usage
+        return c
+
+
+class ChatChunks(ChunkBuilder):
+    prefix, object = "chatcmpl", "chat.completion.chunk"
+
+    def _chunk(self, delta: dict, finish=None) -> dict:
+        return self._base(self.object, [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}])
+
+    def head(self) -> list[dict]:
+        return [self._chunk({"role": "assistant", "content": ""})]
+
+    def delta(self, payload: dict) -> dict:
+        return self._chunk(payload)
+
+    def finish(self, reason: str) -> dict:
+        return self._chunk({}, reason)
+
+    def whole(self, payload: dict) -> dict:
         msg: dict[str, Any] = {"role": "assistant",
                                "content": payload["content"] if payload["content"] or not payload["tool_calls"]
                                else None}
@@ -200,73 +251,26 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body: int = MA
             msg["reasoning_content"] = payload["reasoning_content"]
         if payload["tool_calls"]:
             msg["tool_calls"] = [c.to_openai() for c in payload["tool_calls"]]
-        engine.metrics.count(path, 200)
-        return {"id": rid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": msg, "finish_reason": payload["finish_reason"],
-                             "logprobs": None}],
-                "usage": payload["usage"], "timings": payload["timings"]}
+        body = self._base("chat.completion", [{"index": 0, "message": msg, "finish_reason": payload["finish_reason"],
+                                               "logprobs": None}])
+        body["usage"], body["timings"] = payload["usage"], payload["timings"]
+        return body
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        path = "/v1/completions"
-        job, req = await start(request, "completion")
-        rid, created, model = new_id("cmpl"), int(time.time()), engine.model_name
 
-        def chunk(text: str, finish=None) -> dict:
-            return {"id": rid, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+class CompletionChunks(ChunkBuilder):
+    prefix, object = "cmpl", "text_completion"
 
-        if req.stream:
-            engine.metrics.count(path, 200)
+    def _chunk(self, text: str, finish=None) -> dict:
+        return self._base(self.object, [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}])
 
-            async def stream() -> AsyncIterator[str]:
-                done = False
-                try:
-                    while True:
-                        ev = await next_event(job, request)
-                        if ev is None:
-                            return
-                        kind, payload = ev
-                        if kind == "delta":
-                            yield sse(chunk(payload["text"]))
-                        elif kind == "done":
-                            done = True
-                            yield sse(chunk("", payload["finish_reason"]))
-                            if req.include_usage:
-                                yield sse({"id": rid, "object": "text_completion", "created": created,
-                                           "model": model, "choices": [], "usage": payload["usage"]})
-                            yield "data: [DONE]\n\n"
-                            return
-                        else:
-                            done = True
-                            yield sse(payload.body())
-                            yield "data: [DONE]\n\n"
-                            return
-                finally:
-                    if not done:
-                        job.cancel()
+    def delta(self, payload: dict) -> dict:
+        return self._chunk(payload["text"])
 
-            return StreamingResponse(stream(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    def finish(self, reason: str) -> dict:
+        return self._chunk("", reason)
 
-        ev = None
-        try:
-            while True:
-                ev = await next_event(job, request)
-                if ev is None:
-                    return Response(status_code=499)
-                kind, payload = ev
-                if kind == "done":
-                    break
-                if kind == "error":
-                    return error_response(payload, path)
-        finally:
-            if ev is None or ev[0] != "done":
-                job.cancel()
-        engine.metrics.count(path, 200)
-        return {"id": rid, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": payload["text"], "finish_reason": payload["finish_reason"],
-                             "logprobs": None}],
-                "usage": payload["usage"], "timings": payload["timings"]}
-
-    return app
+    def whole(self, payload: dict) -> dict:
+        body = self._base(self.object, [{"index": 0, "text": payload["text"], "finish_reason": payload["finish_reason"],
+                                         "logprobs": None}])
+        body["usage"], body["timings"] = payload["usage"], payload["timings"]
+        return body

@@ -73,19 +73,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _model_path(args):
-    try:
-        from ..cli import resolve_model_path
-    except ImportError:
-        resolve_model_path = None
-    if resolve_model_path is not None:
-        return resolve_model_path(args.model, args.hf)
-    if args.hf:
-        raise ValueError("--hf needs pyqwen.cli")
-    if args.model:
-        return args.model
-    from ..demo import demo_model_path
+    from ..model_path import resolve_model_path
 
-    return demo_model_path()
+    return resolve_model_path(args.model, args.hf)
 
 
 def serve(model, *, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,

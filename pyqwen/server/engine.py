@@ -26,11 +26,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..chat import ChatTemplateError, ReasoningSplitter
+from ..chat import ChatTemplateError
 from ..errors import ContextOverflowError
 from ..sampling import Sampler, SamplingParams
+from ..reply import ReplyStream, TextStream
 from ..session import Cancelled, SessionCache, chat_checkpoints
-from ..tool_calls import ToolCallParser
 from .protocol import APIError, ChatRequest, CompletionRequest, Sampling, bad
 
 _GEN_HEADER = "<|im_start|>assistant\n"
@@ -43,6 +43,10 @@ class PenaltySampler(Sampler):
     def __init__(self, params: SamplingParams, frequency_penalty: float = 0.0):
         super().__init__(params)
         self.frequency_penalty = frequency_penalty
+
+    @property
+    def uses_history(self) -> bool:
+        return super().uses_history or self.frequency_penalty != 0.0
 
     def apply_penalties(self, logits, history):
         out = super().apply_penalties(logits, history)
@@ -244,37 +248,15 @@ class Engine:
                                            "context_length_exceeded"))
                 return
             stats = gen.stats
-            splitter = ReasoningSplitter(job.started_in_think) if job.kind == "chat" else None
-            parser = ToolCallParser(job.tools) if job.parse_tools else None
-            reasoning, content, calls = [], [], []
+            reply = (ReplyStream(job.started_in_think, job.tools, job.parse_tools) if job.kind == "chat"
+                     else TextStream())
             cancelled = False
-
-            def route(parts):
-                delta: dict[str, Any] = {}
-                for kind, text in parts:
-                    if kind == "reasoning":
-                        delta["reasoning_content"] = delta.get("reasoning_content", "") + text
-                        reasoning.append(text)
-                        continue
-                    events = parser.push(text) if parser else [("content", text)]
-                    for ek, ev in events:
-                        if ek == "content":
-                            delta["content"] = delta.get("content", "") + ev
-                            content.append(ev)
-                        else:
-                            delta.setdefault("tool_calls", []).append(ev.to_openai(index=len(calls)))
-                            calls.append(ev)
-                return delta
-
             try:
                 for chunk in gen:
                     if job.cancelled.is_set():
                         cancelled = True
                         break
-                    if splitter is None:
-                        delta = {"text": chunk.text} if chunk.text else {}
-                    else:
-                        delta = route(splitter.push(chunk.text))
+                    delta = reply.push(chunk.text)
                     if delta:
                         job.emit("delta", delta)
             except Cancelled:
@@ -285,28 +267,16 @@ class Engine:
                 self._account(turn, stats)
                 job.emit("error", APIError(499, "cancelled", "cancelled"))
                 return
-            if splitter is not None:
-                delta = route(splitter.flush())
-                if parser is not None:
-                    for ek, ev in parser.flush():
-                        if ek == "content":
-                            delta["content"] = delta.get("content", "") + ev
-                            content.append(ev)
-                        else:
-                            delta.setdefault("tool_calls", []).append(ev.to_openai(index=len(calls)))
-                            calls.append(ev)
-                if delta:
-                    job.emit("delta", delta)
+            delta = reply.flush()
+            if delta:
+                job.emit("delta", delta)
             self._account(turn, stats)
-            finish = gen.finish_reason or "stop"
-            if calls and finish == "stop":
-                finish = "tool_calls"
             result = {
-                "finish_reason": finish,
+                "finish_reason": reply.finish_reason(gen.finish_reason),
                 "text": gen.text,
-                "reasoning_content": "".join(reasoning),
-                "content": "".join(content),
-                "tool_calls": calls,
+                "reasoning_content": reply.reasoning_content,
+                "content": reply.content,
+                "tool_calls": reply.calls,
                 "usage": {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.generated_tokens,
                           "total_tokens": stats.prompt_tokens + stats.generated_tokens,
                           "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}},

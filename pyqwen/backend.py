@@ -1,0 +1,89 @@
+"""The contract between pyqwen.Model (and the generation loop) and a compute backend, written once.
+
+Two backends satisfy it: `CpuCore` below (a thin wrapper of the C++ pyqwen._core.Model) and
+pyqwen.cuda_backend.CudaCore. Everything above them -- Model, the session cache, the generation loop,
+the server -- only uses these methods:
+
+- new_state(n_ctx, kv_type) -> state            a sequence state (KV cache + recurrent states; .pos, .n_ctx,
+                                                .nbytes, .reset())
+- forward(state, tokens, logits, n_batch)       feed int32 tokens; logits 'last' [n_vocab], 'all' [n, n_vocab]
+                                                or 'none' (None), as float32 host arrays
+- snapshot(state, with_kv) / restore(state, snap)   checkpoints of the state
+- decode(state, token, params, counter) -> int  feed one token and return the next one, chosen by the
+                                                sampling params (pyqwen.sampling.SamplingParams; None or
+                                                greedy = argmax); `counter` numbers the draws of one
+                                                generation so a seed reproduces them
+- device_sampling: bool                         True when decode() chooses the token where the logits are
+                                                (only the id crosses to the host); the generation loop
+                                                then uses decode() for requests that need nothing
+                                                host-only. False: the loop uses forward() + the host
+                                                Sampler (whose numpy RNG stream a seed reproduces).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["Backend", "CpuCore"]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    device_sampling: bool
+
+    @property
+    def config(self) -> dict: ...
+
+    def new_state(self, n_ctx: int, kv_type: str = "f16") -> Any: ...
+
+    def forward(self, state: Any, tokens: np.ndarray, logits: str = "last", n_batch: int = 256) -> Any: ...
+
+    def snapshot(self, state: Any, with_kv: bool = False) -> Any: ...
+
+    def restore(self, state: Any, snapshot: Any) -> None: ...
+
+    def decode(self, state: Any, token: int, params: Any = None, counter: int = 0) -> int: ...
+
+
+class CpuCore:
+    """pyqwen._core.Model under the Backend contract. The logits live in host memory already, so
+    decode() is forward() + the host sampler, with a numpy RNG keyed by (seed, counter)."""
+
+    backend = "cpu"
+    device_sampling = False
+
+    def __init__(self, model):
+        self._m = model
+
+    @property
+    def config(self) -> dict:
+        return self._m.config
+
+    def new_state(self, n_ctx: int, kv_type: str = "f16"):
+        return self._m.new_state(n_ctx, kv_type)
+
+    def forward(self, state, tokens, logits: str = "last", n_batch: int = 256):
+        return self._m.forward(state, tokens, logits, n_batch)
+
+    def snapshot(self, state, with_kv: bool = False):
+        return self._m.snapshot(state, with_kv)
+
+    def restore(self, state, snapshot) -> None:
+        self._m.restore(state, snapshot)
+
+    def decode(self, state, token: int, params=None, counter: int = 0) -> int:
+        from .sampling import Sampler, SamplingParams
+
+        logits = self._m.forward(state, np.array([int(token)], np.int32), "last", 1)
+        if params is None:
+            params = SamplingParams(temperature=0.0)
+        sampler = Sampler(params)
+        seed = params.seed if params.seed is not None else 0x5eed
+        sampler.rng = np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, counter])
+        return sampler.sample(logits)
+
+    def __getattr__(self, name: str):
+        # Anything else the C++ class offers (introspection, timings) stays reachable.
+        return getattr(self._m, name)
