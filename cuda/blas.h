@@ -1,4 +1,4 @@
-// blas.h: the only door to cuBLAS. Real builds implement it with cublasGemmEx (backend/blas_cublas.cu);
+// blas.h: the only door to cuBLAS. Real builds implement it with cublasGemmEx (launch/blas_cublas.cu);
 // the emulator replaces it with a host GEMM (emu/emu_blas.cpp), so code calling it is testable on a CPU.
 #pragma once
 

@@ -6,7 +6,7 @@
 #   ARCHS="89" JOBS=4 cuda/compile_check.sh
 #   NVCC=/usr/local/cuda/bin/nvcc cuda/compile_check.sh
 #
-# Sources: cuda/backend/*.cu and the emulator self-test kernels (tests/cuda/selftest_kernels.cu, so the
+# Sources: cuda/launch/*.cu, cuda/model/*.cu and the emulator self-test kernels (tests/cuda/selftest_kernels.cu, so the
 # code the harness is tested with is real CUDA). Warnings are errors. Exits non-zero on any failure.
 set -euo pipefail
 
@@ -22,7 +22,7 @@ cublas_flag=""
 cuda_inc="$(dirname "$(command -v "$NVCC")")/../include"
 if [ -f "$cuda_inc/cublas_v2.h" ]; then cublas_flag="-DPQ_HAVE_CUBLAS=1"; fi
 
-sources=("$repo"/cuda/backend/*.cu "$repo"/tests/cuda/selftest_kernels.cu)
+sources=("$repo"/cuda/launch/*.cu "$repo"/cuda/model/*.cu "$repo"/tests/cuda/selftest_kernels.cu)
 jobs_file="$out/jobs"
 for src in "${sources[@]}"; do
   for arch in $ARCHS; do
@@ -34,7 +34,7 @@ compile_one() {
   local arch="$1" src="$2"
   local obj="$out/$(basename "$src").sm_$arch.o"
   if "$NVCC" -std=c++17 -O3 -arch="sm_$arch" -c "$src" -o "$obj" \
-      -I"$repo/cuda" -I"$repo/csrc" -I"$repo/tests/cuda" $cublas_flag \
+      -I"$repo/cuda" -I"$repo/csrc/common" -I"$repo/tests/cuda" $cublas_flag \
       -Werror all-warnings -Xcompiler -Wall,-Wno-unknown-pragmas > "$obj.log" 2>&1; then
     echo "ok   sm_$arch $(realpath --relative-to="$repo" "$src")"
   else

@@ -1,4 +1,4 @@
-// ops.h: host entry points of the CUDA kernels (implemented in backend/*.cu). Plain C++: callable from
+// ops.h: host entry points of the CUDA kernels (implemented in launch/*.cu). Plain C++: callable from
 // g++-compiled code (the pybind11 module) in both the real and the emulated build. All pointers are
 // device pointers; every function only enqueues work on `stream` and returns the launch error.
 #pragma once
@@ -15,7 +15,7 @@ namespace pq::cuda {
 cudaError_t rms_norm_f32(const float* x, const float* w, float* y, int ncols, int nrows, int64_t sx, int64_t sy,
                          float eps, cudaStream_t stream);
 
-// sizeof(pq::block_q8_1) (formats.h; checked in backend/quantize.cu), for code that does not include it.
+// sizeof(pq::block_q8_1) (formats.h; checked in launch/quantize.cu), for code that does not include it.
 constexpr size_t kQ8_1BlockBytes = 36;
 
 // Quantizes nrows rows of ncols floats (row stride sx) to block_q8_1; row r starts at block

@@ -1,4 +1,4 @@
-// ops_attention.h: host entry points of the gated-attention kernels (backend/attention.cu). Plain C++,
+// ops_attention.h: host entry points of the gated-attention kernels (launch/attention.cu). Plain C++,
 // callable from g++-compiled code in the real and the emulated build. All pointers are device pointers;
 // every function only enqueues work on `stream` and returns the launch error.
 //

@@ -1,4 +1,4 @@
-// ops_gdn.h: host entry points of the Gated DeltaNet kernels (implemented in backend/gdn.cu). Plain C++,
+// ops_gdn.h: host entry points of the Gated DeltaNet kernels (implemented in launch/gdn.cu). Plain C++,
 // callable from g++-compiled code in both the real and the emulated build. All pointers are device
 // pointers; every function only enqueues work on `stream` and returns the launch error.
 //

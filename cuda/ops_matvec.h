@@ -1,4 +1,4 @@
-// ops_matvec.h: host entry points of the matmul family (backend/matvec.cu, gemm.cu, get_rows.cu).
+// ops_matvec.h: host entry points of the matmul family (launch/matvec.cu, gemm.cu, get_rows.cu).
 // Plain C++ like ops.h: device pointers in, work enqueued on `stream`, launch error out.
 //
 // Weight types (GGUF ids, formats.h): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, F16,

@@ -1,7 +1,7 @@
 """The CUDA backend as a drop-in for the CPU core object (pyqwen._core.Model).
 
 `CudaCore` has the methods pyqwen.Model uses on its core -- new_state, forward, snapshot, restore,
-config -- backed by pyqwen._cuda.CudaModel (cuda/backend/model.cu): weights uploaded once to the GPU,
+config -- backed by pyqwen._cuda.CudaModel (cuda/model/model.cu): weights uploaded once to the GPU,
 states (F16 KV cache, F32 recurrent states) and snapshots in device memory, the forward pass on the
 GPU, decode steps replayed as CUDA graphs. On top of that:
 

@@ -269,7 +269,7 @@ class GGUFFile:
         return hp
 
     # ---- tensors -------------------------------------------------------------------------------
-    # What a qwen35 model reads is the C++ spec (csrc/model_spec.h), not a table kept here: the same walk
+    # What a qwen35 model reads is the C++ spec (csrc/common/model_spec.h), not a table kept here: the same walk
     # binds the weights on the CPU, uploads them on CUDA and plans GPU memory.
 
     def expected_tensors(self) -> dict[str, dict]:

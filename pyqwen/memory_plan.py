@@ -1,7 +1,7 @@
 """GPU memory plan of the CUDA backend, computed before anything is allocated -- presented here.
 
 The numbers come from C++ (`pyqwen._core.plan_device_memory`, cuda/plan/device_plan.h), computed from the
-model spec (csrc/model_spec.h) and the kernels' own scratch formulas (cuda/plan/workspace_sizes.h) -- the
+model spec (csrc/common/model_spec.h) and the kernels' own scratch formulas (cuda/plan/workspace_sizes.h) -- the
 same code the CUDA backend allocates by, so nothing is mirrored here:
 
 - weights: every tensor of the spec the file has, uploaded once (256-byte aligned slices of one arena;

@@ -1,6 +1,6 @@
 // emu_fp16.h: __half / __half2 / __nv_bfloat16 / __nv_bfloat162 and their intrinsics for the emulator.
 //
-// Conversions reuse csrc/formats.h (round to nearest even, subnormals kept), the same bit-exact routines
+// Conversions reuse csrc/common/formats.h (round to nearest even, subnormals kept), the same bit-exact routines
 // the CPU backend uses, so the CUDA toolkit is not needed to run the emulated tests. Arithmetic is done
 // in float and rounded once: for +, -, * and / of two 16-bit values float has enough precision
 // (24 >= 2*11+2 bits) for that double rounding to be exact; fma is done in double (rarely off by 1 ulp).

@@ -55,7 +55,7 @@ constexpr int gdn_chunk_scan_smem_floats(int dk) {
     return kGdnScanRows * (dk + 1) + 2 * kGdnChunk * (kGdnKTile + 1) + 2 * kGdnChunk * kGdnScanRows + kGdnChunk;
 }
 
-// Scratch arrays (see backend/gdn.cu): qn, kn [n][nk][dk]; g [nv][n] (raw in, cumulative per chunk out);
+// Scratch arrays (see launch/gdn.cu): qn, kn [n][nk][dk]; g [nv][n] (raw in, cumulative per chunk out);
 // beta [nv][n]; U [nv][n][dv]; W [nv][n][dk]; P [nv][chunks][BT][BT].
 __global__ void __launch_bounds__(kGdnChunkThreads)
     gdn_chunk_prep_kernel(const float* __restrict__ y, const float* __restrict__ qn, const float* __restrict__ kn,

@@ -1,4 +1,4 @@
-// gemm.cuh: device helpers of the prefill matmul (backend/gemm.cu): activations to fp16 for cuBLAS.
+// gemm.cuh: device helpers of the prefill matmul (launch/gemm.cu): activations to fp16 for cuBLAS.
 // The weight tiles are dequantized by get_rows.cuh's dequant_rows_kernel<T, true>.
 #pragma once
 

@@ -1,5 +1,5 @@
 // get_rows.cuh: dequantization of whole weight rows -- the embedding gather (float rows) and the prefill
-// path's fp16 weight tiles (gemm.cuh / backend/gemm.cu).
+// path's fp16 weight tiles (gemm.cuh / launch/gemm.cu).
 //
 // One thread decodes one sub-block (32 values; 8 for float types) with the type's `dequant`
 // (matvec_types.cuh), which reproduces the CPU dequantizers bit for bit; the fp16 variant then rounds

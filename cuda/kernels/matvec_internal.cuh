@@ -1,4 +1,4 @@
-// matvec_internal.cuh: host-side helpers shared by backend/matvec.cu, gemm.cu and get_rows.cu (not part
+// matvec_internal.cuh: host-side helpers shared by launch/matvec.cu, gemm.cu and get_rows.cu (not part
 // of the public API in ops_matvec.h).
 #pragma once
 

@@ -1,6 +1,6 @@
 // device_plan.h: the GPU memory plan of the CUDA backend, computed before anything is allocated.
 //
-// Everything the CUDA model (backend/model.cu) puts in device memory, from the config and the file's
+// Everything the CUDA model (model/model.cu) puts in device memory, from the config and the file's
 // tensor table alone: the weights the spec lists (model_spec.h; each a 256-byte aligned slice of one
 // arena, a tied LM head not duplicated), the KV cache and recurrent state of one sequence (the spec's
 // state buffers), n_snapshots device checkpoints of the recurrent state, the workspace

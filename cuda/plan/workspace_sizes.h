@@ -2,7 +2,7 @@
 // and states -- each kernel family's scratch layout, the model's activation buffers, the sampler's
 // workspace -- and the kernel constants they depend on.
 //
-// Host-only and free of CUDA: the launchers (cuda/backend/*.cu) carve their scratch by these layouts,
+// Host-only and free of CUDA: the launchers (cuda/launch/*.cu) carve their scratch by these layouts,
 // the CUDA model sizes its workspace with plan_workspace(), and pyqwen._core includes the same header to
 // plan GPU memory on a machine without a GPU (device_plan.h, `pyqwen info --gpu-mem`). One formula each,
 // nothing mirrored.
@@ -33,7 +33,7 @@ struct Carver {
     }
 };
 
-// ---- matmul family (backend/matvec.cu, gemm.cu) --------------------------------------------------------
+// ---- matmul family (launch/matvec.cu, gemm.cu) --------------------------------------------------------
 //   act   decode: Q8_1 activations, n_tok * K int8 values then n_tok * K/32 (d, s) float pairs;
 //         prefill: max(fp16 x, the Q8_1 layout) (the latter for the no-cuBLAS fallback)
 //   tile  prefill only: prefill_tile_rows(K, N) * K fp16 values (dequantized weights)
@@ -79,7 +79,7 @@ inline MatmulScratch matmul_scratch_layout(int64_t K, int64_t N, int64_t n_tok, 
     return l;
 }
 
-// ---- Gated DeltaNet (backend/gdn.cu): chunked prefill scratch -----------------------------------------
+// ---- Gated DeltaNet (launch/gdn.cu): chunked prefill scratch -----------------------------------------
 
 constexpr int kGdnChunk = 64;  // BT: tokens per chunk of the chunked (WY/UT) prefill
 
@@ -103,7 +103,7 @@ inline GdnScratch gdn_scratch_layout(int nk, int nv, int dk, int dv, int64_t n) 
     return s;
 }
 
-// ---- attention (backend/attention.cu): split-K partials ------------------------------------------------
+// ---- attention (launch/attention.cu): split-K partials ------------------------------------------------
 
 constexpr int64_t kDecodeMinSplit = 128;       // keys per decode split, at least
 constexpr int kDecodeMaxSplits = 128;
@@ -174,7 +174,7 @@ inline size_t attention_scratch_bytes_ex(int H, int Hkv, int D, int64_t n, int64
     return need;
 }
 
-// ---- sampling and argmax (backend/sampling.cu, argmax.cu) ----------------------------------------------
+// ---- sampling and argmax (launch/sampling.cu, argmax.cu) ----------------------------------------------
 
 constexpr int kSampleBlock = 256;      // threads of the max / compaction kernels
 constexpr int kSampleMaxBlocks = 256;  // blocks of those kernels (each takes a slice of the row)
@@ -199,7 +199,7 @@ inline size_t argmax_workspace_bytes(int64_t n, int nrows) {
     return nblk == 1 ? 0 : kArgmaxPairBytes * (size_t)nblk * (size_t)nrows;
 }
 
-// ---- the model's activation buffers and workspace (backend/model.cu) ----------------------------------
+// ---- the model's activation buffers and workspace (model/model.cu) ----------------------------------
 
 constexpr int64_t kLogitRows = 16;  // rows of logits computed per LM-head launch (bounds the buffer)
 

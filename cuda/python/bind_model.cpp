@@ -17,7 +17,7 @@
 #include <string>
 #include <tuple>
 
-#include "../backend/model.h"
+#include "../model/model.h"
 #include "../host_api.h"
 #include "config_py.h"
 

@@ -2,7 +2,7 @@
 
 Two pybind11 modules come out of one g++ build:
 
-- ``pyqwen_cuda_emu``: cuda/backend/*.cu + cuda/python/bindings.cpp -- the same numpy-level API as
+- ``pyqwen_cuda_emu``: cuda/launch/*.cu, cuda/model/*.cu + cuda/python/*.cpp -- the same numpy-level API as
   ``pyqwen._cuda``, with every kernel run by the emulator (cuda/emu/).
 - ``pq_emu_selftest``: tests/cuda/selftest_kernels.cu, compiled twice (normally and with
   -DPQ_SELFTEST_NO_BARRIER), for the harness self-tests.
@@ -53,14 +53,15 @@ def _cxxflags() -> list[str]:
 def _includes() -> list[str]:
     import pybind11
 
-    return [f"-I{CUDA}", f"-I{REPO / 'csrc'}", f"-I{TESTS}", f"-I{pybind11.get_include()}",
+    return [f"-I{CUDA}", f"-I{REPO / 'csrc' / 'common'}", f"-I{TESTS}", f"-I{pybind11.get_include()}",
             f"-I{sysconfig.get_paths()['include']}"]
 
 
 def _units() -> list[tuple[str, Path, list[str]]]:
     """(object name, source, extra flags) of every translation unit."""
     units = [(f"emu_{p.stem}", p, []) for p in sorted((CUDA / "emu").glob("*.cpp"))]
-    units += [(f"backend_{p.stem}", p, ["-x", "c++"]) for p in sorted((CUDA / "backend").glob("*.cu"))]
+    units += [(f"backend_{p.stem}", p, ["-x", "c++"])
+              for p in sorted((CUDA / "launch").glob("*.cu")) + sorted((CUDA / "model").glob("*.cu"))]
     # bindings.cpp defines the module; bind_*.cpp files (one per kernel family) add to it.
     units += [(f"bindings_{p.stem}", p, [f"-DPQ_CUDA_MODULE_NAME={OPS_MODULE}"])
               for p in sorted((CUDA / "python").glob("*.cpp"))]
@@ -84,7 +85,7 @@ def _link_sets(objs: dict[str, Path]) -> dict[str, list[Path]]:
 def _fingerprint() -> str:
     h = hashlib.sha256()
     files = sorted(p for p in CUDA.rglob("*") if p.suffix in {".h", ".cuh", ".cu", ".cpp"})
-    files += [REPO / "csrc" / "formats.h", Path(__file__)]
+    files += sorted((REPO / "csrc" / "common").glob("*.h")) + [Path(__file__)]  # shared with the CPU core
     files += sorted(p for p in TESTS.iterdir() if p.suffix in {".h", ".cu", ".cpp"})
     for p in files:
         h.update(str(p.relative_to(REPO)).encode())

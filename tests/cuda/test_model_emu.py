@@ -1,4 +1,4 @@
-"""The CUDA backend's whole forward pass (cuda/backend/model.cu through every kernel family) against the
+"""The CUDA backend's whole forward pass (cuda/model/model.cu through every kernel family) against the
 CPU backend, run on the CPU by the emulator -- and the device sampler, and the memory plan against the
 model's allocations.
 

@@ -2,7 +2,7 @@
 // the forward pass kept on the GPU; decode steps replayed as a CUDA graph.
 //
 // Plain C++ against the runtime API (host_api.h): the pybind11 module (python/bind_model.cpp, g++) uses
-// it, and the implementation (backend/model.cu) is compiled by nvcc for pyqwen._cuda and by g++
+// it, and the implementation (model/model.cu) is compiled by nvcc for pyqwen._cuda and by g++
 // -DPQ_CUDA_EMU for the emulated test module. The layer math is csrc/model.cpp's forward_batch, op for
 // op, through the kernel families' launchers (ops.h, ops_matvec.h, ops_gdn.h, ops_attention.h).
 #pragma once
@@ -16,12 +16,13 @@
 #include <vector>
 
 #include "../host_api.h"
+#include "../ops_sampling.h"
 #include "../plan/workspace_sizes.h"
 #include "model_spec.h"
 
 namespace pq::cuda {
 
-// The hyper-parameters: the same struct as the CPU core (csrc/config.h).
+// The hyper-parameters: the same struct as the CPU core (csrc/common/config.h).
 using ModelConfig = pq::Config;
 
 // The weights as the Python side hands them over: name -> pointer into the mmapped GGUF (host memory).
@@ -42,25 +43,6 @@ struct ModelOptions {
     bool use_graphs = true;     // capture decode steps as CUDA graphs (ignored by the emulator build)
     size_t upload_chunk = 64u << 20;  // bytes per staged host->device copy while uploading weights
 };
-
-// Sampling on the device (see sampling.cu): temperature <= 0 (or < 1e-5) is greedy.
-struct SampleParams {
-    float temperature = 0.0f;
-    int top_k = 0;          // 0 = off
-    float top_p = 1.0f;     // 1 = off
-    float min_p = 0.0f;     // 0 = off
-    uint64_t seed = 0;
-    uint64_t counter = 0;   // draw number: (seed, counter) picks the random numbers of one draw
-};
-
-// Device sampling (sampling.cu): draws one token from a row of n logits with p's temperature, top-k,
-// top-p and min-p (the order and meaning of pyqwen/sampling.py, see sampling.cuh), writing its id to
-// out[0]. Uses `workspace` (sample_workspace_bytes(n) bytes of device memory, workspace_sizes.h); never syncs.
-cudaError_t sample_token(const float* logits, int64_t n, const SampleParams& p, int32_t* out, void* workspace,
-                         size_t workspace_bytes, cudaStream_t stream);
-// The same with a smaller candidate-list capacity (tests: forces the whole-row fallback on short rows).
-cudaError_t sample_token_cap(const float* logits, int64_t n, const SampleParams& p, int32_t* out, void* workspace,
-                             size_t workspace_bytes, int cap, cudaStream_t stream);
 
 // One sequence: fp16 KV cache of every attention layer ([n_ctx][n_head_kv][head_dim] per layer, rows
 // >= pos never read), conv and SSM states (fp32, the CPU layouts) of every DeltaNet layer. One device

@@ -1,7 +1,7 @@
 // sampling.cu: launch code of the device sampler (kernels/sampling.cuh).
 #include "../compat.cuh"
 #include "../kernels/sampling.cuh"
-#include "model.h"
+#include "../ops_sampling.h"
 
 namespace pq::cuda {
 
