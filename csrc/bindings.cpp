@@ -18,7 +18,6 @@ namespace pq {
 
 void bind_quants(py::module_& m);
 void bind_ref(py::module_& m);
-void bind_spec(py::module_& m);
 
 namespace {
 
@@ -100,7 +99,6 @@ PYBIND11_MODULE(_core, m) {
         "set_simd", [](const std::string& name) { return simd_select(name.c_str()); }, py::arg("name"),
         "Choose the kernel set ('ref', 'avx2', 'auto'); returns False if unavailable here.");
 
-    bind_spec(m);
     bind_quants(m);
     bind_ref(m);
 }

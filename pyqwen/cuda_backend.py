@@ -8,9 +8,9 @@ GPU, decode steps replayed as CUDA graphs. On top of that:
 - `decode(state, token, params)`: one step with the next token chosen on the GPU (argmax, or
   temperature / top-k / top-p / min-p sampling with a seeded counter-based RNG); only the token id
   crosses to the host (`device_sampling = True`: the generation loop, pyqwen.generation, uses it for
-  every request that needs nothing host-only). `step_sampler(state, params)` wraps it as
-  `f(token) -> next token`. Repetition/presence penalties need the token history: with those the loop
-  uses forward() + the host Sampler (logits cross to the host, 1 MB per step on the 27B).
+  every request that needs nothing host-only). Repetition/presence penalties need the token history:
+  decode() refuses them, and the loop uses forward() + the host Sampler for such requests (logits
+  cross to the host, 1 MB per step on the 27B).
 - a memory plan (pyqwen.memory_plan) checked against the device's free memory before anything is
   allocated: a model that does not fit raises OutOfGPUMemory naming the largest context that does.
 
@@ -174,24 +174,13 @@ class CudaCore:
         here (see the module doc); seed None draws from a fixed default seed. `counter` numbers the draws
         of one generation (the RNG is counter-based: (seed, counter) gives the same draw).
         """
+        if params is not None and (params.repetition_penalty != 1.0 or params.presence_penalty != 0.0):
+            raise ValueError("penalties need the host sampler: use forward() + pyqwen.sampling.Sampler")
         if params is None or params.greedy:
             return self._m.decode(state, int(token))
         seed = params.seed if params.seed is not None else 0x5eed
         return self._m.decode(state, int(token), float(params.temperature), int(params.top_k), float(params.top_p),
                               float(params.min_p), seed & 0xFFFFFFFFFFFFFFFF, counter)
-
-    def step_sampler(self, state, params=None) -> Callable[[int], int]:
-        """f(token) -> next token: feeds token, samples on the GPU; draws numbered 0, 1, ... per call."""
-        if params is not None and (params.repetition_penalty != 1.0 or params.presence_penalty != 0.0):
-            raise ValueError("penalties need the host sampler: use forward() + pyqwen.sampling.Sampler")
-        counter = [0]
-
-        def step(token: int) -> int:
-            tok = self.decode(state, token, params, counter[0])
-            counter[0] += 1
-            return tok
-
-        return step
 
     # ---- introspection -----------------------------------------------------------------------------
 

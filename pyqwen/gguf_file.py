@@ -23,10 +23,10 @@ ARCH = "qwen35"
 FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
 
 
-def _core_supported_types() -> set[int]:
-    from . import _core  # the spec and the kernels' type list live in the extension
+def _weight_types() -> set[int]:
+    from . import _spec  # the spec: the weight types every backend reads
 
-    return {int(t) for t in GGMLQuantizationType if _core.type_supported(int(t))}
+    return set(_spec.weight_types())
 
 
 class _CheckedReader(GGUFReader):
@@ -112,9 +112,9 @@ class HParams:
 
     def state_bytes(self, n_ctx: int, kv_type: str = "f16") -> dict:
         """Bytes of one sequence's state (recurrent, kv_per_token, kv_cache, total), from the C++ spec."""
-        from . import _core
+        from . import _spec
 
-        return _core.state_bytes(self.core_config(), n_ctx, kv_type)
+        return _spec.state_bytes(self.core_config(), n_ctx, kv_type)
 
 
 @dataclass
@@ -269,19 +269,19 @@ class GGUFFile:
         return hp
 
     # ---- tensors -------------------------------------------------------------------------------
-    # What a qwen35 model reads is the C++ spec (csrc/common/model_spec.h), not a table kept here: the same walk
-    # binds the weights on the CPU, uploads them on CUDA and plans GPU memory.
+    # What a qwen35 model reads is the C++ spec (csrc/common/model_spec.h, through pyqwen._spec), not a
+    # table kept here: the same walk binds the weights on the CPU, uploads them on CUDA and plans GPU memory.
 
     def expected_tensors(self) -> dict[str, dict]:
         """name -> {ne0, ne1, storage, optional} of every tensor the forward pass reads that this file has
         or must have (an absent optional one -- output.weight, tied -- is left out), in file order."""
-        from . import _core
+        from . import _spec
 
-        spec = _core.expected_tensors(self.hparams.core_config())
+        spec = _spec.expected_tensors(self.hparams.core_config())
         return {name: t for name, t in spec.items() if not t["optional"] or name in self.tensors}
 
     def _check_tensors(self) -> None:
-        supported = _core_supported_types()
+        supported = _weight_types()
         for name, want in self.expected_tensors().items():
             t = self.tensors.get(name)
             if t is None:

@@ -1,8 +1,8 @@
 """GPU memory plan of the CUDA backend, computed before anything is allocated -- presented here.
 
-The numbers come from C++ (`pyqwen._core.plan_device_memory`, cuda/plan/device_plan.h), computed from the
-model spec (csrc/common/model_spec.h) and the kernels' own scratch formulas (cuda/plan/workspace_sizes.h) -- the
-same code the CUDA backend allocates by, so nothing is mirrored here:
+The numbers come from C++ (`pyqwen._spec.plan_device_memory`, cuda/plan/device_plan.h), computed from
+the model spec (csrc/common/model_spec.h) and the kernels' own scratch formulas
+(cuda/plan/workspace_sizes.h) -- the same code the CUDA backend allocates by, so nothing is mirrored here:
 
 - weights: every tensor of the spec the file has, uploaded once (256-byte aligned slices of one arena;
   a tied LM head is not duplicated);
@@ -154,14 +154,14 @@ def plan_for(config: dict, tensors: dict, n_ctx: int, kv_type: str = "f16", gpu_
 
     With gpu_mem_bytes, max_ctx is the largest context in [1, n_ctx_train] that fits.
     """
-    from . import _core
+    from . import _spec
 
     if kv_type not in KV_TYPES:
         raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
     if n_ctx < 1 or n_batch < 1 or n_snapshots < 0:
         raise ValueError("n_ctx and n_batch must be >= 1, n_snapshots >= 0")
     n_ctx_train = n_ctx_train or n_ctx
-    r = _core.plan_device_memory(config, tensors, n_ctx, kv_type, n_batch, n_snapshots, context_bytes,
+    r = _spec.plan_device_memory(config, tensors, n_ctx, kv_type, n_batch, n_snapshots, context_bytes,
                                  gpu_mem_bytes, n_ctx_train)
     p = Plan(config=config, n_ctx_train=n_ctx_train, n_ctx=n_ctx, kv_type=kv_type, n_batch=n_batch,
              n_snapshots=n_snapshots, n_weights=r["n_weights"], weights=r["weights"], kv_cache=r["kv_cache"],

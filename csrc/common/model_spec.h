@@ -180,6 +180,18 @@ void for_each_tensor(const Config& c, Fn&& fn) {
     });
 }
 
+// ggml types the runtime reads as weights (matmul operands, embeddings): every backend implements all
+// of them (the CPU's type_supported and the CUDA matmul family are tested against this list).
+inline bool spec_weight_type(int type) {
+    switch (type) {
+        case T_F32: case T_F16: case T_BF16: case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q8_0:
+        case T_Q4_K: case T_Q5_K: case T_Q6_K: case T_IQ4_NL: case T_IQ4_XS:
+            return true;
+        default:
+            return false;
+    }
+}
+
 // ---- validation --------------------------------------------------------------------------------------
 
 [[noreturn]] inline void spec_fail(const std::string& msg) { throw std::invalid_argument(msg); }

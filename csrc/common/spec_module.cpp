@@ -1,6 +1,7 @@
-// bindings_spec.cpp: the model spec (model_spec.h) and the GPU memory plan (cuda/plan/device_plan.h) for
-// Python: the GGUF loader checks files against expected_tensors(), pyqwen/memory_plan.py presents
-// plan_device_memory() -- neither keeps a copy of the tables or the formulas.
+// spec_module.cpp: pyqwen._spec, the model spec (model_spec.h) and the GPU memory plan
+// (cuda/plan/device_plan.h) for Python: the GGUF loader checks files against expected_tensors(),
+// pyqwen/memory_plan.py presents plan_device_memory() -- neither keeps a copy of the tables or formulas.
+// A module of its own, with no kernels: validating a file or planning GPU memory needs neither backend.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -14,7 +15,6 @@
 namespace py = pybind11;
 
 namespace pq {
-
 namespace {
 
 const char* storage_name(Storage s) { return s == Storage::Weight ? "weight" : "float"; }
@@ -76,6 +76,14 @@ py::dict plan_to_dict(const cuda::DevicePlan& p) {
 }  // namespace
 
 void bind_spec(py::module_& m) {
+    m.def(
+        "weight_types", []() {
+            py::list out;
+            for (int t = 0; t < 64; ++t)
+                if (spec_weight_type(t)) out.append(t);
+            return out;
+        },
+        "ggml type ids the runtime reads as weights (every backend implements all of them).");
     m.def(
         "tensor_spec",
         []() {
@@ -200,3 +208,8 @@ void bind_spec(py::module_& m) {
 }
 
 }  // namespace pq
+
+PYBIND11_MODULE(_spec, m) {
+    m.doc() = "pyqwen model spec (tensors, state buffers) and the CUDA backend's GPU memory plan";
+    pq::bind_spec(m);
+}
