@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Backend", "CpuCore"]
+__all__ = ["Backend", "CoreAdapter", "CpuCore"]
 
 
 @runtime_checkable
@@ -47,12 +47,9 @@ class Backend(Protocol):
     def decode(self, state: Any, token: int, params: Any = None, counter: int = 0) -> int: ...
 
 
-class CpuCore:
-    """pyqwen._core.Model under the Backend contract. The logits live in host memory already, so
-    decode() is forward() + the host sampler, with a numpy RNG keyed by (seed, counter)."""
-
-    backend = "cpu"
-    device_sampling = False
+class CoreAdapter:
+    """The contract's state methods over a C++ model class (pyqwen._core.Model, pyqwen._cuda.CudaModel):
+    both take the same arguments (csrc/common/config_py.h), so one adapter serves both backends."""
 
     def __init__(self, model):
         self._m = model
@@ -65,13 +62,21 @@ class CpuCore:
         return self._m.new_state(n_ctx, kv_type)
 
     def forward(self, state, tokens, logits: str = "last", n_batch: int = 256):
-        return self._m.forward(state, tokens, logits, n_batch)
+        return self._m.forward(state, np.ascontiguousarray(tokens, dtype=np.int32), logits, n_batch)
 
     def snapshot(self, state, with_kv: bool = False):
         return self._m.snapshot(state, with_kv)
 
     def restore(self, state, snapshot) -> None:
         self._m.restore(state, snapshot)
+
+
+class CpuCore(CoreAdapter):
+    """pyqwen._core.Model under the Backend contract. The logits live in host memory already, so
+    decode() is forward() + the host sampler, with a numpy RNG keyed by (seed, counter)."""
+
+    backend = "cpu"
+    device_sampling = False
 
     def decode(self, state, token: int, params=None, counter: int = 0) -> int:
         from .sampling import Sampler, SamplingParams

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .backend import CoreAdapter
 from .memory_plan import CUDA_RUNTIME_RESERVE_BYTES, DEFAULT_SNAPSHOTS, OutOfGPUMemory, Plan, plan_for
 
 __all__ = ["CudaCore", "cuda_available", "cuda_module", "select_backend", "OutOfGPUMemory"]
@@ -88,14 +89,14 @@ def _progress_bar(total: int, enabled: bool | None):
                 leave=False, file=sys.stderr)
 
 
-class CudaCore:
+class CudaCore(CoreAdapter):
     """The pyqwen.backend.Backend contract on the GPU (see the module doc)."""
 
     backend = "cuda"
     device_sampling = True   # decode() samples on the GPU: the generation loop uses it when it can
 
     def __init__(self, model, plan: Plan | None = None, module=None):
-        self._m = model
+        super().__init__(model)
         self._mod = module
         self.plan = plan
 
@@ -143,27 +144,11 @@ class CudaCore:
         del keep  # the weights live on the device now; the mmap is not needed by the core
         return cls(model, p, mod)
 
-    # ---- the core interface (as pyqwen._core.Model) ------------------------------------------------
-
-    @property
-    def config(self) -> dict:
-        return self._m.config
+    # ---- the core interface: pyqwen.backend.CoreAdapter, plus -----------------------------------------
 
     @property
     def n_batch(self) -> int:
         return self._m.n_batch
-
-    def new_state(self, n_ctx: int, kv_type: str = "f16"):
-        return self._m.new_state(n_ctx, kv_type)
-
-    def forward(self, state, tokens, logits: str = "last", n_batch: int = 256):
-        return self._m.forward(state, np.ascontiguousarray(tokens, dtype=np.int32), logits, n_batch)
-
-    def snapshot(self, state, with_kv: bool = False):
-        return self._m.snapshot(state, with_kv)
-
-    def restore(self, state, snapshot) -> None:
-        self._m.restore(state, snapshot)
 
     # ---- device-side decoding ----------------------------------------------------------------------
 

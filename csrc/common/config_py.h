@@ -70,17 +70,19 @@ inline pybind11::dict config_to_dict(const Config& c) {
     return d;
 }
 
-// tensors: name -> (ggml_type, ne0, ne1, address). Addresses point into memory the Python side keeps
-// alive for the model's lifetime (the mmap), passed as `keepalive`.
+// tensors: name -> (ggml_type, ne0, ne1, address) or, for planning, (ggml_type, ne0, ne1). Addresses
+// point into memory the Python side keeps alive for the model's lifetime (the mmap), passed as `keepalive`.
 inline std::map<std::string, TensorDesc> tensors_from_dict(const pybind11::dict& tensors) {
     std::map<std::string, TensorDesc> out;
     for (auto item : tensors) {
-        auto tup = item.second.cast<std::tuple<int, int64_t, int64_t, uintptr_t>>();
+        const auto tup = item.second.cast<pybind11::tuple>();
+        if (tup.size() != 3 && tup.size() != 4)
+            throw std::invalid_argument("tensor table entries are (type, ne0, ne1[, address])");
         TensorDesc t;
-        t.type = std::get<0>(tup);
-        t.ne0 = std::get<1>(tup);
-        t.ne1 = std::get<2>(tup);
-        t.data = reinterpret_cast<const void*>(std::get<3>(tup));
+        t.type = tup[0].cast<int>();
+        t.ne0 = tup[1].cast<int64_t>();
+        t.ne1 = tup[2].cast<int64_t>();
+        if (tup.size() == 4) t.data = reinterpret_cast<const void*>(tup[3].cast<uintptr_t>());
         out[item.first.cast<std::string>()] = t;
     }
     return out;

@@ -36,19 +36,6 @@ int kv_type_id(const std::string& name) {
     throw std::invalid_argument("kv_type must be one of f16, f32, q8_0, got '" + name + "'");
 }
 
-std::map<std::string, TensorDesc> shapes_from_dict(const py::dict& tensors) {
-    std::map<std::string, TensorDesc> out;
-    for (auto item : tensors) {
-        auto tup = item.second.cast<std::tuple<int, int64_t, int64_t>>();
-        TensorDesc t;
-        t.type = std::get<0>(tup);
-        t.ne0 = std::get<1>(tup);
-        t.ne1 = std::get<2>(tup);
-        out[item.first.cast<std::string>()] = t;
-    }
-    return out;
-}
-
 py::dict plan_to_dict(const cuda::DevicePlan& p) {
     py::dict ws;
     ws["activations"] = p.workspace.activations;
@@ -173,7 +160,7 @@ void bind_spec(py::module_& m) {
             if (n_ctx < 1 || n_batch < 1 || n_snapshots < 0)
                 throw std::invalid_argument("n_ctx and n_batch must be >= 1, n_snapshots >= 0");
             const int kt = kv_type_id(kv_type);
-            const auto table = shapes_from_dict(tensors);
+            const auto table = tensors_from_dict(tensors);
             auto lookup = [&](const std::string& name) -> const TensorDesc* {
                 auto it = table.find(name);
                 return it == table.end() ? nullptr : &it->second;
