@@ -20,6 +20,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "../check.h"
 #include "../ops.h"
 #include "../ops_attention.h"
 #include "../ops_gdn.h"
@@ -40,15 +41,6 @@ namespace {
 constexpr size_t kAlign = 256;
 
 size_t align_up(size_t x, size_t a = kAlign) { return (x + a - 1) / a * a; }
-
-[[noreturn]] void fail_cuda(cudaError_t e, const char* what) {
-    cudaGetLastError();  // clear a sticky launch error so later calls report their own
-    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
-}
-
-inline void check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) fail_cuda(e, what);
-}
 
 [[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
 

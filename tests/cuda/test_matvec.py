@@ -381,14 +381,14 @@ def check_swiglu(got, tg, wgb, tu, wub, x, N, K):
                                    (F16, F16), (Q4_K, Q6_K), (F16, Q4_K)],
                          ids=lambda t: NAMES[t])
 @pytest.mark.parametrize("n_tok", [1, 3, 8, 11])
-def test_matmul_swiglu_decode(ops, tg, tu, n_tok):
+def test_matmul_swiglu_decode(cuda_module, ops, tg, tu, n_tok):
     rng = rng_for("swiglu", tg, tu, n_tok)
     N, K = 45, 512
     wgb, wub = make_weight(tg, N, K, rng), make_weight(tu, N, K, rng)
     x = make_x(rng, n_tok, K)
     got = ops.matmul_swiglu(tg, wgb, tu, wub, K, N, x)
     check_swiglu(got, tg, wgb, tu, wub, x, N, K)
-    if getattr(ops, "emulated", False):
+    if cuda_module.emulated:
         # the fused kernel does the per-row arithmetic of two separate products and swiglu_f32's silu: bit
         # for bit under the emulator (on a GPU, FMA contraction may differ between the instantiations)
         g = ops.matmul(tg, wgb, K, N, x)
