@@ -10,14 +10,16 @@
 
 #include "config_py.h"
 #include "model.h"
+#include "py_testing.h"
 #include "simd/dispatch.h"
 
 namespace py = pybind11;
 
 namespace pq {
 
-void bind_quants(py::module_& m);
-void bind_ref(py::module_& m);
+void bind_quants(py::module_& m);          // quantize / dequantize (bindings_quants.cpp)
+void bind_quants_testing(py::module_& m);  // reference quantized dots and matmul (bindings_quants.cpp)
+void bind_ref(py::module_& m);             // reference kernels (bindings_ref.cpp)
 
 namespace {
 
@@ -100,5 +102,7 @@ PYBIND11_MODULE(_core, m) {
         "Choose the kernel set ('ref', 'avx2', 'auto'); returns False if unavailable here.");
 
     bind_quants(m);
-    bind_ref(m);
+    py::module_ testing = testing_submodule(m, "Reference kernels and quantized dots, for the tests.");
+    bind_quants_testing(testing);
+    bind_ref(testing);
 }

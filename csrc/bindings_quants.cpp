@@ -1,4 +1,6 @@
 // bindings_quants.cpp: Python bindings of the quantizers, dequantizers and reference quantized dots.
+// quantize / dequantize (used by the converter) sit at the top level of pyqwen._core; the rest, which
+// only the tests use, in pyqwen._core.testing.
 //
 // Everything arriving from Python is validated here (dtype, dimensions, block multiples, byte
 // lengths) and reported as ValueError, so no Python input can make the C++ side read or write out of
@@ -197,6 +199,11 @@ void bind_quants(py::module_& m) {
           "imatrix). Returns the raw blocks of all rows concatenated as uint8. Rejects NaN/Inf.");
     m.def("dequantize", &py_dequantize, py::arg("type"), py::arg("data"), py::arg("n"), py::arg("n_threads") = 0,
           "Decode n values from raw blocks (any contiguous byte buffer) to float32.");
+}
+
+// The reference dots and matmul, the kernel-set name and the block geometry: for the tests (registered in
+// pyqwen._core.testing, see bindings.cpp).
+void bind_quants_testing(py::module_& m) {
     m.def("quant_vec_dot", &py_vec_dot, py::arg("type"), py::arg("w"), py::arg("x"),
           "Dot of one quantized weight row with float32 x; x is first quantized to the weight's "
           "activation format (Q8_K, Q8_0 or Q8_1) as llama.cpp's CPU backend does.");

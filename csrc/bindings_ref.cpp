@@ -1,5 +1,5 @@
-// bindings_ref.cpp: the reference kernels exposed one by one (pyqwen._core.ref_*), so that tests can
-// hold the SIMD and CUDA versions (and numpy/torch re-derivations) against the spec directly.
+// bindings_ref.cpp: the reference kernels exposed one by one (pyqwen._core.testing.ref_*), so that tests
+// can hold the SIMD and CUDA versions (and numpy/torch re-derivations) against the spec directly.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 

@@ -128,11 +128,11 @@ def test_simd_kernels_match_reference():
         for typ, data in [(T.F32, w.view(np.uint8)), (T.F16, w.astype(np.float16).view(np.uint8)),
                           (T.BF16, (w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8))]:
             assert _core.set_simd("ref")
-            ref = _core.ref_matmul(int(typ), data.reshape(-1), ne0, ne1, x)
+            ref = _core.testing.ref_matmul(int(typ), data.reshape(-1), ne0, ne1, x)
             if not _core.set_simd("avx2"):
                 _core.set_simd("auto")
                 pytest.skip("no AVX2 on this CPU")
-            fast = _core.ref_matmul(int(typ), data.reshape(-1), ne0, ne1, x, n_threads=2)
+            fast = _core.testing.ref_matmul(int(typ), data.reshape(-1), ne0, ne1, x, n_threads=2)
             _core.set_simd("auto")
             scale = np.abs(w).max() * np.abs(x).sum(1).max()
             np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-6 * scale)
@@ -149,11 +149,11 @@ def test_simd_attention_matches_reference():
         K = rng.standard_normal((pos0 + n, Hkv, D)).astype(dt)
         V = rng.standard_normal((pos0 + n, Hkv, D)).astype(dt)
         assert _core.set_simd("ref")
-        ref = _core.ref_attention(q, K, V, pos0)
+        ref = _core.testing.ref_attention(q, K, V, pos0)
         if not _core.set_simd("avx2"):
             _core.set_simd("auto")
             pytest.skip("no AVX2 on this CPU")
-        fast = _core.ref_attention(q, K, V, pos0)
+        fast = _core.testing.ref_attention(q, K, V, pos0)
         _core.set_simd("auto")
         np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-5)
 

@@ -245,16 +245,16 @@ def test_argument_validation():
         lambda: core.dequantize(Q4_K, w.view(np.uint16), 512),         # not a byte buffer
         lambda: core.dequantize(Q4_K, np.zeros(288, np.uint8)[::2], 256),  # non-contiguous
         lambda: core.dequantize(1, w, 512),                            # F16: not handled here
-        lambda: core.quant_vec_dot(Q4_K, w, np.zeros(512, np.float64)),
-        lambda: core.quant_vec_dot(Q4_K, w, np.zeros(256, np.float32)),  # w holds 2 rows
-        lambda: core.quant_vec_dot(Q8_K, core.quantize(Q8_K, x[0]), x[0]),  # activation format
-        lambda: core.quant_vec_dot(Q4_K, w[:144], np.zeros((1, 256), np.float32)),  # x must be 1-D
-        lambda: core.quant_vec_dot_q(Q4_K, w[:144], np.zeros(291, np.uint8), 256),
-        lambda: core.quant_matmul_ref(Q4_K, w, 256, 3, x),             # n_out inconsistent
-        lambda: core.quant_matmul_ref(Q4_K, w, 512, 1, x),             # x rows != n_in
-        lambda: core.quant_matmul_ref(Q4_K, w, 0, 0, x),               # n_in must be > 0
-        lambda: core.quant_matmul_ref(Q4_K, w, 256, -2, x),
-        lambda: core.quant_matmul_ref(Q4_K, w, 1 << 62, 2, x),
+        lambda: core.testing.quant_vec_dot(Q4_K, w, np.zeros(512, np.float64)),
+        lambda: core.testing.quant_vec_dot(Q4_K, w, np.zeros(256, np.float32)),  # w holds 2 rows
+        lambda: core.testing.quant_vec_dot(Q8_K, core.quantize(Q8_K, x[0]), x[0]),  # activation format
+        lambda: core.testing.quant_vec_dot(Q4_K, w[:144], np.zeros((1, 256), np.float32)),  # x must be 1-D
+        lambda: core.testing.quant_vec_dot_q(Q4_K, w[:144], np.zeros(291, np.uint8), 256),
+        lambda: core.testing.quant_matmul_ref(Q4_K, w, 256, 3, x),             # n_out inconsistent
+        lambda: core.testing.quant_matmul_ref(Q4_K, w, 512, 1, x),             # x rows != n_in
+        lambda: core.testing.quant_matmul_ref(Q4_K, w, 0, 0, x),               # n_in must be > 0
+        lambda: core.testing.quant_matmul_ref(Q4_K, w, 256, -2, x),
+        lambda: core.testing.quant_matmul_ref(Q4_K, w, 1 << 62, 2, x),
     ]
     for i, call in enumerate(bad_calls):
         with pytest.raises(ValueError):
@@ -269,12 +269,12 @@ def test_argument_validation():
 
 
 def test_type_info():
-    info = core.quant_type_info(Q4_K)
+    info = core.testing.quant_type_info(Q4_K)
     assert info == {"type": Q4_K, "name": "q4_K", "block_size": 256, "block_bytes": 144, "vec_dot_type": Q8_K,
                     "has_quantizer": True, "has_vec_dot": True}
-    assert core.quant_type_info(IQ4_NL)["vec_dot_type"] == Q8_0
-    assert core.quant_type_info(Q8_K)["has_vec_dot"] is False
-    assert core.quant_type_info(0) is None
+    assert core.testing.quant_type_info(IQ4_NL)["vec_dot_type"] == Q8_0
+    assert core.testing.quant_type_info(Q8_K)["has_vec_dot"] is False
+    assert core.testing.quant_type_info(0) is None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -292,11 +292,11 @@ def _weights(t: int, n_out: int, n_in: int, rng: np.random.Generator) -> np.ndar
 
 @pytest.mark.parametrize("t", ALL_WEIGHT_TYPES, ids=tname)
 def test_simd_vec_dot_bit_identical_to_reference(t):
-    """The SIMD kernels (AVX2 where the CPU has it: core.quant_simd()) compute only the integer lane
+    """The SIMD kernels (AVX2 where the CPU has it: core.testing.quant_simd()) compute only the integer lane
     sums and leave the float steps to the reference code, so they must agree to the bit, also for
     activation bytes our quantizer never produces (-128) and for random weight bytes."""
     rng = np.random.default_rng(51 + t)
-    vdt = core.quant_type_info(t)["vec_dot_type"]
+    vdt = core.testing.quant_type_info(t)["vec_dot_type"]
     n = 8 * BLOCK[t][0]
     nb_act = n // BLOCK[vdt][0]
     for trial in range(6):
@@ -312,9 +312,9 @@ def test_simd_vec_dot_bit_identical_to_reference(t):
             if trial == 5:  # extreme: every activation -128
                 act[:, (2 if vdt == Q8_0 else 4):(34 if vdt == Q8_0 else 260)] = 0x80
             act = act.reshape(-1)
-        fast = core.quant_vec_dot_q(t, w, act, n)
-        ref = core.quant_vec_dot_q(t, w, act, n, reference=True)
-        assert np.float32(fast).view(np.uint32) == np.float32(ref).view(np.uint32), (core.quant_simd(), trial)
+        fast = core.testing.quant_vec_dot_q(t, w, act, n)
+        ref = core.testing.quant_vec_dot_q(t, w, act, n, reference=True)
+        assert np.float32(fast).view(np.uint32) == np.float32(ref).view(np.uint32), (core.testing.quant_simd(), trial)
 
 
 @needs_ggml
@@ -329,13 +329,13 @@ def test_vec_dot_matches_ggml_generic(t):
     float32 roundings of the sum of absolute block contributions, i.e. 8 * 2^-24 * sum|w||x|.
     """
     rng = np.random.default_rng(21 + t)
-    vdt = core.quant_type_info(t)["vec_dot_type"]
+    vdt = core.testing.quant_type_info(t)["vec_dot_type"]
     n = 2048
     w = _weights(t, 8, n, rng).reshape(8, -1)
     for r in range(8):
         x = _rows("normal", 1, n, rng)[0] * (10.0 ** (r - 4))
         act = REF.quantize_act(t, x) if vdt == Q8_0 else REF.from_float_ref(vdt, x)
-        ours = core.quant_vec_dot_q(t, w[r], act, n)
+        ours = core.testing.quant_vec_dot_q(t, w[r], act, n)
         ref = REF.vec_dot(t, w[r], act, n, generic=True)
         wf = core.dequantize(t, w[r], n).astype(np.float64)
         xf = core.dequantize(vdt, act, n).astype(np.float64)
@@ -350,7 +350,7 @@ def test_vec_dot_close_to_ggml_cpu_backend(t):
     different summation order and FMA, so compare at 1e-5 of sum|w||x| plus the activation quantizers'
     possible one-level differences (checked separately: same bytes in the normal case)."""
     rng = np.random.default_rng(31 + t)
-    vdt = core.quant_type_info(t)["vec_dot_type"]
+    vdt = core.testing.quant_type_info(t)["vec_dot_type"]
     n = 4096
     w = _weights(t, 4, n, rng).reshape(4, -1)
     for r in range(4):
@@ -363,7 +363,7 @@ def test_vec_dot_close_to_ggml_cpu_backend(t):
             same = np.array_equal(act_ggml, act_ours)
         assert same, "activation quantizer differs from ggml's CPU backend"
         ref = REF.vec_dot(t, w[r], act_ggml, n, generic=False)
-        ours = core.quant_vec_dot(t, w[r], x)
+        ours = core.testing.quant_vec_dot(t, w[r], x)
         wf = core.dequantize(t, w[r], n).astype(np.float64)
         xf = core.dequantize(vdt, act_ours, n).astype(np.float64)
         assert abs(ours - ref) <= 1e-5 * np.sum(np.abs(wf * xf)), (ours, ref)
@@ -379,7 +379,7 @@ def _act_error_bound(t: int, x: np.ndarray) -> np.ndarray:
     e16(d) <= max(2^-11 d, 2^-25) is the fp16 rounding error (relative in the normal range, absolute
     2^-25 for fp16 subnormals).
     """
-    bs = 256 if core.quant_type_info(t)["vec_dot_type"] == Q8_K else 32
+    bs = 256 if core.testing.quant_type_info(t)["vec_dot_type"] == Q8_K else 32
     xb = x.reshape(x.shape[0], -1, bs).astype(np.float64)
     d = np.abs(xb).max(axis=2, keepdims=True) / 127.0
     if bs == 256:
@@ -412,7 +412,7 @@ def test_quant_matmul_vs_float_matmul(t):
         W = core.dequantize(t, wq, n_out * n_in).reshape(n_out, n_in).astype(np.float64)
         x = _rows("normal", T, n_in, rng) * rng.uniform(0.01, 100, (T, 1)).astype(np.float32)
         x = x.astype(np.float32)
-        y = core.quant_matmul_ref(t, wq, n_in, n_out, x)
+        y = core.testing.quant_matmul_ref(t, wq, n_in, n_out, x)
         assert y.shape == (T, n_out) and y.dtype == np.float32
         ref = x.astype(np.float64) @ W.T
         e = _act_error_bound(t, x)
@@ -424,8 +424,8 @@ def test_quant_matmul_vs_float_matmul(t):
         scale = np.linalg.norm(x.astype(np.float64), axis=1)[:, None] * np.linalg.norm(W, axis=1)[None, :]
         assert np.max(err / scale) < 0.01
         # Same as per-row vec_dot, and independent of the thread count.
-        assert np.array_equal(core.quant_matmul_ref(t, wq, n_in, n_out, x, n_threads=1), y)
+        assert np.array_equal(core.testing.quant_matmul_ref(t, wq, n_in, n_out, x, n_threads=1), y)
         w_rows = wq.reshape(n_out, -1)
-        assert core.quant_vec_dot(t, w_rows[n_out - 1], x[T - 1]) == y[T - 1, n_out - 1]
+        assert core.testing.quant_vec_dot(t, w_rows[n_out - 1], x[T - 1]) == y[T - 1, n_out - 1]
     # 1-D activation gives a 1-D result.
-    assert core.quant_matmul_ref(t, wq, n_in, n_out, x[0]).shape == (n_out,)
+    assert core.testing.quant_matmul_ref(t, wq, n_in, n_out, x[0]).shape == (n_out,)

@@ -19,7 +19,7 @@ import pytest
 
 gguf_quants = pytest.importorskip("gguf.quants")
 core = pytest.importorskip("pyqwen._core")
-if not hasattr(core, "quantize") or core.quant_type_info(2) is None:
+if not hasattr(core, "quantize") or core.testing.quant_type_info(2) is None:
     pytest.skip("pyqwen._core was built without the legacy quant formats", allow_module_level=True)
 
 from ggml_ref import REF, SKIP_REASON  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -119,7 +119,7 @@ def ggml_vec_dot(t: int, w: np.ndarray, act: np.ndarray, n: int, generic: bool) 
 
 @pytest.mark.parametrize("t", LEGACY, ids=tname)
 def test_type_info(t):
-    info = core.quant_type_info(t)
+    info = core.testing.quant_type_info(t)
     assert info == {"type": t, "name": NAMES[t].lower(), "block_size": 32, "block_bytes": BLOCK_BYTES[t],
                     "vec_dot_type": ACT[t], "has_quantizer": True, "has_vec_dot": True}
     assert core.type_supported(t)  # the model loader accepts tensors of this type
@@ -218,7 +218,7 @@ def test_argument_validation():
     with pytest.raises(ValueError):
         core.dequantize(Q5_1, w[:-1], 128)
     with pytest.raises(ValueError):
-        core.quant_vec_dot(Q5_1, w, np.zeros(64, np.float32))  # w holds 2 rows
+        core.testing.quant_vec_dot(Q5_1, w, np.zeros(64, np.float32))  # w holds 2 rows
 
 
 # ---- activation quantizer (Q8_1 is what Q4_1/Q5_1 dot with) -------------------------------------------
@@ -260,9 +260,9 @@ def test_simd_vec_dot_bit_identical_to_reference(t):
             if trial == 5:
                 act[:, -32:] = 0x80
             act = act.reshape(-1)
-        fast = core.quant_vec_dot_q(t, w, act, n)
-        ref = core.quant_vec_dot_q(t, w, act, n, reference=True)
-        assert np.float32(fast).view(np.uint32) == np.float32(ref).view(np.uint32), (core.quant_simd(), trial)
+        fast = core.testing.quant_vec_dot_q(t, w, act, n)
+        ref = core.testing.quant_vec_dot_q(t, w, act, n, reference=True)
+        assert np.float32(fast).view(np.uint32) == np.float32(ref).view(np.uint32), (core.testing.quant_simd(), trial)
 
 
 # ggml_vec_dot_q5_0_q8_0_generic in llama-cpp-python 0.3.36's libggml-cpu returns wrong values (one weight
@@ -279,7 +279,7 @@ def test_vec_dot_matches_ggml_generic(t):
     for r in range(8):
         x = rows("normal", 1, n, rng)[0] * np.float32(10.0 ** (r - 4))
         act = core.quantize(ACT[t], x)
-        ours = core.quant_vec_dot_q(t, w[r], act, n)
+        ours = core.testing.quant_vec_dot_q(t, w[r], act, n)
         ref = ggml_vec_dot(t, w[r], act, n, generic=True)
         wf = core.dequantize(t, w[r], n).astype(np.float64)
         xf = core.dequantize(ACT[t], act, n).astype(np.float64)
@@ -298,7 +298,7 @@ def test_vec_dot_close_to_ggml_cpu_backend(t):
         x = rows("normal", 1, n, rng)[0]
         act = REF.quantize_act(t, x)
         ref = ggml_vec_dot(t, w[r], act, n, generic=False)
-        ours = core.quant_vec_dot(t, w[r], x)
+        ours = core.testing.quant_vec_dot(t, w[r], x)
         wf = core.dequantize(t, w[r], n).astype(np.float64)
         xf = core.dequantize(ACT[t], act, n).astype(np.float64)
         assert abs(ours - ref) <= 1e-5 * np.sum(np.abs(wf * xf)), (ours, ref)
@@ -327,7 +327,7 @@ def test_quant_matmul_vs_float_matmul(t):
         wq = weights(t, n_out, n_in, rng)
         W = core.dequantize(t, wq, n_out * n_in).reshape(n_out, n_in).astype(np.float64)
         x = (rows("normal", T, n_in, rng) * rng.uniform(0.01, 100, (T, 1))).astype(np.float32)
-        y = core.quant_matmul_ref(t, wq, n_in, n_out, x)
+        y = core.testing.quant_matmul_ref(t, wq, n_in, n_out, x)
         assert y.shape == (T, n_out) and y.dtype == np.float32
         nb = n_in // 32
 
@@ -357,5 +357,5 @@ def test_quant_matmul_vs_float_matmul(t):
         assert np.all(err <= bound), f"{tname(t)} {n_in}x{n_out}: max err/bound {np.max(err / bound)}"
         scale = np.linalg.norm(x.astype(np.float64), axis=1)[:, None] * np.linalg.norm(W, axis=1)[None, :]
         assert np.max(err / scale) < 0.02
-        assert np.array_equal(core.quant_matmul_ref(t, wq, n_in, n_out, x, n_threads=1), y)
-        assert core.quant_vec_dot(t, wq.reshape(n_out, -1)[-1], x[-1]) == y[-1, -1]
+        assert np.array_equal(core.testing.quant_matmul_ref(t, wq, n_in, n_out, x, n_threads=1), y)
+        assert core.testing.quant_vec_dot(t, wq.reshape(n_out, -1)[-1], x[-1]) == y[-1, -1]

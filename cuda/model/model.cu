@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "../check.h"
 #include "../ops.h"
 #include "../ops_attention.h"
 #include "../ops_gdn.h"
@@ -38,14 +39,6 @@ namespace pq::cuda {
 
 namespace {
 
-[[noreturn]] void fail_cuda(cudaError_t e, const char* what) {
-    cudaGetLastError();  // clear a sticky launch error so later calls report their own
-    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
-}
-
-inline void check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) fail_cuda(e, what);
-}
 
 [[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
 

@@ -1,72 +1,22 @@
-// bind_attention.cpp: numpy-level entry points of the attention kernels (ops_attention.h), for tests.
+// bind_attention.cpp: numpy-level entry points of the attention kernels (ops_attention.h), for tests
+// (registered in the `testing` submodule, see bindings.cpp).
 // Each call copies its inputs to the device, runs, synchronises and copies the results back.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "../host_api.h"
 #include "../ops_attention.h"
+#include "device_buffer.h"
 
 namespace py = pybind11;
 
+namespace pq::cuda_bind {
+
 namespace {
-
-using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using F16Bits = py::array_t<uint16_t, py::array::c_style>;
-
-void check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-class DeviceBuffer {
-public:
-    explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
-        if (bytes) check(cudaMalloc(&ptr_, bytes), "cudaMalloc");
-    }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    ~DeviceBuffer() {
-        if (ptr_) cudaFree(ptr_);
-    }
-    template <class T>
-    T* as() const {
-        return static_cast<T*>(ptr_);
-    }
-    size_t bytes() const { return bytes_; }
-    void upload(const void* src, size_t n) {
-        if (n) check(cudaMemcpy(ptr_, src, n, cudaMemcpyHostToDevice), "cudaMemcpy to device");
-    }
-    void download(void* dst, size_t n, size_t offset = 0) const {
-        if (n) check(cudaMemcpy(dst, static_cast<char*>(ptr_) + offset, n, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
-    }
-    static std::unique_ptr<DeviceBuffer> from(const py::array& a) {
-        auto d = std::make_unique<DeviceBuffer>((size_t)a.nbytes());
-        d->upload(a.data(), (size_t)a.nbytes());
-        return d;
-    }
-
-private:
-    void* ptr_ = nullptr;
-    size_t bytes_;
-};
-
-void finish(cudaError_t launch_error, const char* what) {
-    check(launch_error, what);
-    check(cudaDeviceSynchronize(), what);
-}
-
-F16Bits f16_bits(const py::array& a, const char* name) {
-    if (a.dtype().kind() != 'f' || a.itemsize() != 2)
-        throw std::invalid_argument(std::string(name) + " must be a float16 array");
-    py::array c = py::array::ensure(a, py::array::c_style);
-    return F16Bits(c.request().shape, static_cast<const uint16_t*>(c.data()));
-}
-
-py::array as_f16(const F16Bits& bits) { return bits.attr("view")("float16"); }
 
 struct Heads {
     int64_t n;
@@ -93,14 +43,14 @@ py::tuple attention_prepare(const F32Array& qg, const F32Array& k, const F32Arra
     need_vec(k_norm, h.D, "k_norm");
     auto dq = DeviceBuffer::from(qg), dk = DeviceBuffer::from(k), dv = DeviceBuffer::from(v);
     auto dqn = DeviceBuffer::from(q_norm), dkn = DeviceBuffer::from(k_norm);
-    finish(pq::cuda::attention_prepare(dq->as<float>(), dk->as<float>(), dv->as<float>(), dqn->as<float>(),
-                                       dkn->as<float>(), nullptr, nullptr, pos0, h.n, h.H, h.Hkv, h.D, n_rot,
+    finish(pq::cuda::attention_prepare(dq.as<float>(), dk.as<float>(), dv.as<float>(), dqn.as<float>(),
+                                       dkn.as<float>(), nullptr, nullptr, pos0, h.n, h.H, h.Hkv, h.D, n_rot,
                                        rope_base, eps, nullptr),
            "attention_prepare");
     F32Array qo({(py::ssize_t)h.n, (py::ssize_t)h.H, (py::ssize_t)(2 * h.D)});
     F32Array ko({(py::ssize_t)h.n, (py::ssize_t)h.Hkv, (py::ssize_t)h.D});
-    dq->download(qo.mutable_data(), dq->bytes());
-    dk->download(ko.mutable_data(), dk->bytes());
+    dq.download(qo.mutable_data());
+    dk.download(ko.mutable_data());
     return py::make_tuple(qo, ko);
 }
 
@@ -131,10 +81,9 @@ py::tuple attention(const F32Array& qg, const F32Array& k, const F32Array& v, co
     constexpr size_t kCanary = 4096;
     DeviceBuffer scratch(scratch_bytes + kCanary);
     std::vector<uint8_t> canary(kCanary, 0xA5);
-    check(cudaMemcpy(scratch.as<char>() + scratch_bytes, canary.data(), kCanary, cudaMemcpyHostToDevice),
-          "cudaMemcpy canary");
-    finish(pq::cuda::attention_ex(dq->as<float>(), dk->as<float>(), dv->as<float>(), dqn->as<float>(),
-                                  dkn->as<float>(), dkc->as<uint16_t>(), dvc->as<uint16_t>(), n_ctx, pos0, h.n, h.H,
+    scratch.upload(canary.data(), kCanary, scratch_bytes);
+    finish(pq::cuda::attention_ex(dq.as<float>(), dk.as<float>(), dv.as<float>(), dqn.as<float>(),
+                                  dkn.as<float>(), dkc.as<uint16_t>(), dvc.as<uint16_t>(), n_ctx, pos0, h.n, h.H,
                                   h.Hkv, h.D, n_rot, rope_base, eps, dout.as<float>(), scratch.as<void>(), nullptr,
                                   tune),
            "attention");
@@ -147,17 +96,16 @@ py::tuple attention(const F32Array& qg, const F32Array& k, const F32Array& v, co
     F32Array qo({(py::ssize_t)h.n, (py::ssize_t)h.H, (py::ssize_t)(2 * h.D)});
     F32Array ko({(py::ssize_t)h.n, (py::ssize_t)h.Hkv, (py::ssize_t)h.D});
     F16Bits kco(kc.request().shape), vco(vc.request().shape);
-    dout.download(out.mutable_data(), dout.bytes());
-    dq->download(qo.mutable_data(), dq->bytes());
-    dk->download(ko.mutable_data(), dk->bytes());
-    dkc->download(kco.mutable_data(), dkc->bytes());
-    dvc->download(vco.mutable_data(), dvc->bytes());
+    dout.download(out.mutable_data());
+    dq.download(qo.mutable_data());
+    dk.download(ko.mutable_data());
+    dkc.download(kco.mutable_data());
+    dvc.download(vco.mutable_data());
     return py::make_tuple(out, qo, ko, as_f16(kco), as_f16(vco));
 }
 
 }  // namespace
 
-namespace pq::cuda_bind {
 void bind_attention(py::module_& m) {
     m.def("attention", &attention, py::arg("qg"), py::arg("k"), py::arg("v"), py::arg("q_norm"), py::arg("k_norm"),
           py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"), py::arg("n_rot"), py::arg("rope_base"),
@@ -170,4 +118,5 @@ void bind_attention(py::module_& m) {
     m.def("attention_scratch_bytes", &pq::cuda::attention_scratch_bytes, py::arg("H"), py::arg("Hkv"), py::arg("D"),
           py::arg("n"), py::arg("n_ctx"));
 }
+
 }  // namespace pq::cuda_bind

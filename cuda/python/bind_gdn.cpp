@@ -1,67 +1,29 @@
 // bind_gdn.cpp: Python entry points of the Gated DeltaNet kernels (cuda/ops_gdn.h), for tests and
 // debugging: each call copies its numpy inputs to the device, runs the op, synchronises and copies back.
-// Built into both pyqwen._cuda and the emulated pyqwen_cuda_emu (see bindings.cpp).
+// Built into both pyqwen._cuda and the emulated pyqwen_cuda_emu, in their `testing` submodule (see bindings.cpp).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <memory>
-#include <stdexcept>
-#include <string>
-
 #include "../host_api.h"
 #include "../ops_gdn.h"
+#include "device_buffer.h"
 
 namespace py = pybind11;
 
+namespace pq::cuda_bind {
+
 namespace {
-
-using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
-
-void check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-// One device allocation (freed on scope exit, also when a check throws).
-class DevBuf {
-public:
-    explicit DevBuf(size_t bytes) : bytes_(bytes) {
-        if (bytes) check(cudaMalloc(&ptr_, bytes), "cudaMalloc");
-    }
-    explicit DevBuf(const F32Array& a) : DevBuf((size_t)a.nbytes()) {
-        if (bytes_) check(cudaMemcpy(ptr_, a.data(), bytes_, cudaMemcpyHostToDevice), "cudaMemcpy to device");
-    }
-    DevBuf(const DevBuf&) = delete;
-    DevBuf& operator=(const DevBuf&) = delete;
-    ~DevBuf() {
-        if (ptr_) cudaFree(ptr_);
-    }
-    float* f() const { return static_cast<float*>(ptr_); }
-    void* p() const { return ptr_; }
-    void download(void* dst) const {
-        if (bytes_) check(cudaMemcpy(dst, ptr_, bytes_, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
-    }
-
-private:
-    void* ptr_ = nullptr;
-    size_t bytes_;
-};
-
-void need(bool ok, const char* msg) {
-    if (!ok) throw std::invalid_argument(msg);
-}
-
-void finish(cudaError_t launch_error, const char* what) {
-    check(launch_error, what);
-    check(cudaDeviceSynchronize(), what);
-}
 
 // x [n, C], w [C, K], state [C, K-1] -> (y [n, C], new state [C, K-1]).
 py::tuple conv1d_silu(const F32Array& x, const F32Array& w, const F32Array& state) {
     need(x.ndim() == 2 && w.ndim() == 2 && state.ndim() == 2, "x [n, C], w [C, K], state [C, K-1]");
     const int64_t n = x.shape(0), C = x.shape(1), K = w.shape(1);
     need(w.shape(0) == C && state.shape(0) == C && state.shape(1) == K - 1, "shape mismatch");
-    DevBuf dx(x), dw(w), ds(state), dy(sizeof(float) * (size_t)(n * C));
-    finish(pq::cuda::conv1d_silu(dx.f(), dw.f(), ds.f(), dy.f(), C, (int)K, n, nullptr), "conv1d_silu");
+    auto dx = DeviceBuffer::from(x), dw = DeviceBuffer::from(w), ds = DeviceBuffer::from(state);
+    DeviceBuffer dy(sizeof(float) * (size_t)(n * C));
+    finish(pq::cuda::conv1d_silu(dx.as<float>(), dw.as<float>(), ds.as<float>(), dy.as<float>(), C, (int)K, n,
+                                 nullptr),
+           "conv1d_silu");
     F32Array y({n, C}), st({C, K - 1});
     dy.download(y.mutable_data());
     ds.download(st.mutable_data());
@@ -82,11 +44,14 @@ py::tuple gdn(const F32Array& y, const F32Array& alpha, const F32Array& b, const
     need(ssm_a.size() == nv && dt_bias.size() == nv, "ssm_a and dt_bias must hold nv values");
     need(z.ndim() == 2 && z.shape(0) == n && z.shape(1) == nv * dv, "z must be [n, nv*dv]");
     need(norm_w.size() == dv, "norm_w must hold dv values");
-    DevBuf dy(y), dal(alpha), db(b), da(ssm_a), ddt(dt_bias), dS(S), dz(z), dw(norm_w);
-    DevBuf dout(sizeof(float) * (size_t)(n * nv * dv));
-    DevBuf scratch(pq::cuda::gdn_scratch_bytes(nk, (int)nv, (int)dk, (int)dv, n));
-    finish(pq::cuda::gdn(dy.f(), dal.f(), db.f(), da.f(), ddt.f(), dS.f(), dz.f(), dw.f(), dout.f(), nk, (int)nv,
-                         (int)dk, (int)dv, n, eps, scratch.p(), nullptr),
+    auto dy = DeviceBuffer::from(y), dal = DeviceBuffer::from(alpha), db = DeviceBuffer::from(b);
+    auto da = DeviceBuffer::from(ssm_a), ddt = DeviceBuffer::from(dt_bias), dS = DeviceBuffer::from(S);
+    auto dz = DeviceBuffer::from(z), dw = DeviceBuffer::from(norm_w);
+    DeviceBuffer dout(sizeof(float) * (size_t)(n * nv * dv));
+    DeviceBuffer scratch(pq::cuda::gdn_scratch_bytes(nk, (int)nv, (int)dk, (int)dv, n));
+    finish(pq::cuda::gdn(dy.as<float>(), dal.as<float>(), db.as<float>(), da.as<float>(), ddt.as<float>(),
+                         dS.as<float>(), dz.as<float>(), dw.as<float>(), dout.as<float>(), nk, (int)nv, (int)dk,
+                         (int)dv, n, eps, scratch.as<void>(), nullptr),
            "gdn");
     F32Array out({n, nv * dv}), S_new({nv, dv, dk});
     dout.download(out.mutable_data());
@@ -96,7 +61,6 @@ py::tuple gdn(const F32Array& y, const F32Array& alpha, const F32Array& b, const
 
 }  // namespace
 
-namespace pq::cuda_bind {
 void bind_gdn(py::module_& m) {
     m.def("conv1d_silu", &conv1d_silu, py::arg("x"), py::arg("w"), py::arg("state"),
           "Causal depthwise conv + SiLU: x [n, C], w [C, K], state [C, K-1] -> (y [n, C], new state).");
@@ -107,4 +71,5 @@ void bind_gdn(py::module_& m) {
     m.def("gdn_scratch_bytes", &pq::cuda::gdn_scratch_bytes, py::arg("nk"), py::arg("nv"), py::arg("dk"),
           py::arg("dv"), py::arg("n"), "Scratch bytes gdn needs for n tokens.");
 }
+
 }  // namespace pq::cuda_bind

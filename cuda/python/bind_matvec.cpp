@@ -1,5 +1,5 @@
 // bind_matvec.cpp: Python entry points of the matmul family (ops_matvec.h): copy in, run, copy out.
-// Built into both pyqwen._cuda and the emulated pyqwen_cuda_emu (see bindings.cpp).
+// Built into both pyqwen._cuda and the emulated pyqwen_cuda_emu, in their `testing` submodule (see bindings.cpp).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -10,51 +10,13 @@
 #include "../host_api.h"
 #include "../kernels/matvec_internal.cuh"
 #include "../ops_matvec.h"
+#include "device_buffer.h"
 
 namespace py = pybind11;
 
 namespace pq::cuda_bind {
 
 namespace {
-
-using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
-using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
-
-void check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-class DevBuf {
-public:
-    explicit DevBuf(size_t bytes) : bytes_(bytes) {
-        if (bytes) check(cudaMalloc(&p_, bytes), "cudaMalloc");
-    }
-    DevBuf(const void* src, size_t bytes) : DevBuf(bytes) {
-        if (bytes) check(cudaMemcpy(p_, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
-    }
-    DevBuf(const DevBuf&) = delete;
-    DevBuf& operator=(const DevBuf&) = delete;
-    ~DevBuf() {
-        if (p_) cudaFree(p_);
-    }
-    template <class T = void>
-    T* get() const {
-        return static_cast<T*>(p_);
-    }
-    void download(void* dst) const {
-        if (bytes_) check(cudaMemcpy(dst, p_, bytes_, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
-    }
-
-private:
-    void* p_ = nullptr;
-    size_t bytes_;
-};
-
-void finish(cudaError_t e, const char* what) {
-    check(e, what);
-    check(cudaDeviceSynchronize(), what);
-}
 
 void check_weight(const U8Array& w, int64_t N, const char* name) {
     if (w.ndim() < 1) throw std::invalid_argument(std::string(name) + " must be a byte array");
@@ -71,11 +33,10 @@ F32Array matmul(int type, const U8Array& w, int64_t K, int64_t N, const F32Array
     check_weight(w, N, "w");
     check_x(x, K);
     const int64_t n_tok = x.shape(0);
-    DevBuf dw(w.data(), (size_t)w.nbytes());
-    DevBuf dx(x.data(), (size_t)x.nbytes());
-    DevBuf dy(sizeof(float) * (size_t)(n_tok * N));
-    DevBuf scratch(pq::cuda::matmul_scratch_bytes(type, K, N, n_tok));
-    finish(pq::cuda::matmul(type, dw.get(), K, N, dx.get<float>(), n_tok, dy.get<float>(), scratch.get(), nullptr),
+    auto dw = DeviceBuffer::from(w), dx = DeviceBuffer::from(x);
+    DeviceBuffer dy(sizeof(float) * (size_t)(n_tok * N));
+    DeviceBuffer scratch(pq::cuda::matmul_scratch_bytes(type, K, N, n_tok));
+    finish(pq::cuda::matmul(type, dw.as(), K, N, dx.as<float>(), n_tok, dy.as<float>(), scratch.as(), nullptr),
            "matmul");
     F32Array out({n_tok, N});
     dy.download(out.mutable_data());
@@ -88,16 +49,14 @@ F32Array matmul_swiglu(int type_g, const U8Array& wg, int type_u, const U8Array&
     check_weight(wu, N, "wu");
     check_x(x, K);
     const int64_t n_tok = x.shape(0);
-    DevBuf dg(wg.data(), (size_t)wg.nbytes());
-    DevBuf du(wu.data(), (size_t)wu.nbytes());
-    DevBuf dx(x.data(), (size_t)x.nbytes());
-    DevBuf dy(sizeof(float) * (size_t)(n_tok * N));
+    auto dg = DeviceBuffer::from(wg), du = DeviceBuffer::from(wu), dx = DeviceBuffer::from(x);
+    DeviceBuffer dy(sizeof(float) * (size_t)(n_tok * N));
     const size_t sb = pq::cuda::matmul_scratch_bytes(type_g, K, N, n_tok);
     if (sb != pq::cuda::matmul_scratch_bytes(type_u, K, N, n_tok))
         throw std::logic_error("matmul_scratch_bytes depends on the weight type");
-    DevBuf scratch(sb);
-    finish(pq::cuda::matmul_swiglu(type_g, dg.get(), type_u, du.get(), K, N, dx.get<float>(), n_tok,
-                                   dy.get<float>(), scratch.get(), nullptr),
+    DeviceBuffer scratch(sb);
+    finish(pq::cuda::matmul_swiglu(type_g, dg.as(), type_u, du.as(), K, N, dx.as<float>(), n_tok, dy.as<float>(),
+                                   scratch.as(), nullptr),
            "matmul_swiglu");
     F32Array out({n_tok, N});
     dy.download(out.mutable_data());
@@ -107,10 +66,9 @@ F32Array matmul_swiglu(int type_g, const U8Array& wg, int type_u, const U8Array&
 F32Array get_rows(int type, const U8Array& w, int64_t K, const I32Array& ids) {
     if (ids.ndim() != 1) throw std::invalid_argument("ids must be 1-D int32");
     const int64_t n = ids.shape(0);
-    DevBuf dw(w.data(), (size_t)w.nbytes());
-    DevBuf dids(ids.data(), (size_t)ids.nbytes());
-    DevBuf dout(sizeof(float) * (size_t)(n * K));
-    finish(pq::cuda::get_rows(type, dw.get(), K, dids.get<int32_t>(), n, dout.get<float>(), nullptr), "get_rows");
+    auto dw = DeviceBuffer::from(w), dids = DeviceBuffer::from(ids);
+    DeviceBuffer dout(sizeof(float) * (size_t)(n * K));
+    finish(pq::cuda::get_rows(type, dw.as(), K, dids.as<int32_t>(), n, dout.as<float>(), nullptr), "get_rows");
     F32Array out({n, K});
     dout.download(out.mutable_data());
     return out;
@@ -118,13 +76,13 @@ F32Array get_rows(int type, const U8Array& w, int64_t K, const I32Array& ids) {
 
 // Rows [row0, row0 + nrows) of W as the prefill path's fp16 tile (raw float16 bits viewed as float16).
 py::array dequant_f16(int type, const U8Array& w, int64_t K, int64_t row0, int64_t nrows) {
-    DevBuf dw(w.data(), (size_t)w.nbytes());
-    DevBuf dout(sizeof(uint16_t) * (size_t)(nrows * K));
-    finish(pq::cuda::detail::dequant_rows_f16(type, dw.get(), K, row0, nrows, dout.get<uint16_t>(), nullptr),
+    auto dw = DeviceBuffer::from(w);
+    DeviceBuffer dout(sizeof(uint16_t) * (size_t)(nrows * K));
+    finish(pq::cuda::detail::dequant_rows_f16(type, dw.as(), K, row0, nrows, dout.as<uint16_t>(), nullptr),
            "dequant_f16");
     py::array_t<uint16_t> out({nrows, K});
     dout.download(out.mutable_data());
-    return out.attr("view")("float16");
+    return as_f16(out);
 }
 
 // The decode path's Q8_1 activations: (qs int8 [n_tok, K], ds float32 [n_tok, K/32, 2] = (d, s)).
@@ -132,9 +90,9 @@ py::tuple quantize_act(const F32Array& x) {
     if (x.ndim() != 2 || x.shape(1) % 32 != 0) throw std::invalid_argument("x must be [n_tok, K], K % 32 == 0");
     const int64_t n_tok = x.shape(0), K = x.shape(1);
     const size_t off = pq::cuda::detail::quantize_act_ds_offset(K, n_tok);
-    DevBuf dx(x.data(), (size_t)x.nbytes());
-    DevBuf dq(off + sizeof(float) * 2 * (size_t)(n_tok * K / 32));
-    finish(pq::cuda::detail::quantize_act(dx.get<float>(), K, n_tok, dq.get(), nullptr), "quantize_act");
+    auto dx = DeviceBuffer::from(x);
+    DeviceBuffer dq(off + sizeof(float) * 2 * (size_t)(n_tok * K / 32));
+    finish(pq::cuda::detail::quantize_act(dx.as<float>(), K, n_tok, dq.as(), nullptr), "quantize_act");
     py::array_t<uint8_t> raw((py::ssize_t)(off + sizeof(float) * 2 * (size_t)(n_tok * K / 32)));
     dq.download(raw.mutable_data());
     py::array_t<int8_t> qs({n_tok, K});

@@ -20,6 +20,7 @@
 #include "../model/model.h"
 #include "../host_api.h"
 #include "config_py.h"
+#include "device_buffer.h"
 
 namespace py = pybind11;
 using pq::config_from_dict;
@@ -49,11 +50,17 @@ struct PyModel {
     std::mutex mu;
 };
 
-void check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) {
-        cudaGetLastError();
-        throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-    }
+// The device sampler's parameters, as decode() and sample_logits take them.
+pq::cuda::SampleParams sample_params(float temperature, int top_k, float top_p, float min_p, uint64_t seed,
+                                     uint64_t counter) {
+    pq::cuda::SampleParams p;
+    p.temperature = temperature;
+    p.top_k = top_k;
+    p.top_p = top_p;
+    p.min_p = min_p;
+    p.seed = seed;
+    p.counter = counter;
+    return p;
 }
 
 }  // namespace
@@ -143,13 +150,7 @@ void bind_model(py::module_& m) {
             "decode",
             [](PyModel& pm, State& st, int32_t token, float temperature, int top_k, float top_p, float min_p,
                uint64_t seed, uint64_t counter) {
-                pq::cuda::SampleParams p;
-                p.temperature = temperature;
-                p.top_k = top_k;
-                p.top_p = top_p;
-                p.min_p = min_p;
-                p.seed = seed;
-                p.counter = counter;
+                const pq::cuda::SampleParams p = sample_params(temperature, top_k, top_p, min_p, seed, counter);
                 int32_t next;
                 {
                     py::gil_scoped_release release;
@@ -190,43 +191,25 @@ void bind_model(py::module_& m) {
             return py::make_tuple(free_b, total_b);
         },
         "(free, total) bytes of the current device (cudaMemGetInfo).");
+}
 
+// Test entry point of the device sampler (registered in the `testing` submodule, see bindings.cpp).
+void bind_model_testing(py::module_& m) {
     m.def(
         "sample_logits",
-        [](py::array_t<float, py::array::c_style | py::array::forcecast> logits, float temperature, int top_k,
-           float top_p, float min_p, uint64_t seed, uint64_t counter, int cap) {
+        [](const F32Array& logits, float temperature, int top_k, float top_p, float min_p, uint64_t seed,
+           uint64_t counter, int cap) {
             if (logits.ndim() != 1) throw std::invalid_argument("logits must be 1-D");
             const int64_t n = logits.shape(0);
             const size_t ws_b = pq::cuda::sample_workspace_bytes(n);
-            void *dl = nullptr, *dws = nullptr, *dout = nullptr;
-            auto cleanup = [&]() {
-                if (dl) cudaFree(dl);
-                if (dws) cudaFree(dws);
-                if (dout) cudaFree(dout);
-            };
+            auto dl = DeviceBuffer::from(logits);
+            DeviceBuffer dws(ws_b), dout(sizeof(int32_t));
+            const pq::cuda::SampleParams p = sample_params(temperature, top_k, top_p, min_p, seed, counter);
+            finish(pq::cuda::sample_token_cap(dl.as<float>(), n, p, dout.as<int32_t>(), dws.as(), ws_b,
+                                              cap < 0 ? 8192 : cap, nullptr),
+                   "sample_token");
             int32_t out = -2;
-            try {
-                check(cudaMalloc(&dl, sizeof(float) * n), "cudaMalloc");
-                check(cudaMalloc(&dws, ws_b), "cudaMalloc");
-                check(cudaMalloc(&dout, sizeof(int32_t)), "cudaMalloc");
-                check(cudaMemcpy(dl, logits.data(), sizeof(float) * n, cudaMemcpyHostToDevice), "cudaMemcpy");
-                pq::cuda::SampleParams p;
-                p.temperature = temperature;
-                p.top_k = top_k;
-                p.top_p = top_p;
-                p.min_p = min_p;
-                p.seed = seed;
-                p.counter = counter;
-                check(pq::cuda::sample_token_cap(static_cast<float*>(dl), n, p, static_cast<int32_t*>(dout), dws, ws_b,
-                                                 cap < 0 ? 8192 : cap, nullptr),
-                      "sample_token");
-                check(cudaDeviceSynchronize(), "sample_token");
-                check(cudaMemcpy(&out, dout, sizeof(int32_t), cudaMemcpyDeviceToHost), "cudaMemcpy");
-            } catch (...) {
-                cleanup();
-                throw;
-            }
-            cleanup();
+            dout.download(&out);
             return out;
         },
         py::arg("logits"), py::arg("temperature"), py::arg("top_k") = 0, py::arg("top_p") = 1.0f,

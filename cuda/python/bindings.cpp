@@ -1,18 +1,22 @@
-// bindings.cpp: numpy-level entry points of the CUDA kernels, one source for two modules:
+// bindings.cpp: the CUDA module, one source for two modules:
 //   pyqwen._cuda     -- g++ + the CUDA runtime, kernels from nvcc (cuda/CMakeLists.txt)
 //   pyqwen_cuda_emu  -- g++ with -DPQ_CUDA_EMU, kernels run by the CPU emulator (tests/cuda/emu_build.py)
-// Each call copies its inputs to device memory, runs the op, synchronises and copies the result back:
-// these are test/debug entry points, not the inference path (which keeps tensors on the device).
+// The top level is the production API (CudaModel and friends from bind_model.cpp, device_count,
+// mem_get_info). The submodule `testing` holds the numpy-level kernel entry points (these here and the
+// families' bind_*.cpp): each call copies its inputs to device memory, runs the op, synchronises and
+// copies the result back -- test/debug entry points, not the inference path (which keeps tensors on the
+// device).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <memory>
 #include <stdexcept>
 #include <string>
 
 #include "../blas.h"
 #include "../host_api.h"
 #include "../ops.h"
+#include "device_buffer.h"
+#include "py_testing.h"
 
 #ifndef PQ_CUDA_MODULE_NAME
 #define PQ_CUDA_MODULE_NAME _cuda
@@ -23,51 +27,10 @@
 #endif
 
 namespace py = pybind11;
-using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using I32Array = py::array_t<int32_t, py::array::c_style>;
-using U8Array = py::array_t<uint8_t, py::array::c_style>;
-using F16Bits = py::array_t<uint16_t, py::array::c_style>;
+
+namespace pq::cuda_bind {
 
 namespace {
-
-void check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-// Owns one device allocation.
-class DeviceBuffer {
-public:
-    explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
-        if (bytes) check(cudaMalloc(&ptr_, bytes), "cudaMalloc");
-    }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    ~DeviceBuffer() {
-        if (ptr_) cudaFree(ptr_);
-    }
-    template <class T>
-    T* as() const {
-        return static_cast<T*>(ptr_);
-    }
-    void download(void* dst) const {
-        if (bytes_) check(cudaMemcpy(dst, ptr_, bytes_, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
-    }
-    static std::unique_ptr<DeviceBuffer> from(const py::array& a) {
-        auto d = std::make_unique<DeviceBuffer>((size_t)a.nbytes());
-        if (a.nbytes())
-            check(cudaMemcpy(d->ptr_, a.data(), a.nbytes(), cudaMemcpyHostToDevice), "cudaMemcpy to device");
-        return d;
-    }
-
-private:
-    void* ptr_ = nullptr;
-    size_t bytes_;
-};
-
-void finish(cudaError_t launch_error, const char* what) {
-    check(launch_error, what);
-    check(cudaDeviceSynchronize(), what);
-}
 
 // A (rows, ncols) view of a C-contiguous 1-D or 2-D array: ncols < row length gives strided rows, which
 // exercises the kernels' stride arguments.
@@ -85,14 +48,6 @@ Rows rows_of(const py::array& a, int64_t ncols) {
     return r;
 }
 
-// float16 arrays arrive as their raw bits (numpy float16 -> uint16 view on the Python side would also do).
-F16Bits f16_bits(const py::array& a, const char* name) {
-    if (a.dtype().kind() != 'f' || a.itemsize() != 2)
-        throw std::invalid_argument(std::string(name) + " must be a float16 array");
-    py::array c = py::array::ensure(a, py::array::c_style);
-    return F16Bits(c.request().shape, static_cast<const uint16_t*>(c.data()));
-}
-
 int device_count() {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -106,13 +61,13 @@ F32Array rms_norm(const F32Array& x, const py::object& w_obj, float eps, int64_t
     const Rows r = rows_of(x, ncols);
     auto dx = DeviceBuffer::from(x);
     DeviceBuffer dy(sizeof(float) * r.rows * r.ncols);
-    std::unique_ptr<DeviceBuffer> dw;
+    DeviceBuffer dw;  // none: no weight (as<float>() is nullptr)
     if (!w_obj.is_none()) {
         F32Array w = F32Array::ensure(w_obj);
         if (!w || w.size() != r.ncols) throw std::invalid_argument("weight must hold ncols floats");
         dw = DeviceBuffer::from(w);
     }
-    finish(pq::cuda::rms_norm_f32(dx->as<float>(), dw ? dw->as<float>() : nullptr, dy.as<float>(), (int)r.ncols,
+    finish(pq::cuda::rms_norm_f32(dx.as<float>(), dw.as<float>(), dy.as<float>(), (int)r.ncols,
                                   (int)r.rows, r.len, r.ncols, eps, nullptr),
            "rms_norm");
     F32Array out({r.rows, r.ncols});
@@ -125,7 +80,7 @@ U8Array quantize_q8_1(const F32Array& x, int64_t ncols) {
     const int64_t nb = (r.ncols + 31) / 32;
     auto dx = DeviceBuffer::from(x);
     DeviceBuffer dy(pq::cuda::kQ8_1BlockBytes * (size_t)(r.rows * nb));
-    finish(pq::cuda::quantize_q8_1(dx->as<float>(), dy.as<void>(), (int)r.ncols, (int)r.rows, r.len, nullptr),
+    finish(pq::cuda::quantize_q8_1(dx.as<float>(), dy.as<void>(), (int)r.ncols, (int)r.rows, r.len, nullptr),
            "quantize_q8_1");
     U8Array out({r.rows, nb * (int64_t)pq::cuda::kQ8_1BlockBytes});
     dy.download(out.mutable_data());
@@ -138,7 +93,7 @@ F32Array swiglu(const F32Array& g, const F32Array& u) {
     auto dg = DeviceBuffer::from(g);
     auto du = DeviceBuffer::from(u);
     DeviceBuffer dy(sizeof(float) * r.rows * r.ncols);
-    finish(pq::cuda::swiglu_f32(dg->as<float>(), du->as<float>(), dy.as<float>(), (int)r.ncols, (int)r.rows, r.len,
+    finish(pq::cuda::swiglu_f32(dg.as<float>(), du.as<float>(), dy.as<float>(), (int)r.ncols, (int)r.rows, r.len,
                                 r.len, r.ncols, nullptr),
            "swiglu");
     F32Array out({r.rows, r.ncols});
@@ -152,10 +107,10 @@ F32Array add(const F32Array& a, const F32Array& b, bool in_place) {
     auto da = DeviceBuffer::from(a);
     auto db = DeviceBuffer::from(b);
     DeviceBuffer dy(in_place ? 0 : sizeof(float) * a.size());
-    float* y = in_place ? da->as<float>() : dy.as<float>();
-    finish(pq::cuda::add_f32(da->as<float>(), db->as<float>(), y, a.size(), nullptr), "add");
+    float* y = in_place ? da.as<float>() : dy.as<float>();
+    finish(pq::cuda::add_f32(da.as<float>(), db.as<float>(), y, a.size(), nullptr), "add");
     F32Array out(a.size());
-    (in_place ? *da : dy).download(out.mutable_data());
+    (in_place ? da : dy).download(out.mutable_data());
     return out;
 }
 
@@ -164,7 +119,7 @@ I32Array argmax(const F32Array& x) {
     auto dx = DeviceBuffer::from(x);
     DeviceBuffer dout(sizeof(int32_t) * r.rows);
     DeviceBuffer work(pq::cuda::argmax_workspace_bytes(r.len, (int)r.rows));
-    finish(pq::cuda::argmax_f32(dx->as<float>(), r.len, (int)r.rows, r.len, dout.as<int32_t>(), work.as<void>(),
+    finish(pq::cuda::argmax_f32(dx.as<float>(), r.len, (int)r.rows, r.len, dout.as<int32_t>(), work.as<void>(),
                                 nullptr),
            "argmax");
     I32Array out(r.rows);
@@ -181,7 +136,7 @@ F32Array gemm_f16(const py::array& w_arr, const py::array& x_arr) {
     auto dw = DeviceBuffer::from(w);
     auto dx = DeviceBuffer::from(x);
     DeviceBuffer dy(sizeof(float) * (size_t)n_out * n_tok);
-    finish(pq::cuda::gemm_f16(dw->as<uint16_t>(), dx->as<uint16_t>(), dy.as<float>(), n_out, n_tok, k, k, k, n_out,
+    finish(pq::cuda::gemm_f16(dw.as<uint16_t>(), dx.as<uint16_t>(), dy.as<float>(), n_out, n_tok, k, k, k, n_out,
                               nullptr),
            "gemm_f16");
     F32Array out({n_tok, n_out});
@@ -192,24 +147,14 @@ F32Array gemm_f16(const py::array& w_arr, const py::array& x_arr) {
 }  // namespace
 
 // Kernel families register their entry points from their own files (cuda/python/bind_*.cpp).
-namespace pq::cuda_bind {
-void bind_matvec(py::module_& m);     // quantized GEMV / GEMM (bind_matvec.cpp)
-void bind_gdn(py::module_& m);        // Gated DeltaNet kernels (bind_gdn.cpp)
-void bind_attention(py::module_& m);  // attention kernels (bind_attention.cpp)
-void bind_model(py::module_& m);      // the CUDA backend's model / state (bind_model.cpp)
-}  // namespace pq::cuda_bind
+void bind_matvec(py::module_& m);         // quantized GEMV / GEMM (bind_matvec.cpp)
+void bind_gdn(py::module_& m);            // Gated DeltaNet kernels (bind_gdn.cpp)
+void bind_attention(py::module_& m);      // attention kernels (bind_attention.cpp)
+void bind_model(py::module_& m);          // the CUDA backend's model / state (bind_model.cpp)
+void bind_model_testing(py::module_& m);  // its device sampler on one logits row (bind_model.cpp)
 
-#define PQ_PYMODULE(name, m) PYBIND11_MODULE(name, m)
-PQ_PYMODULE(PQ_CUDA_MODULE_NAME, m) {
-    m.doc() = "pyqwen CUDA kernels: numpy-level entry points (copy in, run, copy out) for tests and debugging";
-#if defined(PQ_CUDA_EMU)
-    m.attr("emulated") = true;
-    m.def("set_seed", &pq_emu::set_seed, "Seed of the emulator's thread scheduling order.");
-    m.def("live_allocations", &pq_emu::live_allocations, "Device allocations not freed yet.");
-#else
-    m.attr("emulated") = false;
-#endif
-    m.def("device_count", &device_count, "Number of CUDA devices (0 without a driver or a GPU).");
+// The element-wise, norm, quantize, argmax and cuBLAS kernels.
+void bind_basic(py::module_& m) {
     m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("w") = py::none(), py::arg("eps") = 1e-6f,
           py::arg("ncols") = -1, "RMSNorm of each row of x (first ncols values of each row when ncols >= 0).");
     m.def("quantize_q8_1", &quantize_q8_1, py::arg("x"), py::arg("ncols") = -1,
@@ -218,8 +163,30 @@ PQ_PYMODULE(PQ_CUDA_MODULE_NAME, m) {
     m.def("add", &add, py::arg("a"), py::arg("b"), py::arg("in_place") = false, "a + b (flattened)");
     m.def("argmax", &argmax, py::arg("x"), "Row-wise argmax (int32); ties -> smallest index, NaNs ignored.");
     m.def("gemm_f16", &gemm_f16, py::arg("w"), py::arg("x"), "x @ w.T in float32 from float16 inputs.");
-    pq::cuda_bind::bind_matvec(m);
-    pq::cuda_bind::bind_gdn(m);
-    pq::cuda_bind::bind_attention(m);
-    pq::cuda_bind::bind_model(m);
+}
+
+}  // namespace pq::cuda_bind
+
+#define PQ_PYMODULE(name, m) PYBIND11_MODULE(name, m)
+PQ_PYMODULE(PQ_CUDA_MODULE_NAME, m) {
+    namespace bind = pq::cuda_bind;
+    m.doc() = "pyqwen CUDA backend: CudaModel, CudaState, CudaSnapshot, device_count, mem_get_info; the "
+              "numpy-level kernel entry points (copy in, run, copy out) for tests and debugging are in .testing";
+#if defined(PQ_CUDA_EMU)
+    m.attr("emulated") = true;
+    m.def("set_seed", &pq_emu::set_seed, "Seed of the emulator's thread scheduling order.");
+    m.def("live_allocations", &pq_emu::live_allocations, "Device allocations not freed yet.");
+#else
+    m.attr("emulated") = false;
+#endif
+    m.def("device_count", &bind::device_count, "Number of CUDA devices (0 without a driver or a GPU).");
+    bind::bind_model(m);
+
+    py::module_ testing = pq::testing_submodule(
+        m, "Numpy-level kernel entry points (copy in, run one op, synchronise, copy out) and test hooks.");
+    bind::bind_basic(testing);
+    bind::bind_matvec(testing);
+    bind::bind_gdn(testing);
+    bind::bind_attention(testing);
+    bind::bind_model_testing(testing);
 }

@@ -29,6 +29,7 @@ def selftest(emu_paths):
 
 @pytest.fixture(scope="session")
 def emu_ops(emu_paths):
+    """The emulated module (production API at the top level, kernels in .testing)."""
     return emu_build.load(emu_build.OPS_MODULE, emu_paths[emu_build.OPS_MODULE])
 
 
@@ -41,14 +42,20 @@ def _real_cuda():
 
 
 @pytest.fixture(params=["emu", "gpu"], scope="session")
-def ops(request, emu_paths):
-    """The kernels' numpy-level API, emulated on the CPU and, where a GPU is present, on the GPU."""
+def cuda_module(request, emu_paths):
+    """The CUDA module, emulated on the CPU and, where a GPU is present, the real one."""
     if request.param == "emu":
         return emu_build.load(emu_build.OPS_MODULE, emu_paths[emu_build.OPS_MODULE])
     mod = _real_cuda()
     if mod is None:
         pytest.skip("pyqwen._cuda not built or no CUDA device")
     return mod
+
+
+@pytest.fixture(scope="session")
+def ops(cuda_module):
+    """The kernels' numpy-level API (the module's `testing` submodule), on the emulator and on the GPU."""
+    return cuda_module.testing
 
 
 @pytest.fixture(scope="session")

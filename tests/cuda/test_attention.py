@@ -1,4 +1,4 @@
-"""Gated attention on CUDA (cuda/ops_attention.h) against the C++ reference (pyqwen._core.ref_*).
+"""Gated attention on CUDA (cuda/ops_attention.h) against the C++ reference (pyqwen._core.testing.ref_*).
 
 The reference is a numpy transcription of csrc/model.cpp attn_layer after the projections: per-head q/k
 RMSNorm (ref_rms_norm), NEOX RoPE on the first n_rot dims (ref_rope_neox), fp16 append of k/v to the
@@ -38,8 +38,8 @@ def _sigmoid(x):
 def ref_norm_rope(x, w, pos, n_rot, base, eps):
     """x [n, heads, D] -> RMSNorm (w) + NEOX RoPE at positions pos[t] (the CPU reference ops)."""
     n, heads, D = x.shape
-    y = core.ref_rms_norm(np.ascontiguousarray(x.reshape(n * heads, D)), w, eps)
-    y = core.ref_rope_neox(y, n_rot, np.repeat(np.asarray(pos, np.int64), heads), base)
+    y = core.testing.ref_rms_norm(np.ascontiguousarray(x.reshape(n * heads, D)), w, eps)
+    y = core.testing.ref_rope_neox(y, n_rot, np.repeat(np.asarray(pos, np.int64), heads), base)
     return y.reshape(n, heads, D)
 
 
@@ -53,7 +53,7 @@ def ref_attention_core(qg, k, v, q_norm, k_norm, k_cache, v_cache, pos0, n_rot, 
     kc, vc = k_cache.copy(), v_cache.copy()
     kc[pos0:pos0 + n] = kk.astype(np.float16)
     vc[pos0:pos0 + n] = v.astype(np.float16)
-    o = core.ref_attention(q, kc[:pos0 + n], vc[:pos0 + n], pos0)
+    o = core.testing.ref_attention(q, kc[:pos0 + n], vc[:pos0 + n], pos0)
     out = (o * _sigmoid(qg[:, :, D:])).reshape(n, H * D)
     return out, q, kk, kc, vc
 

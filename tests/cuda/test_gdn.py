@@ -1,9 +1,9 @@
 """Gated DeltaNet kernels (cuda/kernels/conv1d.cuh, gdn_common.cuh, gdn_decode.cuh, gdn_chunk.cuh) against the
 C++ reference, run by the CPU emulator and, when a GPU is present, by pyqwen._cuda (the `ops` fixture).
 
-- conv1d_silu vs pyqwen._core.ref_conv1d_silu (csrc/gdn.cpp).
+- conv1d_silu vs pyqwen._core.testing.ref_conv1d_silu (csrc/gdn.cpp).
 - gdn (the layer tail after the conv) vs a numpy transcription of csrc/model.cpp Model::gdn_layer after the
-  projections, with the delta rule itself from pyqwen._core.ref_delta_rule (csrc/gdn.cpp, per token,
+  projections, with the delta rule itself from pyqwen._core.testing.ref_delta_rule (csrc/gdn.cpp, per token,
   one head, transposed state): q/k L2 norms (double sums, as csrc/ops.cpp), g/beta, the tiled V -> QK head
   map (h % nk), gated RMSNorm.
 
@@ -48,7 +48,7 @@ def _conv_inputs(rng, n, C, K):
 def test_conv1d_silu(ops, C, K, n):
     x, w, st = _conv_inputs(_rng("conv", C, K, n), n, C, K)
     y, st_new = ops.conv1d_silu(x, w, st)
-    y_ref, st_ref = core.ref_conv1d_silu(x, w, st)
+    y_ref, st_ref = core.testing.ref_conv1d_silu(x, w, st)
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
     # the new state is a copy of raw inputs: exact
     np.testing.assert_array_equal(st_new, st_ref)
@@ -58,7 +58,7 @@ def test_conv1d_silu_in_pieces_equals_whole(ops):
     """Decode-style pieces (including n < K-1, where part of the old state survives) = one long call."""
     C, K = 45, 4
     x, w, st = _conv_inputs(_rng("conv pieces"), 140, C, K)
-    y_ref, st_ref = core.ref_conv1d_silu(x, w, st)
+    y_ref, st_ref = core.testing.ref_conv1d_silu(x, w, st)
     ys, s, t = [], st, 0
     for m in (1, 2, 1, 70, 3, 63):
         y, s = ops.conv1d_silu(x[t:t + m], w, s)
@@ -104,7 +104,7 @@ def gdn_ref(y, alpha, b, ssm_a, dt_bias, S, z, norm_w, nk, eps):
         q = np.ascontiguousarray(y[:, kh * dk:(kh + 1) * dk])
         k = np.ascontiguousarray(y[:, Dk + kh * dk:Dk + (kh + 1) * dk])
         v = np.ascontiguousarray(y[:, 2 * Dk + h * dv:2 * Dk + (h + 1) * dv])
-        o, S_new[h] = core.ref_delta_rule(q, k, v, np.ascontiguousarray(g[:, h]), np.ascontiguousarray(beta[:, h]),
+        o, S_new[h] = core.testing.ref_delta_rule(q, k, v, np.ascontiguousarray(g[:, h]), np.ascontiguousarray(beta[:, h]),
                                           np.ascontiguousarray(S[h]), q_scale)
         o64 = o.astype(np.float64)
         rs = (1.0 / np.sqrt((o64 ** 2).sum(-1) / dv + eps)).astype(F32)  # csrc/ops.cpp rms_norm

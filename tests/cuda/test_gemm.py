@@ -7,7 +7,7 @@ Checks:
    numpy's float16 cast).
 2. The product against a numpy model of exactly that arithmetic, y = fp16(w) . fp16(x) in float64; the
    only difference is the GEMM's float32 accumulation, bounded by (K + 16) * 2^-24 * sum |w16 x16|.
-3. The product against pyqwen._core.ref_matmul. Derivation of the tolerance: with w, x the exact weights and
+3. The product against pyqwen._core.testing.ref_matmul. Derivation of the tolerance: with w, x the exact weights and
    activations, the GPU computes sum_i fp16(w_i) fp16(x_i) with |fp16(v) - v| <= 2^-11 |v| + 2^-25 (the
    absolute part covers fp16 subnormals), so |y_gpu - w.x| <= sum_i (2^-10 + 2^-22)|w_i x_i|
    + 2^-25 (|w_i| + |x_i|) + its float32 accumulation (above). The CPU quantizes x: Q8_K,
@@ -58,7 +58,7 @@ def check_prefill(got, wtype, wbytes, w, x, what):
     y, tol = prefill_model(w, x)
     err = np.abs(got - y)
     assert np.all(err <= tol), f"{what}: vs fp16 model, worst err/tol = {np.max(err / tol):.3g}"
-    ref = np.asarray(_core.ref_matmul(wtype, wbytes, K, N, x))
+    ref = np.asarray(_core.testing.ref_matmul(wtype, wbytes, K, N, x))
     tol = ref_tolerance(wtype, wbytes, w, x)
     err = np.abs(got - ref)
     assert np.all(err <= tol), f"{what}: vs ref_matmul, worst err/tol = {np.max(err / tol):.3g}"

@@ -3,7 +3,7 @@ run through the emulator (and pyqwen._cuda on a GPU), against the C++ reference 
 
 Two references per product:
 
-1. ``pyqwen._core.ref_matmul`` (the CPU forward pass's matmul). It quantizes the activations the way
+1. ``pyqwen._core.testing.ref_matmul`` (the CPU forward pass's matmul). It quantizes the activations the way
    ggml's CPU backend does: Q8_K (one float scale per 256 values) for the k-quants and IQ4_XS, Q8_0 (per
    32) for Q8_0/IQ4_NL/Q4_0/Q5_0, Q8_1 (per 32, with s) for Q4_1/Q5_1, none for F16/BF16/F32. The GPU
    always uses Q8_1 per 32 values. Tolerance derivation, for output y = sum_i w_i x_i with exact
@@ -240,7 +240,7 @@ def check_matmul(got, wtype, wbytes, w, x, what=""):
     err = np.abs(got - y_model)
     assert np.all(err <= tol_model), (
         f"{what}: vs GPU-arithmetic model, worst err/tol = {np.max(err / tol_model):.3g}")
-    ref = np.asarray(_core.ref_matmul(wtype, wbytes, K, N, x))
+    ref = np.asarray(_core.testing.ref_matmul(wtype, wbytes, K, N, x))
     tol_ref = ref_tolerance(wtype, wbytes, w, x)
     err = np.abs(got - ref)
     assert np.all(err <= tol_ref), f"{what}: vs ref_matmul, worst err/tol = {np.max(err / tol_ref):.3g}"
@@ -381,14 +381,14 @@ def check_swiglu(got, tg, wgb, tu, wub, x, N, K):
                                    (F16, F16), (Q4_K, Q6_K), (F16, Q4_K)],
                          ids=lambda t: NAMES[t])
 @pytest.mark.parametrize("n_tok", [1, 3, 8, 11])
-def test_matmul_swiglu_decode(ops, tg, tu, n_tok):
+def test_matmul_swiglu_decode(cuda_module, ops, tg, tu, n_tok):
     rng = rng_for("swiglu", tg, tu, n_tok)
     N, K = 45, 512
     wgb, wub = make_weight(tg, N, K, rng), make_weight(tu, N, K, rng)
     x = make_x(rng, n_tok, K)
     got = ops.matmul_swiglu(tg, wgb, tu, wub, K, N, x)
     check_swiglu(got, tg, wgb, tu, wub, x, N, K)
-    if getattr(ops, "emulated", False):
+    if cuda_module.emulated:
         # the fused kernel does the per-row arithmetic of two separate products and swiglu_f32's silu: bit
         # for bit under the emulator (on a GPU, FMA contraction may differ between the instantiations)
         g = ops.matmul(tg, wgb, K, N, x)

@@ -229,28 +229,28 @@ def test_sampler_draws_only_what_the_host_sampler_keeps(emu_ops, top_k, top_p, m
     rng = np.random.default_rng(top_k * 7 + int(top_p * 10))
     logits = (rng.normal(size=40) * 2).astype(np.float32)
     allowed = kept_set(logits, top_k, top_p, min_p)
-    draws = [emu_ops.sample_logits(logits, 0.7, top_k, top_p, min_p, 11, c) for c in range(8)]
+    draws = [emu_ops.testing.sample_logits(logits, 0.7, top_k, top_p, min_p, 11, c) for c in range(8)]
     assert set(draws) <= allowed, (sorted(set(draws)), sorted(allowed))
     # the same (seed, counter) gives the same draw; a huge temperature still respects the filters
-    assert emu_ops.sample_logits(logits, 0.7, top_k, top_p, min_p, 11, 3) == draws[3]
-    assert emu_ops.sample_logits(logits, 50.0, top_k, top_p, min_p, 11, 0) in allowed
+    assert emu_ops.testing.sample_logits(logits, 0.7, top_k, top_p, min_p, 11, 3) == draws[3]
+    assert emu_ops.testing.sample_logits(logits, 50.0, top_k, top_p, min_p, 11, 0) in allowed
 
 
 def test_sampler_distribution_and_extremes(emu_ops):
     # two tokens far above the rest: at T=1 the draw follows softmax over {a, b}
     logits = np.full(24, -40.0, np.float32)
     logits[3], logits[17] = 2.0, 2.0 + np.log(3.0)  # p(17) = 0.75
-    draws = [emu_ops.sample_logits(logits, 1.0, 0, 1.0, 0.0, 5, c) for c in range(30)]
+    draws = [emu_ops.testing.sample_logits(logits, 1.0, 0, 1.0, 0.0, 5, c) for c in range(30)]
     assert set(draws) <= {3, 17}
     assert 14 <= draws.count(17) <= 29  # binomial(30, 0.75): mean 22.5, sd 2.4
     # tiny temperature: the argmax; ties go to the smaller index
     logits2 = np.zeros(24, np.float32)
     logits2[9] = logits2[4] = 1.0
-    assert emu_ops.sample_logits(logits2, 1e-4, 1, 1.0, 0.0, 1, 0) in (4, 9)
+    assert emu_ops.testing.sample_logits(logits2, 1e-4, 1, 1.0, 0.0, 1, 0) in (4, 9)
     # NaNs are never drawn
     logits3 = np.full(24, np.nan, np.float32)
     logits3[6] = 0.0
-    assert emu_ops.sample_logits(logits3, 1.0, 0, 1.0, 0.0, 1, 0) == 6
+    assert emu_ops.testing.sample_logits(logits3, 1.0, 0, 1.0, 0.0, 1, 0) == 6
 
 
 def test_sampler_whole_row_fallback(emu_ops):
@@ -258,7 +258,7 @@ def test_sampler_whole_row_fallback(emu_ops):
     rng = np.random.default_rng(3)
     logits = rng.normal(size=40).astype(np.float32)
     allowed = kept_set(logits, 6, 0.9, 0.0)
-    draws = {emu_ops.sample_logits(logits, 0.9, 6, 0.9, 0.0, 2, c, cap=4) for c in range(2)}
+    draws = {emu_ops.testing.sample_logits(logits, 0.9, 6, 0.9, 0.0, 2, c, cap=4) for c in range(2)}
     assert draws <= allowed
 
 

@@ -117,8 +117,8 @@ def test_sampler_on_gpu_keeps_the_host_filters():
     rng = np.random.default_rng(0)
     logits = (rng.normal(size=248320) * 3).astype(np.float32)
     allowed = kept_set(logits, 40, 0.95, 0.05)
-    draws = {cuda.sample_logits(logits, 0.8, 40, 0.95, 0.05, 1, c) for c in range(200)}
+    draws = {cuda.testing.sample_logits(logits, 0.8, 40, 0.95, 0.05, 1, c) for c in range(200)}
     assert draws <= allowed and len(draws) > 1
     # temperature 5: the candidate list overflows and the whole-row path runs
     allowed = kept_set(logits, 0, 1.0, 0.0)
-    assert cuda.sample_logits(logits, 5.0, 0, 1.0, 0.0, 1, 0) in allowed
+    assert cuda.testing.sample_logits(logits, 5.0, 0, 1.0, 0.0, 1, 0) in allowed
