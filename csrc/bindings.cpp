@@ -50,7 +50,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("has_kv", &Snapshot::has_kv)
         .def_property_readonly("nbytes", &Snapshot::bytes);
 
-    py::class_<PyModel>(m, "Model")
+    auto model_cls = py::class_<PyModel>(m, "Model")
         .def(py::init([](const py::dict& config, const py::dict& tensors, int n_threads, py::object keepalive) {
                  auto pm = std::make_unique<PyModel>();
                  Config c = config_from_dict(config);
@@ -71,15 +71,6 @@ PYBIND11_MODULE(_core, m) {
             },
             py::arg("n_ctx"), py::arg("kv_type") = "f16")
         .def(
-            "forward",
-            [](PyModel& pm, State& st, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
-               const std::string& logits, int64_t n_batch) {
-                return pq::forward_py(*pm.model, pm.mu, st, tokens, logits, n_batch);
-            },
-            py::arg("state"), py::arg("tokens"), py::arg("logits") = "last", py::arg("n_batch") = 256,
-            "Run tokens through the model at state.pos; returns float32 logits of the last token [n_vocab], "
-            "of every token [n, n_vocab] (logits='all') or None.")
-        .def(
             "snapshot",
             [](PyModel& pm, const State& st, bool with_kv) {
                 std::lock_guard<std::mutex> lock(pm.mu);
@@ -93,6 +84,7 @@ PYBIND11_MODULE(_core, m) {
                 pm.model->restore(st, s);
             },
             py::arg("state"), py::arg("snapshot"));
+    pq::def_forward<PyModel, State>(model_cls);
 
     m.def("type_supported", &type_supported, py::arg("ggml_type"),
           "Whether the CPU kernels can use weights of this ggml type.");

@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from .llama_cpp_peer import llama_cpp_available, open_llama  # noqa: F401 (llama_cpp_available: re-exported)
+
 PROMPT_TG = 8   # untimed prompt before the tg test
 
 # llama.cpp's llama_model_ftype_name() for the file types a qwen35 GGUF is likely to carry.
@@ -149,23 +151,14 @@ def bench_pyqwen(model, n_prompt: int, n_gen: int, reps: int, seed: int = 1234) 
 
 # ---- llama.cpp (llama-cpp-python) ---------------------------------------------------------------
 
-def llama_cpp_available() -> str | None:
-    """None when llama_cpp imports, else the reason it does not."""
-    try:
-        import llama_cpp  # noqa: F401
-    except Exception as e:  # ImportError, or a broken shared library
-        return f"llama_cpp (llama-cpp-python) is not importable: {type(e).__name__}: {e}"
-    return None
-
-
 def bench_llama_cpp(path: str | Path, n_prompt: int, n_gen: int, reps: int, threads: int, n_batch: int,
                     seed: int = 1234) -> tuple[list[float], list[float]]:
     """The same pp/tg measurements through llama.cpp's llama_decode on the same GGUF."""
     import llama_cpp
 
     n_ctx = max(n_prompt, PROMPT_TG + n_gen, 16)
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                          n_batch=n_batch, n_ubatch=n_batch, verbose=False)
+    llm = open_llama(path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=n_batch,
+                     n_ubatch=n_batch, verbose=False)
     ctx = llm._ctx.ctx
     V = llm.n_vocab()
     rng = np.random.default_rng(seed)

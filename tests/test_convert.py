@@ -395,10 +395,17 @@ def test_fixture_script_is_deterministic(tmp_path):
         sys.path.pop(0)
     name = NAMES[0]
     make_references.make_fixture(name, tmp_path)
+    make_references.make_fixture(name, tmp_path / "again")
     new, old = np.load(tmp_path / name / "reference.npz"), np.load(FIXTURES / name / "reference.npz")
+    again = np.load(tmp_path / "again" / name / "reference.npz")
+    for k in new.files:  # deterministic on one machine: bit for bit
+        np.testing.assert_array_equal(new[k], again[k], err_msg=k)
     np.testing.assert_array_equal(new["prompt_ids"], old["prompt_ids"])
     np.testing.assert_array_equal(new["greedy_ids"], old["greedy_ids"])
-    np.testing.assert_allclose(new["logits"], old["logits"], rtol=0, atol=1e-4)
+    # Across machines torch's fp32 GEMMs sum in another order (AVX2 vs AVX-512 kernels): the committed
+    # logits (made on an AMD EPYC) and a run on an Intel Xeon with AVX-512 differ by up to 3.6e-4 at logit
+    # scale ~5 -- a third of the 1e-3 relative bound the forward tests hold pyqwen to against them.
+    np.testing.assert_allclose(new["logits"], old["logits"], rtol=0, atol=1e-3)
     a, b = HFCheckpoint(tmp_path / name), HFCheckpoint(FIXTURES / name)
     assert sorted(a.tensors) == sorted(b.tensors)
     for n in a.tensors:
@@ -410,13 +417,13 @@ def test_fixture_script_is_deterministic(tmp_path):
 @pytest.mark.skipif(not has_module("llama_cpp"), reason="llama-cpp-python not installed (pip install pyqwen[reference])")
 @pytest.mark.parametrize("name", NAMES)
 def test_llama_cpp_logits_match_transformers(gguf_cache, name):
-    import llama_cpp
+    from pyqwen.llama_cpp_peer import open_llama
 
     ref = np.load(FIXTURES / name / "reference.npz")
     ids = ref["prompt_ids"].tolist()
     # F32 KV cache: llama.cpp's default F16 cache alone adds ~3e-3 of logit error on these models.
-    llm = llama_cpp.Llama(str(gguf_cache(name, "f32")), logits_all=True, n_ctx=256, verbose=False,
-                          n_threads=2, type_k=0, type_v=0)
+    llm = open_llama(gguf_cache(name, "f32"), logits_all=True, n_ctx=256, verbose=False, n_threads=2,
+                     type_k=0, type_v=0)
     try:
         llm.eval(ids)
         logits = np.array(llm.scores[: len(ids)], dtype=np.float32)

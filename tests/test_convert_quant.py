@@ -157,10 +157,10 @@ def kl_mean(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
 
 
 def llama_logits(path: Path, ids: list[int], kv_f16: bool = False) -> np.ndarray:
-    import llama_cpp
+    from pyqwen.llama_cpp_peer import open_llama
 
     kv = 1 if kv_f16 else 0  # GGML_TYPE_F16 / F32
-    llm = llama_cpp.Llama(str(path), n_ctx=512, logits_all=True, verbose=False, n_threads=2, type_k=kv, type_v=kv)
+    llm = open_llama(path, n_ctx=512, logits_all=True, verbose=False, n_threads=2, type_k=kv, type_v=kv)
     try:
         llm.eval(ids)
         return np.array(llm.scores[: len(ids)], dtype=np.float32)

@@ -159,12 +159,14 @@ def test_simd_attention_matches_reference():
 
 
 def test_against_llama_cpp(gguf_cache):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (.ci/run installs it)")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (.ci/run installs it)")
+    from pyqwen.llama_cpp_peer import open_llama
+
     for name in HF_MODELS:
         path = gguf_cache(name, "f32")
         ids = load_reference(name)["prompt_ids"].tolist()
         ours = pyqwen.Model.load(path, kv_type="f32", threads=2).eval(ids)
-        llm = llama_cpp.Llama(str(path), n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_threads=2)
+        llm = open_llama(path, n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_threads=2)
         llm.eval(ids)
         theirs = np.asarray(llm.scores[: len(ids)], dtype=np.float32)
         del llm

@@ -118,4 +118,21 @@ pybind11::object forward_py(ModelT& model, std::mutex& mu, StateT& st,
     return std::move(out);
 }
 
+// Defines forward(state, tokens, logits='last', n_batch=256) on a model class whose Python object holds
+// `model` (the C++ model) and `mu` (its mutex): the same signature and text on the CPU and CUDA classes.
+template <typename PyModelT, typename StateT, typename Cls>
+void def_forward(Cls& cls) {
+    cls.def(
+        "forward",
+        [](PyModelT& pm, StateT& st,
+           const pybind11::array_t<int32_t, pybind11::array::c_style | pybind11::array::forcecast>& tokens,
+           const std::string& logits, int64_t n_batch) {
+            return forward_py(*pm.model, pm.mu, st, tokens, logits, n_batch);
+        },
+        pybind11::arg("state"), pybind11::arg("tokens"), pybind11::arg("logits") = "last",
+        pybind11::arg("n_batch") = 256,
+        "Run tokens through the model at state.pos; float32 logits of the last token [n_vocab], of every "
+        "token [n, n_vocab] (logits='all') or None.");
+}
+
 }  // namespace pq

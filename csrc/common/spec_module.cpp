@@ -10,6 +10,7 @@
 
 #include "config_py.h"
 #include "device_plan.h"
+#include "plan_py.h"
 #include "model_spec.h"
 
 namespace py = pybind11;
@@ -37,12 +38,6 @@ int kv_type_id(const std::string& name) {
 }
 
 py::dict plan_to_dict(const cuda::DevicePlan& p) {
-    py::dict ws;
-    ws["activations"] = p.workspace.activations;
-    ws["logits"] = p.workspace.logits;
-    ws["scratch"] = p.workspace.scratch;
-    ws["misc"] = p.workspace.misc;
-    ws["total"] = p.workspace.total();
     py::dict d;
     d["n_ctx"] = p.n_ctx;
     d["n_batch"] = p.n_batch;
@@ -53,7 +48,7 @@ py::dict plan_to_dict(const cuda::DevicePlan& p) {
     d["kv_cache"] = p.kv_cache;
     d["recurrent"] = p.recurrent;
     d["snapshots"] = p.snapshots;
-    d["workspace"] = ws;
+    d["workspace"] = cuda::workspace_to_dict(p.workspace);
     d["context"] = p.context;
     d["total"] = p.total();
     d["logit_rows"] = cuda::kLogitRows;

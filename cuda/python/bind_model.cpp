@@ -18,6 +18,7 @@
 #include <tuple>
 
 #include "../model/model.h"
+#include "../plan/plan_py.h"
 #include "../host_api.h"
 #include "config_py.h"
 #include "device_buffer.h"
@@ -32,16 +33,6 @@ using pq::cuda::Snapshot;
 using pq::cuda::State;
 
 namespace {
-
-py::dict plan_to_dict(const pq::cuda::WorkspacePlan& p) {
-    py::dict d;
-    d["activations"] = p.activations;
-    d["logits"] = p.logits;
-    d["scratch"] = p.scratch;
-    d["misc"] = p.misc;
-    d["total"] = p.total();
-    return d;
-}
 
 // One call at a time per model: the stream, buffers and graphs are shared by every state.
 struct PyModel {
@@ -82,7 +73,7 @@ void bind_model(py::module_& m) {
         .def_readonly("has_kv", &Snapshot::has_kv)
         .def_property_readonly("nbytes", &Snapshot::bytes);
 
-    py::class_<PyModel>(m, "CudaModel", py::module_local())
+    auto model_cls = py::class_<PyModel>(m, "CudaModel", py::module_local())
         .def(py::init([](const py::dict& config, const py::dict& tensors, int64_t n_batch, int64_t n_ctx,
                          bool use_graphs, py::object progress, py::object keepalive) {
                  auto pm = std::make_unique<PyModel>();
@@ -114,7 +105,7 @@ void bind_model(py::module_& m) {
         .def_property_readonly("config", [](PyModel& pm) { return config_to_dict(pm.model->config()); })
         .def_property_readonly("n_batch", [](PyModel& pm) { return pm.model->options().n_batch; })
         .def_property_readonly("weight_bytes", [](PyModel& pm) { return pm.model->weight_bytes(); })
-        .def_property_readonly("workspace", [](PyModel& pm) { return plan_to_dict(pm.model->workspace()); },
+        .def_property_readonly("workspace", [](PyModel& pm) { return pq::cuda::workspace_to_dict(pm.model->workspace()); },
                                "Bytes of activation buffers, logits, op scratch and sampling workspace.")
         .def_property_readonly("graphs_enabled", [](PyModel& pm) { return pm.model->graphs_enabled(); })
         .def_property_readonly("graph_stats",
@@ -137,15 +128,6 @@ void bind_model(py::module_& m) {
                 return pm.model->new_state(n_ctx);
             },
             py::arg("n_ctx"), py::arg("kv_type") = "f16", py::keep_alive<0, 1>())
-        .def(
-            "forward",
-            [](PyModel& pm, State& st, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
-               const std::string& logits, int64_t n_batch) {
-                return pq::forward_py(*pm.model, pm.mu, st, tokens, logits, n_batch);
-            },
-            py::arg("state"), py::arg("tokens"), py::arg("logits") = "last", py::arg("n_batch") = 256,
-            "Run tokens through the model at state.pos; float32 logits of the last token [n_vocab], of every "
-            "token [n, n_vocab] (logits='all') or None.")
         .def(
             "decode",
             [](PyModel& pm, State& st, int32_t token, float temperature, int top_k, float top_p, float min_p,
@@ -182,6 +164,7 @@ void bind_model(py::module_& m) {
                 pm.model->restore(st, s);
             },
             py::arg("state"), py::arg("snapshot"));
+    pq::def_forward<PyModel, State>(model_cls);
 
     m.def(
         "mem_get_info",
