@@ -92,3 +92,13 @@ def make(out: Path) -> dict:
             shutil.copy2(f, hf_dir / f.name)
     gguf = convert(hf_dir, out / "real-shape-f32.gguf", "f32", progress=False)
     return {"gguf": gguf, "prompt_ids": ids, "logits": logits, "greedy_ids": greedy, "hf_dir": hf_dir}
+
+
+_MADE: dict = {}
+
+
+def shared(tmp_path_factory) -> dict:
+    """make() once per test session, shared by the CPU and the emulated-CUDA tests."""
+    if "out" not in _MADE:
+        _MADE["out"] = make(tmp_path_factory.mktemp("real-shape"))
+    return _MADE["out"]

@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 def real_shape(tmp_path_factory):
     import real_shape
 
-    return real_shape.make(tmp_path_factory.mktemp("real-shape"))
+    return real_shape.shared(tmp_path_factory)
 
 
 def _rel(a, ref):
