@@ -558,7 +558,10 @@ def run_batch(seed_path: str, seed: int, indices: list[int], *, mem_bytes: int, 
 
 
 def run_campaign(seed_path: str, seed: int, n_cases: int, *, jobs: int = 1, batch: int = 50,
-                 mem_bytes: int = 3 << 30, case_timeout: float = 60.0, nice: int = 0, progress=None) -> dict:
+                 mem_bytes: int = 3 << 30, case_timeout: float = 60.0, nice: int = 0, progress=None,
+                 log_path: str | None = None) -> dict:
+    """Run n_cases in batches on `jobs` workers; `log_path` gets every result as a JSON line as soon as its
+    batch ends (a partial campaign can be summarized from it: --summarize LOG)."""
     from concurrent.futures import ThreadPoolExecutor
 
     chunks = [list(range(a, min(a + batch, n_cases))) for a in range(0, n_cases, batch)]
@@ -568,6 +571,9 @@ def run_campaign(seed_path: str, seed: int, n_cases: int, *, jobs: int = 1, batc
         for res in ex.map(lambda c: run_batch(seed_path, seed, c, mem_bytes=mem_bytes, case_timeout=case_timeout,
                                               nice=nice), chunks):
             out.extend(res)
+            if log_path:
+                with open(log_path, "a") as fh:
+                    fh.writelines(json.dumps(r) + "\n" for r in res)
             if progress:
                 progress(len(out), n_cases)
     return summarize(out, seed, seed_path, time.monotonic() - t0, mem_bytes)
@@ -613,7 +619,15 @@ def main(argv=None) -> int:
     ap.add_argument("--report", type=Path, help="write the JSON summary here")
     ap.add_argument("--replay", help="SEED:INDEX -- write that case's file to --out and print its mutations")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--log", help="append each result as a JSON line (for partial summaries)")
+    ap.add_argument("--summarize", help="print the summary of a --log file and exit")
     a = ap.parse_args(argv)
+    if a.summarize:
+        res = [json.loads(line) for line in open(a.summarize)]
+        rep = summarize(res, a.seed, a.seed_gguf, 0.0, int(a.mem_gib * (1 << 30)))
+        print(json.dumps({k: rep[k] for k in ("cases", "outcomes", "bugs", "loaded_nonfinite", "max_rss_mib")}))
+        print(json.dumps(rep["by_mutation"]))
+        return 0
     if a.replay:
         s, i = map(int, a.replay.split(":"))
         data, ops = mutate(Path(a.seed_gguf).read_bytes(), s, i)
@@ -625,7 +639,7 @@ def main(argv=None) -> int:
         print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
 
     rep = run_campaign(str(a.seed_gguf), a.seed, a.cases, jobs=a.jobs, batch=a.batch, mem_bytes=int(a.mem_gib * (1 << 30)),
-                       case_timeout=a.timeout, nice=a.nice, progress=progress)
+                       case_timeout=a.timeout, nice=a.nice, progress=progress, log_path=a.log)
     print(file=sys.stderr)
     text = json.dumps(rep, indent=1)
     if a.report:
