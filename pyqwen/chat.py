@@ -28,8 +28,7 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
 
-class ChatTemplateError(ValueError):
-    """The template could not be compiled, or refused the conversation (`raise_exception`)."""
+from .errors import ChatTemplateError  # noqa: E402,F401  (defined with the other errors; re-exported here)
 
 
 class _GenerationTag(jinja2.ext.Extension):
@@ -142,6 +141,8 @@ class ChatTemplate:
             self._template = env.from_string(source)
         except jinja2.TemplateError as e:
             raise ChatTemplateError(f"invalid chat template: {e}") from e
+        except (RecursionError, MemoryError, ValueError, TypeError) as e:  # hostile sources can reach these
+            raise ChatTemplateError(f"invalid chat template: {type(e).__name__}: {e}") from e
 
     def render(self, messages, *, add_generation_prompt: bool = True, tools=None, documents=None,
                **kwargs) -> str:
@@ -160,6 +161,20 @@ class ChatTemplate:
             raise
         except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as e:
             raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from e
+
+
+class BrokenChatTemplate:
+    """Stands in for a model's chat template that does not compile: the model still loads and runs raw
+    completions; rendering a conversation raises ChatTemplateError saying why."""
+
+    def __init__(self, source: str, error: ChatTemplateError):
+        self.source = source
+        self.error = error
+        self.special_tokens: dict = {}
+
+    def render(self, messages, **kwargs) -> str:
+        raise ChatTemplateError(f"the model's chat template is unusable ({self.error}); raw completion "
+                                "still works, or load a model with a valid tokenizer.chat_template")
 
 
 def split_reasoning(text: str, started_in_think: bool) -> tuple[str | None, str]:

@@ -13,5 +13,9 @@ class ContextOverflowError(PyqwenError, ValueError):
     """A prompt (plus the tokens to generate) does not fit in the context window."""
 
 
+class ChatTemplateError(PyqwenError, ValueError):
+    """A chat template could not be compiled, or refused the conversation (`raise_exception`)."""
+
+
 class CLIError(ValueError):
     """Bad command-line input; the CLIs print it as one line and exit 2."""

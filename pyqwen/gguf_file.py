@@ -156,6 +156,9 @@ class GGUFFile:
         with open(path, "rb") as fh:
             if fh.read(4) != b"GGUF":
                 raise ModelFormatError(f"{path}: not a GGUF file (wrong magic)")
+        from .gguf_prescan import prescan
+
+        prescan(path)  # every count and length fits in the file before gguf's reader trusts them
         try:
             reader = _CheckedReader(path, "r")
         except ModelFormatError as e:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ContextOverflowError, ModelFormatError
+from .errors import ChatTemplateError, ContextOverflowError, ModelFormatError
 from .generation import Chunk, Generation, GenerationStats, StateSequence
 from .gguf_file import GGUFFile
 from .sampling import Sampler, SamplingParams
@@ -128,7 +129,7 @@ class Model:
         """
         from . import _core
         from .backend import CpuCore
-        from .chat import ChatTemplate
+        from .chat import BrokenChatTemplate, ChatTemplate
         from .tokenizer import Tokenizer
 
         from .cuda_backend import select_backend
@@ -166,7 +167,14 @@ class Model:
         source = gf.metadata.get("tokenizer.chat_template")
         if not isinstance(source, str):
             source = (_DATA / "qwen3.6-chat-template.jinja").read_text()
-        model = cls(gf, core, tokenizer, ChatTemplate(source), n_ctx, kv_type, n_batch)
+        try:
+            template = ChatTemplate(source)
+        except ChatTemplateError as e:
+            # A corrupt template must not stop raw completion: load, warn, and let chat fail clearly.
+            warnings.warn(f"{gf.path}: tokenizer.chat_template is unusable, chat is disabled: {e}",
+                          RuntimeWarning, stacklevel=2)
+            template = BrokenChatTemplate(source, e)
+        model = cls(gf, core, tokenizer, template, n_ctx, kv_type, n_batch)
         model.backend = chosen
         return model
 

@@ -106,26 +106,47 @@ def normalize_name(name: str) -> str:
 
 
 def _read_header(path: Path) -> dict[str, TensorRef]:
-    # safetensors layout: u64 little-endian header length, JSON header, then the raw data block.
+    # safetensors layout: u64 little-endian header length, JSON header, then the raw data block. Every
+    # length, offset and shape is checked against the file before anything is allocated or read by it.
+    def bad(what: str) -> ConvertError:
+        return ConvertError(f"{path.name}: not a readable safetensors file ({what})")
+
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
             (hlen,) = struct.unpack("<Q", f.read(8))
+            if hlen > size - 8:
+                raise bad(f"header of {hlen} bytes in a file of {size}")
             header = json.loads(f.read(hlen))
-    except (OSError, struct.error, ValueError) as e:
-        raise ConvertError(f"{path.name}: not a readable safetensors file ({e})") from e
+    except ConvertError:
+        raise
+    except (OSError, struct.error, ValueError, RecursionError) as e:
+        raise bad(str(e)) from e
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
     base = 8 + hlen
     refs = {}
     for raw_name, info in header.items():
         if raw_name == "__metadata__":
             continue
+        if not isinstance(info, dict):
+            raise bad(f"entry {raw_name!r} is not an object")
         dtype = info.get("dtype")
-        if dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise ConvertError(f"tensor {raw_name!r} in {path.name}: unsupported dtype {dtype}")
-        begin, end = info["data_offsets"]
-        shape = tuple(int(d) for d in info["shape"])
-        if end - begin != int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize:
+        offs, shape = info.get("data_offsets"), info.get("shape")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)
+                and 0 <= offs[0] <= offs[1] <= size - base):
+            raise ConvertError(f"tensor {raw_name!r} in {path.name}: data_offsets {offs!r} outside the data block")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise ConvertError(f"tensor {raw_name!r} in {path.name}: invalid shape {shape!r}")
+        begin, end = offs
+        n = 1
+        for d in shape:
+            n *= d
+        if end - begin != n * _DTYPES[dtype].itemsize:
             raise ConvertError(f"tensor {raw_name!r} in {path.name}: size does not match its shape")
-        refs[raw_name] = TensorRef(path, dtype, shape, base + begin, end - begin)
+        refs[raw_name] = TensorRef(path, dtype, tuple(shape), base + begin, end - begin)
     return refs
 
 
@@ -159,10 +180,15 @@ def load_config(model_dir: Path) -> tuple[dict, str]:
     path = model_dir / "config.json"
     if not path.is_file():
         raise ConvertError(f"{model_dir}: config.json not found")
-    top = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        top = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConvertError(f"config.json: not valid JSON ({e})") from None
+    if not isinstance(top, dict) or not isinstance(top.get("text_config") or {}, dict):
+        raise ConvertError("config.json: expected a JSON object (with an object text_config, if any)")
     archs = top.get("architectures") or []
-    arch = archs[0] if archs else ""
-    if arch not in SUPPORTED_ARCHITECTURES:
+    arch = archs[0] if isinstance(archs, list) and archs else ""
+    if not isinstance(arch, str) or arch not in SUPPORTED_ARCHITECTURES:
         raise ConvertError(
             f"unknown architecture {arch or '(none)'!r}; expected one of {', '.join(SUPPORTED_ARCHITECTURES)}"
         )

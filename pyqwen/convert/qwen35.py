@@ -67,7 +67,24 @@ def _need(cfg: dict, key: str):
 
 
 def params_from_config(cfg: dict) -> Qwen35Params:
-    """Read the text hyper-parameters (HF field names; `cfg` is already merged with text_config)."""
+    """Read the text hyper-parameters (HF field names; `cfg` is already merged with text_config).
+    A value of the wrong type or out of range is a ConvertError naming the problem."""
+    try:
+        p = _params_from_config(cfg)
+    except ConvertError:
+        raise
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError, OverflowError) as e:
+        raise ConvertError(f"config.json: invalid hyper-parameter ({type(e).__name__}: {e})") from None
+    counts = dict(n_layer=p.n_layer, n_vocab=p.n_vocab, n_embd=p.n_embd, n_ff=p.n_ff, n_head=p.n_head,
+                  n_head_kv=p.n_head_kv, head_dim=p.head_dim, conv_kernel=p.conv_kernel, n_k_heads=p.n_k_heads,
+                  n_v_heads=p.n_v_heads, k_head_dim=p.k_head_dim, full_attention_interval=p.full_attention_interval)
+    bad = {k: v for k, v in counts.items() if v <= 0}
+    if bad or p.n_mtp_config < 0 or not (p.rms_eps > 0 and p.rope_theta > 0):
+        raise ConvertError(f"config.json: hyper-parameters must be positive, got {bad or 'eps/theta/mtp'}")
+    return p
+
+
+def _params_from_config(cfg: dict) -> Qwen35Params:
     # transformers >= 5 keeps theta and mrope in rope_parameters; older dumps use rope_scaling/rope_theta.
     rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
