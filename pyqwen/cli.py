@@ -78,14 +78,34 @@ def fmt_bytes(n: float) -> str:
 
 # ---- shared option groups --------------------------------------------------------------------------
 
-def _add_model_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model as `-m FILE` or as a positional FILE (both spellings work for every command)."""
     g = p.add_argument_group("model")
-    if positional:
-        g.add_argument("model", nargs="?", metavar="MODEL", help="GGUF file (default: the built-in demo model)")
-    else:
-        g.add_argument("-m", "--model", metavar="FILE", help="GGUF file (default: the built-in demo model)")
+    g.add_argument("model_file", nargs="?", metavar="MODEL", help="GGUF file (same as -m)")
+    g.add_argument("-m", "--model", metavar="FILE", help="GGUF file (default: the built-in demo model)")
     g.add_argument("--hf", metavar="REPO[:QUANT]",
                    help="download/cached GGUF from the Hugging Face Hub, e.g. unsloth/Qwen3.6-27B-GGUF:Q4_K_M")
+
+
+def model_arg(args) -> str | None:
+    """The model given as -m or positionally (an error when both name different files)."""
+    pos, opt = getattr(args, "model_file", None), args.model
+    if pos is not None and opt is not None and pos != opt:
+        raise CLIError(f"two models given: {pos} and -m {opt}")
+    return opt if opt is not None else pos
+
+
+def _add_gpu_layers_arg(g) -> None:
+    g.add_argument("-ngl", "--n-gpu-layers", type=_int(-1), default=None, metavar="N",
+                   help="llama.cpp's option, accepted: pyqwen runs all layers on the GPU or none, so 0 = CPU and "
+                        "any other value = the GPU when one is visible")
+
+
+def backend_arg(args) -> str:
+    from .cli_compat import gpu_layers_backend
+
+    return gpu_layers_backend(getattr(args, "n_gpu_layers", None), args.backend,
+                              lambda s: print(f"pyqwen: {s}", file=sys.stderr))
 
 
 def _add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None:
@@ -98,6 +118,7 @@ def _add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> No
                    help="maximum tokens per prefill chunk (default 256)")
     g.add_argument("--kv-type", choices=("f16", "f32"), default="f16", help="KV cache type (default f16)")
     g.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto", help="compute backend")
+    _add_gpu_layers_arg(g)
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -142,10 +163,11 @@ def _load(args, n_ctx: int | None = None):
         from . import _core  # noqa: F401  (a clear message when the extension is missing)
     except ImportError as e:
         raise CLIError(f"the C++ extension pyqwen._core is not available ({e}); build/install pyqwen first") from None
-    path = resolve_model_path(args.model, args.hf)
+    path = resolve_model_path(model_arg(args), args.hf)
+    backend = backend_arg(args)
     try:
         return Model.load(path, n_ctx=n_ctx or args.ctx, threads=args.threads, kv_type=args.kv_type,
-                          n_batch=args.batch_size, backend=args.backend)
+                          n_batch=args.batch_size, backend=backend)
     except RuntimeError as e:  # e.g. --backend cuda on a CPU-only build
         raise CLIError(str(e)) from None
 
@@ -393,7 +415,7 @@ def cmd_info(args) -> int:
     from .bench import describe_model
     from .gguf_file import GGUFFile
 
-    path = resolve_model_path(args.model, args.hf)
+    path = resolve_model_path(model_arg(args), args.hf)
     gf = GGUFFile.open(path, validate=False)
     md = gf.metadata
     out = []
@@ -510,7 +532,8 @@ def _cuda_plan(gf, n_ctx: int, kv_type: str, budget: int):
 def cmd_bench(args) -> int:
     from .bench import format_markdown, run_bench
 
-    path = resolve_model_path(args.model, args.hf)
+    path = resolve_model_path(model_arg(args), args.hf)
+    backend = backend_arg(args)
     try:
         from . import _core  # noqa: F401
     except ImportError as e:
@@ -518,7 +541,7 @@ def cmd_bench(args) -> int:
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else None
     try:
         report = run_bench(path, n_prompt=args.n_prompt, n_gen=args.n_gen, reps=args.repetitions,
-                           threads=args.threads, n_batch=args.batch_size, backend=args.backend,
+                           threads=args.threads, n_batch=args.batch_size, backend=backend,
                            peer_llama_cpp=args.peer_llama_cpp, log=log)
     except RuntimeError as e:
         raise CLIError(str(e)) from None
@@ -534,13 +557,19 @@ def cmd_bench(args) -> int:
 def cmd_convert(argv: Sequence[str]) -> int:
     from .convert import main as convert_main
 
-    return convert_main(list(argv), prog="pyqwen convert")
+    return _bad_input_is_2(convert_main(list(argv), prog="pyqwen convert"))
 
 
 def cmd_quantize(argv: Sequence[str]) -> int:
     from .convert.quantize import main as quantize_main
 
-    return quantize_main(list(argv), prog="pyqwen quantize")
+    return _bad_input_is_2(quantize_main(list(argv), prog="pyqwen quantize"))
+
+
+def _bad_input_is_2(rc: int) -> int:
+    # convert_gguf.py keeps llama.cpp's converter status (1) for a bad checkpoint; as a `pyqwen` command,
+    # bad input exits 2 like every other subcommand.
+    return 2 if rc == 1 else rc
 
 
 def _add_serve(subparsers) -> None:
@@ -600,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="show a GGUF's architecture, tensors and memory needs (no extension needed)",
                        description="Describe a GGUF file and the memory needed to run it.")
-    _add_model_args(p, positional=True)
+    _add_model_args(p)
     p.add_argument("-c", "--ctx", type=_int(1, "integer >= 1"), default=4096, metavar="N",
                    help="context size for the memory plan (default 4096, capped at the trained context)")
     p.add_argument("--kv-type", choices=("f16", "f32"), default="f16", help="KV cache type for the plan (default f16)")
@@ -622,6 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=_int(1), default=None, metavar="T", help="threads (default: all cores)")
     p.add_argument("-b", "--batch-size", type=_int(1), default=256, metavar="N", help="prefill chunk (default 256)")
     p.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_gpu_layers_arg(p)
     p.add_argument("--peer-llama-cpp", action="store_true",
                    help="also measure llama.cpp (llama-cpp-python) on the same GGUF and print the ratio")
     p.add_argument("-o", "--output", choices=("md", "json"), default="md", help="output format (default md)")
@@ -633,7 +663,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("quantize", help="requantize a F32/F16/BF16 GGUF, e.g. to q4_k_m (see `pyqwen quantize --help`)",
                    add_help=False)
     _add_serve(sub)
+    ap.set_defaults(_subparsers=sub)
     return ap
+
+
+def parse_args(ap: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse argv, llama.cpp spellings included (pyqwen.cli_compat)."""
+    argv = list(argv)
+    commands = ap.get_default("_subparsers").choices
+    if argv and argv[0] in commands:
+        from .cli_compat import rewrite
+
+        argv = [argv[0], *rewrite(argv[1:], commands[argv[0]])]
+    return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -643,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "quantize":
         return cmd_quantize(argv[1:])
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv)
     if not getattr(args, "func", None):
         ap.print_help(sys.stderr)
         return 2

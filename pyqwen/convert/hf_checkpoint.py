@@ -108,9 +108,14 @@ def normalize_name(name: str) -> str:
 def _read_header(path: Path) -> dict[str, TensorRef]:
     # safetensors layout: u64 little-endian header length, JSON header, then the raw data block.
     try:
+        file_size = path.stat().st_size
         with open(path, "rb") as f:
             (hlen,) = struct.unpack("<Q", f.read(8))
+            if hlen > file_size - 8:
+                raise ValueError(f"its header length {hlen} is past the end of the file")
             header = json.loads(f.read(hlen))
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
     except (OSError, struct.error, ValueError) as e:
         raise ConvertError(f"{path.name}: not a readable safetensors file ({e})") from e
     base = 8 + hlen
@@ -125,6 +130,9 @@ def _read_header(path: Path) -> dict[str, TensorRef]:
         shape = tuple(int(d) for d in info["shape"])
         if end - begin != int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize:
             raise ConvertError(f"tensor {raw_name!r} in {path.name}: size does not match its shape")
+        if base + end > file_size:  # a truncated download: say so here, not as an mmap error later
+            raise ConvertError(f"{path.name} is truncated: tensor {raw_name!r} ends at byte {base + end}, "
+                               f"the file has {file_size} bytes")
         refs[raw_name] = TensorRef(path, dtype, shape, base + begin, end - begin)
     return refs
 
@@ -132,7 +140,7 @@ def _read_header(path: Path) -> dict[str, TensorRef]:
 def _shard_files(model_dir: Path) -> list[Path]:
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ConvertError(f"{index.name}: no weight_map")
         files = sorted(set(weight_map.values()))
@@ -150,6 +158,17 @@ def _shard_files(model_dir: Path) -> list[Path]:
     return files
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from a checkpoint file; anything else is a ConvertError naming the file."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConvertError(f"{path.name} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ConvertError(f"{path.name} must hold a JSON object, not {type(obj).__name__}")
+    return obj
+
+
 def load_config(model_dir: Path) -> tuple[dict, str]:
     """Return (text hyper-parameters, HF architecture name).
 
@@ -159,7 +178,7 @@ def load_config(model_dir: Path) -> tuple[dict, str]:
     path = model_dir / "config.json"
     if not path.is_file():
         raise ConvertError(f"{model_dir}: config.json not found")
-    top = json.loads(path.read_text(encoding="utf-8"))
+    top = _read_json(path)
     archs = top.get("architectures") or []
     arch = archs[0] if archs else ""
     if arch not in SUPPORTED_ARCHITECTURES:
