@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import CLIError, ContextOverflowError, ModelFormatError
-from .model_path import DEMO_NOTE, resolve_model_path  # noqa: F401  (both are part of this module's API)
+from .cli_compat import backend_arg
+from .model_path import DEMO_NOTE, model_arg, resolve_model_path  # noqa: F401  (part of this module's API)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,25 +88,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="download/cached GGUF from the Hugging Face Hub, e.g. unsloth/Qwen3.6-27B-GGUF:Q4_K_M")
 
 
-def model_arg(args) -> str | None:
-    """The model given as -m or positionally (an error when both name different files)."""
-    pos, opt = getattr(args, "model_file", None), args.model
-    if pos is not None and opt is not None and pos != opt:
-        raise CLIError(f"two models given: {pos} and -m {opt}")
-    return opt if opt is not None else pos
-
-
 def _add_gpu_layers_arg(g) -> None:
     g.add_argument("-ngl", "--n-gpu-layers", type=_int(-1), default=None, metavar="N",
                    help="llama.cpp's option, accepted: pyqwen runs all layers on the GPU or none, so 0 = CPU and "
                         "any other value = the GPU when one is visible")
-
-
-def backend_arg(args) -> str:
-    from .cli_compat import gpu_layers_backend
-
-    return gpu_layers_backend(getattr(args, "n_gpu_layers", None), args.backend,
-                              lambda s: print(f"pyqwen: {s}", file=sys.stderr))
 
 
 def _add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None:

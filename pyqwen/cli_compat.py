@@ -99,3 +99,11 @@ def gpu_layers_backend(n_gpu_layers: int | None, backend: str, warn) -> str:
         warn(f"note: -ngl {n_gpu_layers}: pyqwen runs every layer on the GPU or none (no partial offload); "
              "using the GPU when one is visible")
     return backend
+
+
+def backend_arg(args) -> str:
+    """The backend of parsed arguments, `-ngl` taken into account (a note on stderr where it matters)."""
+    import sys
+
+    return gpu_layers_backend(getattr(args, "n_gpu_layers", None), args.backend,
+                              lambda s: print(f"pyqwen: {s}", file=sys.stderr))
