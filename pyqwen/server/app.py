@@ -71,7 +71,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body: int = MA
             if len(raw) > max_body:
                 raise APIError(413, f"the request body is larger than {max_body} bytes",
                                "invalid_request_error", None, "request_too_large")
-        return parse_json_body(bytes(raw))
+        return bytes(raw)
 
     async def next_event(job: Job, request: Request) -> tuple[str, Any] | None:
         """The job's next event; None (and the job cancelled) if the client went away first."""
@@ -116,18 +116,24 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body: int = MA
 
     async def start(request: Request, kind: str) -> tuple[Job, Any]:
         check_auth(request)
-        body = await read_body(request)
+        raw = await read_body(request)
         header_key = request.headers.get("x-session-id")
         if header_key is not None and not (0 < len(header_key) <= 256):
             raise APIError(400, "X-Session-Id must be 1-256 characters", "invalid_request_error", "X-Session-Id")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        if kind == "chat":
-            req = parse_chat(body, engine.model.n_ctx, header_key)
-            job = await run_in_threadpool(engine.prepare_chat, req, loop, events)
-        else:
+
+        def prepare():
+            # JSON parsing, validation, the size check, template rendering and tokenizing all take time
+            # proportional to the body: none of it runs on the event loop, so /health keeps answering.
+            body = parse_json_body(raw)
+            if kind == "chat":
+                req = parse_chat(body, engine.model.n_ctx, header_key)
+                return engine.prepare_chat(req, loop, events), req
             req = parse_completion(body, engine.model.n_ctx, engine.model.n_vocab, header_key)
-            job = await run_in_threadpool(engine.prepare_completion, req, loop, events)
+            return engine.prepare_completion(req, loop, events), req
+
+        job, req = await run_in_threadpool(prepare)
         engine.submit(job)
         return job, req
 
