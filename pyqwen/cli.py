@@ -584,12 +584,19 @@ def _add_serve(subparsers) -> None:
 
 # ---- parser -----------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+class _BuildVersion(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .build_info import describe
 
+        print(describe())
+        parser.exit(0)
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="pyqwen", description="llama.cpp-style inference for Qwen3.6 (GGUF arch qwen35).",
                  epilog="Run `pyqwen COMMAND --help` for the options of a command.")
-    ap.add_argument("--version", action="version", version=f"pyqwen {__version__}")
+    ap.add_argument("--version", action=_BuildVersion, nargs=0,
+                    help="show the version and what this build holds (SIMD kernels, CUDA architectures, cuBLAS)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("generate", help="complete a prompt (raw text, or --chat through the chat template)",

@@ -140,3 +140,25 @@ def test_llama_cpp_type_names_and_positional_quantize_type(capsys, tmp_path):
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(f16).tensors}
     assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.F16
     assert "two types given" in rejected(capsys, "quantize", str(f16), str(q), "q8_0", "--type", "q4_k_m")
+
+
+def test_version_names_the_build(capsys):
+    import importlib.metadata
+    import importlib.util
+
+    from pyqwen import _core
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"pyqwen {importlib.metadata.version('pyqwen')}"
+    kernels = next(ln for ln in lines if ln.startswith("CPU kernels: "))
+    compiled = kernels[len("CPU kernels: "):].split(" (")[0].split(", ")
+    assert "ref" in compiled and _core.simd_backend() in compiled
+    assert f"in use on this CPU: {_core.simd_backend()}" in kernels
+    cuda = next(ln for ln in lines if ln.startswith("CUDA: "))
+    if importlib.util.find_spec("pyqwen._cuda") is None:
+        assert "not built" in cuda
+    else:
+        assert "sm_" in cuda and "cuBLAS" in cuda
