@@ -288,82 +288,23 @@ def cmd_generate(args) -> int:
 
 # ---- chat REPL --------------------------------------------------------------------------------------
 
-CHAT_HELP = ("commands: /exit (or EOF) quits, /reset clears the conversation, /help shows this; "
-             "end a line with \\ to continue on the next; Ctrl-C stops a reply")
-
-
-def _read_user(tty: bool) -> str | None:
-    """One user message (backslash-continued lines joined), or None at EOF."""
-    lines = []
-    while True:
-        if tty:
-            try:
-                line = input("> " if not lines else ". ")
-            except EOFError:
-                line = None
-        else:
-            line = sys.stdin.readline()
-            line = line.rstrip("\n") if line else None
-        if line is None:
-            return "\n".join(lines) if lines else None
-        if line.endswith("\\"):
-            lines.append(line[:-1])
-            continue
-        lines.append(line)
-        return "\n".join(lines)
-
-
 def cmd_chat(args) -> int:
+    from .chat_repl import CHAT_HELP, ChatREPL, run
+
     sampling = _sampling(args)
     model = _load(args)
     n = args.n_predict if args.n_predict is not None else -1
     max_tokens = model.n_ctx if n < 0 else n
     if max_tokens < 1:
         raise CLIError("-n must be -1 or >= 1")
-    tty = _isatty(sys.stdin)
     print(f"pyqwen chat: {Path(model.path).name}, context {model.n_ctx} tokens. {CHAT_HELP}", file=sys.stderr)
-    history: list[dict] = []
-    printer = ReplyPrinter(sys.stdout, args.hide_reasoning)
-    while True:
-        try:
-            text = _read_user(tty)
-        except KeyboardInterrupt:
-            print(file=sys.stderr)
-            break
-        if text is None:
-            break
-        cmd = text.strip()
-        if not cmd:
-            continue
-        if cmd in ("/exit", "/quit", "/bye"):
-            break
-        if cmd == "/reset":
-            history.clear()
-            print("(conversation cleared)", file=sys.stderr)
-            continue
-        if cmd == "/help":
-            print(CHAT_HELP, file=sys.stderr)
-            continue
-        user = {"role": "user", "content": text}
-        messages = ([{"role": "system", "content": args.system}] if args.system is not None else [])
-        messages += history + [user]
-        try:
-            cg = model.chat(messages, max_tokens=max_tokens, enable_thinking=False if args.no_think else None,
-                            sampling=sampling)
-        except ContextOverflowError as e:
-            print(f"pyqwen: error: {e}; /reset to start a new conversation", file=sys.stderr)
-            continue
-        interrupted = False
-        try:
-            _stream_chat(cg, printer)
-        except KeyboardInterrupt:
-            cg.close()
-            interrupted = True
-        history += [user, cg.message]
-        print(cg.stats.summary() + (" (interrupted)" if interrupted else ""), file=sys.stderr)
-        if not tty:
-            sys.stdout.flush()
-    return 0
+    kwargs = {"enable_thinking": False} if args.no_think else {}
+    repl = ChatREPL(model, sampling, max_tokens, system=args.system, template_kwargs=dict(
+        kwargs, preserve_thinking=not args.drop_thinking), cache_ram_mib=args.cache_ram)
+    try:
+        return run(repl, ReplyPrinter(sys.stdout, args.hide_reasoning), _isatty(sys.stdin))
+    finally:
+        repl.close()
 
 
 # ---- info -------------------------------------------------------------------------------------------
@@ -612,10 +553,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("chat", help="interactive multi-turn chat",
+    from .chat_repl import CHAT_HELP
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat (the state is kept: a turn prefills only itself)",
                        description="Chat with the model; reads messages from stdin. " + CHAT_HELP + ".")
     _add_model_args(p)
     _add_chat_display_args(p)
+    g = p.add_argument_group("session")
+    g.add_argument("--drop-thinking", action="store_true",
+                   help="render earlier replies without their reasoning, as the template does by default "
+                        "(then each turn re-prefills the previous reply; by default it is kept: "
+                        "preserve_thinking, so a turn prefills only its own message)")
+    g.add_argument("--cache-ram", type=_float, default=4096, metavar="MiB",
+                   help="memory for the session's state checkpoints, in MiB (default 4096)")
     _add_sampling_args(p)
     _add_runtime_args(p)
     p.set_defaults(func=cmd_chat)

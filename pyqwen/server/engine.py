@@ -325,6 +325,7 @@ class Engine:
                           "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}},
                 "timings": {"prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
                             "prefilled_tokens": stats.prompt_tokens - stats.cached_tokens},
+                "stats": stats,        # the GenerationStats (for in-process callers: `pyqwen chat`)
             }
             job.emit("done", result)
             # The client has its answer; now line the state up with the history the next turn will send.

@@ -120,11 +120,13 @@ class Sampling:
     repetition_penalty: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    penalty_last_n: int | None = None       # not an OpenAI field: set by `pyqwen chat --repeat-last-n`
 
     def params(self) -> dict:
         """Keyword arguments for pyqwen.SamplingParams (unset fields keep its defaults)."""
         out = {k: getattr(self, k) for k in ("temperature", "top_p", "top_k", "min_p", "presence_penalty",
-                                               "repetition_penalty", "seed") if getattr(self, k) is not None}
+                                               "repetition_penalty", "seed", "penalty_last_n")
+               if getattr(self, k) is not None}
         out["stop"] = list(self.stop)
         return out
 
