@@ -69,6 +69,7 @@ class Job:
     checkpoints: list[tuple[int, str]]
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
+    logprobs: int | None = None             # None: off; n: chosen token + n likeliest (generation's host path)
     # chat only
     prompt_text: str = ""
     messages: list[dict] = field(default_factory=list)
@@ -234,7 +235,8 @@ class Engine:
         cps = chat_checkpoints(text, ids, m.tokenize, req.messages[-1]["role"])
         gen_pos = next((p for p, k in cps if k in ("gen", "query")), None)
         return Job(kind="chat", prompt_ids=ids, max_tokens=req.max_tokens or m.n_ctx, sampling=req.sampling,
-                   session_key=req.session_key, checkpoints=cps, loop=loop, events=events, prompt_text=text,
+                   session_key=req.session_key, checkpoints=cps, loop=loop, events=events, logprobs=req.logprobs,
+                   prompt_text=text,
                    messages=req.messages, tools=req.tools, parse_tools=req.parse_tools,
                    template_kwargs=req.template_kwargs,
                    started_in_think=text.rstrip("\n").endswith("<think>"),
@@ -248,7 +250,8 @@ class Engine:
             raise bad("the prompt is empty", "prompt")
         self._check_fits(ids, None)
         return Job(kind="completion", prompt_ids=ids, max_tokens=req.max_tokens, sampling=req.sampling,
-                   session_key=req.session_key, checkpoints=[(len(ids), "prompt_end")], loop=loop, events=events)
+                   session_key=req.session_key, checkpoints=[(len(ids), "prompt_end")], loop=loop, events=events,
+                   logprobs=req.logprobs)
 
     def _check_size(self, n_chars: int, param: str) -> None:
         """400 for a text too long to fit in the context whatever its tokens, before any tokenizing."""
@@ -285,7 +288,7 @@ class Engine:
         with turn:
             try:
                 gen = turn.generate(sampler, job.max_tokens, m.tokenizer.eog_ids, job.sampling.stop,
-                                    m.tokenizer.stream_decoder())
+                                    m.tokenizer.stream_decoder(), logprobs=job.logprobs)
             except ContextOverflowError as e:
                 job.emit("error", APIError(400, str(e), "invalid_request_error", "messages",
                                            "context_length_exceeded"))
@@ -294,14 +297,27 @@ class Engine:
             reply = (ReplyStream(job.started_in_think, job.tools, job.parse_tools) if job.kind == "chat"
                      else TextStream())
             cancelled = False
+            # Logprobs go out with the next delta after their tokens (the reply split may hold text back).
+            all_lps: list = []
+            lp_sent = 0
+
+            def attach(delta: dict) -> dict:
+                nonlocal lp_sent
+                if job.logprobs is not None:
+                    delta["_logprobs"] = all_lps[lp_sent:]
+                    lp_sent = len(all_lps)
+                return delta
+
             try:
                 for chunk in gen:
                     if job.cancelled.is_set():
                         cancelled = True
                         break
+                    if chunk.logprobs:
+                        all_lps.extend(chunk.logprobs)
                     delta = reply.push(chunk.text)
                     if delta:
-                        job.emit("delta", delta)
+                        job.emit("delta", attach(delta))
             except Cancelled:
                 cancelled = True
             if cancelled or job.cancelled.is_set():
@@ -312,7 +328,7 @@ class Engine:
                 return
             delta = reply.flush()
             if delta:
-                job.emit("delta", delta)
+                job.emit("delta", attach(delta))
             self._account(turn, stats)
             result = {
                 "finish_reason": reply.finish_reason(gen.finish_reason),
@@ -326,6 +342,8 @@ class Engine:
                 "timings": {"prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
                             "prefilled_tokens": stats.prompt_tokens - stats.cached_tokens},
                 "stats": stats,        # the GenerationStats (for in-process callers: `pyqwen chat`)
+                "logprobs": all_lps if job.logprobs is not None else None,
+                "logprobs_unsent": all_lps[lp_sent:] if job.logprobs is not None else None,
             }
             job.emit("done", result)
             # The client has its answer; now line the state up with the history the next turn will send.
