@@ -5,6 +5,8 @@ Definitions (the same for pyqwen and, with `peer_llama_cpp=True`, for llama.cpp 
 - tgN: after a short untimed prompt (PROMPT_TG random tokens), N tokens decoded one at a time with
   greedy (argmax) feedback; t/s = N / time of those N single-token forward passes.
 Each test runs once untimed as warm-up, then `reps` times; the table shows mean ± sample std of t/s.
+With llama.cpp, the two engines' repetitions are taken in turns, the ratio column shows the range the
+repetitions allow, and a range wider than UNRELIABLE_SPREAD is printed as a warning.
 
     from pyqwen.bench import run_bench, format_markdown
     report = run_bench("model.gguf", n_prompt=512, n_gen=128, reps=3, threads=8, peer_llama_cpp=True)
@@ -25,6 +27,8 @@ import numpy as np
 from .llama_cpp_peer import llama_cpp_available, open_llama  # noqa: F401 (llama_cpp_available: re-exported)
 
 PROMPT_TG = 8   # untimed prompt before the tg test
+# A ratio whose highest and lowest values over the repetitions differ by more than this factor is flagged.
+UNRELIABLE_SPREAD = 1.5
 
 # llama.cpp's llama_model_ftype_name() for the file types a qwen35 GGUF is likely to carry.
 _FTYPE_NAMES = {
@@ -91,10 +95,33 @@ class BenchReport:
             return None
         return a.mean / b.mean
 
+    def ratio_range(self, test: str) -> tuple[float, float] | None:
+        """Lowest and highest ratio the repetitions allow (min/max and max/min of the two sample sets)."""
+        a = next((r for r in self.rows if r.engine == "pyqwen" and r.test == test), None)
+        b = next((r for r in self.rows if r.engine == "llama.cpp" and r.test == test), None)
+        if a is None or b is None or not a.samples or not b.samples or min(b.samples) <= 0:
+            return None
+        return min(a.samples) / max(b.samples), max(a.samples) / min(b.samples)
+
+    def warnings(self) -> list[str]:
+        """Tests whose ratio the spread of the repetitions makes meaningless (a loaded machine: llama.cpp's
+        spinning worker threads collapse under other load, which once showed as a 16x 'speed-up')."""
+        out = []
+        for test in dict.fromkeys(r.test for r in self.rows):
+            rr = self.ratio_range(test)
+            if rr is not None and rr[1] > UNRELIABLE_SPREAD * rr[0]:
+                out.append(f"warning: {test}: over the repetitions the ratio ranges from {rr[0]:.2f} to {rr[1]:.2f}; "
+                           "the machine is too busy for it to mean anything (rerun on an idle machine, "
+                           "with fewer threads or more repetitions)")
+        return out
+
     def to_dict(self) -> dict:
         d = {"model": asdict(self.model), "path": self.path, "n_batch": self.n_batch, "peer_error": self.peer_error,
              "rows": [dict(asdict(r), mean=r.mean, std=r.std) for r in self.rows]}
-        d["ratios"] = {t: self.ratio(t) for t in dict.fromkeys(r.test for r in self.rows)}
+        tests = list(dict.fromkeys(r.test for r in self.rows))
+        d["ratios"] = {t: self.ratio(t) for t in tests}
+        d["ratio_ranges"] = {t: self.ratio_range(t) for t in tests}
+        d["warnings"] = self.warnings()
         return d
 
 
@@ -120,11 +147,10 @@ def _timed(fn: Callable[[], int], reps: int) -> list[float]:
 
 # ---- pyqwen ---------------------------------------------------------------------------------------
 
-def bench_pyqwen(model, n_prompt: int, n_gen: int, reps: int, seed: int = 1234) -> tuple[list[float], list[float]]:
-    """(pp samples, tg samples) in tokens/s for a loaded pyqwen Model."""
+def pyqwen_runners(model, n_prompt: int, n_gen: int, seed: int = 1234):
+    """(run_pp, run_tg) for a loaded pyqwen Model: each runs one repetition and returns its tokens/s."""
     rng = np.random.default_rng(seed)
     V = model.n_vocab
-    pp, tg = [], []
 
     def run_pp() -> float:
         toks = rng.integers(0, V, n_prompt).tolist()
@@ -142,18 +168,21 @@ def bench_pyqwen(model, n_prompt: int, n_gen: int, reps: int, seed: int = 1234) 
             logits = model.forward(state, [int(np.argmax(logits))], logits="last")
         return n_gen / (time.perf_counter() - t0)
 
-    if n_prompt > 0:
-        pp = _timed(run_pp, reps)
-    if n_gen > 0:
-        tg = _timed(run_tg, reps)
+    return run_pp, run_tg
+
+
+def bench_pyqwen(model, n_prompt: int, n_gen: int, reps: int, seed: int = 1234) -> tuple[list[float], list[float]]:
+    """(pp samples, tg samples) in tokens/s for a loaded pyqwen Model."""
+    run_pp, run_tg = pyqwen_runners(model, n_prompt, n_gen, seed)
+    pp = _timed(run_pp, reps) if n_prompt > 0 else []
+    tg = _timed(run_tg, reps) if n_gen > 0 else []
     return pp, tg
 
 
 # ---- llama.cpp (llama-cpp-python) ---------------------------------------------------------------
 
-def bench_llama_cpp(path: str | Path, n_prompt: int, n_gen: int, reps: int, threads: int, n_batch: int,
-                    seed: int = 1234) -> tuple[list[float], list[float]]:
-    """The same pp/tg measurements through llama.cpp's llama_decode on the same GGUF."""
+def llama_cpp_runners(path: str | Path, n_prompt: int, n_gen: int, threads: int, n_batch: int, seed: int = 1234):
+    """(run_pp, run_tg, close): the same pp/tg repetitions through llama.cpp's llama_decode on the same GGUF."""
     import llama_cpp
 
     n_ctx = max(n_prompt, PROMPT_TG + n_gen, 16)
@@ -194,13 +223,35 @@ def bench_llama_cpp(path: str | Path, n_prompt: int, n_gen: int, reps: int, thre
             decode([int(np.argmax(last_logits()))])
         return n_gen / (time.perf_counter() - t0)
 
+    def close() -> None:
+        if hasattr(llm, "close"):
+            llm.close()
+
+    return run_pp, run_tg, close
+
+
+def bench_llama_cpp(path: str | Path, n_prompt: int, n_gen: int, reps: int, threads: int, n_batch: int,
+                    seed: int = 1234) -> tuple[list[float], list[float]]:
+    """(pp samples, tg samples) of llama.cpp on the GGUF at path."""
+    run_pp, run_tg, close = llama_cpp_runners(path, n_prompt, n_gen, threads, n_batch, seed)
     try:
         pp = _timed(run_pp, reps) if n_prompt > 0 else []
         tg = _timed(run_tg, reps) if n_gen > 0 else []
     finally:
-        if hasattr(llm, "close"):
-            llm.close()
+        close()
     return pp, tg
+
+
+def interleaved(ours, peer, reps: int) -> tuple[list[float], list[float]]:
+    """Samples of two runners taken in turns (warm-up each, then ours, peer, ours, peer, ...): a change in the
+    machine's load during the run then hits both engines, not only the one that happened to run then."""
+    ours()
+    peer()
+    a, b = [], []
+    for _ in range(reps):
+        a.append(ours())
+        b.append(peer())
+    return a, b
 
 
 # ---- driver ---------------------------------------------------------------------------------------
@@ -237,16 +288,30 @@ def run_bench(path: str | Path | None = None, *, n_prompt: int = 512, n_gen: int
     report = BenchReport(describe_model(model.gguf), str(path), n_batch)
     be = str(getattr(model, "backend", "cpu")).upper()
     log(f"pyqwen: pp{n_prompt} tg{n_gen} x{reps}, {threads} threads, n_batch {n_batch}")
-    pp, tg = bench_pyqwen(model, n_prompt, n_gen, reps)
     peer = None
+    runners = None
     if peer_llama_cpp:
         report.peer_error = llama_cpp_available()
         if report.peer_error is None:
-            log("llama.cpp: same tests")
             try:
-                peer = bench_llama_cpp(path, n_prompt, n_gen, reps, threads, n_batch)
+                runners = llama_cpp_runners(path, n_prompt, n_gen, threads, n_batch)
             except Exception as e:  # e.g. llama.cpp too old for the architecture
                 report.peer_error = f"llama.cpp failed: {type(e).__name__}: {e}"
+    if runners is None:
+        pp, tg = bench_pyqwen(model, n_prompt, n_gen, reps)
+    else:
+        log("llama.cpp: the same tests, repetitions taken in turns with pyqwen's")
+        ours_pp, ours_tg = pyqwen_runners(model, n_prompt, n_gen)
+        peer_pp, peer_tg, close = runners
+        try:
+            pp, ppl = interleaved(ours_pp, peer_pp, reps) if n_prompt > 0 else ([], [])
+            tg, tgl = interleaved(ours_tg, peer_tg, reps) if n_gen > 0 else ([], [])
+            peer = (ppl, tgl)
+        except Exception as e:
+            report.peer_error = f"llama.cpp failed: {type(e).__name__}: {e}"
+            pp, tg = bench_pyqwen(model, n_prompt, n_gen, reps)
+        finally:
+            close()
     if n_gen > 0:
         from .memory_plan import decode_traffic, plan
 
@@ -275,7 +340,11 @@ def format_markdown(report: BenchReport) -> str:
                  r.test, f"{r.mean:.2f} ± {r.std:.2f}"]
         if peer:
             ratio = report.ratio(r.test) if r.engine == "pyqwen" else None
-            cells.append(f"{ratio:.2f}" if ratio is not None and math.isfinite(ratio) else "")
+            rr = report.ratio_range(r.test)
+            cell = ""
+            if ratio is not None and math.isfinite(ratio):
+                cell = f"{ratio:.2f}" + (f" ({rr[0]:.2f}-{rr[1]:.2f})" if rr is not None and len(r.samples) > 1 else "")
+            cells.append(cell)
         rows.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in rows)) if rows else len(h) for i, h in enumerate(head)]
 
@@ -295,4 +364,8 @@ def format_markdown(report: BenchReport) -> str:
     if report.peer_error:
         out.append("")
         out.append(f"(llama.cpp not measured: {report.peer_error})")
+    warnings = report.warnings()
+    if warnings:
+        out.append("")
+        out.extend(warnings)
     return "\n".join(out)

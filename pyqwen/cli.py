@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import CLIError, ContextOverflowError, ModelFormatError
-from .model_path import DEMO_NOTE, resolve_model_path  # noqa: F401  (both are part of this module's API)
+from .cli_compat import backend_arg
+from .model_path import DEMO_NOTE, model_arg, resolve_model_path  # noqa: F401  (part of this module's API)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,14 +79,19 @@ def fmt_bytes(n: float) -> str:
 
 # ---- shared option groups --------------------------------------------------------------------------
 
-def _add_model_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model as `-m FILE` or as a positional FILE (both spellings work for every command)."""
     g = p.add_argument_group("model")
-    if positional:
-        g.add_argument("model", nargs="?", metavar="MODEL", help="GGUF file (default: the built-in demo model)")
-    else:
-        g.add_argument("-m", "--model", metavar="FILE", help="GGUF file (default: the built-in demo model)")
+    g.add_argument("model_file", nargs="?", metavar="MODEL", help="GGUF file (same as -m)")
+    g.add_argument("-m", "--model", metavar="FILE", help="GGUF file (default: the built-in demo model)")
     g.add_argument("--hf", metavar="REPO[:QUANT]",
                    help="download/cached GGUF from the Hugging Face Hub, e.g. unsloth/Qwen3.6-27B-GGUF:Q4_K_M")
+
+
+def _add_gpu_layers_arg(g) -> None:
+    g.add_argument("-ngl", "--n-gpu-layers", type=_int(-1), default=None, metavar="N",
+                   help="llama.cpp's option, accepted: pyqwen runs all layers on the GPU or none, so 0 = CPU and "
+                        "any other value = the GPU when one is visible")
 
 
 def _add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None:
@@ -98,6 +104,7 @@ def _add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> No
                    help="maximum tokens per prefill chunk (default 256)")
     g.add_argument("--kv-type", choices=("f16", "f32"), default="f16", help="KV cache type (default f16)")
     g.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto", help="compute backend")
+    _add_gpu_layers_arg(g)
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -142,10 +149,11 @@ def _load(args, n_ctx: int | None = None):
         from . import _core  # noqa: F401  (a clear message when the extension is missing)
     except ImportError as e:
         raise CLIError(f"the C++ extension pyqwen._core is not available ({e}); build/install pyqwen first") from None
-    path = resolve_model_path(args.model, args.hf)
+    path = resolve_model_path(model_arg(args), args.hf)
+    backend = backend_arg(args)
     try:
         return Model.load(path, n_ctx=n_ctx or args.ctx, threads=args.threads, kv_type=args.kv_type,
-                          n_batch=args.batch_size, backend=args.backend)
+                          n_batch=args.batch_size, backend=backend)
     except RuntimeError as e:  # e.g. --backend cuda on a CPU-only build
         raise CLIError(str(e)) from None
 
@@ -280,82 +288,23 @@ def cmd_generate(args) -> int:
 
 # ---- chat REPL --------------------------------------------------------------------------------------
 
-CHAT_HELP = ("commands: /exit (or EOF) quits, /reset clears the conversation, /help shows this; "
-             "end a line with \\ to continue on the next; Ctrl-C stops a reply")
-
-
-def _read_user(tty: bool) -> str | None:
-    """One user message (backslash-continued lines joined), or None at EOF."""
-    lines = []
-    while True:
-        if tty:
-            try:
-                line = input("> " if not lines else ". ")
-            except EOFError:
-                line = None
-        else:
-            line = sys.stdin.readline()
-            line = line.rstrip("\n") if line else None
-        if line is None:
-            return "\n".join(lines) if lines else None
-        if line.endswith("\\"):
-            lines.append(line[:-1])
-            continue
-        lines.append(line)
-        return "\n".join(lines)
-
-
 def cmd_chat(args) -> int:
+    from .chat_repl import CHAT_HELP, ChatREPL, run
+
     sampling = _sampling(args)
     model = _load(args)
     n = args.n_predict if args.n_predict is not None else -1
     max_tokens = model.n_ctx if n < 0 else n
     if max_tokens < 1:
         raise CLIError("-n must be -1 or >= 1")
-    tty = _isatty(sys.stdin)
     print(f"pyqwen chat: {Path(model.path).name}, context {model.n_ctx} tokens. {CHAT_HELP}", file=sys.stderr)
-    history: list[dict] = []
-    printer = ReplyPrinter(sys.stdout, args.hide_reasoning)
-    while True:
-        try:
-            text = _read_user(tty)
-        except KeyboardInterrupt:
-            print(file=sys.stderr)
-            break
-        if text is None:
-            break
-        cmd = text.strip()
-        if not cmd:
-            continue
-        if cmd in ("/exit", "/quit", "/bye"):
-            break
-        if cmd == "/reset":
-            history.clear()
-            print("(conversation cleared)", file=sys.stderr)
-            continue
-        if cmd == "/help":
-            print(CHAT_HELP, file=sys.stderr)
-            continue
-        user = {"role": "user", "content": text}
-        messages = ([{"role": "system", "content": args.system}] if args.system is not None else [])
-        messages += history + [user]
-        try:
-            cg = model.chat(messages, max_tokens=max_tokens, enable_thinking=False if args.no_think else None,
-                            sampling=sampling)
-        except ContextOverflowError as e:
-            print(f"pyqwen: error: {e}; /reset to start a new conversation", file=sys.stderr)
-            continue
-        interrupted = False
-        try:
-            _stream_chat(cg, printer)
-        except KeyboardInterrupt:
-            cg.close()
-            interrupted = True
-        history += [user, cg.message]
-        print(cg.stats.summary() + (" (interrupted)" if interrupted else ""), file=sys.stderr)
-        if not tty:
-            sys.stdout.flush()
-    return 0
+    kwargs = {"enable_thinking": False} if args.no_think else {}
+    repl = ChatREPL(model, sampling, max_tokens, system=args.system, template_kwargs=dict(
+        kwargs, preserve_thinking=not args.drop_thinking), cache_ram_mib=args.cache_ram)
+    try:
+        return run(repl, ReplyPrinter(sys.stdout, args.hide_reasoning), _isatty(sys.stdin))
+    finally:
+        repl.close()
 
 
 # ---- info -------------------------------------------------------------------------------------------
@@ -393,7 +342,7 @@ def cmd_info(args) -> int:
     from .bench import describe_model
     from .gguf_file import GGUFFile
 
-    path = resolve_model_path(args.model, args.hf)
+    path = resolve_model_path(model_arg(args), args.hf)
     gf = GGUFFile.open(path, validate=False)
     md = gf.metadata
     out = []
@@ -510,7 +459,8 @@ def _cuda_plan(gf, n_ctx: int, kv_type: str, budget: int):
 def cmd_bench(args) -> int:
     from .bench import format_markdown, run_bench
 
-    path = resolve_model_path(args.model, args.hf)
+    path = resolve_model_path(model_arg(args), args.hf)
+    backend = backend_arg(args)
     try:
         from . import _core  # noqa: F401
     except ImportError as e:
@@ -518,7 +468,7 @@ def cmd_bench(args) -> int:
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else None
     try:
         report = run_bench(path, n_prompt=args.n_prompt, n_gen=args.n_gen, reps=args.repetitions,
-                           threads=args.threads, n_batch=args.batch_size, backend=args.backend,
+                           threads=args.threads, n_batch=args.batch_size, backend=backend,
                            peer_llama_cpp=args.peer_llama_cpp, log=log)
     except RuntimeError as e:
         raise CLIError(str(e)) from None
@@ -534,13 +484,19 @@ def cmd_bench(args) -> int:
 def cmd_convert(argv: Sequence[str]) -> int:
     from .convert import main as convert_main
 
-    return convert_main(list(argv), prog="pyqwen convert")
+    return _bad_input_is_2(convert_main(list(argv), prog="pyqwen convert"))
 
 
 def cmd_quantize(argv: Sequence[str]) -> int:
     from .convert.quantize import main as quantize_main
 
-    return quantize_main(list(argv), prog="pyqwen quantize")
+    return _bad_input_is_2(quantize_main(list(argv), prog="pyqwen quantize"))
+
+
+def _bad_input_is_2(rc: int) -> int:
+    # convert_gguf.py keeps llama.cpp's converter status (1) for a bad checkpoint; as a `pyqwen` command,
+    # bad input exits 2 like every other subcommand.
+    return 2 if rc == 1 else rc
 
 
 def _add_serve(subparsers) -> None:
@@ -569,12 +525,19 @@ def _add_serve(subparsers) -> None:
 
 # ---- parser -----------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+class _BuildVersion(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .build_info import describe
 
+        print(describe())
+        parser.exit(0)
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="pyqwen", description="llama.cpp-style inference for Qwen3.6 (GGUF arch qwen35).",
                  epilog="Run `pyqwen COMMAND --help` for the options of a command.")
-    ap.add_argument("--version", action="version", version=f"pyqwen {__version__}")
+    ap.add_argument("--version", action=_BuildVersion, nargs=0,
+                    help="show the version and what this build holds (SIMD kernels, CUDA architectures, cuBLAS)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("generate", help="complete a prompt (raw text, or --chat through the chat template)",
@@ -590,17 +553,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("chat", help="interactive multi-turn chat",
+    from .chat_repl import CHAT_HELP
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat (the state is kept: a turn prefills only itself)",
                        description="Chat with the model; reads messages from stdin. " + CHAT_HELP + ".")
     _add_model_args(p)
     _add_chat_display_args(p)
+    g = p.add_argument_group("session")
+    g.add_argument("--drop-thinking", action="store_true",
+                   help="render earlier replies without their reasoning, as the template does by default "
+                        "(then each turn re-prefills the previous reply; by default it is kept: "
+                        "preserve_thinking, so a turn prefills only its own message)")
+    g.add_argument("--cache-ram", type=_float, default=4096, metavar="MiB",
+                   help="memory for the session's state checkpoints, in MiB (default 4096)")
     _add_sampling_args(p)
     _add_runtime_args(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("info", help="show a GGUF's architecture, tensors and memory needs (no extension needed)",
                        description="Describe a GGUF file and the memory needed to run it.")
-    _add_model_args(p, positional=True)
+    _add_model_args(p)
     p.add_argument("-c", "--ctx", type=_int(1, "integer >= 1"), default=4096, metavar="N",
                    help="context size for the memory plan (default 4096, capped at the trained context)")
     p.add_argument("--kv-type", choices=("f16", "f32"), default="f16", help="KV cache type for the plan (default f16)")
@@ -622,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=_int(1), default=None, metavar="T", help="threads (default: all cores)")
     p.add_argument("-b", "--batch-size", type=_int(1), default=256, metavar="N", help="prefill chunk (default 256)")
     p.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_gpu_layers_arg(p)
     p.add_argument("--peer-llama-cpp", action="store_true",
                    help="also measure llama.cpp (llama-cpp-python) on the same GGUF and print the ratio")
     p.add_argument("-o", "--output", choices=("md", "json"), default="md", help="output format (default md)")
@@ -633,7 +606,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("quantize", help="requantize a F32/F16/BF16 GGUF, e.g. to q4_k_m (see `pyqwen quantize --help`)",
                    add_help=False)
     _add_serve(sub)
+    ap.set_defaults(_subparsers=sub)
     return ap
+
+
+def parse_args(ap: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse argv, llama.cpp spellings included (pyqwen.cli_compat)."""
+    argv = list(argv)
+    commands = ap.get_default("_subparsers").choices
+    if argv and argv[0] in commands:
+        from .cli_compat import rewrite
+
+        argv = [argv[0], *rewrite(argv[1:], commands[argv[0]])]
+    return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -643,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "quantize":
         return cmd_quantize(argv[1:])
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv)
     if not getattr(args, "func", None):
         ap.print_help(sys.stderr)
         return 2

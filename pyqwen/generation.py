@@ -47,11 +47,35 @@ class GenerationStats:
 
 
 @dataclass
+class TokenLogprob:
+    """Log-probability of a generated token under the model's distribution (log-softmax of the raw logits,
+    before temperature and penalties, as OpenAI and vLLM report them) and the `top` most likely tokens."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+def token_logprob(logits: np.ndarray, token: int, n_top: int) -> TokenLogprob:
+    x = np.asarray(logits, dtype=np.float64)
+    m = float(x.max())
+    lp = x - (m + np.log(np.exp(x - m).sum()))
+    top: list[tuple[int, float]] = []
+    if n_top > 0:
+        idx = np.argpartition(-lp, min(n_top, lp.size) - 1)[:n_top]
+        idx = idx[np.lexsort((idx, -lp[idx]))]          # most likely first; ties by id
+        top = [(int(i), float(lp[i])) for i in idx]
+    return TokenLogprob(int(token), float(lp[token]), top)
+
+
+@dataclass
 class Chunk:
-    """A piece of generated text and the token ids that produced it (text may lag tokens)."""
+    """A piece of generated text and the token ids that produced it (text may lag tokens); with logprobs
+    requested, one TokenLogprob per id."""
 
     text: str
     token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -103,11 +127,14 @@ class Generation:
     """
 
     def __init__(self, seq: Sequence, prompt_ids: Seq[int], prefill_ids: Seq[int], sampler, max_tokens: int,
-                 eog_ids: set[int], stop: list[str], stream_decoder, stats: GenerationStats):
+                 eog_ids: set[int], stop: list[str], stream_decoder, stats: GenerationStats,
+                 logprobs: int | None = None):
         self._seq = seq
-        # Device sampling only when the sampler says the device may choose in its place (see module doc).
+        # Device sampling only when the sampler says the device may choose in its place (see module doc)
+        # and no logprobs are asked for (they need the logits on the host).
         self._device_params = getattr(sampler, "device_params", None)
-        self.on_device = bool(seq.device_sampling) and self._device_params is not None
+        self._logprobs = logprobs       # None: none; n: the chosen token's and the n most likely
+        self.on_device = bool(seq.device_sampling) and self._device_params is not None and logprobs is None
         self._prompt_ids = prompt_ids
         self._prefill_ids = prefill_ids
         self._sampler = sampler
@@ -146,6 +173,8 @@ class Generation:
         full = ""      # all text decoded so far
         emitted = 0    # how much of it has been yielded
         pending_ids: list[int] = []
+        want_lp = self._logprobs is not None
+        pending_lps: list[TokenLogprob] | None = [] if want_lp else None
         t_dec = time.perf_counter()
         try:
             next_tok = None
@@ -157,6 +186,8 @@ class Generation:
                 self.tokens.append(tok)
                 history.append(tok)
                 pending_ids.append(tok)
+                if want_lp:
+                    pending_lps.append(token_logprob(logits, tok, self._logprobs))
                 self.stats.generated_tokens += 1
                 full += self._dec.push(tok)
                 hit = -1
@@ -167,13 +198,14 @@ class Generation:
                 if hit >= 0:
                     self.text = full[:hit]
                     if hit > emitted:
-                        yield Chunk(full[emitted:hit], pending_ids)
+                        yield Chunk(full[emitted:hit], pending_ids, pending_lps)
                     self.finish_reason = "stop"
                     return
                 safe = len(full) - _held_back(full, self._stop)
                 if safe > emitted:
-                    yield Chunk(full[emitted:safe], pending_ids)
+                    yield Chunk(full[emitted:safe], pending_ids, pending_lps)
                     pending_ids = []
+                    pending_lps = [] if want_lp else None
                     emitted = safe
                 if len(self.tokens) >= self._max_tokens:
                     self.finish_reason = "length"
@@ -187,7 +219,7 @@ class Generation:
             full += self._dec.flush()
             self.text = full
             if len(full) > emitted or pending_ids:
-                yield Chunk(full[emitted:], pending_ids)
+                yield Chunk(full[emitted:], pending_ids, pending_lps)
         finally:
             self.stats.decode_seconds = time.perf_counter() - t_dec
             if self.finish_reason is None:  # cancelled or failed: report what the caller saw

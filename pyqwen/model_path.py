@@ -34,3 +34,11 @@ def resolve_model_path(model: str | None, hf: str | None, *, quiet: bool = False
     from .demo import demo_model_path
 
     return Path(demo_model_path())
+
+
+def model_arg(args) -> str | None:
+    """The model given as -m or positionally (an error when both name different files)."""
+    pos, opt = getattr(args, "model_file", None), args.model
+    if pos is not None and opt is not None and pos != opt:
+        raise CLIError(f"two models given: {pos} and -m {opt}")
+    return opt if opt is not None else pos

@@ -186,7 +186,8 @@ class Turn:
     def decode(self, token: int, params, counter: int) -> int:
         return self.cache._decode(self.session, token, params, counter)
 
-    def generate(self, sampler, max_tokens: int, eog_ids: set[int], stop: list[str], stream_decoder) -> Generation:
+    def generate(self, sampler, max_tokens: int, eog_ids: set[int], stop: list[str], stream_decoder,
+                 logprobs: int | None = None) -> Generation:
         """A Generation continuing this prompt; it prefills only prompt_ids[n_cached:]."""
         ids = self.prompt_ids
         room = self.state.n_ctx - len(ids)
@@ -195,7 +196,7 @@ class Turn:
                                        f"{self.state.n_ctx} tokens (one more is needed to generate)")
         stats = GenerationStats(prompt_tokens=len(ids), cached_tokens=self.n_cached)
         self.generation = Generation(self, ids, ids[self.n_cached:], sampler, min(max_tokens, room),
-                                     eog_ids, stop, stream_decoder, stats)
+                                     eog_ids, stop, stream_decoder, stats, logprobs)
         return self.generation
 
     def checkpoint(self, kind: str) -> Checkpoint | None:

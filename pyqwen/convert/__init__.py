@@ -116,12 +116,20 @@ def convert(
     return write_gguf(out_path, ARCH, add_metadata, tensors, progress=progress, n_threads=threads, stats=stats)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line (exit 2), like the `pyqwen` command's other subcommands."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_arg_parser(prog: str = "convert_gguf.py") -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description="Convert a Hugging Face Qwen3.5/3.6 checkpoint to GGUF.")
+    ap = OneLineParser(prog=prog, description="Convert a Hugging Face Qwen3.5/3.6 checkpoint to GGUF.")
     ap.add_argument("hf_dir", type=Path, help="checkpoint directory (config.json, *.safetensors, tokenizer files)")
     ap.add_argument("-o", "--outfile", type=Path, required=True, help="output .gguf path")
-    ap.add_argument("--type", dest="out_type", choices=list(OUTPUT_TYPES), default="f16",
-                    help="weight type: float, or a llama.cpp quant mix (default f16)")
+    # --outtype is convert_hf_to_gguf.py's spelling; type names are case-insensitive as in llama.cpp (Q4_K_M).
+    ap.add_argument("--type", "--outtype", dest="out_type", type=str.lower, choices=list(OUTPUT_TYPES),
+                    default="f16", help="weight type: float, or a llama.cpp quant mix (default f16)")
     ap.add_argument("--no-mtp", action="store_true", help="drop the multi-token-prediction block")
     ap.add_argument("--name", help="general.name (default: the checkpoint directory name)")
     ap.add_argument("--threads", type=int, default=0, help="quantizer threads (default: all cores)")
@@ -136,7 +144,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "convert_gguf.py") -> in
         out = convert(args.hf_dir, args.outfile, args.out_type, mtp=not args.no_mtp, name=args.name,
                       threads=args.threads, stats=stats)
     except (ConvertError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; no output written", file=sys.stderr)

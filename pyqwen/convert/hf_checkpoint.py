@@ -136,8 +136,11 @@ def _read_header(path: Path) -> dict[str, TensorRef]:
             raise ConvertError(f"tensor {raw_name!r} in {path.name}: unsupported dtype {dtype}")
         offs, shape = info.get("data_offsets"), info.get("shape")
         if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)
-                and 0 <= offs[0] <= offs[1] <= size - base):
+                and 0 <= offs[0] <= offs[1]):
             raise ConvertError(f"tensor {raw_name!r} in {path.name}: data_offsets {offs!r} outside the data block")
+        if base + offs[1] > size:  # a truncated download: say so here, not as an mmap error later
+            raise ConvertError(f"{path.name} is truncated: tensor {raw_name!r} ends at byte {base + offs[1]}, "
+                               f"the file has {size} bytes")
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise ConvertError(f"tensor {raw_name!r} in {path.name}: invalid shape {shape!r}")
         begin, end = offs
@@ -153,7 +156,7 @@ def _read_header(path: Path) -> dict[str, TensorRef]:
 def _shard_files(model_dir: Path) -> list[Path]:
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ConvertError(f"{index.name}: no weight_map")
         files = sorted(set(weight_map.values()))
@@ -171,6 +174,17 @@ def _shard_files(model_dir: Path) -> list[Path]:
     return files
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from a checkpoint file; anything else is a ConvertError naming the file."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConvertError(f"{path.name} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ConvertError(f"{path.name} must hold a JSON object, not {type(obj).__name__}")
+    return obj
+
+
 def load_config(model_dir: Path) -> tuple[dict, str]:
     """Return (text hyper-parameters, HF architecture name).
 
@@ -180,12 +194,9 @@ def load_config(model_dir: Path) -> tuple[dict, str]:
     path = model_dir / "config.json"
     if not path.is_file():
         raise ConvertError(f"{model_dir}: config.json not found")
-    try:
-        top = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ConvertError(f"config.json: not valid JSON ({e})") from None
-    if not isinstance(top, dict) or not isinstance(top.get("text_config") or {}, dict):
-        raise ConvertError("config.json: expected a JSON object (with an object text_config, if any)")
+    top = _read_json(path)
+    if not isinstance(top.get("text_config") or {}, dict):
+        raise ConvertError("config.json: text_config must be a JSON object")
     archs = top.get("architectures") or []
     arch = archs[0] if isinstance(archs, list) and archs else ""
     if not isinstance(arch, str) or arch not in SUPPORTED_ARCHITECTURES:

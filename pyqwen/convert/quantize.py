@@ -274,11 +274,17 @@ def quantize_gguf(in_path: str | Path, out_path: str | Path, out_type: str = "q4
 
 
 def build_arg_parser(prog: str = "pyqwen quantize") -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description="Quantize a float qwen35 GGUF with llama.cpp's mixes "
+    from . import OneLineParser
+
+    ap = OneLineParser(prog=prog, description="Quantize a float qwen35 GGUF with llama.cpp's mixes "
                                  "(byte-identical to llama-quantize without an importance matrix).")
     ap.add_argument("input", type=Path, help="F32/F16/BF16 GGUF")
     ap.add_argument("output", type=Path, help="output .gguf path")
-    ap.add_argument("--type", dest="out_type", choices=list(QUANT_TARGETS), default="q4_k_m",
+    # llama-quantize takes the type as a third positional argument (`IN OUT Q4_K_M`); both spellings work,
+    # case-insensitive.
+    ap.add_argument("type", nargs="?", type=str.lower, choices=list(QUANT_TARGETS), metavar="TYPE",
+                    help="quantization mix, as llama-quantize's third argument (same as --type)")
+    ap.add_argument("--type", dest="type_option", type=str.lower, choices=list(QUANT_TARGETS), default=None,
                     help="quantization mix (default q4_k_m)")
     ap.add_argument("--threads", type=int, default=0, help="quantizer threads (default: all cores)")
     ap.add_argument("--allow-requantize", action="store_true",
@@ -290,13 +296,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "pyqwen quantize") -> in
     """CLI entry (`pyqwen quantize`); returns the process exit code."""
     from . import summary_line
 
-    args = build_arg_parser(prog).parse_args(argv)
+    ap = build_arg_parser(prog)
+    args = ap.parse_args(argv)
+    if args.type and args.type_option and args.type != args.type_option:
+        ap.error(f"two types given: {args.type} and --type {args.type_option}")
+    args.out_type = args.type or args.type_option or "q4_k_m"
     stats = WriteStats()
     try:
         out = quantize_gguf(args.input, args.output, args.out_type, threads=args.threads,
                             allow_requantize=args.allow_requantize, stats=stats)
     except (ConvertError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; no output written", file=sys.stderr)

@@ -375,6 +375,8 @@ def write_gguf(
     t_start = time.perf_counter()
     out_path = Path(out_path)
     tmp_path = out_path.with_name(out_path.name + ".tmp")
+    if not out_path.parent.is_dir():  # else the error would name the temp file
+        raise FileNotFoundError(f"the output folder {out_path.parent} does not exist")
     tensors = list(tensors)
     writer = GGUFWriter(path=None, arch=arch)
     try:

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import Engine, Job, new_id
+from .logprobs import chat_logprobs, completion_logprobs
 from .protocol import APIError, parse_chat, parse_completion, parse_json_body
 
 MAX_BODY = 32 * 2 ** 20
@@ -71,7 +72,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body: int = MA
             if len(raw) > max_body:
                 raise APIError(413, f"the request body is larger than {max_body} bytes",
                                "invalid_request_error", None, "request_too_large")
-        return parse_json_body(bytes(raw))
+        return bytes(raw)
 
     async def next_event(job: Job, request: Request) -> tuple[str, Any] | None:
         """The job's next event; None (and the job cancelled) if the client went away first."""
@@ -116,18 +117,24 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body: int = MA
 
     async def start(request: Request, kind: str) -> tuple[Job, Any]:
         check_auth(request)
-        body = await read_body(request)
+        raw = await read_body(request)
         header_key = request.headers.get("x-session-id")
         if header_key is not None and not (0 < len(header_key) <= 256):
             raise APIError(400, "X-Session-Id must be 1-256 characters", "invalid_request_error", "X-Session-Id")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        if kind == "chat":
-            req = parse_chat(body, engine.model.n_ctx, header_key)
-            job = await run_in_threadpool(engine.prepare_chat, req, loop, events)
-        else:
+
+        def prepare():
+            # JSON parsing, validation, the size check, template rendering and tokenizing all take time
+            # proportional to the body: none of it runs on the event loop, so /health keeps answering.
+            body = parse_json_body(raw)
+            if kind == "chat":
+                req = parse_chat(body, engine.model.n_ctx, header_key)
+                return engine.prepare_chat(req, loop, events), req
             req = parse_completion(body, engine.model.n_ctx, engine.model.n_vocab, header_key)
-            job = await run_in_threadpool(engine.prepare_completion, req, loop, events)
+            return engine.prepare_completion(req, loop, events), req
+
+        job, req = await run_in_threadpool(prepare)
         engine.submit(job)
         return job, req
 
@@ -148,7 +155,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body: int = MA
                         yield sse(chunks.delta(payload))
                     elif kind == "done":
                         done = True
-                        yield sse(chunks.finish(payload["finish_reason"]))
+                        yield sse(chunks.finish(payload["finish_reason"], payload.get("logprobs_unsent")))
                         if include_usage:
                             yield sse(chunks.usage(payload["usage"]))
                         yield "data: [DONE]\n\n"
@@ -184,7 +191,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body: int = MA
 
     async def generation_endpoint(request: Request, kind: str, path: str, chunks_cls) -> Any:
         job, req = await start(request, kind)
-        chunks = chunks_cls(engine.model_name)
+        chunks = chunks_cls(engine.model_name, engine.model.tokenizer)
         if req.stream:
             engine.metrics.count(path, 200)
             return relay_sse(job, request, chunks, req.include_usage)
@@ -213,8 +220,9 @@ class ChunkBuilder:
     prefix = ""
     object = ""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, tokenizer=None):
         self.id, self.created, self.model = new_id(self.prefix), int(time.time()), model
+        self.tokenizer = tokenizer
 
     def _base(self, obj: str, choices: list) -> dict:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
@@ -231,17 +239,20 @@ class ChunkBuilder:
 class ChatChunks(ChunkBuilder):
     prefix, object = "chatcmpl", "chat.completion.chunk"
 
-    def _chunk(self, delta: dict, finish=None) -> dict:
-        return self._base(self.object, [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}])
+    def _chunk(self, delta: dict, finish=None, records=None) -> dict:
+        lp = chat_logprobs(self.tokenizer, records) if records else None
+        return self._base(self.object, [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": lp}])
 
     def head(self) -> list[dict]:
         return [self._chunk({"role": "assistant", "content": ""})]
 
     def delta(self, payload: dict) -> dict:
-        return self._chunk(payload)
+        payload = dict(payload)
+        records = payload.pop("_logprobs", None)
+        return self._chunk(payload, None, records)
 
-    def finish(self, reason: str) -> dict:
-        return self._chunk({}, reason)
+    def finish(self, reason: str, records=None) -> dict:
+        return self._chunk({}, reason, records)
 
     def whole(self, payload: dict) -> dict:
         msg: dict[str, Any] = {"role": "assistant",
@@ -251,8 +262,9 @@ class ChatChunks(ChunkBuilder):
             msg["reasoning_content"] = payload["reasoning_content"]
         if payload["tool_calls"]:
             msg["tool_calls"] = [c.to_openai() for c in payload["tool_calls"]]
+        lp = payload.get("logprobs")
         body = self._base("chat.completion", [{"index": 0, "message": msg, "finish_reason": payload["finish_reason"],
-                                               "logprobs": None}])
+                                               "logprobs": None if lp is None else chat_logprobs(self.tokenizer, lp)}])
         body["usage"], body["timings"] = payload["usage"], payload["timings"]
         return body
 
@@ -260,17 +272,24 @@ class ChatChunks(ChunkBuilder):
 class CompletionChunks(ChunkBuilder):
     prefix, object = "cmpl", "text_completion"
 
-    def _chunk(self, text: str, finish=None) -> dict:
-        return self._base(self.object, [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}])
+    offset = 0      # characters streamed so far (text_offset of the next token)
+
+    def _chunk(self, text: str, finish=None, records=None) -> dict:
+        lp = None
+        if records:
+            lp = completion_logprobs(self.tokenizer, records, self.offset)
+        self.offset += len(text)
+        return self._base(self.object, [{"index": 0, "text": text, "finish_reason": finish, "logprobs": lp}])
 
     def delta(self, payload: dict) -> dict:
-        return self._chunk(payload["text"])
+        return self._chunk(payload["text"], None, payload.get("_logprobs"))
 
-    def finish(self, reason: str) -> dict:
-        return self._chunk("", reason)
+    def finish(self, reason: str, records=None) -> dict:
+        return self._chunk("", reason, records)
 
     def whole(self, payload: dict) -> dict:
+        lp = payload.get("logprobs")
         body = self._base(self.object, [{"index": 0, "text": payload["text"], "finish_reason": payload["finish_reason"],
-                                         "logprobs": None}])
+                                         "logprobs": None if lp is None else completion_logprobs(self.tokenizer, lp)}])
         body["usage"], body["timings"] = payload["usage"], payload["timings"]
         return body

@@ -41,6 +41,7 @@ def _mib(s: str) -> float:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
+    g.add_argument("model_file", nargs="?", metavar="MODEL", help="GGUF file (same as -m)")
     g.add_argument("-m", "--model", metavar="FILE", help="GGUF file (default: the built-in demo model)")
     g.add_argument("--hf", metavar="REPO[:QUANT]", help="a GGUF from the Hugging Face Hub instead of -m")
     g.add_argument("-a", "--alias", metavar="NAME", help="model id reported by /v1/models (default: from the file)")
@@ -49,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-type", choices=("f16", "f32"), default="f16", help="KV cache type (default f16)")
     g.add_argument("-t", "--threads", type=_positive_int, default=None, metavar="T", help="threads (default: all cores)")
     g.add_argument("-b", "--batch-size", type=_positive_int, default=256, metavar="N", help="prefill chunk (default 256)")
+    g.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto", help="compute backend")
+    g.add_argument("-ngl", "--n-gpu-layers", type=int, default=None, metavar="N",
+                   help="llama.cpp's option, accepted: all layers run on the GPU or none (0 = CPU)")
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     g.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
@@ -72,27 +76,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _model_path(args):
-    from ..model_path import resolve_model_path
-
-    return resolve_model_path(args.model, args.hf)
-
-
 def serve(model, *, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
           cache_ram_mib: float = 8192, model_name: str | None = None, max_queue: int = 256,
           log_level: str = "info") -> None:
     """Run the server on a loaded pyqwen.Model until interrupted."""
-    import uvicorn
+    from .startup import StagedServer, bind
 
+    sock = bind(host, port)
+    engine = StagedServer(sock, lambda: _build(model, api_key, cache_ram_mib, model_name, max_queue),
+                          log_level=log_level).run()
+    if engine is not None:
+        engine.shutdown()
+
+
+def _build(model, api_key, cache_ram_mib, model_name, max_queue):
     from .app import create_app
     from .engine import Engine
 
     engine = Engine(model, model_name=model_name, cache_ram_mib=cache_ram_mib, max_queue=max_queue)
-    app = create_app(engine, api_key=api_key)
-    try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)
-    finally:
-        engine.shutdown()
+    return create_app(engine, api_key=api_key), engine
 
 
 def run(args) -> int:
@@ -101,16 +103,38 @@ def run(args) -> int:
         import uvicorn  # noqa: F401
     except ImportError as e:
         raise ValueError(f"`pyqwen serve` needs fastapi and uvicorn ({e}): pip install 'pyqwen[server]'") from None
-    from ..model import Model
+    from ..cli_compat import backend_arg
+    from ..model_path import model_arg, resolve_model_path
+    from .startup import StagedServer, bind
 
-    path = _model_path(args)
-    model = Model.load(path, n_ctx=args.ctx, threads=args.threads, kv_type=args.kv_type, n_batch=args.batch_size)
+    path = resolve_model_path(model_arg(args), args.hf)   # a missing file fails before the port is taken
+    backend = backend_arg(args)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"pyqwen serve: warning: listening on {args.host} without --api-key", file=sys.stderr)
-    print(f"pyqwen serve: {path} (ctx {model.n_ctx}, kv {model.kv_type}) on http://{args.host}:{args.port}/v1",
-          file=sys.stderr, flush=True)
-    serve(model, host=args.host, port=args.port, api_key=args.api_key, cache_ram_mib=args.cache_ram,
-          model_name=args.alias, max_queue=args.max_queue, log_level=args.log_level)
+    try:
+        sock = bind(args.host, args.port)      # before loading: a taken port fails now, not after minutes
+    except OSError as e:
+        raise ValueError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    print(f"pyqwen serve: listening on http://{args.host}:{args.port}/v1, loading {path} "
+          "(/health answers 503 'loading' until it is ready)", file=sys.stderr, flush=True)
+    def load():
+        from ..model import Model
+
+        model = Model.load(path, n_ctx=args.ctx, threads=args.threads, kv_type=args.kv_type,
+                           n_batch=args.batch_size, backend=backend)
+        app_engine = _build(model, args.api_key, args.cache_ram, args.alias, args.max_queue)
+        print(f"pyqwen serve: ready: {path.name} (ctx {model.n_ctx}, kv {model.kv_type})", file=sys.stderr, flush=True)
+        return app_engine
+
+    staged = StagedServer(sock, load, log_level=args.log_level)
+    engine = staged.run()
+    if engine is not None:
+        engine.shutdown()
+    if staged.error is not None:
+        e = staged.error
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"pyqwen serve: error: {msg}", file=sys.stderr)
+        return 2
     return 0
 
 

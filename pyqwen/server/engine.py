@@ -17,10 +17,12 @@ is complete, so the next turn prefills only its new messages.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import queue
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -57,7 +59,7 @@ class PenaltySampler(Sampler):
         return out
 
 
-@dataclass
+@dataclass(eq=False)   # hashed by identity (Engine._live)
 class Job:
     kind: str                               # "chat" | "completion"
     prompt_ids: list[int]
@@ -67,6 +69,7 @@ class Job:
     checkpoints: list[tuple[int, str]]
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
+    logprobs: int | None = None             # None: off; n: chosen token + n likeliest (generation's host path)
     # chat only
     prompt_text: str = ""
     messages: list[dict] = field(default_factory=list)
@@ -77,6 +80,7 @@ class Job:
     gen_pos: int | None = None              # token position just after "<|im_start|>assistant\n"
     gen_char: int | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    cancel_error: APIError | None = None   # what the client is told when the job is stopped (default 499)
     enqueued: float = field(default_factory=time.monotonic)
 
     def emit(self, kind: str, payload: Any) -> None:
@@ -85,8 +89,13 @@ class Job:
         except RuntimeError:  # event loop closed: the server is shutting down
             self.cancelled.set()
 
-    def cancel(self) -> None:
+    def cancel(self, error: APIError | None = None) -> None:
+        if error is not None and self.cancel_error is None:
+            self.cancel_error = error
         self.cancelled.set()
+
+    def cancelled_error(self) -> APIError:
+        return self.cancel_error or APIError(499, "cancelled", "cancelled")
 
 
 @dataclass
@@ -132,8 +141,18 @@ class Engine:
         self._pending = 0          # queued + running
         self._running = 0
         self._lock = threading.Lock()
+        self._live: set[Job] = set()   # queued or running, for stop_all
+        self._stopped = False
+        # Longest token piece in characters: a text of more than n_ctx * this many characters cannot fit,
+        # which is known before tokenizing it (a 10 MB prompt is refused at once).
+        tok = model.tokenizer
+        self.max_token_chars = max(1, max((len(tok.id_to_piece(i)) for i in range(tok.n_vocab)), default=1))
         self._worker = threading.Thread(target=self._loop, name="pyqwen-worker", daemon=True)
         self._worker.start()
+        # A daemon worker still inside the C++ forward at interpreter exit aborts the process
+        # ("terminate called without an active exception"): stop it first if nobody called shutdown().
+        ref = weakref.ref(self)
+        atexit.register(lambda: (e := ref()) is not None and e.shutdown())
 
     # ---- queue -----------------------------------------------------------------------------------
 
@@ -153,15 +172,29 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         with self._lock:
+            if self._stopped:
+                raise APIError(503, "the server is shutting down", "server_error", None, "shutting_down")
             if self._pending - self._running >= self.max_queue:
                 raise APIError(503, f"the server is busy ({self.max_queue} requests queued); retry later",
                                "server_error", None, "queue_full", headers={"Retry-After": "1"})
             self._pending += 1
+            self._live.add(job)
         self._jobs.put(job)
 
-    def shutdown(self, timeout: float = 5.0) -> None:
-        self._jobs.put(None)
-        self._worker.join(timeout)
+    def stop_all(self, reason: str) -> None:
+        """Refuse new jobs and end the queued and running ones with a 503 error event (SIGINT)."""
+        with self._lock:
+            self._stopped = True
+            live = list(self._live)
+        for job in live:
+            job.cancel(APIError(503, reason, "server_error", None, "shutting_down"))
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop every job, then the worker (idempotent)."""
+        self.stop_all("the server is shutting down")
+        if self._worker.is_alive():
+            self._jobs.put(None)
+            self._worker.join(timeout)
 
     def _loop(self) -> None:
         while True:
@@ -174,7 +207,7 @@ class Engine:
                 self.metrics.queue_wait_seconds += time.monotonic() - job.enqueued
                 if job.cancelled.is_set():
                     self.metrics.cancelled += 1
-                    job.emit("error", APIError(499, "cancelled", "cancelled"))
+                    job.emit("error", job.cancelled_error())
                 else:
                     self._run(job)
             except BaseException as e:  # never let one request kill the worker
@@ -183,11 +216,13 @@ class Engine:
                 with self._lock:
                     self._running = 0
                     self._pending -= 1
+                    self._live.discard(job)
 
     # ---- preparing jobs (HTTP side, any thread) -----------------------------------------------------
 
     def prepare_chat(self, req: ChatRequest, loop, events) -> Job:
         m = self.model
+        self._check_size(_text_chars([req.messages, req.tools]), "messages")
         try:
             text = m.chat_template.render(req.messages, tools=req.tools, add_generation_prompt=True,
                                           **req.template_kwargs)
@@ -200,7 +235,8 @@ class Engine:
         cps = chat_checkpoints(text, ids, m.tokenize, req.messages[-1]["role"])
         gen_pos = next((p for p, k in cps if k in ("gen", "query")), None)
         return Job(kind="chat", prompt_ids=ids, max_tokens=req.max_tokens or m.n_ctx, sampling=req.sampling,
-                   session_key=req.session_key, checkpoints=cps, loop=loop, events=events, prompt_text=text,
+                   session_key=req.session_key, checkpoints=cps, loop=loop, events=events, logprobs=req.logprobs,
+                   prompt_text=text,
                    messages=req.messages, tools=req.tools, parse_tools=req.parse_tools,
                    template_kwargs=req.template_kwargs,
                    started_in_think=text.rstrip("\n").endswith("<think>"),
@@ -208,12 +244,22 @@ class Engine:
 
     def prepare_completion(self, req: CompletionRequest, loop, events) -> Job:
         m = self.model
+        self._check_size(len(req.prompt) if isinstance(req.prompt, str) else 0, "prompt")
         ids = m.tokenize(req.prompt) if isinstance(req.prompt, str) else list(req.prompt)
         if not ids:
             raise bad("the prompt is empty", "prompt")
         self._check_fits(ids, None)
         return Job(kind="completion", prompt_ids=ids, max_tokens=req.max_tokens, sampling=req.sampling,
-                   session_key=req.session_key, checkpoints=[(len(ids), "prompt_end")], loop=loop, events=events)
+                   session_key=req.session_key, checkpoints=[(len(ids), "prompt_end")], loop=loop, events=events,
+                   logprobs=req.logprobs)
+
+    def _check_size(self, n_chars: int, param: str) -> None:
+        """400 for a text too long to fit in the context whatever its tokens, before any tokenizing."""
+        limit = self.model.n_ctx * self.max_token_chars
+        if n_chars > limit:
+            raise APIError(400, f"the request holds {n_chars} characters of text; at most {limit} can fit in this "
+                           f"server's context window of {self.model.n_ctx} tokens", "invalid_request_error", param,
+                           "context_length_exceeded")
 
     def _check_fits(self, ids: list[int], max_tokens: int | None) -> None:
         n_ctx = self.model.n_ctx
@@ -242,7 +288,7 @@ class Engine:
         with turn:
             try:
                 gen = turn.generate(sampler, job.max_tokens, m.tokenizer.eog_ids, job.sampling.stop,
-                                    m.tokenizer.stream_decoder())
+                                    m.tokenizer.stream_decoder(), logprobs=job.logprobs)
             except ContextOverflowError as e:
                 job.emit("error", APIError(400, str(e), "invalid_request_error", "messages",
                                            "context_length_exceeded"))
@@ -251,25 +297,38 @@ class Engine:
             reply = (ReplyStream(job.started_in_think, job.tools, job.parse_tools) if job.kind == "chat"
                      else TextStream())
             cancelled = False
+            # Logprobs go out with the next delta after their tokens (the reply split may hold text back).
+            all_lps: list = []
+            lp_sent = 0
+
+            def attach(delta: dict) -> dict:
+                nonlocal lp_sent
+                if job.logprobs is not None:
+                    delta["_logprobs"] = all_lps[lp_sent:]
+                    lp_sent = len(all_lps)
+                return delta
+
             try:
                 for chunk in gen:
                     if job.cancelled.is_set():
                         cancelled = True
                         break
+                    if chunk.logprobs:
+                        all_lps.extend(chunk.logprobs)
                     delta = reply.push(chunk.text)
                     if delta:
-                        job.emit("delta", delta)
+                        job.emit("delta", attach(delta))
             except Cancelled:
                 cancelled = True
             if cancelled or job.cancelled.is_set():
                 gen.close()
                 self.metrics.cancelled += 1
                 self._account(turn, stats)
-                job.emit("error", APIError(499, "cancelled", "cancelled"))
+                job.emit("error", job.cancelled_error())
                 return
             delta = reply.flush()
             if delta:
-                job.emit("delta", delta)
+                job.emit("delta", attach(delta))
             self._account(turn, stats)
             result = {
                 "finish_reason": reply.finish_reason(gen.finish_reason),
@@ -282,6 +341,9 @@ class Engine:
                           "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}},
                 "timings": {"prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
                             "prefilled_tokens": stats.prompt_tokens - stats.cached_tokens},
+                "stats": stats,        # the GenerationStats (for in-process callers: `pyqwen chat`)
+                "logprobs": all_lps if job.logprobs is not None else None,
+                "logprobs_unsent": all_lps[lp_sent:] if job.logprobs is not None else None,
             }
             job.emit("done", result)
             # The client has its answer; now line the state up with the history the next turn will send.
@@ -390,6 +452,21 @@ class Engine:
         metric("cache_budget_bytes", "gauge", "Budget for session states and checkpoints (--cache-ram).",
                [({}, info["budget_bytes"])])
         return "\n".join(lines) + "\n"
+
+
+def _text_chars(value) -> int:
+    """Characters in every string inside a JSON-like value (iterative: bodies are nested up to 64 levels)."""
+    n, stack = 0, [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            n += len(v)
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return n
 
 
 def _default_name(model) -> str:

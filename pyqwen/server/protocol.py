@@ -120,11 +120,13 @@ class Sampling:
     repetition_penalty: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    penalty_last_n: int | None = None       # not an OpenAI field: set by `pyqwen chat --repeat-last-n`
 
     def params(self) -> dict:
         """Keyword arguments for pyqwen.SamplingParams (unset fields keep its defaults)."""
         out = {k: getattr(self, k) for k in ("temperature", "top_p", "top_k", "min_p", "presence_penalty",
-                                               "repetition_penalty", "seed") if getattr(self, k) is not None}
+                                               "repetition_penalty", "seed", "penalty_last_n")
+               if getattr(self, k) is not None}
         out["stop"] = list(self.stop)
         return out
 
@@ -173,8 +175,6 @@ def _common(body: dict, n_ctx: int) -> dict:
         include_usage = _bool(so, "include_usage", False)
     out["include_usage"] = include_usage
     out["sampling"] = _sampling(body)
-    if body.get("logprobs") not in (None, False) or body.get("top_logprobs") not in (None, 0):
-        raise bad("logprobs are not supported", "logprobs")
     _str(body, "model", 256)
     _str(body, "user", MAX_SESSION_KEY)
     _str(body, "session_id", MAX_SESSION_KEY)
@@ -256,14 +256,38 @@ class ChatRequest:
     sampling: Sampling
     template_kwargs: dict
     session_key: str | None
+    logprobs: int | None = None     # None: off; n: the chosen token's and the n likeliest tokens' logprobs
 
     @property
     def parse_tools(self) -> bool:
         return bool(self.tools) and self.tool_choice != "none"
 
 
+MAX_TOP_LOGPROBS = 20
+
+
+def _chat_logprobs(body: dict) -> int | None:
+    """Chat: `logprobs` true turns them on, `top_logprobs` (0-20, needs logprobs) adds the likeliest tokens."""
+    on = _bool(body, "logprobs", False)
+    top = _int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if top is not None and not on:
+        raise bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return (top or 0) if on else None
+
+
+def _completion_logprobs(body: dict) -> int | None:
+    """Completions: `logprobs` N (0-20) = the chosen token's and the N likeliest tokens' logprobs."""
+    v = body.get("logprobs")
+    if v is None or v is False:
+        return None
+    if v is True:   # not OpenAI's type, but what some clients send
+        return 0
+    return _int(body, "logprobs", 0, MAX_TOP_LOGPROBS)
+
+
 def parse_chat(body: dict, n_ctx: int, header_session: str | None = None) -> ChatRequest:
     common = _common(body, n_ctx)
+    logprobs = _chat_logprobs(body)
     messages = _messages(body.get("messages"))
     try:
         tools = validate_tools(body.get("tools"))
@@ -300,7 +324,7 @@ def parse_chat(body: dict, n_ctx: int, header_session: str | None = None) -> Cha
     return ChatRequest(messages=messages, tools=tools if tc != "none" else None, tool_choice=tc,
                        max_tokens=common["max_tokens"], stream=common["stream"],
                        include_usage=common["include_usage"], sampling=common["sampling"], template_kwargs=kw,
-                       session_key=key)
+                       session_key=key, logprobs=logprobs)
 
 
 # ---- completions -----------------------------------------------------------------------------------
@@ -313,6 +337,7 @@ class CompletionRequest:
     include_usage: bool
     sampling: Sampling
     session_key: str | None
+    logprobs: int | None = None
 
 
 def parse_completion(body: dict, n_ctx: int, n_vocab: int, header_session: str | None = None) -> CompletionRequest:
@@ -336,4 +361,5 @@ def parse_completion(body: dict, n_ctx: int, n_vocab: int, header_session: str |
         raise bad("only best_of=1 is supported", "best_of")
     key = header_session or body.get("session_id") or body.get("user") or None
     return CompletionRequest(prompt=p, max_tokens=common["max_tokens"] or 16, stream=common["stream"],
-                             include_usage=common["include_usage"], sampling=common["sampling"], session_key=key)
+                             include_usage=common["include_usage"], sampling=common["sampling"], session_key=key,
+                             logprobs=_completion_logprobs(body))

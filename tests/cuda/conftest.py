@@ -14,12 +14,27 @@ import emu_build  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def emu_paths():
+def emu_paths(request):
     try:
         import pybind11  # noqa: F401
     except ImportError:
         pytest.skip("pybind11 is needed to build the emulated CUDA modules")
+    if not (emu_build.cache_dir() / emu_build._fingerprint() / ".done").exists():
+        # Otherwise the first run sits silent for minutes while the compiler works.
+        _tell(request, "pyqwen: compiling the emulated CUDA modules from the kernel sources (once per change to "
+                       f"them; about 4-5 minutes on 2 cores; cached in {emu_build.cache_dir()}) ...")
     return emu_build.build()
+
+
+def _tell(request, line: str) -> None:
+    """A line on the terminal now, past pytest's output capture."""
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    if capman is None or reporter is None:
+        return
+    with capman.global_and_fixture_disabled():
+        reporter.write_line("")
+        reporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
