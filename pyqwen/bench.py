@@ -18,7 +18,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -81,6 +81,7 @@ class BenchReport:
     rows: list[BenchRow] = field(default_factory=list)
     peer_error: str | None = None    # why llama.cpp was not measured, when it was asked for
     decode_bytes: int = 0            # DRAM bytes one decode step moves (weights, state, KV) at the tg context
+    read_bandwidth: float | None = None   # GB/s this machine reads with the same threads (measured), if asked
 
     def ratio(self, test: str) -> float | None:
         a = next((r for r in self.rows if r.engine == "pyqwen" and r.test == test), None)
@@ -91,6 +92,7 @@ class BenchReport:
 
     def to_dict(self) -> dict:
         d = {"model": asdict(self.model), "path": self.path, "n_batch": self.n_batch, "peer_error": self.peer_error,
+             "decode_bytes": self.decode_bytes, "read_bandwidth_gbs": self.read_bandwidth,
              "rows": [dict(asdict(r), mean=r.mean, std=r.std) for r in self.rows]}
         d["ratios"] = {t: self.ratio(t) for t in dict.fromkeys(r.test for r in self.rows)}
         return d
@@ -116,34 +118,40 @@ def _timed(fn: Callable[[], int], reps: int) -> list[float]:
     return [fn() for _ in range(reps)]
 
 
-# ---- pyqwen ---------------------------------------------------------------------------------------
+# ---- pyqwen ----------------------------------------------------------------------------------------
+
+class PyqwenRunner:
+    """One pp or tg measurement at a time on a loaded pyqwen Model (so they can be interleaved with llama.cpp)."""
+
+    def __init__(self, model, seed: int = 1234):
+        self.model = model
+        self.rng = np.random.default_rng(seed)
+
+    def pp(self, n_prompt: int) -> float:
+        toks = self.rng.integers(0, self.model.n_vocab, n_prompt).tolist()
+        state = self.model.new_state(n_prompt)
+        t0 = time.perf_counter()
+        self.model.forward(state, toks, logits="last")
+        return n_prompt / (time.perf_counter() - t0)
+
+    def tg(self, n_gen: int) -> float:
+        m = self.model
+        state = m.new_state(PROMPT_TG + n_gen)
+        logits = m.forward(state, self.rng.integers(0, m.n_vocab, PROMPT_TG).tolist(), logits="last")
+        t0 = time.perf_counter()
+        for _ in range(n_gen):
+            logits = m.forward(state, [int(np.argmax(logits))], logits="last")
+        return n_gen / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        pass
+
 
 def bench_pyqwen(model, n_prompt: int, n_gen: int, reps: int, seed: int = 1234) -> tuple[list[float], list[float]]:
     """(pp samples, tg samples) in tokens/s for a loaded pyqwen Model."""
-    rng = np.random.default_rng(seed)
-    V = model.n_vocab
-    pp, tg = [], []
-
-    def run_pp() -> float:
-        toks = rng.integers(0, V, n_prompt).tolist()
-        state = model.new_state(n_prompt)
-        t0 = time.perf_counter()
-        model.forward(state, toks, logits="last")
-        return n_prompt / (time.perf_counter() - t0)
-
-    def run_tg() -> float:
-        prompt = rng.integers(0, V, PROMPT_TG).tolist()
-        state = model.new_state(PROMPT_TG + n_gen)
-        logits = model.forward(state, prompt, logits="last")
-        t0 = time.perf_counter()
-        for _ in range(n_gen):
-            logits = model.forward(state, [int(np.argmax(logits))], logits="last")
-        return n_gen / (time.perf_counter() - t0)
-
-    if n_prompt > 0:
-        pp = _timed(run_pp, reps)
-    if n_gen > 0:
-        tg = _timed(run_tg, reps)
+    r = PyqwenRunner(model, seed)
+    pp = _timed(lambda: r.pp(n_prompt), reps) if n_prompt > 0 else []
+    tg = _timed(lambda: r.tg(n_gen), reps) if n_gen > 0 else []
     return pp, tg
 
 
@@ -158,68 +166,99 @@ def llama_cpp_available() -> str | None:
     return None
 
 
+class LlamaCppRunner:
+    """The same pp/tg measurements through llama.cpp's llama_decode on the same GGUF."""
+
+    def __init__(self, path: str | Path, n_ctx: int, threads: int, n_batch: int, seed: int = 1234):
+        import llama_cpp
+
+        self.lc = llama_cpp
+        self.n_batch = n_batch
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                   n_batch=n_batch, n_ubatch=n_batch, verbose=False)
+        self.ctx = self.llm._ctx.ctx
+        self.V = self.llm.n_vocab()
+        self.rng = np.random.default_rng(seed)
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+
+    def _decode(self, tokens: list[int]) -> None:
+        lc = self.lc
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i:i + self.n_batch]
+            arr = (lc.llama_token * len(chunk))(*chunk)
+            rc = lc.llama_decode(self.ctx, lc.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc}")
+        lc.llama_synchronize(self.ctx)
+
+    def _last_logits(self) -> np.ndarray:
+        return np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, -1), shape=(self.V,))
+
+    def pp(self, n_prompt: int) -> float:
+        toks = self.rng.integers(0, self.V, n_prompt).tolist()
+        self.lc.llama_memory_clear(self.mem, True)
+        t0 = time.perf_counter()
+        self._decode(toks)
+        return n_prompt / (time.perf_counter() - t0)
+
+    def tg(self, n_gen: int) -> float:
+        self.lc.llama_memory_clear(self.mem, True)
+        self._decode(self.rng.integers(0, self.V, PROMPT_TG).tolist())
+        t0 = time.perf_counter()
+        for _ in range(n_gen):
+            self._decode([int(np.argmax(self._last_logits()))])
+        return n_gen / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        if hasattr(self.llm, "close"):
+            self.llm.close()
+
+
 def bench_llama_cpp(path: str | Path, n_prompt: int, n_gen: int, reps: int, threads: int, n_batch: int,
                     seed: int = 1234) -> tuple[list[float], list[float]]:
     """The same pp/tg measurements through llama.cpp's llama_decode on the same GGUF."""
-    import llama_cpp
-
-    n_ctx = max(n_prompt, PROMPT_TG + n_gen, 16)
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                          n_batch=n_batch, n_ubatch=n_batch, verbose=False)
-    ctx = llm._ctx.ctx
-    V = llm.n_vocab()
-    rng = np.random.default_rng(seed)
-    mem = llama_cpp.llama_get_memory(ctx)
-
-    def clear():
-        llama_cpp.llama_memory_clear(mem, True)
-
-    def decode(tokens: list[int]) -> None:
-        for i in range(0, len(tokens), n_batch):
-            chunk = tokens[i:i + n_batch]
-            arr = (llama_cpp.llama_token * len(chunk))(*chunk)
-            rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(chunk)))
-            if rc != 0:
-                raise RuntimeError(f"llama_decode returned {rc}")
-        llama_cpp.llama_synchronize(ctx)
-
-    def last_logits() -> np.ndarray:
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(V,))
-
-    def run_pp() -> float:
-        toks = rng.integers(0, V, n_prompt).tolist()
-        clear()
-        t0 = time.perf_counter()
-        decode(toks)
-        return n_prompt / (time.perf_counter() - t0)
-
-    def run_tg() -> float:
-        clear()
-        decode(rng.integers(0, V, PROMPT_TG).tolist())
-        t0 = time.perf_counter()
-        for _ in range(n_gen):
-            decode([int(np.argmax(last_logits()))])
-        return n_gen / (time.perf_counter() - t0)
-
+    r = LlamaCppRunner(path, max(n_prompt, PROMPT_TG + n_gen, 16), threads, n_batch, seed)
     try:
-        pp = _timed(run_pp, reps) if n_prompt > 0 else []
-        tg = _timed(run_tg, reps) if n_gen > 0 else []
+        pp = _timed(lambda: r.pp(n_prompt), reps) if n_prompt > 0 else []
+        tg = _timed(lambda: r.tg(n_gen), reps) if n_gen > 0 else []
     finally:
-        if hasattr(llm, "close"):
-            llm.close()
+        r.close()
     return pp, tg
+
+
+def read_bandwidth_gbs(threads: int, nbytes: int = 1 << 30, reps: int = 3) -> float | None:
+    """This machine's DRAM read bandwidth with `threads` threads (best of reps), the decode roofline;
+    None when the C++ extension lacks the probe."""
+    try:
+        from . import _core
+    except ImportError:
+        return None
+    fn = getattr(_core, "read_bandwidth", None)
+    return float(fn(threads, nbytes, reps)) / 1e9 if fn is not None else None
 
 
 # ---- driver ---------------------------------------------------------------------------------------
 
-def run_bench(path: str | Path | None = None, *, n_prompt: int = 512, n_gen: int = 128, reps: int = 3,
-              threads: int | None = None, n_batch: int = 256, backend: str = "auto",
-              peer_llama_cpp: bool = False, model=None, log: Callable[[str], None] | None = None) -> BenchReport:
-    """Measure pyqwen (and optionally llama.cpp) on path (None = the demo model); see module doc."""
+def _prompt_sizes(n_prompt: int | Sequence[int]) -> list[int]:
+    sizes = [n_prompt] if isinstance(n_prompt, int) else list(n_prompt)
+    return [n for n in sizes if n != 0]
+
+
+def run_bench(path: str | Path | None = None, *, n_prompt: int | Sequence[int] = 512, n_gen: int = 128,
+              reps: int = 3, threads: int | None = None, n_batch: int = 256, backend: str = "auto",
+              peer_llama_cpp: bool = False, model=None, measure_bandwidth: bool = False,
+              log: Callable[[str], None] | None = None) -> BenchReport:
+    """Measure pyqwen (and optionally llama.cpp) on path (None = the demo model); see module doc.
+
+    n_prompt may be a list (one pp row each, e.g. [512, 8192]). With the peer, both engines are loaded
+    at once and their repetitions alternate (pyqwen, llama.cpp, pyqwen, ...), so a change of machine
+    load during the run hits both alike and the ratio stays meaningful.
+    """
     from .gguf_file import GGUFFile
     from .model import Model, default_threads
 
-    if n_prompt < 0 or n_gen < 0 or n_prompt + n_gen == 0:
+    sizes = _prompt_sizes(n_prompt)
+    if any(n < 0 for n in sizes) or n_gen < 0 or (not sizes and n_gen == 0):
         raise ValueError("need -p > 0 or -n > 0 (and neither negative)")
     if reps < 1:
         raise ValueError("repetitions must be >= 1")
@@ -229,12 +268,12 @@ def run_bench(path: str | Path | None = None, *, n_prompt: int = 512, n_gen: int
     if threads < 1:
         raise ValueError("threads must be >= 1")
     log = log or (lambda s: None)
+    n_ctx = max([*sizes, PROMPT_TG + n_gen, 16])
     if model is None:
         if path is None:
             from .demo import demo_model_path
 
             path = demo_model_path()
-        n_ctx = max(n_prompt, PROMPT_TG + n_gen, 16)
         gf = GGUFFile.open(path)
         if n_ctx > gf.hparams.n_ctx_train:
             raise ValueError(f"-p/-n need a context of {n_ctx} tokens; the model was trained for "
@@ -243,28 +282,41 @@ def run_bench(path: str | Path | None = None, *, n_prompt: int = 512, n_gen: int
     path = Path(model.path)
     report = BenchReport(describe_model(model.gguf), str(path), n_batch)
     be = str(getattr(model, "backend", "cpu")).upper()
-    log(f"pyqwen: pp{n_prompt} tg{n_gen} x{reps}, {threads} threads, n_batch {n_batch}")
-    pp, tg = bench_pyqwen(model, n_prompt, n_gen, reps)
-    peer = None
+    runners = [("pyqwen", be, PyqwenRunner(model))]
     if peer_llama_cpp:
         report.peer_error = llama_cpp_available()
         if report.peer_error is None:
-            log("llama.cpp: same tests")
             try:
-                peer = bench_llama_cpp(path, n_prompt, n_gen, reps, threads, n_batch)
+                runners.append(("llama.cpp", "CPU", LlamaCppRunner(path, n_ctx, threads, n_batch)))
             except Exception as e:  # e.g. llama.cpp too old for the architecture
                 report.peer_error = f"llama.cpp failed: {type(e).__name__}: {e}"
+    tests = [("pp", n) for n in sizes] + ([("tg", n_gen)] if n_gen > 0 else [])
+    try:
+        for kind, n in tests:
+            rows = [BenchRow(engine, b, threads, f"{kind}{n}", n) for engine, b, _ in runners]
+            log(f"{kind}{n}: warm-up, then {reps} interleaved repetitions of {', '.join(e for e, _, _ in runners)}")
+            for rep in range(reps + 1):
+                for row, (engine, _, r) in zip(rows, runners):
+                    try:
+                        v = r.pp(n) if kind == "pp" else r.tg(n)
+                    except Exception as e:
+                        if engine == "pyqwen":
+                            raise
+                        report.peer_error = f"llama.cpp failed: {type(e).__name__}: {e}"
+                        continue
+                    if rep > 0:  # rep 0 is the warm-up
+                        row.samples.append(v)
+            report.rows.extend(r for r in rows if r.engine == "pyqwen" or r.samples)
+    finally:
+        for _, _, r in runners[1:]:
+            r.close()
     if n_gen > 0:
         from .memory_plan import decode_traffic, plan
 
         kv_type = model.kv_type if model.kv_type in ("f16", "f32") else "f16"
         report.decode_bytes = int(decode_traffic(plan(model.gguf, model.n_ctx, kv_type), PROMPT_TG + n_gen // 2)["total"])
-    for i, (test, n) in enumerate((("pp", n_prompt), ("tg", n_gen))):
-        if n <= 0:
-            continue
-        report.rows.append(BenchRow("pyqwen", be, threads, f"{test}{n}", n, (pp, tg)[i]))
-        if peer is not None:
-            report.rows.append(BenchRow("llama.cpp", "CPU", threads, f"{test}{n}", n, peer[i]))
+        if measure_bandwidth:
+            report.read_bandwidth = read_bandwidth_gbs(threads)
     return report
 
 
@@ -292,13 +344,19 @@ def format_markdown(report: BenchReport) -> str:
 
     sep = "| " + " | ".join(("-" * (w - 1) + ":") if h in right else "-" * w for w, h in zip(widths, head)) + " |"
     out = [line(head), sep] + [line(c) for c in rows]
-    tg = next((r for r in report.rows if r.engine == "pyqwen" and r.test.startswith("tg")), None)
-    if tg is not None and report.decode_bytes:
+    if report.decode_bytes:
         # The decode roofline: every step streams the weights and the recurrent state once.
-        gbs = report.decode_bytes * tg.mean / 1e9
-        out.append("")
-        out.append(f"{tg.test} ({tg.backend}): {gbs:.1f} GB/s achieved ({report.decode_bytes / 1e6:.3f} MB moved "
-                   f"per token: weights, recurrent state, KV)")
+        for r in report.rows:
+            if not r.test.startswith("tg"):
+                continue
+            gbs = report.decode_bytes * r.mean / 1e9
+            who = r.backend if r.engine == "pyqwen" else f"{r.backend}, {r.engine}"
+            line = (f"{r.test} ({who}): {gbs:.1f} GB/s achieved ({report.decode_bytes / 1e6:.3f} MB moved "
+                    f"per token: weights, recurrent state, KV)")
+            if report.read_bandwidth:
+                line += f", {100 * gbs / report.read_bandwidth:.0f}% of the {report.read_bandwidth:.1f} GB/s measured read bandwidth"
+            out.append("")
+            out.append(line)
     if report.peer_error:
         out.append("")
         out.append(f"(llama.cpp not measured: {report.peer_error})")
