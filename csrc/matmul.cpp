@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "qgemm.h"
 #include "simd/dispatch.h"
 
 namespace pq {
@@ -56,7 +57,15 @@ static void matmul_float(ThreadPool& pool, const Tensor& W, const float* x, int6
     });
 }
 
+// From this many tokens on, k-quant weights go through the packed GEMM (qgemm.h): unpacking a weight
+// block costs about as much as a few dot products with it, so a decode step keeps the direct dots.
+static constexpr int64_t kGemmMinTokens = 8;
+
 static void matmul_quant(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y) {
+    if (n_tok >= kGemmMinTokens && qgemm_supported(W.type)) {
+        qgemm(pool, W, x, n_tok, y);
+        return;
+    }
     const QuantTraits* qt = quant_traits(W.type);
     const int64_t K = W.ne0, N = W.ne1;
     const size_t act_row = row_bytes(qt->vec_dot_type, K);
