@@ -1,6 +1,8 @@
 #include "matmul.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "qgemm.h"
@@ -61,8 +63,18 @@ static void matmul_float(ThreadPool& pool, const Tensor& W, const float* x, int6
 // block costs about as much as a few dot products with it, so a decode step keeps the direct dots.
 static constexpr int64_t kGemmMinTokens = 8;
 
+// PYQWEN_QGEMM=off keeps every matmul on the per-(row, token) dots: the before/after switch for
+// benchmarks (results are bit-identical either way). Read once.
+static bool qgemm_enabled() {
+    static const bool on = [] {
+        const char* e = std::getenv("PYQWEN_QGEMM");
+        return !(e && !std::strcmp(e, "off"));
+    }();
+    return on;
+}
+
 static void matmul_quant(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y) {
-    if (n_tok >= kGemmMinTokens && qgemm_supported(W.type)) {
+    if (n_tok >= kGemmMinTokens && qgemm_supported(W.type) && qgemm_enabled()) {
         qgemm(pool, W, x, n_tok, y);
         return;
     }

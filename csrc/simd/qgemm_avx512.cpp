@@ -28,8 +28,11 @@ void tile(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_
           int64_t ldy) {
     __m256 sums[R][T];
     float sumf[R][T];
-    for (int r = 0; r < R; ++r)
+    __m128 sumf4[R];  // the min-term sums of a full token quad (lane t)
+    for (int r = 0; r < R; ++r) {
+        sumf4[r] = _mm_setzero_ps();
         for (int t = 0; t < T; ++t) sums[r][t] = _mm256_setzero_ps(), sumf[r][t] = 0;
+    }
     for (int64_t i = 0; i < nb; ++i) {
         const PackedW16* wb[R];
         const PackedA16* ab[T];
@@ -45,20 +48,53 @@ void tile(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_
             for (int r = 0; r < R; ++r)
                 for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], wv[r], av[t]);
         }
-        for (int r = 0; r < R; ++r) {
-            for (int t = 0; t < T; ++t) {
-                const __m256i l8 =
-                    _mm256_add_epi32(_mm512_castsi512_si256(acc[r][t]), _mm512_extracti64x4_epi64(acc[r][t], 1));
-                const float dd = wb[r]->d * ab[t]->d;
-                sums[r][t] = _mm256_add_ps(sums[r][t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(l8)));
+        if constexpr (T == 4) {
+            // A full token quad: the 4 tokens' scale products and min terms go through 128-bit vectors
+            // (lane t = token t), the same float operations per lane as the scalar branch below.
+            const __m128 ad4 = _mm_setr_ps(ab[0]->d, ab[1]->d, ab[2]->d, ab[3]->d);
+            __m512i bs = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)ab[0]->bs8));
+            bs = _mm512_inserti32x4(bs, _mm_loadu_si128((const __m128i*)ab[1]->bs8), 1);
+            bs = _mm512_inserti32x4(bs, _mm_loadu_si128((const __m128i*)ab[2]->bs8), 2);
+            bs = _mm512_inserti32x4(bs, _mm_loadu_si128((const __m128i*)ab[3]->bs8), 3);
+            for (int r = 0; r < R; ++r) {
+                const __m128 dd4 = _mm_mul_ps(_mm_set1_ps(wb[r]->d), ad4);
+                for (int t = 0; t < T; ++t) {
+                    const __m256i l8 =
+                        _mm256_add_epi32(_mm512_castsi512_si256(acc[r][t]), _mm512_extracti64x4_epi64(acc[r][t], 1));
+                    const __m256 dd = _mm256_permutexvar_ps(_mm256_set1_epi32(t), _mm256_castps128_ps256(dd4));
+                    sums[r][t] = _mm256_add_ps(sums[r][t], _mm256_mul_ps(dd, _mm256_cvtepi32_ps(l8)));
+                }
                 if (has_min) {
-                    const int32_t summ = hsum4(_mm_madd_epi16(_mm_loadu_si128((const __m128i*)wb[r]->m),
-                                                              _mm_loadu_si128((const __m128i*)ab[t]->bs8)));
-                    const float dm = wb[r]->dmin * ab[t]->d;
-                    sumf[r][t] -= dm * (float)summ;
+                    // summ of token t = sum_j m[j] * bs8_t[j]: 128-bit lane t of one vpmaddwd, reduced
+                    // inside each lane, then the 4 lane sums gathered into one xmm.
+                    __m512i p = _mm512_madd_epi16(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)wb[r]->m)), bs);
+                    p = _mm512_add_epi32(p, _mm512_shuffle_epi32(p, (_MM_PERM_ENUM)0x4E));
+                    p = _mm512_add_epi32(p, _mm512_shuffle_epi32(p, (_MM_PERM_ENUM)0xB1));
+                    const __m128i summ = _mm512_castsi512_si128(
+                        _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), p));
+                    const __m128 dm4 = _mm_mul_ps(_mm_set1_ps(wb[r]->dmin), ad4);
+                    sumf4[r] = _mm_sub_ps(sumf4[r], _mm_mul_ps(dm4, _mm_cvtepi32_ps(summ)));
+                }
+            }
+        } else {
+            for (int r = 0; r < R; ++r) {
+                for (int t = 0; t < T; ++t) {
+                    const __m256i l8 =
+                        _mm256_add_epi32(_mm512_castsi512_si256(acc[r][t]), _mm512_extracti64x4_epi64(acc[r][t], 1));
+                    const float dd = wb[r]->d * ab[t]->d;
+                    sums[r][t] = _mm256_add_ps(sums[r][t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(l8)));
+                    if (has_min) {
+                        const int32_t summ = hsum4(_mm_madd_epi16(_mm_loadu_si128((const __m128i*)wb[r]->m),
+                                                                  _mm_loadu_si128((const __m128i*)ab[t]->bs8)));
+                        const float dm = wb[r]->dmin * ab[t]->d;
+                        sumf[r][t] -= dm * (float)summ;
+                    }
                 }
             }
         }
+    }
+    if constexpr (T == 4) {
+        for (int r = 0; r < R; ++r) _mm_storeu_ps(sumf[r], sumf4[r]);
     }
     for (int r = 0; r < R; ++r) {
         for (int t = 0; t < T; ++t) {
