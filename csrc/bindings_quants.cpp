@@ -182,7 +182,7 @@ py::array_t<float> py_matmul_ref(int type, const py::buffer& w_bytes, int64_t n_
 
 // The prefill GEMM with a chosen micro-kernel set ("auto", "ref", "avx2", "avx512vnni") on n_threads.
 py::array_t<float> py_qgemm(int type, const py::buffer& w_bytes, int64_t n_in, int64_t n_out, const py::array& x_in,
-                            const std::string& kernels, int n_threads) {
+                            const std::string& kernels, int n_threads, bool gemv) {
     const QuantTraits& t = weight_traits_or_fail(type);
     if (!qgemm_supported(type)) fail(std::string("qgemm does not handle ") + t.name);
     check_count(t, n_in, "n_in", false);
@@ -207,7 +207,7 @@ py::array_t<float> py_qgemm(int type, const py::buffer& w_bytes, int64_t n_in, i
         W.ne0 = n_in;
         W.ne1 = n_out;
         W.data = w.ptr;
-        if (T > 0) qgemm(pool, W, xp, T, yp, k);
+        if (T > 0 && !(gemv && qgemv(pool, W, xp, T, yp, k))) qgemm(pool, W, xp, T, yp, k);
     }
     return y;
 }
@@ -259,9 +259,9 @@ void bind_quants_testing(py::module_& m) {
           "Reference quantized matmul: y[T, n_out] = x[T, n_in] @ W^T with W given as n_out quantized rows; "
           "activations quantized per row, integer dot per weight row.");
     m.def("qgemm", &py_qgemm, py::arg("type"), py::arg("w"), py::arg("n_in"), py::arg("n_out"), py::arg("x"),
-          py::arg("kernels") = "auto", py::arg("n_threads") = 1,
+          py::arg("kernels") = "auto", py::arg("n_threads") = 1, py::arg("gemv") = false,
           "Prefill GEMM y[T, n_out] on k-quant weights with the named micro-kernel set (bit-identical to "
-          "quant_matmul_ref at every level).");
+          "quant_matmul_ref at every level); gemv=True takes the decode row kernel where the set has one.");
     m.def("qgemm_kernels", &py_qgemm_kernels, "Micro-kernel sets of qgemm available on this CPU.");
     m.def("qgemm_default", []() { return std::string(qgemm_kernels().name); }, "The set qgemm picks here.");
     m.def("quant_type_info", &py_type_info, py::arg("type"),

@@ -74,9 +74,12 @@ static bool qgemm_enabled() {
 }
 
 static void matmul_quant(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y) {
-    if (n_tok >= kGemmMinTokens && qgemm_supported(W.type) && qgemm_enabled()) {
-        qgemm(pool, W, x, n_tok, y);
-        return;
+    if (qgemm_supported(W.type) && qgemm_enabled()) {
+        if (n_tok >= kGemmMinTokens) {
+            qgemm(pool, W, x, n_tok, y);
+            return;
+        }
+        if (qgemv(pool, W, x, n_tok, y)) return;
     }
     const QuantTraits* qt = quant_traits(W.type);
     const int64_t K = W.ne0, N = W.ne1;

@@ -40,7 +40,7 @@ void tile_ref(const PackedW16* w, int64_t ws, int nr, const PackedA16* a, int64_
     }
 }
 
-const QgemmKernels kRef = {"ref", 4, 4, tile_ref};
+const QgemmKernels kRef = {"ref", 4, 4, tile_ref, nullptr};
 
 }  // namespace
 
@@ -113,6 +113,36 @@ const QgemmKernels& qgemm_kernels() {
 
 bool qgemm_supported(int type) { return pack_fn(type) != nullptr; }
 
+// Activations -> Q8_K with the reference quantizer (the same blocks vec_dot would see), repacked.
+static void pack_activations(ThreadPool& pool, const float* x, int64_t n_tok, int64_t K, std::vector<PackedA16>& act) {
+    const int64_t nb = K / QK_K;
+    act.resize((size_t)(n_tok * nb));
+    pool.parallel_for(n_tok, [&](int64_t t0, int64_t t1, int) {
+        std::vector<block_q8_K> q((size_t)nb);
+        for (int64_t t = t0; t < t1; ++t) {
+            qi::q8_k_from_float(x + t * K, q.data(), K);
+            for (int64_t i = 0; i < nb; ++i) qi::q8_k_pack16(&q[i], &act[t * nb + i]);
+        }
+    });
+}
+
+bool qgemv(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y, const QgemmKernels* kern) {
+    const QgemmKernels& k = kern ? *kern : qgemm_kernels();
+    if (!k.row || !qgemm_supported(W.type)) return false;
+    const int64_t K = W.ne0, N = W.ne1, nb = K / QK_K;
+    std::vector<PackedA16> act;
+    pack_activations(pool, x, n_tok, K, act);
+    // Contiguous row ranges per thread: each streams its own part of the weight once; outputs of a
+    // range are written by one thread only (a shared cache line at most at the two range ends).
+    pool.parallel_for(N, [&](int64_t r0, int64_t r1, int) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const uint8_t* wr = W.row(r);
+            for (int64_t t = 0; t < n_tok; ++t) y[t * N + r] = k.row(W.type, wr, &act[t * nb], nb);
+        }
+    });
+    return true;
+}
+
 void qgemm(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y, const QgemmKernels* kern) {
     const QgemmKernels& k = kern ? *kern : qgemm_kernels();
     const PackFn pack = pack_fn(W.type);
@@ -121,15 +151,8 @@ void qgemm(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, flo
     const bool has_min = W.type != T_Q6_K;
     (void)kSliceBlocks;
 
-    // Activations: Q8_K with the reference quantizer (the same blocks vec_dot would see), repacked.
-    std::vector<PackedA16> act((size_t)(n_tok * nb));
-    pool.parallel_for(n_tok, [&](int64_t t0, int64_t t1, int) {
-        std::vector<block_q8_K> q((size_t)nb);
-        for (int64_t t = t0; t < t1; ++t) {
-            qi::q8_k_from_float(x + t * K, q.data(), K);
-            for (int64_t i = 0; i < nb; ++i) qi::q8_k_pack16(&q[i], &act[t * nb + i]);
-        }
-    });
+    std::vector<PackedA16> act;
+    pack_activations(pool, x, n_tok, K, act);
 
     const int64_t n_panels = (N + kPanel - 1) / kPanel;
     pool.parallel_for(n_panels, [&](int64_t p0, int64_t p1, int) {

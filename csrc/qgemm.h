@@ -23,10 +23,14 @@ namespace pq {
 using QgemmTileFn = void (*)(const qi::PackedW16* w, int64_t w_stride, int nr, const qi::PackedA16* a, int64_t a_stride,
                              int nt, int64_t nb, bool has_min, float* y, int64_t ldy);
 
+// Decode: dot of one raw weight row (blocks as in the GGUF) with one packed token of nb super-blocks.
+using QgemvRowFn = float (*)(int type, const void* w, const qi::PackedA16* a, int64_t nb);
+
 struct QgemmKernels {
     const char* name;  // "ref", "avx2", "avx512vnni"
     int rmax, tmax;    // register block: weight rows x tokens
     QgemmTileFn tile;
+    QgemvRowFn row;    // nullptr: decode keeps quants.h's vec_dot
 };
 
 // True for the weight types qgemm handles.
@@ -39,6 +43,11 @@ const QgemmKernels* qgemm_kernels_named(const char* name);
 
 // x: [n_tok][W.ne0] floats, y: [n_tok][W.ne1]. W.type must be qgemm_supported. kern: nullptr = automatic.
 void qgemm(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y,
+           const QgemmKernels* kern = nullptr);
+
+// Decode (a few tokens): y = W x with the weight read once, straight from the mmap, rows split
+// across the pool. Returns false (nothing done) when kern has no row kernel. Bit-identical to qgemm.
+bool qgemv(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y,
            const QgemmKernels* kern = nullptr);
 
 }  // namespace pq

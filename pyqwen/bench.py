@@ -83,6 +83,7 @@ class BenchReport:
     rows: list[BenchRow] = field(default_factory=list)
     peer_error: str | None = None    # why llama.cpp was not measured, when it was asked for
     decode_bytes: int = 0            # DRAM bytes one decode step moves (weights, state, KV) at the tg context
+    peer_note: str | None = None     # how llama.cpp was configured, when not as it defaults
     read_bandwidth: float | None = None   # GB/s this machine reads with the same threads (measured), if asked
 
     def ratio(self, test: str) -> float | None:
@@ -168,16 +169,45 @@ def llama_cpp_available() -> str | None:
     return None
 
 
+def llama_extra_bufts_usable() -> bool:
+    """Whether llama.cpp may use its extra CPU buffer types (AMX, repacked GEMM weights) here.
+
+    The installed llama-cpp-python (0.3.36) is built with ggml's AMX backend and crashes (SIGSEGV in
+    ggml_backend_amx_mul_mat) on k-quant matmuls on CPUs without AMX tiles (AMD EPYC here), so on
+    those the peer runs with use_extra_bufts=False, which also turns off its repacked Q4_K GEMM:
+    its prefill is then its plain vec_dot path. The table says so when it happens.
+    """
+    try:
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        return True
+    return "amx_tile" in flags.split()
+
+
 class LlamaCppRunner:
     """The same pp/tg measurements through llama.cpp's llama_decode on the same GGUF."""
 
     def __init__(self, path: str | Path, n_ctx: int, threads: int, n_batch: int, seed: int = 1234):
         import llama_cpp
+        import llama_cpp.llama as llama_mod
 
         self.lc = llama_cpp
         self.n_batch = n_batch
-        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                                   n_batch=n_batch, n_ubatch=n_batch, verbose=False)
+        self.extra_bufts = llama_extra_bufts_usable()
+        defaults = llama_mod.llama_cpp.llama_model_default_params
+        if not self.extra_bufts:
+            # Llama() has no argument for it: patch the defaults it starts from, for this load only.
+            def no_extra():
+                p = defaults()
+                p.use_extra_bufts = False
+                return p
+
+            llama_mod.llama_cpp.llama_model_default_params = no_extra
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                       n_batch=n_batch, n_ubatch=n_batch, verbose=False)
+        finally:
+            llama_mod.llama_cpp.llama_model_default_params = defaults
         self.ctx = self.llm._ctx.ctx
         self.V = self.llm.n_vocab()
         self.rng = np.random.default_rng(seed)
@@ -290,6 +320,9 @@ def run_bench(path: str | Path | None = None, *, n_prompt: int | Sequence[int] =
         if report.peer_error is None:
             try:
                 runners.append(("llama.cpp", "CPU", LlamaCppRunner(path, n_ctx, threads, n_batch)))
+                if not runners[-1][2].extra_bufts:
+                    report.peer_note = ("use_extra_bufts=False (its AMX path crashes on this CPU without AMX; "
+                                        "this also disables its repacked GEMM weights)")
             except Exception as e:  # e.g. llama.cpp too old for the architecture
                 report.peer_error = f"llama.cpp failed: {type(e).__name__}: {e}"
     tests = [("pp", n) for n in sizes] + ([("tg", n_gen)] if n_gen > 0 else [])
@@ -362,6 +395,9 @@ def format_markdown(report: BenchReport) -> str:
                 line += f", {100 * gbs / report.read_bandwidth:.0f}% of the {report.read_bandwidth:.1f} GB/s measured read bandwidth"
             out.append("")
             out.append(line)
+    if any(r.engine == "llama.cpp" for r in report.rows) and report.peer_note:
+        out.append("")
+        out.append(f"(llama.cpp: {report.peer_note})")
     if report.peer_error:
         out.append("")
         out.append(f"(llama.cpp not measured: {report.peer_error})")

@@ -83,6 +83,6 @@ void tile_any(const PackedW16* w, int64_t ws, int nr, const PackedA16* a, int64_
 }  // namespace
 
 extern const QgemmKernels kQgemmAvx2;
-const QgemmKernels kQgemmAvx2 = {"avx2", 2, 4, tile_any};
+const QgemmKernels kQgemmAvx2 = {"avx2", 2, 4, tile_any, nullptr};
 
 }  // namespace pq

@@ -120,9 +120,130 @@ void tile_any(const PackedW16* w, int64_t ws, int nr, const PackedA16* a, int64_
     f(w, ws, a, as, nb, has_min, y, ldy);
 }
 
+// ---- Decode: one weight row against one packed token, unpacking each block in registers ----
+// The weight is read once, straight from the mmap, and never stored unpacked: a block's nibbles are
+// put in lane-pair order with one byte interleave per 16 values, widened to int16, multiplied by the
+// sub-block scale and fed to vpdpwssd with the packed activation. Same lanes and float steps as tile().
+
+// fp16 -> fp32 with F16C (exact, as formats.h's fp16_to_fp32, which this file may not call).
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+// Bytes b0..b15 of each 128-bit lane -> b0,b8,b1,b9,...,b7,b15, widened to 32 int16.
+inline __m512i pairs_u8_to_i16(__m256i v) {
+    return _mm512_cvtepu8_epi16(_mm256_unpacklo_epi8(v, _mm256_bsrli_epi128(v, 8)));
+}
+
+// The 6-bit scales and mins of a Q4_K/Q5_K block (ggml's get_scale_min_k4 for j = 0..7).
+inline void scales_k4(const uint8_t* q, uint8_t* sc, uint8_t* m) {
+    for (int j = 0; j < 4; ++j) {
+        sc[j] = q[j] & 63;
+        m[j] = q[j + 4] & 63;
+    }
+    for (int j = 4; j < 8; ++j) {
+        sc[j] = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        m[j] = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+inline float finish(__m256 sums, float sumf) {
+    alignas(32) float l[8];
+    _mm256_store_ps(l, sums);
+    for (int k = 0; k < 8; ++k) sumf += l[k];
+    return sumf;
+}
+
+inline __m256i fold(__m512i acc) {
+    return _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+}
+
+// Q4_K (q5 = false) and Q5_K (q5 = true): bit 4 of value 64g+l is bit 2g of qh[l], of 64g+32+l bit 2g+1.
+template <bool Q5>
+float k45_row(const uint8_t* row, const PackedA16* a, int64_t nb) {
+    constexpr size_t kBytes = Q5 ? sizeof(block_q5_K) : sizeof(block_q4_K);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    __m256 sums = _mm256_setzero_ps();
+    float sumf = 0;
+    for (int64_t i = 0; i < nb; ++i, row += kBytes) {
+        const uint16_t d16 = *(const uint16_t*)row, dmin16 = *(const uint16_t*)(row + 2);
+        const uint8_t* scales = row + 4;
+        const uint8_t* qh = row + 16;  // Q5_K only
+        const uint8_t* qs = Q5 ? row + 48 : row + 16;
+        uint8_t sc[8], m[8];
+        scales_k4(scales, sc, m);
+        __m512i acc = _mm512_setzero_si512();
+        const __m256i h = Q5 ? _mm256_loadu_si256((const __m256i*)qh) : _mm256_setzero_si256();
+        for (int g = 0; g < 4; ++g) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i*)(qs + 32 * g));
+            __m256i lo = _mm256_and_si256(raw, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            if (Q5) {
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g), one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g + 1), one), 4));
+            }
+            const __m512i wl = _mm512_mullo_epi16(pairs_u8_to_i16(lo), _mm512_set1_epi16(sc[2 * g]));
+            const __m512i wh = _mm512_mullo_epi16(pairs_u8_to_i16(hi), _mm512_set1_epi16(sc[2 * g + 1]));
+            acc = _mm512_dpwssd_epi32(acc, wl, _mm512_loadu_si512(a[i].a + 64 * g));
+            acc = _mm512_dpwssd_epi32(acc, wh, _mm512_loadu_si512(a[i].a + 64 * g + 32));
+        }
+        const float dd = h2f(d16) * a[i].d;
+        sums = _mm256_add_ps(sums, _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(fold(acc))));
+        const __m128i mv = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)m));
+        const int32_t summ = hsum4(_mm_madd_epi16(mv, _mm_loadu_si128((const __m128i*)a[i].bs8)));
+        const float dm = h2f(dmin16) * a[i].d;
+        sumf -= dm * (float)summ;
+    }
+    return finish(sums, sumf);
+}
+
+// Q6_K: levels u (0..63) from ql/qh as in simd/quants_avx2.cpp, value (u - 32) * scale of its 16 values.
+float q6_k_row(const uint8_t* row, const PackedA16* a, int64_t nb) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+    const __m512i off = _mm512_set1_epi16(32);
+    __m256 sums = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; ++i, row += sizeof(block_q6_K)) {
+        const uint8_t* ql = row;
+        const uint8_t* qhb = row + 128;
+        const int8_t* scales = (const int8_t*)(row + 192);
+        const uint16_t d16 = *(const uint16_t*)(row + 208);
+        __m512i acc = _mm512_setzero_si512();
+        for (int h = 0; h < 2; ++h) {
+            const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h));
+            const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i*)(qhb + 32 * h));
+            const __m256i u[4] = {
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4)),
+            };
+            for (int k = 0; k < 4; ++k) {
+                const int sb = 8 * h + 2 * k;  // the two 16-value groups of this quarter
+                const __m512i s = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(scales[sb]),
+                                                          _mm512_set1_epi16(scales[sb + 1]));
+                const __m512i w = _mm512_mullo_epi16(_mm512_sub_epi16(pairs_u8_to_i16(u[k]), off), s);
+                acc = _mm512_dpwssd_epi32(acc, w, _mm512_loadu_si512(a[i].a + 128 * h + 32 * k));
+            }
+        }
+        const float dd = h2f(d16) * a[i].d;
+        sums = _mm256_add_ps(sums, _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(fold(acc))));
+    }
+    return finish(sums, 0.0f);
+}
+
+float row_dot(int type, const void* w, const PackedA16* a, int64_t nb) {
+    switch (type) {
+        case T_Q4_K: return k45_row<false>((const uint8_t*)w, a, nb);
+        case T_Q5_K: return k45_row<true>((const uint8_t*)w, a, nb);
+        default: return q6_k_row((const uint8_t*)w, a, nb);
+    }
+}
+
 }  // namespace
 
 extern const QgemmKernels kQgemmAvx512;
-const QgemmKernels kQgemmAvx512 = {"avx512vnni", 4, 4, tile_any};
+const QgemmKernels kQgemmAvx512 = {"avx512vnni", 4, 4, tile_any, row_dot};
 
 }  // namespace pq
