@@ -14,7 +14,10 @@ engines' repetitions alternating; the table shows mean ± sample std of t/s.
 
 from __future__ import annotations
 
+import functools
 import math
+import subprocess
+import sys
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -169,19 +172,29 @@ def llama_cpp_available() -> str | None:
     return None
 
 
-def llama_extra_bufts_usable() -> bool:
-    """Whether llama.cpp may use its extra CPU buffer types (AMX, repacked GEMM weights) here.
+_PROBE = """
+import sys, llama_cpp
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, n_batch=16, n_ubatch=16, n_threads=1, verbose=False)
+arr = (llama_cpp.llama_token * 16)(*range(1, 17))
+sys.exit(llama_cpp.llama_decode(llm._ctx.ctx, llama_cpp.llama_batch_get_one(arr, 16)))
+"""
 
-    The installed llama-cpp-python (0.3.36) is built with ggml's AMX backend and crashes (SIGSEGV in
-    ggml_backend_amx_mul_mat) on k-quant matmuls on CPUs without AMX tiles (AMD EPYC here), so on
-    those the peer runs with use_extra_bufts=False, which also turns off its repacked Q4_K GEMM:
-    its prefill is then its plain vec_dot path. The table says so when it happens.
+
+@functools.lru_cache(maxsize=None)
+def llama_extra_bufts_usable(path: str) -> bool:
+    """Whether llama.cpp runs this file with its extra CPU buffer types (AMX, repacked GEMM weights).
+
+    The installed llama-cpp-python (0.3.36) is built with ggml's AMX backend, and on this machine (a
+    Xeon with AMX, in a VM) a k-quant prefill through it dies with SIGSEGV in ggml_backend_amx_mul_mat.
+    A crash would take the benchmark process with it, so a 16-token prefill is tried in a subprocess
+    first; if it fails, the peer runs with use_extra_bufts=False (which also turns off its repacked
+    GEMM weights: its prefill is then ggml's plain vec_dot path) and the table says so.
     """
     try:
-        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
-    except OSError:
-        return True
-    return "amx_tile" in flags.split()
+        r = subprocess.run([sys.executable, "-c", _PROBE, path], capture_output=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
 
 
 class LlamaCppRunner:
@@ -193,7 +206,7 @@ class LlamaCppRunner:
 
         self.lc = llama_cpp
         self.n_batch = n_batch
-        self.extra_bufts = llama_extra_bufts_usable()
+        self.extra_bufts = llama_extra_bufts_usable(str(path))
         defaults = llama_mod.llama_cpp.llama_model_default_params
         if not self.extra_bufts:
             # Llama() has no argument for it: patch the defaults it starts from, for this load only.
@@ -321,8 +334,8 @@ def run_bench(path: str | Path | None = None, *, n_prompt: int | Sequence[int] =
             try:
                 runners.append(("llama.cpp", "CPU", LlamaCppRunner(path, n_ctx, threads, n_batch)))
                 if not runners[-1][2].extra_bufts:
-                    report.peer_note = ("use_extra_bufts=False (its AMX path crashes on this CPU without AMX; "
-                                        "this also disables its repacked GEMM weights)")
+                    report.peer_note = ("use_extra_bufts=False: with its defaults (AMX buffers) llama.cpp crashed "
+                                        "on this file here; this also disables its repacked GEMM weights")
             except Exception as e:  # e.g. llama.cpp too old for the architecture
                 report.peer_error = f"llama.cpp failed: {type(e).__name__}: {e}"
     tests = [("pp", n) for n in sizes] + ([("tg", n_gen)] if n_gen > 0 else [])
