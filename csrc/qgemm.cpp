@@ -89,9 +89,6 @@ PackFn pack_fn(int type) {
 // Rows unpacked together: their packed blocks (kPanel * nb * 536 bytes) stay in L2 while every
 // token tile of the call runs over them.
 constexpr int64_t kPanel = 16;
-// Super-blocks per K slice: a slice of a token tile's activations and of the panel's rows fit in L1/L2
-// together, so the micro-kernel does not stream both from L3 for long K (FFN down: 68 blocks).
-constexpr int64_t kSliceBlocks = 16;
 
 }  // namespace
 
@@ -149,7 +146,6 @@ void qgemm(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, flo
     const int64_t K = W.ne0, N = W.ne1, nb = K / QK_K;
     const size_t wbytes = row_bytes(W.type, QK_K);
     const bool has_min = W.type != T_Q6_K;
-    (void)kSliceBlocks;
 
     std::vector<PackedA16> act;
     pack_activations(pool, x, n_tok, K, act);
