@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "config_py.h"
+#include "membw.h"
 #include "model.h"
 #include "py_testing.h"
 #include "simd/dispatch.h"
@@ -92,6 +93,15 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "set_simd", [](const std::string& name) { return simd_select(name.c_str()); }, py::arg("name"),
         "Choose the kernel set ('ref', 'avx2', 'auto'); returns False if unavailable here.");
+
+    m.def(
+        "read_bandwidth",
+        [](int n_threads, int64_t n_bytes, int reps) {
+            py::gil_scoped_release nogil;
+            return read_bandwidth(n_threads, n_bytes, reps);
+        },
+        py::arg("n_threads"), py::arg("n_bytes") = int64_t(1) << 30, py::arg("reps") = 3,
+        "DRAM read bandwidth in bytes/s with n_threads threads (best of reps passes over n_bytes).");
 
     bind_quants(m);
     py::module_ testing = testing_submodule(m, "Reference kernels and quantized dots, for the tests.");

@@ -14,7 +14,10 @@
 #include <string>
 #include <vector>
 
+#include "qgemm.h"
 #include "quants.h"
+#include "tensor.h"
+#include "threadpool.h"
 
 namespace py = pybind11;
 
@@ -177,6 +180,45 @@ py::array_t<float> py_matmul_ref(int type, const py::buffer& w_bytes, int64_t n_
     return y;
 }
 
+// The prefill GEMM with a chosen micro-kernel set ("auto", "ref", "avx2", "avx512vnni") on n_threads.
+py::array_t<float> py_qgemm(int type, const py::buffer& w_bytes, int64_t n_in, int64_t n_out, const py::array& x_in,
+                            const std::string& kernels, int n_threads, bool gemv) {
+    const QuantTraits& t = weight_traits_or_fail(type);
+    if (!qgemm_supported(type)) fail(std::string("qgemm does not handle ") + t.name);
+    check_count(t, n_in, "n_in", false);
+    if (n_out < 1 || n_out > kMaxElems) fail("n_out out of range");
+    if (n_threads < 1 || n_threads > 256) fail("n_threads out of range");
+    const QgemmKernels* k = kernels == "auto" ? &qgemm_kernels() : qgemm_kernels_named(kernels.c_str());
+    if (!k) fail("kernel set " + kernels + " is not available here");
+    ByteView w = bytes_arg(w_bytes, "w");
+    check_weight_bytes(type, w, n_in, n_out);
+    auto x = floats_arg(x_in, "x");
+    if (x.ndim() != 2 || x.shape(1) != n_in) fail("x must be [T, n_in]");
+    const int64_t T = x.shape(0);
+    if (T * n_out > kMaxElems) fail("output too large");
+    py::array_t<float> y({T, n_out});
+    float* yp = y.mutable_data();
+    const float* xp = x.data();
+    {
+        py::gil_scoped_release nogil;
+        ThreadPool pool(n_threads);
+        Tensor W;
+        W.type = type;
+        W.ne0 = n_in;
+        W.ne1 = n_out;
+        W.data = w.ptr;
+        if (T > 0 && !(gemv && qgemv(pool, W, xp, T, yp, k))) qgemm(pool, W, xp, T, yp, k);
+    }
+    return y;
+}
+
+py::list py_qgemm_kernels() {
+    py::list out;
+    for (const char* n : {"ref", "avx2", "avx512vnni"})
+        if (qgemm_kernels_named(n)) out.append(n);
+    return out;
+}
+
 py::object py_type_info(int type) {
     const QuantTraits* t = quant_traits(type);
     if (!t) return py::none();
@@ -216,6 +258,12 @@ void bind_quants_testing(py::module_& m) {
           py::arg("x"), py::arg("n_threads") = 0,
           "Reference quantized matmul: y[T, n_out] = x[T, n_in] @ W^T with W given as n_out quantized rows; "
           "activations quantized per row, integer dot per weight row.");
+    m.def("qgemm", &py_qgemm, py::arg("type"), py::arg("w"), py::arg("n_in"), py::arg("n_out"), py::arg("x"),
+          py::arg("kernels") = "auto", py::arg("n_threads") = 1, py::arg("gemv") = false,
+          "Prefill GEMM y[T, n_out] on k-quant weights with the named micro-kernel set (bit-identical to "
+          "quant_matmul_ref at every level); gemv=True takes the decode row kernel where the set has one.");
+    m.def("qgemm_kernels", &py_qgemm_kernels, "Micro-kernel sets of qgemm available on this CPU.");
+    m.def("qgemm_default", []() { return std::string(qgemm_kernels().name); }, "The set qgemm picks here.");
     m.def("quant_type_info", &py_type_info, py::arg("type"),
           "Block geometry and capabilities of a quantized type, or None if unsupported.");
 }

@@ -1,8 +1,11 @@
 #include "matmul.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
+#include "qgemm.h"
 #include "simd/dispatch.h"
 
 namespace pq {
@@ -56,7 +59,28 @@ static void matmul_float(ThreadPool& pool, const Tensor& W, const float* x, int6
     });
 }
 
+// From this many tokens on, k-quant weights go through the packed GEMM (qgemm.h): unpacking a weight
+// block costs about as much as a few dot products with it, so a decode step keeps the direct dots.
+static constexpr int64_t kGemmMinTokens = 8;
+
+// PYQWEN_QGEMM=off keeps every matmul on the per-(row, token) dots: the before/after switch for
+// benchmarks (results are bit-identical either way). Read once.
+static bool qgemm_enabled() {
+    static const bool on = [] {
+        const char* e = std::getenv("PYQWEN_QGEMM");
+        return !(e && !std::strcmp(e, "off"));
+    }();
+    return on;
+}
+
 static void matmul_quant(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y) {
+    if (qgemm_supported(W.type) && qgemm_enabled()) {
+        if (n_tok >= kGemmMinTokens) {
+            qgemm(pool, W, x, n_tok, y);
+            return;
+        }
+        if (qgemv(pool, W, x, n_tok, y)) return;
+    }
     const QuantTraits* qt = quant_traits(W.type);
     const int64_t K = W.ne0, N = W.ne1;
     const size_t act_row = row_bytes(qt->vec_dot_type, K);

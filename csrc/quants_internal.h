@@ -87,6 +87,42 @@ float iq4_nl_vec_dot(int64_t n, const void* w, const void* x);
 void iq4_xs_to_float(const void* src, float* dst, int64_t n);
 float iq4_xs_vec_dot(int64_t n, const void* w, const void* x);
 
+// ---- Packed blocks for the prefill GEMM (qgemm.cpp) ----
+// One 256-value super-block of a k-quant weight, unpacked once per call and reused for many tokens:
+// every value as int16 already multiplied by its sub-block scale (the products fit: |level*scale| <=
+// 63*63 for Q4_K/Q5_K, 32*128 for Q6_K), in lane-pair order (within each 16 values: 0,8,1,9,...,7,15)
+// so that a pairwise multiply-add (vpmaddwd / vpdpwssd) of two adjacent values always adds two values
+// of the same lane e mod 8, the lanes of ggml's scalar float order (see kx_vec_dot). d and dmin are the
+// block's float scales, m its 8 sub-block mins (0 for Q6_K, which has none).
+struct PackedW16 {
+    int16_t w[QK_K];
+    float d, dmin;
+    int16_t m[8];
+};
+// The activation side: a block_q8_K in the same lane-pair order, its d, and bs8[j] = bsums[2j] +
+// bsums[2j+1] (the sum of the 32 values of sub-block j, which the min term needs).
+struct PackedA16 {
+    int16_t a[QK_K];
+    float d;
+    int16_t bs8[8];
+};
+void q4_k_pack16(const void* block, PackedW16* out);
+void q5_k_pack16(const void* block, PackedW16* out);
+void q6_k_pack16(const void* block, PackedW16* out);
+void q8_k_pack16(const void* block, PackedA16* out);
+
+// Lane-pair order of 256 values q (any integer type) times the scale of their 16-value group.
+template <class Q>
+inline void pack_lane_pairs(const Q* q, const int* scale16, int16_t* w) {
+    for (int g = 0; g < QK_K / 16; ++g) {
+        const int s = scale16[g];
+        for (int k = 0; k < 8; ++k) {
+            w[16 * g + 2 * k] = (int16_t)(q[16 * g + k] * s);
+            w[16 * g + 2 * k + 1] = (int16_t)(q[16 * g + k + 8] * s);
+        }
+    }
+}
+
 #if defined(PQ_HAVE_AVX2_KERNELS)
 // AVX2 versions, bit-identical to the references: only the integer lane sums are computed with SIMD
 // (simd/quants_avx2.cpp); the float steps stay in the scalar files above, in ggml's order.

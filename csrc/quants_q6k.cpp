@@ -123,6 +123,18 @@ float q6_k_dot(int64_t n, const void* w, const void* x, LanesFn lanes) {
 
 float q6_k_vec_dot(int64_t n, const void* w, const void* x) { return q6_k_dot(n, w, x, q6_k_lanes_ref); }
 
+void q6_k_pack16(const void* block, PackedW16* o) {
+    const block_q6_K& b = *(const block_q6_K*)block;
+    int8_t q[QK_K];
+    int s16[16];
+    q6_k_levels(b, q);
+    for (int g = 0; g < 16; ++g) s16[g] = b.scales[g];
+    pack_lane_pairs(q, s16, o->w);
+    o->d = fp16_to_fp32(b.d);
+    o->dmin = 0;
+    for (int j = 0; j < 8; ++j) o->m[j] = 0;
+}
+
 #if defined(PQ_HAVE_AVX2_KERNELS)
 float q6_k_vec_dot_avx2(int64_t n, const void* w, const void* x) { return q6_k_dot(n, w, x, avx2::q6_k_lanes); }
 #endif

@@ -138,3 +138,17 @@ void q8_k_to_float(const void* src, float* y, int64_t n) {
 
 }  // namespace qi
 }  // namespace pq
+
+namespace pq {
+namespace qi {
+
+void q8_k_pack16(const void* block, PackedA16* o) {
+    const block_q8_K& b = *(const block_q8_K*)block;
+    const int one[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    pack_lane_pairs(b.qs, one, o->a);
+    o->d = b.d;
+    for (int j = 0; j < 8; ++j) o->bs8[j] = (int16_t)(b.bsums[2 * j] + b.bsums[2 * j + 1]);
+}
+
+}  // namespace qi
+}  // namespace pq

@@ -4,9 +4,8 @@ Definitions (the same for pyqwen and, with `peer_llama_cpp=True`, for llama.cpp 
 - ppN: N random token ids prefilled into a fresh sequence state in chunks of n_batch; t/s = N / time.
 - tgN: after a short untimed prompt (PROMPT_TG random tokens), N tokens decoded one at a time with
   greedy (argmax) feedback; t/s = N / time of those N single-token forward passes.
-Each test runs once untimed as warm-up, then `reps` times; the table shows mean ± sample std of t/s.
-With llama.cpp, the two engines' repetitions are taken in turns, the ratio column shows the range the
-repetitions allow, and a range wider than UNRELIABLE_SPREAD is printed as a warning.
+Each test runs once untimed as warm-up (a ppN test with min(N, 512) tokens), then `reps` times, the
+engines' repetitions alternating; the table shows mean ± sample std of t/s.
 
     from pyqwen.bench import run_bench, format_markdown
     report = run_bench("model.gguf", n_prompt=512, n_gen=128, reps=3, threads=8, peer_llama_cpp=True)
@@ -20,15 +19,16 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-from .llama_cpp_peer import llama_cpp_available, open_llama  # noqa: F401 (llama_cpp_available: re-exported)
+from .llama_cpp_peer import extra_bufts_usable, llama_cpp_available, open_llama  # noqa: F401 (re-exported)
 
 PROMPT_TG = 8   # untimed prompt before the tg test
 # A ratio whose highest and lowest values over the repetitions differ by more than this factor is flagged.
 UNRELIABLE_SPREAD = 1.5
+WARMUP_PP = 512  # the untimed warm-up of a ppN test prefills min(N, WARMUP_PP) tokens
 
 # llama.cpp's llama_model_ftype_name() for the file types a qwen35 GGUF is likely to carry.
 _FTYPE_NAMES = {
@@ -87,6 +87,8 @@ class BenchReport:
     rows: list[BenchRow] = field(default_factory=list)
     peer_error: str | None = None    # why llama.cpp was not measured, when it was asked for
     decode_bytes: int = 0            # DRAM bytes one decode step moves (weights, state, KV) at the tg context
+    peer_note: str | None = None     # how llama.cpp was configured, when not as it defaults
+    read_bandwidth: float | None = None   # GB/s this machine reads with the same threads (measured), if asked
 
     def ratio(self, test: str) -> float | None:
         a = next((r for r in self.rows if r.engine == "pyqwen" and r.test == test), None)
@@ -117,6 +119,7 @@ class BenchReport:
 
     def to_dict(self) -> dict:
         d = {"model": asdict(self.model), "path": self.path, "n_batch": self.n_batch, "peer_error": self.peer_error,
+             "decode_bytes": self.decode_bytes, "read_bandwidth_gbs": self.read_bandwidth,
              "rows": [dict(asdict(r), mean=r.mean, std=r.std) for r in self.rows]}
         tests = list(dict.fromkeys(r.test for r in self.rows))
         d["ratios"] = {t: self.ratio(t) for t in tests}
@@ -145,125 +148,141 @@ def _timed(fn: Callable[[], int], reps: int) -> list[float]:
     return [fn() for _ in range(reps)]
 
 
-# ---- pyqwen ---------------------------------------------------------------------------------------
+# ---- pyqwen ----------------------------------------------------------------------------------------
 
-def pyqwen_runners(model, n_prompt: int, n_gen: int, seed: int = 1234):
-    """(run_pp, run_tg) for a loaded pyqwen Model: each runs one repetition and returns its tokens/s."""
-    rng = np.random.default_rng(seed)
-    V = model.n_vocab
+class PyqwenRunner:
+    """One pp or tg measurement at a time on a loaded pyqwen Model (so they can be interleaved with llama.cpp)."""
 
-    def run_pp() -> float:
-        toks = rng.integers(0, V, n_prompt).tolist()
-        state = model.new_state(n_prompt)
+    def __init__(self, model, seed: int = 1234):
+        self.model = model
+        self.rng = np.random.default_rng(seed)
+
+    def pp(self, n_prompt: int) -> float:
+        toks = self.rng.integers(0, self.model.n_vocab, n_prompt).tolist()
+        state = self.model.new_state(n_prompt)
         t0 = time.perf_counter()
-        model.forward(state, toks, logits="last")
+        self.model.forward(state, toks, logits="last")
         return n_prompt / (time.perf_counter() - t0)
 
-    def run_tg() -> float:
-        prompt = rng.integers(0, V, PROMPT_TG).tolist()
-        state = model.new_state(PROMPT_TG + n_gen)
-        logits = model.forward(state, prompt, logits="last")
+    def tg(self, n_gen: int) -> float:
+        m = self.model
+        state = m.new_state(PROMPT_TG + n_gen)
+        logits = m.forward(state, self.rng.integers(0, m.n_vocab, PROMPT_TG).tolist(), logits="last")
         t0 = time.perf_counter()
         for _ in range(n_gen):
-            logits = model.forward(state, [int(np.argmax(logits))], logits="last")
+            logits = m.forward(state, [int(np.argmax(logits))], logits="last")
         return n_gen / (time.perf_counter() - t0)
 
-    return run_pp, run_tg
+    def close(self) -> None:
+        pass
 
 
 def bench_pyqwen(model, n_prompt: int, n_gen: int, reps: int, seed: int = 1234) -> tuple[list[float], list[float]]:
     """(pp samples, tg samples) in tokens/s for a loaded pyqwen Model."""
-    run_pp, run_tg = pyqwen_runners(model, n_prompt, n_gen, seed)
-    pp = _timed(run_pp, reps) if n_prompt > 0 else []
-    tg = _timed(run_tg, reps) if n_gen > 0 else []
+    r = PyqwenRunner(model, seed)
+    pp = _timed(lambda: r.pp(n_prompt), reps) if n_prompt > 0 else []
+    tg = _timed(lambda: r.tg(n_gen), reps) if n_gen > 0 else []
     return pp, tg
 
 
 # ---- llama.cpp (llama-cpp-python) ---------------------------------------------------------------
 
-def llama_cpp_runners(path: str | Path, n_prompt: int, n_gen: int, threads: int, n_batch: int, seed: int = 1234):
-    """(run_pp, run_tg, close): the same pp/tg repetitions through llama.cpp's llama_decode on the same GGUF."""
-    import llama_cpp
+class LlamaCppRunner:
+    """The same pp/tg measurements through llama.cpp's llama_decode on the same GGUF."""
 
-    n_ctx = max(n_prompt, PROMPT_TG + n_gen, 16)
-    llm = open_llama(path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=n_batch,
-                     n_ubatch=n_batch, verbose=False)
-    ctx = llm._ctx.ctx
-    V = llm.n_vocab()
-    rng = np.random.default_rng(seed)
-    mem = llama_cpp.llama_get_memory(ctx)
+    def __init__(self, path: str | Path, n_ctx: int, threads: int, n_batch: int, seed: int = 1234):
+        import llama_cpp
 
-    def clear():
-        llama_cpp.llama_memory_clear(mem, True)
+        self.lc = llama_cpp
+        self.n_batch = n_batch
+        # llama.cpp's fastest CPU path (AMX / repacked weights) when it runs this file here, else its plain
+        # kernels (see llama_cpp_peer): the table says which.
+        self.extra_bufts = extra_bufts_usable(str(path))
+        self.llm = open_llama(path, extra_bufts=self.extra_bufts, n_ctx=n_ctx, n_threads=threads,
+                              n_threads_batch=threads, n_batch=n_batch, n_ubatch=n_batch, verbose=False)
+        self.ctx = self.llm._ctx.ctx
+        self.V = self.llm.n_vocab()
+        self.rng = np.random.default_rng(seed)
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
 
-    def decode(tokens: list[int]) -> None:
-        for i in range(0, len(tokens), n_batch):
-            chunk = tokens[i:i + n_batch]
-            arr = (llama_cpp.llama_token * len(chunk))(*chunk)
-            rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(chunk)))
+    def _decode(self, tokens: list[int]) -> None:
+        lc = self.lc
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i:i + self.n_batch]
+            arr = (lc.llama_token * len(chunk))(*chunk)
+            rc = lc.llama_decode(self.ctx, lc.llama_batch_get_one(arr, len(chunk)))
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")
-        llama_cpp.llama_synchronize(ctx)
+        lc.llama_synchronize(self.ctx)
 
-    def last_logits() -> np.ndarray:
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(V,))
+    def _last_logits(self) -> np.ndarray:
+        return np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, -1), shape=(self.V,))
 
-    def run_pp() -> float:
-        toks = rng.integers(0, V, n_prompt).tolist()
-        clear()
+    def pp(self, n_prompt: int) -> float:
+        toks = self.rng.integers(0, self.V, n_prompt).tolist()
+        self.lc.llama_memory_clear(self.mem, True)
         t0 = time.perf_counter()
-        decode(toks)
+        self._decode(toks)
         return n_prompt / (time.perf_counter() - t0)
 
-    def run_tg() -> float:
-        clear()
-        decode(rng.integers(0, V, PROMPT_TG).tolist())
+    def tg(self, n_gen: int) -> float:
+        self.lc.llama_memory_clear(self.mem, True)
+        self._decode(self.rng.integers(0, self.V, PROMPT_TG).tolist())
         t0 = time.perf_counter()
         for _ in range(n_gen):
-            decode([int(np.argmax(last_logits()))])
+            self._decode([int(np.argmax(self._last_logits()))])
         return n_gen / (time.perf_counter() - t0)
 
-    def close() -> None:
-        if hasattr(llm, "close"):
-            llm.close()
-
-    return run_pp, run_tg, close
+    def close(self) -> None:
+        if hasattr(self.llm, "close"):
+            self.llm.close()
 
 
 def bench_llama_cpp(path: str | Path, n_prompt: int, n_gen: int, reps: int, threads: int, n_batch: int,
                     seed: int = 1234) -> tuple[list[float], list[float]]:
-    """(pp samples, tg samples) of llama.cpp on the GGUF at path."""
-    run_pp, run_tg, close = llama_cpp_runners(path, n_prompt, n_gen, threads, n_batch, seed)
+    """The same pp/tg measurements through llama.cpp's llama_decode on the same GGUF."""
+    r = LlamaCppRunner(path, max(n_prompt, PROMPT_TG + n_gen, 16), threads, n_batch, seed)
     try:
-        pp = _timed(run_pp, reps) if n_prompt > 0 else []
-        tg = _timed(run_tg, reps) if n_gen > 0 else []
+        pp = _timed(lambda: r.pp(n_prompt), reps) if n_prompt > 0 else []
+        tg = _timed(lambda: r.tg(n_gen), reps) if n_gen > 0 else []
     finally:
-        close()
+        r.close()
     return pp, tg
 
 
-def interleaved(ours, peer, reps: int) -> tuple[list[float], list[float]]:
-    """Samples of two runners taken in turns (warm-up each, then ours, peer, ours, peer, ...): a change in the
-    machine's load during the run then hits both engines, not only the one that happened to run then."""
-    ours()
-    peer()
-    a, b = [], []
-    for _ in range(reps):
-        a.append(ours())
-        b.append(peer())
-    return a, b
+def read_bandwidth_gbs(threads: int, nbytes: int = 1 << 30, reps: int = 3) -> float | None:
+    """This machine's DRAM read bandwidth with `threads` threads (best of reps), the decode roofline;
+    None when the C++ extension lacks the probe."""
+    try:
+        from . import _core
+    except ImportError:
+        return None
+    fn = getattr(_core, "read_bandwidth", None)
+    return float(fn(threads, nbytes, reps)) / 1e9 if fn is not None else None
 
 
 # ---- driver ---------------------------------------------------------------------------------------
 
-def run_bench(path: str | Path | None = None, *, n_prompt: int = 512, n_gen: int = 128, reps: int = 3,
-              threads: int | None = None, n_batch: int = 256, backend: str = "auto",
-              peer_llama_cpp: bool = False, model=None, log: Callable[[str], None] | None = None) -> BenchReport:
-    """Measure pyqwen (and optionally llama.cpp) on path (None = the demo model); see module doc."""
+def _prompt_sizes(n_prompt: int | Sequence[int]) -> list[int]:
+    sizes = [n_prompt] if isinstance(n_prompt, int) else list(n_prompt)
+    return [n for n in sizes if n != 0]
+
+
+def run_bench(path: str | Path | None = None, *, n_prompt: int | Sequence[int] = 512, n_gen: int = 128,
+              reps: int = 3, threads: int | None = None, n_batch: int = 256, backend: str = "auto",
+              peer_llama_cpp: bool = False, model=None, measure_bandwidth: bool = False,
+              log: Callable[[str], None] | None = None) -> BenchReport:
+    """Measure pyqwen (and optionally llama.cpp) on path (None = the demo model); see module doc.
+
+    n_prompt may be a list (one pp row each, e.g. [512, 8192]). With the peer, both engines are loaded
+    at once and their repetitions alternate (pyqwen, llama.cpp, pyqwen, ...), so a change of machine
+    load during the run hits both alike and the ratio stays meaningful.
+    """
     from .gguf_file import GGUFFile
     from .model import Model, default_threads
 
-    if n_prompt < 0 or n_gen < 0 or n_prompt + n_gen == 0:
+    sizes = _prompt_sizes(n_prompt)
+    if any(n < 0 for n in sizes) or n_gen < 0 or (not sizes and n_gen == 0):
         raise ValueError("need -p > 0 or -n > 0 (and neither negative)")
     if reps < 1:
         raise ValueError("repetitions must be >= 1")
@@ -273,12 +292,12 @@ def run_bench(path: str | Path | None = None, *, n_prompt: int = 512, n_gen: int
     if threads < 1:
         raise ValueError("threads must be >= 1")
     log = log or (lambda s: None)
+    n_ctx = max([*sizes, PROMPT_TG + n_gen, 16])
     if model is None:
         if path is None:
             from .demo import demo_model_path
 
             path = demo_model_path()
-        n_ctx = max(n_prompt, PROMPT_TG + n_gen, 16)
         gf = GGUFFile.open(path)
         if n_ctx > gf.hparams.n_ctx_train:
             raise ValueError(f"-p/-n need a context of {n_ctx} tokens; the model was trained for "
@@ -287,42 +306,47 @@ def run_bench(path: str | Path | None = None, *, n_prompt: int = 512, n_gen: int
     path = Path(model.path)
     report = BenchReport(describe_model(model.gguf), str(path), n_batch)
     be = str(getattr(model, "backend", "cpu")).upper()
-    log(f"pyqwen: pp{n_prompt} tg{n_gen} x{reps}, {threads} threads, n_batch {n_batch}")
-    peer = None
-    runners = None
+    runners = [("pyqwen", be, PyqwenRunner(model))]
     if peer_llama_cpp:
         report.peer_error = llama_cpp_available()
         if report.peer_error is None:
             try:
-                runners = llama_cpp_runners(path, n_prompt, n_gen, threads, n_batch)
+                runners.append(("llama.cpp", "CPU", LlamaCppRunner(path, n_ctx, threads, n_batch)))
+                if not runners[-1][2].extra_bufts:
+                    report.peer_note = ("use_extra_bufts=False: with its defaults (AMX buffers) llama.cpp crashed "
+                                        "on this file here; this also disables its repacked GEMM weights")
             except Exception as e:  # e.g. llama.cpp too old for the architecture
                 report.peer_error = f"llama.cpp failed: {type(e).__name__}: {e}"
-    if runners is None:
-        pp, tg = bench_pyqwen(model, n_prompt, n_gen, reps)
-    else:
-        log("llama.cpp: the same tests, repetitions taken in turns with pyqwen's")
-        ours_pp, ours_tg = pyqwen_runners(model, n_prompt, n_gen)
-        peer_pp, peer_tg, close = runners
-        try:
-            pp, ppl = interleaved(ours_pp, peer_pp, reps) if n_prompt > 0 else ([], [])
-            tg, tgl = interleaved(ours_tg, peer_tg, reps) if n_gen > 0 else ([], [])
-            peer = (ppl, tgl)
-        except Exception as e:
-            report.peer_error = f"llama.cpp failed: {type(e).__name__}: {e}"
-            pp, tg = bench_pyqwen(model, n_prompt, n_gen, reps)
-        finally:
-            close()
+    tests = [("pp", n) for n in sizes] + ([("tg", n_gen)] if n_gen > 0 else [])
+    try:
+        for kind, n in tests:
+            rows = [BenchRow(engine, b, threads, f"{kind}{n}", n) for engine, b, _ in runners]
+            log(f"{kind}{n}: warm-up, then {reps} interleaved repetitions of {', '.join(e for e, _, _ in runners)}")
+            for rep in range(reps + 1):
+                for row, (engine, _, r) in zip(rows, runners):
+                    # The warm-up (rep 0) pages the weights in and sizes the buffers; for a long prompt
+                    # its first WARMUP_PP tokens do that as well as all of them would.
+                    m = min(n, WARMUP_PP) if rep == 0 and kind == "pp" else n
+                    try:
+                        v = r.pp(m) if kind == "pp" else r.tg(n)
+                    except Exception as e:
+                        if engine == "pyqwen":
+                            raise
+                        report.peer_error = f"llama.cpp failed: {type(e).__name__}: {e}"
+                        continue
+                    if rep > 0:  # rep 0 is the warm-up
+                        row.samples.append(v)
+            report.rows.extend(r for r in rows if r.engine == "pyqwen" or r.samples)
+    finally:
+        for _, _, r in runners[1:]:
+            r.close()
     if n_gen > 0:
         from .memory_plan import decode_traffic, plan
 
         kv_type = model.kv_type if model.kv_type in ("f16", "f32") else "f16"
         report.decode_bytes = int(decode_traffic(plan(model.gguf, model.n_ctx, kv_type), PROMPT_TG + n_gen // 2)["total"])
-    for i, (test, n) in enumerate((("pp", n_prompt), ("tg", n_gen))):
-        if n <= 0:
-            continue
-        report.rows.append(BenchRow("pyqwen", be, threads, f"{test}{n}", n, (pp, tg)[i]))
-        if peer is not None:
-            report.rows.append(BenchRow("llama.cpp", "CPU", threads, f"{test}{n}", n, peer[i]))
+        if measure_bandwidth:
+            report.read_bandwidth = read_bandwidth_gbs(threads)
     return report
 
 
@@ -354,13 +378,22 @@ def format_markdown(report: BenchReport) -> str:
 
     sep = "| " + " | ".join(("-" * (w - 1) + ":") if h in right else "-" * w for w, h in zip(widths, head)) + " |"
     out = [line(head), sep] + [line(c) for c in rows]
-    tg = next((r for r in report.rows if r.engine == "pyqwen" and r.test.startswith("tg")), None)
-    if tg is not None and report.decode_bytes:
+    if report.decode_bytes:
         # The decode roofline: every step streams the weights and the recurrent state once.
-        gbs = report.decode_bytes * tg.mean / 1e9
+        for r in report.rows:
+            if not r.test.startswith("tg"):
+                continue
+            gbs = report.decode_bytes * r.mean / 1e9
+            who = r.backend if r.engine == "pyqwen" else f"{r.backend}, {r.engine}"
+            line = (f"{r.test} ({who}): {gbs:.1f} GB/s achieved ({report.decode_bytes / 1e6:.3f} MB moved "
+                    f"per token: weights, recurrent state, KV)")
+            if report.read_bandwidth:
+                line += f", {100 * gbs / report.read_bandwidth:.0f}% of the {report.read_bandwidth:.1f} GB/s measured read bandwidth"
+            out.append("")
+            out.append(line)
+    if any(r.engine == "llama.cpp" for r in report.rows) and report.peer_note:
         out.append("")
-        out.append(f"{tg.test} ({tg.backend}): {gbs:.1f} GB/s achieved ({report.decode_bytes / 1e6:.3f} MB moved "
-                   f"per token: weights, recurrent state, KV)")
+        out.append(f"(llama.cpp: {report.peer_note})")
     if report.peer_error:
         out.append("")
         out.append(f"(llama.cpp not measured: {report.peer_error})")

@@ -45,6 +45,15 @@ def _int(lo: int | None = None, what: str = "integer"):
     return parse
 
 
+def _int_list(lo: int | None = None):
+    """Comma-separated integers (llama-bench's `-p 512,8192`)."""
+    one = _int(lo)
+
+    def parse(s: str) -> list[int]:
+        return [one(x) for x in s.split(",") if x.strip()]
+    return parse
+
+
 def _float(s: str) -> float:
     try:
         v = float(s)
@@ -459,17 +468,24 @@ def _cuda_plan(gf, n_ctx: int, kv_type: str, budget: int):
 def cmd_bench(args) -> int:
     from .bench import format_markdown, run_bench
 
-    path = resolve_model_path(model_arg(args), args.hf)
     backend = backend_arg(args)
     try:
         from . import _core  # noqa: F401
     except ImportError as e:
         raise CLIError(f"the C++ extension pyqwen._core is not available ({e})") from None
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else None
+    if args.slice_27b:
+        if args.model or args.hf:
+            raise CLIError("--slice-27b builds its own model: give it without -m/--hf")
+        from .bench_slice import slice_27b_path
+
+        path = slice_27b_path(log=lambda s: print(s, file=sys.stderr, flush=True))
+    else:
+        path = resolve_model_path(model_arg(args), args.hf)
     try:
         report = run_bench(path, n_prompt=args.n_prompt, n_gen=args.n_gen, reps=args.repetitions,
                            threads=args.threads, n_batch=args.batch_size, backend=backend,
-                           peer_llama_cpp=args.peer_llama_cpp, log=log)
+                           peer_llama_cpp=args.peer_llama_cpp, measure_bandwidth=args.bandwidth, log=log)
     except RuntimeError as e:
         raise CLIError(str(e)) from None
     if args.output == "json":
@@ -586,8 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Prefill (ppN: random tokens, fresh state) and decode (tgN: one token at a "
                                    "time, greedy, after a short prompt) throughput, mean ± std over repetitions.")
     _add_model_args(p)
-    p.add_argument("-p", "--n-prompt", type=_int(0), default=512, metavar="N",
-                   help="prompt tokens (default 512, 0 = skip)")
+    p.add_argument("-p", "--n-prompt", type=_int_list(0), default=[512], metavar="N[,N...]",
+                   help="prompt tokens, one pp row per value (default 512, e.g. 512,8192; 0 = skip)")
     p.add_argument("-n", "--n-gen", type=_int(0), default=128, metavar="N",
                    help="generated tokens (default 128, 0 = skip)")
     p.add_argument("-r", "--repetitions", type=_int(1), default=3, metavar="N", help="repetitions (default 3)")
@@ -597,6 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gpu_layers_arg(p)
     p.add_argument("--peer-llama-cpp", action="store_true",
                    help="also measure llama.cpp (llama-cpp-python) on the same GGUF and print the ratio")
+    p.add_argument("--slice-27b", action="store_true",
+                   help="bench a 4-layer slice of Qwen3.6-27B at its real dimensions (random weights, Q4_K_M), "
+                        "built once into ~/.cache/pyqwen")
+    p.add_argument("--bandwidth", action="store_true",
+                   help="also measure this machine's DRAM read bandwidth with the same threads (the decode roofline)")
     p.add_argument("-o", "--output", choices=("md", "json"), default="md", help="output format (default md)")
     p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     p.set_defaults(func=cmd_bench)

@@ -6,19 +6,36 @@ from __future__ import annotations
 
 import json
 
-from pyqwen.bench import BenchReport, BenchRow, ModelDesc, format_markdown, interleaved
+from pyqwen.bench import BenchReport, BenchRow, ModelDesc, format_markdown
 
 
-def test_repetitions_alternate_between_the_engines():
+def test_repetitions_alternate_between_the_engines(monkeypatch):
+    import pyqwen
+    from pyqwen import bench
+
     order = []
 
-    def runner(name, values):
-        it = iter(values)
-        return lambda: order.append(name) or next(it)
+    class Fake:
+        def __init__(self, name):
+            self.name, self.extra_bufts = name, True
 
-    a, b = interleaved(runner("ours", [0, 1, 2, 3]), runner("peer", [0, 5, 6, 7]), reps=3)
-    assert order == ["ours", "peer"] * 4          # one warm-up each, then turns
-    assert (a, b) == ([1, 2, 3], [5, 6, 7])     # warm-ups are not samples
+        def pp(self, n):
+            order.append((self.name, "pp", n))
+            return 1.0
+
+        def tg(self, n):
+            order.append((self.name, "tg", n))
+            return 1.0
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(bench, "PyqwenRunner", lambda model: Fake("ours"))
+    monkeypatch.setattr(bench, "LlamaCppRunner", lambda *a, **k: Fake("peer"))
+    monkeypatch.setattr(bench, "llama_cpp_available", lambda: None)
+    bench.run_bench(model=pyqwen.Model.load(), n_prompt=8, n_gen=4, reps=3, threads=1, peer_llama_cpp=True)
+    # one warm-up each, then turns; pp first, then tg
+    assert order == [("ours", "pp", 8), ("peer", "pp", 8)] * 4 + [("ours", "tg", 4), ("peer", "tg", 4)] * 4
 
 
 def _report(ours, peer):

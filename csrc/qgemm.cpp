@@ -1,0 +1,173 @@
+// qgemm.cpp: the prefill GEMM driver (packing, cache blocking, threads) and the scalar micro-kernel.
+#include "qgemm.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace pq {
+
+using qi::PackedA16;
+using qi::PackedW16;
+
+namespace {
+
+// The plain micro-kernel: the same integer lanes and float steps as the SIMD ones, written out.
+void tile_ref(const PackedW16* w, int64_t ws, int nr, const PackedA16* a, int64_t as, int nt, int64_t nb,
+              bool has_min, float* y, int64_t ldy) {
+    for (int r = 0; r < nr; ++r) {
+        for (int t = 0; t < nt; ++t) {
+            float sums[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            float sumf = 0;
+            for (int64_t i = 0; i < nb; ++i) {
+                const PackedW16& wb = w[r * ws + i];
+                const PackedA16& ab = a[t * as + i];
+                int32_t lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                for (int e = 0; e < QK_K; ++e) lane[(e / 2) & 7] += (int32_t)wb.w[e] * ab.a[e];
+                const float dd = wb.d * ab.d;
+                for (int l = 0; l < 8; ++l) sums[l] += dd * lane[l];
+                if (has_min) {
+                    int32_t summ = 0;
+                    for (int j = 0; j < 8; ++j) summ += (int32_t)wb.m[j] * ab.bs8[j];
+                    const float dm = wb.dmin * ab.d;
+                    sumf -= dm * summ;
+                }
+            }
+            for (int l = 0; l < 8; ++l) sumf += sums[l];
+            y[t * ldy + r] = sumf;
+        }
+    }
+}
+
+const QgemmKernels kRef = {"ref", 4, 4, tile_ref, nullptr};
+
+}  // namespace
+
+#if defined(PQ_HAVE_AVX2_KERNELS)
+extern const QgemmKernels kQgemmAvx2;  // simd/qgemm_avx2.cpp
+#endif
+#if defined(PQ_HAVE_AVX512_KERNELS)
+extern const QgemmKernels kQgemmAvx512;  // simd/qgemm_avx512.cpp
+#endif
+
+namespace {
+
+bool cpu_has(const char* what) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (!std::strcmp(what, "avx2")) return __builtin_cpu_supports("avx2");
+    if (!std::strcmp(what, "avx512vnni"))
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("fma");
+#endif
+    (void)what;
+    return false;
+}
+
+const QgemmKernels* pick() {
+    const char* env = std::getenv("PYQWEN_SIMD");
+    if (env && (!std::strcmp(env, "off") || !std::strcmp(env, "ref"))) return &kRef;
+    if (const QgemmKernels* k = qgemm_kernels_named("avx512vnni")) return k;
+    if (const QgemmKernels* k = qgemm_kernels_named("avx2")) return k;
+    return &kRef;
+}
+
+using PackFn = void (*)(const void*, PackedW16*);
+
+PackFn pack_fn(int type) {
+    switch (type) {
+        case T_Q4_K: return qi::q4_k_pack16;
+        case T_Q5_K: return qi::q5_k_pack16;
+        case T_Q6_K: return qi::q6_k_pack16;
+        default: return nullptr;
+    }
+}
+
+// Rows unpacked together: their packed blocks (kPanel * nb * 536 bytes) stay in L2 while every
+// token tile of the call runs over them.
+constexpr int64_t kPanel = 16;
+
+}  // namespace
+
+const QgemmKernels* qgemm_kernels_named(const char* name) {
+    if (!std::strcmp(name, "ref")) return &kRef;
+#if defined(PQ_HAVE_AVX2_KERNELS)
+    if (!std::strcmp(name, "avx2") && cpu_has("avx2")) return &kQgemmAvx2;
+#endif
+#if defined(PQ_HAVE_AVX512_KERNELS)
+    if (!std::strcmp(name, "avx512vnni") && cpu_has("avx512vnni")) return &kQgemmAvx512;
+#endif
+    return nullptr;
+}
+
+const QgemmKernels& qgemm_kernels() {
+    static const QgemmKernels* k = pick();
+    return *k;
+}
+
+bool qgemm_supported(int type) { return pack_fn(type) != nullptr; }
+
+// Activations -> Q8_K with the reference quantizer (the same blocks vec_dot would see), repacked.
+static void pack_activations(ThreadPool& pool, const float* x, int64_t n_tok, int64_t K, std::vector<PackedA16>& act) {
+    const int64_t nb = K / QK_K;
+    act.resize((size_t)(n_tok * nb));
+    pool.parallel_for(n_tok, [&](int64_t t0, int64_t t1, int) {
+        std::vector<block_q8_K> q((size_t)nb);
+        for (int64_t t = t0; t < t1; ++t) {
+            qi::q8_k_from_float(x + t * K, q.data(), K);
+            for (int64_t i = 0; i < nb; ++i) qi::q8_k_pack16(&q[i], &act[t * nb + i]);
+        }
+    });
+}
+
+bool qgemv(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y, const QgemmKernels* kern) {
+    const QgemmKernels& k = kern ? *kern : qgemm_kernels();
+    if (!k.row || !qgemm_supported(W.type)) return false;
+    const int64_t K = W.ne0, N = W.ne1, nb = K / QK_K;
+    std::vector<PackedA16> act;
+    pack_activations(pool, x, n_tok, K, act);
+    // Contiguous row ranges per thread: each streams its own part of the weight once; outputs of a
+    // range are written by one thread only (a shared cache line at most at the two range ends).
+    pool.parallel_for(N, [&](int64_t r0, int64_t r1, int) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const uint8_t* wr = W.row(r);
+            for (int64_t t = 0; t < n_tok; ++t) y[t * N + r] = k.row(W.type, wr, &act[t * nb], nb);
+        }
+    });
+    return true;
+}
+
+void qgemm(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y, const QgemmKernels* kern) {
+    const QgemmKernels& k = kern ? *kern : qgemm_kernels();
+    const PackFn pack = pack_fn(W.type);
+    const int64_t K = W.ne0, N = W.ne1, nb = K / QK_K;
+    const size_t wbytes = row_bytes(W.type, QK_K);
+    const bool has_min = W.type != T_Q6_K;
+
+    std::vector<PackedA16> act;
+    pack_activations(pool, x, n_tok, K, act);
+
+    const int64_t n_panels = (N + kPanel - 1) / kPanel;
+    pool.parallel_for(n_panels, [&](int64_t p0, int64_t p1, int) {
+        std::vector<PackedW16> panel((size_t)(kPanel * nb));
+        for (int64_t p = p0; p < p1; ++p) {
+            const int64_t row0 = p * kPanel, rows = std::min(kPanel, N - row0);
+            for (int64_t r = 0; r < rows; ++r) {
+                const uint8_t* src = W.row(row0 + r);
+                for (int64_t i = 0; i < nb; ++i) pack(src + i * wbytes, &panel[r * nb + i]);
+            }
+            for (int64_t t0 = 0; t0 < n_tok; t0 += k.tmax) {
+                const int nt = (int)std::min<int64_t>(k.tmax, n_tok - t0);
+                for (int64_t r0 = 0; r0 < rows; r0 += k.rmax) {
+                    const int nr = (int)std::min<int64_t>(k.rmax, rows - r0);
+                    k.tile(&panel[r0 * nb], nb, nr, &act[t0 * nb], nb, nt, nb, has_min, y + t0 * N + row0 + r0, N);
+                }
+            }
+        }
+    });
+}
+
+}  // namespace pq

@@ -1,0 +1,53 @@
+// qgemm.h: the prefill GEMM on k-quant weights (Q4_K, Q5_K, Q6_K): y = W x for many tokens.
+//
+// What makes it faster than one dot per (row, token): the activations are quantized (Q8_K) and
+// repacked once per call; each weight super-block is unpacked once per call into int16 values already
+// multiplied by their sub-block scales (quants_internal.h, PackedW16) and then reused for every token;
+// a register-blocked micro-kernel (several rows x several tokens, simd/qgemm_*.cpp) takes the integer
+// dot products with vpdpwssd (AVX-512 VNNI) or vpmaddwd (AVX2). Results are bit-identical to the
+// reference vec_dot of quants.h at every SIMD level: the integer lane sums are exact and the float
+// steps are ggml's, in ggml's order (see kx_vec_dot in quants_q4k_q5k.cpp).
+#pragma once
+
+#include <cstdint>
+
+#include "quants_internal.h"
+#include "tensor.h"
+#include "threadpool.h"
+
+namespace pq {
+
+// Micro-kernel: y[t * ldy + r] = dot(weight row r, token t) for r < nr <= rmax, t < nt <= tmax over nb
+// super-blocks. Row r's blocks start at w + r * w_stride, token t's at a + t * a_stride. has_min:
+// the weight has sub-block mins (Q4_K/Q5_K), whose term uses the activation block sums.
+using QgemmTileFn = void (*)(const qi::PackedW16* w, int64_t w_stride, int nr, const qi::PackedA16* a, int64_t a_stride,
+                             int nt, int64_t nb, bool has_min, float* y, int64_t ldy);
+
+// Decode: dot of one raw weight row (blocks as in the GGUF) with one packed token of nb super-blocks.
+using QgemvRowFn = float (*)(int type, const void* w, const qi::PackedA16* a, int64_t nb);
+
+struct QgemmKernels {
+    const char* name;  // "ref", "avx2", "avx512vnni"
+    int rmax, tmax;    // register block: weight rows x tokens
+    QgemmTileFn tile;
+    QgemvRowFn row;    // nullptr: decode keeps quants.h's vec_dot
+};
+
+// True for the weight types qgemm handles.
+bool qgemm_supported(int type);
+
+// The kernel set for this CPU (PYQWEN_SIMD=off|ref forces the scalar one), or by name (nullptr when
+// not compiled in or not supported by this CPU).
+const QgemmKernels& qgemm_kernels();
+const QgemmKernels* qgemm_kernels_named(const char* name);
+
+// x: [n_tok][W.ne0] floats, y: [n_tok][W.ne1]. W.type must be qgemm_supported. kern: nullptr = automatic.
+void qgemm(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y,
+           const QgemmKernels* kern = nullptr);
+
+// Decode (a few tokens): y = W x with the weight read once, straight from the mmap, rows split
+// across the pool. Returns false (nothing done) when kern has no row kernel. Bit-identical to qgemm.
+bool qgemv(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y,
+           const QgemmKernels* kern = nullptr);
+
+}  // namespace pq

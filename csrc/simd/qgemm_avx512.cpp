@@ -1,0 +1,249 @@
+// qgemm_avx512.cpp: the prefill GEMM micro-kernel with AVX-512 VNNI (vpdpwssd), 4 rows x 4 tokens.
+//
+// Each step loads 32 packed int16 values of 4 weight rows and 4 tokens and does 16 vpdpwssd: 16
+// accumulators + 8 operands fit the 32 zmm registers. The packed order (quants_internal.h) puts two
+// values of the same lane side by side, so dword k of a zmm holds lane k mod 8; the two 256-bit halves
+// are added at the end of a super-block to give ggml's 8 lanes, exactly (integer sums). The float steps
+// per super-block are the reference's (qgemm.cpp tile_ref), in its order, on 8 lanes at once.
+// Compiled with AVX-512 flags and picked at run time: it calls no inline function of the shared headers.
+#include <immintrin.h>
+
+#include "qgemm.h"
+
+namespace pq {
+
+namespace {
+
+using qi::PackedA16;
+using qi::PackedW16;
+
+inline int32_t hsum4(__m128i p) {
+    p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0x4E));
+    p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0xB1));
+    return _mm_cvtsi128_si32(p);
+}
+
+template <int R, int T>
+void tile(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_t nb, bool has_min, float* y,
+          int64_t ldy) {
+    __m256 sums[R][T];
+    float sumf[R][T];
+    __m128 sumf4[R];  // the min-term sums of a full token quad (lane t)
+    for (int r = 0; r < R; ++r) {
+        sumf4[r] = _mm_setzero_ps();
+        for (int t = 0; t < T; ++t) sums[r][t] = _mm256_setzero_ps(), sumf[r][t] = 0;
+    }
+    for (int64_t i = 0; i < nb; ++i) {
+        const PackedW16* wb[R];
+        const PackedA16* ab[T];
+        for (int r = 0; r < R; ++r) wb[r] = w + r * ws + i;
+        for (int t = 0; t < T; ++t) ab[t] = a + t * as + i;
+        __m512i acc[R][T];
+        for (int r = 0; r < R; ++r)
+            for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_si512();
+        for (int g = 0; g < QK_K / 32; ++g) {
+            __m512i wv[R], av[T];
+            for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_si512(wb[r]->w + 32 * g);
+            for (int t = 0; t < T; ++t) av[t] = _mm512_loadu_si512(ab[t]->a + 32 * g);
+            for (int r = 0; r < R; ++r)
+                for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], wv[r], av[t]);
+        }
+        if constexpr (T == 4) {
+            // A full token quad: the 4 tokens' scale products and min terms go through 128-bit vectors
+            // (lane t = token t), the same float operations per lane as the scalar branch below.
+            const __m128 ad4 = _mm_setr_ps(ab[0]->d, ab[1]->d, ab[2]->d, ab[3]->d);
+            __m512i bs = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)ab[0]->bs8));
+            bs = _mm512_inserti32x4(bs, _mm_loadu_si128((const __m128i*)ab[1]->bs8), 1);
+            bs = _mm512_inserti32x4(bs, _mm_loadu_si128((const __m128i*)ab[2]->bs8), 2);
+            bs = _mm512_inserti32x4(bs, _mm_loadu_si128((const __m128i*)ab[3]->bs8), 3);
+            for (int r = 0; r < R; ++r) {
+                const __m128 dd4 = _mm_mul_ps(_mm_set1_ps(wb[r]->d), ad4);
+                for (int t = 0; t < T; ++t) {
+                    const __m256i l8 =
+                        _mm256_add_epi32(_mm512_castsi512_si256(acc[r][t]), _mm512_extracti64x4_epi64(acc[r][t], 1));
+                    const __m256 dd = _mm256_permutexvar_ps(_mm256_set1_epi32(t), _mm256_castps128_ps256(dd4));
+                    sums[r][t] = _mm256_add_ps(sums[r][t], _mm256_mul_ps(dd, _mm256_cvtepi32_ps(l8)));
+                }
+                if (has_min) {
+                    // summ of token t = sum_j m[j] * bs8_t[j]: 128-bit lane t of one vpmaddwd, reduced
+                    // inside each lane, then the 4 lane sums gathered into one xmm.
+                    __m512i p = _mm512_madd_epi16(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)wb[r]->m)), bs);
+                    p = _mm512_add_epi32(p, _mm512_shuffle_epi32(p, (_MM_PERM_ENUM)0x4E));
+                    p = _mm512_add_epi32(p, _mm512_shuffle_epi32(p, (_MM_PERM_ENUM)0xB1));
+                    const __m128i summ = _mm512_castsi512_si128(
+                        _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), p));
+                    const __m128 dm4 = _mm_mul_ps(_mm_set1_ps(wb[r]->dmin), ad4);
+                    sumf4[r] = _mm_sub_ps(sumf4[r], _mm_mul_ps(dm4, _mm_cvtepi32_ps(summ)));
+                }
+            }
+        } else {
+            for (int r = 0; r < R; ++r) {
+                for (int t = 0; t < T; ++t) {
+                    const __m256i l8 =
+                        _mm256_add_epi32(_mm512_castsi512_si256(acc[r][t]), _mm512_extracti64x4_epi64(acc[r][t], 1));
+                    const float dd = wb[r]->d * ab[t]->d;
+                    sums[r][t] = _mm256_add_ps(sums[r][t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(l8)));
+                    if (has_min) {
+                        const int32_t summ = hsum4(_mm_madd_epi16(_mm_loadu_si128((const __m128i*)wb[r]->m),
+                                                                  _mm_loadu_si128((const __m128i*)ab[t]->bs8)));
+                        const float dm = wb[r]->dmin * ab[t]->d;
+                        sumf[r][t] -= dm * (float)summ;
+                    }
+                }
+            }
+        }
+    }
+    if constexpr (T == 4) {
+        for (int r = 0; r < R; ++r) _mm_storeu_ps(sumf[r], sumf4[r]);
+    }
+    for (int r = 0; r < R; ++r) {
+        for (int t = 0; t < T; ++t) {
+            alignas(32) float l[8];
+            _mm256_store_ps(l, sums[r][t]);
+            float s = sumf[r][t];
+            for (int k = 0; k < 8; ++k) s += l[k];
+            y[t * ldy + r] = s;
+        }
+    }
+}
+
+using Fn = void (*)(const PackedW16*, int64_t, const PackedA16*, int64_t, int64_t, bool, float*, int64_t);
+
+template <int R>
+constexpr Fn row_fn(int nt) {
+    return nt == 1 ? tile<R, 1> : nt == 2 ? tile<R, 2> : nt == 3 ? tile<R, 3> : tile<R, 4>;
+}
+
+void tile_any(const PackedW16* w, int64_t ws, int nr, const PackedA16* a, int64_t as, int nt, int64_t nb,
+              bool has_min, float* y, int64_t ldy) {
+    const Fn f = nr == 1 ? row_fn<1>(nt) : nr == 2 ? row_fn<2>(nt) : nr == 3 ? row_fn<3>(nt) : row_fn<4>(nt);
+    f(w, ws, a, as, nb, has_min, y, ldy);
+}
+
+// ---- Decode: one weight row against one packed token, unpacking each block in registers ----
+// The weight is read once, straight from the mmap, and never stored unpacked: a block's nibbles are
+// put in lane-pair order with one byte interleave per 16 values, widened to int16, multiplied by the
+// sub-block scale and fed to vpdpwssd with the packed activation. Same lanes and float steps as tile().
+
+// fp16 -> fp32 with F16C (exact, as formats.h's fp16_to_fp32, which this file may not call).
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+// Bytes b0..b15 of each 128-bit lane -> b0,b8,b1,b9,...,b7,b15, widened to 32 int16.
+inline __m512i pairs_u8_to_i16(__m256i v) {
+    return _mm512_cvtepu8_epi16(_mm256_unpacklo_epi8(v, _mm256_bsrli_epi128(v, 8)));
+}
+
+// The 6-bit scales and mins of a Q4_K/Q5_K block (ggml's get_scale_min_k4 for j = 0..7).
+inline void scales_k4(const uint8_t* q, uint8_t* sc, uint8_t* m) {
+    for (int j = 0; j < 4; ++j) {
+        sc[j] = q[j] & 63;
+        m[j] = q[j + 4] & 63;
+    }
+    for (int j = 4; j < 8; ++j) {
+        sc[j] = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        m[j] = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+inline float finish(__m256 sums, float sumf) {
+    alignas(32) float l[8];
+    _mm256_store_ps(l, sums);
+    for (int k = 0; k < 8; ++k) sumf += l[k];
+    return sumf;
+}
+
+inline __m256i fold(__m512i acc) {
+    return _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+}
+
+// Q4_K (q5 = false) and Q5_K (q5 = true): bit 4 of value 64g+l is bit 2g of qh[l], of 64g+32+l bit 2g+1.
+template <bool Q5>
+float k45_row(const uint8_t* row, const PackedA16* a, int64_t nb) {
+    constexpr size_t kBytes = Q5 ? sizeof(block_q5_K) : sizeof(block_q4_K);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    __m256 sums = _mm256_setzero_ps();
+    float sumf = 0;
+    for (int64_t i = 0; i < nb; ++i, row += kBytes) {
+        const uint16_t d16 = *(const uint16_t*)row, dmin16 = *(const uint16_t*)(row + 2);
+        const uint8_t* scales = row + 4;
+        const uint8_t* qh = row + 16;  // Q5_K only
+        const uint8_t* qs = Q5 ? row + 48 : row + 16;
+        uint8_t sc[8], m[8];
+        scales_k4(scales, sc, m);
+        __m512i acc = _mm512_setzero_si512();
+        const __m256i h = Q5 ? _mm256_loadu_si256((const __m256i*)qh) : _mm256_setzero_si256();
+        for (int g = 0; g < 4; ++g) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i*)(qs + 32 * g));
+            __m256i lo = _mm256_and_si256(raw, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            if (Q5) {
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g), one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g + 1), one), 4));
+            }
+            const __m512i wl = _mm512_mullo_epi16(pairs_u8_to_i16(lo), _mm512_set1_epi16(sc[2 * g]));
+            const __m512i wh = _mm512_mullo_epi16(pairs_u8_to_i16(hi), _mm512_set1_epi16(sc[2 * g + 1]));
+            acc = _mm512_dpwssd_epi32(acc, wl, _mm512_loadu_si512(a[i].a + 64 * g));
+            acc = _mm512_dpwssd_epi32(acc, wh, _mm512_loadu_si512(a[i].a + 64 * g + 32));
+        }
+        const float dd = h2f(d16) * a[i].d;
+        sums = _mm256_add_ps(sums, _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(fold(acc))));
+        const __m128i mv = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)m));
+        const int32_t summ = hsum4(_mm_madd_epi16(mv, _mm_loadu_si128((const __m128i*)a[i].bs8)));
+        const float dm = h2f(dmin16) * a[i].d;
+        sumf -= dm * (float)summ;
+    }
+    return finish(sums, sumf);
+}
+
+// Q6_K: levels u (0..63) from ql/qh as in simd/quants_avx2.cpp, value (u - 32) * scale of its 16 values.
+float q6_k_row(const uint8_t* row, const PackedA16* a, int64_t nb) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+    const __m512i off = _mm512_set1_epi16(32);
+    __m256 sums = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; ++i, row += sizeof(block_q6_K)) {
+        const uint8_t* ql = row;
+        const uint8_t* qhb = row + 128;
+        const int8_t* scales = (const int8_t*)(row + 192);
+        const uint16_t d16 = *(const uint16_t*)(row + 208);
+        __m512i acc = _mm512_setzero_si512();
+        for (int h = 0; h < 2; ++h) {
+            const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h));
+            const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i*)(qhb + 32 * h));
+            const __m256i u[4] = {
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4)),
+            };
+            for (int k = 0; k < 4; ++k) {
+                const int sb = 8 * h + 2 * k;  // the two 16-value groups of this quarter
+                const __m512i s = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(scales[sb]),
+                                                          _mm512_set1_epi16(scales[sb + 1]));
+                const __m512i w = _mm512_mullo_epi16(_mm512_sub_epi16(pairs_u8_to_i16(u[k]), off), s);
+                acc = _mm512_dpwssd_epi32(acc, w, _mm512_loadu_si512(a[i].a + 128 * h + 32 * k));
+            }
+        }
+        const float dd = h2f(d16) * a[i].d;
+        sums = _mm256_add_ps(sums, _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(fold(acc))));
+    }
+    return finish(sums, 0.0f);
+}
+
+float row_dot(int type, const void* w, const PackedA16* a, int64_t nb) {
+    switch (type) {
+        case T_Q4_K: return k45_row<false>((const uint8_t*)w, a, nb);
+        case T_Q5_K: return k45_row<true>((const uint8_t*)w, a, nb);
+        default: return q6_k_row((const uint8_t*)w, a, nb);
+    }
+}
+
+}  // namespace
+
+extern const QgemmKernels kQgemmAvx512;
+const QgemmKernels kQgemmAvx512 = {"avx512vnni", 4, 4, tile_any, row_dot};
+
+}  // namespace pq

@@ -1,0 +1,102 @@
+"""The prefill GEMM on k-quant weights (csrc/qgemm.cpp, simd/qgemm_*.cpp) against its spec.
+
+The spec is the reference quantized dot (quants.h vec_dot_ref, itself checked against ggml in
+test_quants.py): every micro-kernel set this CPU supports ("ref", "avx2", "avx512vnni") must give
+bit-identical results to it, since the integer lane sums are exact and the float steps are ggml's in
+ggml's order. Shapes cover token counts that are not multiples of the register block (1, 3, 7, 13),
+row counts that are not multiples of it nor of the 16-row panel, K of 1 to 9 super-blocks, 1 and
+several threads, and the edge values: all-zero rows, huge and tiny activations, and raw random
+blocks (any scale bytes, NaN/Inf excluded).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+core = pytest.importorskip("pyqwen._core")
+T = core.testing
+if not hasattr(T, "qgemm"):
+    pytest.skip("pyqwen._core was built without qgemm", allow_module_level=True)
+
+Q4_K, Q5_K, Q6_K = 12, 13, 14
+BLOCK_BYTES = {Q4_K: 144, Q5_K: 176, Q6_K: 210}
+FP16_FIELDS = {Q4_K: [0, 2], Q5_K: [0, 2], Q6_K: [208]}
+KERNELS = T.qgemm_kernels()
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def raw_blocks(t: int, nblocks: int, rng) -> np.ndarray:
+    """Random block bytes with finite fp16 scales (every level, scale and min pattern)."""
+    b = rng.integers(0, 256, (nblocks, BLOCK_BYTES[t]), dtype=np.uint8)
+    for off in FP16_FIELDS[t]:
+        b[:, off:off + 2] = np.frombuffer(rng.uniform(-2, 2, nblocks).astype(np.float16).tobytes(),
+                                          np.uint8).reshape(nblocks, 2)
+    return b.reshape(-1)
+
+
+def test_kernel_sets_listed():
+    assert "ref" in KERNELS and T.qgemm_default() in KERNELS
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K], ids=["q4_K", "q5_K", "q6_K"])
+@pytest.mark.parametrize("n_in,n_out,n_tok", [(256, 1, 1), (256, 5, 3), (512, 37, 13), (768, 16, 8),
+                                              (2304, 19, 7), (1024, 64, 9)])
+def test_qgemm_bit_identical(t, kernels, n_in, n_out, n_tok):
+    rng = np.random.default_rng(n_in * 1000 + n_out * 10 + n_tok + t)
+    w = core.quantize(t, rng.standard_normal((n_out, n_in)).astype(np.float32))
+    x = (rng.standard_normal((n_tok, n_in)) * rng.uniform(0.01, 100, (n_tok, 1))).astype(np.float32)
+    ref = T.quant_matmul_ref(t, w, n_in, n_out, x, 1)
+    for threads in (1, 3):
+        assert same_bits(T.qgemm(t, w, n_in, n_out, x, kernels, threads), ref), (kernels, threads)
+    # Spot-check against the scalar reference dot itself (quant_matmul_ref may use the AVX2 dots).
+    xq = core.quantize(15, x[n_tok - 1])
+    row = w.reshape(n_out, -1)[n_out - 1]
+    spec = T.quant_vec_dot_q(t, row, xq, n_in, True)
+    assert same_bits(np.float32([spec]), ref[n_tok - 1, n_out - 1:n_out])
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K], ids=["q4_K", "q5_K", "q6_K"])
+def test_qgemm_edge_values(t, kernels):
+    rng = np.random.default_rng(7)
+    n_in, n_out = 512, 18
+    w = raw_blocks(t, n_out * n_in // 256, rng)
+    x = rng.standard_normal((6, n_in)).astype(np.float32)
+    x[1] = 0                      # all-zero activation row
+    x[2] *= 1e30                  # huge
+    x[3] *= 1e-30                 # tiny
+    x[4, ::7] = -x[4, ::7] * 1e4  # one dominant value per block
+    ref = T.quant_matmul_ref(t, w, n_in, n_out, x, 1)
+    assert same_bits(T.qgemm(t, w, n_in, n_out, x, kernels, 2), ref)
+
+
+def test_qgemm_rejects_bad_calls():
+    w = core.quantize(Q4_K, np.ones((2, 256), np.float32))
+    x = np.ones((3, 256), np.float32)
+    for call in (lambda: T.qgemm(8, w, 256, 2, x),                   # Q8_0: not a qgemm type
+                 lambda: T.qgemm(Q4_K, w, 256, 3, x),                 # too few weight bytes
+                 lambda: T.qgemm(Q4_K, w, 512, 1, x),                 # x rows != n_in
+                 lambda: T.qgemm(Q4_K, w, 256, 2, x, "no-such-set"),
+                 lambda: T.qgemm(Q4_K, w, 256, 2, x, "auto", 0)):
+        with pytest.raises(ValueError):
+            call()
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K], ids=["q4_K", "q5_K", "q6_K"])
+@pytest.mark.parametrize("n_tok", [1, 2, 5])
+def test_qgemv_bit_identical(t, kernels, n_tok):
+    """The decode row kernels (sets that have one; the others fall back to the GEMM) against the spec."""
+    rng = np.random.default_rng(100 + n_tok + t)
+    n_in, n_out = 1280, 21
+    w = np.concatenate([core.quantize(t, rng.standard_normal((n_out - 1, n_in)).astype(np.float32)).reshape(-1),
+                        raw_blocks(t, n_in // 256, rng)])
+    x = (rng.standard_normal((n_tok, n_in)) * 5).astype(np.float32)
+    ref = T.quant_matmul_ref(t, w, n_in, n_out, x, 1)
+    for threads in (1, 2):
+        assert same_bits(T.qgemm(t, w, n_in, n_out, x, kernels, threads, True), ref), (kernels, threads)
