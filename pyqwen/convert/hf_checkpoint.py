@@ -178,8 +178,8 @@ def _read_json(path: Path) -> dict:
     """A JSON object from a checkpoint file; anything else is a ConvertError naming the file."""
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ConvertError(f"{path.name} is not valid JSON ({e})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: absurd nesting
+        raise ConvertError(f"{path.name} is not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise ConvertError(f"{path.name} must hold a JSON object, not {type(obj).__name__}")
     return obj
