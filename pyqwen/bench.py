@@ -213,7 +213,7 @@ def bench_llama_cpp(path: str | Path, n_prompt: int, n_gen: int, reps: int, thre
 # ---- driver ---------------------------------------------------------------------------------------
 
 def run_bench(path: str | Path | None = None, *, n_prompt: int = 512, n_gen: int = 128, reps: int = 3,
-              threads: int | None = None, n_batch: int = 256, backend: str = "auto",
+              threads: int | None = None, n_batch: int = 256, backend: str = "auto", device: int = 0,
               peer_llama_cpp: bool = False, model=None, log: Callable[[str], None] | None = None) -> BenchReport:
     """Measure pyqwen (and optionally llama.cpp) on path (None = the demo model); see module doc."""
     from .gguf_file import GGUFFile
@@ -239,7 +239,7 @@ def run_bench(path: str | Path | None = None, *, n_prompt: int = 512, n_gen: int
         if n_ctx > gf.hparams.n_ctx_train:
             raise ValueError(f"-p/-n need a context of {n_ctx} tokens; the model was trained for "
                              f"{gf.hparams.n_ctx_train}")
-        model = Model.load(path, n_ctx=n_ctx, threads=threads, n_batch=n_batch, backend=backend)
+        model = Model.load(path, n_ctx=n_ctx, threads=threads, n_batch=n_batch, backend=backend, device=device)
     path = Path(model.path)
     report = BenchReport(describe_model(model.gguf), str(path), n_batch)
     be = str(getattr(model, "backend", "cpu")).upper()

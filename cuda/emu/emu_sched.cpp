@@ -507,8 +507,7 @@ void* dyn_smem() {
 
 void trap(const char* file, int line) { fail("__trap() at %s:%d", file, line); }
 
-void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem, KernelBody body,
-              void* ctx) {
+bool launch_config_ok(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem) {
     if (t_in_launch) fail("kernel %s launched from device code (dynamic parallelism is not emulated)", name);
     cudaError_t err;
     if (const char* why = check_config(grid, block, smem, kernel, &err)) {
@@ -516,8 +515,15 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
                 "pq_emu: launch of %s failed: %s (grid (%u,%u,%u), block (%u,%u,%u), %zu bytes dynamic shared)\n",
                 name, why, grid.x, grid.y, grid.z, block.x, block.y, block.z, smem);
         set_last_error(err);
-        return;
+        return false;
     }
+    return true;
+}
+
+void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem, KernelBody body,
+              void* ctx) {
+    (void)kernel;
+    count_kernel();
     std::lock_guard<std::mutex> lock(g_mutex);
     t_in_launch = true;
     ensure_seeded();
