@@ -28,7 +28,7 @@ def measure(hf_dir: Path, n_tokens: int, seed: int = 0) -> dict[str, float]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.eval()
     worst: dict[str, float] = defaultdict(float)
 

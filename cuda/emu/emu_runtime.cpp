@@ -1,6 +1,11 @@
 // emu_runtime.cpp: the host runtime API of emu_runtime.h (allocations, copies, errors, device info).
 #include "emu_runtime.h"
 
+#include <signal.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -30,6 +35,81 @@ bool in_map(const std::map<uintptr_t, size_t>& m, const void* p, size_t n) {
 bool in_device(const void* p, size_t n) { return in_map(g_allocs, p, n); }
 // True when [p, p+n) lies inside one pinned host allocation.
 bool in_pinned(const void* p, size_t n) { return in_map(g_pinned, p, n); }
+
+// ---- memcheck: every cudaMalloc is its own mapping, [guard page][data][guard page], with the data's end
+// (rounded up to 256 bytes, cudaMalloc's alignment) against the rear guard, so a kernel (or host code)
+// reading or writing past the end -- or, by more than the page slack, before the start -- faults. cudaFree
+// turns the whole mapping PROT_NONE and keeps it reserved (physical pages released), so a later access
+// through a stale pointer faults too. The SIGSEGV handler names the allocation, the offset and the kernel,
+// block and thread, and aborts; faults elsewhere go to the previous handler.
+struct Mapping {
+    uintptr_t base = 0;   // mmap start (front guard page)
+    size_t len = 0;       // whole mapping
+    uintptr_t user = 0;   // what cudaMalloc returned
+    size_t bytes = 0;     // requested size
+    bool freed = false;
+};
+std::map<uintptr_t, Mapping> g_maps;  // base -> mapping, live and freed (quarantined)
+size_t g_quarantine = 0;              // bytes of freed mappings still reserved
+constexpr size_t kQuarantineMax = size_t(64) << 30;  // address space only; munmap the oldest beyond it
+std::vector<uintptr_t> g_freed_order;
+struct sigaction g_prev_segv;
+bool g_handler_installed = false;
+
+size_t page_size() {
+    static const size_t p = (size_t)sysconf(_SC_PAGESIZE);
+    return p;
+}
+
+const Mapping* find_mapping(uintptr_t a) {
+    auto it = g_maps.upper_bound(a);
+    if (it == g_maps.begin()) return nullptr;
+    --it;
+    return a < it->second.base + it->second.len ? &it->second : nullptr;
+}
+
+}  // namespace
+int describe_running(char* buf, size_t n);  // emu_sched.cpp
+namespace {
+
+void on_segv(int sig, siginfo_t* info, void* uc) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(info->si_addr);
+    const Mapping* m = find_mapping(a);  // no lock: the faulting thread may hold none or g_mutex; read only
+    if (!m) {
+        sigaction(SIGSEGV, &g_prev_segv, nullptr);  // not ours: let the previous handler see the re-fault
+        return;
+    }
+    bool write = false;
+#if defined(__x86_64__)
+    write = (static_cast<ucontext_t*>(uc)->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+#else
+    (void)uc;
+#endif
+    char who[512];
+    describe_running(who, sizeof who);
+    const long long off = (long long)(a - m->user);
+    fprintf(stderr,
+            "pq_emu: error: memcheck: invalid %s of global memory at %p: %s of a %zu-byte cudaMalloc allocation at "
+            "%p (offset %lld)\n  in %s\n",
+            write ? "write" : "read", info->si_addr,
+            m->freed ? "inside a FREED block (use after cudaFree)" : (off < 0 ? "before the start" : "past the end"),
+            m->bytes, reinterpret_cast<void*>(m->user), off, who);
+    fflush(stderr);
+    signal(SIGABRT, SIG_DFL);
+    abort();
+    (void)sig;
+}
+
+void install_handler() {
+    if (g_handler_installed) return;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_prev_segv);
+    g_handler_installed = true;
+}
 
 cudaError_t record(cudaError_t e) {
     if (e != cudaSuccess) g_last_error = e;
@@ -158,16 +238,31 @@ using namespace pq_emu;
 
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
     if (!ptr) return cudaErrorInvalidValue;
-    // 256-byte alignment like cudaMalloc; 0xFF bytes so unwritten memory reads as NaN / -1.
+    // 256-byte alignment like cudaMalloc, the end against a guard page (memcheck, above); 0xFF bytes so
+    // unwritten memory reads as NaN / -1.
     const size_t n = bytes ? (bytes + 255) & ~size_t(255) : 256;
-    void* p = aligned_alloc(256, n);
-    if (!p) {
+    const size_t pg = page_size();
+    const size_t data = (n + pg - 1) / pg * pg;
+    const size_t len = data + 2 * pg;
+    void* base = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) {
         *ptr = nullptr;
         std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
         return record(cudaErrorMemoryAllocation);
     }
+    char* b = static_cast<char*>(base);
+    mprotect(b, pg, PROT_NONE);
+    mprotect(b + pg + data, pg, PROT_NONE);
+    char* p = b + pg + data - n;
     memset(p, 0xff, n);
     std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
+    install_handler();
+    Mapping m;
+    m.base = reinterpret_cast<uintptr_t>(base);
+    m.len = len;
+    m.user = reinterpret_cast<uintptr_t>(p);
+    m.bytes = bytes;
+    g_maps[m.base] = m;
     g_allocs[reinterpret_cast<uintptr_t>(p)] = bytes;
     *ptr = p;
     return cudaSuccess;
@@ -183,7 +278,23 @@ cudaError_t cudaFree(void* ptr) {
         return record(cudaErrorInvalidDevicePointer);
     }
     g_allocs.erase(it);
-    free(ptr);
+    // Quarantine: no access from now on, physical pages returned, the addresses not reused for a while.
+    auto mi = g_maps.upper_bound(reinterpret_cast<uintptr_t>(ptr));
+    --mi;
+    Mapping& m = mi->second;
+    mprotect(reinterpret_cast<void*>(m.base), m.len, PROT_NONE);
+    madvise(reinterpret_cast<void*>(m.base), m.len, MADV_DONTNEED);
+    m.freed = true;
+    g_quarantine += m.len;
+    g_freed_order.push_back(m.base);
+    while (g_quarantine > kQuarantineMax && !g_freed_order.empty()) {
+        auto old = g_maps.find(g_freed_order.front());
+        g_freed_order.erase(g_freed_order.begin());
+        if (old == g_maps.end()) continue;
+        munmap(reinterpret_cast<void*>(old->second.base), old->second.len);
+        g_quarantine -= old->second.len;
+        g_maps.erase(old);
+    }
     return cudaSuccess;
 }
 
