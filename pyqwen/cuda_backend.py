@@ -147,7 +147,7 @@ class CudaCore(CoreAdapter):
                           "PYQWEN_CUBLAS_ROOT (README, GPU section).", RuntimeWarning, stacklevel=2)
         p = None
         if check_memory:
-            free, _total = mod.mem_get_info(device) if hasattr(mod, "init_blas") else mod.mem_get_info()
+            free, _total = mod.mem_get_info(device) if device else mod.mem_get_info()
             p = plan_for(hp.core_config(), gguf.tensor_table(), n_ctx, kv_type, int(free), n_ctx_train=hp.n_ctx_train,
                          n_batch=n_batch, n_snapshots=n_snapshots, context_bytes=CUDA_RUNTIME_RESERVE_BYTES,
                          budget_source="free on the device")
