@@ -15,4 +15,13 @@ namespace pq::cuda {
 cudaError_t gemm_f16(const uint16_t* W, const uint16_t* X, float* Y, int n_out, int n_tok, int k, int ldw,
                      int ldx, int ldy, cudaStream_t stream);
 
+// Whether gemm_f16 has cuBLAS behind it (false: a build without cuBLAS, prefill runs on the mmv kernels).
+bool blas_available();
+
+// Creates the process's cuBLAS handle on the current device, gives it its workspace (kCublasWorkspaceBytes,
+// plan/workspace_sizes.h, allocated here so cuBLAS never allocates behind the memory plan's back) and runs
+// one small GEMM, so that everything cuBLAS needs is resident before the caller measures free memory and
+// plans. Idempotent. cudaErrorNotSupported without cuBLAS.
+cudaError_t blas_init();
+
 }  // namespace pq::cuda

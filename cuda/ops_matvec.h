@@ -37,9 +37,10 @@ cudaError_t matmul(int type, const void* W, int64_t K, int64_t N, const float* x
 cudaError_t matmul_swiglu(int type_g, const void* Wg, int type_u, const void* Wu, int64_t K, int64_t N,
                           const float* x, int64_t n_tok, float* y, void* scratch, cudaStream_t stream);
 
-// out[i*K + k] = float value k of row ids[i] of W (embedding gather, dequantized).
-// Bit-identical with the CPU dequantizers (pyqwen._core.dequantize). ids must be valid row indices.
-cudaError_t get_rows(int type, const void* W, int64_t K, const int32_t* ids, int64_t n, float* out,
+// out[i*K + k] = float value k of row ids[i] of W (n_rows rows; embedding gather, dequantized).
+// Bit-identical with the CPU dequantizers (pyqwen._core.dequantize). ids are device memory and not
+// trusted: an id outside [0, n_rows) gives a row of NaN, never a read outside W.
+cudaError_t get_rows(int type, const void* W, int64_t K, int64_t n_rows, const int32_t* ids, int64_t n, float* out,
                      cudaStream_t stream);
 
 }  // namespace pq::cuda

@@ -270,7 +270,7 @@ def _prompt_sizes(n_prompt: int | Sequence[int]) -> list[int]:
 
 def run_bench(path: str | Path | None = None, *, n_prompt: int | Sequence[int] = 512, n_gen: int = 128,
               reps: int = 3, threads: int | None = None, n_batch: int = 256, backend: str = "auto",
-              peer_llama_cpp: bool = False, model=None, measure_bandwidth: bool = False,
+              device: int = 0, peer_llama_cpp: bool = False, model=None, measure_bandwidth: bool = False,
               log: Callable[[str], None] | None = None) -> BenchReport:
     """Measure pyqwen (and optionally llama.cpp) on path (None = the demo model); see module doc.
 
@@ -302,7 +302,7 @@ def run_bench(path: str | Path | None = None, *, n_prompt: int | Sequence[int] =
         if n_ctx > gf.hparams.n_ctx_train:
             raise ValueError(f"-p/-n need a context of {n_ctx} tokens; the model was trained for "
                              f"{gf.hparams.n_ctx_train}")
-        model = Model.load(path, n_ctx=n_ctx, threads=threads, n_batch=n_batch, backend=backend)
+        model = Model.load(path, n_ctx=n_ctx, threads=threads, n_batch=n_batch, backend=backend, device=device)
     path = Path(model.path)
     report = BenchReport(describe_model(model.gguf), str(path), n_batch)
     be = str(getattr(model, "backend", "cpu")).upper()

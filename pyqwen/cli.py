@@ -114,6 +114,8 @@ def _add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> No
     g.add_argument("--kv-type", choices=("f16", "f32"), default="f16", help="KV cache type (default f16)")
     g.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto", help="compute backend")
     _add_gpu_layers_arg(g)
+    g.add_argument("--device", type=_int(0), default=0, metavar="N",
+                   help="CUDA device index (default 0; CUDA_VISIBLE_DEVICES selects and renumbers devices)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -162,7 +164,7 @@ def _load(args, n_ctx: int | None = None):
     backend = backend_arg(args)
     try:
         return Model.load(path, n_ctx=n_ctx or args.ctx, threads=args.threads, kv_type=args.kv_type,
-                          n_batch=args.batch_size, backend=backend)
+                          n_batch=args.batch_size, backend=backend, device=args.device)
     except RuntimeError as e:  # e.g. --backend cuda on a CPU-only build
         raise CLIError(str(e)) from None
 
@@ -485,7 +487,8 @@ def cmd_bench(args) -> int:
     try:
         report = run_bench(path, n_prompt=args.n_prompt, n_gen=args.n_gen, reps=args.repetitions,
                            threads=args.threads, n_batch=args.batch_size, backend=backend,
-                           peer_llama_cpp=args.peer_llama_cpp, measure_bandwidth=args.bandwidth, log=log)
+                           device=args.device, peer_llama_cpp=args.peer_llama_cpp,
+                           measure_bandwidth=args.bandwidth, log=log)
     except RuntimeError as e:
         raise CLIError(str(e)) from None
     if args.output == "json":
@@ -611,6 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch-size", type=_int(1), default=256, metavar="N", help="prefill chunk (default 256)")
     p.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto")
     _add_gpu_layers_arg(p)
+    p.add_argument("--device", type=_int(0), default=0, metavar="N", help="CUDA device index (default 0)")
     p.add_argument("--peer-llama-cpp", action="store_true",
                    help="also measure llama.cpp (llama-cpp-python) on the same GGUF and print the ratio")
     p.add_argument("--slice-27b", action="store_true",

@@ -22,6 +22,7 @@ GPU, decode steps replayed as CUDA graphs. On top of that:
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -41,39 +42,60 @@ def cuda_module():
     return _cuda
 
 
-def cuda_available(module=None) -> str | None:
-    """None when the CUDA backend can run here, else the reason it cannot."""
+# Reasons cuda_available gives for a machine that simply has no GPU: 'auto' falls back to the CPU silently.
+_NO_GPU = ("pyqwen._cuda is not built", "no CUDA device")
+
+
+def cuda_available(module=None, device: int = 0) -> str | None:
+    """None when the CUDA backend can run here (on CUDA device `device`), else the reason it cannot.
+
+    A failed device query other than "no device" (e.g. cudaErrorInsufficientDriver: the driver is older
+    than the CUDA runtime pyqwen._cuda was built with) is reported as such, not as a missing GPU.
+    """
     mod = module if module is not None else cuda_module()
     if mod is None:
         return "pyqwen._cuda is not built (install with nvcc available, PYQWEN_CUDA=on)"
     if not hasattr(mod, "CudaModel"):
         return "pyqwen._cuda has no CudaModel (built from an older source tree)"
     try:
-        n = mod.device_count()
+        if hasattr(mod, "device_query"):
+            n, err = mod.device_query()
+        else:
+            n, err = mod.device_count(), ""
     except Exception as e:  # a broken driver install
         return f"CUDA device query failed: {e}"
+    if err and not err.startswith("cudaErrorNoDevice"):
+        hint = (" (the NVIDIA driver is older than the CUDA runtime pyqwen._cuda was built with: update the "
+                "driver, or rebuild against an older CUDA toolkit)" if "InsufficientDriver" in err else "")
+        return f"CUDA device query failed: {err}{hint}"
     if n <= 0:
         return "no CUDA device (or no driver) is visible"
+    if not 0 <= device < n:
+        return f"CUDA device {device} does not exist ({n} visible; CUDA_VISIBLE_DEVICES selects and renumbers them)"
     return None
 
 
-def select_backend(backend: str, kv_type: str = "f16", module=None) -> str:
+def select_backend(backend: str, kv_type: str = "f16", module=None, device: int = 0) -> str:
     """'cpu' or 'cuda' for Model.load's backend argument.
 
-    'auto' is 'cuda' when pyqwen._cuda imports and sees a device (and the KV type is one the GPU
-    kernels implement, f16), else 'cpu'. 'cuda' raises RuntimeError naming why it cannot run.
+    'auto' is 'cuda' when pyqwen._cuda imports and sees the device (and the KV type is one the GPU
+    kernels implement, f16), else 'cpu' -- with a RuntimeWarning naming the reason when a GPU stack is
+    there but unusable (an old driver, a bad device index), never silently. 'cuda' raises RuntimeError
+    naming why it cannot run.
     """
     if backend not in ("auto", "cpu", "cuda"):
         raise ValueError(f"backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
     if backend == "cpu":
         return "cpu"
-    why = cuda_available(module)
+    why = cuda_available(module, device)
     if backend == "cuda":
         if why is not None:
             raise RuntimeError(f"the CUDA backend is not available: {why}")
         if kv_type != "f16":
             raise ValueError(f"the CUDA backend keeps an F16 KV cache; kv_type {kv_type!r} needs backend='cpu'")
         return "cuda"
+    if why is not None and not why.startswith(_NO_GPU):
+        warnings.warn(f"backend 'auto' runs on the CPU: {why}", RuntimeWarning, stacklevel=3)
     return "cuda" if why is None and kv_type == "f16" else "cpu"
 
 
@@ -103,22 +125,29 @@ class CudaCore(CoreAdapter):
     @classmethod
     def from_gguf(cls, gguf, n_ctx: int, *, n_batch: int = 256, kv_type: str = "f16",
                   n_snapshots: int = DEFAULT_SNAPSHOTS, progress: bool | Callable[[int, int], Any] | None = None,
-                  use_graphs: bool = True, check_memory: bool = True, module=None) -> "CudaCore":
+                  use_graphs: bool = True, check_memory: bool = True, module=None, device: int = 0) -> "CudaCore":
         """Plan, check against free device memory, then upload the weights of an opened GGUFFile.
 
         progress: a callable(done_bytes, total_bytes), True/False for a tqdm bar, None = bar on a tty.
         module: the pybind module to use (default pyqwen._cuda; the tests pass the emulated one).
+        device: the CUDA device index (CUDA_VISIBLE_DEVICES selects and renumbers the visible ones).
         """
         mod = module if module is not None else cuda_module()
-        why = cuda_available(mod)
+        why = cuda_available(mod, device)
         if why is not None:
             raise RuntimeError(f"the CUDA backend is not available: {why}")
         if kv_type != "f16":
             raise ValueError(f"the CUDA backend keeps an F16 KV cache; kv_type {kv_type!r} is not supported")
         hp = gguf.hparams
+        # cuBLAS's handle, workspace and kernels first, so that the free memory measured below already
+        # excludes them (they used to appear lazily at the first prefill, after the upload filled the card).
+        if hasattr(mod, "init_blas") and not mod.init_blas(device):
+            warnings.warn("pyqwen._cuda was built without cuBLAS: prefill runs on the matrix-vector kernels, about "
+                          "4x slower. Rebuild with the full CUDA toolkit, or pip install nvidia-cublas and set "
+                          "PYQWEN_CUBLAS_ROOT (README, GPU section).", RuntimeWarning, stacklevel=2)
         p = None
         if check_memory:
-            free, _total = mod.mem_get_info()
+            free, _total = mod.mem_get_info(device) if device else mod.mem_get_info()
             p = plan_for(hp.core_config(), gguf.tensor_table(), n_ctx, kv_type, int(free), n_ctx_train=hp.n_ctx_train,
                          n_batch=n_batch, n_snapshots=n_snapshots, context_bytes=CUDA_RUNTIME_RESERVE_BYTES,
                          budget_source="free on the device")
@@ -136,8 +165,9 @@ class CudaCore(CoreAdapter):
                     _bar.total = total
                     _bar.update(done - _bar.n)
         try:
+            kw = {"device": device} if device else {}
             model = mod.CudaModel(hp.core_config(), tensors, n_batch=n_batch, n_ctx=n_ctx, use_graphs=use_graphs,
-                                  progress=cb)
+                                  progress=cb, **kw)
         finally:
             if bar is not None:
                 bar.close()

@@ -121,11 +121,12 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, n_ctx: int = 4096, threads: int | None = None,
-             kv_type: str = "f16", n_batch: int = 256, backend: str = "auto") -> "Model":
+             kv_type: str = "f16", n_batch: int = 256, backend: str = "auto", device: int = 0) -> "Model":
         """Open a qwen35 GGUF (None = the built-in demo model) and prepare it for inference.
 
         n_ctx is the context window of each sequence state (capped at the model's training context);
-        kv_type 'f16' (as llama.cpp) or 'f32'; n_batch bounds the tokens per prefill chunk.
+        kv_type 'f16' (as llama.cpp) or 'f32'; n_batch bounds the tokens per prefill chunk; device: the
+        CUDA device index for the GPU backend (CUDA_VISIBLE_DEVICES selects and renumbers the devices).
         """
         from . import _core
         from .backend import CpuCore
@@ -134,7 +135,9 @@ class Model:
 
         from .cuda_backend import select_backend
 
-        chosen = select_backend(backend, kv_type)  # 'auto': cuda if pyqwen._cuda sees a device
+        if not isinstance(device, int) or device < 0:
+            raise ValueError(f"device must be a CUDA device index >= 0, got {device!r}")
+        chosen = select_backend(backend, kv_type, device=device)  # 'auto': cuda if pyqwen._cuda sees the device
         if path is None:
             from .demo import demo_model_path
 
@@ -151,7 +154,7 @@ class Model:
             if chosen == "cuda":
                 from .cuda_backend import CudaCore
 
-                core = CudaCore.from_gguf(gf, n_ctx, n_batch=n_batch, kv_type=kv_type)
+                core = CudaCore.from_gguf(gf, n_ctx, n_batch=n_batch, kv_type=kv_type, device=device)
             else:
                 tensors, keep = gf.core_tensors()
                 core = CpuCore(_core.Model(gf.hparams.core_config(), tensors, threads or default_threads(),

@@ -1,7 +1,8 @@
 // emu_blas.cpp: the emulator's gemm_f16 (cuda/blas.h) -- a plain host GEMM standing in for cuBLAS.
 //
 // Accumulates in float in k order; cuBLAS sums in another order (and may use split-k), so results agree
-// to rounding only -- compare with a tolerance.
+// to rounding only -- compare with a tolerance. Queued on the stream like cuBLAS's kernels (it reads what
+// earlier work on the stream wrote, when the stream gets to it).
 #include <vector>
 
 #include "../blas.h"
@@ -10,9 +11,9 @@
 
 namespace pq::cuda {
 
-cudaError_t gemm_f16(const uint16_t* W, const uint16_t* X, float* Y, int n_out, int n_tok, int k, int ldw,
-                     int ldx, int ldy, cudaStream_t) {
-    if (n_out < 0 || n_tok < 0 || k < 0 || ldw < k || ldx < k || ldy < n_out) return cudaErrorInvalidValue;
+namespace {
+void gemm_now(const uint16_t* W, const uint16_t* X, float* Y, int n_out, int n_tok, int k, int ldw, int ldx,
+              int ldy) {
     std::vector<float> xr(k);
     for (int t = 0; t < n_tok; ++t) {
         for (int i = 0; i < k; ++i) xr[i] = pq::fp16_to_fp32(X[(size_t)t * ldx + i]);
@@ -23,7 +24,22 @@ cudaError_t gemm_f16(const uint16_t* W, const uint16_t* X, float* Y, int n_out, 
             Y[(size_t)t * ldy + o] = acc;
         }
     }
+}
+}  // namespace
+
+cudaError_t gemm_f16(const uint16_t* W, const uint16_t* X, float* Y, int n_out, int n_tok, int k, int ldw,
+                     int ldx, int ldy, cudaStream_t stream) {
+    if (n_out < 0 || n_tok < 0 || k < 0 || ldw < k || ldx < k || ldy < n_out) return cudaErrorInvalidValue;
+    pq_emu::enqueue(stream, [=]() {
+        pq_emu::count_kernel();
+        gemm_now(W, X, Y, n_out, n_tok, k, ldw, ldx, ldy);
+    });
     return cudaSuccess;
 }
 
+}  // namespace pq::cuda
+
+namespace pq::cuda {
+bool blas_available() { return true; }
+cudaError_t blas_init() { return cudaSuccess; }  // the host GEMM needs no handle or workspace
 }  // namespace pq::cuda

@@ -1,27 +1,114 @@
 // emu_runtime.cpp: the host runtime API of emu_runtime.h (allocations, copies, errors, device info).
 #include "emu_runtime.h"
 
+#include <signal.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <vector>
 
 namespace pq_emu {
 namespace {
 
 std::mutex g_mutex;
 std::map<uintptr_t, size_t> g_allocs;     // device allocations: start -> size
+std::map<uintptr_t, size_t> g_pinned;     // cudaMallocHost allocations: start -> size
 std::map<const void*, int> g_max_dyn_smem;  // cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
 cudaError_t g_last_error = cudaSuccess;
 
-// True when [p, p+n) lies inside one live device allocation.
-bool in_device(const void* p, size_t n) {
+bool in_map(const std::map<uintptr_t, size_t>& m, const void* p, size_t n) {
     const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-    auto it = g_allocs.upper_bound(a);
-    if (it == g_allocs.begin()) return false;
+    auto it = m.upper_bound(a);
+    if (it == m.begin()) return false;
     --it;
     return a >= it->first && a + n <= it->first + it->second;
+}
+// True when [p, p+n) lies inside one live device allocation.
+bool in_device(const void* p, size_t n) { return in_map(g_allocs, p, n); }
+// True when [p, p+n) lies inside one pinned host allocation.
+bool in_pinned(const void* p, size_t n) { return in_map(g_pinned, p, n); }
+
+// ---- memcheck: every cudaMalloc is its own mapping, [guard page][data][guard page], with the data's end
+// (rounded up to 256 bytes, cudaMalloc's alignment) against the rear guard, so a kernel (or host code)
+// reading or writing past the end -- or, by more than the page slack, before the start -- faults. cudaFree
+// turns the whole mapping PROT_NONE and keeps it reserved (physical pages released), so a later access
+// through a stale pointer faults too. The SIGSEGV handler names the allocation, the offset and the kernel,
+// block and thread, and aborts; faults elsewhere go to the previous handler.
+struct Mapping {
+    uintptr_t base = 0;   // mmap start (front guard page)
+    size_t len = 0;       // whole mapping
+    uintptr_t user = 0;   // what cudaMalloc returned
+    size_t bytes = 0;     // requested size
+    bool freed = false;
+};
+std::map<uintptr_t, Mapping> g_maps;  // base -> mapping, live and freed (quarantined)
+size_t g_quarantine = 0;              // bytes of freed mappings still reserved
+constexpr size_t kQuarantineMax = size_t(64) << 30;  // address space only; munmap the oldest beyond it
+std::vector<uintptr_t> g_freed_order;
+struct sigaction g_prev_segv;
+bool g_handler_installed = false;
+
+size_t page_size() {
+    static const size_t p = (size_t)sysconf(_SC_PAGESIZE);
+    return p;
+}
+
+const Mapping* find_mapping(uintptr_t a) {
+    auto it = g_maps.upper_bound(a);
+    if (it == g_maps.begin()) return nullptr;
+    --it;
+    return a < it->second.base + it->second.len ? &it->second : nullptr;
+}
+
+}  // namespace
+int describe_running(char* buf, size_t n);  // emu_sched.cpp
+namespace {
+
+void on_segv(int sig, siginfo_t* info, void* uc) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(info->si_addr);
+    const Mapping* m = find_mapping(a);  // no lock: the faulting thread may hold none or g_mutex; read only
+    if (!m) {
+        sigaction(SIGSEGV, &g_prev_segv, nullptr);  // not ours: let the previous handler see the re-fault
+        return;
+    }
+    bool write = false;
+#if defined(__x86_64__)
+    write = (static_cast<ucontext_t*>(uc)->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+#else
+    (void)uc;
+#endif
+    char who[512];
+    describe_running(who, sizeof who);
+    const long long off = (long long)(a - m->user);
+    fprintf(stderr,
+            "pq_emu: error: memcheck: invalid %s of global memory at %p: %s of a %zu-byte cudaMalloc allocation at "
+            "%p (offset %lld)\n  in %s\n",
+            write ? "write" : "read", info->si_addr,
+            m->freed ? "inside a FREED block (use after cudaFree)" : (off < 0 ? "before the start" : "past the end"),
+            m->bytes, reinterpret_cast<void*>(m->user), off, who);
+    fflush(stderr);
+    signal(SIGABRT, SIG_DFL);
+    abort();
+    (void)sig;
+}
+
+void install_handler() {
+    if (g_handler_installed) return;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_prev_segv);
+    g_handler_installed = true;
 }
 
 cudaError_t record(cudaError_t e) {
@@ -47,6 +134,78 @@ cudaError_t check_copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind
 }
 
 }  // namespace
+
+}  // namespace pq_emu
+
+// A stream: the queue of work the host enqueued and the device has not run yet.
+struct CUstream_st {
+    std::deque<std::function<void()>> q;
+    bool blocking = true;  // created without cudaStreamNonBlocking: synchronous calls wait for it
+};
+
+namespace pq_emu {
+namespace {
+
+CUstream_st g_default_stream;               // the legacy default stream (stream argument nullptr)
+std::vector<CUstream_st*> g_streams;        // every live stream, in creation order
+std::recursive_mutex g_exec;                // one thread runs device work at a time
+WorkStats g_work;
+
+CUstream_st* resolve(cudaStream_t s) { return s ? s : &g_default_stream; }
+
+// Runs the stream's queued work in order (the device catching up), on the calling host thread.
+void drain(CUstream_st* s) {
+    std::lock_guard<std::recursive_mutex> exec(g_exec);
+    for (;;) {
+        std::function<void()> op;
+        {
+            std::lock_guard<std::mutex> lock(g_mutex);
+            if (s->q.empty()) return;
+            op = std::move(s->q.front());
+            s->q.pop_front();
+        }
+        op();
+    }
+}
+
+// What a synchronous call (cudaMemcpy, cudaMemset) waits for: the legacy stream and the blocking streams.
+void drain_synchronous() {
+    std::vector<CUstream_st*> blocking;
+    {
+        std::lock_guard<std::mutex> lock(g_mutex);
+        for (CUstream_st* s : g_streams)
+            if (s->blocking) blocking.push_back(s);
+    }
+    drain(&g_default_stream);
+    for (CUstream_st* s : blocking) drain(s);
+}
+
+void drain_all() {
+    std::vector<CUstream_st*> all;
+    {
+        std::lock_guard<std::mutex> lock(g_mutex);
+        all = g_streams;
+    }
+    drain(&g_default_stream);
+    for (CUstream_st* s : all) drain(s);
+}
+
+}  // namespace
+
+void enqueue(cudaStream_t stream, std::function<void()> op) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    resolve(stream)->q.push_back(std::move(op));
+}
+
+void count_kernel() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    ++g_work.kernels;
+}
+
+WorkStats work_stats() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    return g_work;
+}
 
 cudaError_t set_func_attribute(const void* func, cudaFuncAttribute attr, int value) {
     std::lock_guard<std::mutex> lock(g_mutex);
@@ -79,16 +238,31 @@ using namespace pq_emu;
 
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
     if (!ptr) return cudaErrorInvalidValue;
-    // 256-byte alignment like cudaMalloc; 0xFF bytes so unwritten memory reads as NaN / -1.
+    // 256-byte alignment like cudaMalloc, the end against a guard page (memcheck, above); 0xFF bytes so
+    // unwritten memory reads as NaN / -1.
     const size_t n = bytes ? (bytes + 255) & ~size_t(255) : 256;
-    void* p = aligned_alloc(256, n);
-    if (!p) {
+    const size_t pg = page_size();
+    const size_t data = (n + pg - 1) / pg * pg;
+    const size_t len = data + 2 * pg;
+    void* base = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) {
         *ptr = nullptr;
         std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
         return record(cudaErrorMemoryAllocation);
     }
+    char* b = static_cast<char*>(base);
+    mprotect(b, pg, PROT_NONE);
+    mprotect(b + pg + data, pg, PROT_NONE);
+    char* p = b + pg + data - n;
     memset(p, 0xff, n);
     std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
+    install_handler();
+    Mapping m;
+    m.base = reinterpret_cast<uintptr_t>(base);
+    m.len = len;
+    m.user = reinterpret_cast<uintptr_t>(p);
+    m.bytes = bytes;
+    g_maps[m.base] = m;
     g_allocs[reinterpret_cast<uintptr_t>(p)] = bytes;
     *ptr = p;
     return cudaSuccess;
@@ -96,6 +270,7 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
 
 cudaError_t cudaFree(void* ptr) {
     if (!ptr) return cudaSuccess;
+    pq_emu::drain_all();  // cudaFree waits for the device, as the real one does
     std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
     auto it = g_allocs.find(reinterpret_cast<uintptr_t>(ptr));
     if (it == g_allocs.end()) {
@@ -103,43 +278,121 @@ cudaError_t cudaFree(void* ptr) {
         return record(cudaErrorInvalidDevicePointer);
     }
     g_allocs.erase(it);
-    free(ptr);
+    // Quarantine: no access from now on, physical pages returned, the addresses not reused for a while.
+    auto mi = g_maps.upper_bound(reinterpret_cast<uintptr_t>(ptr));
+    --mi;
+    Mapping& m = mi->second;
+    mprotect(reinterpret_cast<void*>(m.base), m.len, PROT_NONE);
+    madvise(reinterpret_cast<void*>(m.base), m.len, MADV_DONTNEED);
+    m.freed = true;
+    g_quarantine += m.len;
+    g_freed_order.push_back(m.base);
+    while (g_quarantine > kQuarantineMax && !g_freed_order.empty()) {
+        auto old = g_maps.find(g_freed_order.front());
+        g_freed_order.erase(g_freed_order.begin());
+        if (old == g_maps.end()) continue;
+        munmap(reinterpret_cast<void*>(old->second.base), old->second.len);
+        g_quarantine -= old->second.len;
+        g_maps.erase(old);
+    }
     return cudaSuccess;
 }
 
 cudaError_t cudaMallocHost(void** ptr, size_t bytes) {
+    if (!ptr) return cudaErrorInvalidValue;
     *ptr = aligned_alloc(256, bytes ? (bytes + 255) & ~size_t(255) : 256);
-    return *ptr ? cudaSuccess : cudaErrorMemoryAllocation;
+    if (!*ptr) return cudaErrorMemoryAllocation;
+    std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
+    g_pinned[reinterpret_cast<uintptr_t>(*ptr)] = bytes ? bytes : 1;
+    return cudaSuccess;
 }
 
 cudaError_t cudaFreeHost(void* ptr) {
+    if (!ptr) return cudaSuccess;
+    pq_emu::drain_all();  // queued copies may still read or write it
+    std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
+    g_pinned.erase(reinterpret_cast<uintptr_t>(ptr));
     free(ptr);
     return cudaSuccess;
 }
 
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-    std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
-    const cudaError_t e = check_copy(dst, src, bytes, kind);
-    if (e != cudaSuccess) return record(e);
+namespace {
+void do_copy(void* dst, const void* src, size_t bytes) {
     if (bytes) memmove(dst, src, bytes);
+    std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
+    ++g_work.copies;
+    g_work.copy_bytes += bytes;
+}
+}  // namespace
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    {
+        std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
+        const cudaError_t e = check_copy(dst, src, bytes, kind);
+        if (e != cudaSuccess) return record(e);
+    }
+    pq_emu::drain_synchronous();
+    do_copy(dst, src, bytes);
     return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
-    return cudaMemcpy(dst, src, bytes, kind);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
+    bool src_pinned = false, dst_pinned = false;
+    {
+        std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
+        const cudaError_t e = check_copy(dst, src, bytes, kind);
+        if (e != cudaSuccess) return record(e);
+        src_pinned = in_pinned(src, bytes);
+        dst_pinned = in_pinned(dst, bytes);
+    }
+    if (bytes == 0) return cudaSuccess;
+    if (kind == cudaMemcpyHostToDevice && !src_pinned) {
+        // Pageable source: the runtime stages it before returning, so the caller may reuse it at once.
+        auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
+                                                          static_cast<const char*>(src) + bytes);
+        pq_emu::enqueue(stream, [dst, staged]() { do_copy(dst, staged->data(), staged->size()); });
+        return cudaSuccess;
+    }
+    if (kind == cudaMemcpyDeviceToHost && !dst_pinned) {
+        // Pageable destination: the call returns once the bytes are there (the stream has caught up).
+        pq_emu::drain(pq_emu::resolve(stream));
+        do_copy(dst, src, bytes);
+        return cudaSuccess;
+    }
+    pq_emu::enqueue(stream, [dst, src, bytes]() { do_copy(dst, src, bytes); });
+    return cudaSuccess;
 }
 
 cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
-    std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
-    if (bytes && !in_device(dst, bytes)) {
-        fprintf(stderr, "pq_emu: cudaMemset %p+%zu is not inside a device allocation\n", dst, bytes);
-        return record(cudaErrorInvalidValue);
+    {
+        std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
+        if (bytes && !in_device(dst, bytes)) {
+            fprintf(stderr, "pq_emu: cudaMemset %p+%zu is not inside a device allocation\n", dst, bytes);
+            return record(cudaErrorInvalidValue);
+        }
     }
+    pq_emu::drain_synchronous();
     memset(dst, value, bytes);
+    std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
+    ++g_work.memsets;
     return cudaSuccess;
 }
 
-cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) { return cudaMemset(dst, value, bytes); }
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t stream) {
+    {
+        std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
+        if (bytes && !in_device(dst, bytes)) {
+            fprintf(stderr, "pq_emu: cudaMemset %p+%zu is not inside a device allocation\n", dst, bytes);
+            return record(cudaErrorInvalidValue);
+        }
+    }
+    pq_emu::enqueue(stream, [dst, value, bytes]() {
+        memset(dst, value, bytes);
+        std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
+        ++g_work.memsets;
+    });
+    return cudaSuccess;
+}
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
     *free_bytes = size_t(8) << 30;
@@ -147,21 +400,34 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
     return cudaSuccess;
 }
 
-struct CUstream_st {
-    int tag;
-};
-
-cudaError_t cudaStreamCreate(cudaStream_t* stream) {
-    *stream = new CUstream_st{0};
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) {
+    if (!stream) return cudaErrorInvalidValue;
+    *stream = new CUstream_st();
+    (*stream)->blocking = !(flags & cudaStreamNonBlocking);
+    std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
+    g_streams.push_back(*stream);
     return cudaSuccess;
 }
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) { return cudaStreamCreate(stream); }
+cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, cudaStreamDefault); }
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+    if (!stream) return cudaErrorInvalidResourceHandle;
+    pq_emu::drain(stream);  // the real call returns at once and the queued work still completes
+    {
+        std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
+        for (size_t i = 0; i < g_streams.size(); ++i)
+            if (g_streams[i] == stream) g_streams.erase(g_streams.begin() + i);
+    }
     delete stream;
     return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+    pq_emu::drain(pq_emu::resolve(stream));
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize() {
+    pq_emu::drain_all();
+    return cudaSuccess;
+}
 
 cudaError_t cudaGetLastError() {
     std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
@@ -182,6 +448,7 @@ const char* cudaGetErrorName(cudaError_t err) {
         case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
         case cudaErrorInitializationError: return "cudaErrorInitializationError";
         case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+        case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
         case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
         case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
         case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
@@ -201,11 +468,25 @@ const char* cudaGetErrorString(cudaError_t err) {
         case cudaErrorInvalidConfiguration: return "invalid configuration argument";
         case cudaErrorInvalidDevicePointer: return "invalid device pointer";
         case cudaErrorNotSupported: return "operation not supported";
+        case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
+        case cudaErrorNoDevice: return "no CUDA-capable device is detected";
         default: return cudaGetErrorName(err);
     }
 }
 
+namespace pq_emu {
+namespace {
+cudaError_t g_device_count_error = cudaSuccess;
+}
+void set_device_count_error(cudaError_t err) { g_device_count_error = err; }
+}  // namespace pq_emu
+
 cudaError_t cudaGetDeviceCount(int* count) {
+    if (pq_emu::g_device_count_error != cudaSuccess) {
+        *count = 0;
+        pq_emu::set_last_error(pq_emu::g_device_count_error);
+        return pq_emu::g_device_count_error;
+    }
     *count = 1;
     return cudaSuccess;
 }

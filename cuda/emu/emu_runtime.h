@@ -1,7 +1,12 @@
 // emu_runtime.h: host-side CUDA runtime API stand-ins (cudaMalloc, cudaMemcpy, streams, errors).
 //
-// Only the subset the project uses. Everything is synchronous: a "stream" is a tag, kernels run to
-// completion inside the launch, so stream/event ordering bugs cannot be observed (see cuda/README.md).
+// Only the subset the project uses. Streams are queues, as on a GPU: kernel launches, cudaMemcpyAsync
+// and cudaMemsetAsync are validated at the call (errors come back at once) and run later, in order, when
+// the host waits for their stream (cudaStreamSynchronize, cudaDeviceSynchronize, a synchronous
+// cudaMemcpy/cudaMemset, cudaFree). An async copy reads a pinned (cudaMallocHost) source and writes a
+// pinned destination when it runs, not at the call, so host code that reuses a pinned buffer before the
+// copy ran sees the wrong bytes, as it would on a GPU. Pageable host memory behaves as the real runtime
+// makes it: a host-to-device copy takes its bytes at the call, a device-to-host copy waits for the stream.
 // Device buffers are host memory filled with 0xFF bytes (NaN as f32/f16/bf16, -1 as integers) so that
 // reading memory nobody wrote gives loud results. Allocations are tracked: copies into or out of
 // "device" ranges that are not inside a live allocation fail with cudaErrorInvalidValue, like the
@@ -10,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 
 enum cudaError {
     cudaSuccess = 0,
@@ -17,6 +23,7 @@ enum cudaError {
     cudaErrorMemoryAllocation = 2,
     cudaErrorInitializationError = 3,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorInsufficientDriver = 35,
     cudaErrorInvalidDevicePointer = 17,
     cudaErrorInvalidMemcpyDirection = 21,
     cudaErrorInvalidDevice = 101,
@@ -96,6 +103,16 @@ int max_dynamic_smem(const void* func);
 void set_last_error(cudaError_t err);
 // Number of live cudaMalloc allocations (tests use it to find leaks).
 size_t live_allocations();
+// Appends work to a stream's queue (nullptr: the legacy default stream); it runs when the host waits.
+void enqueue(cudaStream_t stream, std::function<void()> op);
+// Work counters: kernels, copies and memsets executed so far (benchmarks and tests count a decode step).
+struct WorkStats {
+    uint64_t kernels = 0, copies = 0, memsets = 0, copy_bytes = 0;
+};
+WorkStats work_stats();
+// Test hook: cudaGetDeviceCount fails with `err` (cudaSuccess: the one emulated device again).
+void set_device_count_error(cudaError_t err);
+void count_kernel();
 }  // namespace pq_emu
 
 template <class F>

@@ -507,8 +507,19 @@ void* dyn_smem() {
 
 void trap(const char* file, int line) { fail("__trap() at %s:%d", file, line); }
 
-void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem, KernelBody body,
-              void* ctx) {
+// For memcheck's fault report (emu_runtime.cpp): who was running when the fault happened.
+int describe_running(char* buf, size_t n) {
+    if (!g_launch) return snprintf(buf, n, "host code (no kernel running)");
+    if (!g_cur)
+        return snprintf(buf, n, "kernel %s (scheduler), block (%u,%u,%u)", g_launch->name, g_block_idx.x, g_block_idx.y,
+                        g_block_idx.z);
+    return snprintf(buf, n, "kernel %s, block (%u,%u,%u), thread (%u,%u,%u) of grid (%u,%u,%u) x block (%u,%u,%u), seed 0x%llx",
+                    g_launch->name, g_block_idx.x, g_block_idx.y, g_block_idx.z, g_cur->tid.x, g_cur->tid.y,
+                    g_cur->tid.z, g_launch->grid.x, g_launch->grid.y, g_launch->grid.z, g_launch->block.x,
+                    g_launch->block.y, g_launch->block.z, (unsigned long long)g_seed);
+}
+
+bool launch_config_ok(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem) {
     if (t_in_launch) fail("kernel %s launched from device code (dynamic parallelism is not emulated)", name);
     cudaError_t err;
     if (const char* why = check_config(grid, block, smem, kernel, &err)) {
@@ -516,8 +527,15 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
                 "pq_emu: launch of %s failed: %s (grid (%u,%u,%u), block (%u,%u,%u), %zu bytes dynamic shared)\n",
                 name, why, grid.x, grid.y, grid.z, block.x, block.y, block.z, smem);
         set_last_error(err);
-        return;
+        return false;
     }
+    return true;
+}
+
+void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem, KernelBody body,
+              void* ctx) {
+    (void)kernel;
+    count_kernel();
     std::lock_guard<std::mutex> lock(g_mutex);
     t_in_launch = true;
     ensure_seeded();

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -55,8 +56,10 @@ void* dyn_smem();
 [[noreturn]] void trap(const char* file, int line);
 
 using KernelBody = void (*)(void*);
-// Runs body(ctx) once per thread of every block; validates the configuration like cudaLaunchKernel and
-// reports failures through the sticky last error (cudaGetLastError) without running anything.
+// Validates a launch configuration like cudaLaunchKernel; a bad one is reported through the sticky last
+// error (cudaGetLastError) and on stderr, and false is returned (nothing is queued).
+bool launch_config_ok(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem);
+// Runs body(ctx) once per thread of every block (the queued launch reaching the head of its stream).
 void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t smem, KernelBody body,
               void* ctx);
 
@@ -68,21 +71,24 @@ template <class... P, class... A>
 void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
             A&&... args) {
     static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
-    (void)stream;  // everything is synchronous
-    // Arguments are converted to the parameter types once, as the CUDA runtime does, then every thread
-    // gets its own by-value copy (kernels may modify their parameters).
+    if (!launch_config_ok(name, reinterpret_cast<const void*>(kernel), grid, block, smem)) return;
+    // Arguments are converted to the parameter types once, at the launch, as the CUDA runtime does; the
+    // grid runs when its stream gets to it (emu_runtime.h), and every thread gets its own by-value copy
+    // (kernels may modify their parameters).
     using Params = std::tuple<std::decay_t<P>...>;
-    Params params(std::forward<A>(args)...);
-    struct Ctx {
-        void (*k)(P...);
-        Params* p;
-    } ctx{kernel, &params};
-    run_grid(name, reinterpret_cast<const void*>(kernel), grid, block, smem,
-             [](void* c) {
-                 auto* x = static_cast<Ctx*>(c);
-                 std::apply(x->k, *x->p);
-             },
-             &ctx);
+    auto params = std::make_shared<Params>(std::forward<A>(args)...);
+    enqueue(stream, [name, kernel, grid, block, smem, params]() {
+        struct Ctx {
+            void (*k)(P...);
+            Params* p;
+        } ctx{kernel, params.get()};
+        run_grid(name, reinterpret_cast<const void*>(kernel), grid, block, smem,
+                 [](void* c) {
+                     auto* x = static_cast<Ctx*>(c);
+                     std::apply(x->k, *x->p);
+                 },
+                 &ctx);
+    });
 }
 
 template <class T>

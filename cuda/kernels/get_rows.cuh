@@ -15,12 +15,16 @@ namespace pq::cuda {
 constexpr int kDequantThreads = 64;
 
 // Grid: (ceil(subs_per_row / kDequantThreads), min(nrows, 65535)); rows beyond gridDim.y loop.
-// out row i (of ldo elements) = row (ids ? ids[i] : row0 + i) of W. out must be 16-byte aligned and ldo a
-// multiple of 8 (vector stores).
+// out row i (of ldo elements) = row (ids ? ids[i] : row0 + i) of W, which has w_rows rows. The ids live in
+// device memory (the previous decode step's choice never visits the host), so they are not trusted: an
+// id outside [0, w_rows) gives a row of NaN -- it shows up as NaN logits, which the model reports --
+// instead of a read outside the weights, which would kill the CUDA context. out must be 16-byte aligned
+// and ldo a multiple of 8 (vector stores).
 template <class T, bool kF16Out>
 __global__ void __launch_bounds__(kDequantThreads)
-    dequant_rows_kernel(const uint8_t* __restrict__ W, int64_t row_bytes, const int32_t* __restrict__ ids,
-                        int64_t row0, int64_t nrows, int subs_per_row, void* __restrict__ out, int64_t ldo) {
+    dequant_rows_kernel(const uint8_t* __restrict__ W, int64_t row_bytes, int64_t w_rows,
+                        const int32_t* __restrict__ ids, int64_t row0, int64_t nrows, int subs_per_row,
+                        void* __restrict__ out, int64_t ldo) {
     constexpr int kVals = T::kBlockVals / T::kSubs;  // 32 or 8
     const int s = blockIdx.x * kDequantThreads + threadIdx.x;
     if (s >= subs_per_row) return;
@@ -28,7 +32,12 @@ __global__ void __launch_bounds__(kDequantThreads)
     for (int64_t i = blockIdx.y; i < nrows; i += gridDim.y) {
         const int64_t r = ids ? (int64_t)ids[i] : row0 + i;
         float v[kVals];
-        T::dequant(W + r * row_bytes + blk_off, s % T::kSubs, v);
+        if (r >= 0 && r < w_rows) {
+            T::dequant(W + r * row_bytes + blk_off, s % T::kSubs, v);
+        } else {
+#pragma unroll
+            for (int j = 0; j < kVals; ++j) v[j] = __int_as_float(0x7fc00000);  // quiet NaN
+        }
         if constexpr (kF16Out) {
             uint4* o = reinterpret_cast<uint4*>(static_cast<uint16_t*>(out) + i * ldo + (int64_t)s * kVals);
 #pragma unroll

@@ -22,8 +22,11 @@ size_t quantize_act_ds_offset(int64_t K, int64_t n_tok);
 cudaError_t dequant_rows_f16(int type, const void* W, int64_t K, int64_t row0, int64_t nrows, uint16_t* out,
                              cudaStream_t stream);
 
-// y[i] = fp16(x[i]).
-cudaError_t f32_to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t stream);
+// y[t][k] = fp16(x[t][k] / scale[t]) with scale[t] a power of two that keeps row t inside the fp16 range
+// (kernels/gemm.cuh), rows of K values; and the way back on a product: y[t][o] *= scale[t].
+cudaError_t f32_to_f16_rows(const float* x, uint16_t* y, float* scale, int64_t n_rows, int64_t K,
+                            cudaStream_t stream);
+cudaError_t scale_rows(float* y, const float* scale, int64_t n_rows, int64_t N, int64_t ldy, cudaStream_t stream);
 
 // Rows per dequantized fp16 weight tile of the prefill path (<= 16M values per tile by default).
 int64_t prefill_tile_rows(int64_t K, int64_t N);

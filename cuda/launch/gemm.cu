@@ -10,8 +10,9 @@
 // For a 512-token ubatch of Qwen3.6-27B (27e9 weights, 27.6 TFLOP): ~0.03-0.12 s of traffic + ~0.42 s of
 // GEMM at ~65 TFLOPS => ~1000-1100 tokens/s of matmul throughput on a 4090 (vs ~0.75 s on the
 // 2-pass-mmv route, which is why n_tok <= 16 stays on mmv). Activations and weights are rounded to fp16
-// (rel. error 2^-11 each), finer than the Q8 activations of the decode path; |activations| must stay
-// below 65504 (fp16 range).
+// (rel. error 2^-11 each), finer than the Q8 activations of the decode path; rows of activations whose
+// max |x| would not fit fp16 are scaled by a power of two first and the product row scaled back
+// (kernels/gemm.cuh), so no activation can overflow.
 #include "../blas.h"
 #include "../compat.cuh"
 #include "../kernels/gemm.cuh"
@@ -31,11 +32,22 @@ int64_t prefill_tile_values() { return g_tile_values; }
 
 int64_t prefill_tile_rows(int64_t K, int64_t N) { return cuda::prefill_tile_rows(K, N, g_tile_values); }
 
-cudaError_t f32_to_f16(const float* x, uint16_t* y, int64_t n, cudaStream_t stream) {
-    if (n <= 0) return n == 0 ? cudaSuccess : cudaErrorInvalidValue;
+cudaError_t f32_to_f16_rows(const float* x, uint16_t* y, float* scale, int64_t n_rows, int64_t K,
+                            cudaStream_t stream) {
+    if (n_rows < 0 || K < 0) return cudaErrorInvalidValue;
+    if (n_rows == 0 || K == 0) return cudaSuccess;
+    const int grid = (int)(n_rows < 65535 ? n_rows : 65535);
+    PQ_LAUNCH(f32_to_f16_rows_kernel, grid, kToF16Threads, 0, stream, x, y, scale, n_rows, K);
+    return cudaGetLastError();
+}
+
+cudaError_t scale_rows(float* y, const float* scale, int64_t n_rows, int64_t N, int64_t ldy, cudaStream_t stream) {
+    if (n_rows < 0 || N < 0 || ldy < N) return cudaErrorInvalidValue;
+    const int64_t n = n_rows * N;
+    if (n == 0) return cudaSuccess;
     const int64_t blocks = (n + kToF16Threads - 1) / kToF16Threads;
     const int grid = (int)(blocks < 8192 ? blocks : 8192);
-    PQ_LAUNCH(f32_to_f16_kernel, grid, kToF16Threads, 0, stream, x, y, n);
+    PQ_LAUNCH(scale_rows_kernel, grid, kToF16Threads, 0, stream, y, scale, n_rows, N, ldy);
     return cudaGetLastError();
 }
 

@@ -26,12 +26,14 @@ struct ScratchPtrs {
     uint16_t* tile;
     float* g;
     float* u;
+    float* scale;
 };
 
 ScratchPtrs carve(void* scratch, const Layout& l) {
     char* p = static_cast<char*>(scratch);
     return {p, reinterpret_cast<uint16_t*>(p + l.act), reinterpret_cast<float*>(p + l.act + l.tile),
-            reinterpret_cast<float*>(p + l.act + l.tile + l.g)};
+            reinterpret_cast<float*>(p + l.act + l.tile + l.g),
+            reinterpret_cast<float*>(p + l.act + l.tile + l.g + l.u)};
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
@@ -150,9 +152,10 @@ cudaError_t matmul(int type, const void* W, int64_t K, int64_t N, const float* x
     const ScratchPtrs s = carve(scratch, l);
     if (n_tok > kMultiPassMaxTok) {
         auto* x16 = static_cast<uint16_t*>(s.act);
-        e = detail::f32_to_f16(x, x16, n_tok * K, stream);
+        e = detail::f32_to_f16_rows(x, x16, s.scale, n_tok, K, stream);
         if (e != cudaSuccess) return e;
         e = detail::gemm_prefill(type, W, K, N, x16, n_tok, y, s.tile, stream);
+        if (e == cudaSuccess) return detail::scale_rows(y, s.scale, n_tok, N, N, stream);
         if (e != cudaErrorNotSupported) return e;
         // no cuBLAS in this build: decode kernel passes (correct, slower)
     }
@@ -170,10 +173,12 @@ cudaError_t matmul_swiglu(int type_g, const void* Wg, int type_u, const void* Wu
     const ScratchPtrs s = carve(scratch, l);
     if (n_tok > kMultiPassMaxTok) {
         auto* x16 = static_cast<uint16_t*>(s.act);
-        e = detail::f32_to_f16(x, x16, n_tok * K, stream);
+        e = detail::f32_to_f16_rows(x, x16, s.scale, n_tok, K, stream);
         if (e != cudaSuccess) return e;
         e = detail::gemm_prefill(type_g, Wg, K, N, x16, n_tok, s.g, s.tile, stream);
         if (e == cudaSuccess) e = detail::gemm_prefill(type_u, Wu, K, N, x16, n_tok, s.u, s.tile, stream);
+        if (e == cudaSuccess) e = detail::scale_rows(s.g, s.scale, n_tok, N, N, stream);
+        if (e == cudaSuccess) e = detail::scale_rows(s.u, s.scale, n_tok, N, N, stream);
         if (e == cudaSuccess) return swiglu_f32(s.g, s.u, y, (int)N, (int)n_tok, N, N, N, stream);
         if (e != cudaErrorNotSupported) return e;
     }

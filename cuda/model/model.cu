@@ -104,6 +104,8 @@ Model::Model(ModelConfig cfg, const HostTensors& tensors, ModelOptions opt, cons
     : cfg_(std::move(cfg)), opt_(opt), graph_(std::make_unique<GraphCache>()) {
     validate_config(cfg_);
     check_cuda_limits(cfg_);
+    if (opt_.device < 0) throw std::invalid_argument("CUDA device index must be >= 0");
+    use_device();
     if (opt_.n_batch < 1) opt_.n_batch = 1;
     if (opt_.upload_chunk < (1u << 20)) opt_.upload_chunk = 1u << 20;
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -122,6 +124,7 @@ Model::Model(ModelConfig cfg, const HostTensors& tensors, ModelOptions opt, cons
 }
 
 Model::~Model() {
+    cudaSetDevice(opt_.device);
     if (stream_) cudaStreamSynchronize(stream_);
     graph_.reset();
     buf_.reset();
@@ -253,7 +256,10 @@ void Model::ensure_workspace(int64_t n_ctx) {
 
 bool Model::graphs_enabled() const { return PQ_MODEL_GRAPHS && opt_.use_graphs; }
 
-void Model::synchronize() { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+void Model::synchronize() {
+    use_device();
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+}
 
 // ---- states and snapshots --------------------------------------------------------------------------
 
@@ -272,6 +278,7 @@ void State::reset() {
 
 std::unique_ptr<State> Model::new_state(int64_t n_ctx) {
     if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive");
+    use_device();
     ensure_workspace(n_ctx);
     const ModelConfig& c = cfg_;
     std::unique_ptr<State> st(new State());
@@ -309,6 +316,17 @@ std::unique_ptr<State> Model::new_state(int64_t n_ctx) {
 
 void Model::check_state(const State& st) const {
     if (st.owner_ != this) throw std::invalid_argument("state belongs to a different model");
+    use_device();
+}
+
+// The current device is per host thread (the server calls from its own threads): every entry point sets it.
+void Model::use_device() const {
+    const cudaError_t e = cudaSetDevice(opt_.device);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        throw std::runtime_error("CUDA device " + std::to_string(opt_.device) + " cannot be used: " +
+                                 cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+    }
 }
 
 std::unique_ptr<Snapshot> Model::snapshot(const State& st, bool with_kv) {
@@ -380,7 +398,7 @@ void Model::run_layers(State& st, int64_t n) {
     cudaStream_t s = cur_;
     const int64_t E = c.n_embd, F = c.n_ff;
     const float eps = c.rms_eps;
-    PQ_OP(get_rows(w_.token_embd.type, w_.token_embd.data, E, b.tokens, n, b.x, s));
+    PQ_OP(get_rows(w_.token_embd.type, w_.token_embd.data, E, w_.token_embd.ne1, b.tokens, n, b.x, s));
     for (int il = 0; il < c.n_layer; ++il) {
         const Layer& L = w_.layers[il];
         const int slot = slot_[il];
@@ -552,14 +570,14 @@ void Model::forward(State& st, const int32_t* tokens, int64_t n, float* out, boo
         const int64_t m = std::min(n_batch, n - c0);
         const bool last = c0 + m == n;
         one_token_step = m == 1 && n == 1;
+        // The ids come straight from the caller's (pageable) array: the runtime stages a pageable source
+        // before the call returns. Not through the pinned host_io word: with n_batch = 1 the next chunk
+        // would overwrite it while this chunk's copy still waits in the stream (issue 10, bug 1).
+        check(cudaMemcpyAsync(b.tokens, tokens + c0, sizeof(int32_t) * m, cudaMemcpyHostToDevice, stream_), "tokens");
         if (m == 1) {
             // One token: the decode body (a graph replay when graphs are on), LM head included.
-            b.host_io[0] = tokens[c0];
-            check(cudaMemcpyAsync(b.tokens, b.host_io, sizeof(int32_t), cudaMemcpyHostToDevice, stream_), "tokens");
             launch_decode_body(st);
         } else {
-            check(cudaMemcpyAsync(b.tokens, tokens + c0, sizeof(int32_t) * m, cudaMemcpyHostToDevice, stream_),
-                  "tokens");
             run_layers(st, m);
             if (out && !logits_all && last) run_lm_head(m - 1, 1);
         }
@@ -612,9 +630,19 @@ int32_t Model::decode(State& st, int32_t token, const SampleParams& p) {
     st.pos += 1;
     prepare_next(st);
     check(cudaStreamSynchronize(stream_), "decode");
+    const int32_t chosen = b.host_io[1];
+    if (chosen < 0 || chosen >= cfg_.n_vocab) {
+        // argmax / the sampler found no finite logit (they mark that with -1): a numerical blow-up. The
+        // marker stays out of the next step (decode(-1) is refused until a token is fed) and the caller
+        // gets an error instead of a token.
+        device_token_valid_ = false;
+        throw std::runtime_error("decode at position " + std::to_string(st.pos - 1) +
+                                 ": every logit is NaN (a numerical blow-up in the forward pass); no token was "
+                                 "chosen");
+    }
     device_token_valid_ = true;
     device_token_state_ = st.id_;
-    return b.host_io[1];
+    return chosen;
 }
 
 }  // namespace pq::cuda

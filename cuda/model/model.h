@@ -42,6 +42,7 @@ struct ModelOptions {
     int64_t n_batch = 256;      // largest prefill chunk (activation buffers are sized for it)
     bool use_graphs = true;     // capture decode steps as CUDA graphs (ignored by the emulator build)
     size_t upload_chunk = 64u << 20;  // bytes per staged host->device copy while uploading weights
+    int device = 0;             // CUDA device index; every entry point makes it current for its thread
 };
 
 // One sequence: fp16 KV cache of every attention layer ([n_ctx][n_head_kv][head_dim] per layer, rows
@@ -140,6 +141,7 @@ private:
     void upload(const HostTensors& tensors, const ProgressFn& progress);
     void ensure_workspace(int64_t n_ctx);
     void check_state(const State& st) const;
+    void use_device() const;  // cudaSetDevice(opt_.device) for the calling host thread
     // The forward body for n tokens whose ids are already in d_tokens_ (no host sync); leaves the
     // final-normed hidden rows [first, n) in the norm buffer when lm_rows > 0 and the LM head of those
     // rows in d_logits_.

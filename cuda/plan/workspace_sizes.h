@@ -18,6 +18,10 @@
 
 namespace pq::cuda {
 
+// cuBLAS's workspace, set explicitly by blas_init (cuda/blas.h) before the memory plan is made: the size
+// cuBLAS itself picks by default on Ada/Hopper/Blackwell (32 MiB), allocated once instead of lazily.
+constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
+
 constexpr size_t kAlign = 256;  // every carved buffer starts on a 256-byte boundary
 inline size_t align_up(size_t x, size_t a = kAlign) { return (x + a - 1) / a * a; }
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -38,6 +42,7 @@ struct Carver {
 //         prefill: max(fp16 x, the Q8_1 layout) (the latter for the no-cuBLAS fallback)
 //   tile  prefill only: prefill_tile_rows(K, N) * K fp16 values (dequantized weights)
 //   g, u  n_tok * N floats each: the two projections of matmul_swiglu when they are not fused
+//   scale prefill only: n_tok floats, the power-of-two scale of each fp16 activation row (kernels/gemm.cuh)
 
 constexpr int64_t kMultiPassMaxTok = 16;             // n_tok <= this: decode (mmv) kernel passes
 constexpr int64_t kTileValues = int64_t(16) << 20;  // 16M fp16 values = 32 MB per prefill weight tile
@@ -59,7 +64,7 @@ inline int matmul_k_granularity(int type) {
 }
 
 struct MatmulScratch {
-    size_t act = 0, tile = 0, g = 0, u = 0, total = 0;
+    size_t act = 0, tile = 0, g = 0, u = 0, scale = 0, total = 0;
 };
 
 inline size_t q8_values_bytes(int64_t K, int64_t n_tok) { return align_up((size_t)n_tok * (size_t)K); }
@@ -73,9 +78,10 @@ inline MatmulScratch matmul_scratch_layout(int64_t K, int64_t N, int64_t n_tok, 
         const size_t x16 = (size_t)n_tok * (size_t)K * 2;
         l.act = align_up(x16 > q8 ? x16 : q8);
         l.tile = align_up((size_t)prefill_tile_rows(K, N, tile_values) * (size_t)K * 2);
+        l.scale = align_up((size_t)n_tok * sizeof(float));
     }
     l.g = l.u = align_up((size_t)n_tok * (size_t)N * sizeof(float));
-    l.total = l.act + l.tile + l.g + l.u;
+    l.total = l.act + l.tile + l.g + l.u + l.scale;
     return l;
 }
 

@@ -11,6 +11,7 @@
 #include "../kernels/matvec_internal.cuh"
 #include "../ops_matvec.h"
 #include "device_buffer.h"
+#include "model_spec.h"
 
 namespace py = pybind11;
 
@@ -66,9 +67,13 @@ F32Array matmul_swiglu(int type_g, const U8Array& wg, int type_u, const U8Array&
 F32Array get_rows(int type, const U8Array& w, int64_t K, const I32Array& ids) {
     if (ids.ndim() != 1) throw std::invalid_argument("ids must be 1-D int32");
     const int64_t n = ids.shape(0);
+    const size_t row_bytes = pq::tensor_bytes(type, K, 1);
+    if (row_bytes == 0 || w.nbytes() % row_bytes != 0) throw std::invalid_argument("w must hold whole rows of K values");
+    const int64_t n_rows = (int64_t)(w.nbytes() / row_bytes);  // ids outside [0, n_rows) give NaN rows
     auto dw = DeviceBuffer::from(w), dids = DeviceBuffer::from(ids);
     DeviceBuffer dout(sizeof(float) * (size_t)(n * K));
-    finish(pq::cuda::get_rows(type, dw.as(), K, dids.as<int32_t>(), n, dout.as<float>(), nullptr), "get_rows");
+    finish(pq::cuda::get_rows(type, dw.as(), K, n_rows, dids.as<int32_t>(), n, dout.as<float>(), nullptr),
+           "get_rows");
     F32Array out({n, K});
     dout.download(out.mutable_data());
     return out;

@@ -75,13 +75,14 @@ void bind_model(py::module_& m) {
 
     auto model_cls = py::class_<PyModel>(m, "CudaModel", py::module_local())
         .def(py::init([](const py::dict& config, const py::dict& tensors, int64_t n_batch, int64_t n_ctx,
-                         bool use_graphs, py::object progress, py::object keepalive) {
+                         bool use_graphs, py::object progress, py::object keepalive, int device) {
                  auto pm = std::make_unique<PyModel>();
                  ModelConfig c = config_from_dict(config);
                  auto host = tensors_from_dict(tensors);
                  pq::cuda::ModelOptions opt;
                  opt.n_batch = n_batch;
                  opt.use_graphs = use_graphs;
+                 opt.device = device;
                  pq::cuda::ProgressFn cb;
                  if (!progress.is_none()) {
                      cb = [progress](size_t done, size_t total) {
@@ -99,9 +100,10 @@ void bind_model(py::module_& m) {
              }),
              py::arg("config"), py::arg("tensors"), py::arg("n_batch") = 256, py::arg("n_ctx") = 0,
              py::arg("use_graphs") = true, py::arg("progress") = py::none(), py::arg("keepalive") = py::none(),
+             py::arg("device") = 0,
              "Upload the weights (pointers into host memory, e.g. the mmapped GGUF) to the GPU. n_ctx > 0 "
              "reserves scratch for states of that context now; progress(done_bytes, total_bytes) is called "
-             "while uploading.")
+             "while uploading. device: the CUDA device index (after CUDA_VISIBLE_DEVICES) everything of this model runs on.")
         .def_property_readonly("config", [](PyModel& pm) { return config_to_dict(pm.model->config()); })
         .def_property_readonly("n_batch", [](PyModel& pm) { return pm.model->options().n_batch; })
         .def_property_readonly("weight_bytes", [](PyModel& pm) { return pm.model->weight_bytes(); })
@@ -139,7 +141,6 @@ void bind_model(py::module_& m) {
                     std::lock_guard<std::mutex> lock(pm.mu);
                     next = pm.model->decode(st, token, p);
                 }
-                if (next < 0) throw std::runtime_error("sampling found no valid token (logits are all NaN)");
                 return next;
             },
             py::arg("state"), py::arg("token"), py::arg("temperature") = 0.0f, py::arg("top_k") = 0,
@@ -168,12 +169,13 @@ void bind_model(py::module_& m) {
 
     m.def(
         "mem_get_info",
-        []() {
+        [](int device) {
+            check(cudaSetDevice(device), "cudaSetDevice");
             size_t free_b = 0, total_b = 0;
             check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
             return py::make_tuple(free_b, total_b);
         },
-        "(free, total) bytes of the current device (cudaMemGetInfo).");
+        py::arg("device") = 0, "(free, total) bytes of CUDA device `device` (cudaMemGetInfo).");
 }
 
 // Test entry point of the device sampler (registered in the `testing` submodule, see bindings.cpp).

@@ -57,6 +57,27 @@ int device_count() {
     return n;
 }
 
+// (count, why): why is "" when the query worked, else the runtime's error name and text -- so that a
+// driver too old for this runtime (cudaErrorInsufficientDriver: the static CUDA runtime needs a driver at
+// least as new as itself) is reported instead of looking like a machine without a GPU.
+py::tuple device_query() {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e == cudaSuccess) return py::make_tuple(n, std::string());
+    cudaGetLastError();
+    return py::make_tuple(0, std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e));
+}
+
+// cuBLAS handle + workspace + warm-up on `device` before the memory plan is made (blas.h). False when
+// the build has no cuBLAS.
+bool init_blas(int device) {
+    check(cudaSetDevice(device), "cudaSetDevice");
+    const cudaError_t e = pq::cuda::blas_init();
+    if (e == cudaErrorNotSupported) return false;
+    check(e, "cuBLAS initialisation");
+    return true;
+}
+
 F32Array rms_norm(const F32Array& x, const py::object& w_obj, float eps, int64_t ncols) {
     const Rows r = rows_of(x, ncols);
     auto dx = DeviceBuffer::from(x);
@@ -176,10 +197,19 @@ PQ_PYMODULE(PQ_CUDA_MODULE_NAME, m) {
     m.attr("emulated") = true;
     m.def("set_seed", &pq_emu::set_seed, "Seed of the emulator's thread scheduling order.");
     m.def("live_allocations", &pq_emu::live_allocations, "Device allocations not freed yet.");
+    m.def("_set_device_count_error", [](int err) { pq_emu::set_device_count_error((cudaError_t)err); },
+          "Test hook: cudaGetDeviceCount fails with this cudaError_t (0 restores the emulated device).");
 #else
     m.attr("emulated") = false;
 #endif
     m.def("device_count", &bind::device_count, "Number of CUDA devices (0 without a driver or a GPU).");
+    m.def("device_query", &bind::device_query,
+          "(count, why): the device count and, when the query failed, the CUDA error that says why ('' if none).");
+    m.def("has_cublas", &pq::cuda::blas_available,
+          "Whether prefill GEMMs run on cuBLAS (False: a build without cuBLAS, prefill ~4x slower).");
+    m.def("init_blas", &bind::init_blas, py::arg("device") = 0,
+          "Create cuBLAS's handle and workspace on `device` and warm it up (before planning memory); False "
+          "without cuBLAS.");
     bind::bind_model(m);
 
     py::module_ testing = pq::testing_submodule(

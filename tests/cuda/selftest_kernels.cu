@@ -218,6 +218,16 @@ __global__ void smem_overflow_kernel() {
     s[threadIdx.x + 8] = 1.0f;  // 32 threads, 128 bytes requested: threads 24..31 write past the end
 }
 
+__global__ void add_one_kernel(int* p, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) p[i] += 1;
+}
+
+// Reads element n of an n-element buffer (planted out-of-bounds read; memcheck must catch it).
+__global__ void oob_read_kernel(const float* p, int n, float* out) {
+    if (threadIdx.x == 3) out[0] = p[n + 1024];
+}
+
 __global__ void trap_kernel() {
     if (threadIdx.x == 7) __trap();
 }
@@ -337,29 +347,72 @@ std::vector<int> launch_errors() {
     return errs;
 }
 
-void divergent_exit() { PQ_LAUNCH(divergent_exit_kernel, 1, 64, 0, nullptr); }
-void divergent_sites() { PQ_LAUNCH(divergent_sites_kernel, 1, 64, 0, nullptr); }
+// The aborting launches run when the host waits: each entry point synchronises.
+void divergent_exit() { PQ_LAUNCH(divergent_exit_kernel, 1, 64, 0, nullptr); cudaDeviceSynchronize(); }
+void divergent_sites() { PQ_LAUNCH(divergent_sites_kernel, 1, 64, 0, nullptr); cudaDeviceSynchronize(); }
 void shfl_lane_exits() {
     int* d = dev_alloc<int>(32);
-    PQ_LAUNCH(shfl_lane_exits_kernel, 1, 32, 0, nullptr, d);
+    PQ_LAUNCH(shfl_lane_exits_kernel, 1, 32, 0, nullptr, d); cudaDeviceSynchronize();
 }
 void shfl_vs_barrier() {
     int* d = dev_alloc<int>(32);
-    PQ_LAUNCH(shfl_vs_barrier_kernel, 1, 32, 0, nullptr, d);
+    PQ_LAUNCH(shfl_vs_barrier_kernel, 1, 32, 0, nullptr, d); cudaDeviceSynchronize();
 }
 void shfl_not_in_mask() {
     int* d = dev_alloc<int>(32);
-    PQ_LAUNCH(shfl_not_in_mask_kernel, 1, 32, 0, nullptr, d);
+    PQ_LAUNCH(shfl_not_in_mask_kernel, 1, 32, 0, nullptr, d); cudaDeviceSynchronize();
 }
 void shfl_mask_mismatch() {
     int* d = dev_alloc<int>(32);
-    PQ_LAUNCH(shfl_mask_mismatch_kernel, 1, 32, 0, nullptr, d);
+    PQ_LAUNCH(shfl_mask_mismatch_kernel, 1, 32, 0, nullptr, d); cudaDeviceSynchronize();
 }
 void shfl_missing_lanes() {
     int* d = dev_alloc<int>(48);
-    PQ_LAUNCH(shfl_missing_lanes_kernel, 1, 48, 0, nullptr, d);
+    PQ_LAUNCH(shfl_missing_lanes_kernel, 1, 48, 0, nullptr, d); cudaDeviceSynchronize();
 }
-void smem_overflow() { PQ_LAUNCH(smem_overflow_kernel, 1, 32, 128, nullptr); }
-void trap() { PQ_LAUNCH(trap_kernel, 2, 32, 0, nullptr); }
+void smem_overflow() { PQ_LAUNCH(smem_overflow_kernel, 1, 32, 128, nullptr); cudaDeviceSynchronize(); }
+void trap() { PQ_LAUNCH(trap_kernel, 2, 32, 0, nullptr); cudaDeviceSynchronize(); }
+
+std::vector<int> stream_order() {
+    std::vector<int> r;
+    cudaStream_t s;
+    cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    int* d = dev_alloc<int>(2);
+    int* pinned = nullptr;
+    cudaMallocHost(reinterpret_cast<void**>(&pinned), sizeof(int));
+    int pageable = 1;
+    *pinned = 1;
+    cudaMemcpyAsync(d, pinned, sizeof(int), cudaMemcpyHostToDevice, s);
+    cudaMemcpyAsync(d + 1, &pageable, sizeof(int), cudaMemcpyHostToDevice, s);
+    PQ_LAUNCH(add_one_kernel, 1, 32, 0, s, d, 2);
+    *pinned = 2;   // before the stream ran: the queued copy reads 2 (as a GPU's DMA would)
+    pageable = 2;  // a pageable source was staged at the call: 1 is copied
+    int peek[2];
+    std::memcpy(peek, d, sizeof peek);  // emulator only (device memory is host memory): untouched (0xff) yet
+    r.push_back(peek[0]);
+    cudaStreamSynchronize(s);
+    int got[2];
+    cudaMemcpy(got, d, sizeof got, cudaMemcpyDeviceToHost);
+    r.push_back(got[0]);
+    r.push_back(got[1]);
+    cudaFreeHost(pinned);
+    cudaFree(d);
+    cudaStreamDestroy(s);
+    return r;
+}
+
+void oob_read() {
+    float* p = dev_alloc<float>(100);
+    float* o = dev_alloc<float>(1);
+    PQ_LAUNCH(oob_read_kernel, 1, 32, 0, nullptr, p, 100, o);
+    cudaDeviceSynchronize();
+}
+
+void use_after_free() {
+    int* p = dev_alloc<int>(64);
+    cudaFree(p);
+    PQ_LAUNCH(add_one_kernel, 1, 64, 0, nullptr, p, 64);
+    cudaDeviceSynchronize();
+}
 
 }  // namespace PQ_SELFTEST_NS

@@ -46,5 +46,11 @@ void shfl_mask_mismatch();  // lanes 0-15 shuffle with a half-warp mask, lanes 1
 void shfl_missing_lanes();  // full-mask shuffle in a block of 48 threads
 void smem_overflow();       // writes past the dynamic shared memory
 void trap();                // __trap()
+void oob_read();            // a kernel reads 1024 floats past the end of a 100-float cudaMalloc (memcheck)
+void use_after_free();      // a kernel writes a buffer freed before the launch (memcheck)
+
+// Stream semantics: {device word before the sync (-1: untouched), pinned-source copy + 1 after it,
+// pageable-source copy + 1 after it} when the host changes both sources after queueing the copies.
+std::vector<int> stream_order();
 
 }  // namespace PQ_SELFTEST_NS

@@ -56,4 +56,7 @@ PYBIND11_MODULE(pq_emu_selftest, m) {
     m.def("shfl_missing_lanes", &selftest::shfl_missing_lanes);
     m.def("smem_overflow", &selftest::smem_overflow);
     m.def("trap", &selftest::trap);
+    m.def("oob_read", &selftest::oob_read);
+    m.def("use_after_free", &selftest::use_after_free);
+    m.def("stream_order", [] { return selftest::stream_order(); });
 }

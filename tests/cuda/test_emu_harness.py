@@ -187,6 +187,9 @@ ABORTS = [
     ("shfl_missing_lanes", "lanes that do not exist"),
     ("smem_overflow", "past the end of dynamic shared memory"),
     ("trap", "__trap()"),
+    # memcheck (cuda/emu/emu_runtime.cpp): guard pages behind every cudaMalloc, freed blocks kept unmapped
+    ("oob_read", "memcheck: invalid read of global memory"),
+    ("use_after_free", "use after cudaFree"),
 ]
 
 
@@ -196,6 +199,15 @@ def test_undefined_behaviour_aborts_with_message(run_aborting, fn, message):
     assert rc == -signal.SIGABRT, err
     assert "pq_emu: error:" in err and message in err, err
     assert "in kernel " in err  # the message names the kernel and the block
+
+
+def test_streams_run_queued_work_when_the_host_waits(selftest):
+    """Async copies and launches run at the sync, in order: a pinned source is read then (the host's later
+    write wins, as a GPU's DMA would see it), a pageable one at the call; nothing ran before the sync."""
+    before, pinned, pageable = selftest.stream_order()
+    assert before == -1      # still the 0xff fill: the queued copy and kernel had not run
+    assert pinned == 2 + 1   # the value the host wrote after queueing, + the kernel's 1
+    assert pageable == 1 + 1  # the value at the call
 
 
 def test_no_leaked_allocations(selftest):

@@ -122,3 +122,13 @@ def test_sampler_on_gpu_keeps_the_host_filters():
     # temperature 5: the candidate list overflows and the whole-row path runs
     allowed = kept_set(logits, 0, 1.0, 0.0)
     assert cuda.testing.sample_logits(logits, 5.0, 0, 1.0, 0.0, 1, 0) in allowed
+
+
+def test_one_token_chunks_with_graphs(tiny_f16, cpu_model):
+    """Issue 10 bug 1 on the card: n_batch = 1 over a whole prompt (one-token chunks, graph replays after
+    the first) gives the CPU's last logits -- each chunk's id reached the device before the next one."""
+    core = load_cuda_core(cuda, tiny_f16, n_batch=8)
+    cs, gs = cpu_model._core.new_state(64, "f16"), core.new_state(64)
+    ref = cpu_model._core.forward(cs, np.array(SHORT, np.int32), "last", 256)
+    got = core.forward(gs, SHORT, "last", 1)
+    assert_logits_close(got, ref)
