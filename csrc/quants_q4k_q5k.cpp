@@ -187,11 +187,14 @@ float q4_k_vec_dot_avx2(int64_t n, const void* w, const void* x) {
 }
 #endif
 
-void q4_k_pack16(const void* block, PackedW16* o) {
-    const block_q4_K& b = *(const block_q4_K*)block;
+// One Q4_K/Q5_K block for the prefill GEMM (qgemm.h): levels and per-16 scales in lane-pair order, the
+// super-block scales, the 8 mins. The two formats differ only in how their levels are stored.
+template <class Block, void (*levels)(const Block&, uint8_t*)>
+void kx_pack16(const void* block, PackedW16* o) {
+    const Block& b = *(const Block*)block;
     uint8_t q[QK_K], sc[8], m[8];
     int s16[16];
-    q4_k_levels(b, q);
+    levels(b, q);
     unpack_scales(b.scales, sc, m);
     for (int g = 0; g < 16; ++g) s16[g] = sc[g / 2];
     pack_lane_pairs(q, s16, o->w);
@@ -199,6 +202,8 @@ void q4_k_pack16(const void* block, PackedW16* o) {
     o->dmin = fp16_to_fp32(b.dmin);
     for (int j = 0; j < 8; ++j) o->m[j] = m[j];
 }
+
+void q4_k_pack16(const void* block, PackedW16* o) { kx_pack16<block_q4_K, q4_k_levels>(block, o); }
 
 // ---- Q5_K ----
 void q5_k_from_float(const float* x, void* dst, int64_t n) {
@@ -230,18 +235,7 @@ float q5_k_vec_dot(int64_t n, const void* w, const void* x) {
     return kx_vec_dot<block_q5_K>(n, w, x, q5_k_lanes_ref);
 }
 
-void q5_k_pack16(const void* block, PackedW16* o) {
-    const block_q5_K& b = *(const block_q5_K*)block;
-    uint8_t q[QK_K], sc[8], m[8];
-    int s16[16];
-    q5_k_levels(b, q);
-    unpack_scales(b.scales, sc, m);
-    for (int g = 0; g < 16; ++g) s16[g] = sc[g / 2];
-    pack_lane_pairs(q, s16, o->w);
-    o->d = fp16_to_fp32(b.d);
-    o->dmin = fp16_to_fp32(b.dmin);
-    for (int j = 0; j < 8; ++j) o->m[j] = m[j];
-}
+void q5_k_pack16(const void* block, PackedW16* o) { kx_pack16<block_q5_K, q5_k_levels>(block, o); }
 
 #if defined(PQ_HAVE_AVX2_KERNELS)
 float q5_k_vec_dot_avx2(int64_t n, const void* w, const void* x) {
