@@ -269,6 +269,11 @@ class GGUFFile:
             raise ModelFormatError(f"{self.path}: invalid ssm.conv_kernel/state_size/feed_forward_length")
         if not hp.rms_eps > 0 or not hp.rope_base > 0:
             raise ModelFormatError(f"{self.path}: layer_norm_rms_epsilon and rope.freq_base must be positive")
+        # The C++ config holds these in 32-bit ints: a value past that is a corrupt file, said here rather
+        # than as a failed conversion inside the extension.
+        for k, v in hp.core_config().items():
+            if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v < 2**31:
+                raise ModelFormatError(f"{self.path}: hyper-parameter {k} = {v} is out of range")
         return hp
 
     # ---- tensors -------------------------------------------------------------------------------
