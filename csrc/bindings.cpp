@@ -66,11 +66,73 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_threads", [](PyModel& pm) { return pm.model->n_threads(); })
         .def(
             "new_state",
-            [](PyModel& pm, int64_t n_ctx, const std::string& kv_type) {
+            [](PyModel& pm, int64_t n_ctx, const std::string& kv_type, bool mtp) {
                 if (kv_type != "f16" && kv_type != "f32") throw std::invalid_argument("kv_type must be 'f16' or 'f32'");
-                return pm.model->new_state(n_ctx, kv_type == "f16" ? KvType::F16 : KvType::F32);
+                return pm.model->new_state(n_ctx, kv_type == "f16" ? KvType::F16 : KvType::F32, mtp);
             },
-            py::arg("n_ctx"), py::arg("kv_type") = "f16")
+            py::arg("n_ctx"), py::arg("kv_type") = "f16", py::arg("mtp") = false,
+            "A sequence state; mtp=True also keeps the MTP head's cache (for mtp_draft).")
+        .def_property_readonly("has_mtp", [](PyModel& pm) { return pm.model->has_mtp(); })
+        .def(
+            "verify",
+            [](PyModel& pm, State& st, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens) {
+                if (tokens.ndim() != 1) throw std::invalid_argument("tokens must be a 1-D array");
+                const int64_t n = tokens.shape(0);
+                py::array_t<float> out({n, pm.model->config().n_vocab});
+                float* o = out.mutable_data();
+                const int32_t* tok = tokens.data();
+                {
+                    py::gil_scoped_release release;
+                    std::lock_guard<std::mutex> lock(pm.mu);
+                    pm.model->forward(st, tok, n, o, true, n, true);
+                }
+                return out;
+            },
+            py::arg("state"), py::arg("tokens"),
+            "Feed tokens (the last sampled one, then the drafts) as one batch and return the logits of every "
+            "one [n, n_vocab]; rollback(state, n_keep) then keeps a prefix of them.")
+        .def(
+            "rollback",
+            [](PyModel& pm, State& st, int64_t n_keep) {
+                py::gil_scoped_release release;
+                std::lock_guard<std::mutex> lock(pm.mu);
+                pm.model->rollback(st, n_keep);
+            },
+            py::arg("state"), py::arg("n_keep"),
+            "After verify(): the state as if only the first n_keep tokens had been fed (bit-identical).")
+        .def(
+            "mtp_draft",
+            [](PyModel& pm, State& st, int32_t token) {
+                py::array_t<float> out(pm.model->config().n_vocab);
+                float* o = out.mutable_data();
+                {
+                    py::gil_scoped_release release;
+                    std::lock_guard<std::mutex> lock(pm.mu);
+                    pm.model->mtp_draft(st, token, o);
+                }
+                return out;
+            },
+            py::arg("state"), py::arg("token"),
+            "One MTP draft step: logits [n_vocab] of the token after `token` (the first call after a forward "
+            "pairs it with the last fed token's hidden state; later calls continue the draft chain).")
+        .def(
+            "eval_mtp",
+            [](PyModel& pm, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens) {
+                if (tokens.ndim() != 1) throw std::invalid_argument("tokens must be a 1-D array");
+                const int64_t n = tokens.shape(0);
+                if (n < 2) throw std::invalid_argument("eval_mtp needs at least two tokens");
+                py::array_t<float> out({n - 1, pm.model->config().n_vocab});
+                float* o = out.mutable_data();
+                const int32_t* tok = tokens.data();
+                {
+                    py::gil_scoped_release release;
+                    std::lock_guard<std::mutex> lock(pm.mu);
+                    pm.model->eval_mtp(tok, n, o);
+                }
+                return out;
+            },
+            py::arg("tokens"),
+            "MTP draft logits of a fresh sequence: row t = logits for tokens[t + 2] given tokens[0..t+1].")
         .def(
             "snapshot",
             [](PyModel& pm, const State& st, bool with_kv) {

@@ -40,17 +40,20 @@ void State::reset() {
     pos = 0;
     for (auto& c : conv) std::fill(c.begin(), c.end(), 0.0f);
     for (auto& s : ssm) std::fill(s.begin(), s.end(), 0.0f);
+    std::fill(mtp_h.begin(), mtp_h.end(), 0.0f);
+    draft_pos = -1;
+    verify.pos0 = -1;
 }
 
 size_t State::bytes() const {
-    size_t b = 2 * k.size() * (size_t)n_ctx * kv_row_bytes;
+    size_t b = 2 * (k.size() + mtp_k.size()) * (size_t)n_ctx * kv_row_bytes;
     for (auto& c : conv) b += c.size() * 4;
     for (auto& s : ssm) b += s.size() * 4;
-    return b;
+    return b + mtp_h.size() * 4;
 }
 
 size_t Snapshot::bytes() const {
-    size_t b = 0;
+    size_t b = mtp_h.size() * 4;
     for (auto& c : conv) b += c.size() * 4;
     for (auto& s : ssm) b += s.size() * 4;
     for (auto& x : k) b += x.size();
@@ -66,20 +69,26 @@ Model::Model(Config cfg, Weights w, int n_threads) : cfg_(std::move(cfg)), w_(st
     for (int il = 0; il < cfg_.n_layer; ++il) layer_slot_.push_back(cfg_.recurrent[il] ? nr++ : na++);
 }
 
-std::unique_ptr<State> Model::new_state(int64_t n_ctx, KvType kv_type) const {
+std::unique_ptr<State> Model::new_state(int64_t n_ctx, KvType kv_type, bool mtp) const {
     if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive");
+    if (mtp && !has_mtp()) throw std::invalid_argument("this model has no MTP head (no nextn block in the file)");
     auto st = std::make_unique<State>();
     st->n_ctx = n_ctx;
     st->kv_type = kv_type;
     st->kv_row_bytes = kv_row_bytes(cfg_, kv_ggml_type(kv_type));
-    // The buffers the spec lists (model_spec.h PQ_STATE_BUFFERS), each per layer that has it.
+    // The buffers the spec lists (model_spec.h PQ_STATE_BUFFERS), each per layer that has it; the MTP
+    // block's only when this state drafts with it.
     for_each_state_buffer(cfg_, [&](const StateBufferSpec& b) {
+        if (b.blocks == kMtp && !mtp) return;
         for (int i = 0; i < b.n_layers; ++i) {
+            const std::string name = b.name;
             if (b.per_position) {
-                auto& dst = std::strcmp(b.name, "k") == 0 ? st->k : st->v;
+                auto& dst = name == "k" ? st->k : name == "v" ? st->v : name == "mtp_k" ? st->mtp_k : st->mtp_v;
                 dst.emplace_back(new uint8_t[(size_t)n_ctx * st->kv_row_bytes]);
+            } else if (name == "mtp_h") {
+                st->mtp_h.assign(b.values, 0.0f);  // one hidden state: the MTP blocks chain on it
             } else {
-                auto& dst = std::strcmp(b.name, "conv") == 0 ? st->conv : st->ssm;
+                auto& dst = name == "conv" ? st->conv : st->ssm;
                 dst.emplace_back(b.values, 0.0f);
             }
         }
@@ -92,12 +101,17 @@ Snapshot Model::snapshot(const State& st, bool with_kv) const {
     s.pos = st.pos;
     s.conv = st.conv;
     s.ssm = st.ssm;
+    s.mtp_h = st.mtp_h;
     s.has_kv = with_kv;
     if (with_kv) {
         const size_t n = (size_t)st.pos * st.kv_row_bytes;
         for (size_t i = 0; i < st.k.size(); ++i) {
             s.k.emplace_back(st.k[i].get(), st.k[i].get() + n);
             s.v.emplace_back(st.v[i].get(), st.v[i].get() + n);
+        }
+        for (size_t i = 0; i < st.mtp_k.size(); ++i) {
+            s.k.emplace_back(st.mtp_k[i].get(), st.mtp_k[i].get() + n);
+            s.v.emplace_back(st.mtp_v[i].get(), st.mtp_v[i].get() + n);
         }
     }
     return s;
@@ -110,54 +124,78 @@ void Model::restore(State& st, const Snapshot& s) const {
     for (size_t i = 0; i < s.conv.size(); ++i)
         if (s.conv[i].size() != st.conv[i].size() || s.ssm[i].size() != st.ssm[i].size())
             throw std::invalid_argument("snapshot belongs to a different model");
+    if (s.mtp_h.size() != st.mtp_h.size())
+        throw std::invalid_argument("snapshot and state differ in MTP drafting (make both with the same mtp flag)");
     if (s.has_kv) {
         const size_t n = (size_t)s.pos * st.kv_row_bytes;
-        if (s.k.size() != st.k.size()) throw std::invalid_argument("snapshot belongs to a different model");
+        if (s.k.size() != st.k.size() + st.mtp_k.size()) throw std::invalid_argument("snapshot belongs to a different model");
         for (size_t i = 0; i < s.k.size(); ++i) {
             if (s.k[i].size() != n) throw std::invalid_argument("snapshot KV cache has a different layout");
-            std::copy(s.k[i].begin(), s.k[i].end(), st.k[i].get());
-            std::copy(s.v[i].begin(), s.v[i].end(), st.v[i].get());
+            const bool main = i < st.k.size();
+            uint8_t* kd = main ? st.k[i].get() : st.mtp_k[i - st.k.size()].get();
+            uint8_t* vd = main ? st.v[i].get() : st.mtp_v[i - st.k.size()].get();
+            std::copy(s.k[i].begin(), s.k[i].end(), kd);
+            std::copy(s.v[i].begin(), s.v[i].end(), vd);
         }
     }
     st.conv = s.conv;
     st.ssm = s.ssm;
+    st.mtp_h = s.mtp_h;
     st.pos = s.pos;
+    st.draft_pos = -1;
+    st.verify.pos0 = -1;
 }
 
 // ---- forward -------------------------------------------------------------------------------------
 
 static const float* f32(const Tensor& t) { return (const float*)t.data; }
 
-void Model::forward(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int64_t n_batch) {
+void Model::check_tokens(const int32_t* tokens, int64_t n) const {
+    for (int64_t i = 0; i < n; ++i)
+        if (tokens[i] < 0 || tokens[i] >= cfg_.n_vocab)
+            throw std::out_of_range("token id " + std::to_string(tokens[i]) + " outside the vocabulary");
+}
+
+void Model::forward(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int64_t n_batch,
+                    bool verify) {
     if (n <= 0) throw std::invalid_argument("no tokens to process");
     if (st.pos + n > st.n_ctx)
         throw std::length_error("context overflow: " + std::to_string(st.pos) + " + " + std::to_string(n) +
                                 " tokens exceed n_ctx " + std::to_string(st.n_ctx));
-    if (st.conv.size() != (size_t)cfg_.n_recurrent_layers() || st.k.size() != (size_t)cfg_.n_attn_layers())
+    if (st.conv.size() != (size_t)cfg_.n_recurrent_layers() || st.k.size() != (size_t)cfg_.n_attn_layers() ||
+        (st.has_mtp() && (int)st.mtp_k.size() != cfg_.n_nextn))
         throw std::invalid_argument("state belongs to a different model");
-    for (int64_t i = 0; i < n; ++i)
-        if (tokens[i] < 0 || tokens[i] >= cfg_.n_vocab)
-            throw std::out_of_range("token id " + std::to_string(tokens[i]) + " outside the vocabulary");
+    if (verify && n > kMaxVerifyTokens)
+        throw std::invalid_argument("a verification feeds at most " + std::to_string(kMaxVerifyTokens) + " tokens");
+    check_tokens(tokens, n);
+    st.draft_pos = -1;
+    st.verify.pos0 = -1;
+    if (verify) n_batch = n;  // one batch: rollback replays within it
     if (n_batch < 1) n_batch = 1;
     for (int64_t b = 0; b < n; b += n_batch) {
         const int64_t m = std::min(n_batch, n - b);
         const bool last = b + m == n;
         float* o = nullptr;
         if (out) o = logits_all ? out + b * cfg_.n_vocab : (last ? out : nullptr);
-        forward_batch(st, tokens + b, m, o, logits_all);
+        forward_batch(st, tokens + b, m, o, logits_all, verify);
     }
 }
 
-void Model::forward_batch(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all) {
-    const int64_t E = cfg_.n_embd;
+void Model::forward_batch(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, bool verify) {
+    const int64_t E = cfg_.n_embd, pos0 = st.pos;
     std::vector<float> x(n * E), a(n * E), tmp(n * E);
     for (int64_t t = 0; t < n; ++t) tensor_row_to_float(w_.token_embd, tokens[t], x.data() + t * E);
+    if (verify) {
+        st.verify.conv0 = st.conv;
+        st.verify.ssm0 = st.ssm;
+    }
 
     for (int il = 0; il < cfg_.n_layer; ++il) {
         const LayerWeights& L = w_.layers[il];
+        const int slot = layer_slot_[il];
         for (int64_t t = 0; t < n; ++t) rms_norm(x.data() + t * E, f32(L.attn_norm), a.data() + t * E, E, cfg_.rms_eps);
-        if (cfg_.recurrent[il]) gdn_layer(L, layer_slot_[il], st, a.data(), n, tmp.data());
-        else attn_layer(L, layer_slot_[il], st, a.data(), n, tmp.data());
+        if (cfg_.recurrent[il]) gdn_layer(L, slot, st, a.data(), n, tmp.data(), verify);
+        else attn_layer(L, st.k[slot].get(), st.v[slot].get(), st, pos0, a.data(), n, tmp.data());
         for (int64_t i = 0; i < n * E; ++i) x[i] += tmp[i];
         for (int64_t t = 0; t < n; ++t)
             rms_norm(x.data() + t * E, f32(L.post_attention_norm), a.data() + t * E, E, cfg_.rms_eps);
@@ -166,11 +204,129 @@ void Model::forward_batch(State& st, const int32_t* tokens, int64_t n, float* ou
     }
     st.pos += n;
 
-    if (!out) return;
-    const int64_t first = logits_all ? 0 : n - 1, rows = n - first;
+    // The final norm of the rows that need it: the LM head's, and every row when the MTP reads them
+    // (its input is the main model's final-norm hidden state) or a verification logs them.
+    const bool all_rows = st.has_mtp() || verify;
+    const int64_t first = (logits_all || all_rows) ? 0 : n - 1, rows = n - first;
+    if (!out && !all_rows) return;
     for (int64_t t = 0; t < rows; ++t)
         rms_norm(x.data() + (first + t) * E, f32(w_.output_norm), a.data() + t * E, E, cfg_.rms_eps);
-    matmul(pool_, w_.output, a.data(), rows, out);
+    if (verify) {
+        st.verify.pos0 = pos0;
+        st.verify.n = n;
+        st.verify.hidden.assign(a.begin(), a.end());
+    }
+    if (st.has_mtp()) {
+        // Catch the MTP cache up: row p pairs the hidden state of token p with token p + 1, so this batch
+        // completes row pos0 - 1 (with the hidden state kept from the last batch) and rows pos0..pos0+n-2;
+        // its last hidden state waits for the next token.
+        std::vector<float> h((size_t)n * E);
+        std::copy(st.mtp_h.begin(), st.mtp_h.end(), h.begin());
+        std::copy(a.begin(), a.begin() + (n - 1) * E, h.begin() + E);
+        const int64_t skip = pos0 == 0 ? 1 : 0;  // nothing precedes the first token of the sequence
+        if (n - skip > 0)
+            mtp_block(st, h.data() + skip * E, tokens + skip, n - skip, pos0 - 1 + skip, nullptr, nullptr);
+        std::copy(a.begin() + (n - 1) * E, a.begin() + n * E, st.mtp_h.begin());
+    }
+    if (!out) return;
+    const int64_t lm_first = logits_all ? 0 : n - 1 - first;
+    matmul(pool_, w_.output, a.data() + lm_first * E, rows - lm_first, out);
+}
+
+// ---- speculative decoding: rollback, MTP ----------------------------------------------------------
+
+void Model::rollback(State& st, int64_t n_keep) const {
+    VerifyLog& lg = st.verify;
+    if (lg.pos0 < 0 || st.pos != lg.pos0 + lg.n)
+        throw std::invalid_argument("rollback needs a verify forward as the state's last step");
+    if (n_keep < 1 || n_keep > lg.n)
+        throw std::invalid_argument("rollback keeps 1.." + std::to_string(lg.n) + " tokens, got " + std::to_string(n_keep));
+    const int64_t E = cfg_.n_embd;
+    if (n_keep < lg.n) {
+        const Config& c = cfg_;
+        const int64_t C = c.conv_channels(), K = c.ssm_conv, nk = c.ssm_k_heads, nv = c.ssm_v_heads;
+        const int64_t dk = c.ssm_k_dim, dv = c.ssm_v_dim, Dk = nk * dk;
+        const float q_scale = 1.0f / std::sqrt((float)dk);
+        for (size_t rl = 0; rl < st.ssm.size(); ++rl) {
+            // The SSM: back to the state before the batch, then the kept tokens' updates, replayed with
+            // the kernel and inputs of the batch, so the floats are those of feeding only these tokens.
+            st.ssm[rl] = lg.ssm0[rl];
+            const float* y = lg.y[rl].data();
+            const float* gb = lg.gb[rl].data();
+            float* S_all = st.ssm[rl].data();
+            pool_.parallel_for(nv, [&](int64_t h0, int64_t h1, int) {
+                std::vector<float> o_scratch((size_t)n_keep * dv);
+                for (int64_t h = h0; h < h1; ++h) {
+                    const int64_t kh = h % nk;
+                    delta_rule_head(y + kh * dk, y + Dk + kh * dk, y + 2 * Dk + h * dv, C, C, C, gb + h, gb + nv + h,
+                                    2 * nv, S_all + h * dv * dk, dk, dv, n_keep, q_scale, o_scratch.data(), dv);
+                }
+            });
+            // The conv window: the last K-1 raw inputs of [window before the batch | kept tokens' inputs].
+            const float* x = lg.x[rl].data();
+            const float* w0 = lg.conv0[rl].data();
+            float* w = st.conv[rl].data();
+            for (int64_t ch = 0; ch < C; ++ch)
+                for (int64_t j = 0; j < K - 1; ++j) {
+                    const int64_t src = n_keep - (K - 1) + j;  // index in the kept inputs; < 0: old window
+                    w[ch * (K - 1) + j] = src >= 0 ? x[src * C + ch] : w0[ch * (K - 1) + (K - 1 + src)];
+                }
+        }
+        st.pos = lg.pos0 + n_keep;
+    }
+    if (st.has_mtp())
+        std::copy(lg.hidden.begin() + (n_keep - 1) * E, lg.hidden.begin() + n_keep * E, st.mtp_h.begin());
+    st.draft_pos = -1;
+    lg.pos0 = -1;
+}
+
+void Model::mtp_block(State& st, const float* h, const int32_t* tok, int64_t n, int64_t pos0, float* hidden_out,
+                      float* logits) {
+    const int64_t E = cfg_.n_embd;
+    const LayerWeights& L = w_.layers[cfg_.n_layer];  // the first MTP block (the one llama.cpp and vLLM run)
+    // u = eh_proj([enorm(embed(token)) | hnorm(h)])
+    std::vector<float> eh((size_t)n * 2 * E), x((size_t)n * E), a((size_t)n * E), tmp((size_t)n * E);
+    for (int64_t t = 0; t < n; ++t) {
+        float* e = eh.data() + t * 2 * E;
+        tensor_row_to_float(w_.token_embd, tok[t], e);
+        rms_norm(e, f32(L.nextn_enorm), e, E, cfg_.rms_eps);
+        rms_norm(h + t * E, f32(L.nextn_hnorm), e + E, E, cfg_.rms_eps);
+    }
+    matmul(pool_, L.nextn_eh_proj, eh.data(), n, x.data());
+    for (int64_t t = 0; t < n; ++t) rms_norm(x.data() + t * E, f32(L.attn_norm), a.data() + t * E, E, cfg_.rms_eps);
+    attn_layer(L, st.mtp_k[0].get(), st.mtp_v[0].get(), st, pos0, a.data(), n, hidden_out || logits ? tmp.data() : nullptr);
+    if (!hidden_out && !logits) return;  // catching the cache up: only its K/V rows were needed
+    for (int64_t i = 0; i < n * E; ++i) x[i] += tmp[i];
+    for (int64_t t = 0; t < n; ++t)
+        rms_norm(x.data() + t * E, f32(L.post_attention_norm), a.data() + t * E, E, cfg_.rms_eps);
+    ffn(L, a.data(), n, tmp.data());
+    for (int64_t i = 0; i < n * E; ++i) x[i] += tmp[i];
+    float* hn = hidden_out ? hidden_out : a.data();
+    for (int64_t t = 0; t < n; ++t) rms_norm(x.data() + t * E, f32(L.nextn_shared_head_norm), hn + t * E, E, cfg_.rms_eps);
+    if (logits) matmul(pool_, w_.output, hn, n, logits);
+}
+
+void Model::mtp_draft(State& st, int32_t token, float* logits) {
+    if (!st.has_mtp()) throw std::invalid_argument("this state does not draft with the MTP head (make it with mtp=True)");
+    if (st.pos == 0) throw std::invalid_argument("MTP drafting needs at least one token fed");
+    check_tokens(&token, 1);
+    const int64_t E = cfg_.n_embd;
+    const bool first = st.draft_pos < 0;
+    const int64_t p = first ? st.pos - 1 : st.draft_pos;
+    if (p >= st.n_ctx) throw std::length_error("MTP draft past the end of the context");
+    std::vector<float> h(first ? st.mtp_h : st.draft_h), out((size_t)E);
+    mtp_block(st, h.data(), &token, 1, p, out.data(), logits);
+    st.draft_h.swap(out);
+    st.draft_pos = p + 1;
+}
+
+void Model::eval_mtp(const int32_t* tokens, int64_t n, float* out) {
+    if (!has_mtp()) throw std::invalid_argument("this model has no MTP head (no nextn block in the file)");
+    if (n < 2) throw std::invalid_argument("eval_mtp needs at least two tokens");
+    check_tokens(tokens, n);
+    auto st = new_state(n, KvType::F32, true);
+    forward_batch(*st, tokens, n, nullptr, false, true);  // verify: keeps every final-norm hidden row
+    mtp_block(*st, st->verify.hidden.data(), tokens + 1, n - 1, 0, nullptr, out);
 }
 
 void Model::ffn(const LayerWeights& L, const float* f, int64_t n, float* out) {
@@ -184,7 +340,7 @@ void Model::ffn(const LayerWeights& L, const float* f, int64_t n, float* out) {
 
 // Gated DeltaNet: in-projections, causal conv + SiLU, L2-normalised q/k, the delta-rule recurrence
 // per V head (V head h reads QK head h % n_k_heads: the GGUF's tiled head order), gated RMSNorm.
-void Model::gdn_layer(const LayerWeights& L, int rl, State& st, const float* a, int64_t n, float* out) {
+void Model::gdn_layer(const LayerWeights& L, int rl, State& st, const float* a, int64_t n, float* out, bool verify) {
     const Config& c = cfg_;
     const int64_t C = c.conv_channels(), K = c.ssm_conv, nk = c.ssm_k_heads, nv = c.ssm_v_heads;
     const int64_t dk = c.ssm_k_dim, dv = c.ssm_v_dim, Dk = nk * dk, Dv = nv * dv;
@@ -194,6 +350,11 @@ void Model::gdn_layer(const LayerWeights& L, int rl, State& st, const float* a, 
     matmul(pool_, L.ssm_beta, a, n, b.data());
     matmul(pool_, L.ssm_alpha, a, n, al.data());
 
+    VerifyLog& lg = st.verify;
+    if (verify) {  // rollback rebuilds the conv window from the raw inputs
+        lg.x.resize(st.conv.size());
+        lg.x[rl].assign(qkv.begin(), qkv.end());
+    }
     // Causal depthwise conv over [state (K-1 oldest first) | new inputs]; tap K-1 is the current token.
     float* cs = st.conv[rl].data();
     pool_.parallel_for(C, [&](int64_t c0, int64_t c1, int) {
@@ -214,6 +375,17 @@ void Model::gdn_layer(const LayerWeights& L, int rl, State& st, const float* a, 
             b[t * nv + h] = sigmoid(b[t * nv + h]);
         }
 
+    if (verify) {  // and replays the kept tokens' delta-rule updates from these
+        lg.y.resize(st.conv.size());
+        lg.y[rl].assign(y.begin(), y.end());
+        lg.gb.resize(st.conv.size());
+        lg.gb[rl].resize((size_t)n * 2 * nv);
+        for (int64_t t = 0; t < n; ++t)
+            for (int64_t h = 0; h < nv; ++h) {
+                lg.gb[rl][(t * 2 + 0) * nv + h] = al[t * nv + h];
+                lg.gb[rl][(t * 2 + 1) * nv + h] = b[t * nv + h];
+            }
+    }
     const float q_scale = 1.0f / std::sqrt((float)dk);
     const float* norm_w = f32(L.ssm_norm);
     float* S_all = st.ssm[rl].data();
@@ -246,36 +418,36 @@ static inline void kv_store(uint8_t* dst, const float* src, int64_t n, KvType ty
 
 // Gated attention: per-head [q | gate] rows, q/k RMSNorm, partial NEOX RoPE, causal GQA over the
 // KV cache (query head h reads KV head h / (n_head / n_head_kv)), sigmoid gate, output projection.
-void Model::attn_layer(const LayerWeights& L, int al, State& st, const float* a, int64_t n, float* out) {
+// out == nullptr: only the K/V rows are written (the MTP cache catching up on tokens it drafts no more from).
+void Model::attn_layer(const LayerWeights& L, uint8_t* Kc, uint8_t* Vc, const State& st, int64_t pos0, const float* a,
+                       int64_t n, float* out) {
     const Config& c = cfg_;
     const int64_t H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim, group = H / Hkv;
-    std::vector<float> qg(n * H * 2 * D), kk(n * Hkv * D), vv(n * Hkv * D), o(n * H * D);
-    matmul(pool_, L.attn_q, a, n, qg.data());
+    std::vector<float> kk(n * Hkv * D), vv(n * Hkv * D);
     matmul(pool_, L.attn_k, a, n, kk.data());
     matmul(pool_, L.attn_v, a, n, vv.data());
-
-    const int64_t pos0 = st.pos;
     for (int64_t t = 0; t < n; ++t) {
-        for (int64_t h = 0; h < H; ++h) {
-            float* q = qg.data() + (t * H + h) * 2 * D;
-            rms_norm(q, f32(L.attn_q_norm), q, D, c.rms_eps);
-            rope_neox(q, c.n_rot, pos0 + t, c.rope_base);
-        }
         for (int64_t g = 0; g < Hkv; ++g) {
             float* k = kk.data() + (t * Hkv + g) * D;
             rms_norm(k, f32(L.attn_k_norm), k, D, c.rms_eps);
             rope_neox(k, c.n_rot, pos0 + t, c.rope_base);
         }
-        uint8_t* krow = st.k[al].get() + (size_t)(pos0 + t) * st.kv_row_bytes;
-        uint8_t* vrow = st.v[al].get() + (size_t)(pos0 + t) * st.kv_row_bytes;
-        kv_store(krow, kk.data() + t * Hkv * D, Hkv * D, st.kv_type);
-        kv_store(vrow, vv.data() + t * Hkv * D, Hkv * D, st.kv_type);
+        kv_store(Kc + (size_t)(pos0 + t) * st.kv_row_bytes, kk.data() + t * Hkv * D, Hkv * D, st.kv_type);
+        kv_store(Vc + (size_t)(pos0 + t) * st.kv_row_bytes, vv.data() + t * Hkv * D, Hkv * D, st.kv_type);
     }
+    if (!out) return;
+
+    std::vector<float> qg(n * H * 2 * D), o(n * H * D);
+    matmul(pool_, L.attn_q, a, n, qg.data());
+    for (int64_t t = 0; t < n; ++t)
+        for (int64_t h = 0; h < H; ++h) {
+            float* q = qg.data() + (t * H + h) * 2 * D;
+            rms_norm(q, f32(L.attn_q_norm), q, D, c.rms_eps);
+            rope_neox(q, c.n_rot, pos0 + t, c.rope_base);
+        }
 
     const float scale = 1.0f / std::sqrt((float)D);
     const size_t head_bytes = (size_t)D * (st.kv_type == KvType::F16 ? 2 : 4);
-    const uint8_t* Kc = st.k[al].get();
-    const uint8_t* Vc = st.v[al].get();
     pool_.parallel_for(n * H, [&](int64_t i0, int64_t i1, int) {
         std::vector<float> p(pos0 + n);
         for (int64_t i = i0; i < i1; ++i) {

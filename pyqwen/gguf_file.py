@@ -96,10 +96,11 @@ class HParams:
     full_attention_interval: int
     recurrent: list[bool] = field(repr=False)
 
-    def core_config(self) -> dict:
+    def core_config(self, mtp: bool = False) -> dict:
+        """The C++ config; mtp=True includes the MTP block(s) (the spec then walks their tensors too)."""
         return {
             "n_embd": self.n_embd, "n_ff": self.n_ff, "n_vocab": self.n_vocab, "n_layer": self.n_layer,
-            "n_nextn": 0,  # the MTP block (hp.n_nextn) is declared in the spec; nothing runs it yet
+            "n_nextn": self.n_nextn if mtp else 0,
             "recurrent": self.recurrent, "n_head": self.n_head, "n_head_kv": self.n_head_kv,
             "head_dim": self.head_dim, "n_rot": self.n_rot, "rope_base": self.rope_base,
             "ssm_conv": self.ssm_conv, "ssm_k_heads": self.ssm_k_heads, "ssm_v_heads": self.ssm_v_heads,
@@ -280,17 +281,31 @@ class GGUFFile:
     # What a qwen35 model reads is the C++ spec (csrc/common/model_spec.h, through pyqwen._spec), not a
     # table kept here: the same walk binds the weights on the CPU, uploads them on CUDA and plans GPU memory.
 
-    def expected_tensors(self) -> dict[str, dict]:
+    def expected_tensors(self, mtp: bool = False) -> dict[str, dict]:
         """name -> {ne0, ne1, storage, optional} of every tensor the forward pass reads that this file has
-        or must have (an absent optional one -- output.weight, tied -- is left out), in file order."""
+        or must have (an absent optional one -- output.weight, tied -- is left out), in file order; with
+        mtp, the MTP block's too."""
         from . import _spec
 
-        spec = _spec.expected_tensors(self.hparams.core_config())
+        spec = _spec.expected_tensors(self.hparams.core_config(mtp=mtp))
         return {name: t for name, t in spec.items() if not t["optional"] or name in self.tensors}
 
-    def _check_tensors(self) -> None:
+    def mtp_problem(self) -> str | None:
+        """Why the file's MTP head cannot draft (None: it can). A file without one, or with a damaged one,
+        still loads: the head is only needed for speculative decoding."""
+        if self.hparams.n_nextn <= 0:
+            return (f"{self.path} has no MTP head (no nextn_predict_layers / blk.{self.hparams.n_layer}.nextn.* "
+                    "tensors; convert the checkpoint with them, as llama.cpp's converter does by default)")
+        main = self.expected_tensors()
+        try:
+            self._check_tensors({n: t for n, t in self.expected_tensors(mtp=True).items() if n not in main})
+        except ModelFormatError as e:
+            return f"the MTP head is unusable: {e}"
+        return None
+
+    def _check_tensors(self, expected: dict[str, dict] | None = None) -> None:
         supported = _weight_types()
-        for name, want in self.expected_tensors().items():
+        for name, want in (self.expected_tensors() if expected is None else expected).items():
             t = self.tensors.get(name)
             if t is None:
                 raise ModelFormatError(f"{self.path}: missing tensor {name!r}")
@@ -306,7 +321,7 @@ class GGUFFile:
                 raise ModelFormatError(f"{self.path}: tensor {name!r} must be F32/F16/BF16 (the kernels read it as "
                                        f"floats), not {t.type_name}")
 
-    def core_tensors(self) -> tuple[dict, list]:
+    def core_tensors(self, mtp: bool = False) -> tuple[dict, list]:
         """(name -> (type, ne0, ne1, address)) for the C++ core, and the arrays that must stay alive.
 
         Weights are passed as pointers into the mapping. Tensors the spec stores as floats (norms, conv
@@ -314,7 +329,7 @@ class GGUFFile:
         read those as floats and they are a few KB.
         """
         out, keep = {}, []
-        for name, want in self.expected_tensors().items():
+        for name, want in self.expected_tensors(mtp=mtp).items():
             t = self.tensors[name]
             arr = t.data
             ttype = t.type

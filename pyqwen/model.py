@@ -156,8 +156,10 @@ class Model:
 
                 core = CudaCore.from_gguf(gf, n_ctx, n_batch=n_batch, kv_type=kv_type, device=device)
             else:
-                tensors, keep = gf.core_tensors()
-                core = CpuCore(_core.Model(gf.hparams.core_config(), tensors, threads or default_threads(),
+                # The MTP head is loaded when the file has a usable one (it only serves speculative decoding).
+                mtp = gf.mtp_problem() is None
+                tensors, keep = gf.core_tensors(mtp=mtp)
+                core = CpuCore(_core.Model(gf.hparams.core_config(mtp=mtp), tensors, threads or default_threads(),
                                            (gf.reader, keep)))
         except ValueError as e:
             raise ModelFormatError(f"{gf.path}: {e}") from None

@@ -263,13 +263,18 @@ void bind_weights(const Config& c, WeightsT<T>& w, Lookup&& lookup, TypeOk&& wei
 // ---- per-sequence state ------------------------------------------------------------------------------
 
 // Every buffer of one sequence's state: per DeltaNet layer the conv window and the SSM matrix (F32),
-// per attention layer K and V rows, one row per position (in the state's KV type).
-//  name  blocks      per position  values per layer (or per position)
+// per attention layer K and V rows, one row per position (in the state's KV type), and per MTP block
+// (when the model has one and the state drafts with it) its own K and V rows at the main positions
+// plus the main model's last hidden state, which the next token pairs with as the MTP's input.
+//  name    blocks      per position  values per layer (or per position)
 #define PQ_STATE_BUFFERS(X)                                  \
     X(conv, kRecurrent, false, c.conv_state_floats())        \
     X(ssm, kRecurrent, false, c.ssm_state_floats())          \
     X(k, kAttention, true, c.kv_row_values())                \
-    X(v, kAttention, true, c.kv_row_values())
+    X(v, kAttention, true, c.kv_row_values())                \
+    X(mtp_k, kMtp, true, c.kv_row_values())                  \
+    X(mtp_v, kMtp, true, c.kv_row_values())                  \
+    X(mtp_h, kMtp, false, c.n_embd)
 
 struct StateBufferSpec {
     const char* name;
@@ -279,10 +284,15 @@ struct StateBufferSpec {
     int n_layers;       // layers that have it
 };
 
+// Layers that have a buffer of this block kind (MTP buffers: the blocks the config loads, n_nextn).
+inline int state_buffer_layers(const Config& c, uint8_t blocks) {
+    return blocks == kRecurrent ? c.n_recurrent_layers() : blocks == kAttention ? c.n_attn_layers() : c.n_nextn;
+}
+
 template <class Fn>
 void for_each_state_buffer(const Config& c, Fn&& fn) {
 #define PQ_STATE_VISIT(bname, blk, per_pos, expr) \
-    fn(StateBufferSpec{#bname, blk, per_pos, (int64_t)(expr), (blk) == kRecurrent ? c.n_recurrent_layers() : c.n_attn_layers()});
+    fn(StateBufferSpec{#bname, blk, per_pos, (int64_t)(expr), state_buffer_layers(c, blk)});
     PQ_STATE_BUFFERS(PQ_STATE_VISIT)
 #undef PQ_STATE_VISIT
 }
@@ -312,6 +322,21 @@ inline size_t kv_bytes_per_token(const Config& c, int kv_type) {
 
 inline size_t state_bytes(const Config& c, int64_t n_ctx, int kv_type) {
     return recurrent_state_bytes(c) + (size_t)n_ctx * kv_bytes_per_token(c, kv_type);
+}
+
+// Longest batch a speculative verification may feed (1 + the drafts): rollback keeps per-token rows.
+constexpr int kMaxVerifyTokens = 16;
+
+// What rolling back a verification of n tokens keeps (speculative decoding, on top of the state): the
+// recurrent part as it was before the batch (restored, then the accepted tokens' updates replayed, so
+// the result is bit-identical to having fed only those tokens) and, per token and DeltaNet layer, the
+// conv inputs and outputs and the decay and write strength; per token the main model's final hidden
+// state (the MTP's input). For the 27B: 157 MB + 3.9 MB per token; a per-token copy of the whole
+// recurrent state (llama.cpp's design) would cost 157 MB per token.
+inline size_t verify_rollback_bytes(const Config& c, int n_tokens) {
+    const size_t per_token_layer = (2 * (size_t)c.conv_channels() + 2 * (size_t)c.ssm_v_heads) * sizeof(float);
+    return recurrent_state_bytes(c) +
+           (size_t)n_tokens * ((size_t)c.n_recurrent_layers() * per_token_layer + (size_t)c.n_embd * sizeof(float));
 }
 
 }  // namespace pq
