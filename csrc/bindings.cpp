@@ -44,6 +44,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("n_ctx", &State::n_ctx)
         .def_property_readonly("nbytes", &State::bytes)
         .def_property_readonly("kv_type", [](const State& s) { return s.kv_type == KvType::F16 ? "f16" : "f32"; })
+        .def_property_readonly("has_mtp", &State::has_mtp, "Whether the state keeps the MTP head's cache.")
         .def("reset", &State::reset, "Forget every token (KV cache and recurrent states).");
 
     py::class_<Snapshot>(m, "Snapshot")

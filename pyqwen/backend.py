@@ -18,6 +18,14 @@ the server -- only uses these methods:
                                                 then uses decode() for requests that need nothing
                                                 host-only. False: the loop uses forward() + the host
                                                 Sampler (whose numpy RNG stream a seed reproduces).
+
+Speculative decoding (pyqwen.speculative), where `speculation` is True:
+- new_state(n_ctx, kv_type, mtp=True)           a state that also keeps the MTP head's cache (has_mtp models)
+- verify(state, tokens) -> [n, n_vocab]         feed the last sampled token and the drafts as one batch
+- rollback(state, n_keep)                       after verify: the state as if only n_keep of them were fed,
+                                                bit-identical to feeding exactly those
+- mtp_draft(state, token) -> [n_vocab]          one MTP draft step (chained until the next forward/verify)
+- eval_mtp(tokens) -> [n - 1, n_vocab]          the MTP's draft logits over a fresh sequence
 """
 
 from __future__ import annotations
@@ -58,8 +66,31 @@ class CoreAdapter:
     def config(self) -> dict:
         return self._m.config
 
-    def new_state(self, n_ctx: int, kv_type: str = "f16"):
+    def new_state(self, n_ctx: int, kv_type: str = "f16", mtp: bool = False):
+        if mtp:
+            return self._m.new_state(n_ctx, kv_type, True)
         return self._m.new_state(n_ctx, kv_type)
+
+    @property
+    def speculation(self) -> bool:
+        """Whether this backend verifies drafts and rolls back (see the module doc)."""
+        return hasattr(self._m, "verify")
+
+    @property
+    def has_mtp(self) -> bool:
+        return bool(getattr(self._m, "has_mtp", False))
+
+    def verify(self, state, tokens):
+        return self._m.verify(state, np.ascontiguousarray(tokens, dtype=np.int32))
+
+    def rollback(self, state, n_keep: int) -> None:
+        self._m.rollback(state, int(n_keep))
+
+    def mtp_draft(self, state, token: int):
+        return self._m.mtp_draft(state, int(token))
+
+    def eval_mtp(self, tokens):
+        return self._m.eval_mtp(np.ascontiguousarray(tokens, dtype=np.int32))
 
     def forward(self, state, tokens, logits: str = "last", n_batch: int = 256):
         return self._m.forward(state, np.ascontiguousarray(tokens, dtype=np.int32), logits, n_batch)

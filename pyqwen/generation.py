@@ -28,6 +28,34 @@ class GenerationStats:
     generated_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    # speculative decoding: the mode that ran, verifications, drafted and accepted tokens, and per draft
+    # position i (0-based) how often a draft was made there and how often it was accepted
+    spec: str = "off"
+    verify_steps: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    drafted_at: list[int] = field(default_factory=list)
+    accepted_at: list[int] = field(default_factory=list)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens produced per verification: the accepted drafts plus the main model's own token."""
+        return (self.accepted_tokens + self.verify_steps) / self.verify_steps if self.verify_steps else 0.0
+
+    def count_verify(self, n_drafted: int, n_accepted: int) -> None:
+        self.verify_steps += 1
+        self.draft_tokens += n_drafted
+        self.accepted_tokens += n_accepted
+        while len(self.drafted_at) < n_drafted:
+            self.drafted_at.append(0)
+            self.accepted_at.append(0)
+        for i in range(n_drafted):
+            self.drafted_at[i] += 1
+            self.accepted_at[i] += i < n_accepted
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -41,9 +69,13 @@ class GenerationStats:
         return n / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"prompt {self.prompt_tokens} tok ({self.cached_tokens} cached), "
-                f"prefill {self.prefill_tokens_per_second:.1f} tok/s, "
-                f"generated {self.generated_tokens} tok, decode {self.decode_tokens_per_second:.1f} tok/s")
+        s = (f"prompt {self.prompt_tokens} tok ({self.cached_tokens} cached), "
+             f"prefill {self.prefill_tokens_per_second:.1f} tok/s, "
+             f"generated {self.generated_tokens} tok, decode {self.decode_tokens_per_second:.1f} tok/s")
+        if self.verify_steps:
+            s += (f", spec {self.spec}: {self.accepted_tokens}/{self.draft_tokens} drafts accepted "
+                  f"({100 * self.acceptance_rate:.0f}%), {self.mean_accepted_length:.2f} tok/verify")
+        return s
 
 
 @dataclass
@@ -100,6 +132,13 @@ class Sequence(Protocol):
 
     def decode(self, token: int, params: Any, counter: int) -> int: ...  # feed one token; the next id
 
+    # speculative decoding (pyqwen.speculative), used only when the backend verifies:
+    def verify(self, tokens: list[int]) -> np.ndarray: ...     # feed tokens as one batch; logits of each
+
+    def rollback(self, n_keep: int) -> None: ...               # keep only the first n_keep of them
+
+    def mtp_draft(self, token: int) -> np.ndarray: ...         # one MTP draft step; its logits
+
 
 class StateSequence:
     """A state fed straight through a pyqwen.Model (no bookkeeping)."""
@@ -118,6 +157,15 @@ class StateSequence:
     def decode(self, token, params, counter):
         return self._model.decode(self.state, token, params, counter)
 
+    def verify(self, tokens):
+        return self._model.verify(self.state, tokens)
+
+    def rollback(self, n_keep):
+        self._model.rollback(self.state, n_keep)
+
+    def mtp_draft(self, token):
+        return self._model.mtp_draft(self.state, token)
+
 
 class Generation:
     """Iterator over Chunks of one generation; `.stats`, `.text`, `.tokens`, `.finish_reason` after it ends.
@@ -128,13 +176,20 @@ class Generation:
 
     def __init__(self, seq: Sequence, prompt_ids: Seq[int], prefill_ids: Seq[int], sampler, max_tokens: int,
                  eog_ids: set[int], stop: list[str], stream_decoder, stats: GenerationStats,
-                 logprobs: int | None = None):
+                 logprobs: int | None = None, spec=None, spec_mtp: bool = False):
         self._seq = seq
         # Device sampling only when the sampler says the device may choose in its place (see module doc)
         # and no logprobs are asked for (they need the logits on the host).
         self._device_params = getattr(sampler, "device_params", None)
         self._logprobs = logprobs       # None: none; n: the chosen token's and the n most likely
-        self.on_device = bool(seq.device_sampling) and self._device_params is not None and logprobs is None
+        # Speculative decoding (a pyqwen.speculative.SpecConfig, mode resolved for this backend) runs on
+        # the host path: drafts are verified against host logits.
+        self._spec = spec if spec is not None and spec.mode != "off" else None
+        self._spec_mtp = spec_mtp       # the state keeps an MTP cache: MTP may draft
+        self.on_device = (bool(seq.device_sampling) and self._device_params is not None and logprobs is None
+                          and self._spec is None)
+        if self._spec is not None:
+            stats.spec = self._spec.mode
         self._prompt_ids = prompt_ids
         self._prefill_ids = prefill_ids
         self._sampler = sampler
@@ -147,6 +202,10 @@ class Generation:
         self.text = ""
         self.finish_reason: str | None = None
         self.fed_tokens: list[int] = []  # tokens the state has consumed (for session bookkeeping)
+        self._verified: list[int] | None = None  # tokens of a verification not yet rolled back
+        self._full = ""       # all text decoded so far
+        self._emitted = 0     # how much of it is in chunks
+        self._yielded = 0     # how much of it the consumer has been given
         self._it = self._run()
 
     def __iter__(self) -> Iterator[Chunk]:
@@ -170,57 +229,120 @@ class Generation:
         self.stats.prefill_seconds = time.perf_counter() - t0
         if logits is None:
             raise ValueError("nothing to evaluate: the prompt is empty")
-        full = ""      # all text decoded so far
-        emitted = 0    # how much of it has been yielded
-        pending_ids: list[int] = []
-        want_lp = self._logprobs is not None
-        pending_lps: list[TokenLogprob] | None = [] if want_lp else None
+        drafter = None
+        if self._spec is not None:
+            from .speculative.policy import Drafter
+
+            drafter = Drafter(self._spec, self._seq, self._sampler, history, self._spec_mtp)
+        self._pending_ids: list[int] = []
+        self._pending_lps: list[TokenLogprob] | None = [] if self._logprobs is not None else None
         t_dec = time.perf_counter()
         try:
-            next_tok = None
+            # Tokens chosen and not yet emitted, each with the logits row it was chosen from (for logprobs).
+            chosen = [(self._sampler.sample(logits, history), logits)]
             while True:
-                tok = self._sampler.sample(logits, history) if next_tok is None else next_tok
-                if tok in self._eog:
-                    self.finish_reason = "stop"
-                    break
-                self.tokens.append(tok)
-                history.append(tok)
-                pending_ids.append(tok)
-                if want_lp:
-                    pending_lps.append(token_logprob(logits, tok, self._logprobs))
-                self.stats.generated_tokens += 1
-                full += self._dec.push(tok)
-                hit = -1
-                for s in self._stop:
-                    i = full.find(s, max(0, emitted - len(s) + 1))
-                    if i >= 0 and (hit < 0 or i < hit):
-                        hit = i
-                if hit >= 0:
-                    self.text = full[:hit]
-                    if hit > emitted:
-                        yield Chunk(full[emitted:hit], pending_ids, pending_lps)
-                    self.finish_reason = "stop"
+                chunks, n_done = self._emit(chosen, history)
+                finished = self.finish_reason is not None
+                if self._verified is not None:
+                    # The state holds [token before these, drafts...]: keep what was emitted and is followed
+                    # by another emitted token (the last emitted one is never fed, as in plain decoding).
+                    fed = self._verified[:1 + (n_done - 1 if finished else len(chosen) - 1)]
+                    self._seq.rollback(len(fed))
+                    self.fed_tokens.extend(fed)
+                    self._verified = None
+                for c in chunks:
+                    self._yielded += len(c.text)
+                    yield c
+                if finished:
                     return
-                safe = len(full) - _held_back(full, self._stop)
-                if safe > emitted:
-                    yield Chunk(full[emitted:safe], pending_ids, pending_lps)
-                    pending_ids = []
-                    pending_lps = [] if want_lp else None
-                    emitted = safe
-                if len(self.tokens) >= self._max_tokens:
-                    self.finish_reason = "length"
-                    break
+                tok = chosen[-1][0]
                 if self.on_device:
-                    next_tok = self._seq.decode(tok, self._device_params, draws)
+                    chosen = [(self._seq.decode(tok, self._device_params, draws), None)]
                     draws += 1
-                else:
+                    self.fed_tokens.append(tok)
+                    continue
+                # Drafts past the token budget could not be used (and must not run past the context).
+                limit = self._max_tokens - len(self.tokens) - 1
+                source, drafts, q = ("none", [], None)
+                if drafter is not None and limit > 0:
+                    source, drafts, q = drafter.propose(tok, history, limit)
+                if not drafts:
                     logits = self._seq.step(tok)
-                self.fed_tokens.append(tok)
-            full += self._dec.flush()
-            self.text = full
-            if len(full) > emitted or pending_ids:
-                yield Chunk(full[emitted:], pending_ids, pending_lps)
+                    self.fed_tokens.append(tok)
+                    chosen = [(self._sampler.sample(logits, history), logits)]
+                    continue
+                rows = self._seq.verify([tok] + drafts)
+                self._verified = [tok] + drafts
+                n_acc, nxt = self._accept(rows, drafts, q if source == "mtp" else None, history)
+                self.stats.count_verify(len(drafts), n_acc)
+                chosen = [(d, rows[i]) for i, d in enumerate(drafts[:n_acc])] + [(nxt, rows[n_acc])]
+        except BaseException:
+            if self._verified is not None:   # an error mid-step: leave the state consistent with fed_tokens
+                try:
+                    self._seq.rollback(1)
+                    self.fed_tokens.append(self._verified[0])
+                except Exception:
+                    pass
+                self._verified = None
+            raise
         finally:
             self.stats.decode_seconds = time.perf_counter() - t_dec
             if self.finish_reason is None:  # cancelled or failed: report what the caller saw
-                self.text = full[:emitted]
+                self.text = self._full[:self._yielded]
+
+    def _accept(self, rows, drafts: list[int], q, history: list[int]) -> tuple[int, int]:
+        """How many drafts the main model accepts and its own next token (pyqwen.speculative.accept)."""
+        from .speculative.policy import accept_drafts
+
+        return accept_drafts(self._sampler, rows, drafts, q, history)
+
+    def _emit(self, chosen, history: list[int]) -> tuple[list[Chunk], int]:
+        """Run the chosen tokens through the end checks (end of generation, stop strings, max_tokens) and
+        the text decoder, in order, until one ends the generation. Returns the chunks to yield and how
+        many tokens were taken (the one that ended it included). Nothing is yielded here, so the caller
+        can settle the state before the consumer sees (and maybe closes on) any of it."""
+        chunks: list[Chunk] = []
+        want_lp = self._logprobs is not None
+        for i, (tok, row) in enumerate(chosen):
+            if tok in self._eog:
+                self.finish_reason = "stop"
+                self._finish_text(chunks)
+                return chunks, i + 1
+            self.tokens.append(tok)
+            history.append(tok)
+            self._pending_ids.append(tok)
+            if want_lp:
+                self._pending_lps.append(token_logprob(row, tok, self._logprobs))
+            self.stats.generated_tokens += 1
+            self._full += self._dec.push(tok)
+            full, emitted = self._full, self._emitted
+            hit = -1
+            for s in self._stop:
+                j = full.find(s, max(0, emitted - len(s) + 1))
+                if j >= 0 and (hit < 0 or j < hit):
+                    hit = j
+            if hit >= 0:
+                self.text = full[:hit]
+                if hit > emitted:
+                    chunks.append(Chunk(full[emitted:hit], self._pending_ids, self._pending_lps))
+                self._emitted = max(emitted, hit)
+                self.finish_reason = "stop"
+                return chunks, i + 1
+            safe = len(full) - _held_back(full, self._stop)
+            if safe > emitted:
+                chunks.append(Chunk(full[emitted:safe], self._pending_ids, self._pending_lps))
+                self._pending_ids = []
+                self._pending_lps = [] if want_lp else None
+                self._emitted = safe
+            if len(self.tokens) >= self._max_tokens:
+                self.finish_reason = "length"
+                self._finish_text(chunks)
+                return chunks, i + 1
+        return chunks, len(chosen)
+
+    def _finish_text(self, chunks: list[Chunk]) -> None:
+        self._full += self._dec.flush()
+        self.text = self._full
+        if len(self._full) > self._emitted or self._pending_ids:
+            chunks.append(Chunk(self._full[self._emitted:], self._pending_ids, self._pending_lps))
+        self._emitted = len(self._full)

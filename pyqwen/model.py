@@ -116,18 +116,29 @@ class Model:
         self.kv_type = kv_type
         self.n_batch = n_batch
         self.backend = "cpu"
+        from .speculative.policy import SpecConfig
+
+        self.spec = SpecConfig(mode="off")   # set by load(): the default speculative-decoding policy
+        self.mtp_states = False              # new states keep an MTP cache (MTP drafting possible)
 
     # ---- loading -------------------------------------------------------------------------------
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, n_ctx: int = 4096, threads: int | None = None,
-             kv_type: str = "f16", n_batch: int = 256, backend: str = "auto", device: int = 0) -> "Model":
+             kv_type: str = "f16", n_batch: int = 256, backend: str = "auto", device: int = 0,
+             spec: str = "auto", draft: int | None = None) -> "Model":
         """Open a qwen35 GGUF (None = the built-in demo model) and prepare it for inference.
 
         n_ctx is the context window of each sequence state (capped at the model's training context);
         kv_type 'f16' (as llama.cpp) or 'f32'; n_batch bounds the tokens per prefill chunk; device: the
-        CUDA device index for the GPU backend (CUDA_VISIBLE_DEVICES selects and renumbers the devices).
+        CUDA device index for the GPU backend (CUDA_VISIBLE_DEVICES selects and renumbers the devices);
+        spec: the default speculative decoding ('auto', 'mtp', 'lookup', 'off'; pyqwen.speculative) and
+        draft its MTP draft length, both overridable per generate()/chat() call.
         """
+        from .speculative.policy import SpecConfig
+
+        spec_cfg = SpecConfig(mode=spec, **({"draft": draft} if draft is not None else {}))
+        spec_cfg.validate()
         from . import _core
         from .backend import CpuCore
         from .chat import BrokenChatTemplate, ChatTemplate
@@ -181,7 +192,32 @@ class Model:
             template = BrokenChatTemplate(source, e)
         model = cls(gf, core, tokenizer, template, n_ctx, kv_type, n_batch)
         model.backend = chosen
+        model._set_spec(spec_cfg)
         return model
+
+    def _set_spec(self, cfg) -> None:
+        from .speculative.policy import resolve_mode
+
+        cfg.mode = resolve_mode(cfg.mode, has_mtp=self.has_mtp, speculation=self.speculation,
+                                mtp_problem=self.gguf.mtp_problem())
+        self.spec = cfg
+        self.mtp_states = self.has_mtp and cfg.mode in ("auto", "mtp")
+
+    def spec_for(self, spec: str | None = None, draft: int | None = None, state=None):
+        """The speculative-decoding config of one generation: the model's default, overridden per call,
+        resolved against what this model, backend and state can do."""
+        from dataclasses import replace
+
+        from .speculative.policy import resolve_mode
+
+        cfg = replace(self.spec, **({"mode": spec} if spec is not None else {}),
+                      **({"draft": draft} if draft is not None else {}))
+        cfg.validate()
+        state_mtp = state is None and self.mtp_states or state is not None and bool(getattr(state, "has_mtp", False))
+        cfg.mode = resolve_mode(cfg.mode, has_mtp=self.has_mtp and state_mtp, speculation=self.speculation,
+                                mtp_problem=self.gguf.mtp_problem() or
+                                ("this state keeps no MTP cache (load with spec='mtp' or 'auto')" if self.has_mtp else None))
+        return cfg
 
     # ---- tokens --------------------------------------------------------------------------------
 
@@ -197,12 +233,58 @@ class Model:
 
     # ---- low level -----------------------------------------------------------------------------
 
-    def new_state(self, n_ctx: int | None = None):
-        """A fresh sequence state (KV cache + recurrent states)."""
+    def new_state(self, n_ctx: int | None = None, *, mtp: bool | None = None):
+        """A fresh sequence state (KV cache + recurrent states). mtp: also keep the MTP head's cache, so
+        that generation can draft with it (default: when the model loaded with MTP drafting enabled)."""
+        if mtp is None:
+            mtp = self.mtp_states
+        if mtp:
+            if not self.has_mtp:
+                raise ValueError(self.gguf.mtp_problem() or "the MTP head is not loaded on this backend")
+            return self._core.new_state(n_ctx or self.n_ctx, self.kv_type, mtp=True)
         return self._core.new_state(n_ctx or self.n_ctx, self.kv_type)
 
-    def forward(self, state, tokens: Sequence[int], logits: str = "last"):
-        """Feed tokens into state; returns logits ('last' [n_vocab], 'all' [n, n_vocab]) or None."""
+    # ---- speculative decoding --------------------------------------------------------------------
+
+    @property
+    def has_mtp(self) -> bool:
+        """Whether the MTP head is loaded and can draft (the file has one and the backend runs it)."""
+        return bool(getattr(self._core, "has_mtp", False))
+
+    @property
+    def speculation(self) -> bool:
+        """Whether the backend verifies drafted tokens (any speculative decoding at all)."""
+        return bool(getattr(self._core, "speculation", False))
+
+    def verify(self, state, tokens: Sequence[int]) -> np.ndarray:
+        """Feed tokens (the last sampled token, then drafts) as one batch; logits of each [n, n_vocab].
+        Follow with rollback(state, n_keep) to keep the accepted prefix."""
+        tokens = self._checked_tokens(state, tokens)
+        return self._core.verify(state, tokens)
+
+    def rollback(self, state, n_keep: int) -> None:
+        """After verify(): the state as if only the first n_keep tokens had been fed (bit-identical)."""
+        self._core.rollback(state, n_keep)
+
+    def mtp_draft(self, state, token: int) -> np.ndarray:
+        """One MTP draft step: logits [n_vocab] of the token after `token` (see pyqwen.backend)."""
+        if not 0 <= int(token) < self.n_vocab:
+            raise ValueError(f"token ids must be in [0, {self.n_vocab})")
+        return self._core.mtp_draft(state, int(token))
+
+    def eval_mtp(self, tokens: Sequence[int]) -> np.ndarray:
+        """float32 [len(tokens) - 1, n_vocab]: row t = the MTP head's draft logits for token t + 2 given
+        tokens[0..t+1], from a fresh state."""
+        if not self.has_mtp:
+            raise ValueError(self.gguf.mtp_problem() or "the MTP head is not loaded on this backend")
+        tokens = np.asarray(list(tokens), dtype=np.int64)
+        if tokens.ndim != 1 or tokens.size < 2:
+            raise ValueError("eval_mtp needs at least two tokens")
+        if tokens.min() < 0 or tokens.max() >= self.n_vocab:
+            raise ValueError(f"token ids must be in [0, {self.n_vocab})")
+        return self._core.eval_mtp(tokens.astype(np.int32))
+
+    def _checked_tokens(self, state, tokens) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.ndim != 1 or tokens.size == 0:
             raise ValueError("tokens must be a non-empty 1-D sequence")
@@ -210,7 +292,11 @@ class Model:
             raise ValueError(f"token ids must be in [0, {self.n_vocab})")
         if state.pos + tokens.size > state.n_ctx:
             raise ContextOverflowError(f"{state.pos} tokens in context + {tokens.size} new exceed n_ctx {state.n_ctx}")
-        return self._core.forward(state, tokens.astype(np.int32), logits, self.n_batch)
+        return tokens.astype(np.int32)
+
+    def forward(self, state, tokens: Sequence[int], logits: str = "last"):
+        """Feed tokens into state; returns logits ('last' [n_vocab], 'all' [n, n_vocab]) or None."""
+        return self._core.forward(state, self._checked_tokens(state, tokens), logits, self.n_batch)
 
     def snapshot(self, state, with_kv: bool = False):
         """Checkpoint of the state (recurrent part; KV rows too if with_kv)."""
@@ -231,7 +317,7 @@ class Model:
     def eval(self, tokens: Sequence[int]) -> np.ndarray:
         """float32 logits for every position, shape [len(tokens), n_vocab], from a fresh state."""
         tokens = list(tokens)
-        state = self.new_state(max(len(tokens), 1))
+        state = self.new_state(max(len(tokens), 1), mtp=False)
         return self.forward(state, tokens, logits="all")
 
     # ---- generation ----------------------------------------------------------------------------
@@ -247,13 +333,16 @@ class Model:
         return p
 
     def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 256, state=None,
-                 **sampling: Any) -> Generation:
+                 spec: str | None = None, draft: int | None = None, **sampling: Any) -> Generation:
         """Stream a continuation of prompt (text, special tokens parsed, or token ids).
 
         Sampling keywords: temperature, top_k, top_p, min_p, presence_penalty, repetition_penalty,
-        penalty_last_n, seed, stop (list of strings). Iterate for Chunks; `.stats` after the end.
+        penalty_last_n, seed, stop (list of strings). spec/draft: speculative decoding for this call
+        (default: the model's, see load()); the output is the same as without it. Iterate for Chunks;
+        `.stats` after the end.
         """
         params = self._sampling(sampling)
+        spec_cfg = self.spec_for(spec, draft, state)
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise ValueError("the prompt is empty")
@@ -268,7 +357,8 @@ class Model:
                                        f"{state.n_ctx} tokens (one more is needed to generate)")
         stats = GenerationStats(prompt_tokens=len(ids))
         return Generation(StateSequence(self, state), ids, ids, Sampler(params), min(max_tokens, room),
-                          self.tokenizer.eog_ids, params.stop, self.tokenizer.stream_decoder(), stats)
+                          self.tokenizer.eog_ids, params.stop, self.tokenizer.stream_decoder(), stats,
+                          spec=spec_cfg, spec_mtp=bool(getattr(state, "has_mtp", False)))
 
     def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None,
                     add_generation_prompt: bool = True, **template_kwargs: Any) -> str:
@@ -277,7 +367,8 @@ class Model:
 
     def chat(self, messages: list[dict], *, tools: list[dict] | None = None, max_tokens: int = 1024,
              enable_thinking: bool | None = None, preserve_thinking: bool | None = None,
-             sampling: dict | None = None, **template_kwargs: Any) -> ChatGeneration:
+             sampling: dict | None = None, spec: str | None = None, draft: int | None = None,
+             **template_kwargs: Any) -> ChatGeneration:
         """Stream an assistant reply to messages (OpenAI-style dicts) through the chat template.
 
         Reasoning (inside <think>) and visible content come separately in each ChatChunk.
@@ -288,5 +379,5 @@ class Model:
             template_kwargs["preserve_thinking"] = preserve_thinking
         prompt = self.render_chat(messages, tools=tools, **template_kwargs)
         started_in_think = prompt.rstrip("\n").endswith("<think>")
-        gen = self.generate(prompt, max_tokens=max_tokens, **(sampling or {}))
+        gen = self.generate(prompt, max_tokens=max_tokens, spec=spec, draft=draft, **(sampling or {}))
         return ChatGeneration(gen, started_in_think)

@@ -1,0 +1,131 @@
+"""Which drafter proposes the next tokens, and how many: the speculative-decoding policy of one generation.
+
+Modes (`--spec`, `Model.generate(spec=...)`):
+- off     plain decoding, one forward per token;
+- mtp     the model's multi-token-prediction head drafts, chained token by token (needs a file with one);
+- lookup  prompt lookup: the continuation of the latest earlier occurrence of the text's last n-gram
+          (no weights; agents and code repeat long spans of their context);
+- auto    lookup where a long match exists (it is free and often right for many tokens), else MTP when
+          the file has a head, else lookup.
+Verification then accepts the longest prefix the main model agrees with (pyqwen.speculative.accept), so
+the output is what plain decoding gives: the same tokens when greedy, the same distribution otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SPEC_MODES = ("off", "auto", "mtp", "lookup")
+MAX_DRAFT = 15  # a verification feeds at most 16 tokens (csrc/common/model_spec.h kMaxVerifyTokens)
+
+
+@dataclass
+class SpecConfig:
+    mode: str = "auto"
+    draft: int = 3               # MTP draft length k (chain steps); chosen by benchmarks/spec_decode.py
+    lookup_draft: int = 8        # up to this many tokens from a lookup match (one verify checks them all)
+    lookup_min_match: int = 3    # auto: an n-gram match this long makes lookup the drafter
+    p_min: float = 0.0           # MTP: stop the chain once the draft's own top probability falls below
+
+    def validate(self) -> None:
+        if self.mode not in SPEC_MODES:
+            raise ValueError(f"spec must be one of {', '.join(SPEC_MODES)}, got {self.mode!r}")
+        for name in ("draft", "lookup_draft"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or not 1 <= v <= MAX_DRAFT:
+                raise ValueError(f"{name} must be an integer in 1..{MAX_DRAFT}, got {v!r}")
+        if not 0.0 <= self.p_min < 1.0:
+            raise ValueError(f"p_min must be in [0, 1), got {self.p_min}")
+
+
+def resolve_mode(mode: str, *, has_mtp: bool, speculation: bool, mtp_problem: str | None = None) -> str:
+    """The mode a model can run: 'mtp' on a model without a head is an error (it was asked for by name);
+    'auto' degrades quietly to what exists; any mode is 'off' where the backend cannot verify."""
+    if mode not in SPEC_MODES:
+        raise ValueError(f"spec must be one of {', '.join(SPEC_MODES)}, got {mode!r}")
+    if mode == "mtp" and not has_mtp:
+        raise ValueError(f"--spec mtp: {mtp_problem or 'the model has no usable MTP head'}")
+    if not speculation:
+        if mode in ("mtp", "lookup"):
+            raise ValueError(f"--spec {mode}: this backend does not verify drafts yet (use the CPU backend)")
+        return "off"
+    return mode
+
+
+class Drafter:
+    """Proposes drafts for one generation over a Sequence (pyqwen.generation): MTP steps through
+    seq.mtp_draft, lookup from the token history it is shown."""
+
+    def __init__(self, cfg: SpecConfig, seq, sampler, history: list[int], use_mtp: bool):
+        self.cfg = cfg
+        self._seq = seq
+        self._sampler = sampler
+        self._use_mtp = use_mtp and cfg.mode in ("auto", "mtp")
+        self._lookup = None
+        if cfg.mode in ("auto", "lookup"):
+            from .lookup import LookupDrafter
+
+            self._lookup = LookupDrafter()
+        if self._lookup is not None:
+            self._lookup.extend(history)
+        self._seen = len(history)
+
+    def observe(self, history: list[int]) -> None:
+        """Tell the lookup index about the tokens appended to history since the last call."""
+        if self._lookup is not None and len(history) > self._seen:
+            self._lookup.extend(history[self._seen:])
+        self._seen = len(history)
+
+    def propose(self, token: int, history: list[int], limit: int) -> tuple[str, list[int], list | None]:
+        """(source, drafts, q) for at most `limit` tokens after `token` (the last one sampled, not fed yet;
+        it is history[-1]). q: per draft the distribution it was drawn from, as (ids, probs), for the
+        stochastic acceptance; None for deterministic drafts (greedy MTP, lookup)."""
+        self.observe(history)
+        if self._lookup is not None:
+            d = self._lookup.draft(min(self.cfg.lookup_draft, limit))
+            if d and (not self._use_mtp or self._lookup.match_len >= self.cfg.lookup_min_match):
+                return "lookup", d, None
+        if not self._use_mtp:
+            return "none", [], None
+        greedy = self._sampler.params.greedy
+        drafts: list[int] = []
+        qs: list | None = None if greedy else []
+        tok = token
+        for _ in range(min(self.cfg.draft, limit)):
+            logits = self._seq.mtp_draft(tok)
+            if greedy:
+                nxt = int(np.argmax(logits))
+                if self.cfg.p_min > 0.0 and drafts and _top_prob(logits) < self.cfg.p_min:
+                    break
+            else:
+                ids, probs = self._sampler.distribution(logits, history + drafts)
+                nxt = int(ids[self._sampler.rng.choice(len(ids), p=probs)])
+                qs.append((ids, probs))
+            drafts.append(nxt)
+            tok = nxt
+        return "mtp", drafts, qs
+
+
+def _top_prob(logits: np.ndarray) -> float:
+    x = np.asarray(logits, dtype=np.float64)
+    return float(1.0 / np.exp(x - x.max()).sum())
+
+
+def accept_drafts(sampler, rows: np.ndarray, drafts: list[int], q, history: list[int]) -> tuple[int, int]:
+    """(accepted drafts, the main model's next token) for verification rows [len(drafts) + 1, n_vocab]
+    (row i: the logits after the i-th fed token). Greedy: a draft is accepted when it is the token the
+    sampler itself picks from that row (penalties over the history included), so the output is exactly
+    that of plain decoding. Otherwise speculative sampling (pyqwen.speculative.accept)."""
+    if sampler.params.greedy:
+        h = list(history)
+        for i, d in enumerate(drafts):
+            t = sampler.sample(rows[i], h)
+            if t != d:
+                return i, t
+            h.append(d)
+        return len(drafts), sampler.sample(rows[len(drafts)], h)
+    from .accept import speculative_accept
+
+    return speculative_accept(sampler, rows, drafts, q, history)
