@@ -119,6 +119,9 @@ def _add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> No
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    from .speculative.policy import add_spec_args
+
+    add_spec_args(p)
     g = p.add_argument_group("sampling (llama.cpp defaults)")
     g.add_argument("-n", "--n-predict", type=_int(-1), default=None, metavar="N",
                    help="tokens to generate; -1 = until end of turn or the context is full "
@@ -164,8 +167,13 @@ def _load(args, n_ctx: int | None = None):
     backend = backend_arg(args)
     try:
         return Model.load(path, n_ctx=n_ctx or args.ctx, threads=args.threads, kv_type=args.kv_type,
-                          n_batch=args.batch_size, backend=backend, device=args.device)
+                          n_batch=args.batch_size, backend=backend, device=args.device,
+                          spec=getattr(args, "spec", "off"), draft=getattr(args, "draft", None))
     except RuntimeError as e:  # e.g. --backend cuda on a CPU-only build
+        raise CLIError(str(e)) from None
+    except ValueError as e:  # e.g. --spec mtp on a file without an MTP head
+        if type(e) is not ValueError:  # ModelFormatError and other specific errors keep their handling
+            raise
         raise CLIError(str(e)) from None
 
 

@@ -184,7 +184,12 @@ class Generation:
         self._logprobs = logprobs       # None: none; n: the chosen token's and the n most likely
         # Speculative decoding (a pyqwen.speculative.SpecConfig, mode resolved for this backend) runs on
         # the host path: drafts are verified against host logits.
-        self._spec = spec if spec is not None and spec.mode != "off" else None
+        # A sampler with its own `sample` (a test hook scripting tokens) is not a distribution the
+        # acceptance rule can reason about: such generations decode plainly.
+        from .sampling import Sampler
+
+        custom = getattr(type(sampler), "sample", None) is not Sampler.sample
+        self._spec = spec if spec is not None and spec.mode != "off" and not custom else None
         self._spec_mtp = spec_mtp       # the state keeps an MTP cache: MTP may draft
         self.on_device = (bool(seq.device_sampling) and self._device_params is not None and logprobs is None
                           and self._spec is None)

@@ -69,6 +69,7 @@ class Session:
     last_used: int = field(default_factory=lambda: next(_clock))
     busy: bool = False
     prompt_len: int = 0      # length of the last prompt served (anonymous routing compares with it)
+    verify_len: int = 0      # tokens of a speculative verification not yet rolled back
 
     @property
     def nbytes(self) -> int:
@@ -186,8 +187,17 @@ class Turn:
     def decode(self, token: int, params, counter: int) -> int:
         return self.cache._decode(self.session, token, params, counter)
 
+    def verify(self, tokens: list[int]):
+        return self.cache._verify(self.session, tokens)
+
+    def rollback(self, n_keep: int) -> None:
+        self.cache._rollback(self.session, n_keep)
+
+    def mtp_draft(self, token: int):
+        return self.cache.model.mtp_draft(self.session.state, token)
+
     def generate(self, sampler, max_tokens: int, eog_ids: set[int], stop: list[str], stream_decoder,
-                 logprobs: int | None = None) -> Generation:
+                 logprobs: int | None = None, spec: str | None = None, draft: int | None = None) -> Generation:
         """A Generation continuing this prompt; it prefills only prompt_ids[n_cached:]."""
         ids = self.prompt_ids
         room = self.state.n_ctx - len(ids)
@@ -195,8 +205,11 @@ class Turn:
             raise ContextOverflowError(f"prompt of {len(ids)} tokens does not fit in the context of "
                                        f"{self.state.n_ctx} tokens (one more is needed to generate)")
         stats = GenerationStats(prompt_tokens=len(ids), cached_tokens=self.n_cached)
+        model = self.cache.model
+        spec = model.spec_for(spec, draft, self.state) if hasattr(model, "spec_for") else None
         self.generation = Generation(self, ids, ids[self.n_cached:], sampler, min(max_tokens, room),
-                                     eog_ids, stop, stream_decoder, stats, logprobs)
+                                     eog_ids, stop, stream_decoder, stats, logprobs,
+                                     spec=spec, spec_mtp=bool(getattr(self.state, "has_mtp", False)))
         return self.generation
 
     def checkpoint(self, kind: str) -> Checkpoint | None:
@@ -476,6 +489,29 @@ class SessionCache:
             raise
         s.tokens.append(int(token))
         return nxt
+
+    def _verify(self, s: Session, toks: list[int]):
+        """Feed a speculative verification batch (recorded; _rollback trims it to what was accepted)."""
+        try:
+            out = self.model.verify(s.state, toks)
+        except ContextOverflowError:
+            raise
+        except BaseException:
+            self._invalidate(s)
+            raise
+        s.tokens.extend(int(t) for t in toks)
+        s.verify_len = len(toks)
+        return out
+
+    def _rollback(self, s: Session, n_keep: int) -> None:
+        n = s.verify_len
+        try:
+            self.model.rollback(s.state, n_keep)
+        except BaseException:
+            self._invalidate(s)
+            raise
+        del s.tokens[len(s.tokens) - n + n_keep:]
+        s.verify_len = 0
 
     def _align(self, s: Session, target: list[int]) -> int:
         if s.tokens == target:

@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto", help="compute backend")
     g.add_argument("-ngl", "--n-gpu-layers", type=int, default=None, metavar="N",
                    help="llama.cpp's option, accepted: all layers run on the GPU or none (0 = CPU)")
+    from ..speculative.policy import add_spec_args
+
+    add_spec_args(p)
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     g.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
@@ -121,7 +124,7 @@ def run(args) -> int:
         from ..model import Model
 
         model = Model.load(path, n_ctx=args.ctx, threads=args.threads, kv_type=args.kv_type,
-                           n_batch=args.batch_size, backend=backend)
+                           n_batch=args.batch_size, backend=backend, spec=args.spec, draft=args.draft)
         app_engine = _build(model, args.api_key, args.cache_ram, args.alias, args.max_queue)
         print(f"pyqwen serve: ready: {path.name} (ctx {model.n_ctx}, kv {model.kv_type})", file=sys.stderr, flush=True)
         return app_engine

@@ -115,6 +115,9 @@ class Metrics:
     last_prefill_tps: float = 0.0
     last_decode_tps: float = 0.0
     queue_wait_seconds: float = 0.0
+    spec_verify_steps: int = 0        # speculative decoding: verifications, drafted and accepted tokens
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
 
     def count(self, endpoint: str, status: int) -> None:
         k = (endpoint, status)
@@ -371,6 +374,9 @@ class Engine:
             mt.last_prefill_tps = stats.prefill_tokens_per_second
         if stats.decode_seconds > 0 and stats.generated_tokens > 1:
             mt.last_decode_tps = stats.decode_tokens_per_second
+        mt.spec_verify_steps += stats.verify_steps
+        mt.spec_draft_tokens += stats.draft_tokens
+        mt.spec_accepted_tokens += stats.accepted_tokens
 
     def canonical_history(self, job: Job, result: dict) -> list[int] | None:
         """Token ids of the conversation + this reply as the next request will render them (including
@@ -432,6 +438,17 @@ class Engine:
                [({}, round(mt.last_prefill_tps, 3))])
         metric("decode_tokens_per_second", "gauge", "Decode speed of the last request.",
                [({}, round(mt.last_decode_tps, 3))])
+        metric("spec_verify_steps_total", "counter", "Speculative verifications (one forward of the drafts + 1).",
+               [({}, mt.spec_verify_steps)])
+        metric("spec_draft_tokens_total", "counter", "Drafted tokens (MTP head or prompt lookup).",
+               [({}, mt.spec_draft_tokens)])
+        metric("spec_accepted_tokens_total", "counter", "Drafted tokens the model accepted.",
+               [({}, mt.spec_accepted_tokens)])
+        metric("spec_acceptance_ratio", "gauge", "Accepted / drafted tokens since start.",
+               [({}, round(mt.spec_accepted_tokens / mt.spec_draft_tokens, 4) if mt.spec_draft_tokens else 0.0)])
+        metric("spec_mean_accepted_length", "gauge", "Tokens produced per verification since start.",
+               [({}, round((mt.spec_accepted_tokens + mt.spec_verify_steps) / mt.spec_verify_steps, 4)
+                     if mt.spec_verify_steps else 0.0)])
         metric("aligned_tokens_total", "counter", "Tokens prefilled after replies to match re-rendered history.",
                [({}, mt.aligned_tokens)])
         metric("cache_hits_total", "counter", "Requests that reused cached prompt tokens.", [({}, mt.cache_hits)])

@@ -40,6 +40,16 @@ class SpecConfig:
             raise ValueError(f"p_min must be in [0, 1), got {self.p_min}")
 
 
+def add_spec_args(parser) -> None:
+    """--spec and --draft, the same for generate, chat and serve (llama.cpp's draft-length names too)."""
+    g = parser.add_argument_group("speculative decoding (exact: the same output as plain decoding)")
+    g.add_argument("--spec", choices=SPEC_MODES, default="auto",
+                   help="drafter: the MTP head, prompt lookup, auto (lookup on long matches, else MTP) or off "
+                        "(default auto; a file without an MTP head then uses lookup)")
+    g.add_argument("--draft", "--draft-max", "--spec-draft-n-max", dest="draft", type=int, default=None,
+                   metavar="K", help=f"MTP draft length, 1..{MAX_DRAFT} (default {SpecConfig.draft})")
+
+
 def resolve_mode(mode: str, *, has_mtp: bool, speculation: bool, mtp_problem: str | None = None) -> str:
     """The mode a model can run: 'mtp' on a model without a head is an error (it was asked for by name);
     'auto' degrades quietly to what exists; any mode is 'off' where the backend cannot verify."""
