@@ -8,6 +8,7 @@
 
 #include "attention.h"
 #include "gdn.h"
+#include "simd/dispatch.h"
 #include "model.h"
 #include "matmul.h"
 #include "ops.h"
@@ -94,12 +95,13 @@ void bind_ref(py::module_& m) {
             farr o({n, dv});
             farr S({dv, dk});
             std::copy(state.data(), state.data() + dv * dk, S.mutable_data());
-            delta_rule_head(q.data(), k.data(), v.data(), dk, dk, dv, g.data(), beta.data(), 1, S.mutable_data(), dk,
-                            dv, n, q_scale, o.mutable_data(), dv);
+            simd_kernels().delta_rule(q.data(), k.data(), v.data(), dk, dk, dv, g.data(), beta.data(), 1,
+                                      S.mutable_data(), dk, dv, n, q_scale, o.mutable_data(), dv);
             return py::make_tuple(o, S);
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("g"), py::arg("beta"), py::arg("state"),
-        py::arg("q_scale"), "Gated delta rule for one head; returns (o [n, dv], state [dv, dk]).");
+        py::arg("q_scale"), "Gated delta rule for one head (the selected kernel set: set_simd); returns (o [n, dv], "
+        "state [dv, dk]).");
 
     m.def(
         "ref_rope_neox",

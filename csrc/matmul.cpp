@@ -43,16 +43,14 @@ static void matmul_float(ThreadPool& pool, const Tensor& W, const float* x, int6
         for (int64_t t0 = 0; t0 < n_tok; t0 += kTokTile) {
             const int64_t t1 = std::min(n_tok, t0 + kTokTile);
             for (int64_t r = r0; r < r1; ++r) {
+                // One weight row against the tile's tokens, each token summed as a one-token dot would.
                 const void* wr = W.row(r);
-                for (int64_t t = t0; t < t1; ++t) {
-                    const float* xt = x + t * K;
-                    float v;
-                    switch (W.type) {
-                        case T_F32: v = sk.dot_f32((const float*)wr, xt, K); break;
-                        case T_F16: v = sk.dot_f16((const uint16_t*)wr, xt, K); break;
-                        default: v = sk.dot_bf16((const uint16_t*)wr, xt, K); break;
-                    }
-                    y[t * N + r] = v;
+                const float* xt = x + t0 * K;
+                float* yt = y + t0 * N + r;
+                switch (W.type) {
+                    case T_F32: sk.dots_f32((const float*)wr, xt, K, t1 - t0, K, yt, N); break;
+                    case T_F16: sk.dots_f16((const uint16_t*)wr, xt, K, t1 - t0, K, yt, N); break;
+                    default: sk.dots_bf16((const uint16_t*)wr, xt, K, t1 - t0, K, yt, N); break;
                 }
             }
         }

@@ -11,6 +11,7 @@
 #include "gdn.h"
 #include "matmul.h"
 #include "ops.h"
+#include "simd/dispatch.h"
 
 namespace pq {
 
@@ -258,7 +259,7 @@ void Model::rollback(State& st, int64_t n_keep) const {
                 std::vector<float> o_scratch((size_t)n_keep * dv);
                 for (int64_t h = h0; h < h1; ++h) {
                     const int64_t kh = h % nk;
-                    delta_rule_head(y + kh * dk, y + Dk + kh * dk, y + 2 * Dk + h * dv, C, C, C, gb + h, gb + nv + h,
+                    simd_kernels().delta_rule(y + kh * dk, y + Dk + kh * dk, y + 2 * Dk + h * dv, C, C, C, gb + h, gb + nv + h,
                                     2 * nv, S_all + h * dv * dk, dk, dv, n_keep, q_scale, o_scratch.data(), dv);
                 }
             });
@@ -392,7 +393,7 @@ void Model::gdn_layer(const LayerWeights& L, int rl, State& st, const float* a, 
     pool_.parallel_for(nv, [&](int64_t h0, int64_t h1, int) {
         for (int64_t h = h0; h < h1; ++h) {
             const int64_t kh = h % nk;  // tiled V -> QK head map of llama.cpp's GGUF
-            delta_rule_head(y.data() + kh * dk, y.data() + Dk + kh * dk, y.data() + 2 * Dk + h * dv, C, C, C,
+            simd_kernels().delta_rule(y.data() + kh * dk, y.data() + Dk + kh * dk, y.data() + 2 * Dk + h * dv, C, C, C,
                             al.data() + h, b.data() + h, nv, S_all + h * dv * dk, dk, dv, n, q_scale,
                             o.data() + h * dv, Dv);
             // Gated RMSNorm: normalise the head, scale by ssm_norm (no +1), gate by SiLU(z).

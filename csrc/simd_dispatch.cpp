@@ -2,6 +2,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "gdn.h"
 #include "matmul.h"
 #include "simd/dispatch.h"
 
@@ -12,9 +13,25 @@ float dot_f32_avx2(const float* w, const float* x, int64_t n);
 float dot_f16_avx2(const uint16_t* w, const float* x, int64_t n);
 float dot_bf16_avx2(const uint16_t* w, const float* x, int64_t n);
 void axpy_f16_avx2(float* acc, const uint16_t* h, float a, int64_t n);
-static const SimdKernels kAvx2 = {"avx2", dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2, axpy_f16_avx2};
+void delta_rule_head_avx2(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
+                          int64_t v_stride, const float* g, const float* beta, int64_t gb_stride, float* S,
+                          int64_t dk, int64_t dv, int64_t n, float q_scale, float* o, int64_t o_stride);
+void dots_f32_avx2(const float* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
+void dots_f16_avx2(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
+void dots_bf16_avx2(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
+static const SimdKernels kAvx2 = {"avx2", dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2, dots_f32_avx2, dots_f16_avx2,
+                                  dots_bf16_avx2, axpy_f16_avx2, delta_rule_head_avx2};
 #endif
-static const SimdKernels kRef = {"ref", dot_f32_ref, dot_f16_ref, dot_bf16_ref, axpy_f16_ref};
+
+// The references' several-token form: one reference dot per token.
+template <class T, float (*Dot)(const T*, const float*, int64_t)>
+static void dots_ref(const T* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride) {
+    for (int64_t t = 0; t < m; ++t) y[t * y_stride] = Dot(w, x + t * x_stride, n);
+}
+
+static const SimdKernels kRef = {"ref", dot_f32_ref, dot_f16_ref, dot_bf16_ref, dots_ref<float, dot_f32_ref>,
+                                 dots_ref<uint16_t, dot_f16_ref>, dots_ref<uint16_t, dot_bf16_ref>, axpy_f16_ref,
+                                 delta_rule_head};
 
 static bool cpu_has_avx2() {
 #if defined(PQ_HAVE_AVX2_KERNELS) && (defined(__x86_64__) || defined(__i386__))

@@ -138,6 +138,51 @@ def test_simd_kernels_match_reference():
             np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-6 * scale)
 
 
+def test_multi_token_float_dots_equal_one_token_dots():
+    """A weight row against several tokens at once gives each token's one-token result bit for bit (what
+    makes speculative verification batches reproduce decode steps), for every float type and shape."""
+    from pyqwen import _core
+    from gguf import GGMLQuantizationType as T
+
+    rng = np.random.default_rng(3)
+    for ne0 in (1, 15, 16, 40, 256, 1000):
+        w = rng.standard_normal((9, ne0)).astype(np.float32)
+        x = rng.standard_normal((11, ne0)).astype(np.float32)
+        for typ, data in [(T.F32, w.view(np.uint8)), (T.F16, w.astype(np.float16).view(np.uint8)),
+                          (T.BF16, (w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8))]:
+            one = np.stack([_core.testing.ref_matmul(int(typ), data.reshape(-1), ne0, 9, x[t:t + 1])[0]
+                            for t in range(11)])
+            for n_tok in (2, 3, 4, 5, 8, 11):
+                many = _core.testing.ref_matmul(int(typ), data.reshape(-1), ne0, 9, x[:n_tok], n_threads=2)
+                assert np.array_equal(many, one[:n_tok]), (typ, ne0, n_tok)
+
+
+def test_simd_delta_rule_matches_reference():
+    """The vectorised gated delta rule against the plain reference loop (summation order differs)."""
+    from pyqwen import _core
+
+    rng = np.random.default_rng(4)
+    for n, dk, dv in [(1, 128, 128), (7, 128, 128), (5, 72, 40), (3, 20, 8), (4, 7, 5)]:
+        q = rng.standard_normal((n, dk)).astype(np.float32)
+        k = rng.standard_normal((n, dk)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        k /= np.linalg.norm(k, axis=1, keepdims=True)
+        v = rng.standard_normal((n, dv)).astype(np.float32)
+        g = -rng.uniform(0, 2, n).astype(np.float32)
+        beta = rng.uniform(0, 1, n).astype(np.float32)
+        S = rng.standard_normal((dv, dk)).astype(np.float32)
+        assert _core.set_simd("ref")
+        o_ref, s_ref = _core.testing.ref_delta_rule(q, k, v, g, beta, S, dk ** -0.5)
+        if not _core.set_simd("avx2"):
+            _core.set_simd("auto")
+            pytest.skip("no AVX2 on this CPU")
+        o, s = _core.testing.ref_delta_rule(q, k, v, g, beta, S, dk ** -0.5)
+        _core.set_simd("auto")
+        np.testing.assert_allclose(o, o_ref, rtol=0, atol=2e-5 * np.abs(o_ref).max())
+        np.testing.assert_allclose(s, s_ref, rtol=0, atol=2e-5 * np.abs(s_ref).max())
+        assert not np.array_equal(o, o_ref) or dk < 16  # the vector path ran (it sums in another order)
+
+
 def test_simd_attention_matches_reference():
     """Attention over f16/f32 KV rows (AVX2 dot and axpy) against the plain reference loops."""
     from pyqwen import _core

@@ -14,8 +14,19 @@ struct SimdKernels {
     float (*dot_f32)(const float* w, const float* x, int64_t n);
     float (*dot_f16)(const uint16_t* w, const float* x, int64_t n);
     float (*dot_bf16)(const uint16_t* w, const float* x, int64_t n);
+    // y[t * y_stride] = dot(w, x + t * x_stride) for t < m: one weight row against m tokens, each token's
+    // sum exactly as the one-token dot computes it (so results do not depend on the batch).
+    void (*dots_f32)(const float* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
+    void (*dots_f16)(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y,
+                     int64_t y_stride);
+    void (*dots_bf16)(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y,
+                      int64_t y_stride);
     // acc[i] += a * float(h[i]): the attention's weighted sum of f16 V rows.
     void (*axpy_f16)(float* acc, const uint16_t* h, float a, int64_t n);
+    // The gated delta rule of one V head over n tokens (gdn.h delta_rule_head).
+    void (*delta_rule)(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
+                       int64_t v_stride, const float* g, const float* beta, int64_t gb_stride, float* S, int64_t dk,
+                       int64_t dv, int64_t n, float q_scale, float* o, int64_t o_stride);
 };
 
 const SimdKernels& simd_kernels();
