@@ -273,5 +273,7 @@ def test_bad_input_is_a_clear_error():
         accept_greedy(t, row, [1], [])
     with pytest.raises(ValueError, match="probability 0"):
         accept_sampled(t, row, [1], [], [(np.array([2]), np.ones(1))])
+    with pytest.raises(ValueError, match="ids must be in"):
+        accept_sampled(t, row, [1], [], [(np.array([1, 4]), np.array([0.5, 0.5]))])
     with pytest.raises(ValueError, match="distributions"):
         accept_sampled(t, row, [1], [], [None, None])

@@ -71,6 +71,8 @@ def accept_sampled(sampler: Sampler, target_logits: np.ndarray, drafts: Sequence
             q_ids, q_probs = np.asarray(q[0], np.int64), np.asarray(q[1], np.float64)
             if q_ids.shape != q_probs.shape or q_ids.ndim != 1:
                 raise ValueError(f"draft distribution {i}: ids and probabilities must be 1-D of one length")
+            if q_ids.size and (q_ids.min() < 0 or q_ids.max() >= n_vocab):
+                raise ValueError(f"draft distribution {i}: ids must be in [0, {n_vocab})")
             q_d = float(q_probs[q_ids == d].sum())
             if q_d <= 0.0:
                 raise ValueError(f"draft {i} (token {d}) has probability 0 under the distribution it was drawn from")
