@@ -137,7 +137,7 @@ CASES = [
     (6, 3, dict(temperature=0.8, top_p=0.8), ("sampled", None, dict(temperature=1.0, top_k=2, top_p=1.0, min_p=0.0)), 4, 1.0),
     (6, 3, dict(temperature=1.0, min_p=0.1), ("onehot", 0.3, None), 2, 2.0),
     (5, 3, dict(temperature=0.6, presence_penalty=0.8), ("sampled", 0.4, None), 3, 2.0),
-    (12, 2, dict(temperature=1.0, top_k=6, top_p=0.9), ("onehot-explicit", None, None), 4, 2.0),
+    (12, 2, dict(temperature=0.7, top_k=6, top_p=0.9), ("onehot-explicit", 0.3, None), 4, 2.0),
     (20, 2, dict(temperature=0.5), ("sampled", 1.0, dict(temperature=0.7, top_k=0, top_p=0.95, min_p=0.0)), 1, 2.0),
 ]
 N_RUNS = 6_000
