@@ -88,11 +88,15 @@ class Sampler:
             return None
         return self.params
 
-    def sample(self, logits: np.ndarray, history: list[int] | None = None) -> int:
+    def distribution(self, logits: np.ndarray, history: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The distribution `sample` draws from: (candidate ids int64, their probabilities float64 summing
+        to 1), after penalties, top-k, top-p, min-p and temperature; ids best first (stable, ties by
+        index within the kept set). Greedy is the argmax with probability 1. Speculative decoding's
+        acceptance rule needs these probabilities, so they are computed here and only here."""
         p = self.params
         logits = self.apply_penalties(np.asarray(logits, dtype=np.float32), history or [])
         if p.greedy:
-            return int(np.argmax(logits))
+            return np.array([int(np.argmax(logits))], np.int64), np.ones(1)
         n = logits.shape[0]
         idx = None
         if 0 < p.top_k < n:
@@ -105,8 +109,14 @@ class Sampler:
         z = (cand - cand[0]) / p.temperature
         w = np.exp(z)
         w /= w.sum()
-        pick = int(order[self.rng.choice(len(order), p=w)])
-        return int(idx[pick]) if idx is not None else pick
+        ids = idx[order] if idx is not None else order
+        return ids.astype(np.int64, copy=False), w
+
+    def sample(self, logits: np.ndarray, history: list[int] | None = None) -> int:
+        ids, probs = self.distribution(logits, history)
+        if self.params.greedy:
+            return int(ids[0])        # no draw: greedy never advances the RNG
+        return int(ids[self.rng.choice(len(ids), p=probs)])
 
 
 # ---- top-p / min-p without sorting the row ------------------------------------------------------------

@@ -327,3 +327,40 @@ def test_penalties_reach_the_draw():
     assert Sampler(SamplingParams(temperature=0.0)).sample(row, [0]) == 0
     assert Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.2)).sample(row, [0]) == 1   # 3/1.2 = 2.5
     assert Sampler(SamplingParams(temperature=0.0, presence_penalty=0.5)).sample(row, [0]) == 1
+
+
+# ---- Sampler.distribution: the law `sample` draws from (speculative decoding's acceptance needs it) ----
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5])
+@pytest.mark.parametrize("case", range(len(HAND_CASES)))
+def test_distribution_is_the_hand_computed_law(temperature, case):
+    pset, keep = HAND_CASES[case]
+    ids, probs = Sampler(SamplingParams(temperature=temperature, **pset)).distribution(ROW)
+    assert ids.dtype == np.int64 and probs.dtype == np.float64
+    assert sorted(ids.tolist()) == sorted(keep)
+    dense = np.zeros(len(ROW))
+    dense[ids] = probs
+    np.testing.assert_allclose(dense, _expected(ROW, temperature, keep), rtol=1e-12, atol=1e-15)
+
+
+def test_distribution_greedy_and_penalised():
+    row = np.array([3.0, 2.9, 0.0], np.float32)
+    ids, probs = Sampler(SamplingParams(temperature=0.0, repetition_penalty=1.2)).distribution(row, [0])
+    assert ids.tolist() == [1] and probs.tolist() == [1.0]                  # 3/1.2 = 2.5 < 2.9
+    # presence penalty 0.5 on token 0: softmax([2.5, 2.9, 0.0]) by hand at T = 1
+    ids, probs = Sampler(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
+                                        presence_penalty=0.5)).distribution(row, [0])
+    e = np.exp(np.array([2.5, 2.9, 0.0]) - 2.9)
+    dense = np.zeros(3)
+    dense[ids] = probs
+    np.testing.assert_allclose(dense, e / e.sum(), rtol=1e-6)
+
+
+def test_sample_draws_from_distribution_with_the_same_rng():
+    rng = np.random.default_rng(4)
+    rows = [(rng.normal(size=n) * 2).astype(np.float32) for n in (3, 40, 700)]
+    params = SamplingParams(temperature=0.9, top_k=30, top_p=0.9, min_p=0.02, seed=8)
+    s, mirror = Sampler(params), np.random.default_rng(8)
+    for r in rows * 20:
+        ids, probs = s.distribution(r)
+        assert s.sample(r) == int(ids[mirror.choice(len(ids), p=probs)])
