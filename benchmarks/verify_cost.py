@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     print("acceptance a_1, a_2 (a_3 = a_4 = a_2 assumed): " +
           ", ".join(f"{name} {r[0]:.3f}/{r[1]:.3f}" for name, r in ACCEPTANCE.items()) + "  [llama.cpp#28196]")
 
-    print("\n## CPU (measured cost of a k+1-token forward; projected speedup)\n")
+    print("\n## CPU (measured cost of a k+1-token forward; speedup projected for the 27B with its MTP draft cost)\n")
     print("| k | forward ms (min-max) | cost(k+1)/cost(1) | E[tokens] low/mid/high | speedup low/mid/high |")
     print("|---:|---:|---:|---:|---:|")
     print(f"| 0 | {c1 * 1e3:.1f} ({min(times[1]) * 1e3:.1f}-{max(times[1]) * 1e3:.1f}) | 1.00 | 1 | 1 |")
