@@ -133,8 +133,7 @@ bool qgemv(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, flo
     // range are written by one thread only (a shared cache line at most at the two range ends).
     pool.parallel_for(N, [&](int64_t r0, int64_t r1, int) {
         for (int64_t r = r0; r < r1; ++r) {
-            const uint8_t* wr = W.row(r);
-            for (int64_t t = 0; t < n_tok; ++t) y[t * N + r] = k.row(W.type, wr, &act[t * nb], nb);
+            k.row(W.type, W.row(r), act.data(), nb, (int)n_tok, nb, y + r, N);
         }
     });
     return true;

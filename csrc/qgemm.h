@@ -23,8 +23,11 @@ namespace pq {
 using QgemmTileFn = void (*)(const qi::PackedW16* w, int64_t w_stride, int nr, const qi::PackedA16* a, int64_t a_stride,
                              int nt, int64_t nb, bool has_min, float* y, int64_t ldy);
 
-// Decode: dot of one raw weight row (blocks as in the GGUF) with one packed token of nb super-blocks.
-using QgemvRowFn = float (*)(int type, const void* w, const qi::PackedA16* a, int64_t nb);
+// Decode: dots of one raw weight row (blocks as in the GGUF) with nt packed tokens of nb super-blocks
+// (token t's blocks at a + t * a_stride), y[t * y_stride]; each block is unpacked once for all tokens and
+// every token's result is that of nt = 1 (verification batches equal decode steps bit for bit).
+using QgemvRowFn = void (*)(int type, const void* w, const qi::PackedA16* a, int64_t a_stride, int nt, int64_t nb,
+                            float* y, int64_t y_stride);
 
 struct QgemmKernels {
     const char* name;  // "ref", "avx2", "avx512vnni"

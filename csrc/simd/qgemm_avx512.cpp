@@ -120,7 +120,7 @@ void tile_any(const PackedW16* w, int64_t ws, int nr, const PackedA16* a, int64_
     f(w, ws, a, as, nb, has_min, y, ldy);
 }
 
-// ---- Decode: one weight row against one packed token, unpacking each block in registers ----
+// ---- Decode: one weight row against a few packed tokens, unpacking each block in registers ----
 // The weight is read once, straight from the mmap, and never stored unpacked: a block's nibbles are
 // put in lane-pair order with one byte interleave per 16 values, widened to int16, multiplied by the
 // sub-block scale and fed to vpdpwssd with the packed activation. Same lanes and float steps as tile().
@@ -157,12 +157,18 @@ inline __m256i fold(__m512i acc) {
 }
 
 // Q4_K (q5 = false) and Q5_K (q5 = true): bit 4 of value 64g+l is bit 2g of qh[l], of 64g+32+l bit 2g+1.
-template <bool Q5>
-float k45_row(const uint8_t* row, const PackedA16* a, int64_t nb) {
+// NT tokens per call: each block is unpacked once and fed to every token, whose lanes and float steps
+// are exactly those of a one-token call (a token's result does not depend on NT).
+template <bool Q5, int NT>
+void k45_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
     constexpr size_t kBytes = Q5 ? sizeof(block_q5_K) : sizeof(block_q4_K);
     const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
-    __m256 sums = _mm256_setzero_ps();
-    float sumf = 0;
+    __m256 sums[NT];
+    float sumf[NT];
+    for (int t = 0; t < NT; ++t) {
+        sums[t] = _mm256_setzero_ps();
+        sumf[t] = 0;
+    }
     for (int64_t i = 0; i < nb; ++i, row += kBytes) {
         const uint16_t d16 = *(const uint16_t*)row, dmin16 = *(const uint16_t*)(row + 2);
         const uint8_t* scales = row + 4;
@@ -170,7 +176,8 @@ float k45_row(const uint8_t* row, const PackedA16* a, int64_t nb) {
         const uint8_t* qs = Q5 ? row + 48 : row + 16;
         uint8_t sc[8], m[8];
         scales_k4(scales, sc, m);
-        __m512i acc = _mm512_setzero_si512();
+        __m512i acc[NT];
+        for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_si512();
         const __m256i h = Q5 ? _mm256_loadu_si256((const __m256i*)qh) : _mm256_setzero_si256();
         for (int g = 0; g < 4; ++g) {
             const __m256i raw = _mm256_loadu_si256((const __m256i*)(qs + 32 * g));
@@ -182,30 +189,39 @@ float k45_row(const uint8_t* row, const PackedA16* a, int64_t nb) {
             }
             const __m512i wl = _mm512_mullo_epi16(pairs_u8_to_i16(lo), _mm512_set1_epi16(sc[2 * g]));
             const __m512i wh = _mm512_mullo_epi16(pairs_u8_to_i16(hi), _mm512_set1_epi16(sc[2 * g + 1]));
-            acc = _mm512_dpwssd_epi32(acc, wl, _mm512_loadu_si512(a[i].a + 64 * g));
-            acc = _mm512_dpwssd_epi32(acc, wh, _mm512_loadu_si512(a[i].a + 64 * g + 32));
+            for (int t = 0; t < NT; ++t) {
+                const PackedA16& at = a[t * a_stride + i];
+                acc[t] = _mm512_dpwssd_epi32(acc[t], wl, _mm512_loadu_si512(at.a + 64 * g));
+                acc[t] = _mm512_dpwssd_epi32(acc[t], wh, _mm512_loadu_si512(at.a + 64 * g + 32));
+            }
         }
-        const float dd = h2f(d16) * a[i].d;
-        sums = _mm256_add_ps(sums, _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(fold(acc))));
         const __m128i mv = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)m));
-        const int32_t summ = hsum4(_mm_madd_epi16(mv, _mm_loadu_si128((const __m128i*)a[i].bs8)));
-        const float dm = h2f(dmin16) * a[i].d;
-        sumf -= dm * (float)summ;
+        for (int t = 0; t < NT; ++t) {
+            const PackedA16& at = a[t * a_stride + i];
+            const float dd = h2f(d16) * at.d;
+            sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(fold(acc[t]))));
+            const int32_t summ = hsum4(_mm_madd_epi16(mv, _mm_loadu_si128((const __m128i*)at.bs8)));
+            const float dm = h2f(dmin16) * at.d;
+            sumf[t] -= dm * (float)summ;
+        }
     }
-    return finish(sums, sumf);
+    for (int t = 0; t < NT; ++t) y[t * y_stride] = finish(sums[t], sumf[t]);
 }
 
 // Q6_K: levels u (0..63) from ql/qh as in simd/quants_avx2.cpp, value (u - 32) * scale of its 16 values.
-float q6_k_row(const uint8_t* row, const PackedA16* a, int64_t nb) {
+template <int NT>
+void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
     const __m512i off = _mm512_set1_epi16(32);
-    __m256 sums = _mm256_setzero_ps();
+    __m256 sums[NT];
+    for (int t = 0; t < NT; ++t) sums[t] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; ++i, row += sizeof(block_q6_K)) {
         const uint8_t* ql = row;
         const uint8_t* qhb = row + 128;
         const int8_t* scales = (const int8_t*)(row + 192);
         const uint16_t d16 = *(const uint16_t*)(row + 208);
-        __m512i acc = _mm512_setzero_si512();
+        __m512i acc[NT];
+        for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_si512();
         for (int h = 0; h < 2; ++h) {
             const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h));
             const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h + 32));
@@ -224,26 +240,44 @@ float q6_k_row(const uint8_t* row, const PackedA16* a, int64_t nb) {
                 const __m512i s = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(scales[sb]),
                                                           _mm512_set1_epi16(scales[sb + 1]));
                 const __m512i w = _mm512_mullo_epi16(_mm512_sub_epi16(pairs_u8_to_i16(u[k]), off), s);
-                acc = _mm512_dpwssd_epi32(acc, w, _mm512_loadu_si512(a[i].a + 128 * h + 32 * k));
+                for (int t = 0; t < NT; ++t)
+                    acc[t] = _mm512_dpwssd_epi32(acc[t], w, _mm512_loadu_si512(a[t * a_stride + i].a + 128 * h + 32 * k));
             }
         }
-        const float dd = h2f(d16) * a[i].d;
-        sums = _mm256_add_ps(sums, _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(fold(acc))));
+        for (int t = 0; t < NT; ++t) {
+            const float dd = h2f(d16) * a[t * a_stride + i].d;
+            sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(fold(acc[t]))));
+        }
     }
-    return finish(sums, 0.0f);
+    for (int t = 0; t < NT; ++t) y[t * y_stride] = finish(sums[t], 0.0f);
 }
 
-float row_dot(int type, const void* w, const PackedA16* a, int64_t nb) {
+template <int NT>
+void rows_nt(int type, const uint8_t* w, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t ys) {
     switch (type) {
-        case T_Q4_K: return k45_row<false>((const uint8_t*)w, a, nb);
-        case T_Q5_K: return k45_row<true>((const uint8_t*)w, a, nb);
-        default: return q6_k_row((const uint8_t*)w, a, nb);
+        case T_Q4_K: k45_rows<false, NT>(w, a, a_stride, nb, y, ys); break;
+        case T_Q5_K: k45_rows<true, NT>(w, a, a_stride, nb, y, ys); break;
+        default: q6_k_rows<NT>(w, a, a_stride, nb, y, ys); break;
+    }
+}
+
+// y[t * y_stride] = dot(row, token t) for t < nt: up to 4 tokens per pass over the row.
+void rows_dot(int type, const void* w, const PackedA16* a, int64_t a_stride, int nt, int64_t nb, float* y,
+              int64_t y_stride) {
+    const uint8_t* row = (const uint8_t*)w;
+    int t = 0;
+    for (; t + 4 <= nt; t += 4) rows_nt<4>(type, row, a + t * a_stride, a_stride, nb, y + t * y_stride, y_stride);
+    switch (nt - t) {
+        case 3: rows_nt<3>(type, row, a + t * a_stride, a_stride, nb, y + t * y_stride, y_stride); break;
+        case 2: rows_nt<2>(type, row, a + t * a_stride, a_stride, nb, y + t * y_stride, y_stride); break;
+        case 1: rows_nt<1>(type, row, a + t * a_stride, a_stride, nb, y + t * y_stride, y_stride); break;
+        default: break;
     }
 }
 
 }  // namespace
 
 extern const QgemmKernels kQgemmAvx512;
-const QgemmKernels kQgemmAvx512 = {"avx512vnni", 4, 4, tile_any, row_dot};
+const QgemmKernels kQgemmAvx512 = {"avx512vnni", 4, 4, tile_any, rows_dot};
 
 }  // namespace pq

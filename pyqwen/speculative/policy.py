@@ -125,17 +125,9 @@ def _top_prob(logits: np.ndarray) -> float:
 
 def accept_drafts(sampler, rows: np.ndarray, drafts: list[int], q, history: list[int]) -> tuple[int, int]:
     """(accepted drafts, the main model's next token) for verification rows [len(drafts) + 1, n_vocab]
-    (row i: the logits after the i-th fed token). Greedy: a draft is accepted when it is the token the
-    sampler itself picks from that row (penalties over the history included), so the output is exactly
-    that of plain decoding. Otherwise speculative sampling (pyqwen.speculative.accept)."""
-    if sampler.params.greedy:
-        h = list(history)
-        for i, d in enumerate(drafts):
-            t = sampler.sample(rows[i], h)
-            if t != d:
-                return i, t
-            h.append(d)
-        return len(drafts), sampler.sample(rows[len(drafts)], h)
-    from .accept import speculative_accept
+    (row i: the logits after the i-th fed token); q: the draft distributions (None: deterministic drafts).
+    Greedy keeps the drafts the sampler itself would pick (penalties included), so the output is exactly
+    plain decoding's; otherwise speculative sampling keeps its distribution (pyqwen.speculative.accept)."""
+    from .accept import accept
 
-    return speculative_accept(sampler, rows, drafts, q, history)
+    return accept(sampler, rows, drafts, history, q)
