@@ -8,6 +8,8 @@
 // Compiled with AVX-512 flags and picked at run time: it calls no inline function of the shared headers.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "qgemm.h"
 
 namespace pq {
@@ -261,17 +263,25 @@ void rows_nt(int type, const uint8_t* w, const PackedA16* a, int64_t a_stride, i
     }
 }
 
-// y[t * y_stride] = dot(row, token t) for t < nt: up to 4 tokens per pass over the row.
+// y[t * y_stride] = dot(row, token t) for t < nt: up to 8 tokens per pass over the row (8 int32
+// accumulators + the unpacked weights fit the 32 zmm registers), so a verification of up to 8 tokens
+// reads and unpacks each weight byte once.
 void rows_dot(int type, const void* w, const PackedA16* a, int64_t a_stride, int nt, int64_t nb, float* y,
               int64_t y_stride) {
     const uint8_t* row = (const uint8_t*)w;
-    int t = 0;
-    for (; t + 4 <= nt; t += 4) rows_nt<4>(type, row, a + t * a_stride, a_stride, nb, y + t * y_stride, y_stride);
-    switch (nt - t) {
-        case 3: rows_nt<3>(type, row, a + t * a_stride, a_stride, nb, y + t * y_stride, y_stride); break;
-        case 2: rows_nt<2>(type, row, a + t * a_stride, a_stride, nb, y + t * y_stride, y_stride); break;
-        case 1: rows_nt<1>(type, row, a + t * a_stride, a_stride, nb, y + t * y_stride, y_stride); break;
-        default: break;
+    for (int t = 0; t < nt; t += 8) {
+        const PackedA16* at = a + t * a_stride;
+        float* yt = y + t * y_stride;
+        switch (std::min(8, nt - t)) {
+            case 8: rows_nt<8>(type, row, at, a_stride, nb, yt, y_stride); break;
+            case 7: rows_nt<7>(type, row, at, a_stride, nb, yt, y_stride); break;
+            case 6: rows_nt<6>(type, row, at, a_stride, nb, yt, y_stride); break;
+            case 5: rows_nt<5>(type, row, at, a_stride, nb, yt, y_stride); break;
+            case 4: rows_nt<4>(type, row, at, a_stride, nb, yt, y_stride); break;
+            case 3: rows_nt<3>(type, row, at, a_stride, nb, yt, y_stride); break;
+            case 2: rows_nt<2>(type, row, at, a_stride, nb, yt, y_stride); break;
+            default: rows_nt<1>(type, row, at, a_stride, nb, yt, y_stride); break;
+        }
     }
 }
 
