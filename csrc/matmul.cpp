@@ -59,7 +59,7 @@ static void matmul_float(ThreadPool& pool, const Tensor& W, const float* x, int6
 
 // From this many tokens on, k-quant weights go through the packed GEMM (qgemm.h): unpacking a weight
 // block costs about as much as a few dot products with it, so a decode step keeps the direct dots.
-static constexpr int64_t kGemmMinTokens = 8;
+static constexpr int64_t kGemmMinTokens = 16;
 
 // PYQWEN_QGEMM=off keeps every matmul on the per-(row, token) dots: the before/after switch for
 // benchmarks (results are bit-identical either way). Read once.
