@@ -82,9 +82,9 @@ def expected_tokens(rates: tuple[float, ...], k: int) -> float:
 
 # ---- 1. CPU measurement --------------------------------------------------------------------------------
 
-# The first token count the CPU matmul sends through the packed k-quant GEMM (csrc/matmul.cpp
-# kGemmMinTokens); below it, per-token dots. Measured too, to show what a verify would cost on that path.
-EIGHT_TOKENS = 8  # the largest verification the k-quant decode rows take in one pass over the weights
+# The largest verification the AVX-512 k-quant decode rows (csrc/simd/qgemm_avx512.cpp) take in one
+# pass over the weights; measured too, for a long lookup draft.
+EIGHT_TOKENS = 8
 
 
 def measure_cpu(path: str, threads: int, reps: int, n_prompt: int, ks: range) -> dict[int, list[float]]:
