@@ -293,3 +293,37 @@ def test_sampling_with_drafts_keeps_the_distribution(mtp_gguf, monkeypatch):
     assert len(head) >= 5
     p = chi2_contingency(rows).pvalue
     assert p > 1e-3, (p, rows)
+
+
+# ---- the MTP head against an independent reference (PyTorch, as vLLM defines it) ----------------------
+
+@pytest.mark.parametrize("name", ["qwen35-r2-untied", "qwen35-r3-tied"])
+def test_eval_mtp_matches_the_pytorch_head(mtp_gguf, name, tmp_path):
+    """eval_mtp against tools/torch_mtp.py (transformers' Qwen3.5 decoder layer with the checkpoint's
+    mtp.* weights, the head vLLM runs), on the same checkpoint our converter turned into the GGUF; and
+    the greedy draft chain against the reference's chained drafting."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import torch_mtp
+
+    hf = with_mtp(name, tmp_path / "hf")
+    m = load(mtp_gguf(name, "f32"), kv_type="f32", spec="mtp")
+    ids = PROMPT + [3, 9, 27, 81, 243]
+    ours = m.eval_mtp(ids)
+    model, head = torch_mtp.load_checkpoint(hf)
+    main, ref = (t.float().numpy() for t in torch_mtp.mtp_logits(model, head, ids))
+    scale = np.abs(ref).max()
+    # Main logits first: the hidden states the head reads agree as closely (F32 GGUF of the same weights).
+    np.testing.assert_allclose(m.eval(ids), main, rtol=0, atol=2e-4 * np.abs(main).max())
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-4 * scale)
+    assert (ours.argmax(1) == ref.argmax(1)).all()
+    # Greedy chained drafting: the main model's next token, then 3 MTP drafts fed their own outputs.
+    want = torch_mtp.chained_draft(model, head, ids[:20], 3)
+    st = m.new_state(64)
+    nxt = int(np.argmax(feed(m, st, ids[:20])))
+    got = [nxt]
+    for _ in range(3):
+        got.append(int(np.argmax(m.mtp_draft(st, got[-1]))))
+    assert got == want
