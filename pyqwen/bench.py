@@ -89,6 +89,7 @@ class BenchReport:
     decode_bytes: int = 0            # DRAM bytes one decode step moves (weights, state, KV) at the tg context
     peer_note: str | None = None     # how llama.cpp was configured, when not as it defaults
     read_bandwidth: float | None = None   # GB/s this machine reads with the same threads (measured), if asked
+    spec_notes: dict = field(default_factory=dict)  # test -> acceptance summary of a speculative tg row
 
     def ratio(self, test: str) -> float | None:
         a = next((r for r in self.rows if r.engine == "pyqwen" and r.test == test), None)
@@ -120,7 +121,7 @@ class BenchReport:
     def to_dict(self) -> dict:
         d = {"model": asdict(self.model), "path": self.path, "n_batch": self.n_batch, "peer_error": self.peer_error,
              "decode_bytes": self.decode_bytes, "read_bandwidth_gbs": self.read_bandwidth,
-             "rows": [dict(asdict(r), mean=r.mean, std=r.std) for r in self.rows]}
+             "rows": [dict(asdict(r), mean=r.mean, std=r.std) for r in self.rows], "spec": self.spec_notes}
         tests = list(dict.fromkeys(r.test for r in self.rows))
         d["ratios"] = {t: self.ratio(t) for t in tests}
         d["ratio_ranges"] = {t: self.ratio_range(t) for t in tests}
@@ -173,8 +174,50 @@ class PyqwenRunner:
             logits = m.forward(state, [int(np.argmax(logits))], logits="last")
         return n_gen / (time.perf_counter() - t0)
 
+    def tg_generate(self, n_gen: int, spec: str, prompt: list[int], acc: "SpecTally") -> float:
+        """Greedy generation of n_gen tokens from `prompt` through the generation loop with `spec`
+        (decode time only, as tg); the drafted/accepted counts go to acc."""
+        g = self.model.generate(prompt, max_tokens=n_gen, temperature=0, spec=spec, stop=[])
+        for _ in g:
+            pass
+        acc.add(g.stats)
+        return g.stats.decode_tokens_per_second
+
     def close(self) -> None:
         pass
+
+
+@dataclass
+class SpecTally:
+    """Drafted and accepted tokens over the repetitions of a speculative tg row."""
+    verifies: int = 0
+    drafted: int = 0
+    accepted: int = 0
+
+    def add(self, stats) -> None:
+        self.verifies += stats.verify_steps
+        self.drafted += stats.draft_tokens
+        self.accepted += stats.accepted_tokens
+
+    def summary(self) -> str:
+        if not self.verifies:
+            return "no drafts"
+        return (f"{self.accepted}/{self.drafted} drafts accepted ({100 * self.accepted / self.drafted:.0f}%), "
+                f"{(self.accepted + self.verifies) / self.verifies:.2f} tokens per verification")
+
+
+# The text speculative tg rows continue: code with the repetition agents produce (a function, then a
+# near copy of it), so prompt lookup has something to find, and prose-like comments for the MTP head.
+SPEC_PROMPT = (
+    "def moving_average(values, window):\n"
+    "    \"\"\"Return the moving average of values over the given window.\"\"\"\n"
+    "    if window <= 0:\n        raise ValueError(\"window must be positive\")\n"
+    "    out = []\n    total = 0.0\n    for i, v in enumerate(values):\n        total += v\n"
+    "        if i >= window:\n            total -= values[i - window]\n"
+    "        out.append(total / min(i + 1, window))\n    return out\n\n\n"
+    "def moving_sum(values, window):\n"
+    "    \"\"\"Return the moving sum of values over the given window.\"\"\"\n"
+)
 
 
 def bench_pyqwen(model, n_prompt: int, n_gen: int, reps: int, seed: int = 1234) -> tuple[list[float], list[float]]:
@@ -271,12 +314,14 @@ def _prompt_sizes(n_prompt: int | Sequence[int]) -> list[int]:
 def run_bench(path: str | Path | None = None, *, n_prompt: int | Sequence[int] = 512, n_gen: int = 128,
               reps: int = 3, threads: int | None = None, n_batch: int = 256, backend: str = "auto",
               device: int = 0, peer_llama_cpp: bool = False, model=None, measure_bandwidth: bool = False,
-              log: Callable[[str], None] | None = None) -> BenchReport:
+              spec: Sequence[str] = (), log: Callable[[str], None] | None = None) -> BenchReport:
     """Measure pyqwen (and optionally llama.cpp) on path (None = the demo model); see module doc.
 
     n_prompt may be a list (one pp row each, e.g. [512, 8192]). With the peer, both engines are loaded
     at once and their repetitions alternate (pyqwen, llama.cpp, pyqwen, ...), so a change of machine
-    load during the run hits both alike and the ratio stays meaningful.
+    load during the run hits both alike and the ratio stays meaningful. spec: speculative-decoding modes
+    to measure as extra rows `tgN+MODE` (greedy generation of SPEC_PROMPT's continuation through the
+    generation loop, with `tgN+off` the same loop without drafts, interleaved with them).
     """
     from .gguf_file import GGUFFile
     from .model import Model, default_threads
@@ -302,7 +347,8 @@ def run_bench(path: str | Path | None = None, *, n_prompt: int | Sequence[int] =
         if n_ctx > gf.hparams.n_ctx_train:
             raise ValueError(f"-p/-n need a context of {n_ctx} tokens; the model was trained for "
                              f"{gf.hparams.n_ctx_train}")
-        model = Model.load(path, n_ctx=n_ctx, threads=threads, n_batch=n_batch, backend=backend, device=device)
+        model = Model.load(path, n_ctx=n_ctx + 256, threads=threads, n_batch=n_batch, backend=backend,
+                           device=device, spec="auto" if spec else "off")
     path = Path(model.path)
     report = BenchReport(describe_model(model.gguf), str(path), n_batch)
     be = str(getattr(model, "backend", "cpu")).upper()
@@ -337,6 +383,21 @@ def run_bench(path: str | Path | None = None, *, n_prompt: int | Sequence[int] =
                     if rep > 0:  # rep 0 is the warm-up
                         row.samples.append(v)
             report.rows.extend(r for r in rows if r.engine == "pyqwen" or r.samples)
+        spec = [m for m in spec if m != "off"]
+        if spec and n_gen > 0:
+            modes = ["off", *spec]
+            prompt = model.tokenize(SPEC_PROMPT, parse_special=False)
+            r = runners[0][2]
+            rows = {m: BenchRow("pyqwen", be, threads, f"tg{n_gen}+{m}", n_gen) for m in modes}
+            tally = {m: SpecTally() for m in modes}
+            log(f"tg{n_gen} with speculative decoding ({', '.join(spec)}) and without, interleaved")
+            for rep in range(reps + 1):
+                for m in modes:
+                    v = r.tg_generate(n_gen, m, prompt, tally[m] if rep > 0 else SpecTally())
+                    if rep > 0:
+                        rows[m].samples.append(v)
+            report.rows.extend(rows.values())
+            report.spec_notes = {rows[m].test: tally[m].summary() for m in spec}
     finally:
         for _, _, r in runners[1:]:
             r.close()
@@ -381,7 +442,7 @@ def format_markdown(report: BenchReport) -> str:
     if report.decode_bytes:
         # The decode roofline: every step streams the weights and the recurrent state once.
         for r in report.rows:
-            if not r.test.startswith("tg"):
+            if not r.test.startswith("tg") or "+" in r.test:  # speculative rows: per emitted token, not step
                 continue
             gbs = report.decode_bytes * r.mean / 1e9
             who = r.backend if r.engine == "pyqwen" else f"{r.backend}, {r.engine}"
@@ -391,6 +452,12 @@ def format_markdown(report: BenchReport) -> str:
                 line += f", {100 * gbs / report.read_bandwidth:.0f}% of the {report.read_bandwidth:.1f} GB/s measured read bandwidth"
             out.append("")
             out.append(line)
+    base = next((r for r in report.rows if r.test.endswith("+off")), None)
+    for test, note in report.spec_notes.items():
+        row = next(r for r in report.rows if r.test == test)
+        x = f", {row.mean / base.mean:.2f}x {base.test}" if base is not None and base.mean > 0 else ""
+        out.append("")
+        out.append(f"{test}: {note}{x}")
     if any(r.engine == "llama.cpp" for r in report.rows) and report.peer_note:
         out.append("")
         out.append(f"(llama.cpp: {report.peer_note})")

@@ -103,6 +103,16 @@ def _add_gpu_layers_arg(g) -> None:
                         "any other value = the GPU when one is visible")
 
 
+def _spec_list(text: str) -> list[str]:
+    from .speculative.policy import SPEC_MODES
+
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in SPEC_MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"modes are {', '.join(SPEC_MODES)}; got {text!r}")
+    return modes
+
+
 def _add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None:
     g = p.add_argument_group("runtime")
     g.add_argument("-c", "--ctx", type=_int(1, "integer >= 1"), default=ctx_default, metavar="N",
@@ -496,7 +506,7 @@ def cmd_bench(args) -> int:
         report = run_bench(path, n_prompt=args.n_prompt, n_gen=args.n_gen, reps=args.repetitions,
                            threads=args.threads, n_batch=args.batch_size, backend=backend,
                            device=args.device, peer_llama_cpp=args.peer_llama_cpp,
-                           measure_bandwidth=args.bandwidth, log=log)
+                           measure_bandwidth=args.bandwidth, spec=args.spec, log=log)
     except RuntimeError as e:
         raise CLIError(str(e)) from None
     if args.output == "json":
@@ -620,6 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--repetitions", type=_int(1), default=3, metavar="N", help="repetitions (default 3)")
     p.add_argument("-t", "--threads", type=_int(1), default=None, metavar="T", help="threads (default: all cores)")
     p.add_argument("-b", "--batch-size", type=_int(1), default=256, metavar="N", help="prefill chunk (default 256)")
+    p.add_argument("--spec", type=_spec_list, default=[], metavar="MODE[,MODE...]",
+                   help="also measure greedy generation with speculative decoding (mtp, lookup, auto), each "
+                        "beside the same loop without it (tgN+off), with acceptance rates")
     p.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto")
     _add_gpu_layers_arg(p)
     p.add_argument("--device", type=_int(0), default=0, metavar="N", help="CUDA device index (default 0)")

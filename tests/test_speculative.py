@@ -9,6 +9,7 @@ converted by our converter to F32, Q8_0 and Q4_K_M GGUF files.
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -327,3 +328,17 @@ def test_eval_mtp_matches_the_pytorch_head(mtp_gguf, name, tmp_path):
     for _ in range(3):
         got.append(int(np.argmax(m.mtp_draft(st, got[-1]))))
     assert got == want
+
+
+def test_bench_reports_speculative_rows(mtp_gguf):
+    """`pyqwen bench --spec`: a tgN+MODE row per mode beside tgN+off, with the acceptance counted."""
+    from pyqwen.bench import format_markdown, run_bench
+
+    rep = run_bench(mtp_gguf("qwen35-r2-untied"), n_prompt=0, n_gen=12, reps=1, threads=1, spec=["mtp", "lookup"])
+    tests = [r.test for r in rep.rows]
+    assert {"tg12", "tg12+off", "tg12+mtp", "tg12+lookup"} <= set(tests)
+    assert all(len(r.samples) == 1 and r.samples[0] > 0 for r in rep.rows)
+    assert re.match(r"\d+/\d+ drafts accepted", rep.spec_notes["tg12+mtp"])
+    drafted = int(rep.spec_notes["tg12+mtp"].split("/")[1].split()[0])
+    assert drafted >= 11  # every verification drafts (3 by default) until the budget
+    assert "tg12+mtp:" in format_markdown(rep)
