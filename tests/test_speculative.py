@@ -342,3 +342,29 @@ def test_bench_reports_speculative_rows(mtp_gguf):
     drafted = int(rep.spec_notes["tg12+mtp"].split("/")[1].split()[0])
     assert drafted >= 11  # every verification drafts (3 by default) until the budget
     assert "tg12+mtp:" in format_markdown(rep)
+
+
+def test_demo_model_greedy_output_is_plain_decoding_in_every_mode():
+    """The trained demo model (real MTP head, real acceptance): long greedy generations from varied
+    prompts give the same tokens with every drafter as without one, and the drafts are often right."""
+    m = pyqwen.Model.load(threads=2, backend="cpu")
+    if not m.has_mtp:
+        pytest.skip("the demo model in this installation has no MTP head")
+    prompts = [
+        "def parse_args(argv=None):\n    parser = argparse.ArgumentParser(",
+        "import os\nimport sys\n\n\nclass Cache:\n    def __init__(self, path):\n",
+        "The module provides functions for working with",
+        "for i in range(10):\n    for j in range(10):\n        print(i, j)\n" * 2,
+    ]
+    accepted = 0
+    for i, p in enumerate(prompts):
+        n = 400 if i == 0 else 120
+        g0 = m.generate(p, max_tokens=n, temperature=0, spec="off")
+        list(g0)
+        for mode, draft in (("mtp", 3), ("mtp", 1), ("lookup", None), ("auto", 4)):
+            g = m.generate(p, max_tokens=n, temperature=0, spec=mode, draft=draft)
+            list(g)
+            assert g.tokens == g0.tokens and g.text == g0.text, (i, mode, draft)
+            accepted += g.stats.accepted_tokens
+            assert g.stats.verify_steps > 0, (i, mode)
+    assert accepted > 100
