@@ -366,5 +366,5 @@ def test_demo_model_greedy_output_is_plain_decoding_in_every_mode():
             list(g)
             assert g.tokens == g0.tokens and g.text == g0.text, (i, mode, draft)
             accepted += g.stats.accepted_tokens
-            assert g.stats.verify_steps > 0, (i, mode)
+            assert g.stats.verify_steps > 0 or mode == "lookup", (i, mode)  # lookup needs a repeat
     assert accepted > 100
