@@ -1,6 +1,8 @@
 // qgemm.cpp: the prefill GEMM driver (packing, cache blocking, threads) and the scalar micro-kernel.
 #include "qgemm.h"
 
+#include "simd/dispatch.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -53,20 +55,6 @@ extern const QgemmKernels kQgemmAvx512;  // simd/qgemm_avx512.cpp
 
 namespace {
 
-bool cpu_has(const char* what) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    if (!std::strcmp(what, "avx2")) return __builtin_cpu_supports("avx2");
-    if (!std::strcmp(what, "avx512vnni"))
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx2") &&
-               __builtin_cpu_supports("fma");
-#endif
-    (void)what;
-    return false;
-}
-
 const QgemmKernels* pick() {
     const char* env = std::getenv("PYQWEN_SIMD");
     if (env && (!std::strcmp(env, "off") || !std::strcmp(env, "ref"))) return &kRef;
@@ -95,10 +83,10 @@ constexpr int64_t kPanel = 16;
 const QgemmKernels* qgemm_kernels_named(const char* name) {
     if (!std::strcmp(name, "ref")) return &kRef;
 #if defined(PQ_HAVE_AVX2_KERNELS)
-    if (!std::strcmp(name, "avx2") && cpu_has("avx2")) return &kQgemmAvx2;
+    if (!std::strcmp(name, "avx2") && cpu_supports("avx2")) return &kQgemmAvx2;
 #endif
 #if defined(PQ_HAVE_AVX512_KERNELS)
-    if (!std::strcmp(name, "avx512vnni") && cpu_has("avx512vnni")) return &kQgemmAvx512;
+    if (!std::strcmp(name, "avx512vnni") && cpu_supports("avx512")) return &kQgemmAvx512;
 #endif
     return nullptr;
 }

@@ -22,6 +22,17 @@ void dots_bf16_avx2(const uint16_t* w, const float* x, int64_t x_stride, int64_t
 static const SimdKernels kAvx2 = {"avx2", dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2, dots_f32_avx2, dots_f16_avx2,
                                   dots_bf16_avx2, axpy_f16_avx2, delta_rule_head_avx2};
 #endif
+#if defined(PQ_HAVE_AVX2_KERNELS) && defined(PQ_HAVE_AVX512_KERNELS)
+float dot_f32_avx512(const float* w, const float* x, int64_t n);
+float dot_f16_avx512(const uint16_t* w, const float* x, int64_t n);
+float dot_bf16_avx512(const uint16_t* w, const float* x, int64_t n);
+void dots_f32_avx512(const float* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
+void dots_f16_avx512(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
+void dots_bf16_avx512(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
+// 16-lane weight dots (up to 8 tokens per pass); the attention's axpy and the delta rule stay AVX2's.
+static const SimdKernels kAvx512 = {"avx512", dot_f32_avx512, dot_f16_avx512, dot_bf16_avx512, dots_f32_avx512,
+                                    dots_f16_avx512, dots_bf16_avx512, axpy_f16_avx2, delta_rule_head_avx2};
+#endif
 
 // The references' several-token form: one reference dot per token.
 template <class T, float (*Dot)(const T*, const float*, int64_t)>
@@ -33,18 +44,26 @@ static const SimdKernels kRef = {"ref", dot_f32_ref, dot_f16_ref, dot_bf16_ref, 
                                  dots_ref<uint16_t, dot_f16_ref>, dots_ref<uint16_t, dot_bf16_ref>, axpy_f16_ref,
                                  delta_rule_head};
 
-static bool cpu_has_avx2() {
-#if defined(PQ_HAVE_AVX2_KERNELS) && (defined(__x86_64__) || defined(__i386__))
+bool cpu_supports(const char* level) {
+#if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-#else
-    return false;
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (!std::strcmp(level, "avx2")) return avx2;
+    if (!std::strcmp(level, "avx512"))
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vnni");
 #endif
+    (void)level;
+    return false;
 }
 
 static const SimdKernels* best() {
+#if defined(PQ_HAVE_AVX2_KERNELS) && defined(PQ_HAVE_AVX512_KERNELS)
+    if (cpu_supports("avx512")) return &kAvx512;
+#endif
 #if defined(PQ_HAVE_AVX2_KERNELS)
-    if (cpu_has_avx2()) return &kAvx2;
+    if (cpu_supports("avx2")) return &kAvx2;
 #endif
     return &kRef;
 }
@@ -64,7 +83,10 @@ bool simd_select(const char* name) {
     if (!std::strcmp(name, "ref")) { g_kernels = &kRef; return true; }
     if (!std::strcmp(name, "auto")) { g_kernels = best(); return true; }
 #if defined(PQ_HAVE_AVX2_KERNELS)
-    if (!std::strcmp(name, "avx2") && cpu_has_avx2()) { g_kernels = &kAvx2; return true; }
+    if (!std::strcmp(name, "avx2") && cpu_supports("avx2")) { g_kernels = &kAvx2; return true; }
+#endif
+#if defined(PQ_HAVE_AVX2_KERNELS) && defined(PQ_HAVE_AVX512_KERNELS)
+    if (!std::strcmp(name, "avx512") && cpu_supports("avx512")) { g_kernels = &kAvx512; return true; }
 #endif
     return false;
 }

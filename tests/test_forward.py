@@ -129,13 +129,16 @@ def test_simd_kernels_match_reference():
                           (T.BF16, (w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8))]:
             assert _core.set_simd("ref")
             ref = _core.testing.ref_matmul(int(typ), data.reshape(-1), ne0, ne1, x)
-            if not _core.set_simd("avx2"):
+            levels = [lv for lv in ("avx2", "avx512") if _core.set_simd(lv)]
+            if not levels:
                 _core.set_simd("auto")
                 pytest.skip("no AVX2 on this CPU")
-            fast = _core.testing.ref_matmul(int(typ), data.reshape(-1), ne0, ne1, x, n_threads=2)
+            for lv in levels:
+                assert _core.set_simd(lv)
+                fast = _core.testing.ref_matmul(int(typ), data.reshape(-1), ne0, ne1, x, n_threads=2)
+                scale = np.abs(w).max() * np.abs(x).sum(1).max()
+                np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-6 * scale, err_msg=lv)
             _core.set_simd("auto")
-            scale = np.abs(w).max() * np.abs(x).sum(1).max()
-            np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-6 * scale)
 
 
 def test_multi_token_float_dots_equal_one_token_dots():
@@ -145,16 +148,19 @@ def test_multi_token_float_dots_equal_one_token_dots():
     from gguf import GGMLQuantizationType as T
 
     rng = np.random.default_rng(3)
-    for ne0 in (1, 15, 16, 40, 256, 1000):
+    levels = [lv for lv in ("ref", "avx2", "avx512") if _core.set_simd(lv)]
+    for ne0, lv in [(ne0, lv) for ne0 in (1, 15, 16, 40, 256, 1000) for lv in levels]:
+        assert _core.set_simd(lv)
         w = rng.standard_normal((9, ne0)).astype(np.float32)
         x = rng.standard_normal((11, ne0)).astype(np.float32)
         for typ, data in [(T.F32, w.view(np.uint8)), (T.F16, w.astype(np.float16).view(np.uint8)),
                           (T.BF16, (w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8))]:
             one = np.stack([_core.testing.ref_matmul(int(typ), data.reshape(-1), ne0, 9, x[t:t + 1])[0]
                             for t in range(11)])
-            for n_tok in (2, 3, 4, 5, 8, 11):
+            for n_tok in (2, 3, 4, 5, 8, 9, 11):
                 many = _core.testing.ref_matmul(int(typ), data.reshape(-1), ne0, 9, x[:n_tok], n_threads=2)
-                assert np.array_equal(many, one[:n_tok]), (typ, ne0, n_tok)
+                assert np.array_equal(many, one[:n_tok]), (lv, typ, ne0, n_tok)
+    _core.set_simd("auto")
 
 
 def test_simd_delta_rule_matches_reference():

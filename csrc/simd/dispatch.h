@@ -30,7 +30,12 @@ struct SimdKernels {
 };
 
 const SimdKernels& simd_kernels();
-// Overrides the automatic choice ("ref", "avx2", "auto"); returns false for an unknown/unsupported name.
+// Overrides the automatic choice ("ref", "avx2", "avx512", "auto"); returns false for an unknown or
+// unsupported name.
 bool simd_select(const char* name);
+
+// Whether this CPU runs a kernel level ("avx2": AVX2+FMA+F16C; "avx512": what simd/*_avx512.cpp are
+// compiled for, AVX-512 F/BW/VL/DQ/VNNI with AVX2+FMA+F16C). The one check every dispatcher uses.
+bool cpu_supports(const char* level);
 
 }  // namespace pq
