@@ -78,10 +78,11 @@ void bind_ref(py::module_& m) {
             farr y({n, C});
             farr st({C, K - 1});
             std::copy(state.data(), state.data() + C * (K - 1), st.mutable_data());
-            conv1d_silu(x.data(), w.data(), st.mutable_data(), y.mutable_data(), C, K, n, 0, C);
+            simd_kernels().conv1d_silu(x.data(), w.data(), st.mutable_data(), y.mutable_data(), C, K, n, 0, C);
             return py::make_tuple(y, st);
         },
-        py::arg("x"), py::arg("w"), py::arg("state"), "Causal conv + SiLU; returns (y, new_state).");
+        py::arg("x"), py::arg("w"), py::arg("state"),
+        "Causal conv + SiLU (the selected kernel set: set_simd); returns (y, new_state).");
 
     m.def(
         "ref_delta_rule",

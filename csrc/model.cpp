@@ -335,7 +335,7 @@ void Model::ffn(const LayerWeights& L, const float* f, int64_t n, float* out) {
     std::vector<float> g(n * F), u(n * F);
     matmul(pool_, L.ffn_gate, f, n, g.data());
     matmul(pool_, L.ffn_up, f, n, u.data());
-    for (int64_t i = 0; i < n * F; ++i) g[i] = silu(g[i]) * u[i];
+    simd_kernels().mul_silu(g.data(), u.data(), g.data(), n * F);
     matmul(pool_, L.ffn_down, g.data(), n, out);
 }
 
@@ -359,7 +359,7 @@ void Model::gdn_layer(const LayerWeights& L, int rl, State& st, const float* a, 
     // Causal depthwise conv over [state (K-1 oldest first) | new inputs]; tap K-1 is the current token.
     float* cs = st.conv[rl].data();
     pool_.parallel_for(C, [&](int64_t c0, int64_t c1, int) {
-        conv1d_silu(qkv.data(), f32(L.ssm_conv1d), cs, y.data(), C, K, n, c0, c1);
+        simd_kernels().conv1d_silu(qkv.data(), f32(L.ssm_conv1d), cs, y.data(), C, K, n, c0, c1);
     });
 
     // q and k: L2-normalise each head once per token (they are shared by n_v/n_k V heads).
@@ -401,7 +401,7 @@ void Model::gdn_layer(const LayerWeights& L, int rl, State& st, const float* a, 
                 float* oh = o.data() + t * Dv + h * dv;
                 const float* zh = z.data() + t * Dv + h * dv;
                 rms_norm(oh, norm_w, oh, dv, c.rms_eps);
-                for (int64_t j = 0; j < dv; ++j) oh[j] *= silu(zh[j]);
+                simd_kernels().mul_silu(oh, oh, zh, dv);
             }
         }
     });

@@ -4,6 +4,7 @@
 
 #include "gdn.h"
 #include "matmul.h"
+#include "ops.h"
 #include "simd/dispatch.h"
 
 namespace pq {
@@ -13,6 +14,9 @@ float dot_f32_avx2(const float* w, const float* x, int64_t n);
 float dot_f16_avx2(const uint16_t* w, const float* x, int64_t n);
 float dot_bf16_avx2(const uint16_t* w, const float* x, int64_t n);
 void axpy_f16_avx2(float* acc, const uint16_t* h, float a, int64_t n);
+void mul_silu_avx2(float* y, const float* a, const float* s, int64_t n);
+void conv1d_silu_avx2(const float* x, const float* w, float* state, float* y, int64_t C, int64_t K, int64_t n,
+                      int64_t c0, int64_t c1);
 void delta_rule_head_avx2(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
                           int64_t v_stride, const float* g, const float* beta, int64_t gb_stride, float* S,
                           int64_t dk, int64_t dv, int64_t n, float q_scale, float* o, int64_t o_stride);
@@ -20,7 +24,8 @@ void dots_f32_avx2(const float* w, const float* x, int64_t x_stride, int64_t m, 
 void dots_f16_avx2(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
 void dots_bf16_avx2(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
 static const SimdKernels kAvx2 = {"avx2", dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2, dots_f32_avx2, dots_f16_avx2,
-                                  dots_bf16_avx2, axpy_f16_avx2, delta_rule_head_avx2};
+                                  dots_bf16_avx2, axpy_f16_avx2, mul_silu_avx2, conv1d_silu_avx2,
+                                  delta_rule_head_avx2};
 #endif
 #if defined(PQ_HAVE_AVX2_KERNELS) && defined(PQ_HAVE_AVX512_KERNELS)
 float dot_f32_avx512(const float* w, const float* x, int64_t n);
@@ -31,8 +36,13 @@ void dots_f16_avx512(const uint16_t* w, const float* x, int64_t x_stride, int64_
 void dots_bf16_avx512(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
 // 16-lane weight dots (up to 8 tokens per pass); the attention's axpy and the delta rule stay AVX2's.
 static const SimdKernels kAvx512 = {"avx512", dot_f32_avx512, dot_f16_avx512, dot_bf16_avx512, dots_f32_avx512,
-                                    dots_f16_avx512, dots_bf16_avx512, axpy_f16_avx2, delta_rule_head_avx2};
+                                    dots_f16_avx512, dots_bf16_avx512, axpy_f16_avx2, mul_silu_avx2,
+                                    conv1d_silu_avx2, delta_rule_head_avx2};
 #endif
+
+static void mul_silu_ref(float* y, const float* a, const float* s, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = a[i] * silu(s[i]);
+}
 
 // The references' several-token form: one reference dot per token.
 template <class T, float (*Dot)(const T*, const float*, int64_t)>
@@ -42,7 +52,7 @@ static void dots_ref(const T* w, const float* x, int64_t x_stride, int64_t m, in
 
 static const SimdKernels kRef = {"ref", dot_f32_ref, dot_f16_ref, dot_bf16_ref, dots_ref<float, dot_f32_ref>,
                                  dots_ref<uint16_t, dot_f16_ref>, dots_ref<uint16_t, dot_bf16_ref>, axpy_f16_ref,
-                                 delta_rule_head};
+                                 mul_silu_ref, conv1d_silu, delta_rule_head};
 
 bool cpu_supports(const char* level) {
 #if defined(__x86_64__) || defined(__i386__)

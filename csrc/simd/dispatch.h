@@ -23,6 +23,11 @@ struct SimdKernels {
                       int64_t y_stride);
     // acc[i] += a * float(h[i]): the attention's weighted sum of f16 V rows.
     void (*axpy_f16)(float* acc, const uint16_t* h, float a, int64_t n);
+    // y[i] = a[i] * silu(s[i]) (y may alias a or s).
+    void (*mul_silu)(float* y, const float* a, const float* s, int64_t n);
+    // The DeltaNet's causal conv + SiLU over channels [c0, c1) (gdn.h conv1d_silu).
+    void (*conv1d_silu)(const float* x, const float* w, float* state, float* y, int64_t C, int64_t K, int64_t n,
+                        int64_t c0, int64_t c1);
     // The gated delta rule of one V head over n tokens (gdn.h delta_rule_head).
     void (*delta_rule)(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
                        int64_t v_stride, const float* g, const float* beta, int64_t gb_stride, float* S, int64_t dk,
