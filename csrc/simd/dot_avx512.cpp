@@ -1,4 +1,4 @@
-// dot_avx512.cpp: AVX-512 versions of the float dot products (reference: matmul.cpp *_ref).
+// dot_avx512.cpp: AVX-512 versions of the F16/BF16 weight dot products (reference: matmul.cpp *_ref).
 //
 // 16-lane sums over 32-element steps (two accumulators), then the scalar tail: the one-token and the
 // several-token kernels below share that order exactly, so a token's result does not depend on how
@@ -13,13 +13,11 @@ namespace pq {
 
 namespace {
 
-inline __m512 load_w(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load_w(const uint16_t* p, bool bf16) {
     const __m256i h = _mm256_loadu_si256((const __m256i*)p);
     return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
 }
 
-inline float scalar_w(float v) { return v; }
 inline float scalar_w(uint16_t h, bool bf16) {
     if (bf16) {
         uint32_t b = (uint32_t)h << 16;
@@ -70,12 +68,6 @@ void dots_any(Load load, Scalar scalar, const float* x, int64_t x_stride, int64_
 
 }  // namespace
 
-void dots_f32_avx512(const float* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y,
-                     int64_t y_stride) {
-    dots_any([w](int64_t i) { return load_w(w + i); }, [w](int64_t i) { return scalar_w(w[i]); }, x, x_stride, m, n,
-             y, y_stride);
-}
-
 void dots_f16_avx512(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y,
                      int64_t y_stride) {
     dots_any([w](int64_t i) { return load_w(w + i, false); }, [w](int64_t i) { return scalar_w(w[i], false); }, x,
@@ -86,12 +78,6 @@ void dots_bf16_avx512(const uint16_t* w, const float* x, int64_t x_stride, int64
                       int64_t y_stride) {
     dots_any([w](int64_t i) { return load_w(w + i, true); }, [w](int64_t i) { return scalar_w(w[i], true); }, x,
              x_stride, m, n, y, y_stride);
-}
-
-float dot_f32_avx512(const float* w, const float* x, int64_t n) {
-    float y;
-    dots_f32_avx512(w, x, 0, 1, n, &y, 0);
-    return y;
 }
 
 float dot_f16_avx512(const uint16_t* w, const float* x, int64_t n) {
