@@ -51,6 +51,24 @@ def core(emu_ops, mtp_f16):
     return load_cuda_core(emu_ops, mtp_f16, n_batch=8, n_ctx=32)
 
 
+@pytest.fixture(scope="module")
+def prefilled(core):
+    """fresh(mtp=True) -> a state holding PROMPT (restored from one device snapshot: the emulator takes
+    seconds per forward, and every test starts from the same prompt)."""
+    snaps = {}
+    for mtp in (False, True):
+        st = core.new_state(32, mtp=mtp)
+        core.forward(st, PROMPT, "none", 256)
+        snaps[mtp] = core.snapshot(st, with_kv=True)
+
+    def fresh(mtp: bool = True):
+        st = core.new_state(32, mtp=mtp)
+        core.restore(st, snaps[mtp])
+        return st
+
+    return fresh
+
+
 def feed_steps(core, st, ids):
     """Tokens one at a time (the decode body): the logits of each."""
     return np.stack([core.forward(st, [t], "last", 256) for t in ids])
@@ -84,79 +102,80 @@ def test_the_mtp_head_is_loaded_and_planned(core, mtp_f16):
 
 
 def test_eval_mtp_and_the_draft_chain_match_the_cpu(core, cpu):
-    """eval_mtp (prefill kernels, one chunk of 8 then 2 more) and mtp_draft (decode kernels) against the
-    CPU's. Observed max |diff| about 1e-3 on logits of std ~1 (summation orders, F16 KV cache on the
-    device, F32 in the CPU's eval_mtp); asked: 1e-2."""
+    """eval_mtp (prefill kernels: chunked DeltaNet, prefill attention, over a chunk of 8 and one of 2)
+    against the CPU's: observed max |diff| 1.9e-3 on logits of std ~1 (summation orders, and the device's
+    F16 KV cache against the F32 one of the CPU's eval_mtp); asked 5e-3. mtp_draft (decode kernels)
+    against the CPU's chain: observed 2.6e-4, asked 2e-3."""
     ids = PROMPT + [3, 9]
     ev, ref = core.eval_mtp(ids), cpu.eval_mtp(ids)
     assert ev.shape == ref.shape == (len(ids) - 1, cpu.n_vocab) and ev.dtype == np.float32
-    np.testing.assert_allclose(ev, ref, atol=1e-2, rtol=0)
+    np.testing.assert_allclose(ev, ref, atol=5e-3, rtol=0)
     assert (ev.argmax(1) == ref.argmax(1)).all()
 
     gs, cs = core.new_state(32, mtp=True), cpu.new_state(32)
-    core.forward(gs, ids[:5], "none", 256)
-    cpu.forward(cs, ids[:5], "none")
+    core.forward(gs, ids[:4], "none", 256)
+    cpu.forward(cs, ids[:4], "none")
     chain, want = [], []
-    for t in ids[5:8]:  # first step: eval_mtp's row 4; then the chain on the MTP's own hidden state
+    for t in ids[4:6]:  # first step: eval_mtp's row 3; then the chain on the MTP's own hidden state
         chain.append(core.mtp_draft(gs, t))
         want.append(cpu.mtp_draft(cs, t))
-    np.testing.assert_allclose(chain[0], ev[4], atol=1e-2, rtol=0)
-    np.testing.assert_allclose(np.array(chain), np.array(want), atol=1e-2, rtol=0)
-    assert not np.allclose(chain[1], ev[5], atol=1e-2)  # a chained step is not a row of eval_mtp
+    np.testing.assert_allclose(chain[0], ev[3], atol=5e-3, rtol=0)
+    np.testing.assert_allclose(np.array(chain), np.array(want), atol=2e-3, rtol=0)
+    assert not np.allclose(chain[1], ev[4], atol=5e-2)  # a chained step is not a row of eval_mtp
     # a forward restarts the chain from the main model's hidden state
-    core.forward(gs, [ids[5]], "none", 256)
-    np.testing.assert_allclose(core.mtp_draft(gs, ids[6]), ev[5], atol=1e-2, rtol=0)
+    core.forward(gs, [ids[4]], "none", 256)
+    np.testing.assert_allclose(core.mtp_draft(gs, ids[5]), ev[4], atol=5e-3, rtol=0)
 
 
 # ---- verification and rollback on the device --------------------------------------------------------------
 
-def test_verification_rows_are_one_token_steps_bit_for_bit(core):
-    toks = [5, 17, 900, 2001, 3, 77, 1500, 8, 9, 2300, 41, 600, 12, 13, 14, 15]
-    for n in (1, 3, 16):
-        a, b = core.new_state(32, mtp=True), core.new_state(32, mtp=True)
-        core.forward(a, PROMPT, "none", 256)
-        core.forward(b, PROMPT, "none", 256)
-        rows = core.verify(a, toks[:n])
-        assert rows.shape == (n, core.config["n_vocab"]) and a.pos == len(PROMPT) + n
-        assert np.array_equal(rows, feed_steps(core, b, toks[:n])), n
-        # the MTP cache and input caught up exactly as the steps did
-        assert np.array_equal(core.mtp_draft(a, 4), core.mtp_draft(b, 4)), n
+def test_verification_rows_are_one_token_steps_bit_for_bit(core, cpu, prefilled):
+    """10 tokens: two multi-token matvec launches (8 + 2 tokens) against ten one-token ones. Against the
+    CPU's verification: observed max |diff| 2e-4, asked 2e-3."""
+    toks = [5, 17, 900, 2001, 3, 77, 1500, 8, 9, 2300]
+    a, b = prefilled(), prefilled()
+    rows = core.verify(a, toks)
+    assert rows.shape == (len(toks), core.config["n_vocab"]) and a.pos == len(PROMPT) + len(toks)
+    assert np.array_equal(rows, feed_steps(core, b, toks))
+    # the MTP cache and input caught up exactly as the steps did
+    assert np.array_equal(core.mtp_draft(a, 4), core.mtp_draft(b, 4))
+    cs = cpu.new_state(32)
+    cpu.forward(cs, PROMPT, "none")
+    np.testing.assert_allclose(rows[:4], cpu.verify(cs, toks[:4]), atol=2e-3, rtol=0)
 
 
-def test_rollback_is_feeding_only_the_kept_tokens(core):
-    batch = [11, 400, 7, 1999, 64]
-    after = [33, 1024]
-    for keep in (1, 3, 5):
-        a, b, c = (core.new_state(32, mtp=True) for _ in range(3))
-        for s in (a, b, c):
-            core.forward(s, PROMPT, "none", 256)
-        core.verify(a, batch)
-        core.rollback(a, keep)
-        feed_steps(core, b, batch[:keep])          # one at a time: bit-identical
-        core.forward(c, batch[:keep], "none", 256)  # one batch (chunked prefill kernels): close
-        assert a.pos == b.pos == c.pos == len(PROMPT) + keep
-        # the next steps see all of the state: SSM, conv window, KV rows, the MTP's cache and input
-        da, db, dc = (core.mtp_draft(s, after[0]) for s in (a, b, c))
-        la, lb, lc = (core.forward(s, after, "all", 256) for s in (a, b, c))
-        assert np.array_equal(da, db) and np.array_equal(la, lb), keep
-        # observed max |diff| ~1e-6 (DeltaNet chunked vs recurrent sums, prefill vs decode attention)
-        np.testing.assert_allclose(la, lc, atol=1e-3, rtol=0)
-        np.testing.assert_allclose(da, dc, atol=1e-3, rtol=0)
+def test_rollback_is_feeding_only_the_kept_tokens(core, prefilled):
+    batch, keep, after = [11, 400, 7, 1999, 64], 2, [33, 1024]
+    a, b, c = prefilled(), prefilled(), prefilled()
+    core.verify(a, batch)
+    core.rollback(a, keep)
+    feed_steps(core, b, batch[:keep])          # one at a time: bit-identical
+    core.forward(c, batch[:keep], "none", 256)  # one batch (chunked prefill kernels): close
+    assert a.pos == b.pos == c.pos == len(PROMPT) + keep
+    # the next steps see all of the state: SSM, conv window, KV rows, the MTP's cache and input
+    da, db, dc = (core.mtp_draft(s, after[0]) for s in (a, b, c))
+    la, lb, lc = (core.forward(s, after, "all", 256) for s in (a, b, c))
+    assert np.array_equal(da, db) and np.array_equal(la, lb)
+    # observed max |diff| 1.3e-4 / 3.2e-4 (chunked vs recurrent DeltaNet sums, prefill vs decode
+    # attention, batched vs one-row MTP catch-up); asked 2e-3
+    np.testing.assert_allclose(la, lc, atol=2e-3, rtol=0)
+    np.testing.assert_allclose(da, dc, atol=2e-3, rtol=0)
 
 
-def test_rollback_keeps_states_without_an_mtp_cache(core):
-    a, b = core.new_state(32), core.new_state(32)
-    core.forward(a, PROMPT, "none", 256)
-    core.forward(b, PROMPT, "none", 256)
+def test_rollback_on_states_without_an_mtp_cache(core, prefilled):
+    a, b = prefilled(False), prefilled(False)
     core.verify(a, [3, 4, 5])
-    core.rollback(a, 2)
-    feed_steps(core, b, [3, 4])
+    core.rollback(a, 1)
+    feed_steps(core, b, [3])
     assert np.array_equal(core.forward(a, [6], "last", 256), core.forward(b, [6], "last", 256))
+    core.verify(a, [7, 8])
+    core.rollback(a, 2)  # everything kept: nothing replayed
+    feed_steps(core, b, [7, 8])
+    assert np.array_equal(core.forward(a, [9], "last", 256), core.forward(b, [9], "last", 256))
 
 
-def test_speculation_errors_are_the_cpus(core, cpu):
-    gs = core.new_state(32, mtp=True)
-    core.forward(gs, PROMPT, "none", 256)
+def test_speculation_errors_are_the_cpus(core, cpu, prefilled):
+    gs = prefilled()
     with pytest.raises(ValueError, match="verify forward"):
         core.rollback(gs, 1)
     core.verify(gs, [1, 2, 3])
@@ -164,8 +183,7 @@ def test_speculation_errors_are_the_cpus(core, cpu):
         core.rollback(gs, 4)
     with pytest.raises(ValueError, match="keeps 1..3"):
         core.rollback(gs, 0)
-    other = core.new_state(32, mtp=True)
-    core.forward(other, [1], "none", 256)
+    other = prefilled()
     with pytest.raises(ValueError, match="verify forward"):
         core.rollback(other, 1)  # the log belongs to gs
     core.rollback(gs, 2)
@@ -197,9 +215,8 @@ def test_speculation_errors_are_the_cpus(core, cpu):
         cpu.rollback(cs, 1)
 
 
-def test_snapshot_carries_the_mtp_cache_and_input(core):
-    a = core.new_state(32, mtp=True)
-    core.forward(a, PROMPT, "none", 256)
+def test_snapshot_carries_the_mtp_cache_and_input(core, prefilled):
+    a = prefilled()
     snap, snap_kv = core.snapshot(a), core.snapshot(a, with_kv=True)
     want = core.mtp_draft(a, 7)
     core.forward(a, [1, 2, 3], "none", 256)
@@ -250,25 +267,22 @@ def test_greedy_speculative_output_is_plain_device_decoding(emu_ops, mtp_f16, mo
     m = model_on(core, mtp_f16, 40)
     m._set_spec(SpecConfig(mode="mtp", draft=2))
     assert m.mtp_states and m.speculation
-    rng = np.random.default_rng(1)
-    accepted = {}
-    for trial in range(2):
-        prompt = [int(x) for x in rng.integers(0, 2400, 5 + 3 * trial)]
-        g0 = m.generate(prompt, max_tokens=14, spec="off", temperature=0)
-        list(g0)
-        assert g0.on_device  # plain decoding chose its tokens on the device (decode())
-        # the real MTP drafter (chained drafts on the device)
-        g1 = m.generate(prompt, max_tokens=14, temperature=0)
-        list(g1)
-        assert g1.stats.spec == "mtp" and g1.stats.verify_steps > 0
-        assert (g1.tokens, g1.text, g1.finish_reason) == (g0.tokens, g0.text, g0.finish_reason)
-        # drafts that are often right, at every accept length
-        OracleDrafter.truth, OracleDrafter.prompt_len = list(g0.tokens), len(prompt)
-        monkeypatch.setattr(policy, "Drafter", OracleDrafter.make(policy.Drafter))
-        g2 = m.generate(prompt, max_tokens=14, temperature=0)
-        list(g2)
-        monkeypatch.undo()
-        assert (g2.tokens, g2.text, g2.finish_reason) == (g0.tokens, g0.text, g0.finish_reason)
-        for i, a in enumerate(g2.stats.accepted_at):
-            accepted[i] = accepted.get(i, 0) + a
-    assert len(accepted) >= 3 and all(v > 0 for v in list(accepted.values())[:3]), accepted
+    prompt = [int(x) for x in np.random.default_rng(1).integers(0, 2400, 5)]
+    g0 = m.generate(prompt, max_tokens=12, spec="off", temperature=0)
+    list(g0)
+    assert g0.on_device  # plain decoding chose its tokens on the device (decode())
+    # the real MTP drafter (chained drafts on the device)
+    g1 = m.generate(prompt, max_tokens=12, temperature=0)
+    list(g1)
+    assert g1.stats.spec == "mtp" and g1.stats.verify_steps > 0
+    assert (g1.tokens, g1.text, g1.finish_reason) == (g0.tokens, g0.text, g0.finish_reason)
+    # drafts that are often right, at every accept length
+    OracleDrafter.truth, OracleDrafter.prompt_len = list(g0.tokens), len(prompt)
+    monkeypatch.setattr(policy, "Drafter", OracleDrafter.make(policy.Drafter))
+    g2 = m.generate(prompt, max_tokens=12, temperature=0)
+    list(g2)
+    monkeypatch.undo()
+    assert (g2.tokens, g2.text, g2.finish_reason) == (g0.tokens, g0.text, g0.finish_reason)
+    accepted = g2.stats.accepted_at
+    assert len(accepted) >= 3 and all(v > 0 for v in accepted[:3]), accepted
+    assert g2.stats.accepted_tokens < g2.stats.draft_tokens  # and rejections
