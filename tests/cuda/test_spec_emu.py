@@ -271,11 +271,11 @@ def test_greedy_speculative_output_is_plain_device_decoding(emu_ops, mtp_f16, mo
     g0 = m.generate(prompt, max_tokens=12, spec="off", temperature=0)
     list(g0)
     assert g0.on_device  # plain decoding chose its tokens on the device (decode())
-    # the real MTP drafter (chained drafts on the device)
-    g1 = m.generate(prompt, max_tokens=12, temperature=0)
+    # the real MTP drafter (chained drafts on the device; random weights: mostly rejected)
+    g1 = m.generate(prompt, max_tokens=6, temperature=0)
     list(g1)
     assert g1.stats.spec == "mtp" and g1.stats.verify_steps > 0
-    assert (g1.tokens, g1.text, g1.finish_reason) == (g0.tokens, g0.text, g0.finish_reason)
+    assert g1.tokens == g0.tokens[:6] and g1.finish_reason == "length"
     # drafts that are often right, at every accept length
     OracleDrafter.truth, OracleDrafter.prompt_len = list(g0.tokens), len(prompt)
     monkeypatch.setattr(policy, "Drafter", OracleDrafter.make(policy.Drafter))
