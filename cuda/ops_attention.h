@@ -42,6 +42,8 @@ cudaError_t attention(float* qg, float* k, const float* v, const float* q_norm, 
 // null) the fp16 append of k (normed+roped) and v to rows pos0..pos0+n-1. The RoPE angle matches
 // csrc/ops.cpp rope_neox (double-precision frequencies from the host, float-float phase, exact
 // Cody-Waite reduction, float sincos): |cos, sin - reference| <= 5e-7 for every position < 2^24.
+// qg == nullptr (q_norm may be too): only k and v, into the cache (which must be given) -- an MTP cache
+// catching up on rows whose queries nobody needs, with the very arithmetic of a full call.
 cudaError_t attention_prepare(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
                               uint16_t* k_cache, uint16_t* v_cache, int64_t pos0, int64_t n, int H, int Hkv, int D,
                               int n_rot, float rope_base, float eps, cudaStream_t stream);

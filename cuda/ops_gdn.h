@@ -28,6 +28,8 @@ cudaError_t conv1d_silu(const float* x, const float* w, float* state, float* y, 
 // g = ssm_a*softplus(alpha+dt_bias), beta = sigmoid(b); per V head h (QK head h % nk): S = exp(g) S;
 // u = S^T k; S += k (beta (v - u))^T; o = S^T q; then out = rms_norm(o, eps)*norm_w*silu(z) per head.
 // n == 1 (decode): the recurrent step; n > 1: the chunked (chunk 64) algorithm, tokens in parallel.
+// n == 1 with out == nullptr: only the state update (z may be null too) -- speculative decoding's
+// rollback replays kept tokens with the very arithmetic of their decode steps.
 //
 // Limits: 1 <= dk <= 256, 1 <= dv <= 8192, nv % nk == 0 is not required (h % nk is used as is).
 // `out` must not overlap y, z or the scratch. `scratch` must hold gdn_scratch_bytes(nk, nv, dk, dv, n)

@@ -11,6 +11,9 @@ GPU, decode steps replayed as CUDA graphs. On top of that:
   every request that needs nothing host-only). Repetition/presence penalties need the token history:
   decode() refuses them, and the loop uses forward() + the host Sampler for such requests (logits
   cross to the host, 1 MB per step on the 27B).
+- speculative decoding (pyqwen.backend's contract: verify, rollback, mtp_draft, eval_mtp; the MTP head
+  uploaded when the file has a usable one): verification rows are computed with each token's one-token
+  step arithmetic, so greedy speculative output is plain device decoding's, token for token.
 - a memory plan (pyqwen.memory_plan) checked against the device's free memory before anything is
   allocated: a model that does not fit raises OutOfGPUMemory naming the largest context that does.
 
@@ -139,6 +142,10 @@ class CudaCore(CoreAdapter):
         if kv_type != "f16":
             raise ValueError(f"the CUDA backend keeps an F16 KV cache; kv_type {kv_type!r} is not supported")
         hp = gguf.hparams
+        # The MTP head is uploaded when the file has a usable one (it only serves speculative decoding),
+        # as pyqwen.model loads it for the CPU.
+        mtp = hp.n_nextn > 0 and gguf.mtp_problem() is None
+        config = hp.core_config(mtp=mtp)
         # cuBLAS's handle, workspace and kernels first, so that the free memory measured below already
         # excludes them (they used to appear lazily at the first prefill, after the upload filled the card).
         if hasattr(mod, "init_blas") and not mod.init_blas(device):
@@ -148,17 +155,17 @@ class CudaCore(CoreAdapter):
         p = None
         if check_memory:
             free, _total = mod.mem_get_info(device) if device else mod.mem_get_info()
-            p = plan_for(hp.core_config(), gguf.tensor_table(), n_ctx, kv_type, int(free), n_ctx_train=hp.n_ctx_train,
+            p = plan_for(config, gguf.tensor_table(), n_ctx, kv_type, int(free), n_ctx_train=hp.n_ctx_train,
                          n_batch=n_batch, n_snapshots=n_snapshots, context_bytes=CUDA_RUNTIME_RESERVE_BYTES,
                          budget_source="free on the device")
             p.check()
-        tensors, keep = gguf.core_tensors()
+        tensors, keep = gguf.core_tensors(mtp=mtp)
         bar = None
         cb = None
         if callable(progress):
             cb = progress
         else:
-            total = sum(gguf.tensors[name].nbytes for name in gguf.expected_tensors())
+            total = sum(gguf.tensors[name].nbytes for name in gguf.expected_tensors(mtp=mtp))
             bar = _progress_bar(total, progress)
             if bar is not None:
                 def cb(done: int, total: int, _bar=bar) -> None:
@@ -166,7 +173,7 @@ class CudaCore(CoreAdapter):
                     _bar.update(done - _bar.n)
         try:
             kw = {"device": device} if device else {}
-            model = mod.CudaModel(hp.core_config(), tensors, n_batch=n_batch, n_ctx=n_ctx, use_graphs=use_graphs,
+            model = mod.CudaModel(config, tensors, n_batch=n_batch, n_ctx=n_ctx, use_graphs=use_graphs,
                                   progress=cb, **kw)
         finally:
             if bar is not None:

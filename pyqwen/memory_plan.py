@@ -9,6 +9,10 @@ the model spec (csrc/common/model_spec.h) and the kernels' own scratch formulas
 - KV cache: the spec's K/V rows per token of n_ctx (F16 on the GPU);
 - recurrent state: conv + SSM states of the DeltaNet layers, F32, independent of n_ctx;
 - snapshots: `n_snapshots` device-side checkpoints of the recurrent state (~150 MiB each on the 27B);
+- verify log: what one speculative verification keeps for its rollback (the recurrent state before the
+  batch plus per-token rows, csrc/common/model_spec.h verify_rollback_bytes; ~157 MiB + 3.9 MiB per
+  token of the 16 on the 27B). A file with a usable MTP head also plans the head: its weights, its KV
+  rows (in the KV cache) and its activation buffers;
 - workspace: activation buffers for a prefill chunk of n_batch tokens, the LM-head logits rows, the
   largest scratch any kernel asks for, the sampler's workspace;
 - CUDA context: CUDA_CONTEXT_BYTES, an estimate of what the driver takes before our first allocation
@@ -78,6 +82,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     weight_table: list = field(default_factory=list, repr=False)  # (name, type, ne0, ne1, bytes) per weight
     logit_rows: int = 0                 # LM-head rows per launch (the logits buffer's height)
+    verify_log: int = 0                 # speculative decoding: the log one verification keeps for rollback
 
     @property
     def n_attn_layers(self) -> int:
@@ -89,7 +94,8 @@ class Plan:
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.recurrent + self.snapshots + self.workspace["total"] + self.context
+        return (self.weights + self.kv_cache + self.recurrent + self.snapshots + self.verify_log +
+                self.workspace["total"] + self.context)
 
     @property
     def fits(self) -> bool | None:
@@ -108,6 +114,7 @@ class Plan:
         row("KV cache", self.kv_cache, f"{self.kv_per_token:,} bytes per token over {self.n_attn_layers} attention layers")
         row("recurrent state", self.recurrent, f"{self.n_rec_layers} DeltaNet layers, F32, independent of context")
         row("snapshots", self.snapshots, f"{self.n_snapshots} x recurrent state, kept on the GPU")
+        row("verify log", self.verify_log, "speculative decoding: recurrent state + per-token rows for rollback")
         ws = self.workspace
         row("activations", ws["activations"] + ws["logits"], f"{self.n_batch}-token chunk + {self.logit_rows} logit rows")
         row("kernel scratch", ws["scratch"] + ws["misc"], "largest matmul / GDN / attention / sampling scratch")
@@ -167,7 +174,8 @@ def plan_for(config: dict, tensors: dict, n_ctx: int, kv_type: str = "f16", gpu_
              n_snapshots=n_snapshots, n_weights=r["n_weights"], weights=r["weights"], kv_cache=r["kv_cache"],
              kv_per_token=r["kv_per_token"], recurrent=r["recurrent"], snapshots=r["snapshots"],
              workspace=dict(r["workspace"]), context=r["context"], gpu_mem=gpu_mem_bytes, budget_source=budget_source,
-             max_ctx=r["max_ctx"], weight_table=list(r["weight_table"]), logit_rows=r["logit_rows"])
+             max_ctx=r["max_ctx"], weight_table=list(r["weight_table"]), logit_rows=r["logit_rows"],
+             verify_log=r["verify_log"])
     assert p.total == r["total"]
     if kv_type not in KV_SUPPORTED:
         p.notes.append(f"note: the CUDA backend implements an F16 KV cache only ({kv_type} is planned, not runnable)")
@@ -186,7 +194,8 @@ def plan(gguf_file, n_ctx: int, kv_type: str = "f16", gpu_mem_bytes: int | None 
     gf = gguf_file if isinstance(gguf_file, GGUFFile) else GGUFFile.open(os.fspath(gguf_file), validate=False)
     hp = gf.hparams if gf.hparams is not None else gf._read_hparams()
     gf.hparams = hp
-    return plan_for(hp.core_config(), gf.tensor_table(), min(n_ctx, hp.n_ctx_train), kv_type, gpu_mem_bytes,
+    mtp = hp.n_nextn > 0 and gf.mtp_problem() is None  # the CUDA backend loads a usable head
+    return plan_for(hp.core_config(mtp=mtp), gf.tensor_table(), min(n_ctx, hp.n_ctx_train), kv_type, gpu_mem_bytes,
                     n_ctx_train=hp.n_ctx_train, **kw)
 
 

@@ -123,6 +123,8 @@ __global__ void __launch_bounds__(kGdnDecodeWarps * 32)
             if (lane == 0) o_sh[j] = o[r];
         }
     }
+    if (out == nullptr) return;  // the state update alone (rollback's replay): the whole block leaves
+
     __syncthreads();
 
     // Gated RMSNorm of the head.

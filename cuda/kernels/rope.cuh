@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(kPrepWarps * 32)
                         int Hkv, int D, int n_rot, float eps, RopeFreqs freqs) {
     const int lane = threadIdx.x % 32;
     const int64_t row = (int64_t)blockIdx.x * kPrepWarps + threadIdx.x / 32;
-    const int64_t n_q = (int64_t)n * H;
+    const int64_t n_q = qg ? (int64_t)n * H : 0;  // no qg: the K/V rows alone (a cache catching up)
     if (row >= n_q + (int64_t)n * Hkv) return;  // whole warp: no barrier below, only warp shuffles
 
     const bool is_k = row >= n_q;

@@ -67,7 +67,8 @@ cudaError_t attention_prepare(float* qg, float* k, const float* v, const float* 
                               int n_rot, float rope_base, float eps, cudaStream_t stream) {
     if (n == 0) return cudaSuccess;
     if (n < 0 || pos0 < 0 || pos0 + n > kMaxCtx || !valid_heads(H, Hkv, D) || n_rot < 0 || n_rot % 2 != 0 ||
-        n_rot > D || n_rot / 2 > kRopeMaxPairs || !qg || !k || !q_norm || !k_norm || (v_cache && !v))
+        n_rot > D || n_rot / 2 > kRopeMaxPairs || !k || (qg && !q_norm) || !k_norm || (v_cache && !v) ||
+        (!qg && !k_cache))
         return cudaErrorInvalidValue;
     // The reference's frequencies (csrc/ops.cpp rope_neox), split into float pairs.
     RopeFreqs f;
@@ -80,7 +81,7 @@ cudaError_t attention_prepare(float* qg, float* k, const float* v, const float* 
         f.hi[i] = (float)fr;
         f.lo[i] = (float)(fr - (double)f.hi[i]);
     }
-    const int64_t rows = n * (H + Hkv);
+    const int64_t rows = n * ((qg ? H : 0) + Hkv);
     const int64_t blocks = cdiv(rows, kPrepWarps);
     if (blocks > INT_MAX) return cudaErrorInvalidValue;
     PQ_LAUNCH(qk_norm_rope_kernel, (unsigned)blocks, kPrepWarps * 32, 0, stream, qg, k, v, q_norm, k_norm, k_cache,

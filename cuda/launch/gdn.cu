@@ -68,6 +68,7 @@ cudaError_t gdn(const float* y, const float* alpha, const float* b, const float*
                 int64_t n, float eps, void* scratch, cudaStream_t stream) {
     if (!gdn_shape_ok(nk, nv, dk, dv, n)) return cudaErrorInvalidValue;
     if (n == 0) return cudaSuccess;
+    if (out == nullptr && n != 1) return cudaErrorInvalidValue;  // state-only updates are decode steps
     const float q_scale = 1.0f / std::sqrt((float)dk);
 
     if (n == 1) {  // decode: one fused kernel, one block per V head

@@ -26,6 +26,7 @@
 #include "../ops_attention.h"
 #include "../ops_gdn.h"
 #include "../ops_matvec.h"
+#include "../plan/device_plan.h"  // verify_log_layout
 #include "model.h"
 
 #if defined(PQ_CUDA_EMU)
@@ -36,6 +37,7 @@
 
 namespace pq::cuda {
 
+static_assert(kVerifyRows == pq::kMaxVerifyTokens, "activation buffers hold one whole verification");
 
 namespace {
 
@@ -64,6 +66,8 @@ struct Model::Buffers {
     int32_t* tokens = nullptr;  // [n_batch] token ids of the current chunk (decode: [0] is the input)
     int32_t* next = nullptr;    // [1] token chosen by the last decode step
     float *x = nullptr, *a = nullptr, *t = nullptr;  // [n_batch][E]: residual, normed, layer output
+    // MTP (models with a head): main final-norm hidden rows, [enorm(embd) | hnorm(h)] rows, MTP residual
+    float *hid = nullptr, *eh = nullptr, *mx = nullptr;
     // DeltaNet
     float *qkv = nullptr, *z = nullptr, *beta = nullptr, *alpha = nullptr, *y = nullptr, *o = nullptr;
     // attention (aliases the DeltaNet buffers: a layer is one or the other)
@@ -96,6 +100,20 @@ struct Model::GraphCache {
     }
 #endif
     bool warm = false;  // a decode body already ran uncaptured (every kernel module is loaded: lazy loading)
+};
+
+// The last verification (device_plan.h verify_log_layout): which state and step it belongs to, where.
+struct Model::VerifyLog {
+    void* arena = nullptr;
+    VerifyLogLayout layout;
+    uint64_t state_id = 0, step = 0;  // valid while the state is at this step
+    int64_t pos0 = -1, n = 0;
+    size_t rec_bytes = 0;             // bytes of the state's recurrent arena saved in rec0
+    char* at(size_t off) const { return static_cast<char*>(arena) + off; }
+    float* f(size_t off) const { return reinterpret_cast<float*>(at(off)); }
+    ~VerifyLog() {
+        if (arena) cudaFree(arena);
+    }
 };
 
 // ---- construction / upload -----------------------------------------------------------------------------
@@ -238,6 +256,7 @@ void Model::ensure_workspace(int64_t n_ctx) {
     b->next = reinterpret_cast<int32_t*>(base + L.next);
     auto f = [&](size_t off) { return reinterpret_cast<float*>(base + off); };
     b->x = f(L.x), b->a = f(L.a), b->t = f(L.t);
+    if (cfg_.n_nextn > 0) b->hid = f(L.hid), b->eh = f(L.eh), b->mx = f(L.mx);
     b->qkv = f(L.qkv), b->z = f(L.z), b->beta = f(L.beta), b->alpha = f(L.alpha), b->y = f(L.y), b->o = f(L.o);
     b->qg = f(L.qg), b->k = f(L.k), b->v = f(L.v), b->ao = f(L.ao);
     b->h = f(L.h);
@@ -263,6 +282,18 @@ void Model::synchronize() {
 
 // ---- states and snapshots --------------------------------------------------------------------------
 
+void Model::ensure_verify_log() {
+    if (vlog_) return;
+    auto lg = std::make_unique<VerifyLog>();
+    lg->layout = verify_log_layout(cfg_, kMaxVerifyTokens);
+    check(cudaMalloc(&lg->arena, lg->layout.total), "cudaMalloc (verification log)");
+    vlog_ = std::move(lg);
+}
+
+void Model::drop_verify_log(const State& st) {
+    if (vlog_ && vlog_->state_id == st.id_) vlog_->pos0 = -1;
+}
+
 State::~State() {
     if (stream_) cudaStreamSynchronize(stream_);
     if (arena_) cudaFree(arena_);
@@ -270,14 +301,17 @@ State::~State() {
 
 void State::reset() {
     pos = 0;
+    draft_pos_ = -1;
+    ++step_;
     if (recurrent_bytes_) {
         check(cudaMemsetAsync(recurrent_, 0, recurrent_bytes_, stream_), "State.reset");
         check(cudaStreamSynchronize(stream_), "State.reset");
     }
 }
 
-std::unique_ptr<State> Model::new_state(int64_t n_ctx) {
+std::unique_ptr<State> Model::new_state(int64_t n_ctx, bool mtp) {
     if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive");
+    if (mtp && !has_mtp()) throw std::invalid_argument("this model has no MTP head (no nextn block in the file)");
     use_device();
     ensure_workspace(n_ctx);
     const ModelConfig& c = cfg_;
@@ -286,22 +320,31 @@ std::unique_ptr<State> Model::new_state(int64_t n_ctx) {
     st->stream_ = stream_;
     st->n_ctx = n_ctx;
     st->id_ = next_state_id_++;
-    // The spec's buffers (model_spec.h PQ_STATE_BUFFERS). Recurrent ones first and contiguous, layer by
-    // layer (one memset resets them, one copy snapshots them); then the KV rows (fp16), layer by layer.
+    // The spec's buffers (model_spec.h PQ_STATE_BUFFERS; the MTP block's only when this state drafts).
+    // Fixed-size ones first and contiguous, layer by layer and kind by kind (one memset resets them, one
+    // copy snapshots them); then the KV rows (fp16), layer by layer; then the draft chain's hidden state.
     std::vector<StateBufferSpec> rec, kv;
-    for_each_state_buffer(c, [&](const StateBufferSpec& b) { (b.per_position ? kv : rec).push_back(b); });
+    for_each_state_buffer(c, [&](const StateBufferSpec& b) {
+        if (b.blocks == kMtp && !mtp) return;
+        (b.per_position ? kv : rec).push_back(b);
+    });
     const size_t kv_b = (size_t)n_ctx * kv_row_bytes(c, T_F16);
     std::map<std::string, std::vector<size_t>> off;
     Carver cv;
-    for (int i = 0; i < c.n_recurrent_layers(); ++i)
-        for (const StateBufferSpec& b : rec) {
-            off[b.name].push_back(cv.size);
-            cv.size += sizeof(float) * (size_t)b.values;
-        }
+    for (uint8_t kind : {(uint8_t)kRecurrent, (uint8_t)kMtp})
+        for (int i = 0; i < state_buffer_layers(c, kind); ++i)
+            for (const StateBufferSpec& b : rec) {
+                if (b.blocks != kind) continue;
+                off[b.name].push_back(cv.size);
+                cv.size += sizeof(float) * (size_t)b.values;
+            }
     st->recurrent_bytes_ = cv.size;
     cv.size = align_up(cv.size);
-    for (int i = 0; i < c.n_attn_layers(); ++i)
-        for (const StateBufferSpec& b : kv) off[b.name].push_back(cv.take(kv_b));
+    for (uint8_t kind : {(uint8_t)kAttention, (uint8_t)kMtp})
+        for (int i = 0; i < state_buffer_layers(c, kind); ++i)
+            for (const StateBufferSpec& b : kv)
+                if (b.blocks == kind) off[b.name].push_back(cv.take(kv_b));
+    const size_t draft_off = mtp ? cv.take(sizeof(float) * (size_t)c.n_embd) : 0;
     st->bytes_ = std::max<size_t>(cv.size, 1);
     check(cudaMalloc(&st->arena_, st->bytes_), "cudaMalloc (sequence state)");
     char* base = static_cast<char*>(st->arena_);
@@ -310,6 +353,13 @@ std::unique_ptr<State> Model::new_state(int64_t n_ctx) {
     for (size_t o : off["ssm"]) st->ssm_.push_back(reinterpret_cast<float*>(base + o));
     for (size_t o : off["k"]) st->k_.push_back(reinterpret_cast<uint16_t*>(base + o));
     for (size_t o : off["v"]) st->v_.push_back(reinterpret_cast<uint16_t*>(base + o));
+    for (size_t o : off["mtp_k"]) st->mtp_k_.push_back(reinterpret_cast<uint16_t*>(base + o));
+    for (size_t o : off["mtp_v"]) st->mtp_v_.push_back(reinterpret_cast<uint16_t*>(base + o));
+    if (mtp) {
+        if (off["mtp_h"].empty() || st->mtp_k_.empty()) throw std::logic_error("MTP state buffers missing from the spec");
+        st->mtp_h_ = reinterpret_cast<float*>(base + off["mtp_h"][0]);  // the blocks chain on one hidden state
+        st->draft_h_ = reinterpret_cast<float*>(base + draft_off);
+    }
     st->reset();
     return st;
 }
@@ -338,19 +388,25 @@ std::unique_ptr<Snapshot> Model::snapshot(const State& st, bool with_kv) {
     s->has_kv = with_kv;
     s->recurrent_bytes_ = st.recurrent_bytes_;
     s->kv_layer_bytes_ = with_kv ? (size_t)st.pos * kv_row_bytes(c, T_F16) : 0;
+    s->mtp_ = st.has_mtp();
+    // K/V pairs: the attention layers', then the MTP blocks' (the same positions)
+    std::vector<std::pair<uint16_t*, uint16_t*>> kvp;
+    for (size_t i = 0; i < st.k_.size(); ++i) kvp.emplace_back(st.k_[i], st.v_[i]);
+    for (size_t i = 0; i < st.mtp_k_.size(); ++i) kvp.emplace_back(st.mtp_k_[i], st.mtp_v_[i]);
+    s->kv_layers_ = kvp.size();
     const size_t rec = align_up(s->recurrent_bytes_);
     const size_t kvl = align_up(s->kv_layer_bytes_);
-    s->bytes_ = rec + 2 * (size_t)c.n_attn_layers() * kvl;
+    s->bytes_ = rec + 2 * kvp.size() * kvl;
     check(cudaMalloc(&s->arena_, std::max<size_t>(s->bytes_, 1)), "cudaMalloc (snapshot)");
     char* base = static_cast<char*>(s->arena_);
     if (s->recurrent_bytes_)
         check(cudaMemcpyAsync(base, st.recurrent_, s->recurrent_bytes_, cudaMemcpyDeviceToDevice, stream_), "snapshot");
     if (s->kv_layer_bytes_) {
-        for (int i = 0; i < c.n_attn_layers(); ++i) {
-            check(cudaMemcpyAsync(base + rec + (2 * i) * kvl, st.k_[i], s->kv_layer_bytes_, cudaMemcpyDeviceToDevice,
-                                  stream_),
+        for (size_t i = 0; i < kvp.size(); ++i) {
+            check(cudaMemcpyAsync(base + rec + (2 * i) * kvl, kvp[i].first, s->kv_layer_bytes_,
+                                  cudaMemcpyDeviceToDevice, stream_),
                   "snapshot");
-            check(cudaMemcpyAsync(base + rec + (2 * i + 1) * kvl, st.v_[i], s->kv_layer_bytes_,
+            check(cudaMemcpyAsync(base + rec + (2 * i + 1) * kvl, kvp[i].second, s->kv_layer_bytes_,
                                   cudaMemcpyDeviceToDevice, stream_),
                   "snapshot");
         }
@@ -363,24 +419,31 @@ void Model::restore(State& st, const Snapshot& s) {
     check_state(st);
     if (s.owner_ != this) throw std::invalid_argument("snapshot belongs to a different model");
     if (s.pos > st.n_ctx) throw std::invalid_argument("snapshot position beyond this state's context");
+    if (s.mtp_ != st.has_mtp())
+        throw std::invalid_argument("snapshot and state differ in MTP drafting (make both with the same mtp flag)");
     if (s.recurrent_bytes_ != st.recurrent_bytes_) throw std::invalid_argument("snapshot belongs to a different model");
-    const ModelConfig& c = cfg_;
+    std::vector<std::pair<uint16_t*, uint16_t*>> kvp;
+    for (size_t i = 0; i < st.k_.size(); ++i) kvp.emplace_back(st.k_[i], st.v_[i]);
+    for (size_t i = 0; i < st.mtp_k_.size(); ++i) kvp.emplace_back(st.mtp_k_[i], st.mtp_v_[i]);
+    if (s.kv_layer_bytes_ && s.kv_layers_ != kvp.size()) throw std::invalid_argument("snapshot belongs to a different model");
     const char* base = static_cast<const char*>(s.arena_);
     const size_t rec = align_up(s.recurrent_bytes_), kvl = align_up(s.kv_layer_bytes_);
     if (s.recurrent_bytes_)
         check(cudaMemcpyAsync(st.recurrent_, base, s.recurrent_bytes_, cudaMemcpyDeviceToDevice, stream_), "restore");
     if (s.kv_layer_bytes_) {
-        for (int i = 0; i < c.n_attn_layers(); ++i) {
-            check(cudaMemcpyAsync(st.k_[i], base + rec + (2 * i) * kvl, s.kv_layer_bytes_, cudaMemcpyDeviceToDevice,
-                                  stream_),
+        for (size_t i = 0; i < kvp.size(); ++i) {
+            check(cudaMemcpyAsync(kvp[i].first, base + rec + (2 * i) * kvl, s.kv_layer_bytes_,
+                                  cudaMemcpyDeviceToDevice, stream_),
                   "restore");
-            check(cudaMemcpyAsync(st.v_[i], base + rec + (2 * i + 1) * kvl, s.kv_layer_bytes_,
+            check(cudaMemcpyAsync(kvp[i].second, base + rec + (2 * i + 1) * kvl, s.kv_layer_bytes_,
                                   cudaMemcpyDeviceToDevice, stream_),
                   "restore");
         }
     }
     check(cudaStreamSynchronize(stream_), "restore");
     st.pos = s.pos;
+    st.draft_pos_ = -1;
+    ++st.step_;
 }
 
 Snapshot::~Snapshot() {
@@ -392,7 +455,7 @@ Snapshot::~Snapshot() {
 #define PQ_OP(call) check((call), #call)
 
 
-void Model::run_layers(State& st, int64_t n) {
+void Model::run_layers(State& st, int64_t n, VerifyLog* log) {
     const ModelConfig& c = cfg_;
     Buffers& b = *buf_;
     cudaStream_t s = cur_;
@@ -407,13 +470,28 @@ void Model::run_layers(State& st, int64_t n) {
             // Gated DeltaNet: in-projections, causal conv + SiLU, then l2norm / gating / delta rule /
             // gated RMSNorm in the gdn launcher, out-projection.
             const int64_t C = c.conv_channels(), nv = c.ssm_v_heads, Dv = nv * c.ssm_v_dim;
-            PQ_OP(matmul(L.attn_qkv.type, L.attn_qkv.data, E, C, b.a, n, b.qkv, b.scratch, s));
+            // A verification writes the conv inputs/outputs and alpha/beta straight into its log.
+            const VerifyLogLayout* vl = log ? &log->layout : nullptr;
+            float* qkv = vl ? log->f(vl->x[slot]) : b.qkv;
+            float* y = vl ? log->f(vl->y[slot]) : b.y;
+            float* alpha = vl ? log->f(vl->alpha[slot]) : b.alpha;
+            float* beta = vl ? log->f(vl->beta[slot]) : b.beta;
+            PQ_OP(matmul(L.attn_qkv.type, L.attn_qkv.data, E, C, b.a, n, qkv, b.scratch, s));
             PQ_OP(matmul(L.attn_gate.type, L.attn_gate.data, E, Dv, b.a, n, b.z, b.scratch, s));
-            PQ_OP(matmul(L.ssm_beta.type, L.ssm_beta.data, E, nv, b.a, n, b.beta, b.scratch, s));
-            PQ_OP(matmul(L.ssm_alpha.type, L.ssm_alpha.data, E, nv, b.a, n, b.alpha, b.scratch, s));
-            PQ_OP(conv1d_silu(b.qkv, L.ssm_conv1d.f32(), st.conv_[slot], b.y, C, c.ssm_conv, n, s));
-            PQ_OP(gdn(b.y, b.alpha, b.beta, L.ssm_a.f32(), L.ssm_dt.f32(), st.ssm_[slot], b.z, L.ssm_norm.f32(), b.o,
-                      c.ssm_k_heads, nv, c.ssm_k_dim, c.ssm_v_dim, n, eps, b.scratch, s));
+            PQ_OP(matmul(L.ssm_beta.type, L.ssm_beta.data, E, nv, b.a, n, beta, b.scratch, s));
+            PQ_OP(matmul(L.ssm_alpha.type, L.ssm_alpha.data, E, nv, b.a, n, alpha, b.scratch, s));
+            PQ_OP(conv1d_silu(qkv, L.ssm_conv1d.f32(), st.conv_[slot], y, C, c.ssm_conv, n, s));
+            if (log) {
+                // Token by token through the decode step's kernel: the state and the outputs are those
+                // of feeding the tokens one at a time (the chunked prefill sums in another order).
+                for (int64_t t = 0; t < n; ++t)
+                    PQ_OP(gdn(y + t * C, alpha + t * nv, beta + t * nv, L.ssm_a.f32(), L.ssm_dt.f32(), st.ssm_[slot],
+                              b.z + t * Dv, L.ssm_norm.f32(), b.o + t * Dv, c.ssm_k_heads, nv, c.ssm_k_dim,
+                              c.ssm_v_dim, 1, eps, b.scratch, s));
+            } else {
+                PQ_OP(gdn(y, alpha, beta, L.ssm_a.f32(), L.ssm_dt.f32(), st.ssm_[slot], b.z, L.ssm_norm.f32(), b.o,
+                          c.ssm_k_heads, nv, c.ssm_k_dim, c.ssm_v_dim, n, eps, b.scratch, s));
+            }
             PQ_OP(matmul(L.ssm_out.type, L.ssm_out.data, Dv, E, b.o, n, b.t, b.scratch, s));
         } else {
             // Gated attention: projections, then q/k norm + RoPE + fp16 KV append + causal GQA + sigmoid
@@ -422,9 +500,12 @@ void Model::run_layers(State& st, int64_t n) {
             PQ_OP(matmul(L.attn_q.type, L.attn_q.data, E, 2 * H * D, b.a, n, b.qg, b.scratch, s));
             PQ_OP(matmul(L.attn_k.type, L.attn_k.data, E, Hkv * D, b.a, n, b.k, b.scratch, s));
             PQ_OP(matmul(L.attn_v.type, L.attn_v.data, E, Hkv * D, b.a, n, b.v, b.scratch, s));
-            PQ_OP(attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), st.k_[slot], st.v_[slot],
-                            st.n_ctx, st.pos, n, (int)H, (int)Hkv, (int)D, c.n_rot, c.rope_base, eps, b.ao,
-                            b.scratch, s));
+            // A verification: one query at a time through the decode kernel (each sees the rows before it).
+            const int64_t steps = log ? n : 1, per = log ? 1 : n;
+            for (int64_t t = 0; t < steps; ++t)
+                PQ_OP(attention(b.qg + t * 2 * H * D, b.k + t * Hkv * D, b.v + t * Hkv * D, L.attn_q_norm.f32(),
+                                L.attn_k_norm.f32(), st.k_[slot], st.v_[slot], st.n_ctx, st.pos + t, per, (int)H,
+                                (int)Hkv, (int)D, c.n_rot, c.rope_base, eps, b.ao + t * H * D, b.scratch, s));
             PQ_OP(matmul(L.attn_output.type, L.attn_output.data, H * D, E, b.ao, n, b.t, b.scratch, s));
         }
         PQ_OP(add_f32(b.x, b.t, b.x, n * E, s));
@@ -443,6 +524,174 @@ void Model::run_lm_head(int64_t first, int64_t rows) {
     const int64_t E = c.n_embd;
     PQ_OP(rms_norm_f32(b.x + first * E, w_.output_norm.f32(), b.a, (int)E, (int)rows, E, E, c.rms_eps, cur_));
     PQ_OP(matmul(w_.output.type, w_.output.data, E, c.n_vocab, b.a, rows, b.logits, b.scratch, cur_));
+}
+
+void Model::run_lm_head_normed(const float* a, int64_t rows) {
+    PQ_OP(matmul(w_.output.type, w_.output.data, cfg_.n_embd, cfg_.n_vocab, a, rows, buf_->logits, buf_->scratch, cur_));
+}
+
+// ---- the MTP head ----------------------------------------------------------------------------------------
+
+void Model::run_mtp_block(State& st, const int32_t* tok, const float* h_first, const float* h_rest, int64_t m,
+                          int64_t pos0, bool full, float* out_h) {
+    const ModelConfig& c = cfg_;
+    Buffers& b = *buf_;
+    cudaStream_t s = cur_;
+    const Layer& L = w_.layers[c.n_layer];  // the first MTP block (the one llama.cpp and vLLM run)
+    const int64_t E = c.n_embd, F = c.n_ff, H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim;
+    const float eps = c.rms_eps;
+    // eh = [enorm(embed(token)) | hnorm(h)] per row, then u = eh_proj(eh): the block's residual stream
+    PQ_OP(get_rows(w_.token_embd.type, w_.token_embd.data, E, w_.token_embd.ne1, tok, m, b.a, s));
+    PQ_OP(rms_norm_f32(b.a, L.nextn_enorm.f32(), b.eh, (int)E, (int)m, E, 2 * E, eps, s));
+    PQ_OP(rms_norm_f32(h_first, L.nextn_hnorm.f32(), b.eh + E, (int)E, 1, E, 2 * E, eps, s));
+    if (m > 1) PQ_OP(rms_norm_f32(h_rest, L.nextn_hnorm.f32(), b.eh + 3 * E, (int)E, (int)(m - 1), E, 2 * E, eps, s));
+    PQ_OP(matmul(L.nextn_eh_proj.type, L.nextn_eh_proj.data, 2 * E, E, b.eh, m, b.mx, b.scratch, s));
+    PQ_OP(rms_norm_f32(b.mx, L.attn_norm.f32(), b.a, (int)E, (int)m, E, E, eps, s));
+    PQ_OP(matmul(L.attn_k.type, L.attn_k.data, E, Hkv * D, b.a, m, b.k, b.scratch, s));
+    PQ_OP(matmul(L.attn_v.type, L.attn_v.data, E, Hkv * D, b.a, m, b.v, b.scratch, s));
+    if (!full) {  // catching the cache up: only the K/V rows (k normed and roped, as the full block stores them)
+        PQ_OP(attention_prepare(nullptr, b.k, b.v, nullptr, L.attn_k_norm.f32(), st.mtp_k_[0], st.mtp_v_[0], pos0, m,
+                                (int)H, (int)Hkv, (int)D, c.n_rot, c.rope_base, eps, s));
+        return;
+    }
+    PQ_OP(matmul(L.attn_q.type, L.attn_q.data, E, 2 * H * D, b.a, m, b.qg, b.scratch, s));
+    PQ_OP(attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), st.mtp_k_[0], st.mtp_v_[0], st.n_ctx,
+                    pos0, m, (int)H, (int)Hkv, (int)D, c.n_rot, c.rope_base, eps, b.ao, b.scratch, s));
+    PQ_OP(matmul(L.attn_output.type, L.attn_output.data, H * D, E, b.ao, m, b.t, b.scratch, s));
+    PQ_OP(add_f32(b.mx, b.t, b.mx, m * E, s));
+    PQ_OP(rms_norm_f32(b.mx, L.post_attention_norm.f32(), b.a, (int)E, (int)m, E, E, eps, s));
+    PQ_OP(matmul_swiglu(L.ffn_gate.type, L.ffn_gate.data, L.ffn_up.type, L.ffn_up.data, E, F, b.a, m, b.h, b.scratch, s));
+    PQ_OP(matmul(L.ffn_down.type, L.ffn_down.data, F, E, b.h, m, b.t, b.scratch, s));
+    PQ_OP(add_f32(b.mx, b.t, b.mx, m * E, s));
+    PQ_OP(rms_norm_f32(b.mx, L.nextn_shared_head_norm.f32(), out_h, (int)E, (int)m, E, E, eps, s));
+}
+
+void Model::mtp_after_chunk(State& st, int64_t pos0, int64_t m, float* hidden, float* logits_out) {
+    const ModelConfig& c = cfg_;
+    Buffers& b = *buf_;
+    const int64_t E = c.n_embd;
+    if (!hidden) hidden = b.hid;
+    // The final norm of every row (the LM head's input, recomputed for the rows it needs).
+    PQ_OP(rms_norm_f32(b.x, w_.output_norm.f32(), hidden, (int)E, (int)m, E, E, c.rms_eps, cur_));
+    // Row p pairs the hidden state of token p with token p + 1: this chunk completes row pos0 - 1 (with
+    // mtp_h, kept from the last chunk) and rows pos0..pos0+m-2; its last hidden state waits for the next token.
+    const int64_t skip = pos0 == 0 ? 1 : 0;  // nothing precedes the first token of the sequence
+    const int64_t rows = m - skip;
+    if (rows > 0) {
+        const float* h_first = skip ? hidden : st.mtp_h_;
+        const float* h_rest = skip ? hidden + E : hidden;
+        if (!logits_out) {
+            run_mtp_block(st, b.tokens + skip, h_first, h_rest, rows, pos0 - 1 + skip, false, nullptr);
+        } else {
+            // eval_mtp: the whole block over the rows; its output (shared_head_norm) in b.a, then the LM head
+            run_mtp_block(st, b.tokens + skip, h_first, h_rest, rows, pos0 - 1 + skip, true, b.a);
+            const int64_t V = c.n_vocab;
+            for (int64_t r0 = 0; r0 < rows; r0 += kLogitRows) {
+                const int64_t r = std::min(kLogitRows, rows - r0);
+                run_lm_head_normed(b.a + r0 * E, r);
+                check(cudaMemcpyAsync(logits_out + r0 * V, b.logits, sizeof(float) * r * V, cudaMemcpyDeviceToHost,
+                                      stream_),
+                      "MTP logits");
+                check(cudaStreamSynchronize(stream_), "eval_mtp");  // the logits buffer is reused
+            }
+        }
+    }
+    check(cudaMemcpyAsync(st.mtp_h_, hidden + (m - 1) * E, sizeof(float) * E, cudaMemcpyDeviceToDevice, cur_), "mtp_h");
+}
+
+void Model::mtp_draft(State& st, int32_t token, float* logits) {
+    check_state(st);
+    if (!st.has_mtp()) throw std::invalid_argument("this state does not draft with the MTP head (make it with mtp=True)");
+    if (st.pos == 0) throw std::invalid_argument("MTP drafting needs at least one token fed");
+    if (token < 0 || token >= cfg_.n_vocab)
+        throw std::out_of_range("token id " + std::to_string(token) + " outside the vocabulary");
+    const bool first = st.draft_pos_ < 0;
+    const int64_t p = first ? st.pos - 1 : st.draft_pos_;
+    if (p >= st.n_ctx) throw std::length_error("MTP draft past the end of the context");
+    ensure_workspace(st.n_ctx);
+    Buffers& b = *buf_;
+    device_token_valid_ = false;  // the token buffer is reused here
+    check(cudaMemcpyAsync(b.tokens, &token, sizeof(int32_t), cudaMemcpyHostToDevice, stream_), "token");
+    // The block's output hidden state goes to b.a (the LM head's input), then becomes the chain's input.
+    run_mtp_block(st, b.tokens, first ? st.mtp_h_ : st.draft_h_, nullptr, 1, p, true, b.a);
+    run_lm_head_normed(b.a, 1);
+    check(cudaMemcpyAsync(st.draft_h_, b.a, sizeof(float) * cfg_.n_embd, cudaMemcpyDeviceToDevice, stream_), "draft_h");
+    check(cudaMemcpyAsync(logits, b.logits, sizeof(float) * cfg_.n_vocab, cudaMemcpyDeviceToHost, stream_), "logits");
+    check(cudaStreamSynchronize(stream_), "mtp_draft");
+    st.draft_pos_ = p + 1;
+}
+
+void Model::eval_mtp(const int32_t* tokens, int64_t n, float* out) {
+    if (!has_mtp()) throw std::invalid_argument("this model has no MTP head (no nextn block in the file)");
+    if (n < 2) throw std::invalid_argument("eval_mtp needs at least two tokens");
+    for (int64_t i = 0; i < n; ++i)
+        if (tokens[i] < 0 || tokens[i] >= cfg_.n_vocab)
+            throw std::out_of_range("token id " + std::to_string(tokens[i]) + " outside the vocabulary");
+    auto st = new_state(n, true);
+    // Chunk by chunk: the MTP rows each chunk completes, through the whole block, straight into out
+    // (chunk at pos0 completes rows pos0 - 1 .. pos0 + m - 2; the first chunk starts at row 0).
+    ensure_workspace(n);
+    Buffers& b = *buf_;
+    device_token_valid_ = false;
+    const int64_t V = cfg_.n_vocab;
+    for (int64_t c0 = 0; c0 < n; c0 += opt_.n_batch) {
+        const int64_t m = std::min<int64_t>(opt_.n_batch, n - c0);
+        check(cudaMemcpyAsync(b.tokens, tokens + c0, sizeof(int32_t) * m, cudaMemcpyHostToDevice, stream_), "tokens");
+        run_layers(*st, m);
+        mtp_after_chunk(*st, c0, m, nullptr, out + (c0 == 0 ? 0 : (c0 - 1) * V));
+        st->pos += m;
+    }
+    check(cudaStreamSynchronize(stream_), "eval_mtp");
+}
+
+// ---- speculative verification: rollback ----------------------------------------------------------------
+
+void Model::rollback(State& st, int64_t n_keep) {
+    check_state(st);
+    VerifyLog* lg = vlog_.get();
+    if (!lg || lg->pos0 < 0 || lg->state_id != st.id_ || lg->step != st.step_ || st.pos != lg->pos0 + lg->n)
+        throw std::invalid_argument("rollback needs a verify forward as the state's last step");
+    if (n_keep < 1 || n_keep > lg->n)
+        throw std::invalid_argument("rollback keeps 1.." + std::to_string(lg->n) + " tokens, got " +
+                                    std::to_string(n_keep));
+    const ModelConfig& c = cfg_;
+    const VerifyLogLayout& vl = lg->layout;
+    const int64_t E = c.n_embd, C = c.conv_channels(), nv = c.ssm_v_heads;
+    cudaStream_t s = stream_;
+    if (n_keep < lg->n) {
+        ensure_workspace(st.n_ctx);
+        Buffers& b = *buf_;
+        // Back to the recurrent state before the batch (conv windows, SSM states, mtp_h), then the kept
+        // tokens again: the delta rule through the decode kernel from the logged conv outputs and raw
+        // alpha/beta (the arithmetic of the verification, and of feeding them one at a time; the
+        // outputs are not needed), the conv windows through the conv kernel from the logged inputs.
+        check(cudaMemcpyAsync(st.recurrent_, lg->at(vl.rec0), lg->rec_bytes, cudaMemcpyDeviceToDevice, s), "rollback");
+        int li = 0;
+        for (int il = 0; il < c.n_layer; ++il) {
+            if (!c.recurrent[il]) continue;
+            const Layer& L = w_.layers[il];
+            const int slot = slot_[il];
+            const float* y = lg->f(vl.y[li]);
+            const float* al = lg->f(vl.alpha[li]);
+            const float* be = lg->f(vl.beta[li]);
+            for (int64_t t = 0; t < n_keep; ++t)
+                PQ_OP(gdn(y + t * C, al + t * nv, be + t * nv, L.ssm_a.f32(), L.ssm_dt.f32(), st.ssm_[slot], nullptr,
+                          L.ssm_norm.f32(), nullptr, c.ssm_k_heads, (int)nv, c.ssm_k_dim, c.ssm_v_dim, 1, c.rms_eps,
+                          b.scratch, s));
+            PQ_OP(conv1d_silu(lg->f(vl.x[li]), L.ssm_conv1d.f32(), st.conv_[slot], b.y, C, c.ssm_conv, n_keep, s));
+            ++li;
+        }
+        st.pos = lg->pos0 + n_keep;
+    }
+    if (st.has_mtp())
+        check(cudaMemcpyAsync(st.mtp_h_, lg->f(vl.hidden) + (n_keep - 1) * E, sizeof(float) * E,
+                              cudaMemcpyDeviceToDevice, s),
+              "rollback");
+    check(cudaStreamSynchronize(s), "rollback");
+    st.draft_pos_ = -1;
+    ++st.step_;
+    lg->pos0 = -1;
+    device_token_valid_ = false;
 }
 
 void Model::run_decode_body(State& st) {
@@ -551,19 +800,29 @@ void Model::prepare_next(State& st) {
 #endif
 }
 
-void Model::forward(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int64_t n_batch) {
+void Model::forward(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int64_t n_batch,
+                    bool verify) {
     check_state(st);
     if (n <= 0) throw std::invalid_argument("no tokens to process");
     if (st.pos + n > st.n_ctx)
         throw std::length_error("context overflow: " + std::to_string(st.pos) + " + " + std::to_string(n) +
                                 " tokens exceed n_ctx " + std::to_string(st.n_ctx));
+    if (verify && n > kMaxVerifyTokens)
+        throw std::invalid_argument("a verification feeds at most " + std::to_string(kMaxVerifyTokens) + " tokens");
     for (int64_t i = 0; i < n; ++i)
         if (tokens[i] < 0 || tokens[i] >= cfg_.n_vocab)
             throw std::out_of_range("token id " + std::to_string(tokens[i]) + " outside the vocabulary");
     ensure_workspace(st.n_ctx);
     Buffers& b = *buf_;
     device_token_valid_ = false;
+    drop_verify_log(st);
+    st.draft_pos_ = -1;
+    ++st.step_;
     const int64_t V = cfg_.n_vocab;
+    if (verify) {
+        forward_verify(st, tokens, n, out, logits_all);
+        return;
+    }
     n_batch = std::max<int64_t>(1, std::min(n_batch, opt_.n_batch));
     bool one_token_step = false;
     for (int64_t c0 = 0; c0 < n; c0 += n_batch) {
@@ -581,6 +840,7 @@ void Model::forward(State& st, const int32_t* tokens, int64_t n, float* out, boo
             run_layers(st, m);
             if (out && !logits_all && last) run_lm_head(m - 1, 1);
         }
+        if (st.has_mtp()) mtp_after_chunk(st, st.pos, m, nullptr, nullptr);  // the LM head's rows stay in x
         st.pos += m;
         if (!out) {
             // pageable token copies must not outlive the caller's array: wait at the end (below)
@@ -603,6 +863,42 @@ void Model::forward(State& st, const int32_t* tokens, int64_t n, float* out, boo
     check(cudaStreamSynchronize(stream_), "forward");
 }
 
+// A verification: one batch, every DeltaNet and attention layer token by token through the decode kernels
+// (run_layers with the log), the matmuls through the multi-token matvec (each weight byte read once for
+// all the tokens; per token the arithmetic of a one-token step), the final-norm rows kept in the log.
+void Model::forward_verify(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all) {
+    Buffers& b = *buf_;
+    const int64_t E = cfg_.n_embd, V = cfg_.n_vocab, pos0 = st.pos;
+    ensure_verify_log();
+    VerifyLog& lg = *vlog_;
+    lg.pos0 = -1;
+    lg.rec_bytes = st.recurrent_bytes_;
+    check(cudaMemcpyAsync(lg.at(lg.layout.rec0), st.recurrent_, st.recurrent_bytes_, cudaMemcpyDeviceToDevice, stream_),
+          "verify");
+    check(cudaMemcpyAsync(b.tokens, tokens, sizeof(int32_t) * n, cudaMemcpyHostToDevice, stream_), "tokens");
+    run_layers(st, n, &lg);
+    float* hidden = lg.f(lg.layout.hidden);
+    if (st.has_mtp()) mtp_after_chunk(st, pos0, n, hidden, nullptr);
+    else PQ_OP(rms_norm_f32(b.x, w_.output_norm.f32(), hidden, (int)E, (int)n, E, E, cfg_.rms_eps, stream_));
+    st.pos += n;
+    lg.state_id = st.id_;
+    lg.step = st.step_;
+    lg.pos0 = pos0;
+    lg.n = n;
+    if (out) {
+        const int64_t first = logits_all ? 0 : n - 1;
+        for (int64_t r0 = first; r0 < n; r0 += kLogitRows) {
+            const int64_t rows = std::min(kLogitRows, n - r0);
+            run_lm_head_normed(hidden + r0 * E, rows);
+            check(cudaMemcpyAsync(out + (r0 - first) * V, b.logits, sizeof(float) * rows * V, cudaMemcpyDeviceToHost,
+                                  stream_),
+                  "logits");
+            check(cudaStreamSynchronize(stream_), "verify");  // the logits buffer is reused
+        }
+    }
+    check(cudaStreamSynchronize(stream_), "verify");
+}
+
 int32_t Model::decode(State& st, int32_t token, const SampleParams& p) {
     check_state(st);
     if (st.pos + 1 > st.n_ctx)
@@ -618,7 +914,11 @@ int32_t Model::decode(State& st, int32_t token, const SampleParams& p) {
         check(cudaMemcpyAsync(b.tokens, b.host_io, sizeof(int32_t), cudaMemcpyHostToDevice, stream_), "token");
     }
     // else: tokens[0] already holds the previous step's choice (written there by the sampler below).
+    drop_verify_log(st);
+    st.draft_pos_ = -1;
+    ++st.step_;
     launch_decode_body(st);
+    if (st.has_mtp()) mtp_after_chunk(st, st.pos, 1, nullptr, nullptr);  // reads tokens[0] before the choice
     // The body has consumed tokens[0]: the choice goes there (next step's input, never leaving the
     // device) and 4 bytes of it to the host.
     if (p.temperature < 1e-5f) {

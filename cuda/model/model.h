@@ -46,8 +46,11 @@ struct ModelOptions {
 };
 
 // One sequence: fp16 KV cache of every attention layer ([n_ctx][n_head_kv][head_dim] per layer, rows
-// >= pos never read), conv and SSM states (fp32, the CPU layouts) of every DeltaNet layer. One device
-// allocation.
+// >= pos never read), conv and SSM states (fp32, the CPU layouts) of every DeltaNet layer. With mtp (a
+// state that drafts with the MTP head) also the MTP block's fp16 KV rows at the main positions (row p
+// pairs the hidden state of token p with token p + 1: rows [0, pos - 1) are final after each forward),
+// mtp_h, the final-norm hidden state of token pos - 1 (in the recurrent arena: snapshots carry it), and
+// the draft chain's hidden state. One device allocation.
 class State {
 public:
     ~State();
@@ -59,6 +62,7 @@ public:
     void reset();  // pos = 0, recurrent states zeroed (synchronous)
     size_t bytes() const { return bytes_; }
     const void* owner() const { return owner_; }
+    bool has_mtp() const { return !mtp_k_.empty(); }
 
 private:
     friend class Model;
@@ -69,9 +73,15 @@ private:
     size_t bytes_ = 0;
     std::vector<uint16_t*> k_, v_;    // per attention layer
     std::vector<float*> conv_, ssm_;  // per DeltaNet layer
-    float* recurrent_ = nullptr;      // conv_ and ssm_ of all layers, contiguous
+    std::vector<uint16_t*> mtp_k_, mtp_v_;  // per MTP block (empty: the state does not draft)
+    float* mtp_h_ = nullptr;          // [n_embd] final-norm hidden of token pos - 1 (MTP states)
+    float* draft_h_ = nullptr;        // [n_embd] the draft chain's last output hidden (MTP states)
+    int64_t draft_pos_ = -1;          // the next draft step's position; -1: the chain starts from mtp_h_
+    float* recurrent_ = nullptr;      // conv_, ssm_ (and mtp_h_) of all layers, contiguous
     size_t recurrent_bytes_ = 0;
     uint64_t id_ = 0;                 // unique per state (graph cache key)
+    uint64_t step_ = 0;               // bumps with every change of the sequence (a verification's log
+                                      // is valid while it has the value the verification left)
 };
 
 // A device-side checkpoint: recurrent states (+ KV rows [0, pos) when has_kv).
@@ -92,6 +102,8 @@ private:
     size_t bytes_ = 0;
     size_t recurrent_bytes_ = 0;
     size_t kv_layer_bytes_ = 0;  // bytes of K (or V) per attention layer = pos * row bytes
+    size_t kv_layers_ = 0;       // K/V pairs held: the attention layers', then the MTP blocks'
+    bool mtp_ = false;           // taken from a state with an MTP cache
 };
 
 using ProgressFn = std::function<void(size_t done, size_t total)>;
@@ -111,11 +123,28 @@ public:
     size_t weight_bytes() const { return weight_bytes_; }
     WorkspacePlan workspace() const { return plan_; }  // as plan_workspace (workspace_sizes.h) sized it
 
-    std::unique_ptr<State> new_state(int64_t n_ctx);
+    bool has_mtp() const { return cfg_.n_nextn > 0; }
+
+    // mtp: the state also keeps the MTP head's cache (the model must have one), for mtp_draft.
+    std::unique_ptr<State> new_state(int64_t n_ctx, bool mtp = false);
 
     // As pq::Model::forward: n tokens at st.pos; out (host) gets logits of every token (logits_all) or
     // of the last one; out == nullptr skips the LM head. Chunks of at most n_batch tokens.
-    void forward(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int64_t n_batch);
+    // verify: one batch of at most kMaxVerifyTokens, each token through the decode step's arithmetic
+    // (its rows equal one-token steps bit for bit), logged so that rollback() can keep a prefix of it.
+    void forward(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int64_t n_batch,
+                 bool verify = false);
+
+    // After a verify forward of n tokens: the state as if only its first n_keep (1..n) had been fed one
+    // token at a time (bit-identical: the kept tokens' DeltaNet updates are replayed by the decode kernel
+    // from the log). One verification is logged per model: the state's last step must be it.
+    void rollback(State& st, int64_t n_keep);
+
+    // One MTP draft step: logits [n_vocab] (host) for the token after `token` (pq::Model::mtp_draft).
+    void mtp_draft(State& st, int32_t token, float* logits);
+
+    // Draft logits of a fresh sequence: row t = the MTP's logits for tokens[t + 2] (n - 1 rows, host).
+    void eval_mtp(const int32_t* tokens, int64_t n, float* out);
 
     // One decode step on the device: feeds `token` (or, when token < 0, the token the previous
     // decode step of this model chose, still in device memory) at st.pos, picks the next token on the
@@ -137,6 +166,7 @@ private:
     using Layer = LayerT<DevTensor>;
     struct Buffers;
     struct GraphCache;
+    struct VerifyLog;
 
     void upload(const HostTensors& tensors, const ProgressFn& progress);
     void ensure_workspace(int64_t n_ctx);
@@ -145,8 +175,25 @@ private:
     // The forward body for n tokens whose ids are already in d_tokens_ (no host sync); leaves the
     // final-normed hidden rows [first, n) in the norm buffer when lm_rows > 0 and the LM head of those
     // rows in d_logits_.
-    void run_layers(State& st, int64_t n);
+    // With a log (a verification), the DeltaNet and attention layers run token by token through the
+    // decode kernels and keep what rollback needs.
+    void run_layers(State& st, int64_t n, VerifyLog* log = nullptr);
     void run_lm_head(int64_t first_row, int64_t rows);
+    void forward_verify(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all);
+    // LM head of rows already final-normed (a [rows][n_embd] device array), rows <= kLogitRows.
+    void run_lm_head_normed(const float* a, int64_t rows);
+    // After the main layers ran a chunk of m tokens at pos0 (ids in the token buffer), on an MTP state:
+    // the final-norm hidden rows into `hidden` (or the buffer's), the MTP cache caught up on rows
+    // pos0-1 .. pos0+m-2, mtp_h = the last hidden row. logits_out (host; eval_mtp): the full MTP block
+    // over those rows and its logits, one row per caught-up row.
+    void mtp_after_chunk(State& st, int64_t pos0, int64_t m, float* hidden, float* logits_out);
+    // The MTP block over m rows at positions pos0..: inputs token ids (device) and hidden rows h_first
+    // (row 0) and h_rest (rows 1..m-1). full == false: only its K/V rows are written; else its
+    // shared_head_norm output goes to out_h [m][n_embd].
+    void run_mtp_block(State& st, const int32_t* tok, const float* h_first, const float* h_rest, int64_t m,
+                       int64_t pos0, bool full, float* out_h);
+    void ensure_verify_log();
+    void drop_verify_log(const State& st);  // forget a pending verification of st
     void run_decode_body(State& st);  // run_layers(st, 1) + LM head of that row
     void launch_decode_body(State& st);
     void record_slot(int slot, State& st);
@@ -170,6 +217,8 @@ private:
     std::unique_ptr<Buffers> buf_;
     uint64_t ws_generation_ = 0;    // bumps when buffers move (captured graphs become stale)
     uint64_t next_state_id_ = 1;
+
+    std::unique_ptr<VerifyLog> vlog_;  // the last verification (one per model), allocated on first use
 
     std::unique_ptr<GraphCache> graph_;
     GraphStats gstats_;

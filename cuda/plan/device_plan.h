@@ -4,7 +4,9 @@
 // tensor table alone: the weights the spec lists (model_spec.h; each a 256-byte aligned slice of one
 // arena, a tied LM head not duplicated), the KV cache and recurrent state of one sequence (the spec's
 // state buffers), n_snapshots device checkpoints of the recurrent state, the workspace
-// (workspace_sizes.h plan_workspace), and the CUDA context (an allowance the caller gives). Host-only:
+// (workspace_sizes.h plan_workspace), the log of one speculative verification (verify_log_layout), and
+// the CUDA context (an allowance the caller gives). A config with an MTP head (n_nextn > 0) plans its
+// weights, its KV rows and input hidden state (state buffers of the spec) and its activation buffers. Host-only:
 // pyqwen._core exposes it (pyqwen/memory_plan.py only presents it), the CUDA model allocates by it.
 #pragma once
 
@@ -39,6 +41,35 @@ std::vector<PlannedWeight> planned_weights(const Config& c, Lookup&& lookup) {
     return out;
 }
 
+// The verification log of speculative decoding (model.cu Model::forward with verify, Model::rollback): one
+// per model, in one allocation. What it holds is the spec's verify_rollback_bytes (model_spec.h), carved:
+// the recurrent arena of the state before the batch (rec0), and per DeltaNet layer and token the conv
+// inputs x [C], the conv outputs y [C] and the raw alpha / beta projections [n_v] (rollback replays the
+// kept tokens through the decode kernels: the same arithmetic as feeding them one by one), and per token
+// the main model's final-norm hidden row [n_embd] (the MTP's input after the kept tokens).
+struct VerifyLogLayout {
+    int64_t n_tokens = 0;
+    size_t rec0 = 0, hidden = 0, total = 0;
+    std::vector<size_t> x, y, alpha, beta;  // per DeltaNet layer: [n_tokens][C] and [n_tokens][n_v]
+};
+
+inline VerifyLogLayout verify_log_layout(const Config& c, int64_t n_tokens) {
+    VerifyLogLayout L;
+    L.n_tokens = n_tokens;
+    Carver cv;
+    L.rec0 = cv.take(recurrent_state_bytes(c));
+    const size_t C = (size_t)c.conv_channels(), nv = (size_t)c.ssm_v_heads, n = (size_t)n_tokens;
+    for (int i = 0; i < c.n_recurrent_layers(); ++i) {
+        L.x.push_back(cv.take(sizeof(float) * n * C));
+        L.y.push_back(cv.take(sizeof(float) * n * C));
+        L.alpha.push_back(cv.take(sizeof(float) * n * nv));
+        L.beta.push_back(cv.take(sizeof(float) * n * nv));
+    }
+    L.hidden = cv.take(sizeof(float) * n * (size_t)c.n_embd);
+    L.total = cv.size;
+    return L;
+}
+
 struct DevicePlan {
     int64_t n_ctx = 0;
     int kv_type = T_F16;  // ggml type id of the KV cache
@@ -50,9 +81,12 @@ struct DevicePlan {
     size_t kv_cache = 0;
     size_t recurrent = 0;     // conv + SSM states of one sequence
     size_t snapshots = 0;     // n_snapshots x recurrent
+    size_t verify_log = 0;    // speculative decoding: the log of one verification (verify_log_layout)
     WorkspacePlan workspace;
     size_t context = 0;       // CUDA context allowance (the caller's)
-    size_t total() const { return weights + kv_cache + recurrent + snapshots + workspace.total() + context; }
+    size_t total() const {
+        return weights + kv_cache + recurrent + snapshots + verify_log + workspace.total() + context;
+    }
 };
 
 inline size_t weight_arena_bytes(const std::vector<PlannedWeight>& ws) {
@@ -74,6 +108,7 @@ inline DevicePlan plan_device_memory(const Config& c, const std::vector<PlannedW
     p.kv_cache = (size_t)n_ctx * p.kv_per_token;
     p.recurrent = recurrent_state_bytes(c);
     p.snapshots = (size_t)n_snapshots * p.recurrent;
+    p.verify_log = verify_log_layout(c, kMaxVerifyTokens).total;
     std::vector<WeightShape> shapes;
     for (const PlannedWeight& w : ws) shapes.push_back(w.shape);
     p.workspace = plan_workspace(c, shapes, n_batch, n_ctx);

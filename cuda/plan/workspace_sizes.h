@@ -209,14 +209,23 @@ inline size_t argmax_workspace_bytes(int64_t n, int nrows) {
 
 constexpr int64_t kLogitRows = 16;  // rows of logits computed per LM-head launch (bounds the buffer)
 
-// Offsets of the activation buffers for chunks of up to nb tokens (one allocation; the DeltaNet,
-// attention and FFN buffers overlap: a layer uses one mixer, and the FFN runs after it).
+// Rows of every activation buffer for chunks of nb tokens: at least the longest speculative verification
+// (model_spec.h kMaxVerifyTokens; checked equal in model/model.cu), which is one batch whatever n_batch is.
+constexpr int64_t kVerifyRows = 16;
+inline int64_t act_rows(int64_t nb) { return nb > kVerifyRows ? nb : kVerifyRows; }
+
+// Offsets of the activation buffers for chunks of up to act_rows(nb) tokens (one allocation; the DeltaNet,
+// attention and FFN buffers overlap: a layer uses one mixer, and the FFN runs after it). With an MTP head
+// (c.n_nextn > 0) three more, apart from the mixer region (the MTP block runs its attention and FFN
+// through it): hid, the main model's final-norm hidden rows (the MTP's input); eh, the MTP's
+// [enorm(embedding) | hnorm(hidden)] rows; mx, the MTP block's residual stream.
 struct ActLayout {
-    size_t tokens, next, x, a, t, qkv, z, beta, alpha, y, o, qg, k, v, ao, h, logits, total;
+    size_t tokens, next, x, a, t, hid, eh, mx, qkv, z, beta, alpha, y, o, qg, k, v, ao, h, logits, total;
 };
 
-inline ActLayout act_layout(const Config& c, int64_t nb) {
+inline ActLayout act_layout(const Config& c, int64_t nb_chunk) {
     ActLayout L{};
+    const int64_t nb = act_rows(nb_chunk);
     Carver cv;
     const int64_t E = c.n_embd, C = c.conv_channels(), Dv = (int64_t)c.ssm_v_heads * c.ssm_v_dim;
     const int64_t nv = c.ssm_v_heads, HD = (int64_t)c.n_head * c.head_dim, KV = c.kv_row_values();
@@ -225,6 +234,12 @@ inline ActLayout act_layout(const Config& c, int64_t nb) {
     L.x = cv.take(4 * nb * E);
     L.a = cv.take(4 * nb * E);
     L.t = cv.take(4 * nb * E);
+    L.hid = L.eh = L.mx = 0;
+    if (c.n_nextn > 0) {
+        L.hid = cv.take(4 * nb * E);
+        L.eh = cv.take(4 * nb * 2 * E);
+        L.mx = cv.take(4 * nb * E);
+    }
     const size_t region = cv.size;
     Carver g;  // DeltaNet
     L.qkv = region + g.take(4 * nb * C);
@@ -288,8 +303,9 @@ inline WorkspacePlan plan_workspace(const Config& c, const std::vector<WeightSha
         if (!seen) shapes.push_back({w.ne0, w.ne1, lm});
     }
     size_t s = 0;
+    const int64_t rows = act_rows(nb);  // a verification is one batch of up to kVerifyRows tokens
     for (const Shape& sh : shapes) {
-        const int64_t nmax = sh.lm ? std::min(nb, kLogitRows) : nb;
+        const int64_t nmax = sh.lm ? std::min(rows, kLogitRows) : rows;
         for (int64_t n = 1; n <= nmax; ++n) s = std::max(s, matmul_scratch_layout(sh.K, sh.N, n).total);
     }
     const AttentionTuning auto_tuning{};

@@ -2,7 +2,8 @@
 //
 // The same construction arguments as pyqwen._core.Model -- the config dict and the tensor table
 // name -> (ggml_type, ne0, ne1, host address) -- and the same methods (new_state, forward, snapshot,
-// restore, config), plus decode() (one token, next token chosen on the GPU). Weights are copied to the
+// restore, config, and speculative decoding's has_mtp, verify, rollback, mtp_draft, eval_mtp), plus decode()
+// (one token, next token chosen on the GPU). Weights are copied to the
 // device once; afterwards the mmap is not needed by this object (keepalive is still held so a caller
 // may release it when it likes).
 #include <pybind11/functional.h>
@@ -66,6 +67,7 @@ void bind_model(py::module_& m) {
         .def_readonly("n_ctx", &State::n_ctx)
         .def_property_readonly("nbytes", &State::bytes)
         .def_property_readonly("kv_type", [](const State&) { return "f16"; })
+        .def_property_readonly("has_mtp", &State::has_mtp, "Whether the state keeps the MTP head's cache.")
         .def("reset", &State::reset, "Forget every token (KV cache and recurrent states).");
 
     py::class_<Snapshot>(m, "CudaSnapshot", py::module_local())
@@ -123,13 +125,77 @@ void bind_model(py::module_& m) {
                                })
         .def(
             "new_state",
-            [](PyModel& pm, int64_t n_ctx, const std::string& kv_type) {
+            [](PyModel& pm, int64_t n_ctx, const std::string& kv_type, bool mtp) {
                 if (kv_type != "f16") throw std::invalid_argument("the CUDA backend keeps an f16 KV cache (kv_type 'f16')");
                 py::gil_scoped_release release;
                 std::lock_guard<std::mutex> lock(pm.mu);
-                return pm.model->new_state(n_ctx);
+                return pm.model->new_state(n_ctx, mtp);
             },
-            py::arg("n_ctx"), py::arg("kv_type") = "f16", py::keep_alive<0, 1>())
+            py::arg("n_ctx"), py::arg("kv_type") = "f16", py::arg("mtp") = false, py::keep_alive<0, 1>(),
+            "A sequence state; mtp=True also keeps the MTP head's cache (for mtp_draft).")
+        .def_property_readonly("has_mtp", [](PyModel& pm) { return pm.model->has_mtp(); })
+        .def(
+            "verify",
+            [](PyModel& pm, State& st, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens) {
+                if (tokens.ndim() != 1) throw std::invalid_argument("tokens must be a 1-D array");
+                const int64_t n = tokens.shape(0);
+                py::array_t<float> out({n, (int64_t)pm.model->config().n_vocab});
+                float* o = out.mutable_data();
+                const int32_t* tok = tokens.data();
+                {
+                    py::gil_scoped_release release;
+                    std::lock_guard<std::mutex> lock(pm.mu);
+                    pm.model->forward(st, tok, n, o, true, n, true);
+                }
+                return out;
+            },
+            py::arg("state"), py::arg("tokens"),
+            "Feed tokens (the last sampled one, then the drafts) as one batch and return the logits of every "
+            "one [n, n_vocab] (each row as a one-token step computes it); rollback(state, n_keep) then keeps a "
+            "prefix of them.")
+        .def(
+            "rollback",
+            [](PyModel& pm, State& st, int64_t n_keep) {
+                py::gil_scoped_release release;
+                std::lock_guard<std::mutex> lock(pm.mu);
+                pm.model->rollback(st, n_keep);
+            },
+            py::arg("state"), py::arg("n_keep"),
+            "After verify(): the state as if only the first n_keep tokens had been fed one at a time "
+            "(bit-identical).")
+        .def(
+            "mtp_draft",
+            [](PyModel& pm, State& st, int32_t token) {
+                py::array_t<float> out(pm.model->config().n_vocab);
+                float* o = out.mutable_data();
+                {
+                    py::gil_scoped_release release;
+                    std::lock_guard<std::mutex> lock(pm.mu);
+                    pm.model->mtp_draft(st, token, o);
+                }
+                return out;
+            },
+            py::arg("state"), py::arg("token"),
+            "One MTP draft step: logits [n_vocab] of the token after `token` (the first call after a forward "
+            "pairs it with the last fed token's hidden state; later calls continue the draft chain).")
+        .def(
+            "eval_mtp",
+            [](PyModel& pm, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens) {
+                if (tokens.ndim() != 1) throw std::invalid_argument("tokens must be a 1-D array");
+                const int64_t n = tokens.shape(0);
+                if (n < 2) throw std::invalid_argument("eval_mtp needs at least two tokens");
+                py::array_t<float> out({n - 1, (int64_t)pm.model->config().n_vocab});
+                float* o = out.mutable_data();
+                const int32_t* tok = tokens.data();
+                {
+                    py::gil_scoped_release release;
+                    std::lock_guard<std::mutex> lock(pm.mu);
+                    pm.model->eval_mtp(tok, n, o);
+                }
+                return out;
+            },
+            py::arg("tokens"),
+            "MTP draft logits of a fresh sequence: row t = logits for tokens[t + 2] given tokens[0..t+1].")
         .def(
             "decode",
             [](PyModel& pm, State& st, int32_t token, float temperature, int top_k, float top_p, float min_p,
