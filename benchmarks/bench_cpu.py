@@ -55,7 +55,7 @@ def main(argv=None) -> int:
 
         args.model = str(slice_27b_path(log=lambda s: print(s, file=sys.stderr, flush=True)))
     elif args.model is None:
-        print("using the built-in demo model (random weights)", file=sys.stderr)
+        print("using the built-in demo model (trained, 12M parameters)", file=sys.stderr)
     peer = not args.no_peer
     if peer and llama_cpp_available() is not None:
         print(f"note: {llama_cpp_available()}; measuring pyqwen only", file=sys.stderr)

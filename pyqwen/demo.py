@@ -1,10 +1,14 @@
-"""A small random model with the real Qwen3.6 architecture, for demos and tests without a download.
+"""Small models with the real Qwen3.6 architecture, for demos and tests without a download.
 
-`demo_model_path()` returns an F16 GGUF built deterministically (numpy, fixed seed) and converted by
-the same converter as real checkpoints, so it exercises every transform (V-head reorder with QK < V
-heads, -exp(A_log), +1 norms). It is cached under ~/.cache/pyqwen (or $PYQWEN_CACHE_DIR), keyed by a
-hash of its parameters and of the code and tokenizer that produce it, and written atomically so
-concurrent first calls are safe.
+`demo_model_path()` is the TRAINED demo model shipped with the package (pyqwen/data/demo_model/: the HF
+checkpoint with its MTP head and the F16 GGUF our converter makes from it; trained by
+tools/train_demo_model.py on the Python standard library's source), so the demo writes plausible text.
+
+`random_demo_model_path()` returns an F16 GGUF with random weights built deterministically (numpy, fixed
+seed) and converted by the same converter as real checkpoints, so it exercises every transform (V-head
+reorder with QK < V heads, -exp(A_log), +1 norms) with weights away from their defaults. It is cached
+under ~/.cache/pyqwen (or $PYQWEN_CACHE_DIR), keyed by a hash of its parameters and of the code and
+tokenizer that produce it, and written atomically so concurrent first calls are safe.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ import numpy as np
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TOKENIZER_DIR = PACKAGE_DIR / "data" / "demo_tokenizer"
+TRAINED_DIR = PACKAGE_DIR / "data" / "demo_model"
+TRAINED_HF_DIR = TRAINED_DIR / "hf"  # config.json, model.safetensors (F16, with mtp.*), tokenizer, training.json
+TRAINED_GGUF = TRAINED_DIR / "pyqwen-demo-f16.gguf"  # convert(TRAINED_HF_DIR, ..., "f16", name=TRAINED_NAME)
+TRAINED_NAME = "pyqwen-demo"
 SEED = 0
 
 # HF `Qwen3_5TextConfig` fields (vocab_size is filled in from the tokenizer).
@@ -133,7 +141,15 @@ def cache_dir() -> Path:
 
 
 def demo_model_path() -> Path:
-    """Path of the demo F16 GGUF, building it on first use (a few seconds)."""
+    """Path of the trained demo model's F16 GGUF (package data)."""
+    if not TRAINED_GGUF.is_file():
+        raise FileNotFoundError(f"the trained demo model is missing from this installation: {TRAINED_GGUF} "
+                                "(reinstall pyqwen; random_demo_model_path() builds a random one)")
+    return TRAINED_GGUF
+
+
+def random_demo_model_path() -> Path:
+    """Path of the RANDOM-weight demo F16 GGUF, building it on first use (a few seconds)."""
     from .convert import convert
 
     root = cache_dir()

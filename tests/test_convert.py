@@ -437,14 +437,14 @@ def test_llama_cpp_logits_match_transformers(gguf_cache, name):
 
 # ---- demo model -------------------------------------------------------------------------------------
 
-def test_demo_model_is_cached_deterministic_and_well_formed(tmp_path, monkeypatch):
+def test_random_demo_model_is_cached_deterministic_and_well_formed(tmp_path, monkeypatch):
     from pyqwen import demo
 
     monkeypatch.setenv("PYQWEN_CACHE_DIR", str(tmp_path / "a"))
-    path = demo.demo_model_path()
+    path = demo.random_demo_model_path()
     assert path.parent == tmp_path / "a" and path.name.startswith("demo-")
     mtime = path.stat().st_mtime_ns
-    assert demo.demo_model_path() == path and path.stat().st_mtime_ns == mtime  # cached, not rebuilt
+    assert demo.random_demo_model_path() == path and path.stat().st_mtime_ns == mtime  # cached, not rebuilt
     assert [p.name for p in (tmp_path / "a").iterdir()] == [path.name]  # no temp leftovers
 
     cfg = demo.demo_config()
@@ -453,4 +453,4 @@ def test_demo_model_is_cached_deterministic_and_well_formed(tmp_path, monkeypatc
     check_layout(path, cfg, "f16")
 
     monkeypatch.setenv("PYQWEN_CACHE_DIR", str(tmp_path / "b"))
-    assert demo.demo_model_path().read_bytes() == path.read_bytes()
+    assert demo.random_demo_model_path().read_bytes() == path.read_bytes()

@@ -401,11 +401,12 @@ def test_mtp_block_is_quantized_and_no_mtp_drops_it(converted, hf_model, tmp_pat
     assert kv["qwen35.block_count"].contents() == 8 and "qwen35.nextn_predict_layers" not in kv
 
 
-def test_demo_model_quantizes_to_pure_k_quants(tmp_path, monkeypatch):
+@pytest.mark.parametrize("which", ["trained", "random"])
+def test_demo_models_quantize_to_pure_k_quants(tmp_path, monkeypatch, which):
     from pyqwen import demo
 
     monkeypatch.setenv("PYQWEN_CACHE_DIR", str(tmp_path / "cache"))
-    src = demo.demo_model_path()
+    src = demo.demo_model_path() if which == "trained" else demo.random_demo_model_path()
     out = quantize_gguf(src, tmp_path / "demo-q4.gguf", "q4_k_m", threads=2)
     types = tensor_types(out)
     assert set(types.values()) == {T.F32, T.Q4_K, T.Q6_K}

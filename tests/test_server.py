@@ -1,6 +1,6 @@
 """The OpenAI-compatible server, live on loopback with the demo model, driven by the real `openai` client.
 
-The demo model has random weights, so tests that need a particular reply (reasoning, tool calls, stop
+The demo model is tiny (trained on Python source only), so tests that need a particular reply (reasoning, tool calls, stop
 strings at a known place) queue it with the TEST-ONLY `Script` hook (pyqwen.server.testing): the sampler
 then emits that text's tokens. Prompt rendering, prefill, streaming, parsing and sessions all run for
 real; everything else uses the model's own (greedy or seeded) sampling.

@@ -122,7 +122,7 @@ def test_text_too_long_for_the_context_is_refused_before_tokenizing(model):
 
 # The server of the SIGINT test: the real `pyqwen serve` start-up (bind, StagedServer, CleanServer with
 # uvicorn's signal handlers in the main thread) with the test-only Script sampler, so that the reply is
-# long enough to be interrupted (the demo model's random weights end turns early).
+# long enough to be interrupted (the tiny demo model may end a turn early).
 _SERVE_SCRIPT = textwrap.dedent("""
     import sys
     import pyqwen

@@ -2,7 +2,10 @@
 on the Python standard library's source and the pydoc reference prose, on CPU.
 
     python tools/train_demo_model.py --steps 20 --out /tmp/probe      # throughput probe
-    python tools/train_demo_model.py --steps N --out pyqwen/data/demo_model/hf
+    python tools/train_demo_model.py --minutes 40 --batch 16 --seq 256 --lr 3e-3 --warmup 15 --save-every 25 \
+        --eval-windows 16 --out pyqwen/data/demo_model/hf --gguf pyqwen/data/demo_model/pyqwen-demo-f16.gguf
+    (the committed model; with --minutes it fixed --steps 83 on the 2-core machine shared by three jobs:
+    rerun with --steps 83 instead of --minutes to reproduce it)
 
 Loss = CE(next token) + 0.3 * CE(MTP next-next token), trained jointly (the MTP loss also reaches the
 trunk, as in DeepSeek-V3 / Qwen3.5 pre-training). AdamW, linear warmup, cosine decay to 10%.
@@ -146,6 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--eval-windows", type=int, default=32)
+    ap.add_argument("--gguf", type=Path, help="also convert each saved checkpoint to this F16 GGUF (pyqwen's converter)")
     a = ap.parse_args(argv)
     if not (a.steps or a.minutes):
         ap.error("give --steps or --minutes")
@@ -230,6 +234,11 @@ def main(argv=None) -> int:
             print(f"  held-out {json.dumps(log[-1])}", flush=True)
             save(model, mtp, a.out, {**meta, "steps_done": done, "tokens_seen": done * a.batch * a.seq,
                                      "train_minutes": (time.time() - t_start) / 60, "log": log})
+            if a.gguf:
+                from pyqwen.convert import convert
+                from pyqwen.demo import TRAINED_NAME
+
+                convert(a.out, a.gguf, "f16", name=TRAINED_NAME, progress=False)
         step += 1
     return 0
 

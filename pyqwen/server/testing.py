@@ -1,6 +1,6 @@
 """Helpers for tests and embedding: run the app on loopback in a thread; a scripted sampler.
 
-`ScriptedSampler` / `Script` are TEST-ONLY hooks. The demo model has random weights, so to exercise tool
+`ScriptedSampler` / `Script` are TEST-ONLY hooks. The demo model is tiny (trained on Python source only), so to exercise tool
 calls, reasoning and multi-turn reuse with realistic replies the tests make it *emit given text*: the
 sampler ignores the logits and returns the tokens of a scripted reply, then end-of-turn. Everything
 else (prompt rendering, prefill, session reuse, parsing, streaming) runs for real, and the sampler
