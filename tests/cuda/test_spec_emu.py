@@ -7,9 +7,9 @@ Model: tests/fixtures/hf/qwen35-r2-untied with a random MTP head (tests/mtp_fixt
 the matvec path, so the CUDA-vs-CPU differences are only summation orders (and the F16 KV cache).
 
 What is exact on the device, and why (asserted with np.array_equal):
-- a verification of n <= 16 tokens gives, row for row, the logits of feeding the tokens one at a time:
-  the matmuls go through the multi-token matvec (per token the arithmetic of a one-token launch), the
-  DeltaNet and attention layers token by token through the decode kernels;
+- a verification of n <= 16 tokens gives, row for row, the logits of feeding the tokens one at a time
+  (F16 and Q8_0 weights): the matmuls go through the multi-token matvec (per token the arithmetic of a
+  one-token launch), the DeltaNet and attention layers token by token through the decode kernels;
 - verify + rollback(n_keep) leaves the state of feeding the kept tokens one at a time (the delta rule is
   replayed by the decode kernel from the logged rows), MTP cache and input hidden state included;
 - hence greedy speculative decoding gives the tokens of plain device decoding.
@@ -146,6 +146,26 @@ def test_verification_rows_are_one_token_steps_bit_for_bit(core, cpu, prefilled)
     cs = cpu.new_state(32)
     cpu.forward(cs, PROMPT, "none")
     np.testing.assert_allclose(rows[:4], cpu.verify(cs, toks[:4]), atol=2e-3, rtol=0)
+
+
+def test_quantized_verification_rows_are_one_token_steps(emu_ops, mtp_f16):
+    """The same on Q8_0 weights (the quantized matvec: activations to Q8_1 per token), 9 tokens (8 + 1
+    per launch), then a rollback into the middle of them."""
+    from pyqwen.convert import convert
+
+    q8 = convert(mtp_f16.parent / "hf", mtp_f16.parent / "mtp-q8_0.gguf", "q8_0", progress=False)
+    core = load_cuda_core(emu_ops, q8, n_batch=8, n_ctx=24)
+    toks = [5, 17, 900, 2001, 3, 77, 1500, 8, 9]
+    a, b = core.new_state(24, mtp=True), core.new_state(24, mtp=True)
+    for s in (a, b):
+        core.forward(s, PROMPT[:3], "none", 256)
+    rows = core.verify(a, toks)
+    assert np.array_equal(rows, feed_steps(core, b, toks))
+    core.rollback(a, 4)
+    c = core.new_state(24, mtp=True)
+    core.forward(c, PROMPT[:3], "none", 256)
+    feed_steps(core, c, toks[:4])
+    assert np.array_equal(core.forward(a, [6], "last", 256), core.forward(c, [6], "last", 256))
 
 
 def test_rollback_is_feeding_only_the_kept_tokens(core, prefilled):

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cuda"))
 from test_model_emu import load_cuda_core  # noqa: E402
 from test_spec_emu import (cpu, mtp_f16, prefilled, test_a_file_without_a_head_loads_without_one,  # noqa: E402,F401
                            test_eval_mtp_and_the_draft_chain_match_the_cpu,
+                           test_quantized_verification_rows_are_one_token_steps,
                            test_greedy_speculative_output_is_plain_device_decoding,
                            test_rollback_is_feeding_only_the_kept_tokens,
                            test_rollback_on_states_without_an_mtp_cache, test_snapshot_carries_the_mtp_cache_and_input,
