@@ -21,10 +21,13 @@ the server -- only uses these methods:
 
 Speculative decoding (pyqwen.speculative), where `speculation` is True:
 - new_state(n_ctx, kv_type, mtp=True)           a state that also keeps the MTP head's cache (has_mtp models)
-- verify(state, tokens) -> [n, n_vocab]         feed the last sampled token and the drafts as one batch
+- verify(state, tokens, argmax=False) -> [n, n_vocab]   feed the last sampled token and the drafts as one
+                                                batch; argmax=True: only each row's argmax [n] (greedy
+                                                acceptance; a device backend keeps the rows on the device)
 - rollback(state, n_keep)                       after verify: the state as if only n_keep of them were fed,
                                                 bit-identical to feeding exactly those
-- mtp_draft(state, token) -> [n_vocab]          one MTP draft step (chained until the next forward/verify)
+- mtp_draft(state, token, argmax=False) -> [n_vocab]   one MTP draft step (chained until the next
+                                                forward/verify); argmax=True: only the argmax (an int)
 - eval_mtp(tokens) -> [n - 1, n_vocab]          the MTP's draft logits over a fresh sequence
 """
 
@@ -80,14 +83,16 @@ class CoreAdapter:
     def has_mtp(self) -> bool:
         return bool(getattr(self._m, "has_mtp", False))
 
-    def verify(self, state, tokens):
-        return self._m.verify(state, np.ascontiguousarray(tokens, dtype=np.int32))
+    def verify(self, state, tokens, argmax: bool = False):
+        rows = self._m.verify(state, np.ascontiguousarray(tokens, dtype=np.int32))
+        return rows.argmax(axis=1).astype(np.int32) if argmax else rows
 
     def rollback(self, state, n_keep: int) -> None:
         self._m.rollback(state, int(n_keep))
 
-    def mtp_draft(self, state, token: int):
-        return self._m.mtp_draft(state, int(token))
+    def mtp_draft(self, state, token: int, argmax: bool = False):
+        logits = self._m.mtp_draft(state, int(token))
+        return int(np.argmax(logits)) if argmax else logits
 
     def eval_mtp(self, tokens):
         return self._m.eval_mtp(np.ascontiguousarray(tokens, dtype=np.int32))

@@ -187,6 +187,15 @@ class CudaCore(CoreAdapter):
     def n_batch(self) -> int:
         return self._m.n_batch
 
+    # ---- speculative decoding: greedy choices made on the device ------------------------------------
+
+    def verify(self, state, tokens, argmax: bool = False):
+        """As the contract's verify; argmax=True: the rows stay on the GPU, their argmax ids come back."""
+        return self._m.verify(state, np.ascontiguousarray(tokens, dtype=np.int32), bool(argmax))
+
+    def mtp_draft(self, state, token: int, argmax: bool = False):
+        return self._m.mtp_draft(state, int(token), bool(argmax))
+
     # ---- device-side decoding ----------------------------------------------------------------------
 
     def decode(self, state, token: int, params=None, counter: int = 0) -> int:

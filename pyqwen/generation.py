@@ -133,11 +133,12 @@ class Sequence(Protocol):
     def decode(self, token: int, params: Any, counter: int) -> int: ...  # feed one token; the next id
 
     # speculative decoding (pyqwen.speculative), used only when the backend verifies:
-    def verify(self, tokens: list[int]) -> np.ndarray: ...     # feed tokens as one batch; logits of each
+    def verify(self, tokens: list[int], argmax: bool = False) -> np.ndarray: ...  # feed tokens as one
+                                                               # batch; logits of each (or their argmax)
 
     def rollback(self, n_keep: int) -> None: ...               # keep only the first n_keep of them
 
-    def mtp_draft(self, token: int) -> np.ndarray: ...         # one MTP draft step; its logits
+    def mtp_draft(self, token: int, argmax: bool = False): ...  # one MTP draft step; its logits (argmax)
 
 
 class StateSequence:
@@ -157,14 +158,14 @@ class StateSequence:
     def decode(self, token, params, counter):
         return self._model.decode(self.state, token, params, counter)
 
-    def verify(self, tokens):
-        return self._model.verify(self.state, tokens)
+    def verify(self, tokens, argmax=False):
+        return self._model.verify(self.state, tokens, argmax=argmax)
 
     def rollback(self, n_keep):
         self._model.rollback(self.state, n_keep)
 
-    def mtp_draft(self, token):
-        return self._model.mtp_draft(self.state, token)
+    def mtp_draft(self, token, argmax=False):
+        return self._model.mtp_draft(self.state, token, argmax=argmax)
 
 
 class Generation:
@@ -193,6 +194,11 @@ class Generation:
         self._spec_mtp = spec_mtp       # the state keeps an MTP cache: MTP may draft
         self.on_device = (bool(seq.device_sampling) and self._device_params is not None and logprobs is None
                           and self._spec is None)
+        # Greedy speculation on a device-sampling backend with nothing host-only: the device makes every
+        # choice (decode() for a step without drafts, the argmax of each verified row, greedy drafts), so
+        # no logits cross to the host; the tokens are the same as the host path's.
+        self._greedy_device = (self._spec is not None and bool(seq.device_sampling) and
+                               self._device_params is not None and self._device_params.greedy and logprobs is None)
         if self._spec is not None:
             stats.spec = self._spec.mode
         self._prompt_ids = prompt_ids
@@ -271,10 +277,22 @@ class Generation:
                 source, drafts, q = ("none", [], None)
                 if drafter is not None and limit > 0:
                     source, drafts, q = drafter.propose(tok, history, limit)
+                if not drafts and self._greedy_device:
+                    chosen = [(self._seq.decode(tok, self._device_params, draws), None)]
+                    draws += 1
+                    self.fed_tokens.append(tok)
+                    continue
                 if not drafts:
                     logits = self._seq.step(tok)
                     self.fed_tokens.append(tok)
                     chosen = [(self._sampler.sample(logits, history), logits)]
+                    continue
+                if self._greedy_device:
+                    self._verified = [tok] + drafts
+                    ids = self._seq.verify([tok] + drafts, argmax=True)
+                    n_acc = next((i for i, d in enumerate(drafts) if int(ids[i]) != d), len(drafts))
+                    self.stats.count_verify(len(drafts), n_acc)
+                    chosen = [(d, None) for d in drafts[:n_acc]] + [(int(ids[n_acc]), None)]
                     continue
                 rows = self._seq.verify([tok] + drafts)
                 self._verified = [tok] + drafts

@@ -256,20 +256,26 @@ class Model:
         """Whether the backend verifies drafted tokens (any speculative decoding at all)."""
         return bool(getattr(self._core, "speculation", False))
 
-    def verify(self, state, tokens: Sequence[int]) -> np.ndarray:
-        """Feed tokens (the last sampled token, then drafts) as one batch; logits of each [n, n_vocab].
+    def verify(self, state, tokens: Sequence[int], argmax: bool = False) -> np.ndarray:
+        """Feed tokens (the last sampled token, then drafts) as one batch; logits of each [n, n_vocab]
+        (argmax=True: only each row's argmax [n], which a GPU computes without sending the rows).
         Follow with rollback(state, n_keep) to keep the accepted prefix."""
         tokens = self._checked_tokens(state, tokens)
+        if argmax:
+            return self._core.verify(state, tokens, argmax=True)
         return self._core.verify(state, tokens)
 
     def rollback(self, state, n_keep: int) -> None:
         """After verify(): the state as if only the first n_keep tokens had been fed (bit-identical)."""
         self._core.rollback(state, n_keep)
 
-    def mtp_draft(self, state, token: int) -> np.ndarray:
-        """One MTP draft step: logits [n_vocab] of the token after `token` (see pyqwen.backend)."""
+    def mtp_draft(self, state, token: int, argmax: bool = False):
+        """One MTP draft step: logits [n_vocab] of the token after `token` (see pyqwen.backend), or with
+        argmax=True only their argmax (an int)."""
         if not 0 <= int(token) < self.n_vocab:
             raise ValueError(f"token ids must be in [0, {self.n_vocab})")
+        if argmax:
+            return self._core.mtp_draft(state, int(token), argmax=True)
         return self._core.mtp_draft(state, int(token))
 
     def eval_mtp(self, tokens: Sequence[int]) -> np.ndarray:

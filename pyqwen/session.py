@@ -187,14 +187,14 @@ class Turn:
     def decode(self, token: int, params, counter: int) -> int:
         return self.cache._decode(self.session, token, params, counter)
 
-    def verify(self, tokens: list[int]):
-        return self.cache._verify(self.session, tokens)
+    def verify(self, tokens: list[int], argmax: bool = False):
+        return self.cache._verify(self.session, tokens, argmax)
 
     def rollback(self, n_keep: int) -> None:
         self.cache._rollback(self.session, n_keep)
 
-    def mtp_draft(self, token: int):
-        return self.cache.model.mtp_draft(self.session.state, token)
+    def mtp_draft(self, token: int, argmax: bool = False):
+        return self.cache.model.mtp_draft(self.session.state, token, argmax=argmax)
 
     def generate(self, sampler, max_tokens: int, eog_ids: set[int], stop: list[str], stream_decoder,
                  logprobs: int | None = None, spec: str | None = None, draft: int | None = None) -> Generation:
@@ -490,10 +490,10 @@ class SessionCache:
         s.tokens.append(int(token))
         return nxt
 
-    def _verify(self, s: Session, toks: list[int]):
+    def _verify(self, s: Session, toks: list[int], argmax: bool = False):
         """Feed a speculative verification batch (recorded; _rollback trims it to what was accepted)."""
         try:
-            out = self.model.verify(s.state, toks)
+            out = self.model.verify(s.state, toks, argmax=argmax)
         except ContextOverflowError:
             raise
         except BaseException:

@@ -599,7 +599,7 @@ void Model::mtp_after_chunk(State& st, int64_t pos0, int64_t m, float* hidden, f
     check(cudaMemcpyAsync(st.mtp_h_, hidden + (m - 1) * E, sizeof(float) * E, cudaMemcpyDeviceToDevice, cur_), "mtp_h");
 }
 
-void Model::mtp_draft(State& st, int32_t token, float* logits) {
+void Model::mtp_draft(State& st, int32_t token, float* logits, int32_t* argmax) {
     check_state(st);
     if (!st.has_mtp()) throw std::invalid_argument("this state does not draft with the MTP head (make it with mtp=True)");
     if (st.pos == 0) throw std::invalid_argument("MTP drafting needs at least one token fed");
@@ -616,9 +616,13 @@ void Model::mtp_draft(State& st, int32_t token, float* logits) {
     run_mtp_block(st, b.tokens, first ? st.mtp_h_ : st.draft_h_, nullptr, 1, p, true, b.a);
     run_lm_head_normed(b.a, 1);
     check(cudaMemcpyAsync(st.draft_h_, b.a, sizeof(float) * cfg_.n_embd, cudaMemcpyDeviceToDevice, stream_), "draft_h");
+    st.draft_pos_ = p + 1;  // the block ran (its K/V row is written) whatever the host does with the logits
+    if (!logits) {
+        argmax_rows(1, argmax, "mtp_draft");
+        return;
+    }
     check(cudaMemcpyAsync(logits, b.logits, sizeof(float) * cfg_.n_vocab, cudaMemcpyDeviceToHost, stream_), "logits");
     check(cudaStreamSynchronize(stream_), "mtp_draft");
-    st.draft_pos_ = p + 1;
 }
 
 void Model::eval_mtp(const int32_t* tokens, int64_t n, float* out) {
@@ -800,8 +804,7 @@ void Model::prepare_next(State& st) {
 #endif
 }
 
-void Model::forward(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int64_t n_batch,
-                    bool verify) {
+void Model::begin_forward(State& st, const int32_t* tokens, int64_t n, bool verify) {
     check_state(st);
     if (n <= 0) throw std::invalid_argument("no tokens to process");
     if (st.pos + n > st.n_ctx)
@@ -813,16 +816,26 @@ void Model::forward(State& st, const int32_t* tokens, int64_t n, float* out, boo
         if (tokens[i] < 0 || tokens[i] >= cfg_.n_vocab)
             throw std::out_of_range("token id " + std::to_string(tokens[i]) + " outside the vocabulary");
     ensure_workspace(st.n_ctx);
-    Buffers& b = *buf_;
     device_token_valid_ = false;
     drop_verify_log(st);
     st.draft_pos_ = -1;
     ++st.step_;
-    const int64_t V = cfg_.n_vocab;
+}
+
+void Model::verify_argmax(State& st, const int32_t* tokens, int64_t n, int32_t* argmax) {
+    begin_forward(st, tokens, n, true);
+    forward_verify(st, tokens, n, nullptr, true, argmax);
+}
+
+void Model::forward(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int64_t n_batch,
+                    bool verify) {
+    begin_forward(st, tokens, n, verify);
     if (verify) {
-        forward_verify(st, tokens, n, out, logits_all);
+        forward_verify(st, tokens, n, out, logits_all, nullptr);
         return;
     }
+    Buffers& b = *buf_;
+    const int64_t V = cfg_.n_vocab;
     n_batch = std::max<int64_t>(1, std::min(n_batch, opt_.n_batch));
     bool one_token_step = false;
     for (int64_t c0 = 0; c0 < n; c0 += n_batch) {
@@ -863,10 +876,23 @@ void Model::forward(State& st, const int32_t* tokens, int64_t n, float* out, boo
     check(cudaStreamSynchronize(stream_), "forward");
 }
 
+void Model::argmax_rows(int64_t rows, int32_t* ids, const char* what) {
+    Buffers& b = *buf_;
+    // into the token buffer (a verification's and a draft's inputs are consumed by now)
+    PQ_OP(argmax_f32(b.logits, cfg_.n_vocab, (int)rows, cfg_.n_vocab, b.tokens, b.sample_ws, stream_));
+    check(cudaMemcpyAsync(ids, b.tokens, sizeof(int32_t) * rows, cudaMemcpyDeviceToHost, stream_), what);
+    check(cudaStreamSynchronize(stream_), what);
+    for (int64_t r = 0; r < rows; ++r)
+        if (ids[r] < 0 || ids[r] >= cfg_.n_vocab)
+            throw std::runtime_error(std::string(what) + ": every logit of a row is NaN (a numerical blow-up in the "
+                                     "forward pass); no token was chosen");
+}
+
 // A verification: one batch, every DeltaNet and attention layer token by token through the decode kernels
 // (run_layers with the log), the matmuls through the multi-token matvec (each weight byte read once for
 // all the tokens; per token the arithmetic of a one-token step), the final-norm rows kept in the log.
-void Model::forward_verify(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all) {
+void Model::forward_verify(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all,
+                           int32_t* argmax) {
     Buffers& b = *buf_;
     const int64_t E = cfg_.n_embd, V = cfg_.n_vocab, pos0 = st.pos;
     ensure_verify_log();
@@ -885,7 +911,13 @@ void Model::forward_verify(State& st, const int32_t* tokens, int64_t n, float* o
     lg.step = st.step_;
     lg.pos0 = pos0;
     lg.n = n;
-    if (out) {
+    if (argmax) {
+        for (int64_t r0 = 0; r0 < n; r0 += kLogitRows) {
+            const int64_t rows = std::min(kLogitRows, n - r0);
+            run_lm_head_normed(hidden + r0 * E, rows);
+            argmax_rows(rows, argmax + r0, "verify");
+        }
+    } else if (out) {
         const int64_t first = logits_all ? 0 : n - 1;
         for (int64_t r0 = first; r0 < n; r0 += kLogitRows) {
             const int64_t rows = std::min(kLogitRows, n - r0);

@@ -135,13 +135,18 @@ public:
     void forward(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int64_t n_batch,
                  bool verify = false);
 
+    // A verification (forward with verify) whose rows stay on the device: argmax (host, [n]) gets the
+    // greedy choice of each row (ties: the smallest id), 4 bytes per row instead of n_vocab floats.
+    void verify_argmax(State& st, const int32_t* tokens, int64_t n, int32_t* argmax);
+
     // After a verify forward of n tokens: the state as if only its first n_keep (1..n) had been fed one
     // token at a time (bit-identical: the kept tokens' DeltaNet updates are replayed by the decode kernel
     // from the log). One verification is logged per model: the state's last step must be it.
     void rollback(State& st, int64_t n_keep);
 
-    // One MTP draft step: logits [n_vocab] (host) for the token after `token` (pq::Model::mtp_draft).
-    void mtp_draft(State& st, int32_t token, float* logits);
+    // One MTP draft step: logits [n_vocab] (host) for the token after `token` (pq::Model::mtp_draft);
+    // or, with logits == nullptr, only their argmax into *argmax (chosen on the device).
+    void mtp_draft(State& st, int32_t token, float* logits, int32_t* argmax = nullptr);
 
     // Draft logits of a fresh sequence: row t = the MTP's logits for tokens[t + 2] (n - 1 rows, host).
     void eval_mtp(const int32_t* tokens, int64_t n, float* out);
@@ -179,7 +184,10 @@ private:
     // decode kernels and keep what rollback needs.
     void run_layers(State& st, int64_t n, VerifyLog* log = nullptr);
     void run_lm_head(int64_t first_row, int64_t rows);
-    void forward_verify(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all);
+    void begin_forward(State& st, const int32_t* tokens, int64_t n, bool verify);  // checks, then invalidations
+    void forward_verify(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int32_t* argmax);
+    // argmax of `rows` rows of the logits buffer into `ids` (host); a row without a finite logit is an error.
+    void argmax_rows(int64_t rows, int32_t* ids, const char* what);
     // LM head of rows already final-normed (a [rows][n_embd] device array), rows <= kLogitRows.
     void run_lm_head_normed(const float* a, int64_t rows);
     // After the main layers ran a chunk of m tokens at pos0 (ids in the token buffer), on an MTP state:

@@ -316,7 +316,8 @@ inline WorkspacePlan plan_workspace(const Config& c, const std::vector<WeightSha
             s = std::max(s, attention_scratch_bytes_ex(c.n_head, c.n_head_kv, c.head_dim, n, n_ctx, auto_tuning));
     }
     p.scratch = align_up(s);
-    p.misc = align_up(std::max(sample_workspace_bytes(c.n_vocab), argmax_workspace_bytes(c.n_vocab, 1)));
+    // argmax of up to kLogitRows rows at once: greedy acceptance of a verification on the device
+    p.misc = align_up(std::max(sample_workspace_bytes(c.n_vocab), argmax_workspace_bytes(c.n_vocab, (int)kLogitRows)));
     return p;
 }
 

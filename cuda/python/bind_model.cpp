@@ -136,23 +136,32 @@ void bind_model(py::module_& m) {
         .def_property_readonly("has_mtp", [](PyModel& pm) { return pm.model->has_mtp(); })
         .def(
             "verify",
-            [](PyModel& pm, State& st, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens) {
+            [](PyModel& pm, State& st, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens,
+               bool argmax) -> py::object {
                 if (tokens.ndim() != 1) throw std::invalid_argument("tokens must be a 1-D array");
                 const int64_t n = tokens.shape(0);
+                const int32_t* tok = tokens.data();
+                if (argmax) {
+                    py::array_t<int32_t> ids(n);
+                    int32_t* d = ids.mutable_data();
+                    py::gil_scoped_release release;
+                    std::lock_guard<std::mutex> lock(pm.mu);
+                    pm.model->verify_argmax(st, tok, n, d);
+                    return std::move(ids);
+                }
                 py::array_t<float> out({n, (int64_t)pm.model->config().n_vocab});
                 float* o = out.mutable_data();
-                const int32_t* tok = tokens.data();
                 {
                     py::gil_scoped_release release;
                     std::lock_guard<std::mutex> lock(pm.mu);
                     pm.model->forward(st, tok, n, o, true, n, true);
                 }
-                return out;
+                return std::move(out);
             },
-            py::arg("state"), py::arg("tokens"),
+            py::arg("state"), py::arg("tokens"), py::arg("argmax") = false,
             "Feed tokens (the last sampled one, then the drafts) as one batch and return the logits of every "
-            "one [n, n_vocab] (each row as a one-token step computes it); rollback(state, n_keep) then keeps a "
-            "prefix of them.")
+            "one [n, n_vocab] (each row as a one-token step computes it), or with argmax=True only each row's "
+            "argmax [n] (int32, chosen on the device); rollback(state, n_keep) then keeps a prefix of them.")
         .def(
             "rollback",
             [](PyModel& pm, State& st, int64_t n_keep) {
@@ -165,7 +174,16 @@ void bind_model(py::module_& m) {
             "(bit-identical).")
         .def(
             "mtp_draft",
-            [](PyModel& pm, State& st, int32_t token) {
+            [](PyModel& pm, State& st, int32_t token, bool argmax) -> py::object {
+                if (argmax) {
+                    int32_t id = -1;
+                    {
+                        py::gil_scoped_release release;
+                        std::lock_guard<std::mutex> lock(pm.mu);
+                        pm.model->mtp_draft(st, token, nullptr, &id);
+                    }
+                    return py::int_(id);
+                }
                 py::array_t<float> out(pm.model->config().n_vocab);
                 float* o = out.mutable_data();
                 {
@@ -173,11 +191,12 @@ void bind_model(py::module_& m) {
                     std::lock_guard<std::mutex> lock(pm.mu);
                     pm.model->mtp_draft(st, token, o);
                 }
-                return out;
+                return std::move(out);
             },
-            py::arg("state"), py::arg("token"),
+            py::arg("state"), py::arg("token"), py::arg("argmax") = false,
             "One MTP draft step: logits [n_vocab] of the token after `token` (the first call after a forward "
-            "pairs it with the last fed token's hidden state; later calls continue the draft chain).")
+            "pairs it with the last fed token's hidden state; later calls continue the draft chain), or with "
+            "argmax=True only their argmax (chosen on the device).")
         .def(
             "eval_mtp",
             [](PyModel& pm, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens) {

@@ -100,10 +100,16 @@ class Drafter:
         if not self._use_mtp:
             return "none", [], None
         greedy = self._sampler.params.greedy
+        # greedy drafts on a device-sampling backend: the argmax is taken where the logits are
+        on_device = greedy and self.cfg.p_min == 0.0 and bool(getattr(self._seq, "device_sampling", False))
         drafts: list[int] = []
         qs: list | None = None if greedy else []
         tok = token
         for _ in range(min(self.cfg.draft, limit)):
+            if on_device:
+                drafts.append(int(self._seq.mtp_draft(tok, argmax=True)))
+                tok = drafts[-1]
+                continue
             logits = self._seq.mtp_draft(tok)
             if greedy:
                 nxt = int(np.argmax(logits))

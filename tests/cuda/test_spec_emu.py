@@ -7,9 +7,9 @@ Model: tests/fixtures/hf/qwen35-r2-untied with a random MTP head (tests/mtp_fixt
 the matvec path, so the CUDA-vs-CPU differences are only summation orders (and the F16 KV cache).
 
 What is exact on the device, and why (asserted with np.array_equal):
-- a verification of n <= 16 tokens gives, row for row, the logits of feeding the tokens one at a time:
-  the matmuls go through the multi-token matvec (per token the arithmetic of a one-token launch), the
-  DeltaNet and attention layers token by token through the decode kernels;
+- a verification of n <= 16 tokens gives, row for row, the logits of feeding the tokens one at a time
+  (F16 and Q8_0 weights): the matmuls go through the multi-token matvec (per token the arithmetic of a
+  one-token launch), the DeltaNet and attention layers token by token through the decode kernels;
 - verify + rollback(n_keep) leaves the state of feeding the kept tokens one at a time (the delta rule is
   replayed by the decode kernel from the logged rows), MTP cache and input hidden state included;
 - hence greedy speculative decoding gives the tokens of plain device decoding.
@@ -139,9 +139,33 @@ def test_verification_rows_are_one_token_steps_bit_for_bit(core, cpu, prefilled)
     assert np.array_equal(rows, feed_steps(core, b, toks))
     # the MTP cache and input caught up exactly as the steps did
     assert np.array_equal(core.mtp_draft(a, 4), core.mtp_draft(b, 4))
+    # greedy choices on the device: a draft's argmax (the chain's second step), the rows' argmax
+    assert core.mtp_draft(a, 5, argmax=True) == int(core.mtp_draft(b, 5).argmax())
+    c = prefilled()
+    assert core.verify(c, toks[:3], argmax=True).tolist() == rows[:3].argmax(1).tolist()
     cs = cpu.new_state(32)
     cpu.forward(cs, PROMPT, "none")
     np.testing.assert_allclose(rows[:4], cpu.verify(cs, toks[:4]), atol=2e-3, rtol=0)
+
+
+def test_quantized_verification_rows_are_one_token_steps(emu_ops, mtp_f16):
+    """The same on Q8_0 weights (the quantized matvec: activations to Q8_1 per token), 9 tokens (8 + 1
+    per launch), then a rollback into the middle of them."""
+    from pyqwen.convert import convert
+
+    q8 = convert(mtp_f16.parent / "hf", mtp_f16.parent / "mtp-q8_0.gguf", "q8_0", progress=False)
+    core = load_cuda_core(emu_ops, q8, n_batch=8, n_ctx=24)
+    toks = [5, 17, 900, 2001, 3, 77, 1500, 8, 9]
+    a, b = core.new_state(24, mtp=True), core.new_state(24, mtp=True)
+    for s in (a, b):
+        core.forward(s, PROMPT[:3], "none", 256)
+    rows = core.verify(a, toks)
+    assert np.array_equal(rows, feed_steps(core, b, toks))
+    core.rollback(a, 4)
+    c = core.new_state(24, mtp=True)
+    core.forward(c, PROMPT[:3], "none", 256)
+    feed_steps(core, c, toks[:4])
+    assert np.array_equal(core.forward(a, [6], "last", 256), core.forward(c, [6], "last", 256))
 
 
 def test_rollback_is_feeding_only_the_kept_tokens(core, prefilled):
@@ -259,6 +283,23 @@ class OracleDrafter:
         return Oracle
 
 
+class HostRows:
+    """Counts the logits rows that cross from the backend to the host, per entry point."""
+
+    def __init__(self, core):
+        self.rows = {"forward": 0, "verify": 0, "mtp_draft": 0}
+        for name in self.rows:
+            real = getattr(core, name)
+
+            def wrapped(*a, _real=real, _name=name, **kw):
+                out = _real(*a, **kw)
+                if isinstance(out, np.ndarray) and out.dtype == np.float32:
+                    self.rows[_name] += 1 if out.ndim == 1 else out.shape[0]
+                return out
+
+            setattr(core, name, wrapped)
+
+
 def test_greedy_speculative_output_is_plain_device_decoding(emu_ops, mtp_f16, monkeypatch):
     from pyqwen.speculative import policy
     from pyqwen.speculative.policy import SpecConfig
@@ -267,15 +308,19 @@ def test_greedy_speculative_output_is_plain_device_decoding(emu_ops, mtp_f16, mo
     m = model_on(core, mtp_f16, 40)
     m._set_spec(SpecConfig(mode="mtp", draft=2))
     assert m.mtp_states and m.speculation
+    host = HostRows(core)
     prompt = [int(x) for x in np.random.default_rng(1).integers(0, 2400, 5)]
     g0 = m.generate(prompt, max_tokens=12, spec="off", temperature=0)
     list(g0)
     assert g0.on_device  # plain decoding chose its tokens on the device (decode())
-    # the real MTP drafter (chained drafts on the device; random weights: mostly rejected)
+    # the real MTP drafter (chained drafts; random weights: mostly rejected). Greedy: every choice is
+    # made on the device (drafts, acceptance), only the prompt's last logits row reached the host.
+    host.rows.update(forward=0, verify=0, mtp_draft=0)
     g1 = m.generate(prompt, max_tokens=6, temperature=0)
     list(g1)
-    assert g1.stats.spec == "mtp" and g1.stats.verify_steps > 0
+    assert g1.stats.spec == "mtp" and g1.stats.verify_steps > 0 and g1.stats.draft_tokens > 0
     assert g1.tokens == g0.tokens[:6] and g1.finish_reason == "length"
+    assert host.rows == {"forward": 1, "verify": 0, "mtp_draft": 0}, host.rows
     # drafts that are often right, at every accept length
     OracleDrafter.truth, OracleDrafter.prompt_len = list(g0.tokens), len(prompt)
     monkeypatch.setattr(policy, "Drafter", OracleDrafter.make(policy.Drafter))
@@ -286,3 +331,13 @@ def test_greedy_speculative_output_is_plain_device_decoding(emu_ops, mtp_f16, mo
     accepted = g2.stats.accepted_at
     assert len(accepted) >= 3 and all(v > 0 for v in accepted[:3]), accepted
     assert g2.stats.accepted_tokens < g2.stats.draft_tokens  # and rejections
+    # a penalty needs the history: the host path (rows to the host, the host sampler), the same tokens
+    # as plain decoding with that penalty
+    g3 = m.generate(prompt, max_tokens=5, spec="off", temperature=0, repetition_penalty=1.5)
+    list(g3)
+    host.rows.update(forward=0, verify=0, mtp_draft=0)
+    g4 = m.generate(prompt, max_tokens=5, temperature=0, repetition_penalty=1.5)
+    list(g4)
+    assert g4.tokens == g3.tokens and g4.stats.verify_steps > 0
+    # (greedy drafts ignore penalties wherever they are made: theirs stay on the device)
+    assert host.rows["verify"] > 0 and host.rows["mtp_draft"] == 0
