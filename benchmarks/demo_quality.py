@@ -10,7 +10,10 @@ from a fresh state. Prints:
   pyqwen.convert.quantize.quantize_gguf (the quantization's perplexity cost), and transformers on the
   committed safetensors in float32;
 - the MTP head's top-1 agreement with the main model's greedy next token (tools/torch_mtp.py): the
-  greedy acceptance rate of a one-token draft; and its accuracy on the actual next-next token.
+  greedy acceptance rate of a one-token draft; and its accuracy on the actual next-next token;
+- chained greedy drafting (--chain K drafts after --chain-samples prefixes per kind, each cut from a
+  held-out window): the acceptance rate at each draft position (given the earlier ones were accepted)
+  and the mean number of drafts accepted, verified by one main-model forward as speculative decoding does.
 """
 
 from __future__ import annotations
@@ -80,6 +83,34 @@ def llama_logits(path: Path, ctx: int, threads: int):
     return run
 
 
+def chained_acceptance(hf, mtp, windows: list[list[int]], k: int, samples: int) -> dict:
+    """Greedy speculative decoding with k chained MTP drafts after `samples` prefixes (lengths spread
+    over 32..ctx-k-1, cycling through the windows): the main model's token x_n, drafts d_1..d_k
+    (torch_mtp.chained_draft), then one main forward over prefix + x_n + d_1..d_{k-1} verifies them."""
+    import torch
+
+    import torch_mtp
+
+    tried, accepted, total = [0] * k, [0] * k, 0
+    lengths = np.linspace(32, len(windows[0]) - k - 1, samples).astype(int)
+    for i, n in enumerate(lengths):
+        prefix = windows[i % len(windows)][:n]
+        x_n, *drafts = torch_mtp.chained_draft(hf, mtp, prefix, k)
+        with torch.no_grad():
+            logits = hf(input_ids=torch.tensor([prefix + [x_n] + drafts[:-1]])).logits[0]
+        greedy = logits[n:].argmax(-1).tolist()  # the main model's token after x_n, d_1, ..., d_{k-1}
+        run = 0
+        for j in range(k):
+            tried[j] += 1
+            if drafts[j] != greedy[j]:
+                break
+            accepted[j] += 1
+            run += 1
+        total += run
+    return {"per_position": [a / t if t else 0.0 for a, t in zip(accepted, tried)],
+            "mean_accepted": total / samples, "samples": samples}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", type=Path, default=demo.TRAINED_GGUF)
@@ -87,6 +118,8 @@ def main(argv=None) -> int:
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--chain", type=int, default=3, help="drafts per chained-drafting sample (0: skip)")
+    ap.add_argument("--chain-samples", type=int, default=24)
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     a = ap.parse_args(argv)
 
@@ -129,6 +162,8 @@ def main(argv=None) -> int:
                                 "mtp_top1_next_next": hit_mtp / (n_draft - len(windows)),
                                 "main_top1_next": hit_main / n_tok[kind]}
     results["ppl"]["transformers f32 (safetensors)"] = {k: float(np.exp(v)) for k, v in tr_nll.items()}
+    if a.chain:
+        results["chain"] = {k: chained_acceptance(hf, mtp, w, a.chain, a.chain_samples) for k, w in data.items()}
 
     print()
     print(f"| perplexity (held-out) | code | prose |")
@@ -145,6 +180,15 @@ def main(argv=None) -> int:
                       ("mtp_top1_next_next", "MTP top-1 accuracy on the true token t+2"),
                       ("main_top1_next", "main model top-1 accuracy on the true token t+1")):
         print(f"| {name} | {results['mtp']['code'][key]:.3f} | {results['mtp']['prose'][key]:.3f} |")
+    if a.chain:
+        print(f"\n| chained greedy drafts (k={a.chain}) | code | prose |")
+        print("|---|---|---|")
+        for j in range(a.chain):
+            given = f" (given 1..{j} accepted)" if j else ""
+            print(f"| acceptance at draft {j + 1}{given} | "
+                  f"{results['chain']['code']['per_position'][j]:.3f} | {results['chain']['prose']['per_position'][j]:.3f} |")
+        print(f"| mean drafts accepted of {a.chain} | {results['chain']['code']['mean_accepted']:.2f} | "
+              f"{results['chain']['prose']['mean_accepted']:.2f} |")
     print(f"\nfile sizes: f16 {sizes['f16'] / 1e6:.1f} MB, q4_k_m {sizes['q4_k_m'] / 1e6:.1f} MB")
     results["sizes"] = sizes
     if a.json:

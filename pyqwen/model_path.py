@@ -11,8 +11,8 @@ from pathlib import Path
 
 from .errors import CLIError
 
-DEMO_NOTE = ("pyqwen: no model given: using the built-in demo model (12M parameters trained on Python's standard "
-             "library source: it writes Python-like code and short prose, nothing more)")
+DEMO_NOTE = ("pyqwen: no model given: using the built-in demo model (12M parameters briefly trained on Python's "
+             "standard library source: it writes Python-flavoured text, not working code)")
 
 
 def resolve_model_path(model: str | None, hf: str | None, *, quiet: bool = False) -> Path:
