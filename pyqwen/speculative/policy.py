@@ -24,7 +24,8 @@ MAX_DRAFT = 15  # a verification feeds at most 16 tokens (csrc/common/model_spec
 @dataclass
 class SpecConfig:
     mode: str = "auto"
-    draft: int = 3               # MTP draft length k (chain steps); chosen by benchmarks/spec_decode.py
+    draft: int = 2               # MTP draft length k: the best on the demo model (benchmarks/spec_decode.py:
+                                 # 1.2x at 2, 1.05x at 3) and within the 27B projection's best (verify_cost.py)
     lookup_draft: int = 8        # up to this many tokens from a lookup match (one verify checks them all)
     lookup_min_match: int = 3    # auto: an n-gram match this long makes lookup the drafter
     p_min: float = 0.0           # MTP: stop the chain once the draft's own top probability falls below
