@@ -150,6 +150,9 @@ def main(argv=None) -> int:
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--eval-windows", type=int, default=32)
     ap.add_argument("--gguf", type=Path, help="also convert each saved checkpoint to this F16 GGUF (pyqwen's converter)")
+    ap.add_argument("--init", type=Path,
+                    help="continue from this checkpoint directory (a second stage: fresh optimizer and schedule; its "
+                         "training.json is kept under 'previous' in the new one)")
     a = ap.parse_args(argv)
     if not (a.steps or a.minutes):
         ap.error("give --steps or --minutes")
@@ -173,6 +176,16 @@ def main(argv=None) -> int:
     for m in mtp.modules():  # HF's init for the head too (normal 0.02); its norms start at 0 (scale 1)
         if isinstance(m, torch.nn.Linear):
             torch.nn.init.normal_(m.weight, std=cfg.initializer_range)
+    previous = None
+    if a.init:
+        from torch_mtp import load_checkpoint
+
+        init_model, init_mtp = load_checkpoint(a.init)
+        model.load_state_dict(init_model.state_dict())
+        mtp.load_state_dict(init_mtp.state_dict())
+        model.float().train()
+        mtp.float().train()
+        previous = json.loads((a.init / "training.json").read_text(encoding="utf-8"))
     params = [p for p in list(model.parameters()) + list(mtp.parameters())]
     decay = [p for p in params if p.ndim == 2]
     no_decay = [p for p in params if p.ndim != 2]
@@ -192,6 +205,8 @@ def main(argv=None) -> int:
         "prose_fraction": PROSE_FRACTION, "n_params": sum(p.numel() for p in params),
         "train_tokens_available": {"code": int(len(train_code)), "prose": int(len(train_prose))},
     }
+    if previous is not None:
+        meta["previous"] = previous
     log = []
     t_start = time.time()
     smooth = None
