@@ -93,15 +93,6 @@ PYBIND11_MODULE(_core, m) {
             "Feed tokens (the last sampled one, then the drafts) as one batch and return the logits of every "
             "one [n, n_vocab]; rollback(state, n_keep) then keeps a prefix of them.")
         .def(
-            "rollback",
-            [](PyModel& pm, State& st, int64_t n_keep) {
-                py::gil_scoped_release release;
-                std::lock_guard<std::mutex> lock(pm.mu);
-                pm.model->rollback(st, n_keep);
-            },
-            py::arg("state"), py::arg("n_keep"),
-            "After verify(): the state as if only the first n_keep tokens had been fed (bit-identical).")
-        .def(
             "mtp_draft",
             [](PyModel& pm, State& st, int32_t token) {
                 py::array_t<float> out(pm.model->config().n_vocab);
@@ -117,24 +108,6 @@ PYBIND11_MODULE(_core, m) {
             "One MTP draft step: logits [n_vocab] of the token after `token` (the first call after a forward "
             "pairs it with the last fed token's hidden state; later calls continue the draft chain).")
         .def(
-            "eval_mtp",
-            [](PyModel& pm, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens) {
-                if (tokens.ndim() != 1) throw std::invalid_argument("tokens must be a 1-D array");
-                const int64_t n = tokens.shape(0);
-                if (n < 2) throw std::invalid_argument("eval_mtp needs at least two tokens");
-                py::array_t<float> out({n - 1, pm.model->config().n_vocab});
-                float* o = out.mutable_data();
-                const int32_t* tok = tokens.data();
-                {
-                    py::gil_scoped_release release;
-                    std::lock_guard<std::mutex> lock(pm.mu);
-                    pm.model->eval_mtp(tok, n, o);
-                }
-                return out;
-            },
-            py::arg("tokens"),
-            "MTP draft logits of a fresh sequence: row t = logits for tokens[t + 2] given tokens[0..t+1].")
-        .def(
             "snapshot",
             [](PyModel& pm, const State& st, bool with_kv) {
                 std::lock_guard<std::mutex> lock(pm.mu);
@@ -149,6 +122,7 @@ PYBIND11_MODULE(_core, m) {
             },
             py::arg("state"), py::arg("snapshot"));
     pq::def_forward<PyModel, State>(model_cls);
+    pq::def_rollback_and_eval_mtp<PyModel, State>(model_cls);
 
     m.def("type_supported", &type_supported, py::arg("ggml_type"),
           "Whether the CPU kernels can use weights of this ggml type.");

@@ -135,4 +135,37 @@ void def_forward(Cls& cls) {
         "token [n, n_vocab] (logits='all') or None.");
 }
 
+// rollback(state, n_keep) and eval_mtp(tokens) of speculative decoding: the same signature, checks and text on
+// the CPU and CUDA classes (their verify and mtp_draft differ: the CUDA ones can return device argmaxes).
+template <typename PyModelT, typename StateT, typename Cls>
+void def_rollback_and_eval_mtp(Cls& cls) {
+    cls.def(
+           "rollback",
+           [](PyModelT& pm, StateT& st, int64_t n_keep) {
+               pybind11::gil_scoped_release release;
+               std::lock_guard<std::mutex> lock(pm.mu);
+               pm.model->rollback(st, n_keep);
+           },
+           pybind11::arg("state"), pybind11::arg("n_keep"),
+           "After verify(): the state as if only the first n_keep tokens had been fed (bit-identical).")
+        .def(
+            "eval_mtp",
+            [](PyModelT& pm, const pybind11::array_t<int32_t, pybind11::array::c_style | pybind11::array::forcecast>& tokens) {
+                if (tokens.ndim() != 1) throw std::invalid_argument("tokens must be a 1-D array");
+                const int64_t n = tokens.shape(0);
+                if (n < 2) throw std::invalid_argument("eval_mtp needs at least two tokens");
+                pybind11::array_t<float> out({n - 1, (int64_t)pm.model->config().n_vocab});
+                float* o = out.mutable_data();
+                const int32_t* tok = tokens.data();
+                {
+                    pybind11::gil_scoped_release release;
+                    std::lock_guard<std::mutex> lock(pm.mu);
+                    pm.model->eval_mtp(tok, n, o);
+                }
+                return out;
+            },
+            pybind11::arg("tokens"),
+            "MTP draft logits of a fresh sequence: row t = logits for tokens[t + 2] given tokens[0..t+1].");
+}
+
 }  // namespace pq

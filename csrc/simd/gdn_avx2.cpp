@@ -11,15 +11,9 @@
 #include <cstdint>
 #include <vector>
 
-namespace pq {
+#include "simd/avx2_util.h"
 
-static inline float hsum256(__m256 v) {
-    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-    lo = _mm_add_ps(lo, hi);
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-    return _mm_cvtss_f32(lo);
-}
+namespace pq {
 
 void delta_rule_head_avx2(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
                           int64_t v_stride, const float* g, const float* beta, int64_t gb_stride, float* S,

@@ -163,16 +163,6 @@ void bind_model(py::module_& m) {
             "one [n, n_vocab] (each row as a one-token step computes it), or with argmax=True only each row's "
             "argmax [n] (int32, chosen on the device); rollback(state, n_keep) then keeps a prefix of them.")
         .def(
-            "rollback",
-            [](PyModel& pm, State& st, int64_t n_keep) {
-                py::gil_scoped_release release;
-                std::lock_guard<std::mutex> lock(pm.mu);
-                pm.model->rollback(st, n_keep);
-            },
-            py::arg("state"), py::arg("n_keep"),
-            "After verify(): the state as if only the first n_keep tokens had been fed one at a time "
-            "(bit-identical).")
-        .def(
             "mtp_draft",
             [](PyModel& pm, State& st, int32_t token, bool argmax) -> py::object {
                 if (argmax) {
@@ -197,24 +187,6 @@ void bind_model(py::module_& m) {
             "One MTP draft step: logits [n_vocab] of the token after `token` (the first call after a forward "
             "pairs it with the last fed token's hidden state; later calls continue the draft chain), or with "
             "argmax=True only their argmax (chosen on the device).")
-        .def(
-            "eval_mtp",
-            [](PyModel& pm, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens) {
-                if (tokens.ndim() != 1) throw std::invalid_argument("tokens must be a 1-D array");
-                const int64_t n = tokens.shape(0);
-                if (n < 2) throw std::invalid_argument("eval_mtp needs at least two tokens");
-                py::array_t<float> out({n - 1, (int64_t)pm.model->config().n_vocab});
-                float* o = out.mutable_data();
-                const int32_t* tok = tokens.data();
-                {
-                    py::gil_scoped_release release;
-                    std::lock_guard<std::mutex> lock(pm.mu);
-                    pm.model->eval_mtp(tok, n, o);
-                }
-                return out;
-            },
-            py::arg("tokens"),
-            "MTP draft logits of a fresh sequence: row t = logits for tokens[t + 2] given tokens[0..t+1].")
         .def(
             "decode",
             [](PyModel& pm, State& st, int32_t token, float temperature, int top_k, float top_p, float min_p,
@@ -251,6 +223,7 @@ void bind_model(py::module_& m) {
             },
             py::arg("state"), py::arg("snapshot"));
     pq::def_forward<PyModel, State>(model_cls);
+    pq::def_rollback_and_eval_mtp<PyModel, State>(model_cls);
 
     m.def(
         "mem_get_info",
