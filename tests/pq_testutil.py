@@ -14,3 +14,14 @@ HF_MODELS = sorted(p.name for p in (FIXTURES / "hf").iterdir() if (p / "referenc
 def load_reference(name: str) -> dict[str, np.ndarray]:
     with np.load(FIXTURES / "hf" / name / "reference.npz") as z:
         return {k: z[k] for k in z.files}
+
+
+def gpu_module():
+    """pyqwen._cuda when it is built and sees a CUDA device, else None (the tests/gpu/ files skip)."""
+    try:
+        from pyqwen import _cuda
+    except ImportError:
+        return None
+    if not hasattr(_cuda, "CudaModel") or _cuda.device_count() <= 0:
+        return None
+    return _cuda

@@ -10,22 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pq_testutil import gpu_module
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cuda"))
 from test_model_emu import (PROMPT, SHORT, assert_logits_close, check_errors, check_gemm_prefill,  # noqa: E402
                             check_prefill_decode_snapshot, check_sampling_decode, load_cuda_core)
 
 
-def _gpu_module():
-    try:
-        from pyqwen import _cuda
-    except ImportError:
-        return None
-    if not hasattr(_cuda, "CudaModel") or _cuda.device_count() <= 0:
-        return None
-    return _cuda
-
-
-cuda = _gpu_module()
+cuda = gpu_module()
 pytestmark = pytest.mark.skipif(cuda is None, reason="pyqwen._cuda not built or no CUDA device")
 
 

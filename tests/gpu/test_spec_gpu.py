@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from pq_testutil import gpu_module
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cuda"))
 from test_model_emu import load_cuda_core  # noqa: E402
 from test_spec_emu import (cpu, mtp_f16, prefilled, test_a_file_without_a_head_loads_without_one,  # noqa: E402,F401
@@ -24,17 +26,7 @@ from test_spec_emu import (cpu, mtp_f16, prefilled, test_a_file_without_a_head_l
                            test_verification_rows_are_one_token_steps_bit_for_bit)
 
 
-def _gpu_module():
-    try:
-        from pyqwen import _cuda
-    except ImportError:
-        return None
-    if not hasattr(_cuda, "CudaModel") or _cuda.device_count() <= 0:
-        return None
-    return _cuda
-
-
-gpu = _gpu_module()
+gpu = gpu_module()
 pytestmark = pytest.mark.skipif(gpu is None, reason="pyqwen._cuda not built or no CUDA device")
 
 
