@@ -315,9 +315,9 @@ class Generation:
 
     def _accept(self, rows, drafts: list[int], q, history: list[int]) -> tuple[int, int]:
         """How many drafts the main model accepts and its own next token (pyqwen.speculative.accept)."""
-        from .speculative.policy import accept_drafts
+        from .speculative.accept import accept
 
-        return accept_drafts(self._sampler, rows, drafts, q, history)
+        return accept(self._sampler, rows, drafts, history, q)
 
     def _emit(self, chosen, history: list[int]) -> tuple[list[Chunk], int]:
         """Run the chosen tokens through the end checks (end of generation, stop strings, max_tokens) and

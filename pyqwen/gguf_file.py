@@ -146,6 +146,7 @@ class GGUFFile:
         self.metadata = metadata
         self.tensors = tensors
         self.hparams: HParams | None = None
+        self._mtp_problem: str | None | bool = False  # False: not checked yet (see mtp_problem)
 
     @classmethod
     def open(cls, path: str | os.PathLike, validate: bool = True) -> "GGUFFile":
@@ -292,7 +293,13 @@ class GGUFFile:
 
     def mtp_problem(self) -> str | None:
         """Why the file's MTP head cannot draft (None: it can). A file without one, or with a damaged one,
-        still loads: the head is only needed for speculative decoding."""
+        still loads: the head is only needed for speculative decoding. Checked once per file (generation
+        asks on every call)."""
+        if self._mtp_problem is False:
+            self._mtp_problem = self._find_mtp_problem()
+        return self._mtp_problem
+
+    def _find_mtp_problem(self) -> str | None:
         if self.hparams.n_nextn <= 0:
             return (f"{self.path} has no MTP head (no nextn_predict_layers / blk.{self.hparams.n_layer}.nextn.* "
                     "tensors; convert the checkpoint with them, as llama.cpp's converter does by default)")

@@ -213,7 +213,8 @@ class Model:
         cfg = replace(self.spec, **({"mode": spec} if spec is not None else {}),
                       **({"draft": draft} if draft is not None else {}))
         cfg.validate()
-        state_mtp = state is None and self.mtp_states or state is not None and bool(getattr(state, "has_mtp", False))
+        # A new state gets an MTP cache when the model loaded with MTP drafting; a given one says itself.
+        state_mtp = self.mtp_states if state is None else bool(getattr(state, "has_mtp", False))
         cfg.mode = resolve_mode(cfg.mode, has_mtp=self.has_mtp and state_mtp, speculation=self.speculation,
                                 mtp_problem=self.gguf.mtp_problem() or
                                 ("this state keeps no MTP cache (load with spec='mtp' or 'auto')" if self.has_mtp else None))

@@ -129,13 +129,3 @@ class Drafter:
 def _top_prob(logits: np.ndarray) -> float:
     x = np.asarray(logits, dtype=np.float64)
     return float(1.0 / np.exp(x - x.max()).sum())
-
-
-def accept_drafts(sampler, rows: np.ndarray, drafts: list[int], q, history: list[int]) -> tuple[int, int]:
-    """(accepted drafts, the main model's next token) for verification rows [len(drafts) + 1, n_vocab]
-    (row i: the logits after the i-th fed token); q: the draft distributions (None: deterministic drafts).
-    Greedy keeps the drafts the sampler itself would pick (penalties included), so the output is exactly
-    plain decoding's; otherwise speculative sampling keeps its distribution (pyqwen.speculative.accept)."""
-    from .accept import accept
-
-    return accept(sampler, rows, drafts, history, q)
