@@ -43,7 +43,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("pos", &State::pos)
         .def_readonly("n_ctx", &State::n_ctx)
         .def_property_readonly("nbytes", &State::bytes)
-        .def_property_readonly("kv_type", [](const State& s) { return s.kv_type == KvType::F16 ? "f16" : "f32"; })
+        .def_property_readonly("kv_type", [](const State& s) { return kv_types_name(s.kv_type); })
         .def_property_readonly("has_mtp", &State::has_mtp, "Whether the state keeps the MTP head's cache.")
         .def("reset", &State::reset, "Forget every token (KV cache and recurrent states).");
 
@@ -68,8 +68,7 @@ PYBIND11_MODULE(_core, m) {
         .def(
             "new_state",
             [](PyModel& pm, int64_t n_ctx, const std::string& kv_type, bool mtp) {
-                if (kv_type != "f16" && kv_type != "f32") throw std::invalid_argument("kv_type must be 'f16' or 'f32'");
-                return pm.model->new_state(n_ctx, kv_type == "f16" ? KvType::F16 : KvType::F32, mtp);
+                return pm.model->new_state(n_ctx, kv_types_from_name(kv_type), mtp);
             },
             py::arg("n_ctx"), py::arg("kv_type") = "f16", py::arg("mtp") = false,
             "A sequence state; mtp=True also keeps the MTP head's cache (for mtp_draft).")

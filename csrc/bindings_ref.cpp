@@ -133,7 +133,7 @@ void bind_ref(py::module_& m) {
             need(k_cache.dtype().is(v_cache.dtype()), "caches must share a dtype");
             need(f16 || (k_cache.dtype().kind() == 'f' && k_cache.itemsize() == 4), "caches must be float32 or float16");
             auto kc = py::array::ensure(k_cache, py::array::c_style), vc = py::array::ensure(v_cache, py::array::c_style);
-            const KvType kt = f16 ? KvType::F16 : KvType::F32;
+            const int kt = f16 ? T_F16 : T_F32;
             const size_t row = (size_t)Hkv * D * (f16 ? 2 : 4), head = (size_t)D * (f16 ? 2 : 4);
             farr o({n, H, D});
             std::vector<float> p(pos0 + n);
@@ -142,8 +142,8 @@ void bind_ref(py::module_& m) {
             for (int64_t t = 0; t < n; ++t)
                 for (int64_t h = 0; h < H; ++h) {
                     const int64_t g = h / (H / Hkv);
-                    attention_head(q.data() + (t * H + h) * D, K + g * head, V + g * head, row, pos0 + t + 1, D,
-                                   1.0f / std::sqrt((float)D), kt, p.data(), o.mutable_data() + (t * H + h) * D);
+                    attention_head(q.data() + (t * H + h) * D, K + g * head, row, kt, V + g * head, row, kt, pos0 + t + 1,
+                                   D, 1.0f / std::sqrt((float)D), p.data(), o.mutable_data() + (t * H + h) * D);
                 }
             return o;
         },

@@ -8,6 +8,8 @@
 #include <string>
 
 #include "attention.h"
+#include "quants.h"
+#include "rope_scaling.h"
 #include "gdn.h"
 #include "matmul.h"
 #include "ops.h"
@@ -47,7 +49,7 @@ void State::reset() {
 }
 
 size_t State::bytes() const {
-    size_t b = 2 * (k.size() + mtp_k.size()) * (size_t)n_ctx * kv_row_bytes;
+    size_t b = (k.size() + mtp_k.size()) * (size_t)n_ctx * (k_row_bytes + v_row_bytes);
     for (auto& c : conv) b += c.size() * 4;
     for (auto& s : ssm) b += s.size() * 4;
     return b + mtp_h.size() * 4;
@@ -68,15 +70,19 @@ Model::Model(Config cfg, Weights w, int n_threads) : cfg_(std::move(cfg)), w_(st
         throw std::invalid_argument("weights do not match the config (bind them with bind_cpu_weights)");
     int na = 0, nr = 0;
     for (int il = 0; il < cfg_.n_layer; ++il) layer_slot_.push_back(cfg_.recurrent[il] ? nr++ : na++);
+    for (int i = 0; i < cfg_.n_rot / 2; ++i) rope_freqs_.push_back(rope_pair_freq(cfg_, i));
+    rope_mscale_ = rope_mscale(cfg_);
 }
 
-std::unique_ptr<State> Model::new_state(int64_t n_ctx, KvType kv_type, bool mtp) const {
+std::unique_ptr<State> Model::new_state(int64_t n_ctx, KvTypes kv_type, bool mtp) const {
     if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive");
+    check_kv_types(cfg_, kv_type);
     if (mtp && !has_mtp()) throw std::invalid_argument("this model has no MTP head (no nextn block in the file)");
     auto st = std::make_unique<State>();
     st->n_ctx = n_ctx;
     st->kv_type = kv_type;
-    st->kv_row_bytes = kv_row_bytes(cfg_, kv_ggml_type(kv_type));
+    st->k_row_bytes = kv_row_bytes(cfg_, kv_type.k);
+    st->v_row_bytes = kv_row_bytes(cfg_, kv_type.v);
     // The buffers the spec lists (model_spec.h PQ_STATE_BUFFERS), each per layer that has it; the MTP
     // block's only when this state drafts with it.
     for_each_state_buffer(cfg_, [&](const StateBufferSpec& b) {
@@ -85,7 +91,7 @@ std::unique_ptr<State> Model::new_state(int64_t n_ctx, KvType kv_type, bool mtp)
             const std::string name = b.name;
             if (b.per_position) {
                 auto& dst = name == "k" ? st->k : name == "v" ? st->v : name == "mtp_k" ? st->mtp_k : st->mtp_v;
-                dst.emplace_back(new uint8_t[(size_t)n_ctx * st->kv_row_bytes]);
+                dst.emplace_back(new uint8_t[(size_t)n_ctx * (b.kv_part == kKeys ? st->k_row_bytes : st->v_row_bytes)]);
             } else if (name == "mtp_h") {
                 st->mtp_h.assign(b.values, 0.0f);  // one hidden state: the MTP blocks chain on it
             } else {
@@ -105,14 +111,14 @@ Snapshot Model::snapshot(const State& st, bool with_kv) const {
     s.mtp_h = st.mtp_h;
     s.has_kv = with_kv;
     if (with_kv) {
-        const size_t n = (size_t)st.pos * st.kv_row_bytes;
+        const size_t nk = (size_t)st.pos * st.k_row_bytes, nv = (size_t)st.pos * st.v_row_bytes;
         for (size_t i = 0; i < st.k.size(); ++i) {
-            s.k.emplace_back(st.k[i].get(), st.k[i].get() + n);
-            s.v.emplace_back(st.v[i].get(), st.v[i].get() + n);
+            s.k.emplace_back(st.k[i].get(), st.k[i].get() + nk);
+            s.v.emplace_back(st.v[i].get(), st.v[i].get() + nv);
         }
         for (size_t i = 0; i < st.mtp_k.size(); ++i) {
-            s.k.emplace_back(st.mtp_k[i].get(), st.mtp_k[i].get() + n);
-            s.v.emplace_back(st.mtp_v[i].get(), st.mtp_v[i].get() + n);
+            s.k.emplace_back(st.mtp_k[i].get(), st.mtp_k[i].get() + nk);
+            s.v.emplace_back(st.mtp_v[i].get(), st.mtp_v[i].get() + nv);
         }
     }
     return s;
@@ -128,10 +134,11 @@ void Model::restore(State& st, const Snapshot& s) const {
     if (s.mtp_h.size() != st.mtp_h.size())
         throw std::invalid_argument("snapshot and state differ in MTP drafting (make both with the same mtp flag)");
     if (s.has_kv) {
-        const size_t n = (size_t)s.pos * st.kv_row_bytes;
+        const size_t nk = (size_t)s.pos * st.k_row_bytes, nv = (size_t)s.pos * st.v_row_bytes;
         if (s.k.size() != st.k.size() + st.mtp_k.size()) throw std::invalid_argument("snapshot belongs to a different model");
         for (size_t i = 0; i < s.k.size(); ++i) {
-            if (s.k[i].size() != n) throw std::invalid_argument("snapshot KV cache has a different layout");
+            if (s.k[i].size() != nk || s.v[i].size() != nv)
+                throw std::invalid_argument("snapshot KV cache has a different layout");
             const bool main = i < st.k.size();
             uint8_t* kd = main ? st.k[i].get() : st.mtp_k[i - st.k.size()].get();
             uint8_t* vd = main ? st.v[i].get() : st.mtp_v[i - st.k.size()].get();
@@ -325,7 +332,7 @@ void Model::eval_mtp(const int32_t* tokens, int64_t n, float* out) {
     if (!has_mtp()) throw std::invalid_argument("this model has no MTP head (no nextn block in the file)");
     if (n < 2) throw std::invalid_argument("eval_mtp needs at least two tokens");
     check_tokens(tokens, n);
-    auto st = new_state(n, KvType::F32, true);
+    auto st = new_state(n, KvTypes{T_F32, T_F32}, true);
     forward_batch(*st, tokens, n, nullptr, false, true);  // verify: keeps every final-norm hidden row
     mtp_block(*st, st->verify.hidden.data(), tokens + 1, n - 1, 0, nullptr, out);
 }
@@ -408,12 +415,16 @@ void Model::gdn_layer(const LayerWeights& L, int rl, State& st, const float* a, 
     matmul(pool_, L.ssm_out, o.data(), n, out);
 }
 
-static inline void kv_store(uint8_t* dst, const float* src, int64_t n, KvType type) {
-    if (type == KvType::F32) {
+// One K or V row into the cache in its type (quantized types with llama.cpp's reference quantizer, so a
+// cache written here holds the bytes llama.cpp's would).
+static inline void kv_store(uint8_t* dst, const float* src, int64_t n, int type) {
+    if (type == T_F32) {
         memcpy(dst, src, (size_t)n * 4);
-    } else {
+    } else if (type == T_F16) {
         uint16_t* h = (uint16_t*)dst;
         for (int64_t i = 0; i < n; ++i) h[i] = fp32_to_fp16(src[i]);
+    } else {
+        quant_traits(type)->from_float_ref(src, dst, n);
     }
 }
 
@@ -431,10 +442,10 @@ void Model::attn_layer(const LayerWeights& L, uint8_t* Kc, uint8_t* Vc, const St
         for (int64_t g = 0; g < Hkv; ++g) {
             float* k = kk.data() + (t * Hkv + g) * D;
             rms_norm(k, f32(L.attn_k_norm), k, D, c.rms_eps);
-            rope_neox(k, c.n_rot, pos0 + t, c.rope_base);
+            rope_neox(k, c.n_rot, pos0 + t, rope_freqs_.data(), rope_mscale_);
         }
-        kv_store(Kc + (size_t)(pos0 + t) * st.kv_row_bytes, kk.data() + t * Hkv * D, Hkv * D, st.kv_type);
-        kv_store(Vc + (size_t)(pos0 + t) * st.kv_row_bytes, vv.data() + t * Hkv * D, Hkv * D, st.kv_type);
+        kv_store(Kc + (size_t)(pos0 + t) * st.k_row_bytes, kk.data() + t * Hkv * D, Hkv * D, st.kv_type.k);
+        kv_store(Vc + (size_t)(pos0 + t) * st.v_row_bytes, vv.data() + t * Hkv * D, Hkv * D, st.kv_type.v);
     }
     if (!out) return;
 
@@ -444,19 +455,19 @@ void Model::attn_layer(const LayerWeights& L, uint8_t* Kc, uint8_t* Vc, const St
         for (int64_t h = 0; h < H; ++h) {
             float* q = qg.data() + (t * H + h) * 2 * D;
             rms_norm(q, f32(L.attn_q_norm), q, D, c.rms_eps);
-            rope_neox(q, c.n_rot, pos0 + t, c.rope_base);
+            rope_neox(q, c.n_rot, pos0 + t, rope_freqs_.data(), rope_mscale_);
         }
 
     const float scale = 1.0f / std::sqrt((float)D);
-    const size_t head_bytes = (size_t)D * (st.kv_type == KvType::F16 ? 2 : 4);
+    const size_t k_head = kv_row_bytes(c, st.kv_type.k) / Hkv, v_head = kv_row_bytes(c, st.kv_type.v) / Hkv;
     pool_.parallel_for(n * H, [&](int64_t i0, int64_t i1, int) {
         std::vector<float> p(pos0 + n);
         for (int64_t i = i0; i < i1; ++i) {
             const int64_t t = i / H, h = i % H, g = h / group, n_keys = pos0 + t + 1;
             const float* q = qg.data() + (t * H + h) * 2 * D;
             float* oh = o.data() + (t * H + h) * D;
-            attention_head(q, Kc + g * head_bytes, Vc + g * head_bytes, st.kv_row_bytes, n_keys, D, scale,
-                           st.kv_type, p.data(), oh);
+            attention_head(q, Kc + g * k_head, st.k_row_bytes, st.kv_type.k, Vc + g * v_head, st.v_row_bytes,
+                           st.kv_type.v, n_keys, D, scale, p.data(), oh);
             const float* gate = q + D;
             for (int64_t d = 0; d < D; ++d) oh[d] *= sigmoid(gate[d]);
         }

@@ -27,8 +27,6 @@ using TensorMap = std::map<std::string, TensorDesc>;
 // output.weight absent = tied to token_embd. Throws std::invalid_argument naming the problem.
 Weights bind_cpu_weights(const Config& cfg, const TensorMap& tensors);
 
-enum class KvType { F32, F16 };
-inline int kv_ggml_type(KvType t) { return t == KvType::F16 ? T_F16 : T_F32; }
 
 // What Model::rollback needs after a verification forward (model_spec.h verify_rollback_bytes).
 struct VerifyLog {
@@ -45,11 +43,11 @@ struct VerifyLog {
 struct State {
     int64_t n_ctx = 0;
     int64_t pos = 0;                         // tokens processed so far
-    KvType kv_type = KvType::F16;
+    KvTypes kv_type;                         // K and V storage (model_spec.h)
     // per attention layer: [n_ctx][n_head_kv][head_dim]; left uninitialised (only rows < pos are read),
     // so a long context costs no page faults until it is used.
     std::vector<std::unique_ptr<uint8_t[]>> k, v;
-    size_t kv_row_bytes = 0;                 // bytes of one position of one layer's K (or V)
+    size_t k_row_bytes = 0, v_row_bytes = 0; // bytes of one position of one layer's K / V
     std::vector<std::vector<float>> conv;    // per DeltaNet layer: [channel][ssm_conv - 1], oldest first
     std::vector<std::vector<float>> ssm;     // per DeltaNet layer: [v_head][v_dim j][k_dim i] (S^T rows)
 
@@ -89,7 +87,7 @@ public:
     bool has_mtp() const { return cfg_.n_nextn > 0; }
 
     // mtp: the state also keeps the MTP block's cache (the model must have one), for mtp_draft.
-    std::unique_ptr<State> new_state(int64_t n_ctx, KvType kv_type, bool mtp = false) const;
+    std::unique_ptr<State> new_state(int64_t n_ctx, KvTypes kv_type, bool mtp = false) const;
 
     // Runs n tokens through the model at positions state.pos.., advancing the state. Logits are
     // written for every token (logits_all) or only for the last one, into out ([n or 1][n_vocab]);
@@ -131,6 +129,8 @@ private:
     Config cfg_;
     Weights w_;
     std::vector<int> layer_slot_;  // per layer: its index among attention or among recurrent layers
+    std::vector<double> rope_freqs_;  // per rotated pair: radians per position (rope_scaling.h)
+    float rope_mscale_ = 1.0f;
     mutable ThreadPool pool_;
 };
 

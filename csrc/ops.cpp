@@ -1,5 +1,7 @@
 #include "ops.h"
 
+#include <vector>
+
 namespace pq {
 
 void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
@@ -20,16 +22,26 @@ void l2_norm(float* x, int64_t n, float eps) {
     for (int64_t i = 0; i < n; ++i) x[i] *= scale;
 }
 
-void rope_neox(float* x, int n_rot, int64_t pos, float base) {
+void rope_neox(float* x, int n_rot, int64_t pos, const double* freqs, float mscale) {
     const int half = n_rot / 2;
     for (int i = 0; i < half; ++i) {
-        // theta_i = pos * base^(-2i/n_rot), evaluated in double so long contexts keep their phase.
-        const double theta = (double)pos * std::pow((double)base, -2.0 * i / (double)n_rot);
-        const float c = (float)std::cos(theta), s = (float)std::sin(theta);
+        // theta_i = pos * f_i, evaluated in double so long contexts keep their phase.
+        const double theta = (double)pos * freqs[i];
+        float c = (float)std::cos(theta), s = (float)std::sin(theta);
+        if (mscale != 1.0f) {
+            c *= mscale;
+            s *= mscale;
+        }
         const float a = x[i], b = x[i + half];
         x[i] = a * c - b * s;
         x[i + half] = b * c + a * s;
     }
+}
+
+void rope_neox(float* x, int n_rot, int64_t pos, float base) {
+    std::vector<double> f(n_rot / 2);
+    for (int i = 0; i < n_rot / 2; ++i) f[i] = std::pow((double)base, -2.0 * i / (double)n_rot);
+    rope_neox(x, n_rot, pos, f.data(), 1.0f);
 }
 
 }  // namespace pq

@@ -16,6 +16,10 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps);
 // x = x / sqrt(sum(x^2) + eps), in place (the GDN q/k normalisation of transformers).
 void l2_norm(float* x, int64_t n, float eps);
 // NEOX-style rotary embedding on the first n_rot dims of one head: pairs (i, i + n_rot/2).
+// NEOX RoPE on the first n_rot dims: pair (i, i + n_rot/2) turns by pos * freqs[i] (computed in double),
+// both scaled by mscale (rope_scaling.h: the frequencies and magnitude, YaRN included).
+void rope_neox(float* x, int n_rot, int64_t pos, const double* freqs, float mscale);
+// Unscaled RoPE of base `base` (freqs base^(-2i/n_rot), mscale 1).
 void rope_neox(float* x, int n_rot, int64_t pos, float base);
 
 }  // namespace pq

@@ -23,6 +23,7 @@ from typing import Sequence
 
 from .errors import CLIError, ContextOverflowError, ModelFormatError
 from .cli_compat import backend_arg
+from .cli_model_args import add_cache_and_rope_args, cache_and_rope_kwargs
 from .model_path import DEMO_NOTE, model_arg, resolve_model_path  # noqa: F401  (part of this module's API)
 
 
@@ -121,7 +122,7 @@ def _add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> No
                    help="CPU threads (default: all cores available to this process)")
     g.add_argument("-b", "--batch-size", type=_int(1), default=256, metavar="N",
                    help="maximum tokens per prefill chunk (default 256)")
-    g.add_argument("--kv-type", choices=("f16", "f32"), default="f16", help="KV cache type (default f16)")
+    add_cache_and_rope_args(g)
     g.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto", help="compute backend")
     _add_gpu_layers_arg(g)
     g.add_argument("--device", type=_int(0), default=0, metavar="N",
@@ -176,7 +177,7 @@ def _load(args, n_ctx: int | None = None):
     path = resolve_model_path(model_arg(args), args.hf)
     backend = backend_arg(args)
     try:
-        return Model.load(path, n_ctx=n_ctx or args.ctx, threads=args.threads, kv_type=args.kv_type,
+        return Model.load(path, n_ctx=n_ctx or args.ctx, threads=args.threads, **cache_and_rope_kwargs(args),
                           n_batch=args.batch_size, backend=backend, device=args.device,
                           spec=getattr(args, "spec", "off"), draft=getattr(args, "draft", None))
     except RuntimeError as e:  # e.g. --backend cuda on a CPU-only build

@@ -21,7 +21,7 @@ ALIASES = {
     "--temperature": "--temp",
     "--predict": "--n-predict",
     "-ngl": "--n-gpu-layers", "--gpu-layers": "--n-gpu-layers",
-    "-ctk": "--kv-type", "--cache-type-k": "--kv-type", "-ctv": "--kv-type", "--cache-type-v": "--kv-type",
+    "-ctk": "--kv-type", "--cache-type-k": "--kv-type", "-ctv": "--kv-type-v", "--cache-type-v": "--kv-type-v",
 }
 
 # llama.cpp flags that pyqwen does anyway (flash attention, mmap, Jinja chat templates) or that do not

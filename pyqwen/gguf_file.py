@@ -16,6 +16,8 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
 
 from .errors import ModelFormatError
+from .rope_scaling import RopeScaling
+from .rope_scaling import from_gguf as rope_scaling_from_gguf
 
 ARCH = "qwen35"
 
@@ -95,6 +97,12 @@ class HParams:
     ssm_v_dim: int
     full_attention_interval: int
     recurrent: list[bool] = field(repr=False)
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)  # the file's, or the user's override
+
+    @property
+    def n_ctx_max(self) -> int:
+        """The longest context the model serves: the training context, times the RoPE scaling factor."""
+        return self.rope_scaling.max_context(self.n_ctx_train)
 
     def core_config(self, mtp: bool = False) -> dict:
         """The C++ config; mtp=True includes the MTP block(s) (the spec then walks their tensors too)."""
@@ -105,6 +113,7 @@ class HParams:
             "head_dim": self.head_dim, "n_rot": self.n_rot, "rope_base": self.rope_base,
             "ssm_conv": self.ssm_conv, "ssm_k_heads": self.ssm_k_heads, "ssm_v_heads": self.ssm_v_heads,
             "ssm_k_dim": self.ssm_k_dim, "ssm_v_dim": self.ssm_v_dim, "rms_eps": self.rms_eps,
+            **self.rope_scaling.core_fields(),
         }
 
     @property
@@ -261,6 +270,7 @@ class GGUFFile:
             ssm_conv=self._key("ssm.conv_kernel", int), ssm_k_heads=k_heads, ssm_v_heads=v_heads,
             ssm_k_dim=self._key("ssm.state_size", int), ssm_v_dim=inner // v_heads,
             full_attention_interval=interval, recurrent=recurrent)
+        hp.rope_scaling = rope_scaling_from_gguf(self.metadata, ARCH, hp.n_ctx_train, self.path)
         if hp.n_head % max(hp.n_head_kv, 1) or hp.n_head_kv <= 0:
             raise ModelFormatError(f"{self.path}: head_count {hp.n_head} not a multiple of head_count_kv {hp.n_head_kv}")
         if v_heads % k_heads:
@@ -274,6 +284,8 @@ class GGUFFile:
         # The C++ config holds these in 32-bit ints: a value past that is a corrupt file, said here rather
         # than as a failed conversion inside the extension.
         for k, v in hp.core_config().items():
+            if k.startswith(("rope_", "yarn_")):
+                continue
             if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v < 2**31:
                 raise ModelFormatError(f"{self.path}: hyper-parameter {k} = {v} is out of range")
         return hp

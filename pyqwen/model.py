@@ -125,12 +125,20 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, n_ctx: int = 4096, threads: int | None = None,
-             kv_type: str = "f16", n_batch: int = 256, backend: str = "auto", device: int = 0,
-             spec: str = "auto", draft: int | None = None) -> "Model":
+             kv_type: str = "f16", kv_type_v: str | None = None, n_batch: int = 256, backend: str = "auto",
+             device: int = 0, spec: str = "auto", draft: int | None = None, rope_scaling: str | None = None,
+             rope_scale: float | None = None, yarn_orig_ctx: int | None = None, yarn_ext_factor: float | None = None,
+             yarn_attn_factor: float | None = None, yarn_beta_fast: float | None = None,
+             yarn_beta_slow: float | None = None, progress=None) -> "Model":
         """Open a qwen35 GGUF (None = the built-in demo model) and prepare it for inference.
 
-        n_ctx is the context window of each sequence state (capped at the model's training context);
-        kv_type 'f16' (as llama.cpp) or 'f32'; n_batch bounds the tokens per prefill chunk; device: the
+        n_ctx is the context window of each sequence state (capped at the model's training context, times
+        the RoPE scaling factor); kv_type the KV cache's K type and, unless kv_type_v is given, V's:
+        'f16' (default, as llama.cpp), 'f32', 'q8_0' or 'q4_0' (pyqwen.kv_cache); n_batch bounds the tokens
+        per prefill chunk; rope_scaling ('none', 'linear', 'yarn'), rope_scale (the factor), yarn_orig_ctx,
+        yarn_ext_factor, yarn_attn_factor, yarn_beta_fast, yarn_beta_slow override the file's RoPE scaling
+        (llama.cpp's names; pyqwen.rope_scaling); progress(done, total) is called between prefill chunks
+        of long prompts (return False to cancel: PrefillCancelled); device: the
         CUDA device index for the GPU backend (CUDA_VISIBLE_DEVICES selects and renumbers the devices);
         spec: the default speculative decoding ('auto', 'mtp', 'lookup', 'off'; pyqwen.speculative) and
         draft its MTP draft length, both overridable per generate()/chat() call.
@@ -148,19 +156,27 @@ class Model:
 
         if not isinstance(device, int) or device < 0:
             raise ValueError(f"device must be a CUDA device index >= 0, got {device!r}")
+        from dataclasses import replace
+
+        from .kv_cache import kv_spec
+        from .rope_scaling import override
+
+        kv_type = kv_spec(kv_type, kv_type_v)
         chosen = select_backend(backend, kv_type, device=device)  # 'auto': cuda if pyqwen._cuda sees the device
         if path is None:
             from .demo import demo_model_path
 
             path = demo_model_path()
-        if kv_type not in ("f16", "f32"):
-            raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
         if not isinstance(n_ctx, int) or n_ctx < 1:
             raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
         if n_batch < 1:
             raise ValueError("n_batch must be >= 1")
         gf = GGUFFile.open(path)
-        n_ctx = min(n_ctx, gf.hparams.n_ctx_train)
+        rope = override(gf.hparams.rope_scaling, kind=rope_scaling, factor=rope_scale, orig_ctx=yarn_orig_ctx,
+                        ext_factor=yarn_ext_factor, attn_factor=yarn_attn_factor, beta_fast=yarn_beta_fast,
+                        beta_slow=yarn_beta_slow, n_ctx_train=gf.hparams.n_ctx_train)
+        gf.hparams = replace(gf.hparams, rope_scaling=rope)
+        n_ctx = min(n_ctx, gf.hparams.n_ctx_max)
         try:
             if chosen == "cuda":
                 from .cuda_backend import CudaCore
@@ -192,6 +208,7 @@ class Model:
             template = BrokenChatTemplate(source, e)
         model = cls(gf, core, tokenizer, template, n_ctx, kv_type, n_batch)
         model.backend = chosen
+        model.progress = progress
         model._set_spec(spec_cfg)
         return model
 

@@ -7,6 +7,8 @@
 
 namespace pq {
 
+enum RopeScaling : int { kRopeNone = 0, kRopeLinear = 1, kRopeYarn = 2 };
+
 struct Config {
     int64_t n_embd = 0, n_ff = 0, n_vocab = 0;
     int n_layer = 0;                  // main layers (the MTP block is not one)
@@ -15,6 +17,14 @@ struct Config {
     // gated attention
     int n_head = 0, n_head_kv = 0, head_dim = 0, n_rot = 0;
     float rope_base = 10000.0f;
+    // RoPE scaling (llama.cpp's context parameters, transformers' rope_parameters; rope_scaling.h holds
+    // the math both backends use). freq_scale = 1 / factor.
+    int rope_scaling = 0;             // kRopeNone, kRopeLinear or kRopeYarn
+    float rope_freq_scale = 1.0f;
+    int64_t yarn_orig_ctx = 0;        // the context the model was trained at (YaRN's correction range)
+    float yarn_ext_factor = 1.0f;     // weight of the YaRN ramp (1: as published; 0: plain interpolation)
+    float yarn_attn_factor = 1.0f;    // multiplies YaRN's magnitude scale 1 + 0.1 ln(factor)
+    float yarn_beta_fast = 32.0f, yarn_beta_slow = 1.0f;
     // Gated DeltaNet
     int ssm_conv = 4;                 // conv kernel size
     int ssm_k_heads = 0, ssm_v_heads = 0, ssm_k_dim = 0, ssm_v_dim = 0;

@@ -38,6 +38,17 @@ inline Config config_from_dict(const pybind11::dict& d) {
     c.head_dim = get<int>(d, "head_dim");
     c.n_rot = get<int>(d, "n_rot");
     c.rope_base = get<float>(d, "rope_base");
+    // RoPE scaling: optional (absent = none), the names of Config's fields.
+    auto opt = [&](const char* key, auto& field) {
+        if (d.contains(key)) field = d[key].cast<std::remove_reference_t<decltype(field)>>();
+    };
+    opt("rope_scaling", c.rope_scaling);
+    opt("rope_freq_scale", c.rope_freq_scale);
+    opt("yarn_orig_ctx", c.yarn_orig_ctx);
+    opt("yarn_ext_factor", c.yarn_ext_factor);
+    opt("yarn_attn_factor", c.yarn_attn_factor);
+    opt("yarn_beta_fast", c.yarn_beta_fast);
+    opt("yarn_beta_slow", c.yarn_beta_slow);
     c.ssm_conv = get<int>(d, "ssm_conv");
     c.ssm_k_heads = get<int>(d, "ssm_k_heads");
     c.ssm_v_heads = get<int>(d, "ssm_v_heads");
@@ -61,6 +72,13 @@ inline pybind11::dict config_to_dict(const Config& c) {
     d["head_dim"] = c.head_dim;
     d["n_rot"] = c.n_rot;
     d["rope_base"] = c.rope_base;
+    d["rope_scaling"] = c.rope_scaling;
+    d["rope_freq_scale"] = c.rope_freq_scale;
+    d["yarn_orig_ctx"] = c.yarn_orig_ctx;
+    d["yarn_ext_factor"] = c.yarn_ext_factor;
+    d["yarn_attn_factor"] = c.yarn_attn_factor;
+    d["yarn_beta_fast"] = c.yarn_beta_fast;
+    d["yarn_beta_slow"] = c.yarn_beta_slow;
     d["ssm_conv"] = c.ssm_conv;
     d["ssm_k_heads"] = c.ssm_k_heads;
     d["ssm_v_heads"] = c.ssm_v_heads;

@@ -212,6 +212,13 @@ inline void validate_config(const Config& c) {
         if (c.ssm_k_dim <= 0 || c.ssm_v_dim <= 0 || c.ssm_conv < 1 || c.ssm_conv > 16) spec_fail("DeltaNet dims invalid");
     }
     if (!(c.rms_eps > 0.0f) || !(c.rope_base > 0.0f)) spec_fail("rms eps / rope base must be positive");
+    if (c.rope_scaling < kRopeNone || c.rope_scaling > kRopeYarn) spec_fail("unknown RoPE scaling type");
+    if (c.rope_scaling != kRopeNone && !(c.rope_freq_scale > 0.0f && c.rope_freq_scale <= 1.0f))
+        spec_fail("RoPE scaling factor must be >= 1 (freq_scale in (0, 1])");
+    if (c.rope_scaling == kRopeYarn &&
+        (c.yarn_orig_ctx <= 0 || !(c.yarn_beta_fast > 0.0f) || !(c.yarn_beta_slow > 0.0f) ||
+         !(c.yarn_attn_factor > 0.0f) || !(c.yarn_ext_factor >= 0.0f && c.yarn_ext_factor <= 1.0f)))
+        spec_fail("YaRN parameters invalid (original context > 0, beta fast/slow > 0, attn factor > 0, ext factor in [0, 1])");
 }
 
 // One tensor as a backend receives it (a host pointer into the mmapped GGUF, or a device slice).
@@ -266,20 +273,70 @@ void bind_weights(const Config& c, WeightsT<T>& w, Lookup&& lookup, TypeOk&& wei
 // per attention layer K and V rows, one row per position (in the state's KV type), and per MTP block
 // (when the model has one and the state drafts with it) its own K and V rows at the main positions
 // plus the main model's last hidden state, which the next token pairs with as the MTP's input.
-//  name    blocks      per position  values per layer (or per position)
+//  name    blocks      KV part  values per layer (or per position)
 #define PQ_STATE_BUFFERS(X)                                  \
-    X(conv, kRecurrent, false, c.conv_state_floats())        \
-    X(ssm, kRecurrent, false, c.ssm_state_floats())          \
-    X(k, kAttention, true, c.kv_row_values())                \
-    X(v, kAttention, true, c.kv_row_values())                \
-    X(mtp_k, kMtp, true, c.kv_row_values())                  \
-    X(mtp_v, kMtp, true, c.kv_row_values())                  \
-    X(mtp_h, kMtp, false, c.n_embd)
+    X(conv, kRecurrent, kNotKv, c.conv_state_floats())       \
+    X(ssm, kRecurrent, kNotKv, c.ssm_state_floats())         \
+    X(k, kAttention, kKeys, c.kv_row_values())               \
+    X(v, kAttention, kValues, c.kv_row_values())             \
+    X(mtp_k, kMtp, kKeys, c.kv_row_values())                 \
+    X(mtp_v, kMtp, kValues, c.kv_row_values())               \
+    X(mtp_h, kMtp, kNotKv, c.n_embd)
+
+enum KvPart : uint8_t { kNotKv = 0, kKeys = 1, kValues = 2 };
+
+// The KV cache's storage: K and V types chosen independently (llama.cpp's -ctk / -ctv), ggml type ids.
+// Quantized rows (q8_0: 34 bytes per 32 values, q4_0: 18) are whole blocks per head: head_dim % 32 == 0.
+struct KvTypes {
+    int k = T_F16, v = T_F16;
+    int of(uint8_t part) const { return part == kValues ? v : k; }
+    bool operator==(const KvTypes& o) const { return k == o.k && v == o.v; }
+};
+
+inline bool kv_type_supported(int t) { return t == T_F32 || t == T_F16 || t == T_Q8_0 || t == T_Q4_0; }
+
+inline const char* kv_type_name(int t) {
+    switch (t) {
+        case T_F32: return "f32";
+        case T_F16: return "f16";
+        case T_Q8_0: return "q8_0";
+        case T_Q4_0: return "q4_0";
+        default: return "?";
+    }
+}
+
+// "f16" (K and V alike) or "q8_0,f16" (K, V): the one spelling the Python side passes down.
+inline KvTypes kv_types_from_name(const std::string& name) {
+    auto one = [&](const std::string& s) {
+        for (int t : {T_F32, T_F16, T_Q8_0, T_Q4_0})
+            if (s == kv_type_name(t)) return t;
+        throw std::invalid_argument("KV cache type must be f16, f32, q8_0 or q4_0 (or 'K,V' for two), got '" + name + "'");
+    };
+    const size_t comma = name.find(',');
+    if (comma == std::string::npos) return KvTypes{one(name), one(name)};
+    return KvTypes{one(name.substr(0, comma)), one(name.substr(comma + 1))};
+}
+
+inline std::string kv_types_name(const KvTypes& t) {
+    return t.k == t.v ? std::string(kv_type_name(t.k)) : std::string(kv_type_name(t.k)) + "," + kv_type_name(t.v);
+}
+
+// A quantized cache stores each head's slice as whole blocks (a kernel reads one head at a time).
+inline void check_kv_types(const Config& c, const KvTypes& t) {
+    for (int x : {t.k, t.v}) {
+        if (!kv_type_supported(x)) spec_fail("unsupported KV cache type");
+        const int bs = type_block_size(x);
+        if (bs > 1 && c.head_dim % bs != 0)
+            spec_fail(std::string("KV cache type ") + kv_type_name(x) + " needs head_dim to be a multiple of " +
+                      std::to_string(bs) + " (head_dim " + std::to_string(c.head_dim) + ")");
+    }
+}
 
 struct StateBufferSpec {
     const char* name;
     uint8_t blocks;
-    bool per_position;  // KV rows: values per position, dtype = the state's KV type
+    uint8_t kv_part;    // kKeys / kValues: a KV buffer, values per position in the state's K / V type
+    bool per_position;  // == (kv_part != kNotKv)
     int64_t values;     // per layer (recurrent, F32) or per position (KV)
     int n_layers;       // layers that have it
 };
@@ -291,8 +348,8 @@ inline int state_buffer_layers(const Config& c, uint8_t blocks) {
 
 template <class Fn>
 void for_each_state_buffer(const Config& c, Fn&& fn) {
-#define PQ_STATE_VISIT(bname, blk, per_pos, expr) \
-    fn(StateBufferSpec{#bname, blk, per_pos, (int64_t)(expr), state_buffer_layers(c, blk)});
+#define PQ_STATE_VISIT(bname, blk, part, expr) \
+    fn(StateBufferSpec{#bname, blk, part, part != kNotKv, (int64_t)(expr), state_buffer_layers(c, blk)});
     PQ_STATE_BUFFERS(PQ_STATE_VISIT)
 #undef PQ_STATE_VISIT
 }
@@ -312,16 +369,16 @@ inline size_t recurrent_state_bytes(const Config& c) {
 }
 
 // Bytes of one position's KV rows over all attention layers.
-inline size_t kv_bytes_per_token(const Config& c, int kv_type) {
+inline size_t kv_bytes_per_token(const Config& c, const KvTypes& t) {
     size_t b = 0;
     for_each_state_buffer(c, [&](const StateBufferSpec& s) {
-        if (s.per_position) b += (size_t)s.n_layers * tensor_bytes(kv_type, s.values, 1);
+        if (s.per_position) b += (size_t)s.n_layers * tensor_bytes(t.of(s.kv_part), s.values, 1);
     });
     return b;
 }
 
-inline size_t state_bytes(const Config& c, int64_t n_ctx, int kv_type) {
-    return recurrent_state_bytes(c) + (size_t)n_ctx * kv_bytes_per_token(c, kv_type);
+inline size_t state_bytes(const Config& c, int64_t n_ctx, const KvTypes& t) {
+    return recurrent_state_bytes(c) + (size_t)n_ctx * kv_bytes_per_token(c, t);
 }
 
 // Longest batch a speculative verification may feed (1 + the drafts): rollback keeps per-token rows.

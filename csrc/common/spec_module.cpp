@@ -30,11 +30,10 @@ py::list block_names(uint8_t blocks) {
 }
 
 // KV cache types by their llama.cpp names (ggml type ids).
-int kv_type_id(const std::string& name) {
-    if (name == "f16") return T_F16;
-    if (name == "f32") return T_F32;
-    if (name == "q8_0") return T_Q8_0;
-    throw std::invalid_argument("kv_type must be one of f16, f32, q8_0, got '" + name + "'");
+KvTypes kv_type_id(const Config& c, const std::string& name) {
+    const KvTypes t = kv_types_from_name(name);
+    check_kv_types(c, t);
+    return t;
 }
 
 py::dict plan_to_dict(const cuda::DevicePlan& p) {
@@ -137,7 +136,7 @@ void bind_spec(py::module_& m) {
         "state_bytes",
         [](const py::dict& config, int64_t n_ctx, const std::string& kv_type) {
             const Config c = config_from_dict(config);
-            const int kt = kv_type_id(kv_type);
+            const KvTypes kt = kv_type_id(c, kv_type);
             py::dict d;
             d["recurrent"] = recurrent_state_bytes(c);
             d["kv_per_token"] = kv_bytes_per_token(c, kt);
@@ -155,7 +154,7 @@ void bind_spec(py::module_& m) {
             const Config c = config_from_dict(config);
             if (n_ctx < 1 || n_batch < 1 || n_snapshots < 0)
                 throw std::invalid_argument("n_ctx and n_batch must be >= 1, n_snapshots >= 0");
-            const int kt = kv_type_id(kv_type);
+            const KvTypes kt = kv_type_id(c, kv_type);
             const auto table = tensors_from_dict(tensors);
             auto lookup = [&](const std::string& name) -> const TensorDesc* {
                 auto it = table.find(name);

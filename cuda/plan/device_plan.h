@@ -72,7 +72,7 @@ inline VerifyLogLayout verify_log_layout(const Config& c, int64_t n_tokens) {
 
 struct DevicePlan {
     int64_t n_ctx = 0;
-    int kv_type = T_F16;  // ggml type id of the KV cache
+    KvTypes kv_type;  // the KV cache's K and V types
     int64_t n_batch = 0;
     int n_snapshots = 0;
     size_t n_weights = 0;
@@ -96,7 +96,7 @@ inline size_t weight_arena_bytes(const std::vector<PlannedWeight>& ws) {
 }
 
 inline DevicePlan plan_device_memory(const Config& c, const std::vector<PlannedWeight>& ws, int64_t n_ctx,
-                                     int kv_type, int64_t n_batch, int n_snapshots, size_t context_bytes) {
+                                     const KvTypes& kv_type, int64_t n_batch, int n_snapshots, size_t context_bytes) {
     DevicePlan p;
     p.n_ctx = n_ctx;
     p.kv_type = kv_type;
@@ -118,7 +118,7 @@ inline DevicePlan plan_device_memory(const Config& c, const std::vector<PlannedW
 
 // The largest n_ctx in [1, n_ctx_max] whose plan fits `budget` bytes (0: not even one token). The total
 // grows monotonically with n_ctx (KV linearly, attention scratch up to a bound), so this bisects.
-inline int64_t max_context(const Config& c, const std::vector<PlannedWeight>& ws, int kv_type, int64_t n_batch,
+inline int64_t max_context(const Config& c, const std::vector<PlannedWeight>& ws, const KvTypes& kv_type, int64_t n_batch,
                            int n_snapshots, size_t context_bytes, size_t budget, int64_t n_ctx_max) {
     auto fits = [&](int64_t ctx) {
         return plan_device_memory(c, ws, ctx, kv_type, n_batch, n_snapshots, context_bytes).total() <= budget;

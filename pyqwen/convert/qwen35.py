@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..rope_scaling import RopeScaling
+from ..rope_scaling import from_hf as rope_scaling_from_hf
 from .hf_checkpoint import ConvertError, HFCheckpoint
 
 ARCH = "qwen35"
@@ -43,6 +45,7 @@ class Qwen35Params:
     full_attention_interval: int
     tie_embeddings: bool
     n_mtp_config: int  # mtp_num_hidden_layers as the config states it
+    rope_scaling: RopeScaling = RopeScaling()
 
     def is_recurrent(self, il: int) -> bool:
         return (il + 1) % self.full_attention_interval != 0
@@ -87,9 +90,10 @@ def params_from_config(cfg: dict) -> Qwen35Params:
 def _params_from_config(cfg: dict) -> Qwen35Params:
     # transformers >= 5 keeps theta and mrope in rope_parameters; older dumps use rope_scaling/rope_theta.
     rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in (None, "default"):
-        raise ConvertError(f"config.json: rope_type {rope_type!r} is not supported (only 'default')")
+    try:
+        rope_scaling = rope_scaling_from_hf(rope)  # YaRN / linear, written as llama.cpp's keys
+    except ValueError as e:
+        raise ConvertError(f"config.json: {e}") from None
     theta = rope.get("rope_theta", cfg.get("rope_theta"))
     if theta is None:
         raise ConvertError("config.json: missing 'rope_theta'")
@@ -132,6 +136,7 @@ def _params_from_config(cfg: dict) -> Qwen35Params:
         full_attention_interval=interval,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         n_mtp_config=int(cfg.get("mtp_num_hidden_layers", 0) or 0),
+        rope_scaling=rope_scaling,
     )
     if p.n_v_heads % p.n_k_heads != 0:
         raise ConvertError("config.json: linear_num_value_heads must be a multiple of linear_num_key_heads")
@@ -153,6 +158,13 @@ def write_metadata(writer, p: Qwen35Params, n_mtp: int) -> None:
     writer.add_head_count_kv(p.n_head_kv)
     writer.add_rope_dimension_sections(list(p.rope_sections))
     writer.add_rope_freq_base(p.rope_theta)
+    for key, value in p.rope_scaling.gguf_keys(ARCH).items():
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        else:
+            writer.add_float32(key, value)
     writer.add_layer_norm_rms_eps(p.rms_eps)
     writer.add_key_length(p.head_dim)
     writer.add_value_length(p.head_dim)

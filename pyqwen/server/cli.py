@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+from ..cli_model_args import add_cache_and_rope_args, cache_and_rope_kwargs
+
 
 def _positive_int(s: str) -> int:
     try:
@@ -47,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("-a", "--alias", metavar="NAME", help="model id reported by /v1/models (default: from the file)")
     g.add_argument("-c", "--ctx", type=_positive_int, default=8192, metavar="N",
                    help="context window per session, in tokens (default 8192, capped at the trained context)")
-    g.add_argument("--kv-type", choices=("f16", "f32"), default="f16", help="KV cache type (default f16)")
+    add_cache_and_rope_args(g)
     g.add_argument("-t", "--threads", type=_positive_int, default=None, metavar="T", help="threads (default: all cores)")
     g.add_argument("-b", "--batch-size", type=_positive_int, default=256, metavar="N", help="prefill chunk (default 256)")
     g.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto", help="compute backend")
@@ -123,7 +125,7 @@ def run(args) -> int:
     def load():
         from ..model import Model
 
-        model = Model.load(path, n_ctx=args.ctx, threads=args.threads, kv_type=args.kv_type,
+        model = Model.load(path, n_ctx=args.ctx, threads=args.threads, **cache_and_rope_kwargs(args),
                            n_batch=args.batch_size, backend=backend, spec=args.spec, draft=args.draft)
         app_engine = _build(model, args.api_key, args.cache_ram, args.alias, args.max_queue)
         print(f"pyqwen serve: ready: {path.name} (ctx {model.n_ctx}, kv {model.kv_type})", file=sys.stderr, flush=True)

@@ -1,0 +1,71 @@
+"""Command-line options that shape a loaded model's memory and positions, shared by every command that
+loads one (generate, chat, bench, serve): the KV cache types and RoPE scaling, with llama.cpp's names."""
+
+from __future__ import annotations
+
+import argparse
+
+from .kv_cache import KV_TYPES
+from .rope_scaling import KINDS
+
+
+def _kv_type(text: str) -> str:
+    t = text.lower()
+    if t not in KV_TYPES:
+        raise argparse.ArgumentTypeError(f"KV cache types are {', '.join(KV_TYPES)}; got {text!r}")
+    return t
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _ctx_len(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return v
+
+
+def add_cache_and_rope_args(g) -> None:
+    """--kv-type/-ctk, --kv-type-v/-ctv, --rope-scaling, --rope-scale, --yarn-* (llama.cpp's spellings)."""
+    g.add_argument("--kv-type", type=_kv_type, default="f16", metavar="TYPE",
+                   help=f"KV cache type of K (and of V unless --kv-type-v): {', '.join(KV_TYPES)} (default f16; "
+                        "llama.cpp's -ctk)")
+    g.add_argument("--kv-type-v", type=_kv_type, default=None, metavar="TYPE",
+                   help="KV cache type of V (default: as --kv-type; llama.cpp's -ctv)")
+    g.add_argument("--rope-scaling", choices=KINDS, default=None,
+                   help="RoPE scaling (default: the model file's; Qwen3.6 reaches ~1M tokens with yarn x4)")
+    g.add_argument("--rope-scale", type=_positive_float, default=None, metavar="F", help="RoPE context scaling factor")
+    g.add_argument("--yarn-orig-ctx", type=_ctx_len, default=None, metavar="N",
+                   help="YaRN: the model's original context (default: the file's, else its training context)")
+    g.add_argument("--yarn-ext-factor", type=_float, default=None, metavar="F",
+                   help="YaRN extrapolation mix (default 1; -1 = the default)")
+    g.add_argument("--yarn-attn-factor", type=_positive_float, default=None, metavar="F",
+                   help="YaRN magnitude multiplier (default 1)")
+    g.add_argument("--yarn-beta-fast", type=_positive_float, default=None, metavar="F", help="YaRN beta fast (default 32)")
+    g.add_argument("--yarn-beta-slow", type=_positive_float, default=None, metavar="F", help="YaRN beta slow (default 1)")
+
+
+def cache_and_rope_kwargs(args) -> dict:
+    """Model.load keyword arguments from the options above."""
+    return dict(kv_type=args.kv_type, kv_type_v=args.kv_type_v, rope_scaling=args.rope_scaling,
+                rope_scale=args.rope_scale, yarn_orig_ctx=args.yarn_orig_ctx, yarn_ext_factor=args.yarn_ext_factor,
+                yarn_attn_factor=args.yarn_attn_factor, yarn_beta_fast=args.yarn_beta_fast,
+                yarn_beta_slow=args.yarn_beta_slow)
