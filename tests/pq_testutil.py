@@ -25,3 +25,10 @@ def gpu_module():
     if not hasattr(_cuda, "CudaModel") or _cuda.device_count() <= 0:
         return None
     return _cuda
+
+
+def has_module(name: str) -> bool:
+    """Whether `name` is importable (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

@@ -41,17 +41,25 @@ def _tokenizer_dir() -> Path:
     return Path(pyqwen.__file__).parent / "data" / "demo_tokenizer"
 
 
-def prompt_ids() -> list[int]:
+# The same geometry with YaRN (Qwen3.6's long-context setting, shrunk): original context 64, factor 8, so
+# a 400-token prompt runs at positions up to 6x past the original context, with the ramp over pairs 0..5
+# of 32 (the 27B's: 14..22 at 262,144 x 4).
+YARN_CONFIG = dict(CONFIG, max_position_embeddings=512,
+                   rope_parameters=dict(CONFIG["rope_parameters"], rope_type="yarn", factor=8.0,
+                                        original_max_position_embeddings=64))
+
+
+def prompt_ids(n: int = PROMPT_LEN) -> list[int]:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(_tokenizer_dir() / "tokenizer.json"))
     ids: list[int] = []
-    while len(ids) < PROMPT_LEN:
+    while len(ids) < n:
         ids += tok.encode(TEXT, add_special_tokens=False).ids
-    return ids[:PROMPT_LEN]
+    return ids[:n]
 
 
-def make(out: Path) -> dict:
+def make(out: Path, config: dict = CONFIG, tag: str = "real-shape") -> dict:
     """-> {"gguf": path, "prompt_ids", "logits" [PROMPT_LEN, vocab], "greedy_ids" [GEN_LEN]}."""
     import torch
     from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
@@ -62,7 +70,7 @@ def make(out: Path) -> dict:
 
     vocab = Tokenizer.from_file(str(_tokenizer_dir() / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
     vocab = -(-vocab // 64) * 64
-    cfg = Qwen3_5TextConfig(vocab_size=vocab, **CONFIG)
+    cfg = Qwen3_5TextConfig(vocab_size=vocab, **config)
     cfg._attn_implementation = "eager"
     torch.manual_seed(SEED)
     model = Qwen3_5ForCausalLM(cfg).eval()
@@ -90,15 +98,17 @@ def make(out: Path) -> dict:
     for f in _tokenizer_dir().iterdir():
         if f.is_file():
             shutil.copy2(f, hf_dir / f.name)
-    gguf = convert(hf_dir, out / "real-shape-f32.gguf", "f32", progress=False)
+    gguf = convert(hf_dir, out / f"{tag}-f32.gguf", "f32", progress=False)
     return {"gguf": gguf, "prompt_ids": ids, "logits": logits, "greedy_ids": greedy, "hf_dir": hf_dir}
 
 
 _MADE: dict = {}
 
 
-def shared(tmp_path_factory) -> dict:
-    """make() once per test session, shared by the CPU and the emulated-CUDA tests."""
-    if "out" not in _MADE:
-        _MADE["out"] = make(tmp_path_factory.mktemp("real-shape"))
-    return _MADE["out"]
+def shared(tmp_path_factory, variant: str = "real-shape") -> dict:
+    """make() once per test session and variant ("real-shape", "yarn"), shared by the CPU and the
+    emulated-CUDA tests."""
+    if variant not in _MADE:
+        config = {"real-shape": CONFIG, "yarn": YARN_CONFIG}[variant]
+        _MADE[variant] = make(tmp_path_factory.mktemp(variant), config, variant)
+    return _MADE[variant]
