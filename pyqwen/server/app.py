@@ -1,8 +1,8 @@
 """FastAPI application: OpenAI-compatible endpoints over one Engine.
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions (both with SSE streaming), GET /v1/models,
-GET /health, GET /metrics (Prometheus text), and the chat page at `/` (pyqwen.server.webchat). With an API key, /v1/* and /metrics need
-`Authorization: Bearer KEY` (401 otherwise); /health stays open for load balancers.
+GET /health, GET /metrics (Prometheus text), and the chat page at `/` (pyqwen.server.webchat). With an API
+key, /v1/* and /metrics need `Authorization: Bearer KEY` (401 otherwise); /health and the page stay open.
 
 Sessions: a request's session key is the `X-Session-Id` header, else the `session_id` field, else the
 `user` field. Requests with the same key share one cached state (see pyqwen.session); requests without
