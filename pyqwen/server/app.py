@@ -1,8 +1,8 @@
 """FastAPI application: OpenAI-compatible endpoints over one Engine.
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions (both with SSE streaming), GET /v1/models,
-GET /health, GET /metrics (Prometheus text). With an API key, /v1/* and /metrics need
-`Authorization: Bearer KEY` (401 otherwise); /health stays open for load balancers.
+GET /health, GET /metrics (Prometheus text), and the chat page at `/` (pyqwen.server.webchat). With an API
+key, /v1/* and /metrics need `Authorization: Bearer KEY` (401 otherwise); /health and the page stay open.
 
 Sessions: a request's session key is the `X-Session-Id` header, else the `session_id` field, else the
 `user` field. Requests with the same key share one cached state (see pyqwen.session); requests without
@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .engine import Engine, Job, new_id
 from .logprobs import chat_logprobs, completion_logprobs
 from .protocol import APIError, parse_chat, parse_completion, parse_json_body
+from .webchat import mount_webchat
 
 MAX_BODY = 32 * 2 ** 20
 POLL_SECONDS = 0.25
@@ -83,6 +84,8 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body: int = MA
                 if await request.is_disconnected():
                     job.cancel()
                     return None
+
+    mount_webchat(app)
 
     # ---- info endpoints ------------------------------------------------------------------------
 
@@ -157,7 +160,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body: int = MA
                         done = True
                         yield sse(chunks.finish(payload["finish_reason"], payload.get("logprobs_unsent")))
                         if include_usage:
-                            yield sse(chunks.usage(payload["usage"]))
+                            yield sse(chunks.usage(payload["usage"], payload["timings"]))
                         yield "data: [DONE]\n\n"
                         return
                     else:
@@ -230,9 +233,11 @@ class ChunkBuilder:
     def head(self) -> list[dict]:
         return []
 
-    def usage(self, usage: dict) -> dict:
+    def usage(self, usage: dict, timings: dict | None = None) -> dict:
         c = self._base(self.object, [])
         c["usage"] = usage
+        if timings is not None:
+            c["timings"] = timings      # as llama-server does (the non-streamed body has it too): the page's tok/s
         return c
 
 
