@@ -55,7 +55,7 @@ def test_greedy_continuation_matches_transformers(gguf_cache, name):
 
 
 @pytest.mark.parametrize("name", HF_MODELS[:1])
-@pytest.mark.parametrize("kv_type", ["f32", "f16"])
+@pytest.mark.parametrize("kv_type", ["f32", "f16", "q8_0", "q4_0"])
 def test_decode_equals_prefill(gguf_cache, name, kv_type):
     """Token-by-token decode, chunked prefill and one-shot prefill give the same logits."""
     ids = load_reference(name)["prompt_ids"].tolist()

@@ -20,7 +20,7 @@ openai = None  # imported by the live-server fixture (the cache tests need no se
 
 
 
-@pytest.fixture(scope="module", params=["f32", "f16"])
+@pytest.fixture(scope="module", params=["f32", "f16", "q8_0,q4_0"])
 def model(request):
     return pyqwen.Model.load(kv_type=request.param, threads=1, n_ctx=512)
 

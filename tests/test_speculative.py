@@ -59,7 +59,7 @@ def test_rollback_is_bit_identical_to_feeding_only_the_kept_tokens(mtp_gguf, nam
     m = load(mtp_gguf(name, out_type), spec="mtp")
     batch = [11, 400, 7, 1999, 64, 5, 812]
     after = [33, 1024]
-    for kv in ("f32", "f16"):
+    for kv in ("f32", "f16", "q8_0,q4_0"):
         for keep in range(1, len(batch) + 1):
             a = m._core.new_state(64, kv, mtp=True)
             b = m._core.new_state(64, kv, mtp=True)
