@@ -32,6 +32,7 @@ from .engine import new_id
 from .protocol import APIError
 
 PATH = "/v1/messages"
+NAMES = {"stop": "stop_sequences", "chat_template_kwargs": "thinking"}   # for the shared parser's errors
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
@@ -320,7 +321,7 @@ def register_anthropic(app, gw: Gateway) -> None:
     async def messages(request: Request):
         try:
             gw.check_key(request, "'x-api-key: KEY'")
-            job, req, extra = await gw.start(request, to_openai, _session)
+            job, req, extra = await gw.start(request, to_openai, _session, names=NAMES)
         except APIError as e:
             return error(e)
         msg_id, model = new_id("msg"), extra["model"] or engine.model_name

@@ -48,14 +48,15 @@ class Gateway:
                            "invalid_api_key")
 
     async def start(self, request: Request, to_openai: Callable[[dict], tuple[dict | None, dict]],
-                         session_field: Callable[[dict], str | None] | None = None,
-                         submit: bool = True) -> tuple[Job | None, ChatRequest | None, dict]:
+                    session_field: Callable[[dict], str | None] | None = None, submit: bool = True,
+                    names: dict[str, str] | None = None) -> tuple[Job | None, ChatRequest | None, dict]:
         """Read the body, translate it (`to_openai(body) -> (openai_body, extra)`), parse and tokenize it
         off the event loop (as create_app does: /health keeps answering under any body), queue the job
         (unless `submit` is false: a token count). Returns (job, the parsed request, extra).
 
         extra["kind"] == "completion" says the translation is an OpenAI completions body; an openai_body
-        of None means there is nothing to generate (the job and request are None)."""
+        of None means there is nothing to generate (the job and request are None). `names` maps OpenAI
+        field names to the API's own, so an error from the shared parser names the field the client sent."""
         raw = await self.read_body(request)
         header_key = request.headers.get("x-session-id")
         if header_key is not None and not (0 < len(header_key) <= MAX_SESSION_KEY):
@@ -78,7 +79,10 @@ class Gateway:
             req = parse_chat(oa_body, engine.model.n_ctx, key)
             return engine.prepare_chat(req, loop, events), req, extra
 
-        job, req, extra = await run_in_threadpool(prepare)
+        try:
+            job, req, extra = await run_in_threadpool(prepare)
+        except APIError as e:
+            raise rename_fields(e, names or {}) from None
         if submit and job is not None:
             engine.submit(job)
         return job, req, extra
@@ -99,6 +103,18 @@ class Gateway:
         finally:
             if not finished:
                 job.cancel()
+
+
+def rename_fields(e: APIError, names: dict[str, str]) -> APIError:
+    """The shared parser's error with an OpenAI chat field's name replaced by the API's own (scalar
+    fields such as max_tokens; errors inside messages name the translated chat messages)."""
+    if e.param is None:
+        return e
+    head = e.param.split(".", 1)[0].split("[", 1)[0]
+    if head in names:
+        e.param = names[head] + e.param[len(head):]
+        e.message = e.message.replace(f"'{head}", f"'{names[head]}")
+    return e
 
 
 def session_string(value: Any) -> str | None:

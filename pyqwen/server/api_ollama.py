@@ -42,6 +42,11 @@ _OPTION_NAMES = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k
                  "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty"}
 
 
+# The shared parser's field names -> where ollama's clients put them (for its errors).
+NAMES = {**{v: f"options.{k}" for k, v in _OPTION_NAMES.items()}, "max_tokens": "options.num_predict",
+         "chat_template_kwargs": "think", "response_format": "format"}
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -275,7 +280,7 @@ def register_ollama(app, gw: Gateway) -> None:
         try:
             check(request)
             n_ctx = engine.model.n_ctx
-            job, _, extra = await gw.start(request, lambda b: translate(b, n_ctx))
+            job, _, extra = await gw.start(request, lambda b: translate(b, n_ctx), names=NAMES)
         except APIError as e:
             return error(e, path)
         model = extra["model"] or engine.model_name

@@ -38,6 +38,7 @@ from .engine import new_id
 from .protocol import APIError
 
 PATH = "/v1/responses"
+NAMES = {"max_tokens": "max_output_tokens", "chat_template_kwargs": "reasoning"}   # for the parser's errors
 STORE_SIZE = 256
 
 
@@ -383,7 +384,7 @@ def register_responses(app, gw: Gateway) -> None:
     async def responses(request: Request):
         try:
             gw.check_key(request, "'Authorization: Bearer KEY'")
-            job, req, extra = await gw.start(request, to_openai, _session)
+            job, req, extra = await gw.start(request, to_openai, _session, names=NAMES)
         except APIError as e:
             return error(e)
         w = ResponseWriter(extra["echo"]["model"] or engine.model_name, extra, engine.model.tokenizer)
