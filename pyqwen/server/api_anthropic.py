@@ -32,7 +32,8 @@ from .engine import new_id
 from .protocol import APIError
 
 PATH = "/v1/messages"
-NAMES = {"stop": "stop_sequences", "chat_template_kwargs": "thinking"}   # for the shared parser's errors
+# The shared parser's field names -> this API's (for its errors).
+NAMES = {"stop": "stop_sequences", "chat_template_kwargs": "thinking", "response_format": "output_config.format"}
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
@@ -207,6 +208,18 @@ def to_openai(body: dict) -> tuple[dict, dict]:
             chat[k] = body[k]
     if stop is not None:
         chat["stop"] = stop
+    oc = body.get("output_config")
+    if oc is not None:
+        if not isinstance(oc, dict):
+            raise bad_field("'output_config' must be an object", "output_config")
+        fmt = oc.get("format")
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            # Structured output: the chat path's response_format (which decides what it supports).
+            chat["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "strict": True,
+                                                                              "schema": fmt.get("schema")}}
+        elif fmt is not None:
+            raise bad_field("'output_config.format' must be {'type': 'json_schema', 'schema': {...}}",
+                            "output_config.format")
     return {k: v for k, v in chat.items() if v is not None}, {"model": body.get("model"), "stop": stop or []}
 
 

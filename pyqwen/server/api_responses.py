@@ -38,7 +38,7 @@ from .engine import new_id
 from .protocol import APIError
 
 PATH = "/v1/responses"
-NAMES = {"max_tokens": "max_output_tokens", "chat_template_kwargs": "reasoning"}   # for the parser's errors
+NAMES = {"max_tokens": "max_output_tokens", "chat_template_kwargs": "reasoning", "response_format": "text.format"}   # for the parser's errors
 STORE_SIZE = 256
 
 
@@ -175,6 +175,23 @@ def _thinking(reasoning: Any) -> bool | None:
     return effort != "none"
 
 
+def _text_format(text: Any) -> dict | None:
+    """`text.format` -> the chat path's response_format (which decides what it supports)."""
+    if text is None:
+        return None
+    if not isinstance(text, dict):
+        raise bad_field("'text' must be an object", "text")
+    f = text.get("format")
+    if f is None:
+        return None
+    if not isinstance(f, dict):
+        raise bad_field("'text.format' must be an object", "text.format")
+    if f.get("type") == "json_schema":
+        return {"type": "json_schema", "json_schema": {k: f[k] for k in ("name", "schema", "strict", "description")
+                                                       if k in f}}
+    return {"type": f.get("type")}
+
+
 def make_translator(store: ResponseStore):
     def to_openai(body: dict) -> tuple[dict, dict]:
         if "input" not in body:
@@ -198,6 +215,9 @@ def make_translator(store: ResponseStore):
         chat: dict[str, Any] = {"messages": messages, "stream": body.get("stream", False),
                                 "tools": _tools(body.get("tools")), "tool_choice": _tool_choice(body.get("tool_choice")),
                                 "max_tokens": body.get("max_output_tokens")}
+        fmt = _text_format(body.get("text"))
+        if fmt is not None:
+            chat["response_format"] = fmt
         thinking = _thinking(body.get("reasoning"))
         if thinking is not None:
             chat["chat_template_kwargs"] = {"enable_thinking": thinking}
