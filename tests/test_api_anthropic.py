@@ -263,5 +263,15 @@ def test_event_writer_blocks():
                    ("content_block_stop", 3, None),
                    ("message_delta", None, None), ("message_stop", None, None)]
     assert evs[-2][1]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+    # The message the events add up to is the non-streaming body of the same reply.
+    from pyqwen.tool_calls import ToolCall
+
+    result = {"finish_reason": "tool_calls", "reasoning_content": "ab", "content": "cd",
+              "tool_calls": [ToolCall("f", {"x": 1}, id="t1"), ToolCall("g", {}, id="t2")],
+              "usage": {"prompt_tokens": 10, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 4}}}
+    whole = EventWriter("msg-1", "m", 10).whole(result)
+    assert w.message() == whole
+    assert [b["type"] for b in whole["content"]] == ["thinking", "text", "tool_use", "tool_use"]
+    assert whole["content"][2]["input"] == {"x": 1} and whole["stop_reason"] == "tool_use"
     assert evs[-2][1]["usage"] == {"input_tokens": 6, "output_tokens": 7, "cache_creation_input_tokens": 0,
                                    "cache_read_input_tokens": 4}

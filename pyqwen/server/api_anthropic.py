@@ -22,6 +22,7 @@ The session key: the X-Session-Id header, else metadata.user_id; else prompt-pre
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any, AsyncIterator
 
 from fastapi import Request
@@ -249,74 +250,79 @@ def usage(result: dict) -> dict:
             "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}
 
 
-def whole_message(msg_id: str, model: str, result: dict) -> dict:
-    content: list[dict] = []
-    if result["reasoning_content"]:
-        content.append({"type": "thinking", "thinking": result["reasoning_content"], "signature": ""})
-    if result["content"]:
-        content.append({"type": "text", "text": result["content"]})
-    for c in result["tool_calls"]:
-        content.append({"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments})
-    reason, seq = stop_reason(result)
-    return {"id": msg_id, "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": reason, "stop_sequence": seq, "usage": usage(result)}
-
-
 class EventWriter:
-    """The engine's deltas -> the Messages stream's events (as (event_name, data) pairs).
+    """The engine's deltas -> the Messages stream's events (as (event_name, data) pairs), and the
+    Message they add up to.
 
     One content block is open at a time; a change of kind (thinking -> text -> tool_use) closes it.
-    Tool calls arrive whole from the parser, so each is a block with one input_json_delta."""
+    Tool calls arrive whole from the parser, so each is a block with one input_json_delta. The
+    non-streaming body is this writer fed the whole reply at once, so both paths build the same blocks."""
 
     def __init__(self, msg_id: str, model: str, prompt_tokens: int):
         self.msg_id, self.model, self.prompt_tokens = msg_id, model, prompt_tokens
-        self.index = -1
+        self.blocks: list[dict] = []          # the content so far
         self.open: str | None = None
+        self.end: tuple[str | None, str | None] = (None, None)
+        self.usage: dict = {"input_tokens": prompt_tokens, "output_tokens": 0}
+
+    def message(self) -> dict:
+        return {"id": self.msg_id, "type": "message", "role": "assistant", "model": self.model,
+                "content": [dict(b) for b in self.blocks], "stop_reason": self.end[0], "stop_sequence": self.end[1],
+                "usage": self.usage}
 
     def start(self) -> list[tuple[str, dict]]:
-        msg = {"id": self.msg_id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-               "stop_reason": None, "stop_sequence": None,
-               "usage": {"input_tokens": self.prompt_tokens, "output_tokens": 0}}
-        return [("message_start", {"type": "message_start", "message": msg})]
+        return [("message_start", {"type": "message_start", "message": self.message()})]
 
     def _close(self) -> list[tuple[str, dict]]:
         if self.open is None:
             return []
         self.open = None
-        return [("content_block_stop", {"type": "content_block_stop", "index": self.index})]
+        return [("content_block_stop", {"type": "content_block_stop", "index": len(self.blocks) - 1})]
 
     def _open(self, block: dict) -> list[tuple[str, dict]]:
         out = self._close()
-        self.index += 1
+        self.blocks.append(block)
         self.open = block["type"]
-        return out + [("content_block_start", {"type": "content_block_start", "index": self.index,
-                                               "content_block": block})]
+        return out + [("content_block_start", {"type": "content_block_start", "index": len(self.blocks) - 1,
+                                               "content_block": dict(block)})]
 
     def _delta(self, delta: dict) -> tuple[str, dict]:
-        return ("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
+        return ("content_block_delta", {"type": "content_block_delta", "index": len(self.blocks) - 1,
+                                        "delta": delta})
 
     def delta(self, d: dict) -> list[tuple[str, dict]]:
         out: list[tuple[str, dict]] = []
         if d.get("reasoning_content"):
             if self.open != "thinking":
                 out += self._open({"type": "thinking", "thinking": "", "signature": ""})
+            self.blocks[-1]["thinking"] += d["reasoning_content"]
             out.append(self._delta({"type": "thinking_delta", "thinking": d["reasoning_content"]}))
         if d.get("content"):
             if self.open != "text":
                 out += self._open({"type": "text", "text": ""})
+            self.blocks[-1]["text"] += d["content"]
             out.append(self._delta({"type": "text_delta", "text": d["content"]}))
         for tc in d.get("tool_calls") or []:
             fn = tc["function"]
             out += self._open({"type": "tool_use", "id": tc["id"], "name": fn["name"], "input": {}})
+            self.blocks[-1]["input"] = json.loads(fn["arguments"])
             out.append(self._delta({"type": "input_json_delta", "partial_json": fn["arguments"]}))
         return out
 
     def finish(self, result: dict) -> list[tuple[str, dict]]:
-        reason, seq = stop_reason(result)
+        self.end, self.usage = stop_reason(result), usage(result)
         return self._close() + [
-            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": seq},
-                               "usage": usage(result)}),
+            ("message_delta", {"type": "message_delta",
+                               "delta": {"stop_reason": self.end[0], "stop_sequence": self.end[1]},
+                               "usage": self.usage}),
             ("message_stop", {"type": "message_stop"})]
+
+    def whole(self, result: dict) -> dict:
+        """The non-streaming body: the whole reply as one delta."""
+        self.delta({"reasoning_content": result["reasoning_content"], "content": result["content"],
+                    "tool_calls": [c.to_openai() for c in result["tool_calls"]]})
+        self.finish(result)
+        return self.message()
 
 
 def _sse(name: str, data: dict) -> str:
@@ -347,7 +353,7 @@ def register_anthropic(app, gw: Gateway) -> None:
             async for kind, payload in events:
                 if kind == "done":
                     engine.metrics.count(PATH, 200)
-                    return whole_message(msg_id, model, payload)
+                    return EventWriter(msg_id, model, len(job.prompt_ids)).whole(payload)
                 if kind == "error":
                     return error(payload)
         return JSONResponse({}, status_code=499)

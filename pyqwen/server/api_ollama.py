@@ -23,6 +23,7 @@ Errors are ollama's {"error": "message"} with the HTTP status. ollama has no aut
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator
@@ -171,13 +172,8 @@ def _done_reason(result: dict) -> str:
     return "length" if result["finish_reason"] == "length" else "stop"
 
 
-def _calls(calls: list) -> list[dict]:
-    return [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls]
-
-
-def _delta_calls(calls: list[dict]) -> list[dict]:
-    import json
-
+def _calls(calls: list[dict]) -> list[dict]:
+    """OpenAI tool-call dicts (arguments a JSON string) -> ollama's (arguments an object, no id)."""
     return [{"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
             for c in calls]
 
@@ -193,7 +189,7 @@ class ChatLines:
         if d.get("reasoning_content"):
             msg["thinking"] = d["reasoning_content"]
         if d.get("tool_calls"):
-            msg["tool_calls"] = _delta_calls(d["tool_calls"])
+            msg["tool_calls"] = _calls(d["tool_calls"])
         return {"model": self.model, "created_at": _now(), "message": msg, "done": False}
 
     def last(self, result: dict) -> dict:
@@ -205,7 +201,7 @@ class ChatLines:
         if result["reasoning_content"]:
             msg["thinking"] = result["reasoning_content"]
         if result["tool_calls"]:
-            msg["tool_calls"] = _calls(result["tool_calls"])
+            msg["tool_calls"] = _calls([c.to_openai() for c in result["tool_calls"]])
         return {"model": self.model, "created_at": _now(), "message": msg, "done": True,
                 "done_reason": _done_reason(result), **_stats(result, self.t0)}
 
