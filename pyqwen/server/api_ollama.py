@@ -155,8 +155,8 @@ def generate_body(body: dict, n_ctx: int) -> tuple[dict | None, dict]:
     system = body.get("system")
     if system is not None and not isinstance(system, str):
         raise bad_field("'system' must be a string", "system")
-    if raw:
-        return {"prompt": (system or "") + prompt, "max_tokens": n_ctx, **_sampling(body, n_ctx)}, extra
+    if raw:     # the prompt as-is: like ollama, no template and no system prompt
+        return {"prompt": prompt, "max_tokens": n_ctx, **_sampling(body, n_ctx)}, extra
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     return {"messages": messages, **_sampling(body, n_ctx), **_think(body), **_format(body)}, extra
 
@@ -181,8 +181,8 @@ def _calls(calls: list[dict]) -> list[dict]:
 class ChatLines:
     """/api/chat's objects: one per delta, the last with done and the counts; or the whole reply."""
 
-    def __init__(self, model: str, t0: float):
-        self.model, self.t0 = model, t0
+    def __init__(self, model: str, t0: float, raw: bool = False):
+        self.model, self.t0, self.raw = model, t0, raw
 
     def delta(self, d: dict) -> dict | None:
         msg: dict[str, Any] = {"role": "assistant", "content": d.get("content", "")}
@@ -208,10 +208,6 @@ class ChatLines:
 
 class GenerateLines(ChatLines):
     """/api/generate's objects: `response` (content, or the raw completion's text) and `thinking`."""
-
-    def __init__(self, model: str, t0: float, raw: bool = False):
-        super().__init__(model, t0)
-        self.raw = raw
 
     def delta(self, d: dict) -> dict | None:
         out = {"model": self.model, "created_at": _now(), "response": d.get("content", d.get("text", "")),
@@ -283,9 +279,8 @@ def register_ollama(app, gw: Gateway) -> None:
         engine.metrics.count(path, 200)
         if job is None:         # ollama's "load the model" request: an empty prompt
             return {"model": model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
-        lines = lines_cls(model, t0) if lines_cls is ChatLines else lines_cls(model, t0, extra.get("kind") == "completion")
-        stream = extra["stream"]
-        if stream:
+        lines = lines_cls(model, t0, raw=extra.get("kind") == "completion")
+        if extra["stream"]:
             return StreamingResponse(_ndjson(gw, job, request, lines, path), media_type="application/x-ndjson")
         async with contextlib.aclosing(gw.events(job, request)) as events:
             async for ev, payload in events:
