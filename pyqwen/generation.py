@@ -212,6 +212,7 @@ class Generation:
         self.tokens: list[int] = []
         self.text = ""
         self.finish_reason: str | None = None
+        self.stop_string: str | None = None   # the stop string that ended it, if one did
         self.fed_tokens: list[int] = []  # tokens the state has consumed (for session bookkeeping)
         self._verified: list[int] | None = None  # tokens of a verification not yet rolled back
         self._full = ""       # all text decoded so far
@@ -343,7 +344,7 @@ class Generation:
             for s in self._stop:
                 j = full.find(s, max(0, emitted - len(s) + 1))
                 if j >= 0 and (hit < 0 or j < hit):
-                    hit = j
+                    hit, self.stop_string = j, s
             if hit >= 0:
                 self.text = full[:hit]
                 if hit > emitted:

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .api_common import register_agent_apis
 from .engine import Engine, Job, new_id
 from .logprobs import chat_logprobs, completion_logprobs
 from .protocol import APIError, parse_chat, parse_completion, parse_json_body
@@ -212,6 +213,8 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body: int = MA
     async def completions(request: Request):
         return await generation_endpoint(request, "completion", "/v1/completions", CompletionChunks)
 
+    # Anthropic Messages, OpenAI Responses and ollama's API: the same engine, queue and session cache.
+    register_agent_apis(app, engine, api_key=api_key, read_body=read_body, next_event=next_event)
     return app
 
 

@@ -335,6 +335,7 @@ class Engine:
             self._account(turn, stats)
             result = {
                 "finish_reason": reply.finish_reason(gen.finish_reason),
+                "stop_string": getattr(gen, "stop_string", None),   # which of the stop strings ended it
                 "text": gen.text,
                 "reasoning_content": reply.reasoning_content,
                 "content": reply.content,
