@@ -149,6 +149,51 @@ void bind_ref(py::module_& m) {
         },
         py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"),
         "Causal GQA attention (scale 1/sqrt(D)) of n queries at positions pos0.. over a KV cache.");
+
+    m.def(
+        "ref_hadamard",
+        [](farr x, int block) {
+            need(x.ndim() == 1 && block > 0 && (block & (block - 1)) == 0 && x.shape(0) % block == 0,
+                 "x [n], block a power of two dividing n");
+            farr y(x.shape(0));
+            std::copy(x.data(), x.data() + x.size(), y.mutable_data());
+            hadamard(y.mutable_data(), x.shape(0), block);
+            return y;
+        },
+        py::arg("x"), py::arg("block"), "The KV cache rotation: x times the orthonormal Sylvester Hadamard matrix per block.");
+
+    m.def(
+        "ref_attention_kv",
+        [](farr q, py::array_t<uint8_t, py::array::c_style> k_cache, const std::string& k_type,
+           py::array_t<uint8_t, py::array::c_style> v_cache, const std::string& v_type, int64_t n_head_kv, int64_t pos0) {
+            // The model's attention over caches stored in any KV type: rows of n_head_kv heads as raw bytes
+            // [m, row_bytes] (k_type/v_type: f32, f16, q8_0, q4_0; a quantized head is whole 32-value blocks).
+            need(q.ndim() == 3 && k_cache.ndim() == 2 && v_cache.ndim() == 2, "q [n,H,D], caches [m, row_bytes]");
+            const int64_t n = q.shape(0), H = q.shape(1), D = q.shape(2), m = k_cache.shape(0);
+            need(n_head_kv > 0 && H % n_head_kv == 0, "H must be a multiple of n_head_kv");
+            const KvTypes t = kv_types_from_name(k_type + "," + v_type);
+            Config c;
+            c.n_head_kv = (int)n_head_kv;
+            c.head_dim = (int)D;
+            check_kv_types(c, t);
+            const size_t kr = kv_row_bytes(c, t.k), vr = kv_row_bytes(c, t.v);
+            need((size_t)k_cache.shape(1) == kr && (size_t)v_cache.shape(1) == vr && v_cache.shape(0) == m,
+                 "cache rows have the wrong size for their type");
+            need(pos0 >= 0 && pos0 + n <= m, "cache too short for pos0 + n");
+            farr o({n, H, D});
+            std::vector<float> p(pos0 + n);
+            for (int64_t i = 0; i < n; ++i)
+                for (int64_t h = 0; h < H; ++h) {
+                    const int64_t g = h / (H / n_head_kv);
+                    attention_head(q.data() + (i * H + h) * D, k_cache.data() + g * (kr / n_head_kv), kr, t.k,
+                                   v_cache.data() + g * (vr / n_head_kv), vr, t.v, pos0 + i + 1, D,
+                                   1.0f / std::sqrt((float)D), p.data(), o.mutable_data() + (i * H + h) * D);
+                }
+            return o;
+        },
+        py::arg("q"), py::arg("k_cache"), py::arg("k_type"), py::arg("v_cache"), py::arg("v_type"),
+        py::arg("n_head_kv"), py::arg("pos0"),
+        "Causal GQA attention over caches stored as raw rows in any KV type (the model's kernel).");
 }
 
 }  // namespace pq

@@ -435,6 +435,9 @@ void Model::attn_layer(const LayerWeights& L, uint8_t* Kc, uint8_t* Vc, const St
                        int64_t n, float* out) {
     const Config& c = cfg_;
     const int64_t H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim, group = H / Hkv;
+    // A quantized cache stores rotated rows (model_spec.h kv_rotated): k and v here, q below, the output after.
+    const int rot_k = kv_rotation_block(st.kv_type.k, (int)D, kKeys);
+    const int rot_v = kv_rotation_block(st.kv_type.v, (int)D, kValues);
     std::vector<float> kk(n * Hkv * D), vv(n * Hkv * D);
     matmul(pool_, L.attn_k, a, n, kk.data());
     matmul(pool_, L.attn_v, a, n, vv.data());
@@ -443,6 +446,8 @@ void Model::attn_layer(const LayerWeights& L, uint8_t* Kc, uint8_t* Vc, const St
             float* k = kk.data() + (t * Hkv + g) * D;
             rms_norm(k, f32(L.attn_k_norm), k, D, c.rms_eps);
             rope_neox(k, c.n_rot, pos0 + t, rope_freqs_.data(), rope_mscale_);
+            if (rot_k) hadamard(k, D, rot_k);
+            if (rot_v) hadamard(vv.data() + (t * Hkv + g) * D, D, rot_v);
         }
         kv_store(Kc + (size_t)(pos0 + t) * st.k_row_bytes, kk.data() + t * Hkv * D, Hkv * D, st.kv_type.k);
         kv_store(Vc + (size_t)(pos0 + t) * st.v_row_bytes, vv.data() + t * Hkv * D, Hkv * D, st.kv_type.v);
@@ -456,6 +461,7 @@ void Model::attn_layer(const LayerWeights& L, uint8_t* Kc, uint8_t* Vc, const St
             float* q = qg.data() + (t * H + h) * 2 * D;
             rms_norm(q, f32(L.attn_q_norm), q, D, c.rms_eps);
             rope_neox(q, c.n_rot, pos0 + t, rope_freqs_.data(), rope_mscale_);
+            if (rot_k) hadamard(q, D, rot_k);
         }
 
     const float scale = 1.0f / std::sqrt((float)D);
@@ -468,6 +474,7 @@ void Model::attn_layer(const LayerWeights& L, uint8_t* Kc, uint8_t* Vc, const St
             float* oh = o.data() + (t * H + h) * D;
             attention_head(q, Kc + g * k_head, st.k_row_bytes, st.kv_type.k, Vc + g * v_head, st.v_row_bytes,
                            st.kv_type.v, n_keys, D, scale, p.data(), oh);
+            if (rot_v) hadamard(oh, D, rot_v);  // back from the rotated V basis
             const float* gate = q + D;
             for (int64_t d = 0; d < D; ++d) oh[d] *= sigmoid(gate[d]);
         }

@@ -44,4 +44,19 @@ void rope_neox(float* x, int n_rot, int64_t pos, float base) {
     rope_neox(x, n_rot, pos, f.data(), 1.0f);
 }
 
+void hadamard(float* x, int64_t n, int block) {
+    const float scale = 1.0f / std::sqrt((float)block);
+    for (int64_t b = 0; b + block <= n; b += block) {
+        float* y = x + b;
+        for (int h = 1; h < block; h *= 2)  // fast Walsh-Hadamard transform, natural (Sylvester) order
+            for (int i = 0; i < block; i += 2 * h)
+                for (int j = i; j < i + h; ++j) {
+                    const float a = y[j], c = y[j + h];
+                    y[j] = a + c;
+                    y[j + h] = a - c;
+                }
+        for (int i = 0; i < block; ++i) y[i] *= scale;
+    }
+}
+
 }  // namespace pq

@@ -19,6 +19,10 @@ void l2_norm(float* x, int64_t n, float eps);
 // NEOX RoPE on the first n_rot dims: pair (i, i + n_rot/2) turns by pos * freqs[i] (computed in double),
 // both scaled by mscale (rope_scaling.h: the frequencies and magnitude, YaRN included).
 void rope_neox(float* x, int n_rot, int64_t pos, const double* freqs, float mscale);
+// x[n] (n a multiple of block, block a power of two) <- H x per block: the orthonormal Sylvester Hadamard
+// matrix H[i][j] = (-1)^popcount(i & j) / sqrt(block), its own inverse (the quantized KV cache's
+// rotation, model_spec.h kv_rotation_block).
+void hadamard(float* x, int64_t n, int block);
 // Unscaled RoPE of base `base` (freqs base^(-2i/n_rot), mscale 1).
 void rope_neox(float* x, int n_rot, int64_t pos, float base);
 

@@ -1,10 +1,14 @@
 """Quantized KV cache (q8_0, q4_0; K and V independent) on the CPU against llama.cpp with the same cache
 types, on the real-shape model (the 27B's attention geometry: 24/4 heads x 256, a 400-token prompt).
 
-llama.cpp's CPU flash attention does what ours does: K rows quantized with the reference quantizer, scores
-as the integer dot of a K block with q quantized to Q8_0, quantized V rows turned to floats before they are
+llama.cpp's CPU flash attention does what ours does: q, k and v rotated by Hadamard matrices before a
+quantized cache stores them (its default since #21038: K by the largest power of two dividing head_dim, V by
+64-value blocks; the output rotated back), K rows quantized with the reference quantizer, scores as the
+integer dot of a K block with q quantized to Q8_0, quantized V rows turned to floats before they are
 accumulated. So the two engines must agree far more closely than either agrees with an F16 cache: the
-tests assert both, so a wrong block layout, scale or row stride cannot hide inside the quantization error.
+tests assert both, so a wrong block layout, scale, rotation or row stride cannot hide inside the
+quantization error (with llama.cpp's rotation switched off, or ours with another block size, the two
+disagree by as much as the quantization itself).
 """
 
 from __future__ import annotations
@@ -53,11 +57,19 @@ def test_quantized_cache_matches_llama_cpp_with_the_same_types(shape, k, v):
     ids = shape["prompt_ids"]
     a, b = ours(shape["gguf"], ids, k, v), llama(shape["gguf"], ids, k, v)
     f16 = ours(shape["gguf"], ids, "f16", "f16")
-    peer = float(np.abs(a - b).max())
-    quant = float(np.abs(a - f16).max())
-    print(f"K {k} V {v}: pyqwen vs llama.cpp {peer:.2e}; vs our F16 cache {quant:.2e}")
-    assert peer < 2e-3
-    assert peer < quant / 5  # the quantization is visible, and the engines agree well inside it
+    peer, quant = float(np.abs(a - b).max()), float(np.abs(a - f16).max())
+    peer_mean, quant_mean = float(np.abs(a - b).mean()), float(np.abs(a - f16).mean())
+    print(f"K {k} V {v}: pyqwen vs llama.cpp max {peer:.2e} mean {peer_mean:.2e}; "
+          f"vs our F16 cache max {quant:.2e} mean {quant_mean:.2e}")
+    # Observed: max 1.6e-4..1.3e-3 (a rare block whose rounding flips: the two engines' k rows differ in
+    # the last bits), mean 5e-6..1.3e-4; the quantization itself: max 9e-3..0.2, mean 5e-4..6e-3.
+    assert peer < 3e-3
+    if v == "f16":
+        # llama.cpp's scalar flash-attention path (the one a quantized K takes) accumulates an F16 V in
+        # fp16 (its tiled F16/F16 path, in fp32, agrees with ours to 1.6e-6 mean): 1.3e-4 mean of its own.
+        assert peer_mean < quant_mean / 3
+    else:
+        assert peer < quant / 5 and peer_mean < quant_mean / 20
 
 
 def test_cache_bytes_follow_the_types(shape):
@@ -79,3 +91,81 @@ def test_bad_cache_types_are_clear_errors(shape):
         pyqwen.Model.load(shape["gguf"], kv_type="q5_0", backend="cpu")
     with pytest.raises(ValueError, match="either in kv_type"):
         pyqwen.Model.load(shape["gguf"], kv_type="q8_0,f16", kv_type_v="f16", backend="cpu")
+
+
+# ---- the kernel against an independent reference: gguf's quantizer and numpy ------------------------
+
+@pytest.mark.parametrize("block", [64, 256])
+def test_rotation_is_the_orthonormal_sylvester_hadamard(block):
+    from scipy.linalg import hadamard as sylvester
+
+    from pyqwen import _core
+
+    x = np.random.default_rng(3).standard_normal(2 * block).astype(np.float32)
+    H = sylvester(block) / np.sqrt(block)
+    ref = np.concatenate([H @ x[:block], H @ x[block:]])
+    y = _core.testing.ref_hadamard(x, block)
+    np.testing.assert_allclose(y, ref, atol=1e-5)
+    np.testing.assert_allclose(_core.testing.ref_hadamard(y, block), x, atol=1e-5)  # its own inverse
+
+def _rows(x, t):
+    """[m, Hkv, D] float32 -> raw rows [m, row_bytes] in KV type t, with gguf's quantizer (llama.cpp's)."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import quantize
+
+    m = x.shape[0]
+    flat = x.reshape(m, -1)
+    if t == "f32":
+        return flat.view(np.uint8).copy()
+    if t == "f16":
+        return flat.astype(np.float16).view(np.uint8).copy()
+    return np.ascontiguousarray(quantize(flat, {"q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[t]))
+
+
+def _values(rows, t, shape):
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import dequantize
+
+    if t == "f32":
+        return rows.view(np.float32).reshape(shape).astype(np.float64)
+    if t == "f16":
+        return rows.view(np.float16).reshape(shape).astype(np.float64)
+    return dequantize(rows, {"q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[t]).reshape(shape).astype(np.float64)
+
+
+@pytest.mark.parametrize("k,v", CASES + [("f32", "q8_0")])
+def test_attention_kernel_over_quantized_rows_matches_numpy(k, v):
+    """ref_attention_kv (the kernel the model calls) vs float64 numpy over gguf-dequantized rows; with a
+    quantized K the query is quantized to Q8_0 by gguf too, as llama.cpp's CPU attention does."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import dequantize, quantize
+
+    from pyqwen import _core
+
+    rng = np.random.default_rng(7)
+    n, H, Hkv, D, pos0 = 5, 6, 2, 64, 40
+    m = pos0 + n
+    q = rng.standard_normal((n, H, D)).astype(np.float32)
+    K = (rng.standard_normal((m, Hkv, D)) * 2).astype(np.float32)
+    V = rng.standard_normal((m, Hkv, D)).astype(np.float32)
+    K[3, 1, :32] = 0.0  # an all-zero block (d = 0)
+    kr, vr = _rows(K, k), _rows(V, v)
+    out = _core.testing.ref_attention_kv(q, kr, k, vr, v, Hkv, pos0)
+
+    Kd, Vd = _values(kr, k, K.shape), _values(vr, v, V.shape)
+    qd = q.astype(np.float64)
+    if k in ("q8_0", "q4_0"):
+        qd = dequantize(quantize(q.reshape(-1, D), Q.Q8_0), Q.Q8_0).reshape(q.shape).astype(np.float64)
+    ref = np.empty((n, H, D))
+    for i in range(n):
+        for h in range(H):
+            g = h // (H // Hkv)
+            s = Kd[: pos0 + i + 1, g] @ qd[i, h] / np.sqrt(D)
+            p = np.exp(s - s.max())
+            ref[i, h] = (p / p.sum()) @ Vd[: pos0 + i + 1, g]
+    err = float(np.abs(out - ref).max())
+    assert err < 2e-5, err
+    # The dequantized rows are what was read: the same computation over the float rows differs by the
+    # quantization, far more than the bound above.
+    if v != "f32" and k != "f32":
+        assert float(np.abs(out - _core.testing.ref_attention(q, K, V, pos0)).max()) > 10 * 2e-5
