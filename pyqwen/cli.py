@@ -177,7 +177,11 @@ def _load(args, n_ctx: int | None = None):
     path = resolve_model_path(model_arg(args), args.hf)
     backend = backend_arg(args)
     try:
+        from .prefill_progress import PrefillBar
+
+        progress = PrefillBar() if sys.stderr.isatty() else None  # a bar for long prompts; Ctrl-C between pieces
         return Model.load(path, n_ctx=n_ctx or args.ctx, threads=args.threads, **cache_and_rope_kwargs(args),
+                          progress=progress,
                           n_batch=args.batch_size, backend=backend, device=args.device,
                           spec=getattr(args, "spec", "off"), draft=getattr(args, "draft", None))
     except RuntimeError as e:  # e.g. --backend cuda on a CPU-only build

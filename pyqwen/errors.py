@@ -17,5 +17,14 @@ class ChatTemplateError(PyqwenError, ValueError):
     """A chat template could not be compiled, or refused the conversation (`raise_exception`)."""
 
 
+class PrefillCancelled(PyqwenError):
+    """A prefill stopped between pieces because its progress callback returned False; `done` tokens of
+    the feed reached the state (state.pos says where it stands)."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(f"prefill cancelled after {done} of {total} tokens")
+        self.done, self.total = done, total
+
+
 class CLIError(ValueError):
     """Bad command-line input; the CLIs print it as one line and exit 2."""

@@ -9,12 +9,15 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ChatTemplateError, ContextOverflowError, ModelFormatError
+from .errors import ChatTemplateError, ContextOverflowError, ModelFormatError, PrefillCancelled
 from .generation import Chunk, Generation, GenerationStats, StateSequence
 from .gguf_file import GGUFFile
 from .sampling import Sampler, SamplingParams
 
 _DATA = Path(__file__).parent / "data"
+# Tokens per core call when a prefill is watched by a progress callback: a few seconds of a long prompt
+# on a CPU, so the callback (a progress bar, a cancel check) runs often; a few ms of overhead per piece.
+PREFILL_PIECE = 2048
 
 
 def default_threads() -> int:
@@ -120,6 +123,7 @@ class Model:
 
         self.spec = SpecConfig(mode="off")   # set by load(): the default speculative-decoding policy
         self.mtp_states = False              # new states keep an MTP cache (MTP drafting possible)
+        self.progress = None                 # default prefill progress callback (forward)
 
     # ---- loading -------------------------------------------------------------------------------
 
@@ -208,7 +212,7 @@ class Model:
             template = BrokenChatTemplate(source, e)
         model = cls(gf, core, tokenizer, template, n_ctx, kv_type, n_batch)
         model.backend = chosen
-        model.progress = progress
+        model.progress = progress  # default prefill progress callback (forward)
         model._set_spec(spec_cfg)
         return model
 
@@ -318,9 +322,28 @@ class Model:
             raise ContextOverflowError(f"{state.pos} tokens in context + {tokens.size} new exceed n_ctx {state.n_ctx}")
         return tokens.astype(np.int32)
 
-    def forward(self, state, tokens: Sequence[int], logits: str = "last"):
-        """Feed tokens into state; returns logits ('last' [n_vocab], 'all' [n, n_vocab]) or None."""
-        return self._core.forward(state, self._checked_tokens(state, tokens), logits, self.n_batch)
+    def forward(self, state, tokens: Sequence[int], logits: str = "last", progress=None):
+        """Feed tokens into state; returns logits ('last' [n_vocab], 'all' [n, n_vocab]) or None.
+
+        progress(done, total) (default: the one given to load()) is called at the start and after each
+        piece of PREFILL_PIECE tokens of a longer feed; returning False stops there with PrefillCancelled, the
+        pieces fed staying in the state. Without one, the whole feed is one call into the core (which
+        splits it into n_batch chunks itself): the result is the same either way."""
+        toks = self._checked_tokens(state, tokens)
+        progress = progress if progress is not None else self.progress
+        if progress is None or toks.size <= PREFILL_PIECE:  # one piece: not reported
+            return self._core.forward(state, toks, logits, self.n_batch)
+        total, parts = int(toks.size), []
+        progress(0, total)
+        for start in range(0, total, PREFILL_PIECE):
+            piece = toks[start:start + PREFILL_PIECE]
+            last = start + piece.size == total
+            out = self._core.forward(state, piece, logits if (last or logits == "all") else "none", self.n_batch)
+            if logits == "all":
+                parts.append(out)
+            if progress(start + int(piece.size), total) is False and not last:
+                raise PrefillCancelled(start + int(piece.size), total)
+        return np.concatenate(parts) if logits == "all" else out
 
     def snapshot(self, state, with_kv: bool = False):
         """Checkpoint of the state (recurrent part; KV rows too if with_kv)."""

@@ -34,6 +34,11 @@ from .generation import Generation, GenerationStats
 _clock = itertools.count(1)  # logical time for LRU ordering (monotonic, no ties)
 
 
+def _quiet(done: int, total: int) -> bool:
+    """The progress callback of each piece: the session reports the whole feed's progress itself."""
+    return True
+
+
 class Cancelled(Exception):
     """Raised inside a prefill when the caller's cancel() returns True (between pieces)."""
 
@@ -463,12 +468,16 @@ class SessionCache:
                 start = p
         out = None
         prev = base
+        progress = getattr(self.model, "progress", None)  # the whole feed's, not each piece's
+        if progress is not None and len(toks) > self.piece_tokens:
+            progress(0, len(toks))
         for i, b in enumerate(bounds):
             if cancel is not None and cancel():
                 raise Cancelled()
             last = i == len(bounds) - 1
             try:
-                out = self.model.forward(s.state, toks[prev - base:b - base], logits=logits if last else "none")
+                out = self.model.forward(s.state, toks[prev - base:b - base], logits=logits if last else "none",
+                                         progress=_quiet)
             except ContextOverflowError:
                 raise  # checked before the state is touched
             except BaseException:
@@ -476,6 +485,8 @@ class SessionCache:
                 raise
             s.tokens.extend(toks[prev - base:b - base])
             prev = b
+            if progress is not None and len(toks) > self.piece_tokens:
+                progress(prev - base, len(toks))
             if b in kinds:
                 self._checkpoint(s, kinds[b])
         return out
