@@ -393,6 +393,15 @@ def cmd_info(args) -> int:
     problem = None
     try:
         hp = gf._read_hparams()
+        from dataclasses import replace
+
+        from .cli_model_args import rope_kwargs
+        from .rope_scaling import override
+
+        try:
+            hp = replace(hp, rope_scaling=override(hp.rope_scaling, n_ctx_train=hp.n_ctx_train, **rope_kwargs(args)))
+        except ValueError as e:
+            raise CLIError(str(e)) from None
         gf.hparams = hp
     except ModelFormatError as e:
         problem = str(e)
@@ -410,6 +419,8 @@ def cmd_info(args) -> int:
         w("hyper-parameters:")
         w(f"  vocab {hp.n_vocab}, embedding {hp.n_embd}, feed-forward {hp.n_ff}, layers {hp.n_layer}"
           + (f" (+{hp.n_nextn} MTP)" if hp.n_nextn else "") + f", trained context {hp.n_ctx_train}")
+        w(f"  RoPE scaling: {hp.rope_scaling.describe()}" +
+          (f" -> context up to {hp.n_ctx_max:,}" if hp.n_ctx_max != hp.n_ctx_train else ""))
         w(f"  attention: heads {hp.n_head}, kv heads {hp.n_head_kv}, head dim {hp.head_dim}, "
           f"rope dims {hp.n_rot}, rope base {hp.rope_base:g}, rms eps {hp.rms_eps:g}")
         w(f"  gated delta net: conv {hp.ssm_conv}, qk heads {hp.ssm_k_heads}, v heads {hp.ssm_v_heads}, "
@@ -428,11 +439,18 @@ def cmd_info(args) -> int:
         w(f"  {name:<8} {k:>7} {ne:>16,} {b:>16,} {fmt_bytes(b):>11}")
     w(f"  {'total':<8} {len(gf.tensors):>7} {desc.n_params:>16,} {desc.size:>16,} {fmt_bytes(desc.size):>11}")
     plan = None
+    choice = None
     if hp is not None and all(n in gf.tensors for n in gf.expected_tensors()):
-        n_ctx = min(args.ctx, hp.n_ctx_train)
-        plan = memory_plan(gf, n_ctx, args.kv_type)
-        capped = f", capped from {args.ctx} at the trained context" if n_ctx < args.ctx else ""
-        w(f"memory at context {n_ctx} ({args.kv_type.upper()} KV cache, one sequence{capped}; "
+        n_ctx = min(args.ctx, hp.n_ctx_max)
+        kv_type = _info_kv_type(gf, n_ctx, args)
+        if kv_type == "auto":  # --gpu-mem given: the planner chooses
+            choice = _choose_kv(gf, n_ctx, args.gpu_mem)
+            kv_type = choice.kv_type or "q4_0"
+        plan = memory_plan(gf, n_ctx, kv_type)
+        capped = (f", capped from {args.ctx} at the model's context" +
+                  (" (use --rope-scaling yarn to extend it)" if hp.rope_scaling.kind == "none" else "")
+                  if n_ctx < args.ctx else "")
+        w(f"memory at context {n_ctx} ({kv_type.upper()} KV cache, one sequence{capped}; "
           "compute scratch not included):")
         w(f"  weights          {plan['weights']:>16,} bytes {fmt_bytes(plan['weights']):>11}  "
           "(tensors the forward pass reads)")
@@ -447,13 +465,16 @@ def cmd_info(args) -> int:
             verdict = (f"yes ({fmt_bytes(budget - plan['total'])} to spare)" if fits
                        else f"no (short by {fmt_bytes(plan['total'] - budget)})")
             w(f"fits in {fmt_bytes(budget)}: {verdict}")
-            best = max_context(plan, budget, hp.n_ctx_train)
+            best = max_context(plan, budget, hp.n_ctx_max)
             if best == 0:
                 w(f"largest context that fits in {fmt_bytes(budget)}: none (the weights alone do not fit)")
             else:
-                cap = " (the whole trained context)" if best == hp.n_ctx_train else ""
+                cap = " (the model's whole context)" if best == hp.n_ctx_max else ""
                 w(f"largest context that fits in {fmt_bytes(budget)}: {best:,} tokens{cap}")
-            gpu = _cuda_plan(gf, n_ctx, args.kv_type, budget)
+            if choice is not None:
+                w(f"KV cache types for the CUDA backend at {n_ctx:,} tokens in {fmt_bytes(budget)}:")
+                out.extend(choice.lines())
+            gpu = _cuda_plan(gf, n_ctx, kv_type, budget)
             if gpu is not None:
                 w("CUDA backend plan (adds snapshots, scratch and the CUDA context; what Model.load checks):")
                 out.extend("  " + line for line in gpu.lines())
@@ -462,20 +483,47 @@ def cmd_info(args) -> int:
                 "model": desc.name, "runnable": problem is None, "problem": problem, "n_params": desc.n_params,
                 "tensor_bytes": desc.size, "n_tensors": len(gf.tensors),
                 "types": {k: {"tensors": v[0], "bytes": v[1], "params": v[2]} for k, v in counts.items()},
-                "hparams": None if hp is None else {k: v for k, v in vars(hp).items() if k != "recurrent"},
+                "hparams": None if hp is None else {k: (vars(v) if k == "rope_scaling" else v)
+                                                    for k, v in vars(hp).items() if k != "recurrent"},
                 "layer_pattern": None if hp is None else "".join("L" if r else "A" for r in hp.recurrent),
                 "memory": plan}
         if plan is not None and args.gpu_mem is not None:
-            gpu = _cuda_plan(gf, min(args.ctx, hp.n_ctx_train), args.kv_type, args.gpu_mem)
+            gpu = _cuda_plan(gf, min(args.ctx, hp.n_ctx_max), kv_type, args.gpu_mem)
             if gpu is not None:
-                data["cuda_plan"] = {"fits": gpu.fits, "max_ctx": gpu.max_ctx, "lines": gpu.lines()}
+                data["cuda_plan"] = {"fits": gpu.fits, "max_ctx": gpu.max_ctx, "lines": gpu.lines(),
+                                     "total": gpu.total, "free": args.gpu_mem - gpu.total}
+            if choice is not None:
+                data["kv_choice"] = {"chosen": choice.kv_type,
+                                     "candidates": {k: {"total": p.total, "fits": p.fits, "max_ctx": p.max_ctx}
+                                                    for k, p in choice.plans.items()}}
+            data["kv_type"] = kv_type
             data["gpu_mem"] = args.gpu_mem
             data["fits"] = plan["total"] <= args.gpu_mem
-            data["max_ctx"] = max_context(plan, args.gpu_mem, hp.n_ctx_train)
+            data["max_ctx"] = max_context(plan, args.gpu_mem, hp.n_ctx_max)
         print(json.dumps(data, indent=2))
     else:
         print("\n".join(out))
     return 0
+
+
+def _info_kv_type(gf, n_ctx: int, args) -> str:
+    """info's KV type: the one asked for (K,V with --kv-type-v), or auto: chosen with --gpu-mem, else f16."""
+    from .kv_cache import kv_spec
+
+    if args.kv_type == "auto":
+        return "auto" if args.gpu_mem is not None else kv_spec("f16", args.kv_type_v)
+    try:
+        return kv_spec(args.kv_type, args.kv_type_v)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def _choose_kv(gf, n_ctx: int, budget: int):
+    from .plan_choice import choose_kv_type
+
+    hp = gf.hparams
+    mtp = hp.n_nextn > 0 and gf.mtp_problem() is None
+    return choose_kv_type(hp.core_config(mtp=mtp), gf.tensor_table(), n_ctx, budget, n_ctx_train=hp.n_ctx_max)
 
 
 def _cuda_plan(gf, n_ctx: int, kv_type: str, budget: int):
@@ -617,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("-c", "--ctx", type=_int(1, "integer >= 1"), default=4096, metavar="N",
                    help="context size for the memory plan (default 4096, capped at the trained context)")
-    p.add_argument("--kv-type", choices=("f16", "f32"), default="f16", help="KV cache type for the plan (default f16)")
+    add_cache_and_rope_args(p.add_argument_group("cache and RoPE scaling (what the plan assumes)"), kv_default="auto")
     p.add_argument("--gpu-mem", type=parse_size, metavar="SIZE",
                    help="check the plan against this much memory (e.g. 24GiB, 80G, 16000MiB; bare number = GiB) "
                         "and print the largest context that fits")

@@ -11,7 +11,7 @@ from .rope_scaling import KINDS
 
 def _kv_type(text: str) -> str:
     t = text.lower()
-    if t not in KV_TYPES:
+    if t not in KV_TYPES + ("auto",):
         raise argparse.ArgumentTypeError(f"KV cache types are {', '.join(KV_TYPES)}; got {text!r}")
     return t
 
@@ -43,11 +43,12 @@ def _ctx_len(text: str) -> int:
     return v
 
 
-def add_cache_and_rope_args(g) -> None:
+def add_cache_and_rope_args(g, kv_default: str = "f16") -> None:
     """--kv-type/-ctk, --kv-type-v/-ctv, --rope-scaling, --rope-scale, --yarn-* (llama.cpp's spellings)."""
-    g.add_argument("--kv-type", type=_kv_type, default="f16", metavar="TYPE",
-                   help=f"KV cache type of K (and of V unless --kv-type-v): {', '.join(KV_TYPES)} (default f16; "
-                        "llama.cpp's -ctk)")
+    auto = " or auto (the most faithful type that fits the GPU memory given)" if kv_default == "auto" else ""
+    g.add_argument("--kv-type", type=_kv_type, default=kv_default, metavar="TYPE",
+                   help=f"KV cache type of K (and of V unless --kv-type-v): {', '.join(KV_TYPES)}{auto} "
+                        f"(default {kv_default}; llama.cpp's -ctk)")
     g.add_argument("--kv-type-v", type=_kv_type, default=None, metavar="TYPE",
                    help="KV cache type of V (default: as --kv-type; llama.cpp's -ctv)")
     g.add_argument("--rope-scaling", choices=KINDS, default=None,
@@ -61,6 +62,13 @@ def add_cache_and_rope_args(g) -> None:
                    help="YaRN magnitude multiplier (default 1)")
     g.add_argument("--yarn-beta-fast", type=_positive_float, default=None, metavar="F", help="YaRN beta fast (default 32)")
     g.add_argument("--yarn-beta-slow", type=_positive_float, default=None, metavar="F", help="YaRN beta slow (default 1)")
+
+
+def rope_kwargs(args) -> dict:
+    """pyqwen.rope_scaling.override keyword arguments from the options above."""
+    return dict(kind=args.rope_scaling, factor=args.rope_scale, orig_ctx=args.yarn_orig_ctx,
+                ext_factor=args.yarn_ext_factor, attn_factor=args.yarn_attn_factor, beta_fast=args.yarn_beta_fast,
+                beta_slow=args.yarn_beta_slow)
 
 
 def cache_and_rope_kwargs(args) -> dict:

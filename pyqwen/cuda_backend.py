@@ -155,7 +155,7 @@ class CudaCore(CoreAdapter):
         p = None
         if check_memory:
             free, _total = mod.mem_get_info(device) if device else mod.mem_get_info()
-            p = plan_for(config, gguf.tensor_table(), n_ctx, kv_type, int(free), n_ctx_train=hp.n_ctx_train,
+            p = plan_for(config, gguf.tensor_table(), n_ctx, kv_type, int(free), n_ctx_train=hp.n_ctx_max,
                          n_batch=n_batch, n_snapshots=n_snapshots, context_bytes=CUDA_RUNTIME_RESERVE_BYTES,
                          budget_source="free on the device")
             p.check()

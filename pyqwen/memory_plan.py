@@ -39,7 +39,7 @@ CUDA_RUNTIME_RESERVE_BYTES = 160 * 2**20
 
 DEFAULT_N_BATCH = 256
 DEFAULT_SNAPSHOTS = 2
-KV_TYPES = ("f16", "f32", "q8_0")  # what the plan can size (llama.cpp's names)
+KV_TYPES = ("f16", "f32", "q8_0", "q4_0")  # what the plan can size (llama.cpp's names; "K,V" pairs too)
 KV_SUPPORTED = {"f16"}             # what the CUDA attention kernels implement today
 
 
@@ -163,8 +163,9 @@ def plan_for(config: dict, tensors: dict, n_ctx: int, kv_type: str = "f16", gpu_
     """
     from . import _spec
 
-    if kv_type not in KV_TYPES:
-        raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+    from .kv_cache import kv_spec
+
+    kv_type = kv_spec(kv_type)  # f16, f32, q8_0, q4_0, or "K,V"
     if n_ctx < 1 or n_batch < 1 or n_snapshots < 0:
         raise ValueError("n_ctx and n_batch must be >= 1, n_snapshots >= 0")
     n_ctx_train = n_ctx_train or n_ctx
@@ -195,8 +196,8 @@ def plan(gguf_file, n_ctx: int, kv_type: str = "f16", gpu_mem_bytes: int | None 
     hp = gf.hparams if gf.hparams is not None else gf._read_hparams()
     gf.hparams = hp
     mtp = hp.n_nextn > 0 and gf.mtp_problem() is None  # the CUDA backend loads a usable head
-    return plan_for(hp.core_config(mtp=mtp), gf.tensor_table(), min(n_ctx, hp.n_ctx_train), kv_type, gpu_mem_bytes,
-                    n_ctx_train=hp.n_ctx_train, **kw)
+    return plan_for(hp.core_config(mtp=mtp), gf.tensor_table(), min(n_ctx, hp.n_ctx_max), kv_type, gpu_mem_bytes,
+                    n_ctx_train=hp.n_ctx_max, **kw)
 
 
 # ---- decode traffic (benchmarks/bench_gpu.py, benchmarks/gpu_roofline.md) ---------------------------------

@@ -206,12 +206,12 @@ def test_info_gpu_mem_fit(capsys, model_path):
     kv1, rec = _expected_plan(1)
     weights = json.loads((run(capsys, "info", model_path, "--json")[1]))["memory"]["weights"]
     budget = weights + rec + 1000 * kv1 + kv1 // 2  # room for exactly 1000 tokens
-    rc, out, _ = run(capsys, "info", model_path, "--ctx", 1000, "--gpu-mem", f"{budget}B", "--json")
+    rc, out, _ = run(capsys, "info", model_path, "--ctx", 1000, "--gpu-mem", f"{budget}B", "--kv-type", "f16", "--json")
     d = json.loads(out)
     assert rc == 0 and d["fits"] and d["max_ctx"] == 1000
-    rc, out, _ = run(capsys, "info", model_path, "--ctx", 1001, "--gpu-mem", f"{budget}B", "--json")
+    rc, out, _ = run(capsys, "info", model_path, "--ctx", 1001, "--gpu-mem", f"{budget}B", "--kv-type", "f16", "--json")
     assert not json.loads(out)["fits"]
-    rc, out, _ = run(capsys, "info", model_path, "--ctx", 1001, "--gpu-mem", f"{budget}B")
+    rc, out, _ = run(capsys, "info", model_path, "--ctx", 1001, "--gpu-mem", f"{budget}B", "--kv-type", "f16")
     assert "fits in" in out and ": no (short by" in out and "largest context that fits" in out and "1,000 tokens" in out
     rc, out, _ = run(capsys, "info", model_path, "--gpu-mem", "24GiB")
     assert ": yes" in out and "4,096 tokens (the whole trained context)" in out

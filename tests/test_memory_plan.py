@@ -147,3 +147,54 @@ def test_plan_of_a_converted_gguf(gguf_cache):
     assert raw <= p.weights < raw + 256 * len(names)
     with pytest.raises(ValueError):
         plan(path, 64, kv_type="bf16")
+
+
+# ---- the planner chooses the KV cache type (issue: the full 262,144 context on one card) --------------
+
+def test_kv_choice_reaches_the_full_context_on_24_and_32_gib():
+    from pyqwen.plan_choice import choose_kv_type
+
+    cfg, ws = qwen36_27b_q4km()
+    c24 = choose_kv_type(cfg, ws, N_CTX_TRAIN, 24 * GiB, n_ctx_train=N_CTX_TRAIN)
+    # f16 and q8_0 do not fit 262,144 tokens next to the 16.5 GB of weights; q8_0 K with q4_0 V does.
+    assert not c24.plans["f16"].fits and not c24.plans["q8_0"].fits
+    assert c24.kv_type == "q8_0,q4_0" and c24.plan.fits and c24.plan.n_ctx == N_CTX_TRAIN
+    # bytes per token from gguf's block sizes (independent of our C++): 16 attention layers x 4 heads x 256
+    row = 4 * 256
+    assert c24.plan.kv_per_token == 16 * (nbytes(8, row) + nbytes(2, row))  # Q8_0 K + Q4_0 V
+    c32 = choose_kv_type(cfg, ws, N_CTX_TRAIN, 32 * GiB, n_ctx_train=N_CTX_TRAIN)
+    assert c32.kv_type == "q8_0" and c32.plan.kv_per_token == 16 * 2 * nbytes(8, row)
+    # a context that fits f16 keeps f16
+    assert choose_kv_type(cfg, ws, 32768, 24 * GiB, n_ctx_train=N_CTX_TRAIN).kv_type == "f16"
+
+
+def test_kv_choice_says_what_would_fit():
+    from pyqwen.plan_choice import choose_kv_type
+
+    cfg, ws = qwen36_27b_q4km()
+    c = choose_kv_type(cfg, ws, N_CTX_TRAIN, 18 * GiB, n_ctx_train=N_CTX_TRAIN)
+    assert c.kv_type is None
+    best = max(p.max_ctx for p in c.plans.values())
+    assert 0 < best < N_CTX_TRAIN and c.plans["q4_0"].max_ctx == best
+    assert f"the largest context is {best:,} tokens with q4_0" in "\n".join(c.lines())
+
+
+def test_info_chooses_the_kv_type_for_the_gpu(gguf_cache, capsys):
+    """`pyqwen info FILE --gpu-mem SIZE --ctx N`: with a budget between the q4_0 and the f16 plan, the
+    printed choice is the most faithful type that fits, and the JSON says the same."""
+    import json
+
+    from pyqwen import cli
+    from pyqwen.memory_plan import plan
+
+    path = gguf_cache("qwen35-r2-untied", "f16")
+    n_ctx = 4096
+    f16, q4 = plan(path, n_ctx, "f16").total, plan(path, n_ctx, "q4_0").total
+    budget = (f16 + q4) // 2
+    assert cli.main(["info", str(path), "--ctx", str(n_ctx), "--gpu-mem", f"{budget}B", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    chosen = data["kv_choice"]["chosen"]
+    cands = data["kv_choice"]["candidates"]
+    assert not cands["f16"]["fits"] and cands[chosen]["fits"]
+    assert chosen == next(k for k in ("f16", "q8_0", "q8_0,q4_0", "q4_0") if cands[k]["fits"])
+    assert data["kv_type"] == chosen and data["cuda_plan"]["free"] >= 0
