@@ -64,4 +64,65 @@ void attention_head(const float* q, const uint8_t* K, size_t k_stride, int k_typ
     for (int64_t s = 0; s < n_keys; ++s) v_axpy(o, V + s * v_stride, p[s] / sum, D, v_type, tmp.data());
 }
 
+void attention_rows(const float* q, int64_t q_stride, int64_t M, const int64_t* n_keys, const uint8_t* K,
+                    size_t k_stride, int k_type, const uint8_t* V, size_t v_stride, int v_type, int64_t D, float scale,
+                    float* S, float* o, int64_t o_stride) {
+    if (M <= 0) return;
+    const int64_t L = n_keys[M - 1];
+    const SimdKernels& sk = simd_kernels();
+    // S is key-major, S[s * M + i]: each pass below walks keys in order and, per key, the rows that see it
+    // (a suffix i >= first(s): n_keys is non-decreasing), so every row's own sequence of operations is
+    // attention_head's while the memory walks stay contiguous.
+    std::vector<int64_t> first(L);
+    for (int64_t s = 0, f = 0; s < L; ++s) {
+        while (n_keys[f] <= s) ++f;
+        first[s] = f;
+    }
+    std::vector<QueryOperand> qo;
+    if (k_type != T_F32 && k_type != T_F16)
+        for (int64_t i = 0; i < M; ++i) qo.emplace_back(q + i * q_stride, D, k_type);
+    for (int64_t s = 0; s < L; ++s) {
+        const int64_t f = first[s];
+        const uint8_t* row = K + s * k_stride;
+        float* Ss = S + s * M;
+        if (k_type == T_F16) {
+            sk.dots_f16((const uint16_t*)row, q + f * q_stride, q_stride, M - f, D, Ss + f, 1);
+        } else if (k_type == T_F32) {
+            sk.dots_f32((const float*)row, q + f * q_stride, q_stride, M - f, D, Ss + f, 1);
+        } else {
+            for (int64_t i = f; i < M; ++i) Ss[i] = qo[i].dot(row, nullptr, D, k_type);
+        }
+    }
+    std::vector<float> mx(M, -INFINITY), sums(M, 0.0f);
+    for (int64_t s = 0; s < L; ++s) {
+        float* Ss = S + s * M;
+        for (int64_t i = first[s]; i < M; ++i) {
+            Ss[i] = Ss[i] * scale;
+            mx[i] = std::max(mx[i], Ss[i]);
+        }
+    }
+    for (int64_t s = 0; s < L; ++s) sk.exp_acc(S + s * M + first[s], mx.data() + first[s], sums.data() + first[s], M - first[s]);
+    for (int64_t i = 0; i < M; ++i) std::fill(o + i * o_stride, o + i * o_stride + D, 0.0f);
+    // V rows in key order into every row that sees them (a quantized row dequantized once for all).
+    std::vector<float> tmp(v_type == T_F32 || v_type == T_F16 ? 0 : D);
+    for (int64_t s = 0; s < L; ++s) {
+        const uint8_t* row = V + s * v_stride;
+        const float* vf = (const float*)row;
+        if (v_type != T_F32 && v_type != T_F16) {
+            quant_traits(v_type)->to_float(row, tmp.data(), D);
+            vf = tmp.data();
+        }
+        const float* Ss = S + s * M;
+        for (int64_t i = first[s]; i < M; ++i) {
+            float* acc = o + i * o_stride;
+            const float w = Ss[i] / sums[i];
+            if (v_type == T_F16) {
+                sk.axpy_f16(acc, (const uint16_t*)row, w, D);
+            } else {
+                for (int64_t d = 0; d < D; ++d) acc[d] += w * vf[d];
+            }
+        }
+    }
+}
+
 }  // namespace pq

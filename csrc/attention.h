@@ -15,4 +15,16 @@ namespace pq {
 void attention_head(const float* q, const uint8_t* K, size_t k_stride, int k_type, const uint8_t* V, size_t v_stride,
                     int v_type, int64_t n_keys, int64_t D, float scale, float* p, float* o);
 
+// The same attention for M query rows that share one KV head (a GQA group over a block of tokens), row i
+// over its own causal prefix of n_keys[i] keys (non-decreasing in i), q row i at q + i * q_stride, its
+// output at o + i * o_stride. Each row's result is attention_head's: the same dot per (row, key) (the
+// multi-row dots sum each row as the one-row dot does), the same softmax and V accumulation order, with
+// the exponentials from the selected SIMD set (vectorised: within 2 ulp of libm's; with the "ref" set
+// bit-identical to attention_head), and a row's result never depends on M or on the other rows (so a
+// speculative verification equals one-token steps). Every K and V row is read (and a quantized V row
+// dequantized) once for all M rows instead of once per row. S is scratch of M * n_keys[M-1] floats.
+void attention_rows(const float* q, int64_t q_stride, int64_t M, const int64_t* n_keys, const uint8_t* K,
+                    size_t k_stride, int k_type, const uint8_t* V, size_t v_stride, int v_type, int64_t D, float scale,
+                    float* S, float* o, int64_t o_stride);
+
 }  // namespace pq

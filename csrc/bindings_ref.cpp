@@ -165,7 +165,8 @@ void bind_ref(py::module_& m) {
     m.def(
         "ref_attention_kv",
         [](farr q, py::array_t<uint8_t, py::array::c_style> k_cache, const std::string& k_type,
-           py::array_t<uint8_t, py::array::c_style> v_cache, const std::string& v_type, int64_t n_head_kv, int64_t pos0) {
+           py::array_t<uint8_t, py::array::c_style> v_cache, const std::string& v_type, int64_t n_head_kv, int64_t pos0,
+           bool grouped) {
             // The model's attention over caches stored in any KV type: rows of n_head_kv heads as raw bytes
             // [m, row_bytes] (k_type/v_type: f32, f16, q8_0, q4_0; a quantized head is whole 32-value blocks).
             need(q.ndim() == 3 && k_cache.ndim() == 2 && v_cache.ndim() == 2, "q [n,H,D], caches [m, row_bytes]");
@@ -181,19 +182,41 @@ void bind_ref(py::module_& m) {
                  "cache rows have the wrong size for their type");
             need(pos0 >= 0 && pos0 + n <= m, "cache too short for pos0 + n");
             farr o({n, H, D});
-            std::vector<float> p(pos0 + n);
-            for (int64_t i = 0; i < n; ++i)
-                for (int64_t h = 0; h < H; ++h) {
-                    const int64_t g = h / (H / n_head_kv);
-                    attention_head(q.data() + (i * H + h) * D, k_cache.data() + g * (kr / n_head_kv), kr, t.k,
-                                   v_cache.data() + g * (vr / n_head_kv), vr, t.v, pos0 + i + 1, D,
-                                   1.0f / std::sqrt((float)D), p.data(), o.mutable_data() + (i * H + h) * D);
-                }
+            const int64_t group = H / n_head_kv;
+            const float scale = 1.0f / std::sqrt((float)D);
+            if (!grouped) {  // attention_head: one query row at a time (the reference)
+                std::vector<float> p(pos0 + n);
+                for (int64_t i = 0; i < n; ++i)
+                    for (int64_t h = 0; h < H; ++h) {
+                        const int64_t g = h / group;
+                        attention_head(q.data() + (i * H + h) * D, k_cache.data() + g * (kr / n_head_kv), kr, t.k,
+                                       v_cache.data() + g * (vr / n_head_kv), vr, t.v, pos0 + i + 1, D, scale,
+                                       p.data(), o.mutable_data() + (i * H + h) * D);
+                    }
+                return o;
+            }
+            // attention_rows: per KV head, all n x group rows at once (the model's kernel); q rows of one
+            // head group are group * D apart within a token, H * D across tokens: gather them.
+            std::vector<float> qb(n * group * D), ob(n * group * D), S(n * group * (pos0 + n));
+            std::vector<int64_t> n_keys(n * group);
+            for (int64_t g = 0; g < n_head_kv; ++g) {
+                for (int64_t i = 0; i < n; ++i)
+                    for (int64_t j = 0; j < group; ++j) {
+                        std::copy_n(q.data() + (i * H + g * group + j) * D, D, qb.data() + (i * group + j) * D);
+                        n_keys[i * group + j] = pos0 + i + 1;
+                    }
+                attention_rows(qb.data(), D, n * group, n_keys.data(), k_cache.data() + g * (kr / n_head_kv), kr, t.k,
+                               v_cache.data() + g * (vr / n_head_kv), vr, t.v, D, scale, S.data(), ob.data(), D);
+                for (int64_t i = 0; i < n; ++i)
+                    for (int64_t j = 0; j < group; ++j)
+                        std::copy_n(ob.data() + (i * group + j) * D, D, o.mutable_data() + (i * H + g * group + j) * D);
+            }
             return o;
         },
         py::arg("q"), py::arg("k_cache"), py::arg("k_type"), py::arg("v_cache"), py::arg("v_type"),
-        py::arg("n_head_kv"), py::arg("pos0"),
-        "Causal GQA attention over caches stored as raw rows in any KV type (the model's kernel).");
+        py::arg("n_head_kv"), py::arg("pos0"), py::arg("grouped") = false,
+        "Causal GQA attention over caches stored as raw rows in any KV type: attention_head per query row "
+        "(grouped=False, the reference) or attention_rows per KV head (grouped=True, what the model runs).");
 }
 
 }  // namespace pq

@@ -466,17 +466,36 @@ void Model::attn_layer(const LayerWeights& L, uint8_t* Kc, uint8_t* Vc, const St
 
     const float scale = 1.0f / std::sqrt((float)D);
     const size_t k_head = kv_row_bytes(c, st.kv_type.k) / Hkv, v_head = kv_row_bytes(c, st.kv_type.v) / Hkv;
-    pool_.parallel_for(n * H, [&](int64_t i0, int64_t i1, int) {
-        std::vector<float> p(pos0 + n);
-        for (int64_t i = i0; i < i1; ++i) {
-            const int64_t t = i / H, h = i % H, g = h / group, n_keys = pos0 + t + 1;
-            const float* q = qg.data() + (t * H + h) * 2 * D;
-            float* oh = o.data() + (t * H + h) * D;
-            attention_head(q, Kc + g * k_head, st.k_row_bytes, st.kv_type.k, Vc + g * v_head, st.v_row_bytes,
-                           st.kv_type.v, n_keys, D, scale, p.data(), oh);
-            if (rot_v) hadamard(oh, D, rot_v);  // back from the rotated V basis
-            const float* gate = q + D;
-            for (int64_t d = 0; d < D; ++d) oh[d] *= sigmoid(gate[d]);
+    // Work items: one KV head x a block of tokens, i.e. the M = tokens x group query rows that read the
+    // same K/V rows (attention_rows reads each row once for all of them). The block keeps the score
+    // scratch (M x keys floats) near 16 MiB however long the context.
+    const int64_t keys_max = pos0 + n;
+    const int64_t block = std::max<int64_t>(1, std::min<int64_t>(16, (int64_t(4) << 20) / (group * keys_max)));
+    const int64_t n_blocks = (n + block - 1) / block;
+    pool_.parallel_for(Hkv * n_blocks, [&](int64_t i0, int64_t i1, int) {
+        std::vector<float> qb(block * group * D), ob(block * group * D), S;
+        std::vector<int64_t> n_keys(block * group);
+        for (int64_t item = i0; item < i1; ++item) {
+            const int64_t g = item / n_blocks, t0 = (item % n_blocks) * block, t1 = std::min(n, t0 + block);
+            const int64_t M = (t1 - t0) * group;
+            for (int64_t t = t0; t < t1; ++t)
+                for (int64_t j = 0; j < group; ++j) {
+                    const int64_t r = (t - t0) * group + j;
+                    std::copy_n(qg.data() + (t * H + g * group + j) * 2 * D, D, qb.data() + r * D);
+                    n_keys[r] = pos0 + t + 1;
+                }
+            S.resize((size_t)M * n_keys[M - 1]);
+            attention_rows(qb.data(), D, M, n_keys.data(), Kc + g * k_head, st.k_row_bytes, st.kv_type.k,
+                           Vc + g * v_head, st.v_row_bytes, st.kv_type.v, D, scale, S.data(), ob.data(), D);
+            for (int64_t t = t0; t < t1; ++t)
+                for (int64_t j = 0; j < group; ++j) {
+                    const int64_t h = g * group + j;
+                    float* oh = o.data() + (t * H + h) * D;
+                    std::copy_n(ob.data() + ((t - t0) * group + j) * D, D, oh);
+                    if (rot_v) hadamard(oh, D, rot_v);  // back from the rotated V basis
+                    const float* gate = qg.data() + (t * H + h) * 2 * D + D;
+                    for (int64_t d = 0; d < D; ++d) oh[d] *= sigmoid(gate[d]);
+                }
         }
     });
     matmul(pool_, L.attn_output, o.data(), n, out);

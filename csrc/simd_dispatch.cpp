@@ -1,4 +1,5 @@
 // simd_dispatch.cpp: picks the kernel set once, from the CPU's features (see simd/dispatch.h).
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -15,6 +16,7 @@ float dot_f16_avx2(const uint16_t* w, const float* x, int64_t n);
 float dot_bf16_avx2(const uint16_t* w, const float* x, int64_t n);
 void axpy_f16_avx2(float* acc, const uint16_t* h, float a, int64_t n);
 void mul_silu_avx2(float* y, const float* a, const float* s, int64_t n);
+void exp_acc_avx2(float* x, const float* mx, float* sums, int64_t m);
 void conv1d_silu_avx2(const float* x, const float* w, float* state, float* y, int64_t C, int64_t K, int64_t n,
                       int64_t c0, int64_t c1);
 void delta_rule_head_avx2(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
@@ -25,7 +27,7 @@ void dots_f16_avx2(const uint16_t* w, const float* x, int64_t x_stride, int64_t 
 void dots_bf16_avx2(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
 static const SimdKernels kAvx2 = {"avx2", dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2, dots_f32_avx2, dots_f16_avx2,
                                   dots_bf16_avx2, axpy_f16_avx2, mul_silu_avx2, conv1d_silu_avx2,
-                                  delta_rule_head_avx2};
+                                  exp_acc_avx2, delta_rule_head_avx2};
 #endif
 #if defined(PQ_HAVE_AVX2_KERNELS) && defined(PQ_HAVE_AVX512_KERNELS)
 float dot_f16_avx512(const uint16_t* w, const float* x, int64_t n);
@@ -38,11 +40,18 @@ void dots_bf16_avx512(const uint16_t* w, const float* x, int64_t x_stride, int64
 // the model amplifies the order difference).
 static const SimdKernels kAvx512 = {"avx512", dot_f32_avx2, dot_f16_avx512, dot_bf16_avx512, dots_f32_avx2,
                                     dots_f16_avx512, dots_bf16_avx512, axpy_f16_avx2, mul_silu_avx2,
-                                    conv1d_silu_avx2, delta_rule_head_avx2};
+                                    conv1d_silu_avx2, exp_acc_avx2, delta_rule_head_avx2};
 #endif
 
 static void mul_silu_ref(float* y, const float* a, const float* s, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] = a[i] * silu(s[i]);
+}
+
+static void exp_acc_ref(float* x, const float* mx, float* sums, int64_t m) {
+    for (int64_t i = 0; i < m; ++i) {
+        x[i] = std::exp(x[i] - mx[i]);
+        sums[i] += x[i];
+    }
 }
 
 // The references' several-token form: one reference dot per token.
@@ -53,7 +62,7 @@ static void dots_ref(const T* w, const float* x, int64_t x_stride, int64_t m, in
 
 static const SimdKernels kRef = {"ref", dot_f32_ref, dot_f16_ref, dot_bf16_ref, dots_ref<float, dot_f32_ref>,
                                  dots_ref<uint16_t, dot_f16_ref>, dots_ref<uint16_t, dot_bf16_ref>, axpy_f16_ref,
-                                 mul_silu_ref, conv1d_silu, delta_rule_head};
+                                 mul_silu_ref, conv1d_silu, exp_acc_ref, delta_rule_head};
 
 bool cpu_supports(const char* level) {
 #if defined(__x86_64__) || defined(__i386__)

@@ -52,6 +52,29 @@ void mul_silu_avx2(float* y, const float* a, const float* s, int64_t n) {
     for (; i < n; ++i) y[i] = a[i] * silu1(s[i]);
 }
 
+// x[i] = exp(x[i] - mx[i]), sums[i] += x[i]: the attention softmax's exponentials, 8 rows at a time (the
+// tail through the same vector code, so a row's value never depends on where it sits).
+void exp_acc_avx2(float* x, const float* mx, float* sums, int64_t m) {
+    int64_t i = 0;
+    for (; i + 8 <= m; i += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(mx + i)));
+        _mm256_storeu_ps(x + i, e);
+        _mm256_storeu_ps(sums + i, _mm256_add_ps(_mm256_loadu_ps(sums + i), e));
+    }
+    if (i < m) {
+        alignas(32) float v[8] = {0}, w[8] = {0};
+        for (int64_t j = i; j < m; ++j) {
+            v[j - i] = x[j];
+            w[j - i] = mx[j];
+        }
+        _mm256_store_ps(v, exp256(_mm256_sub_ps(_mm256_load_ps(v), _mm256_load_ps(w))));
+        for (int64_t j = i; j < m; ++j) {
+            x[j] = v[j - i];
+            sums[j] += v[j - i];
+        }
+    }
+}
+
 // As gdn.h conv1d_silu, channels [c0, c1) of x/y [n][C], taps w [C][K], state [C][K-1] (oldest first).
 void conv1d_silu_avx2(const float* x, const float* w, float* state, float* y, int64_t C, int64_t K, int64_t n,
                       int64_t c0, int64_t c1) {

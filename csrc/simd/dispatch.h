@@ -28,6 +28,9 @@ struct SimdKernels {
     // The DeltaNet's causal conv + SiLU over channels [c0, c1) (gdn.h conv1d_silu).
     void (*conv1d_silu)(const float* x, const float* w, float* state, float* y, int64_t C, int64_t K, int64_t n,
                         int64_t c0, int64_t c1);
+    // One softmax step of m attention rows at one key: x[i] = exp(x[i] - mx[i]), sums[i] += x[i]. Each
+    // lane's result does not depend on m or on its position (a row's softmax is the same in any batch).
+    void (*exp_acc)(float* x, const float* mx, float* sums, int64_t m);
     // The gated delta rule of one V head over n tokens (gdn.h delta_rule_head).
     void (*delta_rule)(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
                        int64_t v_stride, const float* g, const float* beta, int64_t gb_stride, float* S, int64_t dk,
