@@ -255,3 +255,4 @@ def test_reasoning_then_constraint_mask():
         assert set(np.flatnonzero(a).tolist()) == set(eog)        # accepted: only the end is left
     finally:
         m.close()
+
