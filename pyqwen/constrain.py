@@ -356,6 +356,7 @@ class TokenMask:
         self.steps = 0               # masks applied
         self.compute_seconds = 0.0   # worker time: consuming the token and computing the mask
         self.wait_seconds = 0.0      # loop time blocked on the worker (the part the forward did not hide)
+        self.step_seconds: list[float] = []   # worker time of each mask (for benchmarks)
 
     def start(self) -> None:
         self._pending = self._pool.submit(self._next, None)
@@ -372,7 +373,9 @@ class TokenMask:
         if m.is_error():
             raise GrammarError(f"the grammar failed: {m.get_error()}")
         allowed = np.unpackbits(self._words.view(np.uint8), bitorder="little")[:self._n].view(np.bool_)
-        self.compute_seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self.compute_seconds += dt
+        self.step_seconds.append(dt)
         return allowed
 
     def allowed(self) -> np.ndarray:

@@ -256,3 +256,26 @@ def test_reasoning_then_constraint_mask():
     finally:
         m.close()
 
+
+
+def test_cli_grammar_and_json_schema(capsys, tmp_path):
+    from pyqwen.cli import main
+
+    def run(*argv):
+        rc = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    rc, out, err = run("generate", "-p", "x = ", "-n", 20, "--temp", 1.2, "--seed", 3, "-t", 1,
+                       "--grammar", 'root ::= ("yes" | "no")')
+    assert rc == 0 and out.strip() in ("yes", "no"), err
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps(SCHEMA))
+    rc, out, err = run("generate", "-p", "pet = ", "-n", 150, "--temp", 1.0, "--seed", 1, "-t", 1,
+                       "--json-schema-file", schema)
+    assert rc == 0, err
+    jsonschema.validate(json.loads(out), SCHEMA)
+    rc, out, err = run("generate", "-p", "x", "-n", 5, "-j", '{"type": "bogus"}')
+    assert rc == 2 and "invalid JSON schema" in err and "bogus" in err
+    rc, out, err = run("generate", "-p", "x", "-n", 5, "-j", "{}", "--grammar", "root ::= \"a\"")
+    assert rc == 2 and "only one of" in err
