@@ -337,11 +337,18 @@ class Grammar:
         return TokenMask(self)
 
 
+# Byte of the mask's bitmap -> the additive bias of its 8 tokens (0 allowed, -inf not): np.take over the
+# bitmap's bytes builds the bias row in ~50 us at 248,320 tokens on the worker, and the loop then only adds
+# it to the logits (~50 us); a boolean np.where there cost 1.5-2.7 ms per token on this machine.
+_BIAS_OF_BYTE = np.array([[0.0 if (b >> k) & 1 else -np.inf for k in range(8)] for b in range(256)], np.float32)
+
+
 class TokenMask:
     """One generation's grammar state and its next-token mask, computed ahead on a worker thread.
 
     The loop calls start() before the prefill, then for each token it feeds: advance(token) before the
     forward pass and apply(logits) after it. apply() returns the logits with disallowed tokens at -inf.
+    The worker hands over the mask as an additive bias row (0 / -inf), so applying it is one addition.
     """
 
     def __init__(self, grammar: Grammar):
@@ -372,14 +379,15 @@ class TokenMask:
         m.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
         if m.is_error():
             raise GrammarError(f"the grammar failed: {m.get_error()}")
-        allowed = np.unpackbits(self._words.view(np.uint8), bitorder="little")[:self._n].view(np.bool_)
+        bias = np.take(_BIAS_OF_BYTE, self._words.view(np.uint8), axis=0).reshape(-1)[:self._n]
         dt = time.perf_counter() - t0
         self.compute_seconds += dt
         self.step_seconds.append(dt)
-        return allowed
+        return bias
 
-    def allowed(self) -> np.ndarray:
-        """The mask for the next token (bool [n_vocab]), waiting for the worker if it is not done."""
+    def bias(self) -> np.ndarray:
+        """The mask for the next token as a bias row (float32 [n_vocab]: 0 allowed, -inf not), waiting for
+        the worker if it is not done."""
         t0 = time.perf_counter()
         pending, self._pending = self._pending, None
         if pending is None:
@@ -390,8 +398,13 @@ class TokenMask:
             self.wait_seconds += time.perf_counter() - t0
             self.steps += 1
 
+    def allowed(self) -> np.ndarray:
+        """The mask for the next token (bool [n_vocab])."""
+        return self.bias() == 0
+
     def apply(self, logits: np.ndarray) -> np.ndarray:
-        return np.where(self.allowed(), np.asarray(logits, dtype=np.float32), np.float32(-np.inf))
+        """The logits with the tokens the grammar does not allow at -inf (a new array)."""
+        return np.asarray(logits, dtype=np.float32) + self.bias()
 
     @property
     def accepting(self) -> bool:
