@@ -194,9 +194,9 @@ class Constraint:
         if after_reasoning:
             body = _after_reasoning(body)
         text = json.dumps(body)
-        err = llg.LLMatcher.validate_grammar(text, table)
-        if err:
-            raise GrammarError(f"invalid {self._what()}: {err}", self.param)
+        is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(text, table)
+        if is_error:
+            raise GrammarError(f"invalid {self._what()}: {messages[0]}", self.param)
         return Grammar(text, table, tokenizer.n_vocab)
 
     def _what(self) -> str:
@@ -352,10 +352,8 @@ class TokenMask:
     """
 
     def __init__(self, grammar: Grammar):
-        llg = _llguidance()
-        self._m = llg.LLMatcher(grammar.table, grammar.text, log_level=0)
-        if self._m.is_error():
-            raise GrammarError(f"invalid grammar: {self._m.get_error()}")
+        self._grammar = grammar
+        self._m = None               # the llguidance matcher, made by the first job (during the prefill)
         self._n = grammar.n_vocab
         self._words = np.full((grammar.table.vocab_size + 31) // 32, -1, dtype=np.int32)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="pyqwen-grammar")
@@ -373,6 +371,9 @@ class TokenMask:
 
     def _next(self, token: int | None) -> np.ndarray:
         t0 = time.perf_counter()
+        if self._m is None:
+            g = self._grammar
+            self._m = _llguidance().LLMatcher(g.table, g.text, log_level=0)
         m = self._m
         if token is not None and not m.consume_token(token):
             raise GrammarError(f"token {token} is not allowed by the grammar here: {m.get_error()}")
@@ -408,7 +409,7 @@ class TokenMask:
 
     @property
     def accepting(self) -> bool:
-        return self._m.is_accepting()
+        return self._m is not None and self._m.is_accepting()
 
     def close(self) -> None:
         pending, self._pending = self._pending, None
