@@ -277,7 +277,32 @@ def _read_prompt(args) -> str:
     raise CLIError("no prompt: give -p TEXT, -f FILE or pipe text on stdin")
 
 
+def _constraint(args) -> dict:
+    """generate()'s grammar / response_format keywords from --grammar[-file] / --json-schema[-file]."""
+    given = [(k, v) for k, v in (("grammar", args.grammar), ("grammar_file", args.grammar_file),
+                                 ("json_schema", args.json_schema), ("json_schema_file", args.json_schema_file))
+             if v is not None]
+    if not given:
+        return {}
+    if len(given) > 1:
+        raise CLIError("give only one of --grammar, --grammar-file, --json-schema, --json-schema-file")
+    kind, text = given[0]
+    if kind.endswith("_file"):
+        try:
+            text = Path(text).read_text(encoding="utf-8")
+        except OSError as e:
+            raise FileNotFoundError(f"cannot read {text}: {e.strerror}") from None
+    if kind.startswith("grammar"):
+        return {"grammar": text}
+    try:
+        schema = json.loads(text)
+    except ValueError as e:
+        raise CLIError(f"the JSON schema is not valid JSON: {e}") from None
+    return {"response_format": {"type": "json_schema", "json_schema": {"name": "cli", "schema": schema}}}
+
+
 def cmd_generate(args) -> int:
+    constraint = _constraint(args)
     prompt = _read_prompt(args)
     if not prompt:
         raise CLIError("the prompt is empty")
@@ -293,9 +318,9 @@ def cmd_generate(args) -> int:
         messages = ([{"role": "system", "content": args.system}] if args.system is not None else [])
         messages.append({"role": "user", "content": prompt})
         gen = model.chat(messages, max_tokens=max_tokens, enable_thinking=False if args.no_think else None,
-                         sampling=sampling)
+                         sampling=sampling, **constraint)
     else:
-        gen = model.generate(prompt, max_tokens=max_tokens, **sampling)
+        gen = model.generate(prompt, max_tokens=max_tokens, **constraint, **sampling)
         if args.echo:
             out.write(prompt)
             out.flush()
@@ -638,6 +663,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-f", "--file", metavar="FILE", help="read the prompt from FILE ('-' = stdin)")
     g.add_argument("--chat", action="store_true", help="send the prompt as one user message through the chat template")
     g.add_argument("--echo", action="store_true", help="print the prompt before the completion (raw mode)")
+    g = p.add_argument_group("structured output (as llama.cpp's; one of them)")
+    g.add_argument("--grammar", metavar="GRAMMAR", help="hold the output to a GBNF (or Lark) grammar")
+    g.add_argument("--grammar-file", metavar="FILE", help="... read from FILE")
+    g.add_argument("-j", "--json-schema", metavar="SCHEMA", help="hold the output to this JSON schema ('{}': any JSON)")
+    g.add_argument("--json-schema-file", metavar="FILE", help="... read from FILE")
     _add_chat_display_args(p)
     _add_sampling_args(p)
     _add_runtime_args(p)

@@ -28,3 +28,12 @@ class PrefillCancelled(PyqwenError):
 
 class CLIError(ValueError):
     """Bad command-line input; the CLIs print it as one line and exit 2."""
+
+
+class GrammarError(PyqwenError, ValueError):
+    """A response format, JSON schema, grammar or forced tool choice that cannot be enforced (invalid, or
+    beyond what the grammar engine supports); `param` names the request field it came from."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param

@@ -10,6 +10,12 @@ next token is chosen:
   is not None: no penalties over the history, no custom sampler such as a test hook);
 - else on the host: `Sequence.step` returns the logits and the Sampler draws from them.
 The first token always comes from the prefill's logits through the host Sampler.
+
+A generation under a grammar (pyqwen.constrain: response_format, a forced tool call, a GBNF/Lark
+grammar) takes the host path with the grammar's mask applied to each logits row before the Sampler; the
+mask for the next token is computed on a worker thread while the forward pass of the current one runs.
+Such generations do not speculate: drafts would need checking against the grammar too, and plain decoding
+is what the mask's overlap is built around.
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ class GenerationStats:
     accepted_tokens: int = 0
     drafted_at: list[int] = field(default_factory=list)
     accepted_at: list[int] = field(default_factory=list)
+    # constrained decoding: masks applied, the worker's time computing them, and the loop's time waiting
+    # for them after the logits were ready (the part of the mask's cost the forward pass did not hide)
+    grammar_steps: int = 0
+    grammar_mask_seconds: float = 0.0
+    grammar_wait_seconds: float = 0.0
 
     @property
     def acceptance_rate(self) -> float:
@@ -75,6 +86,9 @@ class GenerationStats:
         if self.verify_steps:
             s += (f", spec {self.spec}: {self.accepted_tokens}/{self.draft_tokens} drafts accepted "
                   f"({100 * self.acceptance_rate:.0f}%), {self.mean_accepted_length:.2f} tok/verify")
+        if self.grammar_steps:
+            s += (f", grammar mask {1e3 * self.grammar_mask_seconds / self.grammar_steps:.2f} ms/tok "
+                  f"({1e3 * self.grammar_wait_seconds / self.grammar_steps:.2f} ms/tok not hidden by the forward)")
         return s
 
 
@@ -177,8 +191,9 @@ class Generation:
 
     def __init__(self, seq: Sequence, prompt_ids: Seq[int], prefill_ids: Seq[int], sampler, max_tokens: int,
                  eog_ids: set[int], stop: list[str], stream_decoder, stats: GenerationStats,
-                 logprobs: int | None = None, spec=None, spec_mtp: bool = False):
+                 logprobs: int | None = None, spec=None, spec_mtp: bool = False, grammar=None):
         self._seq = seq
+        self._grammar = grammar         # a pyqwen.constrain.Grammar: every token is masked by it
         # Device sampling only when the sampler says the device may choose in its place (see module doc)
         # and no logprobs are asked for (they need the logits on the host).
         self._device_params = getattr(sampler, "device_params", None)
@@ -190,10 +205,11 @@ class Generation:
         from .sampling import Sampler
 
         custom = getattr(type(sampler), "sample", None) is not Sampler.sample
-        self._spec = spec if spec is not None and spec.mode != "off" and not custom else None
+        self._spec = (spec if spec is not None and spec.mode != "off" and not custom and grammar is None
+                      else None)
         self._spec_mtp = spec_mtp       # the state keeps an MTP cache: MTP may draft
         self.on_device = (bool(seq.device_sampling) and self._device_params is not None and logprobs is None
-                          and self._spec is None)
+                          and self._spec is None and grammar is None)
         # Greedy speculation on a device-sampling backend with nothing host-only: the device makes every
         # choice (decode() for a step without drafts, the argmax of each verified row, greedy drafts), so
         # no logits cross to the host; the tokens are the same as the host path's.
@@ -233,6 +249,19 @@ class Generation:
             self.finish_reason = "cancelled"
 
     def _run(self) -> Iterator[Chunk]:
+        mask = self._grammar.mask() if self._grammar is not None else None
+        try:
+            if mask is not None:
+                mask.start()           # the first mask is computed while the prompt is prefilled
+            yield from self._decode(mask)
+        finally:
+            if mask is not None:
+                mask.close()
+                self.stats.grammar_steps = mask.steps
+                self.stats.grammar_mask_seconds = mask.compute_seconds
+                self.stats.grammar_wait_seconds = mask.wait_seconds
+
+    def _decode(self, mask) -> Iterator[Chunk]:
         history = list(self._prompt_ids)
         t0 = time.perf_counter()
         logits = self._seq.prefill(list(self._prefill_ids)) if self._prefill_ids else None
@@ -251,7 +280,10 @@ class Generation:
         t_dec = time.perf_counter()
         try:
             # Tokens chosen and not yet emitted, each with the logits row it was chosen from (for logprobs).
-            chosen = [(self._sampler.sample(logits, history), logits)]
+            # (logits rows are kept unmasked: logprobs report the model's own distribution)
+            sample = (self._sampler.sample if mask is None else
+                      lambda row, hist: self._sampler.sample(mask.apply(row), hist))
+            chosen = [(sample(logits, history), logits)]
             while True:
                 chunks, n_done = self._emit(chosen, history)
                 finished = self.finish_reason is not None
@@ -284,9 +316,11 @@ class Generation:
                     self.fed_tokens.append(tok)
                     continue
                 if not drafts:
+                    if mask is not None:
+                        mask.advance(tok)      # on the worker thread, while the forward below runs
                     logits = self._seq.step(tok)
                     self.fed_tokens.append(tok)
-                    chosen = [(self._sampler.sample(logits, history), logits)]
+                    chosen = [(sample(logits, history), logits)]
                     continue
                 if self._greedy_device:
                     self._verified = [tok] + drafts

@@ -380,14 +380,34 @@ class Model:
         return p
 
     def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 256, state=None,
-                 spec: str | None = None, draft: int | None = None, **sampling: Any) -> Generation:
+                 spec: str | None = None, draft: int | None = None, response_format: dict | None = None,
+                 grammar=None, **sampling: Any) -> Generation:
         """Stream a continuation of prompt (text, special tokens parsed, or token ids).
 
         Sampling keywords: temperature, top_k, top_p, min_p, presence_penalty, repetition_penalty,
         penalty_last_n, seed, stop (list of strings). spec/draft: speculative decoding for this call
         (default: the model's, see load()); the output is the same as without it. Iterate for Chunks;
         `.stats` after the end.
+
+        Constrained output (pyqwen.constrain; no speculation then): response_format as OpenAI's
+        ({"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": {...}}}), or grammar:
+        GBNF or Lark text (or a pyqwen.constrain.Constraint / compiled Grammar). An invalid one raises
+        pyqwen.GrammarError.
         """
+        compiled = self._grammar(response_format, grammar)
+        return self._generate(prompt, max_tokens, state, spec, draft, compiled, sampling)
+
+    def _grammar(self, response_format, grammar, after_reasoning: bool = False, **tool_fields):
+        from .constrain import Grammar, request_constraint
+
+        if isinstance(grammar, Grammar):
+            if response_format is not None or tool_fields.get("tool_choice") not in (None, "auto", "none"):
+                raise ValueError("give either a compiled grammar or response_format/tool_choice, not both")
+            return grammar
+        c = request_constraint(response_format=response_format, grammar=grammar, **tool_fields)
+        return c.compile(self.tokenizer, after_reasoning=after_reasoning) if c is not None else None
+
+    def _generate(self, prompt, max_tokens, state, spec, draft, compiled, sampling) -> Generation:
         params = self._sampling(sampling)
         spec_cfg = self.spec_for(spec, draft, state)
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
@@ -405,7 +425,7 @@ class Model:
         stats = GenerationStats(prompt_tokens=len(ids))
         return Generation(StateSequence(self, state), ids, ids, Sampler(params), min(max_tokens, room),
                           self.tokenizer.eog_ids, params.stop, self.tokenizer.stream_decoder(), stats,
-                          spec=spec_cfg, spec_mtp=bool(getattr(state, "has_mtp", False)))
+                          spec=spec_cfg, spec_mtp=bool(getattr(state, "has_mtp", False)), grammar=compiled)
 
     def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None,
                     add_generation_prompt: bool = True, **template_kwargs: Any) -> str:
@@ -415,10 +435,15 @@ class Model:
     def chat(self, messages: list[dict], *, tools: list[dict] | None = None, max_tokens: int = 1024,
              enable_thinking: bool | None = None, preserve_thinking: bool | None = None,
              sampling: dict | None = None, spec: str | None = None, draft: int | None = None,
+             response_format: dict | None = None, grammar=None, tool_choice: Any = None,
              **template_kwargs: Any) -> ChatGeneration:
         """Stream an assistant reply to messages (OpenAI-style dicts) through the chat template.
 
         Reasoning (inside <think>) and visible content come separately in each ChatChunk.
+        response_format / grammar constrain the content after the reasoning (see generate());
+        tool_choice "required" or {"type": "function", "function": {"name": ...}} forces a qwen3_coder
+        call to one of `tools` with arguments valid under its schema (parse it with
+        pyqwen.tool_calls.parse_tool_calls(reply.content, tools)).
         """
         if enable_thinking is not None:
             template_kwargs["enable_thinking"] = enable_thinking
@@ -426,5 +451,6 @@ class Model:
             template_kwargs["preserve_thinking"] = preserve_thinking
         prompt = self.render_chat(messages, tools=tools, **template_kwargs)
         started_in_think = prompt.rstrip("\n").endswith("<think>")
-        gen = self.generate(prompt, max_tokens=max_tokens, spec=spec, draft=draft, **(sampling or {}))
+        compiled = self._grammar(response_format, grammar, started_in_think, tools=tools, tool_choice=tool_choice)
+        gen = self._generate(prompt, max_tokens, None, spec, draft, compiled, sampling or {})
         return ChatGeneration(gen, started_in_think)

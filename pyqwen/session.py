@@ -202,7 +202,8 @@ class Turn:
         return self.cache.model.mtp_draft(self.session.state, token, argmax=argmax)
 
     def generate(self, sampler, max_tokens: int, eog_ids: set[int], stop: list[str], stream_decoder,
-                 logprobs: int | None = None, spec: str | None = None, draft: int | None = None) -> Generation:
+                 logprobs: int | None = None, spec: str | None = None, draft: int | None = None,
+                 grammar=None) -> Generation:
         """A Generation continuing this prompt; it prefills only prompt_ids[n_cached:]."""
         ids = self.prompt_ids
         room = self.state.n_ctx - len(ids)
@@ -214,7 +215,8 @@ class Turn:
         spec = model.spec_for(spec, draft, self.state) if hasattr(model, "spec_for") else None
         self.generation = Generation(self, ids, ids[self.n_cached:], sampler, min(max_tokens, room),
                                      eog_ids, stop, stream_decoder, stats, logprobs,
-                                     spec=spec, spec_mtp=bool(getattr(self.state, "has_mtp", False)))
+                                     spec=spec, spec_mtp=bool(getattr(self.state, "has_mtp", False)),
+                                     grammar=grammar)
         return self.generation
 
     def checkpoint(self, kind: str) -> Checkpoint | None:

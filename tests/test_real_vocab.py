@@ -44,11 +44,20 @@ WS = [" ", "  ", "\n", "\t", "\r\n", "\u00a0", "   \n", "\u3000"]
 
 
 @pytest.fixture(scope="session")
-def real_tok(tmp_path_factory):
+def real_vocab_dir(tmp_path_factory):
+    """The HF tokenizer files of the real vocabulary (tokenizer.json ...) in a temp dir."""
     import real_vocab
+
+    return real_vocab.tokenizer_dir(tmp_path_factory.mktemp("real-vocab"))
+
+
+@pytest.fixture(scope="session")
+def real_tok(real_vocab_dir):
+    import real_vocab
+    from pyqwen.hf_vocab import vocab_metadata
     from pyqwen.tokenizer import Tokenizer
 
-    meta = real_vocab.gguf_metadata(tmp_path_factory.mktemp("real-vocab"))
+    meta = vocab_metadata(real_vocab_dir, real_vocab.N_VOCAB)   # what real_vocab.gguf_metadata returns
     return Tokenizer.from_metadata(meta), real_vocab.reference(), meta
 
 
@@ -128,3 +137,40 @@ def test_streaming_decode_of_split_utf8(real_tok):
             pieces = [dec.push(i) for i in seq] + [dec.flush()]
             assert "".join(pieces) == text
             assert all("\ufffd" not in p for p in pieces)
+
+
+# ---- constrained decoding (pyqwen.constrain) at the real vocabulary's 248,320 tokens ----------------------
+
+def test_grammar_masks_match_llguidance_own_reading(real_tok, real_vocab_dir):
+    """pyqwen's token table of the real Qwen3.6 vocabulary (from GGUF metadata) gives llguidance the same
+    masks as llguidance's own reading of the HF tokenizer.json, step by step along a JSON document and a
+    tool call (special tokens <tool_call> and </tool_call> included)."""
+    llguidance = pytest.importorskip("llguidance")
+    from test_constrained import RESPONSE_FORMAT, TOOLS
+
+    from pyqwen.constrain import Constraint, token_table
+
+    tok = real_tok[0]
+    hf_dir = real_vocab_dir
+    assert tok.n_vocab == 248_320
+    eog = sorted(tok.eog_ids)
+    ours = token_table(tok)
+    theirs = llguidance.LLTokenizer((hf_dir / "tokenizer.json").read_text(), n_vocab=tok.n_vocab, eos_token=eog)
+    cases = [
+        (Constraint.response_format(RESPONSE_FORMAT),
+         '{"name": "Ada Lovelace", "age": 36, "tags": ["math", "東京"], "kind": "cat", "active": true}'),
+        (Constraint.tool_choice(TOOLS, "required"),
+         "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n3\n"
+         "</parameter>\n</function>\n</tool_call>"),
+    ]
+    for c, text in cases:
+        g = c.compile(tok)
+        a, b = llguidance.LLMatcher(ours, g.text), llguidance.LLMatcher(theirs, g.text)
+        ids = tok.encode(text)
+        for t in ids + [None]:
+            ma, mb = a.compute_logit_bias(), b.compute_logit_bias()
+            assert ma == mb
+            if t is None:
+                assert all(ma[e] for e in eog)        # the document is complete: the end is allowed
+                break
+            assert ma[t] and a.consume_token(t) and b.consume_token(t)

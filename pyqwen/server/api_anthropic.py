@@ -204,6 +204,9 @@ def to_openai(body: dict) -> tuple[dict, dict]:
     chat = {"messages": messages, "max_tokens": body.get("max_tokens"), "stream": body.get("stream", False),
             "tools": _tools(body.get("tools")), "tool_choice": _tool_choice(body.get("tool_choice")),
             "chat_template_kwargs": {"enable_thinking": thinking}}
+    tc = body.get("tool_choice")
+    if isinstance(tc, dict) and tc.get("disable_parallel_tool_use") is True:   # a forced call: just one
+        chat["parallel_tool_calls"] = False
     for k in ("temperature", "top_p", "top_k", "model"):
         if body.get(k) is not None:
             chat[k] = body[k]

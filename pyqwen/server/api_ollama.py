@@ -156,7 +156,7 @@ def generate_body(body: dict, n_ctx: int) -> tuple[dict | None, dict]:
     if system is not None and not isinstance(system, str):
         raise bad_field("'system' must be a string", "system")
     if raw:     # the prompt as-is: like ollama, no template and no system prompt
-        return {"prompt": prompt, "max_tokens": n_ctx, **_sampling(body, n_ctx)}, extra
+        return {"prompt": prompt, "max_tokens": n_ctx, **_sampling(body, n_ctx), **_format(body)}, extra
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     return {"messages": messages, **_sampling(body, n_ctx), **_think(body), **_format(body)}, extra
 

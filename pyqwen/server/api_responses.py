@@ -214,7 +214,8 @@ def make_translator(store: ResponseStore):
             messages.insert(0, {"role": "system", "content": instructions})
         chat: dict[str, Any] = {"messages": messages, "stream": body.get("stream", False),
                                 "tools": _tools(body.get("tools")), "tool_choice": _tool_choice(body.get("tool_choice")),
-                                "max_tokens": body.get("max_output_tokens")}
+                                "max_tokens": body.get("max_output_tokens"),
+                                "parallel_tool_calls": body.get("parallel_tool_calls")}   # a forced call: 1 or more
         fmt = _text_format(body.get("text"))
         if fmt is not None:
             chat["response_format"] = fmt

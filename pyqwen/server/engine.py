@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..chat import ChatTemplateError
-from ..errors import ContextOverflowError
+from ..errors import ContextOverflowError, GrammarError
 from ..sampling import Sampler, SamplingParams
 from ..reply import ReplyStream, TextStream
 from ..session import Cancelled, SessionCache, chat_checkpoints
@@ -70,6 +70,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
     logprobs: int | None = None             # None: off; n: chosen token + n likeliest (generation's host path)
+    grammar: Any = None                     # a compiled pyqwen.constrain.Grammar the output is held to
     # chat only
     prompt_text: str = ""
     messages: list[dict] = field(default_factory=list)
@@ -237,12 +238,14 @@ class Engine:
         gen_char = gen_char + len(_GEN_HEADER) if gen_char >= 0 else None
         cps = chat_checkpoints(text, ids, m.tokenize, req.messages[-1]["role"])
         gen_pos = next((p for p, k in cps if k in ("gen", "query")), None)
+        started_in_think = text.rstrip("\n").endswith("<think>")
+        grammar = self._compile(req.constraint, started_in_think)
         return Job(kind="chat", prompt_ids=ids, max_tokens=req.max_tokens or m.n_ctx, sampling=req.sampling,
                    session_key=req.session_key, checkpoints=cps, loop=loop, events=events, logprobs=req.logprobs,
                    prompt_text=text,
                    messages=req.messages, tools=req.tools, parse_tools=req.parse_tools,
                    template_kwargs=req.template_kwargs,
-                   started_in_think=text.rstrip("\n").endswith("<think>"),
+                   started_in_think=started_in_think, grammar=grammar,
                    gen_pos=gen_pos, gen_char=gen_char if gen_pos is not None else None)
 
     def prepare_completion(self, req: CompletionRequest, loop, events) -> Job:
@@ -254,7 +257,16 @@ class Engine:
         self._check_fits(ids, None)
         return Job(kind="completion", prompt_ids=ids, max_tokens=req.max_tokens, sampling=req.sampling,
                    session_key=req.session_key, checkpoints=[(len(ids), "prompt_end")], loop=loop, events=events,
-                   logprobs=req.logprobs)
+                   logprobs=req.logprobs, grammar=self._compile(req.constraint, False))
+
+    def _compile(self, constraint, after_reasoning: bool):
+        """The constraint compiled against the model's vocabulary (a 400 naming what is wrong with it)."""
+        if constraint is None:
+            return None
+        try:
+            return constraint.compile(self.model.tokenizer, after_reasoning=after_reasoning)
+        except GrammarError as e:
+            raise bad(str(e), e.param) from None
 
     def _check_size(self, n_chars: int, param: str) -> None:
         """400 for a text too long to fit in the context whatever its tokens, before any tokenizing."""
@@ -291,7 +303,7 @@ class Engine:
         with turn:
             try:
                 gen = turn.generate(sampler, job.max_tokens, m.tokenizer.eog_ids, job.sampling.stop,
-                                    m.tokenizer.stream_decoder(), logprobs=job.logprobs)
+                                    m.tokenizer.stream_decoder(), logprobs=job.logprobs, grammar=job.grammar)
             except ContextOverflowError as e:
                 job.emit("error", APIError(400, str(e), "invalid_request_error", "messages",
                                            "context_length_exceeded"))

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..constrain import Constraint, request_constraint
+from ..errors import GrammarError
 from ..tool_calls import ToolSpecError, messages_for_template, validate_tools
 
 MAX_DEPTH = 64          # nesting of the JSON body
@@ -257,6 +259,7 @@ class ChatRequest:
     template_kwargs: dict
     session_key: str | None
     logprobs: int | None = None     # None: off; n: the chosen token's and the n likeliest tokens' logprobs
+    constraint: Constraint | None = None   # response_format / grammar / forced tool call (pyqwen.constrain)
 
     @property
     def parse_tools(self) -> bool:
@@ -307,9 +310,7 @@ def parse_chat(body: dict, n_ctx: int, header_session: str | None = None) -> Cha
                 raise bad("'tool_choice' names no function in 'tools'", "tool_choice")
         else:
             raise bad("'tool_choice' must be a string or an object", "tool_choice")
-    rf = body.get("response_format")
-    if rf is not None and not (isinstance(rf, dict) and rf.get("type") == "text"):
-        raise bad("only response_format {'type': 'text'} is supported", "response_format")
+    constraint = _constraint(body, tools if tc != "none" else None, tc)
     kw = body.get("chat_template_kwargs")
     if kw is None:
         kw = {}
@@ -324,7 +325,20 @@ def parse_chat(body: dict, n_ctx: int, header_session: str | None = None) -> Cha
     return ChatRequest(messages=messages, tools=tools if tc != "none" else None, tool_choice=tc,
                        max_tokens=common["max_tokens"], stream=common["stream"],
                        include_usage=common["include_usage"], sampling=common["sampling"], template_kwargs=kw,
-                       session_key=key, logprobs=logprobs)
+                       session_key=key, logprobs=logprobs, constraint=constraint)
+
+
+def _constraint(body: dict, tools: list[dict] | None = None, tool_choice: Any = None) -> Constraint | None:
+    """What the output is held to: OpenAI's response_format, llama-server's `grammar` (GBNF, or Lark) and
+    `json_schema`, or a forced tool call (tool_choice "required" or a named function). Its content (the
+    schema or grammar itself) is checked when it is compiled against the vocabulary (Engine.prepare_*)."""
+    parallel = _bool(body, "parallel_tool_calls", True)
+    try:
+        return request_constraint(response_format=body.get("response_format"), grammar=body.get("grammar"),
+                                  json_schema=body.get("json_schema"), tools=tools, tool_choice=tool_choice,
+                                  parallel_tool_calls=parallel)
+    except GrammarError as e:
+        raise bad(str(e), e.param) from None
 
 
 # ---- completions -----------------------------------------------------------------------------------
@@ -338,6 +352,7 @@ class CompletionRequest:
     sampling: Sampling
     session_key: str | None
     logprobs: int | None = None
+    constraint: Constraint | None = None
 
 
 def parse_completion(body: dict, n_ctx: int, n_vocab: int, header_session: str | None = None) -> CompletionRequest:
@@ -362,4 +377,4 @@ def parse_completion(body: dict, n_ctx: int, n_vocab: int, header_session: str |
     key = header_session or body.get("session_id") or body.get("user") or None
     return CompletionRequest(prompt=p, max_tokens=common["max_tokens"] or 16, stream=common["stream"],
                              include_usage=common["include_usage"], sampling=common["sampling"], session_key=key,
-                             logprobs=_completion_logprobs(body))
+                             logprobs=_completion_logprobs(body), constraint=_constraint(body))
