@@ -103,24 +103,27 @@ void attention_rows(const float* q, int64_t q_stride, int64_t M, const int64_t* 
     }
     for (int64_t s = 0; s < L; ++s) sk.exp_acc(S + s * M + first[s], mx.data() + first[s], sums.data() + first[s], M - first[s]);
     for (int64_t i = 0; i < M; ++i) std::fill(o + i * o_stride, o + i * o_stride + D, 0.0f);
-    // V rows in key order into every row that sees them (a quantized row dequantized once for all).
-    std::vector<float> tmp(v_type == T_F32 || v_type == T_F16 ? 0 : D);
-    for (int64_t s = 0; s < L; ++s) {
-        const uint8_t* row = V + s * v_stride;
-        const float* vf = (const float*)row;
-        if (v_type != T_F32 && v_type != T_F16) {
-            quant_traits(v_type)->to_float(row, tmp.data(), D);
-            vf = tmp.data();
-        }
-        const float* Ss = S + s * M;
-        for (int64_t i = first[s]; i < M; ++i) {
-            float* acc = o + i * o_stride;
-            const float w = Ss[i] / sums[i];
-            if (v_type == T_F16) {
-                sk.axpy_f16(acc, (const uint16_t*)row, w, D);
+    // V in blocks of keys turned to floats once for all rows (dequantized, or widened from f16); each row
+    // then takes the block's weighted sum with its accumulator in registers, keys in order.
+    constexpr int64_t kBlock = 64;
+    std::vector<float> vt(kBlock * D), w(kBlock);
+    for (int64_t s0 = 0; s0 < L; s0 += kBlock) {
+        const int64_t nb = std::min(kBlock, L - s0);
+        for (int64_t s = 0; s < nb; ++s) {
+            const uint8_t* row = V + (s0 + s) * v_stride;
+            float* dst = vt.data() + s * D;
+            if (v_type == T_F32) {
+                std::copy_n((const float*)row, D, dst);
+            } else if (v_type == T_F16) {
+                for (int64_t d = 0; d < D; ++d) dst[d] = fp16_to_fp32(((const uint16_t*)row)[d]);
             } else {
-                for (int64_t d = 0; d < D; ++d) acc[d] += w * vf[d];
+                quant_traits(v_type)->to_float(row, dst, D);
             }
+        }
+        for (int64_t i = first[s0]; i < M; ++i) {
+            const int64_t nk = std::min(nb, n_keys[i] - s0);  // the row's keys in this block
+            for (int64_t s = 0; s < nk; ++s) w[s] = S[(s0 + s) * M + i] / sums[i];
+            sk.wsum(o + i * o_stride, vt.data(), w.data(), nk, D);
         }
     }
 }

@@ -17,6 +17,7 @@ float dot_bf16_avx2(const uint16_t* w, const float* x, int64_t n);
 void axpy_f16_avx2(float* acc, const uint16_t* h, float a, int64_t n);
 void mul_silu_avx2(float* y, const float* a, const float* s, int64_t n);
 void exp_acc_avx2(float* x, const float* mx, float* sums, int64_t m);
+void wsum_avx2(float* acc, const float* V, const float* w, int64_t nk, int64_t D);
 void conv1d_silu_avx2(const float* x, const float* w, float* state, float* y, int64_t C, int64_t K, int64_t n,
                       int64_t c0, int64_t c1);
 void delta_rule_head_avx2(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
@@ -27,7 +28,7 @@ void dots_f16_avx2(const uint16_t* w, const float* x, int64_t x_stride, int64_t 
 void dots_bf16_avx2(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
 static const SimdKernels kAvx2 = {"avx2", dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2, dots_f32_avx2, dots_f16_avx2,
                                   dots_bf16_avx2, axpy_f16_avx2, mul_silu_avx2, conv1d_silu_avx2,
-                                  exp_acc_avx2, delta_rule_head_avx2};
+                                  wsum_avx2, exp_acc_avx2, delta_rule_head_avx2};
 #endif
 #if defined(PQ_HAVE_AVX2_KERNELS) && defined(PQ_HAVE_AVX512_KERNELS)
 float dot_f16_avx512(const uint16_t* w, const float* x, int64_t n);
@@ -40,11 +41,16 @@ void dots_bf16_avx512(const uint16_t* w, const float* x, int64_t x_stride, int64
 // the model amplifies the order difference).
 static const SimdKernels kAvx512 = {"avx512", dot_f32_avx2, dot_f16_avx512, dot_bf16_avx512, dots_f32_avx2,
                                     dots_f16_avx512, dots_bf16_avx512, axpy_f16_avx2, mul_silu_avx2,
-                                    conv1d_silu_avx2, exp_acc_avx2, delta_rule_head_avx2};
+                                    conv1d_silu_avx2, wsum_avx2, exp_acc_avx2, delta_rule_head_avx2};
 #endif
 
 static void mul_silu_ref(float* y, const float* a, const float* s, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] = a[i] * silu(s[i]);
+}
+
+static void wsum_ref(float* acc, const float* V, const float* w, int64_t nk, int64_t D) {
+    for (int64_t s = 0; s < nk; ++s)
+        for (int64_t d = 0; d < D; ++d) acc[d] += w[s] * V[s * D + d];
 }
 
 static void exp_acc_ref(float* x, const float* mx, float* sums, int64_t m) {
@@ -62,7 +68,7 @@ static void dots_ref(const T* w, const float* x, int64_t x_stride, int64_t m, in
 
 static const SimdKernels kRef = {"ref", dot_f32_ref, dot_f16_ref, dot_bf16_ref, dots_ref<float, dot_f32_ref>,
                                  dots_ref<uint16_t, dot_f16_ref>, dots_ref<uint16_t, dot_bf16_ref>, axpy_f16_ref,
-                                 mul_silu_ref, conv1d_silu, exp_acc_ref, delta_rule_head};
+                                 mul_silu_ref, conv1d_silu, wsum_ref, exp_acc_ref, delta_rule_head};
 
 bool cpu_supports(const char* level) {
 #if defined(__x86_64__) || defined(__i386__)

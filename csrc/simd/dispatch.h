@@ -28,6 +28,9 @@ struct SimdKernels {
     // The DeltaNet's causal conv + SiLU over channels [c0, c1) (gdn.h conv1d_silu).
     void (*conv1d_silu)(const float* x, const float* w, float* state, float* y, int64_t C, int64_t K, int64_t n,
                         int64_t c0, int64_t c1);
+    // acc[d] += sum over s < nk of w[s] * V[s * D + d], keys in order (each step one acc += w * v, as the
+    // kernel set's axpy does it): one attention row's weighted sum over a block of float V rows.
+    void (*wsum)(float* acc, const float* V, const float* w, int64_t nk, int64_t D);
     // One softmax step of m attention rows at one key: x[i] = exp(x[i] - mx[i]), sums[i] += x[i]. Each
     // lane's result does not depend on m or on its position (a row's softmax is the same in any batch).
     void (*exp_acc)(float* x, const float* mx, float* sums, int64_t m);

@@ -1,4 +1,5 @@
 // dot_avx2.cpp: AVX2+FMA+F16C versions of the float dot products (reference: matmul.cpp *_ref).
+#include <cmath>
 #include <immintrin.h>
 
 #include <cstdint>
@@ -131,6 +132,35 @@ void axpy_f16_avx2(float* acc, const uint16_t* h, float a, int64_t n) {
         _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(va, v, _mm256_loadu_ps(acc + i)));
     }
     for (; i < n; ++i) acc[i] += a * _cvtsh_ss(h[i]);
+}
+
+// acc[d] += w[s] * V[s][d] for s in order, one fma per step as axpy_f16_avx2 does, with 32 columns of acc
+// held in registers across the keys (the attention's P V for one row over a block of keys).
+void wsum_avx2(float* acc, const float* V, const float* w, int64_t nk, int64_t D) {
+    int64_t d = 0;
+    for (; d + 32 <= D; d += 32) {
+        __m256 a0 = _mm256_loadu_ps(acc + d), a1 = _mm256_loadu_ps(acc + d + 8);
+        __m256 a2 = _mm256_loadu_ps(acc + d + 16), a3 = _mm256_loadu_ps(acc + d + 24);
+        for (int64_t s = 0; s < nk; ++s) {
+            const __m256 ws = _mm256_set1_ps(w[s]);
+            const float* v = V + s * D + d;
+            a0 = _mm256_fmadd_ps(ws, _mm256_loadu_ps(v), a0);
+            a1 = _mm256_fmadd_ps(ws, _mm256_loadu_ps(v + 8), a1);
+            a2 = _mm256_fmadd_ps(ws, _mm256_loadu_ps(v + 16), a2);
+            a3 = _mm256_fmadd_ps(ws, _mm256_loadu_ps(v + 24), a3);
+        }
+        _mm256_storeu_ps(acc + d, a0);
+        _mm256_storeu_ps(acc + d + 8, a1);
+        _mm256_storeu_ps(acc + d + 16, a2);
+        _mm256_storeu_ps(acc + d + 24, a3);
+    }
+    for (; d + 8 <= D; d += 8) {
+        __m256 a = _mm256_loadu_ps(acc + d);
+        for (int64_t s = 0; s < nk; ++s) a = _mm256_fmadd_ps(_mm256_set1_ps(w[s]), _mm256_loadu_ps(V + s * D + d), a);
+        _mm256_storeu_ps(acc + d, a);
+    }
+    for (; d < D; ++d)
+        for (int64_t s = 0; s < nk; ++s) acc[d] = std::fma(w[s], V[s * D + d], acc[d]);
 }
 
 }  // namespace pq
