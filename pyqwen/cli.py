@@ -24,6 +24,7 @@ from typing import Sequence
 from .errors import CLIError, ContextOverflowError, ModelFormatError
 from .cli_compat import backend_arg
 from .cli_model_args import add_cache_and_rope_args, cache_and_rope_kwargs
+from .cli_values import float_arg, int_arg
 from .model_path import DEMO_NOTE, model_arg, resolve_model_path  # noqa: F401  (part of this module's API)
 
 
@@ -34,16 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 # ---- argument types --------------------------------------------------------------------------------
 
-def _int(lo: int | None = None, what: str = "integer"):
-    def parse(s: str) -> int:
-        try:
-            v = int(s, 0) if s.strip().lower().startswith("0x") else int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an {what}, got {s!r}") from None
-        if lo is not None and v < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
-        return v
-    return parse
+_int = int_arg
 
 
 def _int_list(lo: int | None = None):
@@ -55,14 +47,7 @@ def _int_list(lo: int | None = None):
     return parse
 
 
-def _float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {s!r}")
-    return v
+_float = float_arg
 
 
 _UNITS = {"": 2**30, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,

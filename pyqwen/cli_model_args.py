@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from .cli_values import float_arg, int_arg, positive_float_arg
 from .kv_cache import KV_TYPES
 from .rope_scaling import KINDS
 
@@ -16,31 +17,9 @@ def _kv_type(text: str) -> str:
     return t
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-def _ctx_len(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return v
+_positive_float = positive_float_arg
+_float = float_arg
+_ctx_len = int_arg(1)
 
 
 def add_cache_and_rope_args(g, kv_default: str = "f16") -> None:

@@ -7,7 +7,7 @@ API module turns the engine's events (("delta", {reasoning_content|content|tool_
 ("error", APIError)) into its own JSON or stream.
 
 `Gateway` holds what create_app already has (the body reader, the disconnect-aware event wait) so the
-API modules reuse it instead of copying it; `register_agent_apis` is the one call create_app makes.
+API modules reuse it instead of copying it; `agent_apis.register_agent_apis` is the one call create_app makes.
 """
 
 from __future__ import annotations
@@ -128,15 +128,3 @@ def bad_field(message: str, param: str | None = None) -> APIError:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
-
-
-def register_agent_apis(app, engine: Engine, *, api_key: str | None, read_body, next_event) -> None:
-    """Add /v1/messages, /v1/responses and the ollama /api/* routes to the OpenAI app."""
-    from .api_anthropic import register_anthropic
-    from .api_ollama import register_ollama
-    from .api_responses import register_responses
-
-    gw = Gateway(engine, api_key, read_body, next_event)
-    register_anthropic(app, gw)
-    register_responses(app, gw)
-    register_ollama(app, gw)

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .api_common import register_agent_apis
+from .agent_apis import register_agent_apis
 from .engine import Engine, Job, new_id
 from .logprobs import chat_logprobs, completion_logprobs
 from .protocol import APIError, parse_chat, parse_completion, parse_json_body

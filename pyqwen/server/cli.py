@@ -12,16 +12,10 @@ import os
 import sys
 
 from ..cli_model_args import add_cache_and_rope_args, cache_and_rope_kwargs
+from ..cli_values import int_arg
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+_positive_int = int_arg(1, "integer")
 
 
 def _port(s: str) -> int:
