@@ -91,10 +91,10 @@ def dequant_rows(b: bytes, t: str) -> np.ndarray:
 # floats that differ by the backends' summation orders (~1e-6 relative), and a value on a rounding
 # boundary lands one level apart: one q8_0 level is 1/127 of its block's largest value, one q4_0 level
 # 1/7 (the F16 cache: 6e-4 max here). Observed max / mean: q8_0 0.016 / 1e-3, q8_0,q4_0 0.04 / 2e-3.
-QUANT_MAX = {"q8_0": 2e-2, "q4_0": 6e-2, "q8_0,q4_0": 6e-2}
+QUANT_MAX = {"q8_0": 2e-2, "q8_0,q4_0": 6e-2}
 
 
-@pytest.mark.parametrize("kv", ["q8_0,q4_0", "q4_0", "q8_0"])
+@pytest.mark.parametrize("kv", ["q8_0,q4_0", "q8_0"])
 def test_quantized_cache_matches_cpu(emu_ops, tiny_f16, kv):
     """-ctk/-ctv on both backends: logits close to the CPU's with the same types (prefill and decode;
     QUANT_MAX), within a looser bound of the F16 cache; the caches hold the same values to one level."""
@@ -166,7 +166,7 @@ def test_snapshots_live_in_host_memory_and_are_ordered(emu_ops, tiny_f16):
     copy only queued: the emulator runs it when the host next waits) holds the state of its time, and
     restoring it gives the logits of a state fed the same pieces, bit for bit."""
     core = load_cuda_core(emu_ops, tiny_f16, n_batch=8)
-    for kv in ("f16", "q8_0,q4_0"):
+    for kv in ("q8_0,q4_0",):  # (f16: tests/cuda/test_server_emu.py)
         st = core.new_state(64, kv)
         live = emu_ops.live_allocations()
         snaps = []
@@ -198,7 +198,7 @@ def test_snapshots_live_in_host_memory_and_are_ordered(emu_ops, tiny_f16):
 
 # ---- the memory plan is what the model allocates -------------------------------------------------------------
 
-@pytest.mark.parametrize("kv", ["q8_0", "q4_0", "q8_0,f16", "f16,q4_0"])
+@pytest.mark.parametrize("kv", ["q8_0", "f16,q4_0"])
 def test_memory_plan_with_kv_types(emu_ops, tiny_f16, kv):
     from pyqwen.gguf_file import GGUFFile
     from pyqwen.memory_plan import plan
