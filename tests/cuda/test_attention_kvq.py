@@ -255,9 +255,9 @@ def transformers_yarn(n_rot, base, factor, orig_ctx):
 def test_yarn_rope_in_attention(ops, decode):
     """q/k roped with transformers' YaRN frequencies and scaled by its attention factor, positions far past
     the original context; the attention output over an f16 cache follows."""
-    n_rot, D, base, factor, orig = 64, 128, 1e7, 4, 4096
+    n_rot, D, base, factor, orig = 64, 128, 1e7, 4, 1024
     freqs, mscale = transformers_yarn(n_rot, base, factor, orig)
-    n, pos0 = (1, 12000) if decode else (5, 9000)
+    n, pos0 = (1, 3000) if decode else (5, 1500)
     case = make_case(n, 4, 2, D, pos0, "f16", "f16", seed=7)
     out, q2, k2, kc, vc = run(ops, case, "f16", "f16", n_rot, base=base, freqs=freqs, mscale=mscale)
     ref, rq, rk, *_ = reference(case, "f16", "f16", freqs, mscale)
