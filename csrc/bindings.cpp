@@ -50,7 +50,18 @@ PYBIND11_MODULE(_core, m) {
     py::class_<Snapshot>(m, "Snapshot")
         .def_readonly("pos", &Snapshot::pos)
         .def_readonly("has_kv", &Snapshot::has_kv)
-        .def_property_readonly("nbytes", &Snapshot::bytes);
+        .def_property_readonly("nbytes", &Snapshot::bytes)
+        .def_property_readonly(
+            "kv_rows",
+            [](const Snapshot& s) {
+                py::list out;
+                for (size_t i = 0; i < s.k.size(); ++i)
+                    out.append(py::make_tuple(py::bytes(reinterpret_cast<const char*>(s.k[i].data()), s.k[i].size()),
+                                              py::bytes(reinterpret_cast<const char*>(s.v[i].data()), s.v[i].size())));
+                return out;
+            },
+            "[(K bytes, V bytes)] of rows [0, pos) per attention layer, then MTP block (with_kv snapshots; tests "
+            "compare the backends' caches with it).");
 
     auto model_cls = py::class_<PyModel>(m, "Model")
         .def(py::init([](const py::dict& config, const py::dict& tensors, int n_threads, py::object keepalive) {

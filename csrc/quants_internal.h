@@ -24,15 +24,7 @@ inline int nearest_int(float f) {
     return (i & 0x007fffff) - 0x00400000;
 }
 
-// C's float -> int8 conversion as x86-64 compilers emit it (cvttss2si to 32 bits, keep the low byte):
-// NaN and out-of-range values become INT32_MIN, whose low byte is 0. Written explicitly because the
-// plain cast is undefined behaviour for those inputs and ggml's Q8_0 reference hits them for
-// subnormal blocks (1/d overflows to inf).
-inline int8_t trunc_to_i8(float r) {
-    int32_t i = INT32_MIN;
-    if (r > -2147483904.f && r < 2147483648.f) i = (int32_t)r;
-    return (int8_t)(uint8_t)(uint32_t)i;
-}
+// trunc_to_i8 (C's float -> int8 conversion as x86-64 emits it): formats.h, shared with CUDA.
 
 constexpr float kGroupMaxEps = 1e-15f;  // ggml GROUP_MAX_EPS: below this a group counts as all-zero
 

@@ -61,17 +61,7 @@ inline uint32_t load_qh(const uint8_t* qh) {
 // ---- Q4_0: d = max / -8 (max = the signed value of largest |x|), q = x/d + 8 in [0, 15] ----
 void q4_0_from_float(const float* x, void* dst, int64_t n) {
     block_q4_0* y = (block_q4_0*)dst;
-    for (int64_t i = 0; i < n / QK4_0; ++i, x += QK4_0) {
-        const float d = signed_absmax(x, QK4_0) / -8;
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = fp32_to_fp16(d);
-        for (int j = 0; j < QK4_0 / 2; ++j) {
-            const uint8_t xi0 = clamp_trunc(15, x[j] * id + 8.5f);
-            const uint8_t xi1 = clamp_trunc(15, x[QK4_0 / 2 + j] * id + 8.5f);
-            y[i].qs[j] = xi0;
-            y[i].qs[j] |= (uint8_t)(xi1 << 4);
-        }
-    }
+    for (int64_t i = 0; i < n / QK4_0; ++i) quantize_block_q4_0(x + i * QK4_0, y + i);  // formats.h
 }
 
 void q4_0_to_float(const void* src, float* y, int64_t n) {

@@ -11,15 +11,7 @@ namespace qi {
 // ---- Q8_0: d = amax/127 (fp16), q = round(x/d) with C roundf (ties away from zero) ----
 void q8_0_from_float(const float* x, void* dst, int64_t n) {
     block_q8_0* y = (block_q8_0*)dst;
-    for (int64_t i = 0; i < n / QK8_0; ++i, x += QK8_0) {
-        float amax = 0;
-        for (int j = 0; j < QK8_0; ++j) amax = amax > fabsf(x[j]) ? amax : fabsf(x[j]);
-        const float d = amax / 127;
-        // Multiply by the fp32 inverse of the unrounded d, as ggml does (not divide by the fp16 d).
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = fp32_to_fp16(d);
-        for (int j = 0; j < QK8_0; ++j) y[i].qs[j] = trunc_to_i8(roundf(x[j] * id));
-    }
+    for (int64_t i = 0; i < n / QK8_0; ++i) quantize_block_q8_0(x + i * QK8_0, y + i);  // formats.h
 }
 
 void q8_0_to_float(const void* src, float* y, int64_t n) {

@@ -10,10 +10,23 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "formats.h"
 #include "host_api.h"
 #include "plan/workspace_sizes.h"  // AttentionTuning, attention_scratch_bytes_ex
+#include "rope_table.h"            // RopeFreqs: the model's rotary table, built once (rope_freqs(config))
 
 namespace pq::cuda {
+
+// One layer's KV cache: K rows [n_ctx][Hkv][D] and V rows likewise, each in its own type: T_F16 (fp16 bit
+// patterns), T_Q8_0 or T_Q4_0 (each head's D values as D/32 ggml blocks, written with llama.cpp's reference
+// quantizer: formats.h). k / v may be null where a function says so.
+struct KvCache {
+    void* k = nullptr;
+    void* v = nullptr;
+    int k_type = T_F16, v_type = T_F16;
+};
+
+inline bool kv_cache_type_ok(int t) { return t == T_F16 || t == T_Q8_0 || t == T_Q4_0; }
 
 // Bytes of device scratch `attention` needs for a call with these head shapes, any n' <= n tokens and
 // any pos0 with pos0 + n' <= n_ctx (so one buffer sized for the largest batch serves every call). It
@@ -24,36 +37,38 @@ size_t attention_scratch_bytes(int H, int Hkv, int D, int64_t n, int64_t n_ctx);
 //   qg [n][H][2*D]: the attn_q projection, per head [q (D) | gate (D)]; modified in place (q normed+roped);
 //   k, v [n][Hkv][D]: the attn_k / attn_v projections; k modified in place (normed+roped);
 //   q_norm, k_norm [D]: RMSNorm weights (already +1 in the GGUF: multiply directly);
-//   k_cache, v_cache [n_ctx][Hkv][D] fp16 (bit patterns, uint16): rows pos0..pos0+n-1 are written here;
+//   kv: the caches (KvCache: fp16, Q8_0 or Q4_0 rows): rows pos0..pos0+n-1 are written here;
 //   out [n][H*D] = sigmoid(gate) * softmax(q k^T / sqrt(D), causal over 0..pos0+t) v, query head h -> KV head h / (H/Hkv).
-// q/k RMSNorm (eps) before NEOX RoPE on dims [0, n_rot): pairs (i, i + n_rot/2), theta_i = pos * base^(-2i/n_rot).
+// q/k RMSNorm (eps) before NEOX RoPE on dims [0, rope.n_rot): pairs (i, i + n_rot/2), theta_i = pos * f_i,
+// cos and sin scaled by rope.mscale (rope_table.h: f_i and mscale of csrc/common/rope_scaling.h).
 // `out` [n][H*D] (device, float) receives the gated output; it must not alias qg, k or v.
 // n == 1 runs the split-K decode kernel + the split combine (always the same 3 launches, with only the
 // decode grid and the scalar arguments depending on pos0: CUDA-graph updates keep the topology), n > 1
 // the flash prefill kernel (split over keys, + combine, when the batch is too small to fill the GPU).
-// Attention reads K and V back from the fp16 cache, as the CPU backend does.
+// Attention reads K and V back from the cache (dequantizing quantized rows tile by tile in registers or
+// shared memory), as the CPU backend does.
 cudaError_t attention(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
-                      uint16_t* k_cache, uint16_t* v_cache, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv,
-                      int D, int n_rot, float rope_base, float eps, float* out, void* scratch, cudaStream_t stream);
+                      const KvCache& kv, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv, int D,
+                      const RopeFreqs& rope, float eps, float* out, void* scratch, cudaStream_t stream);
 
 // ---- lower-level pieces (the backend may call them; the tests use them to reach edge cases) ----------
 
 // Step 1 of `attention` alone: q/k RMSNorm + NEOX RoPE in place, and (when k_cache / v_cache are not
-// null) the fp16 append of k (normed+roped) and v to rows pos0..pos0+n-1. The RoPE angle matches
+// null) the append of k (normed+roped) and v to rows pos0..pos0+n-1 in their types. The RoPE angle matches
 // csrc/ops.cpp rope_neox (double-precision frequencies from the host, float-float phase, exact
 // Cody-Waite reduction, float sincos): |cos, sin - reference| <= 5e-7 for every position < 2^24.
 // qg == nullptr (q_norm may be too): only k and v, into the cache (which must be given) -- an MTP cache
 // catching up on rows whose queries nobody needs, with the very arithmetic of a full call.
 cudaError_t attention_prepare(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
-                              uint16_t* k_cache, uint16_t* v_cache, int64_t pos0, int64_t n, int H, int Hkv, int D,
-                              int n_rot, float rope_base, float eps, cudaStream_t stream);
+                              const KvCache& kv, int64_t pos0, int64_t n, int H, int Hkv, int D,
+                              const RopeFreqs& rope, float eps, cudaStream_t stream);
 
 // AttentionTuning (overrides of the automatic launch choices, for tests) and attention_scratch_bytes_ex:
 // plan/workspace_sizes.h.
 
 cudaError_t attention_ex(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
-                         uint16_t* k_cache, uint16_t* v_cache, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv,
-                         int D, int n_rot, float rope_base, float eps, float* out, void* scratch,
-                         cudaStream_t stream, const AttentionTuning& tuning);
+                         const KvCache& kv, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv, int D,
+                         const RopeFreqs& rope, float eps, float* out, void* scratch, cudaStream_t stream,
+                         const AttentionTuning& tuning);
 
 }  // namespace pq::cuda

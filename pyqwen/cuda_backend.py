@@ -2,8 +2,9 @@
 
 `CudaCore` has the methods pyqwen.Model uses on its core -- new_state, forward, snapshot, restore,
 config -- backed by pyqwen._cuda.CudaModel (cuda/model/model.cu): weights uploaded once to the GPU,
-states (F16 KV cache, F32 recurrent states) and snapshots in device memory, the forward pass on the
-GPU, decode steps replayed as CUDA graphs. On top of that:
+states (KV cache in f16, q8_0 or q4_0 for K and V, F32 recurrent states) in device memory, snapshots
+(the session cache's checkpoints) in pinned host memory, the forward pass on the GPU, decode steps
+replayed as CUDA graphs. On top of that:
 
 - `decode(state, token, params)`: one step with the next token chosen on the GPU (argmax, or
   temperature / top-k / top-p / min-p sampling with a seeded counter-based RNG); only the token id
@@ -31,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .backend import CoreAdapter
+from .kv_cache import kv_pair, kv_spec
 from .memory_plan import CUDA_RUNTIME_RESERVE_BYTES, DEFAULT_SNAPSHOTS, OutOfGPUMemory, Plan, plan_for
 
 __all__ = ["CudaCore", "cuda_available", "cuda_module", "select_backend", "OutOfGPUMemory"]
@@ -78,13 +80,26 @@ def cuda_available(module=None, device: int = 0) -> str | None:
     return None
 
 
+# The KV cache types the CUDA kernels store and read (K and V each); f32 is the CPU backend's.
+CUDA_KV_TYPES = ("f16", "q8_0", "q4_0")
+
+
+def cuda_kv_problem(kv_type: str) -> str | None:
+    """Why the CUDA backend cannot keep this KV cache ('f16', 'q8_0', 'q4_0' or 'K,V'), or None."""
+    bad = [t for t in kv_pair(kv_spec(kv_type)) if t not in CUDA_KV_TYPES]
+    if bad:
+        return (f"the CUDA backend's KV cache is {', '.join(CUDA_KV_TYPES)} for K and V; "
+                f"kv_type {kv_type!r} ({bad[0]}) runs on the CPU backend (backend='cpu')")
+    return None
+
+
 def select_backend(backend: str, kv_type: str = "f16", module=None, device: int = 0) -> str:
     """'cpu' or 'cuda' for Model.load's backend argument.
 
     'auto' is 'cuda' when pyqwen._cuda imports and sees the device (and the KV type is one the GPU
-    kernels implement, f16), else 'cpu' -- with a RuntimeWarning naming the reason when a GPU stack is
-    there but unusable (an old driver, a bad device index), never silently. 'cuda' raises RuntimeError
-    naming why it cannot run.
+    kernels implement: f16, q8_0, q4_0, for K and V independently), else 'cpu' -- with a RuntimeWarning
+    naming the reason when a GPU stack is there but unusable (an old driver, a bad device index), never
+    silently. 'cuda' raises RuntimeError naming why it cannot run (ValueError for an f32 KV cache).
     """
     if backend not in ("auto", "cpu", "cuda"):
         raise ValueError(f"backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
@@ -94,12 +109,13 @@ def select_backend(backend: str, kv_type: str = "f16", module=None, device: int 
     if backend == "cuda":
         if why is not None:
             raise RuntimeError(f"the CUDA backend is not available: {why}")
-        if kv_type != "f16":
-            raise ValueError(f"the CUDA backend keeps an F16 KV cache; kv_type {kv_type!r} needs backend='cpu'")
+        kv_why = cuda_kv_problem(kv_type)
+        if kv_why is not None:
+            raise ValueError(kv_why)
         return "cuda"
     if why is not None and not why.startswith(_NO_GPU):
         warnings.warn(f"backend 'auto' runs on the CPU: {why}", RuntimeWarning, stacklevel=3)
-    return "cuda" if why is None and kv_type == "f16" else "cpu"
+    return "cuda" if why is None and cuda_kv_problem(kv_type) is None else "cpu"
 
 
 def _progress_bar(total: int, enabled: bool | None):
@@ -139,8 +155,10 @@ class CudaCore(CoreAdapter):
         why = cuda_available(mod, device)
         if why is not None:
             raise RuntimeError(f"the CUDA backend is not available: {why}")
-        if kv_type != "f16":
-            raise ValueError(f"the CUDA backend keeps an F16 KV cache; kv_type {kv_type!r} is not supported")
+        kv_why = cuda_kv_problem(kv_type)
+        if kv_why is not None:
+            raise ValueError(kv_why)
+        kv_type = kv_spec(kv_type)
         hp = gguf.hparams
         # The MTP head is uploaded when the file has a usable one (it only serves speculative decoding),
         # as pyqwen.model loads it for the CPU.

@@ -6,9 +6,12 @@ the model spec (csrc/common/model_spec.h) and the kernels' own scratch formulas
 
 - weights: every tensor of the spec the file has, uploaded once (256-byte aligned slices of one arena;
   a tied LM head is not duplicated);
-- KV cache: the spec's K/V rows per token of n_ctx (F16 on the GPU);
+- KV cache: the spec's K/V rows per token of n_ctx, in the KV type (f16, q8_0 or q4_0 on the GPU; K and V
+  may differ: "q8_0,f16");
 - recurrent state: conv + SSM states of the DeltaNet layers, F32, independent of n_ctx;
-- snapshots: `n_snapshots` device-side checkpoints of the recurrent state (~150 MiB each on the 27B);
+- snapshots: none on the device. The session cache's checkpoints of the recurrent state (~150 MiB each on
+  the 27B) live in pinned host memory, as many as `--cache-ram` allows; `host_snapshots` is what
+  `n_snapshots` of them take there (shown, not counted against the GPU);
 - verify log: what one speculative verification keeps for its rollback (the recurrent state before the
   batch plus per-token rows, csrc/common/model_spec.h verify_rollback_bytes; ~157 MiB + 3.9 MiB per
   token of the 16 on the 27B). A file with a usable MTP head also plans the head: its weights, its KV
@@ -39,8 +42,8 @@ CUDA_RUNTIME_RESERVE_BYTES = 160 * 2**20
 
 DEFAULT_N_BATCH = 256
 DEFAULT_SNAPSHOTS = 2
-KV_TYPES = ("f16", "f32", "q8_0", "q4_0")  # what the plan can size (llama.cpp's names; "K,V" pairs too)
-KV_SUPPORTED = {"f16"}             # what the CUDA attention kernels implement today
+KV_TYPES = ("f16", "f32", "q8_0", "q4_0")  # what the plan can size (llama.cpp's names; "K,V" for two)
+KV_SUPPORTED = {"f16", "q8_0", "q4_0"}     # what the CUDA attention kernels store and read
 
 
 class OutOfGPUMemory(RuntimeError):
@@ -83,6 +86,7 @@ class Plan:
     weight_table: list = field(default_factory=list, repr=False)  # (name, type, ne0, ne1, bytes) per weight
     logit_rows: int = 0                 # LM-head rows per launch (the logits buffer's height)
     verify_log: int = 0                 # speculative decoding: the log one verification keeps for rollback
+    host_snapshots: int = 0             # n_snapshots checkpoints in pinned host memory (not GPU memory)
 
     @property
     def n_attn_layers(self) -> int:
@@ -113,7 +117,8 @@ class Plan:
         row("weights", self.weights, f"{self.n_weights} tensors, uploaded once")
         row("KV cache", self.kv_cache, f"{self.kv_per_token:,} bytes per token over {self.n_attn_layers} attention layers")
         row("recurrent state", self.recurrent, f"{self.n_rec_layers} DeltaNet layers, F32, independent of context")
-        row("snapshots", self.snapshots, f"{self.n_snapshots} x recurrent state, kept on the GPU")
+        row("snapshots", self.snapshots, f"none on the GPU: checkpoints are pinned host memory, "
+            f"{fmt_bytes(self.recurrent)} each ({self.n_snapshots}: {fmt_bytes(self.host_snapshots)}), within --cache-ram")
         row("verify log", self.verify_log, "speculative decoding: recurrent state + per-token rows for rollback")
         ws = self.workspace
         row("activations", ws["activations"] + ws["logits"], f"{self.n_batch}-token chunk + {self.logit_rows} logit rows")
@@ -162,10 +167,9 @@ def plan_for(config: dict, tensors: dict, n_ctx: int, kv_type: str = "f16", gpu_
     With gpu_mem_bytes, max_ctx is the largest context in [1, n_ctx_train] that fits.
     """
     from . import _spec
+    from .kv_cache import kv_pair, kv_spec
 
-    from .kv_cache import kv_spec
-
-    kv_type = kv_spec(kv_type)  # f16, f32, q8_0, q4_0, or "K,V"
+    kv_type = kv_spec(kv_type)  # ValueError naming the accepted types
     if n_ctx < 1 or n_batch < 1 or n_snapshots < 0:
         raise ValueError("n_ctx and n_batch must be >= 1, n_snapshots >= 0")
     n_ctx_train = n_ctx_train or n_ctx
@@ -176,10 +180,10 @@ def plan_for(config: dict, tensors: dict, n_ctx: int, kv_type: str = "f16", gpu_
              kv_per_token=r["kv_per_token"], recurrent=r["recurrent"], snapshots=r["snapshots"],
              workspace=dict(r["workspace"]), context=r["context"], gpu_mem=gpu_mem_bytes, budget_source=budget_source,
              max_ctx=r["max_ctx"], weight_table=list(r["weight_table"]), logit_rows=r["logit_rows"],
-             verify_log=r["verify_log"])
+             verify_log=r["verify_log"], host_snapshots=r["host_snapshots"])
     assert p.total == r["total"]
-    if kv_type not in KV_SUPPORTED:
-        p.notes.append(f"note: the CUDA backend implements an F16 KV cache only ({kv_type} is planned, not runnable)")
+    if not set(kv_pair(kv_type)) <= KV_SUPPORTED:
+        p.notes.append(f"note: the CUDA backend keeps f16, q8_0 or q4_0 KV caches ({kv_type} is planned, not runnable)")
     return p
 
 

@@ -68,9 +68,9 @@ def qwen36_27b_q4km() -> tuple[dict, dict]:
     return dict(CONFIG_27B), ws
 
 
-def plan27(n_ctx: int, gpu_mem: int | None = None, **kw):
+def plan27(n_ctx: int, gpu_mem: int | None = None, kv_type: str = "f16", **kw):
     cfg, ws = qwen36_27b_q4km()
-    return plan_for(cfg, ws, n_ctx, "f16", gpu_mem, n_ctx_train=N_CTX_TRAIN, **kw)
+    return plan_for(cfg, ws, n_ctx, kv_type, gpu_mem, n_ctx_train=N_CTX_TRAIN, **kw)
 
 
 def test_27b_tensor_table_matches_the_reference():
@@ -84,7 +84,32 @@ def test_27b_tensor_table_matches_the_reference():
     assert p.weights == aligned
     assert p.recurrent == 48 * 4 * (3 * 10240 + 48 * 128 * 128)  # ~150 MiB
     assert p.kv_per_token == 16 * 2 * 4 * 256 * 2                # 64 KiB per token
-    assert p.kv_cache == 4096 * p.kv_per_token and p.snapshots == 2 * p.recurrent
+    assert p.kv_cache == 4096 * p.kv_per_token
+    # checkpoints live in pinned host memory: nothing on the device, n_snapshots x recurrent on the host
+    assert p.snapshots == 0 and p.host_snapshots == 2 * p.recurrent
+
+
+@pytest.mark.parametrize("kv", ["q8_0", "q4_0", "q8_0,q4_0", "f16,q8_0"])
+def test_27b_quantized_kv_cache(kv):
+    """KV rows in llama.cpp's block formats (sizes from the gguf package), K and V independent."""
+    k, _, v = kv.partition(",")
+    row = {t: nbytes(getattr(GGMLQuantizationType, t.upper()), 4 * 256) for t in (k, v or k)}
+    p = plan27(262144, 32 * GiB, kv)
+    assert p.kv_per_token == 16 * (row[k] + row[v or k])
+    assert p.kv_cache == 262144 * p.kv_per_token
+    assert p.total == plan27(262144, 32 * GiB).total - 262144 * (16 * 2 * 4 * 256 * 2 - p.kv_per_token)
+    assert kv.upper() in "\n".join(p.lines())
+    assert not any("not runnable" in n for n in p.notes)  # the CUDA kernels keep all of these
+
+
+def test_27b_full_context_on_24_and_32_gib():
+    """The issue's goal, as the plan states it: all 262,144 tokens with q4_0 KV on 24 GiB, with q8_0 on 32."""
+    p24 = plan27(262144, 24 * GiB, "q4_0")
+    assert p24.fits and p24.max_ctx == 262144, "\n".join(p24.lines())
+    p32 = plan27(262144, 32 * GiB, "q8_0")
+    assert p32.fits and p32.max_ctx == 262144, "\n".join(p32.lines())
+    assert not plan27(262144, 24 * GiB, "f16").fits
+    assert plan27(262144, 24 * GiB, "f32").notes  # f32 KV: planned, CPU-only
 
 
 def test_a_missing_tensor_is_named():

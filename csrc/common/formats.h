@@ -6,6 +6,7 @@
 // beyond <cstdint>/<cstring>, so nvcc and the host emulation harness can include it unchanged.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -224,6 +225,64 @@ PQ_HD inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t*
     } else {
         *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
         *m = (q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4);
+    }
+}
+
+// ---- Q8_0 / Q4_0 block quantizers (llama.cpp's quantize_row_*_ref, byte for byte) ----------------------
+// Written once for the CPU core (quants_q8.cpp / quants_legacy.cpp call them) and the CUDA KV-cache append
+// (kernels/rope.cuh), so a cache row holds the same bytes on both backends. ggml's scalar C code is
+// reproduced operation by operation; on the GPU the one multiply-add is spelled with round-to-nearest
+// intrinsics so nvcc cannot fuse it (a fused multiply-add rounds once and would change chosen levels; the
+// CPU core is built with -ffp-contract=off for the same reason).
+
+// C's float -> int8 conversion as x86-64 compilers emit it (cvttss2si to 32 bits, keep the low byte):
+// NaN and out-of-range values become INT32_MIN, whose low byte is 0. Written explicitly because the
+// plain cast is undefined behaviour for those inputs and ggml's Q8_0 reference hits them for
+// subnormal blocks (1/d overflows to inf).
+PQ_HD inline int8_t trunc_to_i8(float r) {
+    int32_t i = INT32_MIN;
+    if (r > -2147483904.f && r < 2147483648.f) i = (int32_t)r;
+    return (int8_t)(uint8_t)(uint32_t)i;
+}
+
+// a * b + c with two roundings (never contracted into an fma).
+PQ_HD inline float mul_add_unfused(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+    return __fadd_rn(__fmul_rn(a, b), c);
+#else
+    return a * b + c;
+#endif
+}
+
+// One Q8_0 block: d = amax/127 (fp16), q = round(x * (1/d)) with C roundf (ties away from zero), the fp32
+// inverse of the unrounded d as ggml takes it.
+PQ_HD inline void quantize_block_q8_0(const float* x, block_q8_0* y) {
+    float amax = 0;
+    for (int j = 0; j < QK8_0; ++j) amax = amax > fabsf(x[j]) ? amax : fabsf(x[j]);
+    const float d = amax / 127;
+    const float id = d ? 1.0f / d : 0.0f;
+    y->d = fp32_to_fp16(d);
+    for (int j = 0; j < QK8_0; ++j) y->qs[j] = trunc_to_i8(roundf(x[j] * id));
+}
+
+// One Q4_0 block: d = max / -8 with max the signed value of largest |x| (the first on ties), q = x/d + 8
+// truncated and clamped to [0, 15] as ggml's MIN(15, (int8_t)v) stored into a uint8_t.
+PQ_HD inline void quantize_block_q4_0(const float* x, block_q4_0* y) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < QK4_0; ++j) {
+        if (amax < fabsf(x[j])) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    }
+    const float d = max / -8;
+    const float id = d ? 1.0f / d : 0.0f;
+    y->d = fp32_to_fp16(d);
+    for (int j = 0; j < QK4_0 / 2; ++j) {
+        const int q0 = trunc_to_i8(mul_add_unfused(x[j], id, 8.5f));
+        const int q1 = trunc_to_i8(mul_add_unfused(x[QK4_0 / 2 + j], id, 8.5f));
+        const uint8_t xi0 = (uint8_t)(15 < q0 ? 15 : q0), xi1 = (uint8_t)(15 < q1 ? 15 : q1);
+        y->qs[j] = (uint8_t)(xi0 | (uint8_t)(xi1 << 4));
     }
 }
 

@@ -47,6 +47,7 @@ py::dict plan_to_dict(const cuda::DevicePlan& p) {
     d["kv_cache"] = p.kv_cache;
     d["recurrent"] = p.recurrent;
     d["snapshots"] = p.snapshots;
+    d["host_snapshots"] = p.host_snapshots;
     d["verify_log"] = p.verify_log;
     d["workspace"] = cuda::workspace_to_dict(p.workspace);
     d["context"] = p.context;

@@ -1,4 +1,4 @@
-// attention_common.cuh: pieces shared by the attention kernels: fp16 row loads, the split-K partial
+// attention_common.cuh: pieces shared by the attention kernels: fp16 and Q8_0/Q4_0 cache loads, the split-K partial
 // layout and its combine kernel (with the sigmoid output gate), and the m16n8k16 tensor-core MMA with its
 // portable twin.
 //
@@ -10,6 +10,7 @@
 
 #include "../compat.cuh"
 #include "reduce.cuh"
+#include "rope.cuh"  // KvLayout
 
 namespace pq::cuda {
 
@@ -50,6 +51,65 @@ __device__ __forceinline__ void load_half_row(const uint16_t* __restrict__ p, fl
             f[2 * i + 1] = half_bits_to_float((uint16_t)(w[i] >> 16));
         }
     }
+}
+
+// ---- quantized cache rows --------------------------------------------------------------------------
+// A Q8_0 / Q4_0 head slice is D / 32 blocks (formats.h layouts, 34 / 18 bytes: only 2-byte aligned). The
+// kernels never hold a dequantized copy of the cache: each load below turns N <= 8 values of one block
+// (N divides 32, so they never straddle blocks, nor Q4_0's nibble halves) into floats in registers, with
+// the CPU's dequantization (x = d * q, x = d * (q - 8)): the same floats as csrc's q8_0/q4_0_to_float.
+
+// N consecutive values [d0, d0 + N) of a head slice of type `type` (T_F16, T_Q8_0, T_Q4_0) -> floats.
+template <int N>
+__device__ __forceinline__ void load_kv_values(const uint8_t* __restrict__ head, int type, int d0, float* f) {
+    if (type == T_F16) {
+        load_half_row<N>(reinterpret_cast<const uint16_t*>(head) + d0, f);
+        return;
+    }
+    const int blk = d0 / 32, j0 = d0 % 32;
+    if (type == T_Q8_0) {
+        const block_q8_0* b = reinterpret_cast<const block_q8_0*>(head) + blk;
+        const float d = half_bits_to_float(b->d);
+#pragma unroll
+        for (int i = 0; i < N; ++i) f[i] = b->qs[j0 + i] * d;
+    } else {  // T_Q4_0: value j in the low nibble of qs[j], j + 16 in the high one
+        const block_q4_0* b = reinterpret_cast<const block_q4_0*>(head) + blk;
+        const float d = half_bits_to_float(b->d);
+        const int shift = j0 < 16 ? 0 : 4, q0 = j0 % 16;
+#pragma unroll
+        for (int i = 0; i < N; ++i) f[i] = (((b->qs[q0 + i] >> shift) & 0xF) - 8) * d;
+    }
+}
+
+// As load_kv_values, but a quantized row gives its levels (q, or q - 8 for Q4_0: small integers) and
+// returns the block scale d (value = d * level); an fp16 row gives its values and returns 1.
+template <int N>
+__device__ __forceinline__ float load_kv_levels(const uint8_t* __restrict__ head, int type, int d0, float* f) {
+    if (type == T_F16) {
+        load_half_row<N>(reinterpret_cast<const uint16_t*>(head) + d0, f);
+        return 1.0f;
+    }
+    const int blk = d0 / 32, j0 = d0 % 32;
+    if (type == T_Q8_0) {
+        const block_q8_0* b = reinterpret_cast<const block_q8_0*>(head) + blk;
+#pragma unroll
+        for (int i = 0; i < N; ++i) f[i] = b->qs[j0 + i];
+        return half_bits_to_float(b->d);
+    }
+    const block_q4_0* b = reinterpret_cast<const block_q4_0*>(head) + blk;
+    const int shift = j0 < 16 ? 0 : 4, q0 = j0 % 16;
+#pragma unroll
+    for (int i = 0; i < N; ++i) f[i] = ((b->qs[q0 + i] >> shift) & 0xF) - 8;
+    return half_bits_to_float(b->d);
+}
+
+// 8 consecutive values [d0, d0 + 8) of a head slice as 8 fp16 values (one 16-byte word), for the prefill
+// kernel's shared-memory tiles (fp16 rows are copied as they are).
+__device__ __forceinline__ uint4 load_kv_half8(const uint8_t* __restrict__ head, int type, int d0) {
+    if (type == T_F16) return *reinterpret_cast<const uint4*>(reinterpret_cast<const uint16_t*>(head) + d0);
+    float f[8];
+    load_kv_values<8>(head, type, d0, f);
+    return make_uint4(pack_half2(f[0], f[1]), pack_half2(f[2], f[3]), pack_half2(f[4], f[5]), pack_half2(f[6], f[7]));
 }
 
 __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }

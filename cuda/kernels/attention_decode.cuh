@@ -1,4 +1,5 @@
-// attention_decode.cuh: one query token over the fp16 KV cache, split-K (flash-decoding).
+// attention_decode.cuh: one query token over the KV cache (fp16, Q8_0 or Q4_0 rows; K and V each their
+// own type), split-K (flash-decoding).
 //
 // Grid (nsplit, Hkv * G / NR), 4 warps per block. A block owns one KV head g, NR of its G query heads
 // (NR == G whenever G <= 8 is in {1, 2, 3, 4, 6, 8}: the model's 6 heads share one pass, so every K/V
@@ -9,7 +10,12 @@
 //     NR warp sums per key; lane kk of the warp keeps the score of key kk of the chunk;
 //   - online softmax once per chunk (fp32): chunk max over the lanes, rescale of l and O;
 //   - O += p V: every lane accumulates its D/32 dims of NR heads, p broadcast by shuffle.
-// Rows are loaded 4 at a time (clamped to the last valid key) so each warp has 4 loads in flight. The 4
+// Rows are loaded 4 at a time (clamped to the last valid key) so each warp has 4 loads in flight. A
+// quantized V row is dequantized by the lane's load into registers (load_kv_values: its D/32 values lie
+// in one block). Against a quantized K the query is quantized to Q8_0 first, as the CPU backend (and
+// llama.cpp's CPU and CUDA vector kernels) do: each lane holds its values' levels and the block scale
+// (the 32/DPL lanes of a block agree on its amax by shuffles), the K row's levels come from the cache,
+// and a lane's partial score is (sum of level products, exact in fp32) * d_k * d_q. The 4
 // warps are merged through shared memory and every split writes its partial (m, l, O) for
 // attn_combine_kernel, even a single one: the decode step is always the same launches (CUDA graphs).
 #pragma once
@@ -29,8 +35,8 @@ constexpr size_t decode_smem_bytes() {
 
 template <int D, int NR>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
-    attn_decode_kernel(const float* __restrict__ qg, const uint16_t* __restrict__ k_cache,
-                       const uint16_t* __restrict__ v_cache, float* __restrict__ part_o,
+    attn_decode_kernel(const float* __restrict__ qg, const uint8_t* __restrict__ k_cache,
+                       const uint8_t* __restrict__ v_cache, KvLayout kv, float* __restrict__ part_o,
                        float2* __restrict__ part_ml, int H, int Hkv, int64_t L, int64_t split_len, float q_scale) {
     constexpr int DPL = D / 32;  // dims per lane
     static_assert(D % 32 == 0 && DPL <= 8, "D in {32, 64, 128, 256}");
@@ -40,11 +46,32 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
     const int h0 = g * G + (blockIdx.y % groups) * NR;
     const int s = blockIdx.x, nsplit = gridDim.x;
 
-    float q[NR][DPL];
+    // q: fp32 pre-scaled by log2(e)/sqrt(D) for an fp16 K; for a quantized K its Q8_0 levels (exact
+    // integers in fp32) with qd = d_q * the scale (formats.h quantize_block_q8_0's arithmetic per value).
+    const bool k_quant = kv.k_type != T_F16;
+    float q[NR][DPL], qd[NR];
 #pragma unroll
-    for (int r = 0; r < NR; ++r)
+    for (int r = 0; r < NR; ++r) {
+        float amax = 0.0f;
 #pragma unroll
-        for (int i = 0; i < DPL; ++i) q[r][i] = qg[(int64_t)(h0 + r) * 2 * D + lane * DPL + i] * q_scale;
+        for (int i = 0; i < DPL; ++i) {
+            q[r][i] = qg[(int64_t)(h0 + r) * 2 * D + lane * DPL + i];
+            amax = fmaxf(amax, fabsf(q[r][i]));
+        }
+        qd[r] = 1.0f;
+        if (k_quant) {
+#pragma unroll
+            for (int o = 1; o < 32 / DPL; o *= 2) amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, o));
+            const float d = amax / 127;
+            const float id = d ? 1.0f / d : 0.0f;
+#pragma unroll
+            for (int i = 0; i < DPL; ++i) q[r][i] = (float)trunc_to_i8(roundf(q[r][i] * id));
+            qd[r] = half_bits_to_float(float_to_half_bits(d)) * q_scale;
+        } else {
+#pragma unroll
+            for (int i = 0; i < DPL; ++i) q[r][i] *= q_scale;
+        }
+    }
 
     float m[NR], l[NR], acc[NR][DPL];
 #pragma unroll
@@ -57,9 +84,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 
     const int64_t k0 = (int64_t)s * split_len;
     const int64_t k1 = k0 + split_len < L ? k0 + split_len : L;
-    const int64_t row_stride = (int64_t)Hkv * D;
-    const uint16_t* kb = k_cache + (int64_t)g * D + lane * DPL;
-    const uint16_t* vb = v_cache + (int64_t)g * D + lane * DPL;
+    const uint8_t* kb = k_cache + (int64_t)g * kv.k_head;
+    const uint8_t* vb = v_cache + (int64_t)g * kv.v_head;
 
     for (int64_t c0 = k0 + warp * 32; c0 < k1; c0 += kDecodeWarps * 32) {
         const int nk = (int)(k1 - c0 < 32 ? k1 - c0 : 32);  // valid keys of this chunk, >= 1
@@ -67,11 +93,11 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 #pragma unroll
         for (int r = 0; r < NR; ++r) sc[r] = -INFINITY;
         for (int kk = 0; kk < nk; kk += 4) {
-            float kf[4][DPL];
+            float kf[4][DPL], kd[4];  // values (fp16 K) or levels and block scale (quantized K)
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
                 const int j = kk + u < nk ? kk + u : nk - 1;
-                load_half_row<DPL>(kb + (c0 + j) * row_stride, kf[u]);
+                kd[u] = load_kv_levels<DPL>(kb + (c0 + j) * kv.k_row, kv.k_type, lane * DPL, kf[u]);
             }
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
@@ -80,6 +106,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
                     float d = 0.0f;
 #pragma unroll
                     for (int i = 0; i < DPL; ++i) d += q[r][i] * kf[u][i];
+                    if (k_quant) d *= kd[u] * qd[r];
                     d = warp_sum(d);
                     if (lane == kk + u && kk + u < nk) sc[r] = d;
                 }
@@ -101,7 +128,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
                 const int j = kk + u < nk ? kk + u : nk - 1;
-                load_half_row<DPL>(vb + (c0 + j) * row_stride, vf[u]);
+                load_kv_values<DPL>(vb + (c0 + j) * kv.v_row, kv.v_type, lane * DPL, vf[u]);
             }
 #pragma unroll
             for (int u = 0; u < 4; ++u) {

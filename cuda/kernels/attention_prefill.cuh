@@ -1,4 +1,5 @@
-// attention_prefill.cuh: flash attention for n > 1 queries over the fp16 KV cache (causal, GQA).
+// attention_prefill.cuh: flash attention for n > 1 queries over the KV cache (causal, GQA); fp16 rows, or
+// Q8_0 / Q4_0 rows dequantized to fp16 as each tile is copied to shared memory (no dequantized cache).
 //
 // Query rows are packed per KV head: row i of KV head g is token t = i / G, query head g*G + i % G, so the
 // G heads sharing a KV head share every K/V tile (6 heads x ~10.7 tokens per 64-row tile for the model).
@@ -32,8 +33,8 @@ constexpr size_t prefill_smem_bytes() {
 
 template <int D>
 __global__ void __launch_bounds__(kPrefillWarps * 32)
-    attn_prefill_kernel(const float* __restrict__ qg, const uint16_t* __restrict__ k_cache,
-                        const uint16_t* __restrict__ v_cache, float* __restrict__ out, float* __restrict__ part_o,
+    attn_prefill_kernel(const float* __restrict__ qg, const uint8_t* __restrict__ k_cache,
+                        const uint8_t* __restrict__ v_cache, KvLayout kv, float* __restrict__ out, float* __restrict__ part_o,
                         float2* __restrict__ part_ml, int H, int Hkv, int pos0, int n, int split_len,
                         float s_scale) {
     static_assert(D % 16 == 0 && D <= 256, "D a multiple of 16, at most 256");
@@ -92,7 +93,8 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
     PQ_DYN_SHARED(uint16_t, smem);
     uint16_t* Ks = smem;
     uint16_t* Vs = smem + kPrefillBN * LD;
-    const int64_t row_stride = (int64_t)Hkv * D;
+    const uint8_t* kh = k_cache + (int64_t)g * kv.k_head;
+    const uint8_t* vh = v_cache + (int64_t)g * kv.v_head;
 
     for (int j0 = kbeg; j0 < kend; j0 += kPrefillBN) {
         __syncthreads();  // the previous tile is consumed
@@ -100,13 +102,12 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
         for (int c = tid; c < kPrefillBN * CPR; c += kPrefillWarps * 32) {
             const int key = c / CPR, part = c % CPR;
             const int j = j0 + key;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);  // keys past kend: zeros
+            uint4 kw = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);  // keys past kend: zeros
             if (j < kend) {
-                const int64_t off = (int64_t)j * row_stride + g * D + part * 8;
-                kv = *reinterpret_cast<const uint4*>(k_cache + off);
-                vv = *reinterpret_cast<const uint4*>(v_cache + off);
+                kw = load_kv_half8(kh + (int64_t)j * kv.k_row, kv.k_type, part * 8);
+                vv = load_kv_half8(vh + (int64_t)j * kv.v_row, kv.v_type, part * 8);
             }
-            *reinterpret_cast<uint4*>(Ks + key * LD + part * 8) = kv;
+            *reinterpret_cast<uint4*>(Ks + key * LD + part * 8) = kw;
             *reinterpret_cast<uint4*>(Vs + key * LD + part * 8) = vv;
         }
         __syncthreads();

@@ -1,33 +1,41 @@
-// rope.cuh: q/k RMSNorm + partial NEOX RoPE, fused with the fp16 KV-cache append (attention step 1).
+// rope.cuh: q/k RMSNorm + partial NEOX RoPE, fused with the KV-cache append (attention step 1). The cache
+// rows are fp16, or Q8_0 / Q4_0 blocks written by formats.h's quantizers (the CPU core's, byte for byte).
 //
-// The angle. csrc/ops.cpp rope_neox computes theta_i = pos * base^(-2i/n_rot) and its cos/sin in double.
-// FP64 is 1/64 rate on consumer GPUs, and a float theta is useless: at pos = 2^18 the ulp of theta is
-// 0.03 rad. Here:
-//   1. the frequencies f_i = pow((double)base, -2i/n_rot) are computed on the host with the reference's
-//      expression and passed as a float pair f_hi + f_lo (48 significant bits) in the kernel arguments;
+// The angle. csrc/ops.cpp rope_neox computes theta_i = pos * f_i and its cos/sin in double, f_i from
+// csrc/common/rope_scaling.h (base^(-2i/n_rot), or YaRN's / linear scaling's). FP64 is 1/64 rate on
+// consumer GPUs, and a float theta is useless: at pos = 2^18 the ulp of theta is 0.03 rad. Here:
+//   1. the frequencies f_i are computed on the host in double with the reference's formula (rope_table.h,
+//      once per model) and passed as a float pair f_hi + f_lo (48 significant bits) in the kernel arguments;
 //   2. theta = pos * f_hi + (fma error of that product + pos * f_lo): a float-float value, exact to
 //      ~2^-48 relative (pos < 2^24 is exact in float);
 //   3. theta - k * 2pi by Cody-Waite with fma: the first step (2pi rounded to float) is exact, the second
 //      (the rest of 2pi) and the addition of the low part round once each at |r| < 4;
-//   4. sincosf of |r| <= pi + 0.5 (the accurate function's fast path, 1-2 ulp).
+//   4. sincosf of |r| <= pi + 0.5 (the accurate function's fast path, 1-2 ulp), both scaled by YaRN's
+//      magnitude mscale (1 otherwise) as the CPU scales its cos and sin.
 // Error of the reduced angle <= ~3e-7 rad for any pos < 2^24, so |cos, sin - reference| <= 5e-7 (the
 // reference itself is rounded to float, 6e-8). The emulator runs steps 1-3 bit-exactly but uses the
 // host's sinf/cosf for step 4.
 #pragma once
 
 #include "../compat.cuh"
+#include "../rope_table.h"
 #include "reduce.cuh"
 
 namespace pq::cuda {
 
-constexpr int kRopeMaxPairs = 128;  // n_rot <= 256
+// RopeFreqs (the frequencies as float pairs, n_rot, mscale): rope_table.h.
 
-// Frequencies of the rotated pairs as float pairs: f_i ~= hi[i] + lo[i] (host-computed in double).
-// Passed by value (1 KiB of kernel parameters): no upload, graph-capture friendly.
-struct RopeFreqs {
-    float hi[kRopeMaxPairs];
-    float lo[kRopeMaxPairs];
+// Where a KV cache's rows live and how they are stored: K and V each fp16, Q8_0 or Q4_0 (ggml type ids),
+// a row = Hkv heads of D values, each head whole blocks (head bytes = D / 32 blocks for the quantized types).
+struct KvLayout {
+    int k_type = T_F16, v_type = T_F16;
+    int k_head = 0, v_head = 0;      // bytes of one head's slice of a row
+    int64_t k_row = 0, v_row = 0;    // bytes of one row (Hkv heads)
 };
+
+__host__ __device__ inline int kv_head_bytes(int type, int D) {
+    return D / type_block_size(type) * type_block_bytes(type);
+}
 
 // cos and sin of pos * (fhi + flo) for an integral pos < 2^24 (see the header comment).
 __device__ __forceinline__ void rope_cos_sin(float pos, float fhi, float flo, float* c, float* s) {
@@ -53,8 +61,8 @@ constexpr int kPrepWarps = 4;
 __global__ void __launch_bounds__(kPrepWarps * 32)
     qk_norm_rope_kernel(float* __restrict__ qg, float* __restrict__ k, const float* __restrict__ v,
                         const float* __restrict__ q_norm, const float* __restrict__ k_norm,
-                        uint16_t* __restrict__ k_cache, uint16_t* __restrict__ v_cache, int64_t pos0, int n, int H,
-                        int Hkv, int D, int n_rot, float eps, RopeFreqs freqs) {
+                        uint8_t* __restrict__ k_cache, uint8_t* __restrict__ v_cache, KvLayout kv, int64_t pos0,
+                        int n, int H, int Hkv, int D, float eps, RopeFreqs freqs) {
     const int lane = threadIdx.x % 32;
     const int64_t row = (int64_t)blockIdx.x * kPrepWarps + threadIdx.x / 32;
     const int64_t n_q = qg ? (int64_t)n * H : 0;  // no qg: the K/V rows alone (a cache catching up)
@@ -83,32 +91,51 @@ __global__ void __launch_bounds__(kPrepWarps * 32)
     const float scale = rsqrtf(ss / (float)D + eps);
     __syncwarp();  // every lane has read x before any lane overwrites it
 
-    uint16_t* kc = (is_k && k_cache) ? k_cache + (pos * Hkv + g) * D : nullptr;
-    const int half = n_rot / 2;
-    const float posf = (float)pos;
+    // fp16 rows are appended by the lanes as they produce the values; quantized ones once the row is whole.
+    uint8_t* kc = (is_k && k_cache) ? k_cache + pos * kv.k_row + g * kv.k_head : nullptr;
+    uint16_t* kh = kv.k_type == T_F16 ? reinterpret_cast<uint16_t*>(kc) : nullptr;
+    const int half = freqs.n_rot / 2;
+    const float posf = (float)pos, ms = freqs.mscale;
     for (int p = lane; p < half; p += 32) {
         const float a = (x[p] * scale) * w[p];
         const float b = (x[p + half] * scale) * w[p + half];
         float c, s;
         rope_cos_sin(posf, freqs.hi[p], freqs.lo[p], &c, &s);
+        c *= ms;  // YaRN's magnitude (exactly 1 otherwise)
+        s *= ms;
         const float ya = a * c - b * s;
         const float yb = b * c + a * s;
         x[p] = ya;
         x[p + half] = yb;
-        if (kc) {
-            kc[p] = __half_as_ushort(__float2half_rn(ya));
-            kc[p + half] = __half_as_ushort(__float2half_rn(yb));
+        if (kh) {
+            kh[p] = __half_as_ushort(__float2half_rn(ya));
+            kh[p + half] = __half_as_ushort(__float2half_rn(yb));
         }
     }
-    for (int i = n_rot + lane; i < D; i += 32) {
+    for (int i = freqs.n_rot + lane; i < D; i += 32) {
         const float y = (x[i] * scale) * w[i];
         x[i] = y;
-        if (kc) kc[i] = __half_as_ushort(__float2half_rn(y));
+        if (kh) kh[i] = __half_as_ushort(__float2half_rn(y));
+    }
+    if (kc && !kh) {
+        __syncwarp();  // the row is complete in x: lane b quantizes block b (D / 32 <= 8 lanes)
+        for (int b = lane; b < D / 32; b += 32) {
+            if (kv.k_type == T_Q8_0) quantize_block_q8_0(x + b * 32, reinterpret_cast<block_q8_0*>(kc) + b);
+            else quantize_block_q4_0(x + b * 32, reinterpret_cast<block_q4_0*>(kc) + b);
+        }
     }
     if (is_k && v_cache) {
         const float* vr = v + (t * Hkv + g) * D;
-        uint16_t* vc = v_cache + (pos * Hkv + g) * D;
-        for (int i = lane; i < D; i += 32) vc[i] = __half_as_ushort(__float2half_rn(vr[i]));
+        uint8_t* vc = v_cache + pos * kv.v_row + g * kv.v_head;
+        if (kv.v_type == T_F16) {
+            uint16_t* vh = reinterpret_cast<uint16_t*>(vc);
+            for (int i = lane; i < D; i += 32) vh[i] = __half_as_ushort(__float2half_rn(vr[i]));
+        } else {
+            for (int b = lane; b < D / 32; b += 32) {
+                if (kv.v_type == T_Q8_0) quantize_block_q8_0(vr + b * 32, reinterpret_cast<block_q8_0*>(vc) + b);
+                else quantize_block_q4_0(vr + b * 32, reinterpret_cast<block_q4_0*>(vc) + b);
+            }
+        }
     }
 }
 

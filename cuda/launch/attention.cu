@@ -19,11 +19,11 @@ constexpr int64_t kMaxCtx = int64_t(1) << 24;  // positions exact in float (RoPE
 bool valid_heads(int H, int Hkv, int D) { return attention_heads_ok(H, Hkv, D); }
 
 template <int D, int NR>
-void launch_decode(const float* qg, const uint16_t* kc, const uint16_t* vc, float* po, float2* pml, int H, int Hkv,
+void launch_decode(const float* qg, const uint8_t* kc, const uint8_t* vc, const KvLayout& kv, float* po, float2* pml, int H, int Hkv,
                    int64_t L, int64_t split_len, int nsplit, float q_scale, cudaStream_t stream) {
     const dim3 grid(nsplit, Hkv * (H / Hkv / NR));
     auto* kern = attn_decode_kernel<D, NR>;
-    PQ_LAUNCH(kern, grid, kDecodeWarps * 32, (decode_smem_bytes<D, NR>()), stream, qg, kc, vc, po, pml, H, Hkv, L,
+    PQ_LAUNCH(kern, grid, kDecodeWarps * 32, (decode_smem_bytes<D, NR>()), stream, qg, kc, vc, kv, po, pml, H, Hkv, L,
               split_len, q_scale);
 }
 
@@ -36,24 +36,24 @@ int decode_heads_per_block(int G) {
 }
 
 template <int D>
-void decode_dispatch(const float* qg, const uint16_t* kc, const uint16_t* vc, float* po, float2* pml, int H,
+void decode_dispatch(const float* qg, const uint8_t* kc, const uint8_t* vc, const KvLayout& kv, float* po, float2* pml, int H,
                      int Hkv, int64_t L, int64_t split_len, int nsplit, float q_scale, cudaStream_t stream) {
     switch (decode_heads_per_block(H / Hkv)) {
-        case 8: launch_decode<D, 8>(qg, kc, vc, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
-        case 6: launch_decode<D, 6>(qg, kc, vc, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
-        case 4: launch_decode<D, 4>(qg, kc, vc, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
-        case 3: launch_decode<D, 3>(qg, kc, vc, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
-        case 2: launch_decode<D, 2>(qg, kc, vc, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
-        default: launch_decode<D, 1>(qg, kc, vc, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
+        case 8: launch_decode<D, 8>(qg, kc, vc, kv, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
+        case 6: launch_decode<D, 6>(qg, kc, vc, kv, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
+        case 4: launch_decode<D, 4>(qg, kc, vc, kv, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
+        case 3: launch_decode<D, 3>(qg, kc, vc, kv, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
+        case 2: launch_decode<D, 2>(qg, kc, vc, kv, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
+        default: launch_decode<D, 1>(qg, kc, vc, kv, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
     }
 }
 
 template <int D>
-void launch_prefill(const float* qg, const uint16_t* kc, const uint16_t* vc, float* out, float* po, float2* pml,
+void launch_prefill(const float* qg, const uint8_t* kc, const uint8_t* vc, const KvLayout& kv, float* out, float* po, float2* pml,
                     int H, int Hkv, int pos0, int n, int split_len, int nsplit, float s_scale, cudaStream_t stream) {
     const dim3 grid((unsigned)cdiv((int64_t)n * (H / Hkv), kPrefillBM), Hkv, nsplit);
-    PQ_LAUNCH(attn_prefill_kernel<D>, grid, kPrefillWarps * 32, prefill_smem_bytes<D>(), stream, qg, kc, vc, out, po,
-              pml, H, Hkv, pos0, n, split_len, s_scale);
+    PQ_LAUNCH(attn_prefill_kernel<D>, grid, kPrefillWarps * 32, prefill_smem_bytes<D>(), stream, qg, kc, vc, kv, out,
+              po, pml, H, Hkv, pos0, n, split_len, s_scale);
 }
 
 }  // namespace
@@ -62,40 +62,47 @@ size_t attention_scratch_bytes(int H, int Hkv, int D, int64_t n, int64_t n_ctx) 
     return attention_scratch_bytes_ex(H, Hkv, D, n, n_ctx, AttentionTuning{});
 }
 
+namespace {
+
+KvLayout kv_layout(const KvCache& kv, int Hkv, int D) {
+    KvLayout l;
+    l.k_type = kv.k_type;
+    l.v_type = kv.v_type;
+    l.k_head = kv_head_bytes(kv.k_type, D);
+    l.v_head = kv_head_bytes(kv.v_type, D);
+    l.k_row = (int64_t)Hkv * l.k_head;
+    l.v_row = (int64_t)Hkv * l.v_head;
+    return l;
+}
+
+// Every head dim the launchers take (32..256) is whole Q8_0/Q4_0 blocks.
+bool kv_ok(const KvCache& kv) { return kv_cache_type_ok(kv.k_type) && kv_cache_type_ok(kv.v_type); }
+
+}  // namespace
+
 cudaError_t attention_prepare(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
-                              uint16_t* k_cache, uint16_t* v_cache, int64_t pos0, int64_t n, int H, int Hkv, int D,
-                              int n_rot, float rope_base, float eps, cudaStream_t stream) {
+                              const KvCache& kv, int64_t pos0, int64_t n, int H, int Hkv, int D,
+                              const RopeFreqs& rope, float eps, cudaStream_t stream) {
     if (n == 0) return cudaSuccess;
-    if (n < 0 || pos0 < 0 || pos0 + n > kMaxCtx || !valid_heads(H, Hkv, D) || n_rot < 0 || n_rot % 2 != 0 ||
-        n_rot > D || n_rot / 2 > kRopeMaxPairs || !k || (qg && !q_norm) || !k_norm || (v_cache && !v) ||
-        (!qg && !k_cache))
+    if (n < 0 || pos0 < 0 || pos0 + n > kMaxCtx || !valid_heads(H, Hkv, D) || rope.n_rot < 0 || rope.n_rot > D ||
+        !k || (qg && !q_norm) || !k_norm || (kv.v && !v) || (!qg && !kv.k) || !kv_ok(kv))
         return cudaErrorInvalidValue;
-    // The reference's frequencies (csrc/ops.cpp rope_neox), split into float pairs.
-    RopeFreqs f;
-    for (int i = 0; i < kRopeMaxPairs; ++i) {
-        f.hi[i] = 0.0f;
-        f.lo[i] = 0.0f;
-    }
-    for (int i = 0; i < n_rot / 2; ++i) {
-        const double fr = std::pow((double)rope_base, -2.0 * i / (double)n_rot);
-        f.hi[i] = (float)fr;
-        f.lo[i] = (float)(fr - (double)f.hi[i]);
-    }
     const int64_t rows = n * ((qg ? H : 0) + Hkv);
     const int64_t blocks = cdiv(rows, kPrepWarps);
     if (blocks > INT_MAX) return cudaErrorInvalidValue;
-    PQ_LAUNCH(qk_norm_rope_kernel, (unsigned)blocks, kPrepWarps * 32, 0, stream, qg, k, v, q_norm, k_norm, k_cache,
-              v_cache, pos0, (int)n, H, Hkv, D, n_rot, eps, f);
+    PQ_LAUNCH(qk_norm_rope_kernel, (unsigned)blocks, kPrepWarps * 32, 0, stream, qg, k, v, q_norm, k_norm,
+              static_cast<uint8_t*>(kv.k), static_cast<uint8_t*>(kv.v), kv_layout(kv, Hkv, D), pos0, (int)n, H, Hkv,
+              D, eps, rope);
     return cudaGetLastError();
 }
 
 cudaError_t attention_ex(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
-                         uint16_t* k_cache, uint16_t* v_cache, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv,
-                         int D, int n_rot, float rope_base, float eps, float* out, void* scratch,
-                         cudaStream_t stream, const AttentionTuning& tuning) {
+                         const KvCache& kv, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv, int D,
+                         const RopeFreqs& rope, float eps, float* out, void* scratch, cudaStream_t stream,
+                         const AttentionTuning& tuning) {
     if (n == 0) return cudaSuccess;
     if (n < 0 || pos0 < 0 || n_ctx <= 0 || n_ctx > kMaxCtx || pos0 + n > n_ctx || !valid_heads(H, Hkv, D) || !v ||
-        !k_cache || !v_cache || !out || n * (H / Hkv) > INT_MAX)
+        !kv.k || !kv.v || !kv_ok(kv) || !out || n * (H / Hkv) > INT_MAX)
         return cudaErrorInvalidValue;
 
     // Plan (and validate) everything before the first launch: a rejected call changes nothing.
@@ -109,20 +116,22 @@ cudaError_t attention_ex(float* qg, float* k, const float* v, const float* q_nor
     float* po = combine ? static_cast<float*>(scratch) : nullptr;
     float2* pml = combine ? reinterpret_cast<float2*>(po + n * H * nsplit * D) : nullptr;
 
-    cudaError_t e = attention_prepare(qg, k, v, q_norm, k_norm, k_cache, v_cache, pos0, n, H, Hkv, D, n_rot,
-                                      rope_base, eps, stream);
+    cudaError_t e = attention_prepare(qg, k, v, q_norm, k_norm, kv, pos0, n, H, Hkv, D, rope, eps, stream);
     if (e != cudaSuccess) return e;
 
+    const KvLayout lay = kv_layout(kv, Hkv, D);
+    const uint8_t* kc = static_cast<const uint8_t*>(kv.k);
+    const uint8_t* vc = static_cast<const uint8_t*>(kv.v);
     const float scale_log2 = kLog2e / std::sqrt((float)D);
     if (decode) {
         auto* launch = D == 32 ? decode_dispatch<32> : D == 64 ? decode_dispatch<64>
                      : D == 128 ? decode_dispatch<128> : decode_dispatch<256>;
-        launch(qg, k_cache, v_cache, po, pml, H, Hkv, L, split_len, (int)nsplit, scale_log2, stream);
+        launch(qg, kc, vc, lay, po, pml, H, Hkv, L, split_len, (int)nsplit, scale_log2, stream);
     } else {
         auto* launch = D == 32 ? launch_prefill<32> : D == 64 ? launch_prefill<64>
                      : D == 128 ? launch_prefill<128> : launch_prefill<256>;
-        launch(qg, k_cache, v_cache, out, po, pml, H, Hkv, (int)pos0, (int)n, (int)split_len, (int)nsplit,
-               scale_log2, stream);
+        launch(qg, kc, vc, lay, out, po, pml, H, Hkv, (int)pos0, (int)n, (int)split_len, (int)nsplit, scale_log2,
+               stream);
     }
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     if (combine) {
@@ -133,10 +142,10 @@ cudaError_t attention_ex(float* qg, float* k, const float* v, const float* q_nor
 }
 
 cudaError_t attention(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
-                      uint16_t* k_cache, uint16_t* v_cache, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv,
-                      int D, int n_rot, float rope_base, float eps, float* out, void* scratch, cudaStream_t stream) {
-    return attention_ex(qg, k, v, q_norm, k_norm, k_cache, v_cache, n_ctx, pos0, n, H, Hkv, D, n_rot, rope_base, eps,
-                        out, scratch, stream, AttentionTuning{});
+                      const KvCache& kv, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv, int D,
+                      const RopeFreqs& rope, float eps, float* out, void* scratch, cudaStream_t stream) {
+    return attention_ex(qg, k, v, q_norm, k_norm, kv, n_ctx, pos0, n, H, Hkv, D, rope, eps, out, scratch, stream,
+                        AttentionTuning{});
 }
 
 }  // namespace pq::cuda

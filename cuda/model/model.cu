@@ -52,8 +52,20 @@ void check_cuda_limits(const ModelConfig& c) {
     if ((c.n_attn_layers() > 0 || c.n_nextn > 0) && !attention_head_dim_ok(c.head_dim))
         fail("head_dim " + std::to_string(c.head_dim) + " is not supported by the CUDA attention kernels "
              "(32, 64, 128 or 256)");
+    if ((c.n_attn_layers() > 0 || c.n_nextn > 0) && c.n_rot / 2 > kRopeMaxPairs)
+        fail("n_rot " + std::to_string(c.n_rot) + " is not supported by the CUDA RoPE (at most 256)");
     if (c.n_recurrent_layers() > 0 && (c.ssm_conv > 8 || c.ssm_k_dim > 256))
         fail("DeltaNet conv kernel > 8 or key head dim > 256 is not supported by the CUDA kernels");
+}
+
+// One layer's cache in the state's K/V types, as the attention launchers take it.
+KvCache kv_cache(const State& st, uint8_t* k, uint8_t* v) {
+    KvCache kv;
+    kv.k = k;
+    kv.v = v;
+    kv.k_type = st.kv_types().k;
+    kv.v_type = st.kv_types().v;
+    return kv;
 }
 
 }  // namespace
@@ -122,6 +134,7 @@ Model::Model(ModelConfig cfg, const HostTensors& tensors, ModelOptions opt, cons
     : cfg_(std::move(cfg)), opt_(opt), graph_(std::make_unique<GraphCache>()) {
     validate_config(cfg_);
     check_cuda_limits(cfg_);
+    rope_ = rope_freqs(cfg_);
     if (opt_.device < 0) throw std::invalid_argument("CUDA device index must be >= 0");
     use_device();
     if (opt_.n_batch < 1) opt_.n_batch = 1;
@@ -309,8 +322,12 @@ void State::reset() {
     }
 }
 
-std::unique_ptr<State> Model::new_state(int64_t n_ctx, bool mtp) {
+std::unique_ptr<State> Model::new_state(int64_t n_ctx, KvTypes kv_types, bool mtp) {
     if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive");
+    if (!kv_cache_type_ok(kv_types.k) || !kv_cache_type_ok(kv_types.v))
+        throw std::invalid_argument("the CUDA backend's KV cache is f16, q8_0 or q4_0 for K and V (got " +
+                                    kv_types_name(kv_types) + "; f32 runs on the CPU backend)");
+    check_kv_types(cfg_, kv_types);
     if (mtp && !has_mtp()) throw std::invalid_argument("this model has no MTP head (no nextn block in the file)");
     use_device();
     ensure_workspace(n_ctx);
@@ -320,15 +337,18 @@ std::unique_ptr<State> Model::new_state(int64_t n_ctx, bool mtp) {
     st->stream_ = stream_;
     st->n_ctx = n_ctx;
     st->id_ = next_state_id_++;
+    st->kv_types_ = kv_types;
+    st->k_row_bytes_ = kv_row_bytes(c, kv_types.k);
+    st->v_row_bytes_ = kv_row_bytes(c, kv_types.v);
     // The spec's buffers (model_spec.h PQ_STATE_BUFFERS; the MTP block's only when this state drafts).
     // Fixed-size ones first and contiguous, layer by layer and kind by kind (one memset resets them, one
-    // copy snapshots them); then the KV rows (fp16), layer by layer; then the draft chain's hidden state.
+    // copy snapshots them); then the KV rows (K, V in their types), layer by layer; then the draft chain's
+    // hidden state.
     std::vector<StateBufferSpec> rec, kv;
     for_each_state_buffer(c, [&](const StateBufferSpec& b) {
         if (b.blocks == kMtp && !mtp) return;
         (b.per_position ? kv : rec).push_back(b);
     });
-    const size_t kv_b = (size_t)n_ctx * kv_row_bytes(c, T_F16);
     std::map<std::string, std::vector<size_t>> off;
     Carver cv;
     for (uint8_t kind : {(uint8_t)kRecurrent, (uint8_t)kMtp})
@@ -343,7 +363,8 @@ std::unique_ptr<State> Model::new_state(int64_t n_ctx, bool mtp) {
     for (uint8_t kind : {(uint8_t)kAttention, (uint8_t)kMtp})
         for (int i = 0; i < state_buffer_layers(c, kind); ++i)
             for (const StateBufferSpec& b : kv)
-                if (b.blocks == kind) off[b.name].push_back(cv.take(kv_b));
+                if (b.blocks == kind)
+                    off[b.name].push_back(cv.take((size_t)n_ctx * (b.kv_part == kKeys ? st->k_row_bytes_ : st->v_row_bytes_)));
     const size_t draft_off = mtp ? cv.take(sizeof(float) * (size_t)c.n_embd) : 0;
     st->bytes_ = std::max<size_t>(cv.size, 1);
     check(cudaMalloc(&st->arena_, st->bytes_), "cudaMalloc (sequence state)");
@@ -351,10 +372,10 @@ std::unique_ptr<State> Model::new_state(int64_t n_ctx, bool mtp) {
     st->recurrent_ = reinterpret_cast<float*>(base);
     for (size_t o : off["conv"]) st->conv_.push_back(reinterpret_cast<float*>(base + o));
     for (size_t o : off["ssm"]) st->ssm_.push_back(reinterpret_cast<float*>(base + o));
-    for (size_t o : off["k"]) st->k_.push_back(reinterpret_cast<uint16_t*>(base + o));
-    for (size_t o : off["v"]) st->v_.push_back(reinterpret_cast<uint16_t*>(base + o));
-    for (size_t o : off["mtp_k"]) st->mtp_k_.push_back(reinterpret_cast<uint16_t*>(base + o));
-    for (size_t o : off["mtp_v"]) st->mtp_v_.push_back(reinterpret_cast<uint16_t*>(base + o));
+    for (size_t o : off["k"]) st->k_.push_back(reinterpret_cast<uint8_t*>(base + o));
+    for (size_t o : off["v"]) st->v_.push_back(reinterpret_cast<uint8_t*>(base + o));
+    for (size_t o : off["mtp_k"]) st->mtp_k_.push_back(reinterpret_cast<uint8_t*>(base + o));
+    for (size_t o : off["mtp_v"]) st->mtp_v_.push_back(reinterpret_cast<uint8_t*>(base + o));
     if (mtp) {
         if (off["mtp_h"].empty() || st->mtp_k_.empty()) throw std::logic_error("MTP state buffers missing from the spec");
         st->mtp_h_ = reinterpret_cast<float*>(base + off["mtp_h"][0]);  // the blocks chain on one hidden state
@@ -379,39 +400,60 @@ void Model::use_device() const {
     }
 }
 
+// Checkpoints live in pinned host memory and move by cudaMemcpyAsync on the model's stream, where all of
+// the model's work runs in order:
+//   - snapshot queues the device -> host copies and returns: any later step of any state is queued behind
+//     them, so the source rows are read before anything overwrites them, and nothing reads the pinned
+//     copy but a later restore (queued behind it too);
+//   - restore queues the host -> device copies and returns: the next forward runs after them;
+//   - ~Snapshot frees with cudaFreeHost, which waits for the device, so a copy in flight never reads or
+//     writes freed memory.
+// The emulator runs queued copies when the host waits and reads/writes pinned memory then, so a copy that
+// were not ordered before the next step would see that step's bytes (tests/cuda/test_server_emu.py).
+namespace {
+
+struct KvPair {
+    uint8_t* k;
+    uint8_t* v;
+};
+
+std::vector<KvPair> kv_pairs(const std::vector<uint8_t*>& k, const std::vector<uint8_t*>& v,
+                             const std::vector<uint8_t*>& mk, const std::vector<uint8_t*>& mv) {
+    std::vector<KvPair> p;  // the attention layers', then the MTP blocks' (the same positions)
+    for (size_t i = 0; i < k.size(); ++i) p.push_back({k[i], v[i]});
+    for (size_t i = 0; i < mk.size(); ++i) p.push_back({mk[i], mv[i]});
+    return p;
+}
+
+}  // namespace
+
 std::unique_ptr<Snapshot> Model::snapshot(const State& st, bool with_kv) {
     check_state(st);
-    const ModelConfig& c = cfg_;
     std::unique_ptr<Snapshot> s(new Snapshot());
     s->owner_ = this;
     s->pos = st.pos;
     s->has_kv = with_kv;
     s->recurrent_bytes_ = st.recurrent_bytes_;
-    s->kv_layer_bytes_ = with_kv ? (size_t)st.pos * kv_row_bytes(c, T_F16) : 0;
+    s->kv_types_ = st.kv_types_;
+    s->k_layer_bytes_ = with_kv ? (size_t)st.pos * st.k_row_bytes_ : 0;
+    s->v_layer_bytes_ = with_kv ? (size_t)st.pos * st.v_row_bytes_ : 0;
     s->mtp_ = st.has_mtp();
-    // K/V pairs: the attention layers', then the MTP blocks' (the same positions)
-    std::vector<std::pair<uint16_t*, uint16_t*>> kvp;
-    for (size_t i = 0; i < st.k_.size(); ++i) kvp.emplace_back(st.k_[i], st.v_[i]);
-    for (size_t i = 0; i < st.mtp_k_.size(); ++i) kvp.emplace_back(st.mtp_k_[i], st.mtp_v_[i]);
+    const std::vector<KvPair> kvp = kv_pairs(st.k_, st.v_, st.mtp_k_, st.mtp_v_);
     s->kv_layers_ = kvp.size();
     const size_t rec = align_up(s->recurrent_bytes_);
-    const size_t kvl = align_up(s->kv_layer_bytes_);
-    s->bytes_ = rec + 2 * kvp.size() * kvl;
-    check(cudaMalloc(&s->arena_, std::max<size_t>(s->bytes_, 1)), "cudaMalloc (snapshot)");
+    const size_t kl = align_up(s->k_layer_bytes_), vl = align_up(s->v_layer_bytes_);
+    s->bytes_ = rec + kvp.size() * (kl + vl);
+    check(cudaMallocHost(&s->arena_, std::max<size_t>(s->bytes_, 1)), "cudaMallocHost (snapshot)");
     char* base = static_cast<char*>(s->arena_);
     if (s->recurrent_bytes_)
-        check(cudaMemcpyAsync(base, st.recurrent_, s->recurrent_bytes_, cudaMemcpyDeviceToDevice, stream_), "snapshot");
-    if (s->kv_layer_bytes_) {
+        check(cudaMemcpyAsync(base, st.recurrent_, s->recurrent_bytes_, cudaMemcpyDeviceToHost, stream_), "snapshot");
+    if (with_kv && st.pos > 0) {
         for (size_t i = 0; i < kvp.size(); ++i) {
-            check(cudaMemcpyAsync(base + rec + (2 * i) * kvl, kvp[i].first, s->kv_layer_bytes_,
-                                  cudaMemcpyDeviceToDevice, stream_),
-                  "snapshot");
-            check(cudaMemcpyAsync(base + rec + (2 * i + 1) * kvl, kvp[i].second, s->kv_layer_bytes_,
-                                  cudaMemcpyDeviceToDevice, stream_),
-                  "snapshot");
+            char* at = base + rec + i * (kl + vl);
+            check(cudaMemcpyAsync(at, kvp[i].k, s->k_layer_bytes_, cudaMemcpyDeviceToHost, stream_), "snapshot");
+            check(cudaMemcpyAsync(at + kl, kvp[i].v, s->v_layer_bytes_, cudaMemcpyDeviceToHost, stream_), "snapshot");
         }
     }
-    check(cudaStreamSynchronize(stream_), "snapshot");
     return s;
 }
 
@@ -422,32 +464,41 @@ void Model::restore(State& st, const Snapshot& s) {
     if (s.mtp_ != st.has_mtp())
         throw std::invalid_argument("snapshot and state differ in MTP drafting (make both with the same mtp flag)");
     if (s.recurrent_bytes_ != st.recurrent_bytes_) throw std::invalid_argument("snapshot belongs to a different model");
-    std::vector<std::pair<uint16_t*, uint16_t*>> kvp;
-    for (size_t i = 0; i < st.k_.size(); ++i) kvp.emplace_back(st.k_[i], st.v_[i]);
-    for (size_t i = 0; i < st.mtp_k_.size(); ++i) kvp.emplace_back(st.mtp_k_[i], st.mtp_v_[i]);
-    if (s.kv_layer_bytes_ && s.kv_layers_ != kvp.size()) throw std::invalid_argument("snapshot belongs to a different model");
+    const std::vector<KvPair> kvp = kv_pairs(st.k_, st.v_, st.mtp_k_, st.mtp_v_);
+    if (s.has_kv && s.kv_layers_ != kvp.size()) throw std::invalid_argument("snapshot belongs to a different model");
+    if (s.has_kv && !(s.kv_types_ == st.kv_types_))
+        throw std::invalid_argument("snapshot KV cache has a different layout (KV types " + kv_types_name(s.kv_types_) +
+                                    ", state " + kv_types_name(st.kv_types_) + ")");
     const char* base = static_cast<const char*>(s.arena_);
-    const size_t rec = align_up(s.recurrent_bytes_), kvl = align_up(s.kv_layer_bytes_);
+    const size_t rec = align_up(s.recurrent_bytes_);
+    const size_t kl = align_up(s.k_layer_bytes_), vl = align_up(s.v_layer_bytes_);
     if (s.recurrent_bytes_)
-        check(cudaMemcpyAsync(st.recurrent_, base, s.recurrent_bytes_, cudaMemcpyDeviceToDevice, stream_), "restore");
-    if (s.kv_layer_bytes_) {
+        check(cudaMemcpyAsync(st.recurrent_, base, s.recurrent_bytes_, cudaMemcpyHostToDevice, stream_), "restore");
+    if (s.has_kv && s.pos > 0) {
         for (size_t i = 0; i < kvp.size(); ++i) {
-            check(cudaMemcpyAsync(kvp[i].first, base + rec + (2 * i) * kvl, s.kv_layer_bytes_,
-                                  cudaMemcpyDeviceToDevice, stream_),
-                  "restore");
-            check(cudaMemcpyAsync(kvp[i].second, base + rec + (2 * i + 1) * kvl, s.kv_layer_bytes_,
-                                  cudaMemcpyDeviceToDevice, stream_),
-                  "restore");
+            const char* at = base + rec + i * (kl + vl);
+            check(cudaMemcpyAsync(kvp[i].k, at, s.k_layer_bytes_, cudaMemcpyHostToDevice, stream_), "restore");
+            check(cudaMemcpyAsync(kvp[i].v, at + kl, s.v_layer_bytes_, cudaMemcpyHostToDevice, stream_), "restore");
         }
     }
-    check(cudaStreamSynchronize(stream_), "restore");
     st.pos = s.pos;
     st.draft_pos_ = -1;
     ++st.step_;
 }
 
+std::pair<const uint8_t*, size_t> Snapshot::k_rows(size_t i) const {
+    if (i >= kv_layers()) throw std::out_of_range("snapshot KV layer index");
+    const size_t kl = align_up(k_layer_bytes_), vl = align_up(v_layer_bytes_);
+    return {static_cast<const uint8_t*>(arena_) + align_up(recurrent_bytes_) + i * (kl + vl), k_layer_bytes_};
+}
+
+std::pair<const uint8_t*, size_t> Snapshot::v_rows(size_t i) const {
+    const auto k = k_rows(i);
+    return {k.first + align_up(k_layer_bytes_), v_layer_bytes_};
+}
+
 Snapshot::~Snapshot() {
-    if (arena_) cudaFree(arena_);
+    if (arena_) cudaFreeHost(arena_);  // waits for the device: no copy of this snapshot is in flight after it
 }
 
 // ---- forward ---------------------------------------------------------------------------------------
@@ -504,8 +555,8 @@ void Model::run_layers(State& st, int64_t n, VerifyLog* log) {
             const int64_t steps = log ? n : 1, per = log ? 1 : n;
             for (int64_t t = 0; t < steps; ++t)
                 PQ_OP(attention(b.qg + t * 2 * H * D, b.k + t * Hkv * D, b.v + t * Hkv * D, L.attn_q_norm.f32(),
-                                L.attn_k_norm.f32(), st.k_[slot], st.v_[slot], st.n_ctx, st.pos + t, per, (int)H,
-                                (int)Hkv, (int)D, c.n_rot, c.rope_base, eps, b.ao + t * H * D, b.scratch, s));
+                                L.attn_k_norm.f32(), kv_cache(st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos + t,
+                                per, (int)H, (int)Hkv, (int)D, rope_, eps, b.ao + t * H * D, b.scratch, s));
             PQ_OP(matmul(L.attn_output.type, L.attn_output.data, H * D, E, b.ao, n, b.t, b.scratch, s));
         }
         PQ_OP(add_f32(b.x, b.t, b.x, n * E, s));
@@ -550,13 +601,13 @@ void Model::run_mtp_block(State& st, const int32_t* tok, const float* h_first, c
     PQ_OP(matmul(L.attn_k.type, L.attn_k.data, E, Hkv * D, b.a, m, b.k, b.scratch, s));
     PQ_OP(matmul(L.attn_v.type, L.attn_v.data, E, Hkv * D, b.a, m, b.v, b.scratch, s));
     if (!full) {  // catching the cache up: only the K/V rows (k normed and roped, as the full block stores them)
-        PQ_OP(attention_prepare(nullptr, b.k, b.v, nullptr, L.attn_k_norm.f32(), st.mtp_k_[0], st.mtp_v_[0], pos0, m,
-                                (int)H, (int)Hkv, (int)D, c.n_rot, c.rope_base, eps, s));
+        PQ_OP(attention_prepare(nullptr, b.k, b.v, nullptr, L.attn_k_norm.f32(), kv_cache(st, st.mtp_k_[0], st.mtp_v_[0]),
+                                pos0, m, (int)H, (int)Hkv, (int)D, rope_, eps, s));
         return;
     }
     PQ_OP(matmul(L.attn_q.type, L.attn_q.data, E, 2 * H * D, b.a, m, b.qg, b.scratch, s));
-    PQ_OP(attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), st.mtp_k_[0], st.mtp_v_[0], st.n_ctx,
-                    pos0, m, (int)H, (int)Hkv, (int)D, c.n_rot, c.rope_base, eps, b.ao, b.scratch, s));
+    PQ_OP(attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv_cache(st, st.mtp_k_[0], st.mtp_v_[0]),
+                    st.n_ctx, pos0, m, (int)H, (int)Hkv, (int)D, rope_, eps, b.ao, b.scratch, s));
     PQ_OP(matmul(L.attn_output.type, L.attn_output.data, H * D, E, b.ao, m, b.t, b.scratch, s));
     PQ_OP(add_f32(b.mx, b.t, b.mx, m * E, s));
     PQ_OP(rms_norm_f32(b.mx, L.post_attention_norm.f32(), b.a, (int)E, (int)m, E, E, eps, s));
@@ -631,7 +682,7 @@ void Model::eval_mtp(const int32_t* tokens, int64_t n, float* out) {
     for (int64_t i = 0; i < n; ++i)
         if (tokens[i] < 0 || tokens[i] >= cfg_.n_vocab)
             throw std::out_of_range("token id " + std::to_string(tokens[i]) + " outside the vocabulary");
-    auto st = new_state(n, true);
+    auto st = new_state(n, KvTypes{}, true);
     // Chunk by chunk: the MTP rows each chunk completes, through the whole block, straight into out
     // (chunk at pos0 completes rows pos0 - 1 .. pos0 + m - 2; the first chunk starts at row 0).
     ensure_workspace(n);

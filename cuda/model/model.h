@@ -18,6 +18,7 @@
 #include "../host_api.h"
 #include "../ops_sampling.h"
 #include "../plan/workspace_sizes.h"
+#include "../rope_table.h"
 #include "model_spec.h"
 
 namespace pq::cuda {
@@ -45,9 +46,10 @@ struct ModelOptions {
     int device = 0;             // CUDA device index; every entry point makes it current for its thread
 };
 
-// One sequence: fp16 KV cache of every attention layer ([n_ctx][n_head_kv][head_dim] per layer, rows
-// >= pos never read), conv and SSM states (fp32, the CPU layouts) of every DeltaNet layer. With mtp (a
-// state that drafts with the MTP head) also the MTP block's fp16 KV rows at the main positions (row p
+// One sequence: KV cache of every attention layer ([n_ctx][n_head_kv][head_dim] per layer, rows >= pos
+// never read; K and V each fp16, Q8_0 or Q4_0 -- kv_types()), conv and SSM states (fp32, the CPU layouts)
+// of every DeltaNet layer. With mtp (a state that drafts with the MTP head) also the MTP block's KV rows
+// (same types) at the main positions (row p
 // pairs the hidden state of token p with token p + 1: rows [0, pos - 1) are final after each forward),
 // mtp_h, the final-norm hidden state of token pos - 1 (in the recurrent arena: snapshots carry it), and
 // the draft chain's hidden state. One device allocation.
@@ -63,17 +65,20 @@ public:
     size_t bytes() const { return bytes_; }
     const void* owner() const { return owner_; }
     bool has_mtp() const { return !mtp_k_.empty(); }
+    KvTypes kv_types() const { return kv_types_; }
 
 private:
     friend class Model;
     State() = default;
+    KvTypes kv_types_;
+    size_t k_row_bytes_ = 0, v_row_bytes_ = 0;  // one position's K (V) row of one layer
     const void* owner_ = nullptr;  // the Model that made it
     cudaStream_t stream_ = nullptr;
     void* arena_ = nullptr;
     size_t bytes_ = 0;
-    std::vector<uint16_t*> k_, v_;    // per attention layer
+    std::vector<uint8_t*> k_, v_;     // per attention layer
     std::vector<float*> conv_, ssm_;  // per DeltaNet layer
-    std::vector<uint16_t*> mtp_k_, mtp_v_;  // per MTP block (empty: the state does not draft)
+    std::vector<uint8_t*> mtp_k_, mtp_v_;  // per MTP block (empty: the state does not draft)
     float* mtp_h_ = nullptr;          // [n_embd] final-norm hidden of token pos - 1 (MTP states)
     float* draft_h_ = nullptr;        // [n_embd] the draft chain's last output hidden (MTP states)
     int64_t draft_pos_ = -1;          // the next draft step's position; -1: the chain starts from mtp_h_
@@ -84,7 +89,9 @@ private:
                                       // is valid while it has the value the verification left)
 };
 
-// A device-side checkpoint: recurrent states (+ KV rows [0, pos) when has_kv).
+// A checkpoint in pinned host memory: recurrent states (+ KV rows [0, pos) when has_kv). Taken and
+// restored by asynchronous copies on the model's stream (model.cu explains the ordering), so the device
+// keeps no checkpoint and their number is bounded only by host memory (the session cache's budget).
 class Snapshot {
 public:
     ~Snapshot();
@@ -93,6 +100,11 @@ public:
     int64_t pos = 0;
     bool has_kv = false;
     size_t bytes() const { return bytes_; }
+    // The K and V rows [0, pos) of layer i (attention layers, then MTP blocks) in host memory, has_kv
+    // only; they hold the state's bytes once the model's stream ran the copy (Model::synchronize).
+    size_t kv_layers() const { return has_kv ? kv_layers_ : 0; }
+    std::pair<const uint8_t*, size_t> k_rows(size_t i) const;
+    std::pair<const uint8_t*, size_t> v_rows(size_t i) const;
 
 private:
     friend class Model;
@@ -101,7 +113,9 @@ private:
     void* arena_ = nullptr;
     size_t bytes_ = 0;
     size_t recurrent_bytes_ = 0;
-    size_t kv_layer_bytes_ = 0;  // bytes of K (or V) per attention layer = pos * row bytes
+    size_t k_layer_bytes_ = 0;   // bytes of K per attention layer = pos * K row bytes (0: no KV rows)
+    size_t v_layer_bytes_ = 0;   // of V
+    KvTypes kv_types_;           // of the state it was taken from
     size_t kv_layers_ = 0;       // K/V pairs held: the attention layers', then the MTP blocks'
     bool mtp_ = false;           // taken from a state with an MTP cache
 };
@@ -125,8 +139,9 @@ public:
 
     bool has_mtp() const { return cfg_.n_nextn > 0; }
 
-    // mtp: the state also keeps the MTP head's cache (the model must have one), for mtp_draft.
-    std::unique_ptr<State> new_state(int64_t n_ctx, bool mtp = false);
+    // mtp: the state also keeps the MTP head's cache (the model must have one), for mtp_draft. kv: the
+    // cache's K and V types (f16, q8_0 or q4_0 each; f32 is the CPU backend's).
+    std::unique_ptr<State> new_state(int64_t n_ctx, KvTypes kv = KvTypes{}, bool mtp = false);
 
     // As pq::Model::forward: n tokens at st.pos; out (host) gets logits of every token (logits_all) or
     // of the last one; out == nullptr skips the LM head. Chunks of at most n_batch tokens.
@@ -209,6 +224,7 @@ private:
 
     ModelConfig cfg_;
     ModelOptions opt_;
+    RopeFreqs rope_;  // the rotary table of cfg_ (rope_scaling.h), built once
     cudaStream_t stream_ = nullptr;          // all work
     cudaStream_t capture_stream_ = nullptr;  // graph recording only (never executes anything)
     cudaStream_t cur_ = nullptr;             // where run_* enqueue: stream_, or capture_stream_ while recording

@@ -3,7 +3,8 @@
 // Everything the CUDA model (model/model.cu) puts in device memory, from the config and the file's
 // tensor table alone: the weights the spec lists (model_spec.h; each a 256-byte aligned slice of one
 // arena, a tied LM head not duplicated), the KV cache and recurrent state of one sequence (the spec's
-// state buffers), n_snapshots device checkpoints of the recurrent state, the workspace
+// state buffers; K and V rows in their KvTypes), no checkpoint (they live in pinned host memory:
+// host_snapshots says what n_snapshots of them take there), the workspace
 // (workspace_sizes.h plan_workspace), the log of one speculative verification (verify_log_layout), and
 // the CUDA context (an allowance the caller gives). A config with an MTP head (n_nextn > 0) plans its
 // weights, its KV rows and input hidden state (state buffers of the spec) and its activation buffers. Host-only:
@@ -80,7 +81,9 @@ struct DevicePlan {
     size_t kv_per_token = 0;  // K and V rows of one position over all attention layers
     size_t kv_cache = 0;
     size_t recurrent = 0;     // conv + SSM states of one sequence
-    size_t snapshots = 0;     // n_snapshots x recurrent
+    size_t snapshots = 0;     // device bytes of checkpoints: 0 (they live in pinned host memory, model.h Snapshot)
+    size_t host_snapshots = 0;  // n_snapshots x recurrent, pinned host memory (not in total(): the session
+                                // cache's --cache-ram budget bounds it)
     size_t verify_log = 0;    // speculative decoding: the log of one verification (verify_log_layout)
     WorkspacePlan workspace;
     size_t context = 0;       // CUDA context allowance (the caller's)
@@ -107,7 +110,8 @@ inline DevicePlan plan_device_memory(const Config& c, const std::vector<PlannedW
     p.kv_per_token = kv_bytes_per_token(c, kv_type);
     p.kv_cache = (size_t)n_ctx * p.kv_per_token;
     p.recurrent = recurrent_state_bytes(c);
-    p.snapshots = (size_t)n_snapshots * p.recurrent;
+    p.snapshots = 0;
+    p.host_snapshots = (size_t)n_snapshots * p.recurrent;
     p.verify_log = verify_log_layout(c, kMaxVerifyTokens).total;
     std::vector<WeightShape> shapes;
     for (const PlannedWeight& w : ws) shapes.push_back(w.shape);

@@ -10,7 +10,9 @@
 
 #include "../host_api.h"
 #include "../ops_attention.h"
+#include "../rope_table.h"
 #include "device_buffer.h"
+#include "model_spec.h"  // kv_types_from_name
 
 namespace py = pybind11;
 
@@ -35,17 +37,46 @@ void need_vec(const F32Array& w, int D, const char* name) {
     if (w.ndim() != 1 || w.shape(0) != D) throw std::invalid_argument(std::string(name) + " must hold D floats");
 }
 
+// The rotary table: rope_freqs (n_rot/2 float64 frequencies, e.g. YaRN's) with mscale, else base^(-2i/n_rot).
+pq::cuda::RopeFreqs rope_of(int n_rot, float rope_base, const py::object& freqs, float mscale) {
+    if (freqs.is_none()) {
+        if (mscale != 1.0f) throw std::invalid_argument("mscale needs rope_freqs");
+        return pq::cuda::rope_freqs_unscaled(n_rot, rope_base);
+    }
+    auto f = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(freqs);
+    if (!f || f.ndim() != 1 || f.shape(0) != n_rot / 2) throw std::invalid_argument("rope_freqs must hold n_rot/2 values");
+    const double* fp = f.data();
+    return pq::cuda::rope_freqs_from(n_rot, mscale, [&](int i) { return fp[i]; });
+}
+
+// One cache argument: float16 [n_ctx, Hkv, D] for f16, uint8 [n_ctx, Hkv * D/32 * block bytes] (the
+// rows' raw ggml blocks) for q8_0 / q4_0.
+py::array cache_arg(const py::array& a, int type, const Heads& h, const char* name) {
+    if (type == pq::T_F16) {
+        F16Bits b = f16_bits(a, name);
+        if (b.ndim() != 3 || b.shape(1) != h.Hkv || b.shape(2) != h.D)
+            throw std::invalid_argument(std::string(name) + " must be [n_ctx, Hkv, D] float16");
+        return std::move(b);
+    }
+    if (type != pq::T_Q8_0 && type != pq::T_Q4_0) throw std::invalid_argument("kv_type: f16, q8_0 or q4_0");
+    if (a.dtype().kind() != 'u' || a.itemsize() != 1 || a.ndim() != 2 ||
+        a.shape(1) != (py::ssize_t)h.Hkv * (h.D / pq::type_block_size(type)) * pq::type_block_bytes(type))
+        throw std::invalid_argument(std::string(name) + " must be [n_ctx, row bytes] uint8 for a quantized cache");
+    return py::array::ensure(a, py::array::c_style);
+}
+
 // (qg, k) after q/k RMSNorm + RoPE, no cache append.
 py::tuple attention_prepare(const F32Array& qg, const F32Array& k, const F32Array& v, const F32Array& q_norm,
-                            const F32Array& k_norm, int64_t pos0, int n_rot, float rope_base, float eps) {
+                            const F32Array& k_norm, int64_t pos0, int n_rot, float rope_base, float eps,
+                            const py::object& rope_freqs, float mscale) {
     const Heads h = heads_of(qg, k, v);
     need_vec(q_norm, h.D, "q_norm");
     need_vec(k_norm, h.D, "k_norm");
     auto dq = DeviceBuffer::from(qg), dk = DeviceBuffer::from(k), dv = DeviceBuffer::from(v);
     auto dqn = DeviceBuffer::from(q_norm), dkn = DeviceBuffer::from(k_norm);
     finish(pq::cuda::attention_prepare(dq.as<float>(), dk.as<float>(), dv.as<float>(), dqn.as<float>(),
-                                       dkn.as<float>(), nullptr, nullptr, pos0, h.n, h.H, h.Hkv, h.D, n_rot,
-                                       rope_base, eps, nullptr),
+                                       dkn.as<float>(), pq::cuda::KvCache{}, pos0, h.n, h.H, h.Hkv, h.D,
+                                       rope_of(n_rot, rope_base, rope_freqs, mscale), eps, nullptr),
            "attention_prepare");
     F32Array qo({(py::ssize_t)h.n, (py::ssize_t)h.H, (py::ssize_t)(2 * h.D)});
     F32Array ko({(py::ssize_t)h.n, (py::ssize_t)h.Hkv, (py::ssize_t)h.D});
@@ -59,14 +90,13 @@ py::tuple attention_prepare(const F32Array& qg, const F32Array& k, const F32Arra
 py::tuple attention(const F32Array& qg, const F32Array& k, const F32Array& v, const F32Array& q_norm,
                     const F32Array& k_norm, const py::array& k_cache, const py::array& v_cache, int64_t pos0,
                     int n_rot, float rope_base, float eps, int64_t decode_split, int64_t prefill_split,
-                    bool force_prefill) {
+                    bool force_prefill, const std::string& kv_type, const py::object& rope_freqs, float mscale) {
     const Heads h = heads_of(qg, k, v);
     need_vec(q_norm, h.D, "q_norm");
     need_vec(k_norm, h.D, "k_norm");
-    F16Bits kc = f16_bits(k_cache, "k_cache"), vc = f16_bits(v_cache, "v_cache");
-    if (kc.ndim() != 3 || kc.shape(1) != h.Hkv || kc.shape(2) != h.D || vc.ndim() != 3 ||
-        vc.shape(0) != kc.shape(0) || vc.shape(1) != h.Hkv || vc.shape(2) != h.D)
-        throw std::invalid_argument("caches must be [n_ctx, Hkv, D] float16");
+    const pq::KvTypes kt = pq::kv_types_from_name(kv_type);
+    py::array kc = cache_arg(k_cache, kt.k, h, "k_cache"), vc = cache_arg(v_cache, kt.v, h, "v_cache");
+    if (vc.shape(0) != kc.shape(0)) throw std::invalid_argument("k_cache and v_cache differ in n_ctx");
     const int64_t n_ctx = kc.shape(0);
     pq::cuda::AttentionTuning tune;
     tune.decode_split = decode_split;
@@ -82,10 +112,15 @@ py::tuple attention(const F32Array& qg, const F32Array& k, const F32Array& v, co
     DeviceBuffer scratch(scratch_bytes + kCanary);
     std::vector<uint8_t> canary(kCanary, 0xA5);
     scratch.upload(canary.data(), kCanary, scratch_bytes);
+    pq::cuda::KvCache kvc;
+    kvc.k = dkc.as<void>();
+    kvc.v = dvc.as<void>();
+    kvc.k_type = kt.k;
+    kvc.v_type = kt.v;
     finish(pq::cuda::attention_ex(dq.as<float>(), dk.as<float>(), dv.as<float>(), dqn.as<float>(),
-                                  dkn.as<float>(), dkc.as<uint16_t>(), dvc.as<uint16_t>(), n_ctx, pos0, h.n, h.H,
-                                  h.Hkv, h.D, n_rot, rope_base, eps, dout.as<float>(), scratch.as<void>(), nullptr,
-                                  tune),
+                                  dkn.as<float>(), kvc, n_ctx, pos0, h.n, h.H, h.Hkv, h.D,
+                                  rope_of(n_rot, rope_base, rope_freqs, mscale), eps, dout.as<float>(),
+                                  scratch.as<void>(), nullptr, tune),
            "attention");
     std::vector<uint8_t> tail(kCanary);
     scratch.download(tail.data(), kCanary, scratch_bytes);
@@ -95,13 +130,14 @@ py::tuple attention(const F32Array& qg, const F32Array& k, const F32Array& v, co
     F32Array out({(py::ssize_t)h.n, (py::ssize_t)(h.H * h.D)});
     F32Array qo({(py::ssize_t)h.n, (py::ssize_t)h.H, (py::ssize_t)(2 * h.D)});
     F32Array ko({(py::ssize_t)h.n, (py::ssize_t)h.Hkv, (py::ssize_t)h.D});
-    F16Bits kco(kc.request().shape), vco(vc.request().shape);
+    py::array kco(kc.dtype(), kc.request().shape), vco(vc.dtype(), vc.request().shape);
     dout.download(out.mutable_data());
     dq.download(qo.mutable_data());
     dk.download(ko.mutable_data());
     dkc.download(kco.mutable_data());
     dvc.download(vco.mutable_data());
-    return py::make_tuple(out, qo, ko, as_f16(kco), as_f16(vco));
+    auto back = [](const py::array& a, int type) { return type == pq::T_F16 ? as_f16(a) : a; };
+    return py::make_tuple(out, qo, ko, back(kco, kt.k), back(vco, kt.v));
 }
 
 }  // namespace
@@ -110,10 +146,14 @@ void bind_attention(py::module_& m) {
     m.def("attention", &attention, py::arg("qg"), py::arg("k"), py::arg("v"), py::arg("q_norm"), py::arg("k_norm"),
           py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"), py::arg("n_rot"), py::arg("rope_base"),
           py::arg("eps"), py::arg("decode_split") = 0, py::arg("prefill_split") = 0, py::arg("force_prefill") = false,
+          py::arg("kv_type") = "f16", py::arg("rope_freqs") = py::none(), py::arg("mscale") = 1.0f,
           "Gated-attention core (ops_attention.h attention_ex): qg [n,H,2D], k/v [n,Hkv,D] float32, caches "
-          "[n_ctx,Hkv,D] float16. Returns (out [n,H*D], qg, k, k_cache, v_cache) after the call.");
+          "[n_ctx,Hkv,D] float16, or for kv_type q8_0 / q4_0 ('K,V' for two types) uint8 [n_ctx, row bytes] "
+          "of ggml blocks. rope_freqs (n_rot/2 float64) and mscale replace base^(-2i/n_rot) and 1 (YaRN). "
+          "Returns (out [n,H*D], qg, k, k_cache, v_cache) after the call.");
     m.def("attention_prepare", &attention_prepare, py::arg("qg"), py::arg("k"), py::arg("v"), py::arg("q_norm"),
           py::arg("k_norm"), py::arg("pos0"), py::arg("n_rot"), py::arg("rope_base"), py::arg("eps"),
+          py::arg("rope_freqs") = py::none(), py::arg("mscale") = 1.0f,
           "q/k RMSNorm + NEOX RoPE only (no cache); returns (qg, k).");
     m.def("attention_scratch_bytes", &pq::cuda::attention_scratch_bytes, py::arg("H"), py::arg("Hkv"), py::arg("D"),
           py::arg("n"), py::arg("n_ctx"));

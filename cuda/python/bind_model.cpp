@@ -66,7 +66,7 @@ void bind_model(py::module_& m) {
         .def_readonly("pos", &State::pos)
         .def_readonly("n_ctx", &State::n_ctx)
         .def_property_readonly("nbytes", &State::bytes)
-        .def_property_readonly("kv_type", [](const State&) { return "f16"; })
+        .def_property_readonly("kv_type", [](const State& st) { return pq::kv_types_name(st.kv_types()); })
         .def_property_readonly("has_mtp", &State::has_mtp, "Whether the state keeps the MTP head's cache.")
         .def("reset", &State::reset, "Forget every token (KV cache and recurrent states).");
 
@@ -126,13 +126,14 @@ void bind_model(py::module_& m) {
         .def(
             "new_state",
             [](PyModel& pm, int64_t n_ctx, const std::string& kv_type, bool mtp) {
-                if (kv_type != "f16") throw std::invalid_argument("the CUDA backend keeps an f16 KV cache (kv_type 'f16')");
+                const pq::KvTypes kt = pq::kv_types_from_name(kv_type);  // ValueError on a bad name
                 py::gil_scoped_release release;
                 std::lock_guard<std::mutex> lock(pm.mu);
-                return pm.model->new_state(n_ctx, mtp);
+                return pm.model->new_state(n_ctx, kt, mtp);
             },
             py::arg("n_ctx"), py::arg("kv_type") = "f16", py::arg("mtp") = false, py::keep_alive<0, 1>(),
-            "A sequence state; mtp=True also keeps the MTP head's cache (for mtp_draft).")
+            "A sequence state. kv_type: the KV cache's type, f16, q8_0 or q4_0, or 'K,V' for two (llama.cpp's "
+            "-ctk/-ctv); mtp=True also keeps the MTP head's cache (for mtp_draft).")
         .def_property_readonly("has_mtp", [](PyModel& pm) { return pm.model->has_mtp(); })
         .def(
             "verify",
@@ -213,7 +214,26 @@ void bind_model(py::module_& m) {
                 return pm.model->snapshot(st, with_kv);
             },
             py::arg("state"), py::arg("with_kv") = false, py::keep_alive<0, 1>(),
-            "Checkpoint of the state in GPU memory (recurrent part; KV rows too if with_kv).")
+            "Checkpoint of the state in pinned host memory (recurrent part; KV rows too if with_kv), copied "
+            "asynchronously on the model's stream (nothing is kept on the GPU).")
+        .def(
+            "snapshot_kv_rows",
+            [](PyModel& pm, const Snapshot& s) {
+                {
+                    py::gil_scoped_release release;
+                    std::lock_guard<std::mutex> lock(pm.mu);
+                    pm.model->synchronize();  // the snapshot's copies have run
+                }
+                py::list out;
+                for (size_t i = 0; i < s.kv_layers(); ++i) {
+                    auto k = s.k_rows(i), v = s.v_rows(i);
+                    out.append(py::make_tuple(py::bytes(reinterpret_cast<const char*>(k.first), k.second),
+                                              py::bytes(reinterpret_cast<const char*>(v.first), v.second)));
+                }
+                return out;
+            },
+            py::arg("snapshot"),
+            "[(K bytes, V bytes)] of a with_kv snapshot, per attention layer then MTP block (tests).")
         .def(
             "restore",
             [](PyModel& pm, State& st, const Snapshot& s) {

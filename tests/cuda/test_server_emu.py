@@ -127,3 +127,34 @@ def test_server_samples_on_the_device(emu_ops, tiny_f16):
     finally:
         gpu.shutdown()
         cpu.shutdown()
+
+
+def test_session_reuse_with_many_host_checkpoints(emu_ops, tiny_f16):
+    """The server's session cache on the CUDA backend: more than two checkpoints (they live in pinned host
+    memory: no device allocation each), a follow-up that diverges mid-prompt restores the newest one
+    before the divergence, and its logits equal a fresh state's fed the same pieces (bit for bit) and a
+    one-shot prefill's (float tolerance) -- as on the CPU backend."""
+    import numpy as np
+
+    from pyqwen.session import SessionCache
+
+    core = load_cuda_core(emu_ops, tiny_f16, n_batch=8, n_ctx=48)
+    cache = SessionCache(model_on(core, tiny_f16, 48), cache_ram_mib=64)
+    first = [(5 * i * i + 2 * i + 3) % 2400 + 1 for i in range(24)]
+    marks = [(p, "user") for p in (4, 8, 12, 16, 20)]
+    live0 = emu_ops.live_allocations()
+    _, n_cached = cache.prefill("s", first, marks)
+    assert n_cached == 0 and cache.n_checkpoints == 5
+    assert emu_ops.live_allocations() - live0 == 1  # the session's state; its 5 checkpoints are host memory
+    assert cache.nbytes >= 5 * core.snapshot(core.new_state(4), False).nbytes
+
+    follow = first[:14] + [7, 70, 700]  # diverges at 14: the checkpoint at 12 is restored
+    got, n_cached = cache.prefill("s", follow, [])
+    assert n_cached == 12 and cache.stats.checkpoints_restored == 1
+    fresh = core.new_state(48)
+    for a, b in ((0, 4), (4, 8), (8, 12)):  # the pieces the session fed up to the checkpoint
+        core.forward(fresh, np.array(first[a:b], np.int32), "none", 8)
+    want = core.forward(fresh, np.array(follow[12:], np.int32), "last", 8)
+    np.testing.assert_array_equal(np.asarray(got).reshape(-1), np.asarray(want).reshape(-1))
+    once = core.forward(core.new_state(48), np.array(follow, np.int32), "last", 8)
+    np.testing.assert_allclose(np.asarray(got).reshape(-1), np.asarray(once).reshape(-1), atol=2e-2, rtol=0)

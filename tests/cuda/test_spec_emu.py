@@ -186,6 +186,27 @@ def test_rollback_is_feeding_only_the_kept_tokens(core, prefilled):
     np.testing.assert_allclose(da, dc, atol=2e-3, rtol=0)
 
 
+def test_verify_rollback_and_mtp_cache_with_a_quantized_kv_cache(core):
+    """q8_0 K, q4_0 V in the main and the MTP caches: a verification's rows are one-token steps bit for
+    bit, and a rollback leaves the state (MTP cache included) of feeding the kept tokens."""
+    kv, toks = "q8_0,q4_0", [5, 17, 900, 2001, 3]
+    a, b = core.new_state(32, kv, mtp=True), core.new_state(32, kv, mtp=True)
+    for s in (a, b):
+        core.forward(s, PROMPT[:4], "none", 256)
+    assert a.kv_type == kv and a.has_mtp
+    rows = core.verify(a, toks)
+    assert np.array_equal(rows, feed_steps(core, b, toks[:5]))
+    c = core.new_state(32, kv, mtp=True)
+    core.forward(c, PROMPT[:4], "none", 256)
+    core.verify(c, toks)
+    core.rollback(c, 2)
+    d = core.new_state(32, kv, mtp=True)
+    core.forward(d, PROMPT[:4], "none", 256)
+    feed_steps(core, d, toks[:2])
+    assert np.array_equal(core.mtp_draft(c, 8), core.mtp_draft(d, 8))
+    assert np.array_equal(core.forward(c, [6], "last", 256), core.forward(d, [6], "last", 256))
+
+
 def test_rollback_on_states_without_an_mtp_cache(core, prefilled):
     a, b = prefilled(False), prefilled(False)
     core.verify(a, [3, 4, 5])
