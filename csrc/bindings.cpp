@@ -44,6 +44,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("n_ctx", &State::n_ctx)
         .def_property_readonly("nbytes", &State::bytes)
         .def_property_readonly("kv_type", [](const State& s) { return kv_types_name(s.kv_type); })
+        .def_property_readonly("kv_rotation", [](const State& s) { return s.kv_type.rotate; })
         .def_property_readonly("has_mtp", &State::has_mtp, "Whether the state keeps the MTP head's cache.")
         .def("reset", &State::reset, "Forget every token (KV cache and recurrent states).");
 
@@ -78,11 +79,14 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_threads", [](PyModel& pm) { return pm.model->n_threads(); })
         .def(
             "new_state",
-            [](PyModel& pm, int64_t n_ctx, const std::string& kv_type, bool mtp) {
-                return pm.model->new_state(n_ctx, kv_types_from_name(kv_type), mtp);
+            [](PyModel& pm, int64_t n_ctx, const std::string& kv_type, bool mtp, bool kv_rotation) {
+                KvTypes t = kv_types_from_name(kv_type);
+                t.rotate = kv_rotation;
+                return pm.model->new_state(n_ctx, t, mtp);
             },
-            py::arg("n_ctx"), py::arg("kv_type") = "f16", py::arg("mtp") = false,
-            "A sequence state; mtp=True also keeps the MTP head's cache (for mtp_draft).")
+            py::arg("n_ctx"), py::arg("kv_type") = "f16", py::arg("mtp") = false, py::arg("kv_rotation") = true,
+            "A sequence state; mtp=True also keeps the MTP head's cache (for mtp_draft); kv_rotation: a quantized "
+            "cache stores Hadamard-rotated rows (llama.cpp's default; model_spec.h kv_rotation_block).")
         .def_property_readonly("has_mtp", [](PyModel& pm) { return pm.model->has_mtp(); })
         .def(
             "verify",

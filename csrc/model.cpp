@@ -436,8 +436,7 @@ void Model::attn_layer(const LayerWeights& L, uint8_t* Kc, uint8_t* Vc, const St
     const Config& c = cfg_;
     const int64_t H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim, group = H / Hkv;
     // A quantized cache stores rotated rows (model_spec.h kv_rotated): k and v here, q below, the output after.
-    const int rot_k = kv_rotation_block(st.kv_type.k, (int)D, kKeys);
-    const int rot_v = kv_rotation_block(st.kv_type.v, (int)D, kValues);
+    const int rot_k = st.kv_type.rotation_block(kKeys, (int)D), rot_v = st.kv_type.rotation_block(kValues, (int)D);
     std::vector<float> kk(n * Hkv * D), vv(n * Hkv * D);
     matmul(pool_, L.attn_k, a, n, kk.data());
     matmul(pool_, L.attn_v, a, n, vv.data());

@@ -69,10 +69,8 @@ class CoreAdapter:
     def config(self) -> dict:
         return self._m.config
 
-    def new_state(self, n_ctx: int, kv_type: str = "f16", mtp: bool = False):
-        if mtp:
-            return self._m.new_state(n_ctx, kv_type, True)
-        return self._m.new_state(n_ctx, kv_type)
+    def new_state(self, n_ctx: int, kv_type: str = "f16", mtp: bool = False, kv_rotation: bool = True):
+        return self._m.new_state(n_ctx, kv_type, mtp, kv_rotation)
 
     @property
     def speculation(self) -> bool:

@@ -119,6 +119,7 @@ class Model:
         self.kv_type = kv_type
         self.n_batch = n_batch
         self.backend = "cpu"
+        self.kv_rotation = True              # quantized KV rows stored rotated (load() sets it per backend)
         from .speculative.policy import SpecConfig
 
         self.spec = SpecConfig(mode="off")   # set by load(): the default speculative-decoding policy
@@ -133,7 +134,7 @@ class Model:
              device: int = 0, spec: str = "auto", draft: int | None = None, rope_scaling: str | None = None,
              rope_scale: float | None = None, yarn_orig_ctx: int | None = None, yarn_ext_factor: float | None = None,
              yarn_attn_factor: float | None = None, yarn_beta_fast: float | None = None,
-             yarn_beta_slow: float | None = None, progress=None) -> "Model":
+             yarn_beta_slow: float | None = None, progress=None, kv_rotation: bool | None = None) -> "Model":
         """Open a qwen35 GGUF (None = the built-in demo model) and prepare it for inference.
 
         n_ctx is the context window of each sequence state (capped at the model's training context, times
@@ -141,7 +142,9 @@ class Model:
         'f16' (default, as llama.cpp), 'f32', 'q8_0' or 'q4_0' (pyqwen.kv_cache); n_batch bounds the tokens
         per prefill chunk; rope_scaling ('none', 'linear', 'yarn'), rope_scale (the factor), yarn_orig_ctx,
         yarn_ext_factor, yarn_attn_factor, yarn_beta_fast, yarn_beta_slow override the file's RoPE scaling
-        (llama.cpp's names; pyqwen.rope_scaling); progress(done, total) is called between prefill chunks
+        (llama.cpp's names; pyqwen.rope_scaling); kv_rotation: a quantized cache stores Hadamard-rotated
+        rows, llama.cpp's default (None: on where the backend implements it, the CPU; the CUDA backend
+        stores quantized rows unrotated for now); progress(done, total) is called between prefill chunks
         of long prompts (return False to cancel: PrefillCancelled); device: the
         CUDA device index for the GPU backend (CUDA_VISIBLE_DEVICES selects and renumbers the devices);
         spec: the default speculative decoding ('auto', 'mtp', 'lookup', 'off'; pyqwen.speculative) and
@@ -210,8 +213,12 @@ class Model:
             warnings.warn(f"{gf.path}: tokenizer.chat_template is unusable, chat is disabled: {e}",
                           RuntimeWarning, stacklevel=2)
             template = BrokenChatTemplate(source, e)
+        if chosen == "cuda" and kv_rotation:
+            raise ValueError("the CUDA backend stores quantized KV rows unrotated: kv_rotation=True needs "
+                             "backend='cpu'")
         model = cls(gf, core, tokenizer, template, n_ctx, kv_type, n_batch)
         model.backend = chosen
+        model.kv_rotation = chosen == "cpu" if kv_rotation is None else bool(kv_rotation)
         model.progress = progress  # default prefill progress callback (forward)
         model._set_spec(spec_cfg)
         return model
@@ -260,11 +267,12 @@ class Model:
         that generation can draft with it (default: when the model loaded with MTP drafting enabled)."""
         if mtp is None:
             mtp = self.mtp_states
+        rot = {"kv_rotation": False} if self.backend == "cpu" and not self.kv_rotation else {}
         if mtp:
             if not self.has_mtp:
                 raise ValueError(self.gguf.mtp_problem() or "the MTP head is not loaded on this backend")
-            return self._core.new_state(n_ctx or self.n_ctx, self.kv_type, mtp=True)
-        return self._core.new_state(n_ctx or self.n_ctx, self.kv_type)
+            return self._core.new_state(n_ctx or self.n_ctx, self.kv_type, mtp=True, **rot)
+        return self._core.new_state(n_ctx or self.n_ctx, self.kv_type, **rot)
 
     # ---- speculative decoding --------------------------------------------------------------------
 

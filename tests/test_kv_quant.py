@@ -31,11 +31,13 @@ def shape(tmp_path_factory):
     return real_shape.shared(tmp_path_factory)
 
 
-def ours(path, ids, k, v):
+def ours(path, ids, k, v, rotation=None):
     import pyqwen
 
-    m = pyqwen.Model.load(path, n_ctx=512, kv_type=k, kv_type_v=v, backend="cpu", threads=2, spec="off")
-    assert m.new_state().kv_type == (k if k == v else f"{k},{v}")
+    m = pyqwen.Model.load(path, n_ctx=512, kv_type=k, kv_type_v=v, backend="cpu", threads=2, spec="off",
+                          kv_rotation=rotation)
+    st = m.new_state()
+    assert st.kv_type == (k if k == v else f"{k},{v}") and st.kv_rotation == (rotation is not False)
     return m.eval(ids)
 
 
@@ -70,6 +72,20 @@ def test_quantized_cache_matches_llama_cpp_with_the_same_types(shape, k, v):
         assert peer_mean < quant_mean / 3
     else:
         assert peer < quant / 5 and peer_mean < quant_mean / 20
+
+
+@pytest.mark.skipif(not has_module("llama_cpp"), reason="llama-cpp-python not installed (pip install pyqwen[reference])")
+def test_unrotated_cache_matches_llama_cpp_without_its_rotation(shape, monkeypatch):
+    """kv_rotation=False (what the CUDA backend stores today) against llama.cpp with LLAMA_ATTN_ROT_DISABLE=1:
+    the plain block-quantized cache agrees too, and differs from the rotated one by the quantization."""
+    ids = shape["prompt_ids"]
+    a = ours(shape["gguf"], ids, "q4_0", "q4_0", rotation=False)
+    rotated = ours(shape["gguf"], ids, "q4_0", "q4_0")
+    monkeypatch.setenv("LLAMA_ATTN_ROT_DISABLE", "1")
+    b = llama(shape["gguf"], ids, "q4_0", "q4_0")
+    peer, other = float(np.abs(a - b).mean()), float(np.abs(a - rotated).mean())
+    print(f"unrotated q4_0: pyqwen vs llama.cpp (rotation off) mean {peer:.2e}; vs our rotated cache {other:.2e}")
+    assert peer < other / 20
 
 
 def test_cache_bytes_follow_the_types(shape):

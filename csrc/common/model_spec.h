@@ -289,8 +289,11 @@ enum KvPart : uint8_t { kNotKv = 0, kKeys = 1, kValues = 2 };
 // Quantized rows (q8_0: 34 bytes per 32 values, q4_0: 18) are whole blocks per head: head_dim % 32 == 0.
 struct KvTypes {
     int k = T_F16, v = T_F16;
+    bool rotate = true;  // quantized rows stored rotated (kv_rotation_block), llama.cpp's default
     int of(uint8_t part) const { return part == kValues ? v : k; }
-    bool operator==(const KvTypes& o) const { return k == o.k && v == o.v; }
+    bool operator==(const KvTypes& o) const { return k == o.k && v == o.v && rotate == o.rotate; }
+    // The Hadamard block that part's rows are rotated by (0: not rotated).
+    int rotation_block(uint8_t part, int head_dim) const;
 };
 
 inline bool kv_type_supported(int t) { return t == T_F32 || t == T_F16 || t == T_Q8_0 || t == T_Q4_0; }
@@ -333,6 +336,10 @@ inline int kv_rotation_block(int type, int head_dim, uint8_t part) {
     if (type_block_size(type) <= 1 || head_dim <= 0 || head_dim % 64 != 0) return 0;  // not rotated
     if (part == kValues) return 64;
     return head_dim & -head_dim;
+}
+
+inline int KvTypes::rotation_block(uint8_t part, int head_dim) const {
+    return rotate ? kv_rotation_block(of(part), head_dim, part) : 0;
 }
 
 // A quantized cache stores each head's slice as whole blocks (a kernel reads one head at a time).

@@ -328,6 +328,10 @@ std::unique_ptr<State> Model::new_state(int64_t n_ctx, KvTypes kv_types, bool mt
         throw std::invalid_argument("the CUDA backend's KV cache is f16, q8_0 or q4_0 for K and V (got " +
                                     kv_types_name(kv_types) + "; f32 runs on the CPU backend)");
     check_kv_types(cfg_, kv_types);
+    // Not yet here: llama.cpp's Hadamard rotation of quantized rows (the CPU's default, model_spec.h
+    // kv_rotation_block). Rotating the output back before the sigmoid gate needs the combine kernel (and
+    // the prefill path) to rotate in shared memory; until then quantized rows are stored as they come.
+    kv_types.rotate = false;
     if (mtp && !has_mtp()) throw std::invalid_argument("this model has no MTP head (no nextn block in the file)");
     use_device();
     ensure_workspace(n_ctx);

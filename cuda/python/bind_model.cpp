@@ -67,6 +67,7 @@ void bind_model(py::module_& m) {
         .def_readonly("n_ctx", &State::n_ctx)
         .def_property_readonly("nbytes", &State::bytes)
         .def_property_readonly("kv_type", [](const State& st) { return pq::kv_types_name(st.kv_types()); })
+        .def_property_readonly("kv_rotation", [](const State& st) { return st.kv_types().rotate; })
         .def_property_readonly("has_mtp", &State::has_mtp, "Whether the state keeps the MTP head's cache.")
         .def("reset", &State::reset, "Forget every token (KV cache and recurrent states).");
 
