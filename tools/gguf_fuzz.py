@@ -605,13 +605,14 @@ def run_batch(seed_path: str, seed: int, indices: list[int], *, mem_bytes: int, 
 
 def run_campaign(seed_path: str, seed: int, n_cases: int, *, jobs: int = 1, batch: int = 50,
                  mem_bytes: int = 3 << 30, case_timeout: float = 60.0, nice: int = 0, progress=None,
-                 log_path: str | None = None, first: int = 0) -> dict:
+                 log_path: str | None = None, first: int = 0, skip: frozenset = frozenset()) -> dict:
     """Run cases first..n_cases-1 in batches on `jobs` workers; `log_path` gets every result as a JSON line
     as soon as its batch ends, in completion order (a partial campaign can be summarized from it:
     --summarize LOG; a slow batch no longer holds back the ones after it)."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    chunks = [list(range(a, min(a + batch, n_cases))) for a in range(first, n_cases, batch)]
+    todo = [i for i in range(first, n_cases) if i not in skip]      # skip: cases a resumed log already holds
+    chunks = [todo[a:a + batch] for a in range(0, len(todo), batch)]
     out: list[dict] = []
     t0 = time.monotonic()
     with ThreadPoolExecutor(jobs) as ex:
@@ -624,7 +625,7 @@ def run_campaign(seed_path: str, seed: int, n_cases: int, *, jobs: int = 1, batc
                 with open(log_path, "a") as fh:
                     fh.writelines(json.dumps(r) + "\n" for r in res)
             if progress:
-                progress(len(out), n_cases - first)
+                progress(len(out), len(todo))
     out.sort(key=lambda r: r["index"])
     rep = summarize(out, seed, seed_path, time.monotonic() - t0, mem_bytes)
     rep["_results"] = out           # for the hang replay; main() drops it before writing the report
@@ -715,6 +716,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--log", help="append each result as a JSON line (for partial summaries)")
     ap.add_argument("--summarize", help="print the summary of a --log file and exit")
+    ap.add_argument("--resume", action="store_true", help="skip the cases --log already holds (a campaign "
+                    "stopped part way, e.g. to change --nice, continues; the report covers the whole log)")
     ap.add_argument("--replay-hangs", metavar="LOG", help="re-run each case LOG records as a hang alone (with "
                     "--timeout), append the verdicts to LOG, and print the summary")
     a = ap.parse_args(argv)
@@ -744,9 +747,15 @@ def main(argv=None) -> int:
     def progress(done, total):
         print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
 
+    done = frozenset(r["index"] for r in read_log(a.log)[0]) if a.resume and a.log and os.path.exists(a.log) \
+        else frozenset()
     rep = run_campaign(str(a.seed_gguf), a.seed, a.cases, jobs=a.jobs, batch=a.batch, mem_bytes=mem,
-                       case_timeout=a.timeout, nice=a.nice, progress=progress, log_path=a.log)
+                       case_timeout=a.timeout, nice=a.nice, progress=progress, log_path=a.log, skip=done)
     print(file=sys.stderr)
+    if done:                            # the report covers the whole campaign: the log's earlier cases too
+        rep["_results"] = [r for r in read_log(a.log)[0] if r["index"] < a.cases]
+        rep.update({k: v for k, v in summarize(rep["_results"], a.seed, a.seed_gguf, rep["seconds"], mem).items()
+                    if k != "seconds"})
     if rep["outcomes"].get("hang"):     # tell starvation from real hangs: each one again, alone
         res = sorted(rep.pop("_results"), key=lambda r: r["index"])
         replays = replay_hangs(str(a.seed_gguf), a.seed, res, mem_bytes=mem, case_timeout=a.timeout, nice=a.nice)
