@@ -113,7 +113,8 @@ def m_reorder(d, rng):
         if how < 0.4:
             rng.shuffle(msgs)
         elif how < 0.7:
-            msgs.insert(rng.randrange(len(msgs) + 1), dict(rng.choice(msgs)) if isinstance(msgs[0], dict) else 1)
+            m = rng.choice(msgs)            # an earlier mutation may have made it a non-dict
+            msgs.insert(rng.randrange(len(msgs) + 1), dict(m) if isinstance(m, dict) else m)
         else:
             del msgs[rng.randrange(len(msgs))]
 
