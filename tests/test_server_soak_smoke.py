@@ -2,7 +2,7 @@
 (streams with random hang-ups, session turns, edits and retries, completions, malformed and oversized
 bodies). Every valid request is answered, every bad one gets its 4xx, /metrics counts every request the
 clients sent to the two generation endpoints (the warm-up and the reuse checks included) and its
-statuses add up, RSS stays within the cache budget plus slack, sessions reused after the soak give the
+statuses add up, memory outside the session cache stays flat after warm-up, sessions reused after the soak give the
 tokens and logprobs of a fresh prefill; and `pyqwen serve` SIGKILLed mid-stream restarts cleanly on the
 same port with no stale files."""
 
