@@ -6,12 +6,12 @@
         print(chunk.text, end="")
 """
 
-from .errors import (ChatTemplateError, ContextOverflowError, GrammarError, ModelFormatError, PrefillCancelled,
-                     PyqwenError)
+from .errors import (ChatFileError, ChatTemplateError, ContextOverflowError, GrammarError, ModelFormatError,
+                     PrefillCancelled, PyqwenError)
 
 __version__ = "0.1.0"
-__all__ = ["Model", "ModelFormatError", "ChatTemplateError", "ContextOverflowError", "GrammarError", "PrefillCancelled",
-           "PyqwenError", "SamplingParams", "__version__"]
+__all__ = ["Model", "ModelFormatError", "ChatTemplateError", "ChatFileError", "ContextOverflowError", "GrammarError",
+           "PrefillCancelled", "PyqwenError", "SamplingParams", "__version__"]
 
 
 def __getattr__(name):

@@ -126,13 +126,38 @@ def _prepare_message(message: Mapping[str, Any]) -> dict[str, Any]:
     return msg
 
 
+# Bounds on what one template expression may build: a hostile template (it comes with the model file)
+# must not make `'x' * 10**10` or `9 ** 9 ** 9` allocate or compute for minutes. Real templates repeat
+# strings a few times and never raise to powers.
+MAX_REPEAT_ITEMS = 1 << 20
+MAX_POW_BITS = 4096
+
+
+class _Env(ImmutableSandboxedEnvironment):
+    """transformers' sandbox (no attribute starting with `_`, no mutation of inputs), plus bounds on
+    sequence repetition and powers (see above). Renders every ordinary template identically."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_REPEAT_ITEMS:
+                    raise jinja2.exceptions.SecurityError(
+                        f"the template repeats a sequence of {len(seq)} items {n} times")
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 \
+                and left.bit_length() * right > MAX_POW_BITS:
+            raise jinja2.exceptions.SecurityError("the template raises a number to a huge power")
+        return super().call_binop(context, operator, left, right)
+
+
 class ChatTemplate:
     def __init__(self, source: str, special_tokens: Mapping[str, str | None] | None = None):
         """`special_tokens` (e.g. {"eos_token": "<|im_end|>"}) become template variables, as transformers
         passes the tokenizer's special_tokens_map; explicit render kwargs override them."""
         self.source = source
         self.special_tokens = dict(special_tokens or {})
-        env = ImmutableSandboxedEnvironment(
+        env = _Env(
             trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols])
         env.filters["tojson"] = _tojson
         env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now,
@@ -146,20 +171,27 @@ class ChatTemplate:
 
     def render(self, messages, *, add_generation_prompt: bool = True, tools=None, documents=None,
                **kwargs) -> str:
-        chat = [_prepare_message(m) for m in messages]
-        tool_schemas = None
-        if tools is not None:
-            for t in tools:
-                if not isinstance(t, Mapping):
-                    raise ChatTemplateError("tools must be JSON-schema dicts (OpenAI style)")
-            tool_schemas = _plain(list(tools))
-        variables = {**self.special_tokens, **_plain(kwargs)}
         try:
-            return self._template.render(messages=chat, tools=tool_schemas, documents=_plain(documents),
+            chat = [_prepare_message(m) for m in messages]
+            tool_schemas = None
+            if tools is not None:
+                for t in tools:
+                    if not isinstance(t, Mapping):
+                        raise ChatTemplateError("tools must be JSON-schema dicts (OpenAI style)")
+                tool_schemas = _plain(list(tools))
+            variables = {**self.special_tokens, **_plain(kwargs)}
+            docs = _plain(documents)
+        except RecursionError:
+            raise ChatTemplateError("the messages or tools are nested too deeply") from None
+        try:
+            return self._template.render(messages=chat, tools=tool_schemas, documents=docs,
                                          add_generation_prompt=add_generation_prompt, **variables)
         except ChatTemplateError:
             raise
-        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as e:
+        except RecursionError:
+            raise ChatTemplateError("chat template failed: the messages or tools are nested too deeply") from None
+        except Exception as e:  # noqa: BLE001 -- the template is data from the model file: whatever it
+            # raises (SecurityError, TypeError, OverflowError from a huge range(), ...) is its failure
             raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from e
 
 

@@ -14,10 +14,13 @@ line, then the next turn prefills the loaded conversation once.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sys
 from pathlib import Path
 from typing import Any
+
+from .errors import ChatFileError  # re-exported: callers catch it from here
 
 SAVE_FORMAT = "pyqwen-chat"
 SAVE_VERSION = 1
@@ -26,9 +29,10 @@ SESSION_KEY = "pyqwen-chat"
 CHAT_HELP = ("commands: /exit (or EOF) quits, /reset clears the conversation, /save FILE and /load FILE keep it, "
              "/help shows this; end a line with \\ to continue on the next; Ctrl-C stops a reply")
 
-
-class ChatFileError(ValueError):
-    """A /load file that is not a conversation saved by `pyqwen chat`."""
+# A conversation that fits any context pyqwen can hold is far below this (262,144 tokens are ~1 MiB of text,
+# a few MiB as escaped JSON); a larger file is refused before it is read, so /load never allocates by it.
+MAX_FILE_BYTES = 64 << 20
+MESSAGE_KEYS = {"role", "content", "reasoning_content"}
 
 
 class _DirectLoop:
@@ -40,42 +44,80 @@ class _DirectLoop:
 
 
 def save_conversation(path: str | Path, model_name: str, system: str | None, history: list[dict]) -> None:
+    """Write the conversation as JSON; to a temporary name first, then renamed: a crash or a full disk
+    never leaves a half-written file where the previous save was."""
+    p = Path(path)
     data = {"format": SAVE_FORMAT, "version": SAVE_VERSION, "model": model_name, "system": system,
             "messages": history}
-    Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    text = json.dumps(data, ensure_ascii=False, indent=1) + "\n"
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_text(p: Path, where: str, s: str) -> None:
+    # JSON escapes can spell lone surrogates (\ud800), which no UTF-8 tokenizer can take
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ChatFileError(f"{p}: {where} is not valid Unicode (a lone surrogate)") from None
 
 
 def load_conversation(path: str | Path, model_name: str) -> tuple[str | None, list[dict]]:
     """(system, messages) from a file written by save_conversation; ChatFileError names what is wrong."""
     p = Path(path)
     try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise ChatFileError(f"cannot read {p}: {e.strerror or e}") from None
+    if size > MAX_FILE_BYTES:
+        raise ChatFileError(f"{p} is not a saved conversation ({size} bytes; a saved conversation is "
+                            f"at most {MAX_FILE_BYTES} bytes)")
+    try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except OSError as e:
         raise ChatFileError(f"cannot read {p}: {e.strerror or e}") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise ChatFileError(f"{p} is not a saved conversation (not valid JSON: {e})") from None
+    except RecursionError:
+        raise ChatFileError(f"{p} is not a saved conversation (JSON nested too deeply)") from None
     if not isinstance(data, dict) or data.get("format") != SAVE_FORMAT:
         raise ChatFileError(f"{p} is not a saved conversation (no \"format\": \"{SAVE_FORMAT}\")")
-    if data.get("version") != SAVE_VERSION:
-        raise ChatFileError(f"{p}: version {data.get('version')!r} is not supported (expected {SAVE_VERSION})")
+    if type(data.get("version")) is not int or data.get("version") != SAVE_VERSION:
+        raise ChatFileError(f"{p}: version {_short(data.get('version'))} is not supported (expected {SAVE_VERSION})")
     if data.get("model") != model_name:
-        raise ChatFileError(f"{p} was saved with model {data.get('model')!r}, this is {model_name!r}")
+        raise ChatFileError(f"{p} was saved with model {_short(data.get('model'))}, this is {model_name!r}")
     system = data.get("system")
     if system is not None and not isinstance(system, str):
         raise ChatFileError(f"{p}: \"system\" must be a string or null")
+    if system is not None:
+        _check_text(p, "\"system\"", system)
     msgs = data.get("messages")
     if not isinstance(msgs, list):
         raise ChatFileError(f"{p}: \"messages\" must be a list")
     for i, m in enumerate(msgs):
         want = "user" if i % 2 == 0 else "assistant"
         if not isinstance(m, dict) or m.get("role") != want:
-            raise ChatFileError(f"{p}: message {i} must be a {want} message")
+            raise ChatFileError(f"{p}: message {i} must be {'a' if i % 2 == 0 else 'an'} {want} message")
+        extra = sorted(set(m) - MESSAGE_KEYS)
+        if extra:       # the template would read them (tool_calls, ...): nothing /save writes
+            raise ChatFileError(f"{p}: message {i}: unexpected key {_short(extra[0])}")
         for k in ("content", "reasoning_content"):
             if k in m and not isinstance(m[k], str):
                 raise ChatFileError(f"{p}: message {i}: {k!r} must be a string")
+            if k in m:
+                _check_text(p, f"message {i}: {k!r}", m[k])
         if "content" not in m:
             raise ChatFileError(f"{p}: message {i} has no content")
     return system, msgs
+
+
+def _short(v, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[:n] + "..."
 
 
 class ChatREPL:

@@ -26,6 +26,10 @@ class PrefillCancelled(PyqwenError):
         self.done, self.total = done, total
 
 
+class ChatFileError(PyqwenError, ValueError):
+    """A saved conversation (`pyqwen chat`'s /load) that is unreadable, corrupt, or from another model."""
+
+
 class CLIError(ValueError):
     """Bad command-line input; the CLIs print it as one line and exit 2."""
 

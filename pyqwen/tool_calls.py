@@ -367,7 +367,7 @@ def _arguments_dict(args: Any, param: str) -> dict:
             return {}
         try:
             v = json.loads(args)
-        except ValueError:
+        except (ValueError, RecursionError):      # RecursionError: nested deeper than the parser goes
             raise ToolSpecError(f"{param} is not valid JSON", param) from None
         if isinstance(v, dict):
             return v

@@ -73,8 +73,19 @@ def merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return out
 
 
+_BUILT: list[Path] = []    # the first directory written in this process: later calls copy its files
+
+
 def tokenizer_dir(out: Path) -> Path:
-    """Write the HF tokenizer files of the real vocabulary under `out`."""
+    """Write the HF tokenizer files of the real vocabulary under `out` (built once per process: deriving
+    the merges of 248,044 ranks takes a while, and test_real_vocab and the real-vocabulary model share it)."""
+    if _BUILT and (_BUILT[0] / "tokenizer_config.json").exists():
+        import shutil
+
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy2(_BUILT[0] / name, out / name)
+        return out
     q = _qwen()
     ranks = load_ranks()
     assert len(ranks) == N_RANKS and sorted(ranks.values()) == list(range(N_RANKS))
@@ -108,6 +119,7 @@ def tokenizer_dir(out: Path) -> Path:
            "chat_template": template,
            "added_tokens_decoder": {str(a["id"]): {k: a[k] for k in a if k != "id"} for a in added}}
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False), encoding="utf-8")
+    _BUILT.append(out)
     return out
 
 

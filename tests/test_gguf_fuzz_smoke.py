@@ -60,3 +60,41 @@ def test_huge_array_count_is_rejected(gguf_cache, tmp_path):
     p.write_bytes(gguf_fuzz.serialize(g))
     with pytest.raises(pyqwen.ModelFormatError, match="array of 4294967295 values"):
         pyqwen.Model.load(p, threads=1)
+
+
+FAKE_WORKER = r'''
+import json, os, sys, time
+tmp, idx = sys.argv[1], [int(i) for i in sys.argv[2].split(",")]
+for i in idx:
+    if i == 3:                       # dies before announcing its case (as a fuzzer bug once did)
+        raise SystemExit("boom")
+    if i == 5:                       # announces, then hangs
+        print(json.dumps({"start": i}), flush=True); time.sleep(60)
+    sys.stderr.write("x" * 100_000)  # more than a pipe holds: must not block the worker
+    sys.stderr.flush()
+    # the start line and the result in one write: a buffered readline + select would sit on the second
+    os.write(1, (json.dumps({"start": i}) + "\n" + json.dumps({"index": i, "outcome": "format_error"}) + "\n").encode())
+'''
+
+
+def test_the_runner_never_stalls(tmp_path):
+    """The parent side of a campaign: a worker that dies before announcing a case, one that hangs, a
+    chatty stderr and lines that arrive together each end in a recorded outcome, never a re-run loop
+    (the first campaign stalled on one batch for these reasons)."""
+    w = tmp_path / "worker.py"
+    w.write_text(FAKE_WORKER)
+    res = gguf_fuzz.run_worker([sys.executable, str(w)], list(range(8)), mem_bytes=1 << 30, case_timeout=3.0,
+                               startup_timeout=10.0)
+    assert [r["index"] for r in res] == list(range(8))
+    assert [r["outcome"] for r in res] == ["format_error"] * 3 + ["worker", "format_error", "hang"] + \
+        ["format_error"] * 2
+
+
+def test_hangs_replayed_alone_are_told_from_starvation():
+    res = [{"index": 1, "outcome": "hang", "ops": ["a"]}, {"index": 2, "outcome": "hang", "ops": ["b"]},
+           {"index": 3, "outcome": "loaded", "ops": ["a"], "finite": True}]
+    replays = [{"index": 1, "replayed_outcome": "format_error", "starved": True},
+               {"index": 2, "replayed_outcome": "hang", "starved": False}]
+    rep = gguf_fuzz.summarize(res, 0, "x", 0.0, 1, replays)
+    assert rep["outcomes"] == {"format_error": 1, "hang": 1, "loaded": 1}
+    assert rep["hang_recorded"] == 2 and rep["hang_starved"] == 1 and rep["bugs"] == 1

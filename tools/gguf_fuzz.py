@@ -18,8 +18,13 @@ and a per-case timeout; the parent attributes a worker's death to the case it ha
   foreign         any other exception escaping pyqwen  -> a bug
   memory          MemoryError under the address-space limit -> an allocation from an unchecked count
   crash           the worker died by a signal           -> a bug
-  hang            the case exceeded its timeout          -> a bug
-Campaign: python tools/gguf_fuzz.py --seed-gguf MODEL.gguf --cases 10000 --jobs 2 --report out.json
+  hang            the case exceeded its timeout          -> a bug, unless it finishes when replayed alone
+  worker          the worker died twice before reaching the case (e.g. it cannot start) -> a bug
+  fuzzer_error    the mutation itself raised             -> a bug of this tool
+Hangs are replayed one at a time at the end of a campaign (or with --replay-hangs LOG): a case that then
+finishes was starved of CPU (counted under hang_starved, by its real outcome), one that hangs again is real.
+Campaign: python tools/gguf_fuzz.py --seed-gguf MODEL.gguf --cases 10000 --log run.jsonl --report out.json
+          python tools/gguf_fuzz.py --seed-gguf MODEL.gguf --summarize run.jsonl   (also while it runs)
 """
 
 from __future__ import annotations
@@ -218,12 +223,13 @@ def m_kv_type(g, rng, _):
 
 
 def m_kv_extreme(g, rng, _):
-    kv = _kv(g, rng, lambda kv: kv.value.vtype in _SCALAR or (kv.value.vtype == ARR and kv.value.elem_type in _SCALAR
-                                                                and kv.value.v))
+    # an array's declared element type may have been retyped by another mutation: pick a scalar item
+    kv = _kv(g, rng, lambda kv: kv.value.vtype in _SCALAR or (kv.value.vtype == ARR and isinstance(kv.value.v, list)
+                                                                and any(it.vtype in _SCALAR for it in kv.value.v)))
     if kv is None:
         return
     if kv.value.vtype == ARR:
-        it = rng.choice(kv.value.v)
+        it = rng.choice([it for it in kv.value.v if it.vtype in _SCALAR])
         it.v = _extreme(rng, it.vtype)
     else:
         kv.value.v = _extreme(rng, kv.value.vtype)
@@ -490,12 +496,18 @@ def run_case(path: str) -> dict:
 def worker_main(seed_path: str, seed: int, indices: list[int], tmpdir: str) -> None:
     seed_bytes = Path(seed_path).read_bytes()
     for i in indices:
-        data, ops = mutate(seed_bytes, seed, i)
+        # announced before the file is made: whatever happens from here on is this case's
+        print(json.dumps({"start": i}), flush=True)
+        t0 = time.monotonic()
+        try:
+            data, ops = mutate(seed_bytes, seed, i)
+        except Exception as e:  # noqa: BLE001 -- a fuzzer bug must not stall the campaign
+            print(json.dumps({"index": i, "outcome": "fuzzer_error", "ops": None,
+                              "error": f"{type(e).__name__}: {str(e)[:300]}"}), flush=True)
+            continue
         p = os.path.join(tmpdir, f"case-{os.getpid()}.gguf")
         with open(p, "wb") as f:
             f.write(data)
-        print(json.dumps({"start": i}), flush=True)
-        t0 = time.monotonic()
         res = run_case(p)
         res.update(index=i, ops=ops, seconds=round(time.monotonic() - t0, 3),
                    maxrss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -511,80 +523,141 @@ def _limit(mem_bytes: int):
     return f
 
 
-def run_batch(seed_path: str, seed: int, indices: list[int], *, mem_bytes: int, case_timeout: float,
-              nice: int = 0) -> list[dict]:
-    """Run cases in one worker, restarting after a crash or hang; one result per index."""
+def run_worker(cmd: list[str], indices: list[int], *, mem_bytes: int, case_timeout: float, nice: int = 0,
+               startup_timeout: float | None = None) -> list[dict]:
+    """Run `cmd` (a worker speaking the start/result line protocol) over `indices`, restarting it after a
+    crash or hang; one result per index, in order.
+
+    Why it is written this way (the first version stalled a campaign on one batch):
+    - the worker's stdout is read from the raw file descriptor and split into lines here: a buffered
+      readline() can swallow two lines while select() then waits on an empty descriptor, so a finished case
+      went unseen until the deadline and the batch was re-run;
+    - stderr goes to a file, not a pipe nobody reads while the worker runs (a full pipe blocks the worker);
+    - every wait has a deadline, re-armed after each result, and a worker that dies or stalls before
+      announcing a case still makes progress: after two such runs the next case is recorded as `worker`."""
     results: dict[int, dict] = {}
     todo = list(indices)
-    with tempfile.TemporaryDirectory(prefix="gguf-fuzz-") as tmp:
+    startup_timeout = startup_timeout or case_timeout * 4
+    fruitless = 0
+    with tempfile.TemporaryDirectory(prefix="fuzz-worker-") as tmp:
         while todo:
-            cmd = [sys.executable, "-P", os.path.abspath(__file__), "--worker", seed_path, str(seed), tmp,
-                   ",".join(map(str, todo))]
+            err_path = os.path.join(tmp, "stderr.txt")
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "0"}
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                    preexec_fn=_limit(mem_bytes), text=True, bufsize=1)
+            with open(err_path, "wb") as err:
+                proc = subprocess.Popen(cmd + [tmp, ",".join(map(str, todo))], stdout=subprocess.PIPE,
+                                        stderr=err, env=env, preexec_fn=_limit(mem_bytes))
             if nice:
-                os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
-            current, deadline, buf = None, time.monotonic() + case_timeout * 4, ""
-            while True:
-                r, _, _ = select.select([proc.stdout], [], [], 1.0)
+                try:
+                    os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
+                except OSError:
+                    pass
+            fd = proc.stdout.fileno()
+            current, deadline, buf, progressed = None, time.monotonic() + startup_timeout, b"", False
+            eof = False
+            while not eof:
+                r, _, _ = select.select([fd], [], [], 1.0)
                 if r:
-                    line = proc.stdout.readline()
-                    if not line:
-                        break
-                    msg = json.loads(line)
-                    if "start" in msg:
-                        current, deadline = msg["start"], time.monotonic() + case_timeout
-                    else:
-                        results[msg["index"]] = msg
-                        current = None
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        eof = True
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        if not line.strip():
+                            continue
+                        msg = json.loads(line)
+                        if "start" in msg:
+                            current, deadline = msg["start"], time.monotonic() + case_timeout
+                        else:
+                            results[msg["index"]] = msg
+                            current, progressed = None, True
+                            deadline = time.monotonic() + case_timeout
                 elif time.monotonic() > deadline:
                     proc.kill()
-                    proc.wait()
                     if current is not None:
-                        results[current] = {"index": current, "outcome": "hang", "ops": None}
+                        results[current] = {"index": current, "outcome": "hang", "ops": None,
+                                            "timeout_s": case_timeout}
+                        progressed = True
                     break
             rc = proc.wait()
-            stderr = proc.stderr.read()[-2000:]
             proc.stdout.close()
-            proc.stderr.close()
+            with open(err_path, "rb") as f:
+                f.seek(max(0, os.path.getsize(err_path) - 2000))
+                stderr = f.read().decode("utf-8", "replace")
             if current is not None and current not in results:
-                outcome = "crash" if rc < 0 else ("memory" if "MemoryError" in stderr else "crash")
+                outcome = "memory" if rc >= 0 and "MemoryError" in stderr else "crash"
                 results[current] = {"index": current, "outcome": outcome, "rc": rc, "stderr": stderr[-500:]}
+                progressed = True
             todo = [i for i in todo if i not in results]
-            if todo and current is None and rc != 0 and not r:
-                pass
+            fruitless = 0 if progressed else fruitless + 1
+            if todo and fruitless >= 2:       # the worker cannot even reach a case: say so, move on
+                results[todo[0]] = {"index": todo[0], "outcome": "worker", "rc": rc, "stderr": stderr[-500:]}
+                todo, fruitless = todo[1:], 0
     return [results[i] for i in indices]
+
+
+def run_batch(seed_path: str, seed: int, indices: list[int], *, mem_bytes: int, case_timeout: float,
+              nice: int = 0) -> list[dict]:
+    """Run GGUF cases in one worker, restarting after a crash or hang; one result per index."""
+    cmd = [sys.executable, "-P", os.path.abspath(__file__), "--worker", seed_path, str(seed)]
+    return run_worker(cmd, indices, mem_bytes=mem_bytes, case_timeout=case_timeout, nice=nice)
 
 
 def run_campaign(seed_path: str, seed: int, n_cases: int, *, jobs: int = 1, batch: int = 50,
                  mem_bytes: int = 3 << 30, case_timeout: float = 60.0, nice: int = 0, progress=None,
-                 log_path: str | None = None) -> dict:
-    """Run n_cases in batches on `jobs` workers; `log_path` gets every result as a JSON line as soon as its
-    batch ends (a partial campaign can be summarized from it: --summarize LOG)."""
-    from concurrent.futures import ThreadPoolExecutor
+                 log_path: str | None = None, first: int = 0, skip: frozenset = frozenset()) -> dict:
+    """Run cases first..n_cases-1 in batches on `jobs` workers; `log_path` gets every result as a JSON line
+    as soon as its batch ends, in completion order (a partial campaign can be summarized from it:
+    --summarize LOG; a slow batch no longer holds back the ones after it)."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    chunks = [list(range(a, min(a + batch, n_cases))) for a in range(0, n_cases, batch)]
+    todo = [i for i in range(first, n_cases) if i not in skip]      # skip: cases a resumed log already holds
+    chunks = [todo[a:a + batch] for a in range(0, len(todo), batch)]
     out: list[dict] = []
     t0 = time.monotonic()
     with ThreadPoolExecutor(jobs) as ex:
-        for res in ex.map(lambda c: run_batch(seed_path, seed, c, mem_bytes=mem_bytes, case_timeout=case_timeout,
-                                              nice=nice), chunks):
+        futs = [ex.submit(run_batch, seed_path, seed, c, mem_bytes=mem_bytes, case_timeout=case_timeout, nice=nice)
+                for c in chunks]
+        for fut in as_completed(futs):
+            res = fut.result()
             out.extend(res)
             if log_path:
                 with open(log_path, "a") as fh:
                     fh.writelines(json.dumps(r) + "\n" for r in res)
             if progress:
-                progress(len(out), n_cases)
-    return summarize(out, seed, seed_path, time.monotonic() - t0, mem_bytes)
+                progress(len(out), len(todo))
+    out.sort(key=lambda r: r["index"])
+    rep = summarize(out, seed, seed_path, time.monotonic() - t0, mem_bytes)
+    rep["_results"] = out           # for the hang replay; main() drops it before writing the report
+    return rep
 
 
-BUG_OUTCOMES = ("foreign", "memory", "crash", "hang")
+def replay_hangs(seed_path: str, seed: int, results: list[dict], *, mem_bytes: int, case_timeout: float,
+                 nice: int = 0) -> list[dict]:
+    """Re-run each case recorded as a hang alone, one at a time, to tell CPU starvation (the case finishes
+    when it has the machine: `replayed_outcome` set, `starved` True) from a real hang (it hangs again)."""
+    out = []
+    for r in results:
+        if r["outcome"] != "hang":
+            continue
+        again = run_batch(seed_path, seed, [r["index"]], mem_bytes=mem_bytes, case_timeout=case_timeout, nice=nice)[0]
+        out.append({"index": r["index"], "replayed_outcome": again["outcome"], "seconds": again.get("seconds"),
+                    "starved": again["outcome"] != "hang", "error": again.get("error")})
+    return out
 
 
-def summarize(results: list[dict], seed: int, seed_path: str, seconds: float, mem_bytes: int) -> dict:
+BUG_OUTCOMES = ("foreign", "memory", "crash", "hang", "worker", "fuzzer_error")
+
+
+def summarize(results: list[dict], seed: int, seed_path: str, seconds: float, mem_bytes: int,
+              replays: list[dict] | None = None) -> dict:
+    """Counts by outcome and by mutation. A hang whose lone replay finished (`replays`, from replay_hangs)
+    was CPU starvation: it is counted under `hang_starved` and by its replayed outcome, not as a bug."""
     from collections import Counter
 
+    replayed = {r["index"]: r for r in replays or []}
+    results = [dict(r, outcome=replayed[r["index"]]["replayed_outcome"], starved=True)
+               if r["outcome"] == "hang" and replayed.get(r["index"], {}).get("starved") else r for r in results]
     counts = Counter(r["outcome"] for r in results)
     by_op: dict[str, Counter] = {}
     for r in results:
@@ -594,11 +667,33 @@ def summarize(results: list[dict], seed: int, seed_path: str, seconds: float, me
         "seed": seed, "seed_file": str(seed_path), "cases": len(results), "seconds": round(seconds, 1),
         "address_space_limit_bytes": mem_bytes,
         "outcomes": dict(counts), "bugs": sum(counts[k] for k in BUG_OUTCOMES),
+        "hang_recorded": sum(1 for r in results if r.get("starved")) + counts["hang"],
+        "hang_starved": sum(1 for r in results if r.get("starved")),
         "loaded_nonfinite": sum(1 for r in results if r["outcome"] == "loaded" and not r.get("finite", True)),
         "max_rss_mib": round(max((r.get("maxrss_kib", 0) for r in results), default=0) / 1024, 1),
+        "max_case_seconds": max((r.get("seconds") or 0 for r in results), default=0),
         "by_mutation": {k: dict(v) for k, v in sorted(by_op.items())},
         "findings": [r for r in results if r["outcome"] in BUG_OUTCOMES][:200],
     }
+
+
+def read_log(path: str) -> tuple[list[dict], list[dict]]:
+    """(case results, hang replays) of a --log file; a case logged twice keeps its last result."""
+    cases: dict[int, dict] = {}
+    replays = []
+    for line in open(path):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if "replayed_outcome" in r:
+            replays.append(r)
+        else:
+            cases[r["index"]] = r
+    return [cases[i] for i in sorted(cases)], replays
+
+
+SHORT_KEYS = ("cases", "outcomes", "bugs", "hang_recorded", "hang_starved", "loaded_nonfinite", "max_rss_mib",
+              "max_case_seconds", "seconds")
 
 
 def main(argv=None) -> int:
@@ -621,13 +716,27 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--log", help="append each result as a JSON line (for partial summaries)")
     ap.add_argument("--summarize", help="print the summary of a --log file and exit")
+    ap.add_argument("--resume", action="store_true", help="skip the cases --log already holds (a campaign "
+                    "stopped part way, e.g. to change --nice, continues; the report covers the whole log)")
+    ap.add_argument("--replay-hangs", metavar="LOG", help="re-run each case LOG records as a hang alone (with "
+                    "--timeout), append the verdicts to LOG, and print the summary")
     a = ap.parse_args(argv)
-    if a.summarize:
-        res = [json.loads(line) for line in open(a.summarize)]
-        rep = summarize(res, a.seed, a.seed_gguf, 0.0, int(a.mem_gib * (1 << 30)))
-        print(json.dumps({k: rep[k] for k in ("cases", "outcomes", "bugs", "loaded_nonfinite", "max_rss_mib")}))
+    mem = int(a.mem_gib * (1 << 30))
+    if a.summarize or a.replay_hangs:
+        res, replays = read_log(a.summarize or a.replay_hangs)
+        if a.replay_hangs:
+            done = {r["index"] for r in replays}
+            new = replay_hangs(str(a.seed_gguf), a.seed, [r for r in res if r["index"] not in done], mem_bytes=mem,
+                               case_timeout=a.timeout, nice=a.nice)
+            with open(a.replay_hangs, "a") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in new)
+            replays += new
+        rep = summarize(res, a.seed, a.seed_gguf, 0.0, mem, replays)
+        print(json.dumps({k: rep[k] for k in SHORT_KEYS if k != "seconds"}))
         print(json.dumps(rep["by_mutation"]))
-        return 0
+        if rep["findings"]:
+            print(json.dumps(rep["findings"][:20], indent=1))
+        return 1 if rep["bugs"] else 0
     if a.replay:
         s, i = map(int, a.replay.split(":"))
         data, ops = mutate(Path(a.seed_gguf).read_bytes(), s, i)
@@ -638,13 +747,27 @@ def main(argv=None) -> int:
     def progress(done, total):
         print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
 
-    rep = run_campaign(str(a.seed_gguf), a.seed, a.cases, jobs=a.jobs, batch=a.batch, mem_bytes=int(a.mem_gib * (1 << 30)),
-                       case_timeout=a.timeout, nice=a.nice, progress=progress, log_path=a.log)
+    done = frozenset(r["index"] for r in read_log(a.log)[0]) if a.resume and a.log and os.path.exists(a.log) \
+        else frozenset()
+    rep = run_campaign(str(a.seed_gguf), a.seed, a.cases, jobs=a.jobs, batch=a.batch, mem_bytes=mem,
+                       case_timeout=a.timeout, nice=a.nice, progress=progress, log_path=a.log, skip=done)
     print(file=sys.stderr)
+    if done:                            # the report covers the whole campaign: the log's earlier cases too
+        rep["_results"] = [r for r in read_log(a.log)[0] if r["index"] < a.cases]
+        rep.update({k: v for k, v in summarize(rep["_results"], a.seed, a.seed_gguf, rep["seconds"], mem).items()
+                    if k != "seconds"})
+    if rep["outcomes"].get("hang"):     # tell starvation from real hangs: each one again, alone
+        res = sorted(rep.pop("_results"), key=lambda r: r["index"])
+        replays = replay_hangs(str(a.seed_gguf), a.seed, res, mem_bytes=mem, case_timeout=a.timeout, nice=a.nice)
+        if a.log:
+            with open(a.log, "a") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in replays)
+        rep = dict(summarize(res, a.seed, a.seed_gguf, rep["seconds"], mem, replays))
+    rep.pop("_results", None)
     text = json.dumps(rep, indent=1)
     if a.report:
         a.report.write_text(text)
-    print(json.dumps({k: rep[k] for k in ("cases", "outcomes", "bugs", "loaded_nonfinite", "max_rss_mib", "seconds")}))
+    print(json.dumps({k: rep[k] for k in SHORT_KEYS}))
     return 1 if rep["bugs"] else 0
 
 
