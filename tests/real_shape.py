@@ -13,8 +13,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 SEED = 27
 PROMPT_LEN = 400
 GEN_LEN = 8
@@ -61,40 +59,18 @@ def prompt_ids(n: int = PROMPT_LEN) -> list[int]:
 
 def make(out: Path, config: dict = CONFIG, tag: str = "real-shape") -> dict:
     """-> {"gguf": path, "prompt_ids", "logits" [PROMPT_LEN, vocab], "greedy_ids" [GEN_LEN]}."""
-    import torch
-    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
     from tokenizers import Tokenizer
 
+    from hf_reference import logits_and_greedy, random_model, save_bf16
     from pyqwen.convert import convert
-    from pyqwen.demo import random_weight
 
     vocab = Tokenizer.from_file(str(_tokenizer_dir() / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
-    vocab = -(-vocab // 64) * 64
-    cfg = Qwen3_5TextConfig(vocab_size=vocab, **config)
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(SEED)
-    model = Qwen3_5ForCausalLM(cfg).eval()
-    assert [t for t in cfg.layer_types] == ["linear_attention"] * 3 + ["full_attention"]
-    rng = np.random.default_rng(SEED)
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            p.copy_(torch.from_numpy(random_weight(rng, name, tuple(p.shape))).to(torch.bfloat16).float())
+    model = random_model(config, -(-vocab // 64) * 64, SEED)
+    assert [t for t in model.config.layer_types] == ["linear_attention"] * 3 + ["full_attention"]
     ids = prompt_ids()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            o = model(input_ids=torch.tensor([ids]), use_cache=True)
-            logits = o.logits[0].float().numpy().copy()
-            cache, nxt, greedy = o.past_key_values, int(o.logits[0, -1].argmax()), []
-            for _ in range(GEN_LEN):
-                greedy.append(nxt)
-                o = model(input_ids=torch.tensor([[nxt]]), past_key_values=cache, use_cache=True)
-                cache, nxt = o.past_key_values, int(o.logits[0, -1].argmax())
-    finally:
-        torch.set_num_threads(threads)
+    logits, greedy = logits_and_greedy(model, ids, GEN_LEN)
     hf_dir = out / "hf"
-    model.to(torch.bfloat16).save_pretrained(hf_dir, safe_serialization=True)
+    save_bf16(model, hf_dir)
     for f in _tokenizer_dir().iterdir():
         if f.is_file():
             shutil.copy2(f, hf_dir / f.name)

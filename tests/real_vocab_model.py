@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 SEED = 248
 GEN_LEN = 6
@@ -32,37 +31,16 @@ TEXT = ("def greet(name: str) -> str:\n    return f\"Hello, {name}!\"  # 東京�
 
 def make(out: Path) -> dict:
     """-> {"gguf", "hf_dir", "prompt_ids" (HF's tokenization of TEXT), "logits" [n, 248320], "greedy_ids"}."""
-    import torch
     from tokenizers import Tokenizer
-    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
     import real_vocab
+    from hf_reference import logits_and_greedy, random_model, save_bf16
     from pyqwen.convert import convert
-    from pyqwen.demo import random_weight
 
     hf_dir = real_vocab.tokenizer_dir(out / "hf")
-    cfg = Qwen3_5TextConfig(vocab_size=real_vocab.N_VOCAB, **CONFIG)
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(SEED)
-    model = Qwen3_5ForCausalLM(cfg).eval()
-    rng = np.random.default_rng(SEED)
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            p.copy_(torch.from_numpy(random_weight(rng, name, tuple(p.shape))).to(torch.bfloat16).float())
+    model = random_model(CONFIG, real_vocab.N_VOCAB, SEED)
     ids = Tokenizer.from_file(str(hf_dir / "tokenizer.json")).encode(TEXT, add_special_tokens=False).ids
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            o = model(input_ids=torch.tensor([ids]), use_cache=True)
-            logits = o.logits[0].float().numpy().copy()
-            cache, nxt, greedy = o.past_key_values, int(o.logits[0, -1].argmax()), []
-            for _ in range(GEN_LEN):
-                greedy.append(nxt)
-                o = model(input_ids=torch.tensor([[nxt]]), past_key_values=cache, use_cache=True)
-                cache, nxt = o.past_key_values, int(o.logits[0, -1].argmax())
-    finally:
-        torch.set_num_threads(threads)
-    model.to(torch.bfloat16).save_pretrained(hf_dir, safe_serialization=True)
+    logits, greedy = logits_and_greedy(model, ids, GEN_LEN)
+    save_bf16(model, hf_dir)
     gguf = convert(hf_dir, out / "real-vocab-f32.gguf", "f32", progress=False)
     return {"gguf": gguf, "hf_dir": hf_dir, "prompt_ids": ids, "logits": logits, "greedy_ids": greedy}
