@@ -67,18 +67,18 @@ def test_the_options_change_the_rendering(hf):
 def test_model_chat_prompt_is_the_template_rendering(model, hf, tools, opts):
     want = model.tokenize(hf_prompt(hf, tools, opts))
     seen = []
-    real = model.generate
+    real = model._generate        # where chat() hands its prompt to the generation loop
 
-    def spy(prompt, **kw):
+    def spy(prompt, *a, **kw):
         seen.append(prompt)
-        return real(prompt, **kw)
+        return real(prompt, *a, **kw)
 
-    model.generate = spy          # instance attribute: this module's model only
+    model._generate = spy         # instance attribute: this module's model only
     try:
         reply = model.chat(copy.deepcopy(HISTORY), tools=tools, max_tokens=1, sampling={"temperature": 0}, **opts)
         list(reply)
     finally:
-        del model.generate
+        del model._generate
     assert len(seen) == 1
     got = model.tokenize(seen[0]) if isinstance(seen[0], str) else list(seen[0])
     assert got == want
