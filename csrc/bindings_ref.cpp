@@ -12,6 +12,7 @@
 #include "model.h"
 #include "matmul.h"
 #include "ops.h"
+#include "rope_scaling.h"
 
 namespace py = pybind11;
 
@@ -111,7 +112,13 @@ void bind_ref(py::module_& m) {
             need(n_rot >= 0 && n_rot % 2 == 0 && n_rot <= x.shape(1), "bad n_rot");
             farr y({x.shape(0), x.shape(1)});
             std::copy(x.data(), x.data() + x.size(), y.mutable_data());
-            for (int64_t r = 0; r < x.shape(0); ++r) rope_neox(y.mutable_data() + r * x.shape(1), n_rot, pos.data()[r], base);
+            Config c;  // unscaled RoPE of this base: the model's frequency table (rope_scaling.h)
+            c.n_rot = n_rot;
+            c.rope_base = base;
+            std::vector<double> f(n_rot / 2);
+            for (int i = 0; i < n_rot / 2; ++i) f[i] = rope_pair_freq(c, i);
+            for (int64_t r = 0; r < x.shape(0); ++r)
+                rope_neox(y.mutable_data() + r * x.shape(1), n_rot, pos.data()[r], f.data(), rope_mscale(c));
             return y;
         },
         py::arg("x"), py::arg("n_rot"), py::arg("pos"), py::arg("base"));

@@ -435,7 +435,7 @@ void Model::attn_layer(const LayerWeights& L, uint8_t* Kc, uint8_t* Vc, const St
                        int64_t n, float* out) {
     const Config& c = cfg_;
     const int64_t H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim, group = H / Hkv;
-    // A quantized cache stores rotated rows (model_spec.h kv_rotated): k and v here, q below, the output after.
+    // A quantized cache stores rotated rows (model_spec.h kv_rotation_block): k and v here, q below, the output after.
     const int rot_k = st.kv_type.rotation_block(kKeys, (int)D), rot_v = st.kv_type.rotation_block(kValues, (int)D);
     std::vector<float> kk(n * Hkv * D), vv(n * Hkv * D);
     matmul(pool_, L.attn_k, a, n, kk.data());
@@ -464,7 +464,7 @@ void Model::attn_layer(const LayerWeights& L, uint8_t* Kc, uint8_t* Vc, const St
         }
 
     const float scale = 1.0f / std::sqrt((float)D);
-    const size_t k_head = kv_row_bytes(c, st.kv_type.k) / Hkv, v_head = kv_row_bytes(c, st.kv_type.v) / Hkv;
+    const size_t k_head = st.k_row_bytes / Hkv, v_head = st.v_row_bytes / Hkv;
     // Work items: one KV head x a block of tokens, i.e. the M = tokens x group query rows that read the
     // same K/V rows (attention_rows reads each row once for all of them). The block keeps the score
     // scratch (M x keys floats) near 16 MiB however long the context.

@@ -1,7 +1,5 @@
 #include "ops.h"
 
-#include <vector>
-
 namespace pq {
 
 void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
@@ -36,12 +34,6 @@ void rope_neox(float* x, int n_rot, int64_t pos, const double* freqs, float msca
         x[i] = a * c - b * s;
         x[i + half] = b * c + a * s;
     }
-}
-
-void rope_neox(float* x, int n_rot, int64_t pos, float base) {
-    std::vector<double> f(n_rot / 2);
-    for (int i = 0; i < n_rot / 2; ++i) f[i] = std::pow((double)base, -2.0 * i / (double)n_rot);
-    rope_neox(x, n_rot, pos, f.data(), 1.0f);
 }
 
 void hadamard(float* x, int64_t n, int block) {

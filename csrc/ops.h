@@ -23,7 +23,5 @@ void rope_neox(float* x, int n_rot, int64_t pos, const double* freqs, float msca
 // matrix H[i][j] = (-1)^popcount(i & j) / sqrt(block), its own inverse (the quantized KV cache's
 // rotation, model_spec.h kv_rotation_block).
 void hadamard(float* x, int64_t n, int block);
-// Unscaled RoPE of base `base` (freqs base^(-2i/n_rot), mscale 1).
-void rope_neox(float* x, int n_rot, int64_t pos, float base);
 
 }  // namespace pq

@@ -17,11 +17,6 @@ def _kv_type(text: str) -> str:
     return t
 
 
-_positive_float = positive_float_arg
-_float = float_arg
-_ctx_len = int_arg(1)
-
-
 def add_cache_and_rope_args(g, kv_default: str = "f16") -> None:
     """--kv-type/-ctk, --kv-type-v/-ctv, --rope-scaling, --rope-scale, --yarn-* (llama.cpp's spellings)."""
     auto = " or auto (the most faithful type that fits the GPU memory given)" if kv_default == "auto" else ""
@@ -32,15 +27,15 @@ def add_cache_and_rope_args(g, kv_default: str = "f16") -> None:
                    help="KV cache type of V (default: as --kv-type; llama.cpp's -ctv)")
     g.add_argument("--rope-scaling", choices=KINDS, default=None,
                    help="RoPE scaling (default: the model file's; Qwen3.6 reaches ~1M tokens with yarn x4)")
-    g.add_argument("--rope-scale", type=_positive_float, default=None, metavar="F", help="RoPE context scaling factor")
-    g.add_argument("--yarn-orig-ctx", type=_ctx_len, default=None, metavar="N",
+    g.add_argument("--rope-scale", type=positive_float_arg, default=None, metavar="F", help="RoPE context scaling factor")
+    g.add_argument("--yarn-orig-ctx", type=int_arg(1), default=None, metavar="N",
                    help="YaRN: the model's original context (default: the file's, else its training context)")
-    g.add_argument("--yarn-ext-factor", type=_float, default=None, metavar="F",
+    g.add_argument("--yarn-ext-factor", type=float_arg, default=None, metavar="F",
                    help="YaRN extrapolation mix (default 1; -1 = the default)")
-    g.add_argument("--yarn-attn-factor", type=_positive_float, default=None, metavar="F",
+    g.add_argument("--yarn-attn-factor", type=positive_float_arg, default=None, metavar="F",
                    help="YaRN magnitude multiplier (default 1)")
-    g.add_argument("--yarn-beta-fast", type=_positive_float, default=None, metavar="F", help="YaRN beta fast (default 32)")
-    g.add_argument("--yarn-beta-slow", type=_positive_float, default=None, metavar="F", help="YaRN beta slow (default 1)")
+    g.add_argument("--yarn-beta-fast", type=positive_float_arg, default=None, metavar="F", help="YaRN beta fast (default 32)")
+    g.add_argument("--yarn-beta-slow", type=positive_float_arg, default=None, metavar="F", help="YaRN beta slow (default 1)")
 
 
 def rope_kwargs(args) -> dict:

@@ -33,7 +33,7 @@ import numpy as np
 
 from .backend import CoreAdapter
 from .kv_cache import kv_pair, kv_spec
-from .memory_plan import CUDA_RUNTIME_RESERVE_BYTES, DEFAULT_SNAPSHOTS, OutOfGPUMemory, Plan, plan_for
+from .memory_plan import CUDA_RUNTIME_RESERVE_BYTES, DEFAULT_SNAPSHOTS, KV_SUPPORTED, OutOfGPUMemory, Plan, plan_for
 
 __all__ = ["CudaCore", "cuda_available", "cuda_module", "select_backend", "OutOfGPUMemory"]
 
@@ -80,15 +80,11 @@ def cuda_available(module=None, device: int = 0) -> str | None:
     return None
 
 
-# The KV cache types the CUDA kernels store and read (K and V each); f32 is the CPU backend's.
-CUDA_KV_TYPES = ("f16", "q8_0", "q4_0")
-
-
 def cuda_kv_problem(kv_type: str) -> str | None:
     """Why the CUDA backend cannot keep this KV cache ('f16', 'q8_0', 'q4_0' or 'K,V'), or None."""
-    bad = [t for t in kv_pair(kv_spec(kv_type)) if t not in CUDA_KV_TYPES]
+    bad = [t for t in kv_pair(kv_spec(kv_type)) if t not in KV_SUPPORTED]
     if bad:
-        return (f"the CUDA backend's KV cache is {', '.join(CUDA_KV_TYPES)} for K and V; "
+        return (f"the CUDA backend's KV cache is {', '.join(KV_SUPPORTED)} for K and V; "
                 f"kv_type {kv_type!r} ({bad[0]}) runs on the CPU backend (backend='cpu')")
     return None
 

@@ -8,7 +8,6 @@ q4_0 in 18 (0.56); both with llama.cpp's block formats and reference quantizer.
 from __future__ import annotations
 
 KV_TYPES = ("f16", "f32", "q8_0", "q4_0")
-BYTES_PER_VALUE = {"f16": 2.0, "f32": 4.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
 def kv_spec(kv_type: str = "f16", kv_type_v: str | None = None) -> str:

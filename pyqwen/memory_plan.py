@@ -43,7 +43,7 @@ CUDA_RUNTIME_RESERVE_BYTES = 160 * 2**20
 DEFAULT_N_BATCH = 256
 DEFAULT_SNAPSHOTS = 2
 KV_TYPES = ("f16", "f32", "q8_0", "q4_0")  # what the plan can size (llama.cpp's names; "K,V" for two)
-KV_SUPPORTED = {"f16", "q8_0", "q4_0"}     # what the CUDA attention kernels store and read
+KV_SUPPORTED = ("f16", "q8_0", "q4_0")     # what the CUDA attention kernels store and read (K and V each)
 
 
 class OutOfGPUMemory(RuntimeError):
@@ -182,7 +182,7 @@ def plan_for(config: dict, tensors: dict, n_ctx: int, kv_type: str = "f16", gpu_
              max_ctx=r["max_ctx"], weight_table=list(r["weight_table"]), logit_rows=r["logit_rows"],
              verify_log=r["verify_log"], host_snapshots=r["host_snapshots"])
     assert p.total == r["total"]
-    if not set(kv_pair(kv_type)) <= KV_SUPPORTED:
+    if not set(kv_pair(kv_type)) <= set(KV_SUPPORTED):
         p.notes.append(f"note: the CUDA backend keeps f16, q8_0 or q4_0 KV caches ({kv_type} is planned, not runnable)")
     return p
 

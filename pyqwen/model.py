@@ -170,6 +170,9 @@ class Model:
 
         kv_type = kv_spec(kv_type, kv_type_v)
         chosen = select_backend(backend, kv_type, device=device)  # 'auto': cuda if pyqwen._cuda sees the device
+        if chosen == "cuda" and kv_rotation:
+            raise ValueError("the CUDA backend stores quantized KV rows unrotated: kv_rotation=True needs "
+                             "backend='cpu'")
         if path is None:
             from .demo import demo_model_path
 
@@ -213,9 +216,6 @@ class Model:
             warnings.warn(f"{gf.path}: tokenizer.chat_template is unusable, chat is disabled: {e}",
                           RuntimeWarning, stacklevel=2)
             template = BrokenChatTemplate(source, e)
-        if chosen == "cuda" and kv_rotation:
-            raise ValueError("the CUDA backend stores quantized KV rows unrotated: kv_rotation=True needs "
-                             "backend='cpu'")
         model = cls(gf, core, tokenizer, template, n_ctx, kv_type, n_batch)
         model.backend = chosen
         model.kv_rotation = chosen == "cpu" if kv_rotation is None else bool(kv_rotation)
