@@ -71,4 +71,10 @@ cudaError_t attention_ex(float* qg, float* k, const float* v, const float* q_nor
                          const RopeFreqs& rope, float eps, float* out, void* scratch, cudaStream_t stream,
                          const AttentionTuning& tuning);
 
+// Test entry point of cuda/kernels/tile_load.cuh (one warp): the 16 x ld fp16 tile (ld a multiple of 8 in
+// 16..64) is copied to shared memory with cp.async (waited for unless skip_wait), then lane l runs
+// ldmatrix.x4 and ldmatrix.x4.trans from offset offsets[l] (halves, 16-byte aligned) of it: out[32][8].
+cudaError_t tile_load_probe(const uint16_t* tile, int ld, const int* offsets, bool skip_wait, uint32_t* out,
+                            cudaStream_t stream);
+
 }  // namespace pq::cuda

@@ -49,11 +49,20 @@ void decode_dispatch(const float* qg, const uint8_t* kc, const uint8_t* vc, cons
 }
 
 template <int D>
-void launch_prefill(const float* qg, const uint8_t* kc, const uint8_t* vc, const KvLayout& kv, float* out, float* po, float2* pml,
+cudaError_t launch_prefill(const float* qg, const uint8_t* kc, const uint8_t* vc, const KvLayout& kv, float* out, float* po, float2* pml,
                     int H, int Hkv, int pos0, int n, int split_len, int nsplit, float s_scale, cudaStream_t stream) {
     const dim3 grid((unsigned)cdiv((int64_t)n * (H / Hkv), kPrefillBM), Hkv, nsplit);
-    PQ_LAUNCH(attn_prefill_kernel<D>, grid, kPrefillWarps * 32, prefill_smem_bytes<D>(), stream, qg, kc, vc, kv, out,
+    constexpr size_t smem = prefill_smem_bytes<D>();
+    static_assert(smem <= 99 * 1024, "the prefill tiles must fit the 99 KiB per block of sm_86/89/120");
+    if constexpr (smem > 48 * 1024) {
+        // Above the default 48 KiB a kernel must opt in (per device; cheap next to a prefill launch).
+        const cudaError_t e = cudaFuncSetAttribute(attn_prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   (int)smem);
+        if (e != cudaSuccess) return e;
+    }
+    PQ_LAUNCH(attn_prefill_kernel<D>, grid, kPrefillWarps * 32, smem, stream, qg, kc, vc, kv, out,
               po, pml, H, Hkv, pos0, n, split_len, s_scale);
+    return cudaSuccess;
 }
 
 }  // namespace
@@ -130,8 +139,9 @@ cudaError_t attention_ex(float* qg, float* k, const float* v, const float* q_nor
     } else {
         auto* launch = D == 32 ? launch_prefill<32> : D == 64 ? launch_prefill<64>
                      : D == 128 ? launch_prefill<128> : launch_prefill<256>;
-        launch(qg, kc, vc, lay, out, po, pml, H, Hkv, (int)pos0, (int)n, (int)split_len, (int)nsplit, scale_log2,
-               stream);
+        if ((e = launch(qg, kc, vc, lay, out, po, pml, H, Hkv, (int)pos0, (int)n, (int)split_len, (int)nsplit,
+                        scale_log2, stream)) != cudaSuccess)
+            return e;
     }
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     if (combine) {

@@ -140,6 +140,27 @@ py::tuple attention(const F32Array& qg, const F32Array& k, const F32Array& v, co
     return py::make_tuple(out, qo, ko, back(kco, kt.k), back(vco, kt.v));
 }
 
+// out [32, 8] uint32 of tile_load_probe: per lane its ldmatrix.x4 and ldmatrix.x4.trans registers.
+py::array tile_load_probe(const py::array& tile, const I32Array& offsets, bool skip_wait) {
+    F16Bits t = f16_bits(tile, "tile");
+    need(t.ndim() == 2 && t.shape(0) == 16, "tile must be [16, ld] float16");
+    need(offsets.ndim() == 1 && offsets.shape(0) == 32, "offsets must hold 32 lane offsets");
+    const int ld = (int)t.shape(1);
+    need(ld >= 16 && ld <= 64 && ld % 8 == 0, "tile rows must hold 16..64 halves, a multiple of 8");
+    for (int i = 0; i < 32; ++i) {
+        const int o = offsets.data()[i];
+        // ldmatrix reads 8 halves from each row address, 16-byte aligned, inside the tile
+        need(o >= 0 && o % 8 == 0 && o + 8 <= 16 * ld, "offsets: multiples of 8 halves inside the tile");
+    }
+    auto dt = DeviceBuffer::from(t), doff = DeviceBuffer::from(offsets);
+    DeviceBuffer dout(sizeof(uint32_t) * 32 * 8);
+    finish(pq::cuda::tile_load_probe(dt.as<uint16_t>(), ld, doff.as<int>(), skip_wait, dout.as<uint32_t>(), nullptr),
+           "tile_load_probe");
+    py::array_t<uint32_t> out({32, 8});
+    dout.download(out.mutable_data());
+    return out;
+}
+
 }  // namespace
 
 void bind_attention(py::module_& m) {
@@ -155,6 +176,9 @@ void bind_attention(py::module_& m) {
           py::arg("k_norm"), py::arg("pos0"), py::arg("n_rot"), py::arg("rope_base"), py::arg("eps"),
           py::arg("rope_freqs") = py::none(), py::arg("mscale") = 1.0f,
           "q/k RMSNorm + NEOX RoPE only (no cache); returns (qg, k).");
+    m.def("tile_load_probe", &tile_load_probe, py::arg("tile"), py::arg("offsets"), py::arg("skip_wait") = false,
+          "cp.async + ldmatrix probe (ops_attention.h tile_load_probe): tile [16, ld] float16, offsets [32] "
+          "halves; returns [32, 8] uint32: per lane ldmatrix.x4 then ldmatrix.x4.trans.");
     m.def("attention_scratch_bytes", &pq::cuda::attention_scratch_bytes, py::arg("H"), py::arg("Hkv"), py::arg("D"),
           py::arg("n"), py::arg("n_ctx"));
 }
