@@ -284,3 +284,18 @@ def test_mmq_27b_shape(ops):
     x = make_x(rng, n_tok, K)
     got = np.asarray(ops.matmul(Q4_K, wb, K, N, x))
     check_vs_float64(got, Q4_K, wb, x, N, K)
+
+
+def test_matmul_prefill_large_activations(ops):
+    """Rows of 1e5 and 3e6 (beyond fp16, the issue-10 ffn_down inputs): the Q8_1 blocks carry their own scale
+    (d = amax/127 stays inside fp16 up to |x| ~ 8.3e6), so MMQ needs no row scaling."""
+    rng = rng_for("mmq-range")
+    n_tok, K, N = 20, 256, 48
+    wb = make_weight(Q4_K, N, K, rng)
+    x = rng.standard_normal((n_tok, K)).astype(np.float32)
+    x[3] *= 5e4
+    x[7] *= 6e5
+    x[11, 5] = 70000.0
+    got = np.asarray(ops.matmul(Q4_K, wb, K, N, x))
+    assert np.isfinite(got).all()
+    check_vs_float64(got, Q4_K, wb, x, N, K)
