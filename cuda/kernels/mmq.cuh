@@ -34,6 +34,11 @@ namespace pq::cuda {
 
 // ---- int8 tensor-core MMA ------------------------------------------------------------------------------
 
+// Register pairs for the twins' 64-bit shuffles (one rendezvous for two registers under the emulator).
+__device__ __forceinline__ uint64_t pack64(uint32_t lo, uint32_t hi) { return (uint64_t)lo | ((uint64_t)hi << 32); }
+__device__ __forceinline__ int lo32(uint64_t v) { return (int)(uint32_t)v; }
+__device__ __forceinline__ int hi32(uint64_t v) { return (int)(uint32_t)(v >> 32); }
+
 // c[4] (16x8 s32) += A (16x32 s8, row-major) * B (32x8 s8, "col": stored by columns), one warp.
 // Fragments (PTX ISA, mma.m16n8k32 .s8), gid = lane / 4, tig = lane % 4, four int8 per register, the lowest
 // k in the low byte:
@@ -42,7 +47,7 @@ namespace pq::cuda {
 //   b[0] = B[4tig .. 4tig+3][gid]       b[1] = B[16+4tig .. 16+4tig+3][gid]
 //   c[0], c[1] = C[gid][2tig, 2tig+1]   c[2], c[3] = C[gid+8][2tig, 2tig+1]
 // The portable twin (emulator, pre-Ampere parts) fetches the two rows of A and the two columns of B this
-// lane's outputs need with shuffles and sums exact dp4a products: bit-identical to the tensor cores
+// lane's outputs need with 16 64-bit shuffles and sums exact dp4a products: bit-identical to the tensor cores
 // (integer arithmetic, no overflow for |C| < 2^31), so the emulated tests check the callers' bookkeeping.
 __device__ __forceinline__ void mma_m16n8k32_s8(int (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 #if PQ_HAVE_PTX && PQ_DEVICE_ARCH >= 800
@@ -54,19 +59,21 @@ __device__ __forceinline__ void mma_m16n8k32_s8(int (&c)[4], const uint32_t (&a)
 #else
     const int lane = threadIdx.x % 32;
     const int gid = lane / 4, tig = lane % 4;
+    // two registers per 64-bit shuffle: rows gid / gid+8 of A, k-halves of a column of B
+    const uint64_t a01 = pack64(a[0], a[1]), a23 = pack64(a[2], a[3]), b01 = pack64(b[0], b[1]);
     int c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {  // k = 4j..4j+3 (a[0]/a[1], b[0]) and 16+4j..16+4j+3 (a[2]/a[3], b[1])
-        const int src_a = gid * 4 + j;                                    // holds rows gid, gid+8
+        const int src_a = gid * 4 + j;                                         // holds rows gid, gid+8
         const int src_b0 = (2 * tig) * 4 + j, src_b1 = (2 * tig + 1) * 4 + j;  // columns 2tig, 2tig+1
-        const int a0 = (int)__shfl_sync(kFullMask, a[0], src_a), a1 = (int)__shfl_sync(kFullMask, a[1], src_a);
-        const int a2 = (int)__shfl_sync(kFullMask, a[2], src_a), a3 = (int)__shfl_sync(kFullMask, a[3], src_a);
-        const int b00 = (int)__shfl_sync(kFullMask, b[0], src_b0), b10 = (int)__shfl_sync(kFullMask, b[1], src_b0);
-        const int b01 = (int)__shfl_sync(kFullMask, b[0], src_b1), b11 = (int)__shfl_sync(kFullMask, b[1], src_b1);
+        const uint64_t x01 = __shfl_sync(kFullMask, a01, src_a), x23 = __shfl_sync(kFullMask, a23, src_a);
+        const uint64_t y0 = __shfl_sync(kFullMask, b01, src_b0), y1 = __shfl_sync(kFullMask, b01, src_b1);
+        const int a0 = lo32(x01), a1 = hi32(x01), a2 = lo32(x23), a3 = hi32(x23);
+        const int b00 = lo32(y0), b10 = hi32(y0), b01_ = lo32(y1), b11 = hi32(y1);
         c0 = __dp4a(a2, b10, __dp4a(a0, b00, c0));
-        c1 = __dp4a(a2, b11, __dp4a(a0, b01, c1));
+        c1 = __dp4a(a2, b11, __dp4a(a0, b01_, c1));
         c2 = __dp4a(a3, b10, __dp4a(a1, b00, c2));
-        c3 = __dp4a(a3, b11, __dp4a(a1, b01, c3));
+        c3 = __dp4a(a3, b11, __dp4a(a1, b01_, c3));
     }
     c[0] = c0;
     c[1] = c1;
@@ -87,12 +94,14 @@ __device__ __forceinline__ void mma_m16n8k16_s8(int (&c)[4], const uint32_t (&a)
 #else
     const int lane = threadIdx.x % 32;
     const int gid = lane / 4, tig = lane % 4;
+    const uint64_t a01 = pack64(a[0], a[1]);
     int c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
         const int src_a = gid * 4 + j;
         const int src_b0 = (2 * tig) * 4 + j, src_b1 = (2 * tig + 1) * 4 + j;
-        const int a0 = (int)__shfl_sync(kFullMask, a[0], src_a), a1 = (int)__shfl_sync(kFullMask, a[1], src_a);
+        const uint64_t x01 = __shfl_sync(kFullMask, a01, src_a);
+        const int a0 = lo32(x01), a1 = hi32(x01);
         const int b0 = (int)__shfl_sync(kFullMask, b, src_b0), b1 = (int)__shfl_sync(kFullMask, b, src_b1);
         c0 = __dp4a(a0, b0, c0);
         c1 = __dp4a(a0, b1, c1);
