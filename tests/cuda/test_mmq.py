@@ -315,9 +315,15 @@ def test_q4_k_m_model_prefill_through_mmq(emu_ops, tmp_path_factory):
 
     Kernels, not the model, are compared first: the same forward with MMQ off and cuBLAS off runs every
     matmul through the decode kernel's passes -- the same Q8_1 activations, integer products and scales,
-    the same GDN / attention prefill kernels -- so the logits may differ only by float summation order
-    (observed max |diff| ~1e-5 on logits of |x| <= ~6; bound 2e-3). This comparison is immune to the
-    prefill drift of > 16-token chunks being fixed elsewhere.
+    the same GDN / attention prefill kernels, the same chunk -- so each matmul differs only by float
+    summation order (a few float32 ulps of sum |w a|: test_matvec's model tolerance, which both kernels
+    meet). This comparison is immune to the prefill drift of > 16-token chunks being fixed elsewhere. But
+    every layer input is re-quantized to 8 bits, a discontinuous step: an ulp-level difference flips a
+    rounding for ~0.2 % of the values (each by d = amax/127), and this random model amplifies the flips
+    (observed: KL 2.3e-4, max |diff| 0.13 on logits of |x| <= ~6, every row touched). So the bar is
+    statistical: KL < 2e-3, 13x below the quantization's own distance from the unquantized model (KL
+    0.026 for either kernel), which any wrong level, scale or index would exceed by far; and the same
+    argmax wherever the top-2 margin exceeds 0.3.
 
     Then the model: against the CPU backend on the same weights dequantized to F32 (no activation
     quantization at all). This random model amplifies activation rounding (test_model_emu.py's
@@ -350,8 +356,11 @@ def test_q4_k_m_model_prefill_through_mmq(emu_ops, tmp_path_factory):
     finally:
         t._set_prefill_mmq_disabled(False)
         t._set_prefill_blas_disabled(False)
-    assert np.abs(got - mmv).max() < 2e-3, np.abs(got - mmv).max()
-    assert (got.argmax(1) == mmv.argmax(1)).all()
+    kl_kernels = tcq.kl_mean(got, mmv)
+    assert kl_kernels < 2e-3, kl_kernels
+    top2 = np.sort(mmv, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.3
+    assert clear.sum() >= 8 and (got.argmax(1)[clear] == mmv.argmax(1)[clear]).all()
 
     cpu_q4 = pyqwen.Model.load(str(q4), n_ctx=64, backend="cpu")._core
     cpu_deq = pyqwen.Model.load(str(deq), n_ctx=64, backend="cpu")._core
