@@ -12,8 +12,11 @@
 //                 launch (kernels/matvec.cuh): every weight byte is read once and serves all n_tok.
 //   n_tok <= 16   two mmv launches of <= 8 tokens (2 reads of the weights beat the prefill path's
 //                 dequantized fp16 copy: 0.56 -> 2 x 0.56 bytes per Q4_K weight, vs 0.56 + 2 + 2).
-//   n_tok > 16    prefill: x to fp16, weights dequantized to fp16 in tiles of <= 16M values, cuBLAS
-//                 GemmEx (blas.h, fp32 accumulation). Builds without cuBLAS fall back to mmv launches.
+//   n_tok > 16    prefill, Q4_K/Q5_K/Q6_K/Q8_0 with K % 256 == 0 (mmq_type_ok, plan/workspace_sizes.h):
+//                 x quantized to Q8_1 once, int8 tensor-core MMA straight from the GGUF blocks
+//                 (kernels/mmq.cuh, launch/mmq.cu).
+//   n_tok > 16    prefill, other types: x to fp16, weights dequantized to fp16 in tiles of <= 16M values,
+//                 cuBLAS GemmEx (blas.h, fp32 accumulation). Builds without cuBLAS fall back to mmv launches.
 #pragma once
 
 #include <cstddef>

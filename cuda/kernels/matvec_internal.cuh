@@ -43,4 +43,17 @@ void set_prefill_blas_disabled(bool disabled);
 cudaError_t gemm_prefill(int type, const void* W, int64_t K, int64_t N, const uint16_t* x16, int64_t n_tok,
                          float* y, uint16_t* tile, cudaStream_t stream);
 
+// Quantized prefill matmul on int8 tensor cores (launch/mmq.cu): y[t][r] (ld ldy) = W row r . the Q8_1
+// activations of token t at q8 (quantize_act's layout for K, n_tok). Types: mmq_type_ok (workspace_sizes.h).
+cudaError_t mmq(int type, const void* W, int64_t K, int64_t N, const void* q8, int64_t n_tok, float* y, int64_t ldy,
+                cudaStream_t stream);
+// Whether matmul routes prefill of (type, K) through mmq: mmq_type_ok and not disabled by the test hook.
+bool mmq_enabled(int type, int64_t K);
+// Test hook: prefill of every type takes the fp16 dequantize + cuBLAS path (to test that path).
+void set_prefill_mmq_disabled(bool disabled);
+
+// Test entry point: one warp runs mma_m16n8k32_s8 (k16: mma_m16n8k16_s8) with lane l's fragments a[4l..],
+// b[2l..] and accumulators c[4l..] (updated in place): the fragment layout of the twins, checked by the tests.
+cudaError_t mma_s8_probe(const uint32_t* a, const uint32_t* b, int* c, bool k16, cudaStream_t stream);
+
 }  // namespace pq::cuda::detail

@@ -150,6 +150,10 @@ cudaError_t matmul(int type, const void* W, int64_t K, int64_t N, const float* x
     if (e != cudaSuccess || N == 0 || n_tok == 0) return e;
     const Layout l = layout(K, N, n_tok);
     const ScratchPtrs s = carve(scratch, l);
+    if (n_tok > kMultiPassMaxTok && detail::mmq_enabled(type, K)) {  // int8 tensor cores (mmq.cu)
+        e = detail::quantize_act(x, K, n_tok, s.act, stream);
+        return e != cudaSuccess ? e : detail::mmq(type, W, K, N, s.act, n_tok, y, N, stream);
+    }
     if (n_tok > kMultiPassMaxTok) {
         auto* x16 = static_cast<uint16_t*>(s.act);
         e = detail::f32_to_f16_rows(x, x16, s.scale, n_tok, K, stream);
@@ -171,6 +175,12 @@ cudaError_t matmul_swiglu(int type_g, const void* Wg, int type_u, const void* Wu
     if (e != cudaSuccess || N == 0 || n_tok == 0) return e;
     const Layout l = layout(K, N, n_tok);
     const ScratchPtrs s = carve(scratch, l);
+    if (n_tok > kMultiPassMaxTok && detail::mmq_enabled(type_g, K) && detail::mmq_enabled(type_u, K)) {
+        e = detail::quantize_act(x, K, n_tok, s.act, stream);  // once for both weights
+        if (e == cudaSuccess) e = detail::mmq(type_g, Wg, K, N, s.act, n_tok, s.g, N, stream);
+        if (e == cudaSuccess) e = detail::mmq(type_u, Wu, K, N, s.act, n_tok, s.u, N, stream);
+        return e != cudaSuccess ? e : swiglu_f32(s.g, s.u, y, (int)N, (int)n_tok, N, N, N, stream);
+    }
     if (n_tok > kMultiPassMaxTok) {
         auto* x16 = static_cast<uint16_t*>(s.act);
         e = detail::f32_to_f16_rows(x, x16, s.scale, n_tok, K, stream);

@@ -85,6 +85,42 @@ inline MatmulScratch matmul_scratch_layout(int64_t K, int64_t N, int64_t n_tok, 
     return l;
 }
 
+// ---- quantized prefill matmul on int8 tensor cores (kernels/mmq.cuh, launch/mmq.cu) -----------------
+// No scratch of its own: it reads the Q8_1 activations from the matmul scratch's `act` (which prefill sizes
+// max(fp16 x, Q8_1 layout)) and writes y (or g/u) directly. Its only other bytes are the CTA's dynamic
+// shared memory, laid out here.
+constexpr int kMmqBM = 64;        // weight rows per CTA
+constexpr int kMmqBN = 64;        // tokens per CTA
+constexpr int kMmqThreads = 128;  // 4 warps, 2 x 2, each 32 rows x 32 tokens
+constexpr int kMmqKStep = 256;    // K values per shared-memory fill (one k-quant super-block)
+constexpr int kMmqSubs = kMmqKStep / 32;
+constexpr int kMmqRowStride = kMmqKStep + 16;  // bytes per int8 row in shared memory (bank-conflict pad)
+
+struct MmqSmem {
+    size_t wq, aq, wsc, wmn, ad, as, total;
+};
+
+inline constexpr MmqSmem mmq_smem_layout() {
+    MmqSmem l{};
+    l.wq = 0;
+    l.aq = l.wq + (size_t)kMmqBM * kMmqRowStride;
+    l.wsc = l.aq + (size_t)kMmqBN * kMmqRowStride;
+    l.wmn = l.wsc + sizeof(float) * 2 * kMmqSubs * kMmqBM;
+    l.ad = l.wmn + sizeof(float) * kMmqSubs * kMmqBM;
+    l.as = l.ad + sizeof(float) * kMmqSubs * kMmqBN;
+    l.total = l.as + sizeof(float) * kMmqSubs * kMmqBN;
+    return l;
+}
+static_assert(mmq_smem_layout().total <= 48 * 1024, "mmq: within the default dynamic shared memory limit");
+static_assert(kMmqRowStride % 16 == 0 && kMmqBM * kMmqRowStride % 16 == 0, "mmq: 16-byte stores into the tiles");
+
+// Weight types the MMQ kernel reads (the Q4_K_M mix); K must be a multiple of kMmqKStep. Everything else
+// (IQ4_XS, the 32-value legacy types, float weights) stays on the fp16 dequantize + cuBLAS path.
+inline bool mmq_type_ok(int type, int64_t K) {
+    const bool t = type == T_Q4_K || type == T_Q5_K || type == T_Q6_K || type == T_Q8_0;
+    return t && K > 0 && K % kMmqKStep == 0;
+}
+
 // ---- Gated DeltaNet (launch/gdn.cu): chunked prefill scratch -----------------------------------------
 
 constexpr int kGdnChunk = 64;  // BT: tokens per chunk of the chunked (WY/UT) prefill

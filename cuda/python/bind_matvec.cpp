@@ -6,6 +6,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "../host_api.h"
 #include "../kernels/matvec_internal.cuh"
@@ -107,6 +108,44 @@ py::tuple quantize_act(const F32Array& x) {
     return py::make_tuple(qs, ds);
 }
 
+// The MMA twins on fragments: a uint32 [32, 4], b uint32 [32, 2], c int32 [32, 4] -> c + A*B, fragment-wise.
+py::array_t<int32_t> mma_s8(const py::array_t<uint32_t, py::array::c_style | py::array::forcecast>& a,
+                            const py::array_t<uint32_t, py::array::c_style | py::array::forcecast>& b,
+                            const I32Array& c, bool k16) {
+    if (a.ndim() != 2 || a.shape(0) != 32 || a.shape(1) != 4 || b.ndim() != 2 || b.shape(0) != 32 ||
+        b.shape(1) != 2 || c.ndim() != 2 || c.shape(0) != 32 || c.shape(1) != 4)
+        throw std::invalid_argument("mma_s8: a [32, 4], b [32, 2], c [32, 4]");
+    auto da = DeviceBuffer::from(a), db = DeviceBuffer::from(b);
+    auto dc = DeviceBuffer::from(c);
+    finish(pq::cuda::detail::mma_s8_probe(da.as<uint32_t>(), db.as<uint32_t>(), dc.as<int>(), k16, nullptr), "mma_s8");
+    py::array_t<int32_t> out({(py::ssize_t)32, (py::ssize_t)4});
+    dc.download(out.mutable_data());
+    return out;
+}
+
+// The int8 tensor-core prefill matmul on given Q8_1 activations (qs int8 [n_tok, K], ds float32 [n_tok, K/32, 2]
+// as quantize_act returns them): y [n_tok, N].
+F32Array mmq(int type, const U8Array& w, int64_t K, int64_t N,
+             const py::array_t<int8_t, py::array::c_style | py::array::forcecast>& qs, const F32Array& ds) {
+    check_weight(w, N, "w");
+    if (qs.ndim() != 2 || qs.shape(1) != K || ds.ndim() != 3 || ds.shape(0) != qs.shape(0) || ds.shape(1) != K / 32 ||
+        ds.shape(2) != 2)
+        throw std::invalid_argument("mmq: qs [n_tok, K] int8, ds [n_tok, K/32, 2] float32");
+    const int64_t n_tok = qs.shape(0);
+    const size_t off = pq::cuda::detail::quantize_act_ds_offset(K, n_tok);
+    std::vector<uint8_t> raw(off + ds.nbytes());
+    std::memcpy(raw.data(), qs.data(), (size_t)qs.nbytes());
+    std::memcpy(raw.data() + off, ds.data(), (size_t)ds.nbytes());
+    auto dw = DeviceBuffer::from(w);
+    DeviceBuffer dq(raw.size());
+    dq.upload(raw.data(), raw.size());
+    DeviceBuffer dy(sizeof(float) * (size_t)(n_tok * N));
+    finish(pq::cuda::detail::mmq(type, dw.as(), K, N, dq.as(), n_tok, dy.as<float>(), N, nullptr), "mmq");
+    F32Array out({n_tok, N});
+    dy.download(out.mutable_data());
+    return out;
+}
+
 }  // namespace
 
 void bind_matvec(py::module_& m) {
@@ -124,6 +163,14 @@ void bind_matvec(py::module_& m) {
           "Test hook: fp16 values per prefill weight tile (0 = default), to exercise several tiles.");
     m.def("_set_prefill_blas_disabled", &pq::cuda::detail::set_prefill_blas_disabled, py::arg("disabled"),
           "Test hook: make the prefill path behave as in a build without cuBLAS (decode-kernel fallback).");
+    m.def("mma_s8", &mma_s8, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("k16") = false,
+          "Debug: one warp's mma m16n8k32 (k16: m16n8k16) s8 on per-lane fragments a [32,4], b [32,2], c [32,4].");
+    m.def("mmq", &mmq, py::arg("type"), py::arg("w"), py::arg("K"), py::arg("N"), py::arg("qs"), py::arg("ds"),
+          "Debug: the int8 tensor-core prefill matmul on given Q8_1 activations (qs [n_tok,K], ds [n_tok,K/32,2]).");
+    m.def("mmq_type_ok", &pq::cuda::mmq_type_ok, py::arg("type"), py::arg("K"),
+          "Whether the prefill matmul of (type, K) runs on the int8 tensor-core kernel.");
+    m.def("_set_prefill_mmq_disabled", &pq::cuda::detail::set_prefill_mmq_disabled, py::arg("disabled"),
+          "Test hook: prefill of every type takes the fp16 dequantize + cuBLAS path.");
     m.def("matmul_scratch_bytes", &pq::cuda::matmul_scratch_bytes, py::arg("type"), py::arg("K"), py::arg("N"),
           py::arg("n_tok"), "Device scratch bytes of matmul / matmul_swiglu.");
 }

@@ -64,6 +64,15 @@ def check_prefill(got, wtype, wbytes, w, x, what):
     assert np.all(err <= tol), f"{what}: vs ref_matmul, worst err/tol = {np.max(err / tol):.3g}"
 
 
+@pytest.fixture(autouse=True)
+def fp16_prefill_path(ops):
+    """These tests are about the fp16 dequantize + cuBLAS path: the int8 MMQ route (test_mmq.py), which
+    takes Q4_K/Q5_K/Q6_K/Q8_0 by default, is switched off while they run."""
+    ops._set_prefill_mmq_disabled(True)
+    yield
+    ops._set_prefill_mmq_disabled(False)
+
+
 @pytest.fixture
 def small_tiles(ops):
     """Weight tiles of 64 rows for K = 256 (several tiles per matrix); restores the default afterwards."""

@@ -17,6 +17,15 @@ import pytest
 from test_matvec import F16, Q4_K, dequant, make_weight, rng_for, silu
 
 
+@pytest.fixture(autouse=True)
+def fp16_prefill_path(ops):
+    """These tests are about the fp16 dequantize + cuBLAS path: the int8 MMQ route (test_mmq.py), which
+    takes Q4_K/Q5_K/Q6_K/Q8_0 by default, is switched off while they run."""
+    ops._set_prefill_mmq_disabled(True)
+    yield
+    ops._set_prefill_mmq_disabled(False)
+
+
 def _x(rng, n_tok, K):
     x = rng.standard_normal((n_tok, K)).astype(np.float32)
     x[3] *= 5e4        # max |x| ~ 1.4e5: above fp16

@@ -318,7 +318,11 @@ def test_q4_k_m_model(emu_ops, tmp_path_factory):
 
     prompt = PROMPT[:17]
     gs, cs, ds = core.new_state(64), cpu_q4.new_state(64, "f16"), cpu_deq.new_state(64, "f16")
-    got = core.forward(gs, prompt, "all", 256)
+    emu_ops.testing._set_prefill_mmq_disabled(True)  # the fp16 GEMM prefill (MMQ: tests/cuda/test_mmq.py)
+    try:
+        got = core.forward(gs, prompt, "all", 256)
+    finally:
+        emu_ops.testing._set_prefill_mmq_disabled(False)
     ref = cpu_deq.forward(ds, np.array(prompt, np.int32), "all", 256)
     cpu_q4.forward(cs, np.array(prompt, np.int32), "none", 256)
     assert tcq.kl_mean(got, ref) < 1e-3
