@@ -1,18 +1,18 @@
-// gemm.cu: the prefill matmul (n_tok > 16): fp16 weight tiles x fp16 activations on cuBLAS (blas.h).
+// gemm.cu: the prefill matmul (n_tok > 16) for the types the int8 MMQ (launch/mmq.cu) does not take: float
+// weights, IQ4_XS, the 32-value legacy types, Q8_0 with K % 256 != 0 -- fp16 weight tiles x fp16
+// activations on cuBLAS (blas.h).
 //
-// Why dequantize + cuBLAS rather than an int8 dp4a GEMM on the quantized blocks (ggml's old mmq): on an
-// RTX 4090 the fp16 tensor cores with fp32 accumulation peak at ~82 TFLOPS (GeForce rate) and cuBLAS
-// reaches ~60-70 of them on these shapes, while __dp4a peaks at ~165 TOPS on paper and hand-tiled dp4a
-// GEMMs reach well under half of it once the per-sub-block scales are applied -- about the same speed, at
-// the cost of a far larger, untestable-without-a-GPU kernel. The price of the fp16 route is traffic: each
-// weight is read quantized (0.56 B for Q4_K), written as fp16 (2 B) and read back by the GEMM (2 B, much
-// of it from L2 with 32 MB tiles on a 72 MB L2), ~2.6-4.6 B per weight per call, independent of n_tok.
-// For a 512-token ubatch of Qwen3.6-27B (27e9 weights, 27.6 TFLOP): ~0.03-0.12 s of traffic + ~0.42 s of
-// GEMM at ~65 TFLOPS => ~1000-1100 tokens/s of matmul throughput on a 4090 (vs ~0.75 s on the
-// 2-pass-mmv route, which is why n_tok <= 16 stays on mmv). Activations and weights are rounded to fp16
-// (rel. error 2^-11 each), finer than the Q8 activations of the decode path; rows of activations whose
-// max |x| would not fit fp16 are scaled by a power of two first and the product row scaled back
-// (kernels/gemm.cuh), so no activation can overflow.
+// Why this route is the fallback and not the rule: the int8 MMQ reads each quantized block once per CTA
+// and multiplies on the int8 tensor cores (660 dense TOPS on a 4090), while this route dequantizes every
+// weight (0.56 B for Q4_K) to fp16 (2 B written, 2 B read back by the GEMM, much of it from L2 with 32 MB
+// tiles on a 72 MB L2), ~2.6-4.6 B per weight per call independent of n_tok, and then runs on the fp16
+// tensor cores with fp32 accumulation (165 dense TFLOPS on a 4090, cuBLAS ~60-70 % of it on these
+// shapes). For a 512-token ubatch of Qwen3.6-27B (27e9 weights, 27.6 TFLOP): ~0.03-0.12 s of traffic +
+// ~0.25 s of GEMM at ~110 TFLOPS => ~1,400-1,800 tokens/s of matmul throughput on a 4090, against ~4,500
+// on paper for MMQ (benchmarks/gpu_roofline.md) and ~0.75 s on the 2-pass-mmv route (why n_tok <= 16
+// stays on mmv). Activations and weights are rounded to fp16 (rel. error 2^-11 each), finer than the Q8
+// activations of the decode path; rows of activations whose max |x| would not fit fp16 are scaled by a
+// power of two first and the product row scaled back (kernels/gemm.cuh), so no activation can overflow.
 #include "../blas.h"
 #include "../compat.cuh"
 #include "../kernels/gemm.cuh"
