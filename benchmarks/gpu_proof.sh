@@ -28,8 +28,10 @@
 #       pyqwen._cuda, and every later step runs its real command against it (tests/test_gpu_proof_script.py)
 #
 # Knobs (environment): GPU_PROOF_REPORT (report path; default $OUT/gpu_proof_report.md where OUT is set,
-# else ./gpu_proof_report.md), GPU_PROOF_BUDGET (seconds for all steps, default 540, emulated 1500 with
-# every cap x3: a step's cap shrinks to what is left of it, and a step with under 10 s left is skipped), GPU_PROOF_WORK (work folder, default a new one under /tmp),
+# else ./gpu_proof_report.md), GPU_PROOF_BUDGET (seconds for all steps, default 540, emulated 1500),
+# GPU_PROOF_CAP_SCALE (factor on every step's cap, default 1, emulated 3; a step's cap also shrinks to what
+# is left of the budget, and a step with under 10 s left is skipped), GPU_PROOF_WORK (work folder, default a
+# new one under /tmp),
 # GPU_PROOF_SKIP (step names to skip), GPU_PROOF_ARCH (e.g. 90; default nvidia-smi's compute_cap),
 # GPU_PROOF_SLICE (1/0: build and bench the slice; default 1 on a GPU, 0 when emulating),
 # GPU_PROOF_LOGITS_ARGS, GPU_PROOF_BENCH_ARGS, GPU_PROOF_BENCH_GPU_ARGS, GPU_PROOF_TESTS, GPU_PROOF_TESTS_K,
@@ -42,6 +44,7 @@ EMU="${GPU_PROOF_EMULATE:-0}"
 PY="${PYTHON:-python3}"
 # Emulated, a forward of the tiny test model costs seconds of CPU instead of microseconds: caps x3.
 if [ "$EMU" = 1 ]; then BUDGET="${GPU_PROOF_BUDGET:-1500}"; cap_scale=3; else BUDGET="${GPU_PROOF_BUDGET:-540}"; cap_scale=1; fi
+cap_scale="${GPU_PROOF_CAP_SCALE:-$cap_scale}"
 if [ -n "${GPU_PROOF_REPORT:-}" ]; then report="$GPU_PROOF_REPORT"
 elif [ -n "${OUT:-}" ]; then report="$OUT/gpu_proof_report.md"
 else report="$PWD/gpu_proof_report.md"; fi
@@ -70,7 +73,7 @@ else
   bench_gpu_args="${GPU_PROOF_BENCH_GPU_ARGS:--p 512 -n 128 -r 3 --no-graphs}"
   tests="${GPU_PROOF_TESTS:-tests/gpu tests/cuda}"
   tests_k="${GPU_PROOF_TESTS_K:-gpu}"
-  san_args="${GPU_PROOF_SANITIZER_ARGS:---models r2-untied:f16,r3-untied:q8_0 --prompt 24 --decode 3 --greedy 3 --n-batch 16 --kv q8_0}"
+  san_args="${GPU_PROOF_SANITIZER_ARGS:---models r2-untied:f16,r3-untied:q8_0 --prompt 24 --decode 3 --greedy 3 --n-batch 24 --kv q8_0}"
 fi
 export repo work PY EMU slice logits_args bench_args bench_gpu_args tests tests_k san_args
 
@@ -193,7 +196,8 @@ step_build() {
     archs="$("$PY" -c 'import torch; print("%d%d" % torch.cuda.get_device_capability())' 2>/dev/null)"
   fi
   [ -n "$archs" ] || { echo "no architecture (nvidia-smi and torch both failed): building the default list"; archs="86;89;120"; }
-  nvcc_inc="$(dirname "$(readlink -f "$(command -v nvcc)")")/../include"
+  # The toolkit's include folder as nvcc itself reports it (nvcc may be a wrapper script, not a link).
+  nvcc_inc="$(nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ INCLUDES="-I\([^"]*\)".*/\1/p' | head -1)"
   if [ ! -f "$nvcc_inc/cublas_v2.h" ]; then  # a minimal toolkit: cuBLAS from a pip wheel (nvidia/cu13, nvidia/cublas)
     hdr="$("$PY" - <<'EOF'
 import pathlib, site
@@ -215,7 +219,7 @@ EOF
 
 step_version() {
   "$PY" -P -m pyqwen --version | tee "$work/version.txt" || return 1
-  "$PY" -c 'from pyqwen.cuda_backend import cuda_available; print("cuda_available:", cuda_available() or "yes")'
+  "$PY" -P -c 'from pyqwen.cuda_backend import cuda_available; print("cuda_available:", cuda_available() or "yes")'
   if [ "$EMU" = 1 ]; then
     echo "ok (emulated: this install's build_info has no CUDA; pyqwen._cuda is the emulator)" > "$work/status/version"
     return 0
@@ -254,7 +258,7 @@ step_bench() {
   "$PY" -P -m pyqwen bench --backend cuda $(bench_model) $bench_args -v | tee "$work/bench.md"
   local rc=${PIPESTATUS[0]}
   { echo '```'; cat "$work/bench.md"; echo '```'; } > "$work/bodies/bench.md"
-  "$PY" - "$work/bench.md" "$gpu_name" "$repo/benchmarks" >> "$work/bodies/bench.md" <<'EOF'
+  "$PY" -P - "$work/bench.md" "$gpu_name" "$repo/benchmarks" >> "$work/bodies/bench.md" <<'EOF'
 import re, sys
 sys.path.insert(0, sys.argv[3])
 from bench_gpu import peak_for
@@ -295,6 +299,11 @@ step_tests() {
   local rc=${PIPESTATUS[0]}
   { echo "\`pytest $tests -k \"$tests_k\"\`:"; echo; echo '```'; grep -E '^(FAILED|ERROR|SKIPPED)|passed|failed|error' "$work/tests.log" | tail -n 40; echo '```'; } \
     > "$work/bodies/tests.md"
+  # everything skipped (no device seen, the module not built) is exit 0 for pytest, and no proof here
+  if (( rc == 0 )) && ! tail -n 1 "$work/tests.log" | grep -qE '[1-9][0-9]* passed'; then
+    echo "no test passed"
+    return 1
+  fi
   return "$rc"
 }
 
@@ -302,7 +311,8 @@ sanitize() {  # sanitize TOOL: compute-sanitizer --tool TOOL on a small prefill 
   local tool="$1"
   local cmd args
   read -r -a args <<< "$san_args"
-  cmd=("$PY" -P "$repo/benchmarks/gpu_proof_logits.py" --work "$work" "${args[@]}")
+  # --no-bounds: the step's status is the sanitizer's verdict (the logits step holds the bounds)
+  cmd=("$PY" -P "$repo/benchmarks/gpu_proof_logits.py" --work "$work" --no-bounds "${args[@]}")
   if ! command -v compute-sanitizer > /dev/null; then
     if [ -f "$work/status/workload_ran" ]; then
       echo "SKIP (no compute-sanitizer)" > "$work/status/$tool"

@@ -91,7 +91,10 @@ def compare(label: str, path: Path, wtype: str, n_prompt: int, n_decode: int, n_
 
     n_ctx = n_prompt + n_decode + 8
     t0 = time.perf_counter()
-    cpu = pyqwen.Model.load(str(path), n_ctx=n_ctx, backend="cpu", n_batch=n_batch, kv_type=kv, spec="off")
+    # kv_rotation=False: a quantized KV cache stores the rows as the CUDA backend does (unrotated), so both
+    # round the same values
+    cpu = pyqwen.Model.load(str(path), n_ctx=n_ctx, backend="cpu", n_batch=n_batch, kv_type=kv, spec="off",
+                            kv_rotation=False)
     gpu = pyqwen.Model.load(str(path), n_ctx=n_ctx, backend="cuda", n_batch=n_batch, kv_type=kv, spec="off")
     load_s = time.perf_counter() - t0
     for m in (cpu, gpu):
@@ -202,7 +205,9 @@ def main(argv=None) -> int:
     ap.add_argument("--greedy", type=int, default=8, help="greedy tokens compared (0 = skip)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--convert-only", action="store_true", help="convert the fixtures and stop")
-    ap.add_argument("--md", type=Path, help="write the markdown table here too")
+    ap.add_argument("--md", type=Path, help="write the markdown table here (else to stdout)")
+    ap.add_argument("--no-bounds", action="store_true",
+                    help="exit 0 whatever the errors (a workload for compute-sanitizer, whose verdict is its own)")
     args = ap.parse_args(argv)
     if args.prompt < 1 or args.decode < 0:
         ap.error("--prompt must be >= 1 and --decode >= 0")
@@ -229,6 +234,8 @@ def main(argv=None) -> int:
         args.md.write_text(md, encoding="utf-8")
     else:
         print(md)
+    if args.no_bounds:
+        return 0
     return 0 if results and all(r["ok"] and math.isfinite(r["decode_max"]) for r in results) else 1
 
 

@@ -21,7 +21,8 @@ JOBS="${JOBS:-2}"
 if [ -n "${KEEP:-}" ]; then out="$KEEP"; mkdir -p "$out"; else out="$(mktemp -d)"; trap 'rm -rf "$out"' EXIT; fi
 
 cublas_flag=""
-cuda_inc="$(dirname "$(readlink -f "$(command -v "$NVCC")")")/../include"
+# the toolkit include folder as nvcc reports it (nvcc may be a wrapper script, not a link)
+cuda_inc="$("$NVCC" --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ INCLUDES="-I\([^"]*\)".*/\1/p' | head -1)"
 if [ -f "$cuda_inc/cublas_v2.h" ]; then cublas_flag="-DPQ_HAVE_CUBLAS=1"; fi
 flags="-std=c++17 -O3 -DNDEBUG -lineinfo $cublas_flag"
 

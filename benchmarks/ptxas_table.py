@@ -132,8 +132,8 @@ def render(kernels: list[Kernel], archs: list[str], nvcc: str, compile_flags: st
         f"them (nvcc {nvcc}; `{compile_flags} -arch=sm_XX`), for {sm}. Registers per thread for each "
         "architecture; spill stores/loads, static shared memory and stack frame in bytes, one value where the "
         f"architectures agree, else one per architecture in the order {sm}. Flagged: any spill, and "
-        f"{REG_FLAG} registers or more (255 is the ceiling; past it ptxas spills, and at 255 a block of 256 "
-        "threads already needs 65,280 of the SM's 65,536 registers, so one block per SM). "
+        f"{REG_FLAG} registers or more (255 is the ceiling: past it ptxas spills; and at 255 registers per "
+        "thread, allocated 8,192 per warp, an SM's 65,536 registers hold at most 8 warps). "
         "Regenerate with `bash benchmarks/ptxas_report.sh`.",
         "",
         "| kernel | file | " + " | ".join(f"regs sm_{a}" for a in archs) + " | spill st/ld | smem | stack | flag |",
