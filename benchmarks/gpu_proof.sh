@@ -51,6 +51,11 @@ else report="$PWD/gpu_proof_report.md"; fi
 work="${GPU_PROOF_WORK:-$(mktemp -d /tmp/gpu_proof.XXXXXX)}"
 mkdir -p "$work/logs" "$work/sections" "$work/bodies" "$work/status" "$(dirname "$report")"
 : > "$work/summary.tsv"
+# nvcc and compute-sanitizer where a toolkit keeps them, should the image's PATH lack them
+for d in /usr/local/cuda/bin /usr/local/cuda/compute-sanitizer; do
+  if [ -d "$d" ] && [[ ":$PATH:" != *":$d:"* ]]; then PATH="$PATH:$d"; fi
+done
+export PATH
 export PYQWEN_CACHE_DIR="${PYQWEN_CACHE_DIR:-$work/cache}"  # the slice: a fresh build, not a stale cache
 export PYTHONUNBUFFERED=1 PYQWEN_EMU_JOBS="${PYQWEN_EMU_JOBS:-$(nproc)}"
 start_all=$(date +%s)
