@@ -9,8 +9,8 @@
 # transformers (/work/.library/device/KINDS.md lists them). Missing are pyqwen's runtime dependencies gguf
 # and llguidance, which the package and tests/cuda (gguf.quants) import. Each is pinned to the version this
 # checkout is tested with (the one PYTHON here has; unpinned where it has none). The folder is git-ignored.
-# The device image is Ubuntu 24.04 (glibc 2.39): manylinux tags up to 2_35 install there; pip matches each
-# tag exactly, so the list names the ones these packages publish (llguidance: 2_31).
+# pip matches each manylinux tag exactly, so the list names the ones these packages publish (llguidance: 2_31);
+# the image's Python 3.12.3 suggests Ubuntu 24.04 (glibc 2.39), new enough for all of them (not checked there).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
