@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# After an installed pyqwen (its compiled modules are not in the source folder), so appended, not prepended:
+# with the source folder first, `import pyqwen` found the uncompiled package there and failed on _spec.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 PEAK_GBS = {  # DRAM bandwidth, GB/s (10^9 bytes)
     "4090": 1008.0, "5090": 1792.0, "3090": 936.2, "4080": 716.8, "3080": 760.3, "A100": 1555.0,

@@ -57,9 +57,11 @@ def _real_cuda():
 
 
 @pytest.fixture(params=["emu", "gpu"], scope="session")
-def cuda_module(request, emu_paths):
+def cuda_module(request):
     """The CUDA module, emulated on the CPU and, where a GPU is present, the real one."""
     if request.param == "emu":
+        # Asked for here, not as an argument: `-k gpu` on a GPU machine must not compile the emulator.
+        emu_paths = request.getfixturevalue("emu_paths")
         return emu_build.load(emu_build.OPS_MODULE, emu_paths[emu_build.OPS_MODULE])
     mod = _real_cuda()
     if mod is None:
