@@ -42,7 +42,27 @@ void tile_ref(const PackedW16* w, int64_t ws, int nr, const PackedA16* a, int64_
     }
 }
 
-const QgemmKernels kRef = {"ref", 4, 4, tile_ref, nullptr};
+// The plain 32-value group kernel: each group's integer sum, then the reference's float step
+// (q8_0_vec_dot: sumi * (d_w * d_a); iq4_xs_vec_dot: (d_w * d_a * ls) * sumi), groups in order.
+void tile8_ref(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, int nt, bool scaled,
+               bool accumulate, float* y, int64_t ldy, int nr) {
+    for (int r = 0; r < nr; ++r) {
+        for (int t = 0; t < nt; ++t) {
+            float sumf = accumulate ? y[t * ldy + r] : 0.0f;
+            for (int64_t g = 0; g < ng; ++g) {
+                const qi::PackedA8& ag = a[t * as + g];
+                int32_t sumi = 0;
+                for (int e = 0; e < 32; ++e) sumi += (w[g].q[e / 4][r][e % 4] - 128) * ag.q[e];
+                float c = w[g].d[r] * ag.d;
+                if (scaled) c = c * w[g].ls[r];
+                sumf += c * (float)sumi;
+            }
+            y[t * ldy + r] = sumf;
+        }
+    }
+}
+
+const QgemmKernels kRef = {"ref", 4, 4, tile_ref, nullptr, 4, tile8_ref};
 
 }  // namespace
 
@@ -96,7 +116,65 @@ const QgemmKernels& qgemm_kernels() {
     return *k;
 }
 
-bool qgemm_supported(int type) { return pack_fn(type) != nullptr; }
+// The 32-value group types: how a weight row is packed, how activations are quantized (as the reference
+// dot's vec_dot_type), and whether the float step has the sub-block scale.
+struct Group8Type {
+    void (*pack_row)(const void* row, int64_t ng, int r, qi::PackedW8* panel);
+    void (*pack_act)(const float* x, int64_t n, qi::PackedA8* out);
+    bool scaled;
+};
+
+const Group8Type* group8_type(int type) {
+    static const Group8Type q8_0 = {qi::q8_0_pack8, qi::q8_0_pack_a8, false};
+    static const Group8Type iq4_xs = {qi::iq4_xs_pack8, qi::q8_k_pack_a8, true};
+    switch (type) {
+        case T_Q8_0: return &q8_0;
+        case T_IQ4_XS: return &iq4_xs;
+        default: return nullptr;
+    }
+}
+
+bool qgemm_supported(int type) { return pack_fn(type) != nullptr || group8_type(type) != nullptr; }
+
+// Groups per K block of the 32-value path (PYQWEN_QGEMM_KBLOCK overrides, 0 = no blocking; read once).
+static int64_t kblock_groups() {
+    static const int64_t g = [] {
+        const char* e = std::getenv("PYQWEN_QGEMM_KBLOCK");
+        return e ? (int64_t)std::atoll(e) / 32 : (int64_t)0;
+    }();
+    return g;
+}
+
+// Q8_0 / IQ4_XS: panels of 16 rows (one PackedW8 per group), every token tile over the panel.
+static void qgemm8(ThreadPool& pool, const QgemmKernels& k, const Group8Type& gt, const Tensor& W, const float* x,
+                   int64_t n_tok, float* y) {
+    const int64_t K = W.ne0, N = W.ne1, ng = K / 32;
+    std::vector<qi::PackedA8> act((size_t)(n_tok * ng));
+    pool.parallel_for(n_tok, [&](int64_t t0, int64_t t1, int) {
+        for (int64_t t = t0; t < t1; ++t) gt.pack_act(x + t * K, K, &act[t * ng]);
+    });
+    const int64_t kb = kblock_groups() > 0 ? kblock_groups() : ng;
+    const int64_t n_panels = (N + 15) / 16;
+    pool.parallel_for(n_panels, [&](int64_t p0, int64_t p1, int) {
+        std::vector<qi::PackedW8> panel((size_t)ng);
+        for (int64_t p = p0; p < p1; ++p) {
+            const int64_t row0 = p * 16;
+            const int rows = (int)std::min<int64_t>(16, N - row0);
+            for (int r = 0; r < 16; ++r) {
+                if (r < rows) gt.pack_row(W.row(row0 + r), ng, r, panel.data());
+                else qi::pack8_clear_row(ng, r, panel.data());
+            }
+            for (int64_t g0 = 0; g0 < ng; g0 += kb) {
+                const int64_t gn = std::min(kb, ng - g0);
+                for (int64_t t0 = 0; t0 < n_tok; t0 += k.tmax8) {
+                    const int nt = (int)std::min<int64_t>(k.tmax8, n_tok - t0);
+                    k.tile8(&panel[g0], gn, &act[t0 * ng + g0], ng, nt, gt.scaled, g0 > 0, y + t0 * N + row0, N,
+                            rows);
+                }
+            }
+        }
+    });
+}
 
 // Activations -> Q8_K with the reference quantizer (the same blocks vec_dot would see), repacked.
 static void pack_activations(ThreadPool& pool, const float* x, int64_t n_tok, int64_t K, std::vector<PackedA16>& act) {
@@ -113,7 +191,7 @@ static void pack_activations(ThreadPool& pool, const float* x, int64_t n_tok, in
 
 bool qgemv(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y, const QgemmKernels* kern) {
     const QgemmKernels& k = kern ? *kern : qgemm_kernels();
-    if (!k.row || !qgemm_supported(W.type)) return false;
+    if (!k.row || !pack_fn(W.type)) return false;
     const int64_t K = W.ne0, N = W.ne1, nb = K / QK_K;
     std::vector<PackedA16> act;
     pack_activations(pool, x, n_tok, K, act);
@@ -129,6 +207,7 @@ bool qgemv(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, flo
 
 void qgemm(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y, const QgemmKernels* kern) {
     const QgemmKernels& k = kern ? *kern : qgemm_kernels();
+    if (const Group8Type* gt = group8_type(W.type)) return qgemm8(pool, k, *gt, W, x, n_tok, y);
     const PackFn pack = pack_fn(W.type);
     const int64_t K = W.ne0, N = W.ne1, nb = K / QK_K;
     const size_t wbytes = row_bytes(W.type, QK_K);

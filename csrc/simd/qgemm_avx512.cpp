@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "qgemm.h"
+#include "simd/qgemm_glue.h"
 
 namespace pq {
 
@@ -18,12 +19,6 @@ namespace {
 
 using qi::PackedA16;
 using qi::PackedW16;
-
-inline int32_t hsum4(__m128i p) {
-    p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0x4E));
-    p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0xB1));
-    return _mm_cvtsi128_si32(p);
-}
 
 template <int R, int T>
 void tile(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_t nb, bool has_min, float* y,
@@ -98,29 +93,18 @@ void tile(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_
     if constexpr (T == 4) {
         for (int r = 0; r < R; ++r) _mm_storeu_ps(sumf[r], sumf4[r]);
     }
-    for (int r = 0; r < R; ++r) {
-        for (int t = 0; t < T; ++t) {
-            alignas(32) float l[8];
-            _mm256_store_ps(l, sums[r][t]);
-            float s = sumf[r][t];
-            for (int k = 0; k < 8; ++k) s += l[k];
-            y[t * ldy + r] = s;
-        }
+    store_tile<R, T>(sums, sumf, y, ldy);
+}
+
+// The 4 x 4 VNNI tile for qgemm_glue.h.
+struct Tile512 {
+    static constexpr int kRows = 4;
+    template <int R, int T>
+    static void run(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_t nb, bool has_min,
+                    float* y, int64_t ldy) {
+        tile<R, T>(w, ws, a, as, nb, has_min, y, ldy);
     }
-}
-
-using Fn = void (*)(const PackedW16*, int64_t, const PackedA16*, int64_t, int64_t, bool, float*, int64_t);
-
-template <int R>
-constexpr Fn row_fn(int nt) {
-    return nt == 1 ? tile<R, 1> : nt == 2 ? tile<R, 2> : nt == 3 ? tile<R, 3> : tile<R, 4>;
-}
-
-void tile_any(const PackedW16* w, int64_t ws, int nr, const PackedA16* a, int64_t as, int nt, int64_t nb,
-              bool has_min, float* y, int64_t ldy) {
-    const Fn f = nr == 1 ? row_fn<1>(nt) : nr == 2 ? row_fn<2>(nt) : nr == 3 ? row_fn<3>(nt) : row_fn<4>(nt);
-    f(w, ws, a, as, nb, has_min, y, ldy);
-}
+};
 
 // ---- Decode: one weight row against a few packed tokens, unpacking each block in registers ----
 // The weight is read once, straight from the mmap, and never stored unpacked: a block's nibbles are
@@ -285,9 +269,67 @@ void rows_dot(int type, const void* w, const PackedA16* a, int64_t a_stride, int
     }
 }
 
+// ---- 32-value groups (Q8_0, IQ4_XS): 16 rows x T tokens, rows in the dword lanes ----
+// Per group: 8 vpdpbusd per token (4 values of all 16 rows against 4 broadcast activation bytes), the
+// accumulator started at -128 * sum(activations) to take out the +128 of the stored levels; then the
+// reference's float step on the 16 rows at once, groups in order.
+template <int T, bool SCALED>
+void tile8(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, bool accumulate, float* y,
+           int64_t ldy, int nr) {
+    const __mmask16 mask = (__mmask16)((1u << nr) - 1);
+    __m512 sumf[T];
+    for (int t = 0; t < T; ++t)
+        sumf[t] = accumulate ? _mm512_maskz_loadu_ps(mask, y + t * ldy) : _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+        const qi::PackedW8& wg = w[g];
+        const qi::PackedA8* ag[T];
+        __m512i acc[T];
+        for (int t = 0; t < T; ++t) {
+            ag[t] = a + t * as + g;
+            acc[t] = _mm512_set1_epi32(-128 * ag[t]->sum);
+        }
+        for (int k = 0; k < 8; ++k) {
+            const __m512i wv = _mm512_loadu_si512(wg.q[k]);
+            for (int t = 0; t < T; ++t) {
+                int32_t a4;
+                __builtin_memcpy(&a4, ag[t]->q + 4 * k, 4);
+                acc[t] = _mm512_dpbusd_epi32(acc[t], wv, _mm512_set1_epi32(a4));
+            }
+        }
+        const __m512 dv = _mm512_loadu_ps(wg.d);
+        for (int t = 0; t < T; ++t) {
+            __m512 c = _mm512_mul_ps(dv, _mm512_set1_ps(ag[t]->d));
+            if (SCALED) c = _mm512_mul_ps(c, _mm512_loadu_ps(wg.ls));
+            sumf[t] = _mm512_add_ps(sumf[t], _mm512_mul_ps(c, _mm512_cvtepi32_ps(acc[t])));
+        }
+    }
+    for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy, mask, sumf[t]);
+}
+
+template <bool SCALED>
+void tile8_nt(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, int nt, bool acc, float* y,
+              int64_t ldy, int nr) {
+    switch (nt) {
+        case 8: tile8<8, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
+        case 7: tile8<7, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
+        case 6: tile8<6, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
+        case 5: tile8<5, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
+        case 4: tile8<4, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
+        case 3: tile8<3, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
+        case 2: tile8<2, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
+        default: tile8<1, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
+    }
+}
+
+void tile8_any(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, int nt, bool scaled, bool acc,
+               float* y, int64_t ldy, int nr) {
+    if (scaled) tile8_nt<true>(w, ng, a, as, nt, acc, y, ldy, nr);
+    else tile8_nt<false>(w, ng, a, as, nt, acc, y, ldy, nr);
+}
+
 }  // namespace
 
 extern const QgemmKernels kQgemmAvx512;
-const QgemmKernels kQgemmAvx512 = {"avx512vnni", 4, 4, tile_any, rows_dot};
+const QgemmKernels kQgemmAvx512 = {"avx512vnni", 4, 4, tile_any<Tile512>, rows_dot, 8, tile8_any};
 
 }  // namespace pq
