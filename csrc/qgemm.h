@@ -34,10 +34,9 @@ using QgemvRowFn = void (*)(int type, const void* w, const qi::PackedA16* a, int
 
 // 32-value group micro-kernel: y[t * ldy + r] for r < nr <= 16, t < nt <= tmax8, over ng groups (a
 // panel's 16 rows, group g at w[g]; token t's groups at a + t * a_stride). Each output is the serial sum
-// over groups of c * sumi, c = d_w * d_a (scaled: times ls), from 0 or (accumulate) from the y already
-// there: a K range split into blocks gives the same bits as one pass.
+// over groups of c * sumi, c = d_w * d_a (scaled: times ls).
 using QgemmTile8Fn = void (*)(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t a_stride, int nt,
-                              bool scaled, bool accumulate, float* y, int64_t ldy, int nr);
+                              bool scaled, float* y, int64_t ldy, int nr);
 
 struct QgemmKernels {
     const char* name;  // "ref", "avx2", "avx512vnni"

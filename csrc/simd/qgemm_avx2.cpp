@@ -70,15 +70,11 @@ struct Tile2 {
 // are added with vphaddd at the end of the group (integer, exact), then -128 * sum(activations) and
 // the reference's float step on 8 rows per vector.
 template <int T, bool SCALED>
-void tile8(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, bool accumulate, float* y,
-           int64_t ldy, int nr) {
+void tile8(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, float* y, int64_t ldy,
+           int nr) {
     alignas(32) float buf[T][16];
     __m256 sumf[T][2];
-    for (int t = 0; t < T; ++t) {
-        for (int r = 0; r < 16; ++r) buf[t][r] = accumulate && r < nr ? y[t * ldy + r] : 0.0f;
-        sumf[t][0] = _mm256_load_ps(buf[t]);
-        sumf[t][1] = _mm256_load_ps(buf[t] + 8);
-    }
+    for (int t = 0; t < T; ++t) sumf[t][0] = sumf[t][1] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
         const qi::PackedW8& wg = w[g];
         const qi::PackedA8* ag[T];
@@ -118,14 +114,14 @@ void tile8(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as,
     }
 }
 
-void tile8_any(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, int nt, bool scaled, bool acc,
-               float* y, int64_t ldy, int nr) {
+void tile8_any(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, int nt, bool scaled, float* y,
+               int64_t ldy, int nr) {
     if (scaled) {
-        if (nt == 2) tile8<2, true>(w, ng, a, as, acc, y, ldy, nr);
-        else tile8<1, true>(w, ng, a, as, acc, y, ldy, nr);
+        if (nt == 2) tile8<2, true>(w, ng, a, as, y, ldy, nr);
+        else tile8<1, true>(w, ng, a, as, y, ldy, nr);
     } else {
-        if (nt == 2) tile8<2, false>(w, ng, a, as, acc, y, ldy, nr);
-        else tile8<1, false>(w, ng, a, as, acc, y, ldy, nr);
+        if (nt == 2) tile8<2, false>(w, ng, a, as, y, ldy, nr);
+        else tile8<1, false>(w, ng, a, as, y, ldy, nr);
     }
 }
 

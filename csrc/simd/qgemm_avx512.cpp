@@ -274,12 +274,12 @@ void rows_dot(int type, const void* w, const PackedA16* a, int64_t a_stride, int
 // accumulator started at -128 * sum(activations) to take out the +128 of the stored levels; then the
 // reference's float step on the 16 rows at once, groups in order.
 template <int T, bool SCALED>
-void tile8(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, bool accumulate, float* y,
-           int64_t ldy, int nr) {
+void tile8(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, float* y, int64_t ldy,
+           int nr) {
     const __mmask16 mask = (__mmask16)((1u << nr) - 1);
     __m512 sumf[T];
     for (int t = 0; t < T; ++t)
-        sumf[t] = accumulate ? _mm512_maskz_loadu_ps(mask, y + t * ldy) : _mm512_setzero_ps();
+        sumf[t] = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
         const qi::PackedW8& wg = w[g];
         const qi::PackedA8* ag[T];
@@ -307,24 +307,24 @@ void tile8(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as,
 }
 
 template <bool SCALED>
-void tile8_nt(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, int nt, bool acc, float* y,
-              int64_t ldy, int nr) {
+void tile8_nt(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, int nt, float* y, int64_t ldy,
+              int nr) {
     switch (nt) {
-        case 8: tile8<8, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
-        case 7: tile8<7, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
-        case 6: tile8<6, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
-        case 5: tile8<5, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
-        case 4: tile8<4, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
-        case 3: tile8<3, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
-        case 2: tile8<2, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
-        default: tile8<1, SCALED>(w, ng, a, as, acc, y, ldy, nr); break;
+        case 8: tile8<8, SCALED>(w, ng, a, as, y, ldy, nr); break;
+        case 7: tile8<7, SCALED>(w, ng, a, as, y, ldy, nr); break;
+        case 6: tile8<6, SCALED>(w, ng, a, as, y, ldy, nr); break;
+        case 5: tile8<5, SCALED>(w, ng, a, as, y, ldy, nr); break;
+        case 4: tile8<4, SCALED>(w, ng, a, as, y, ldy, nr); break;
+        case 3: tile8<3, SCALED>(w, ng, a, as, y, ldy, nr); break;
+        case 2: tile8<2, SCALED>(w, ng, a, as, y, ldy, nr); break;
+        default: tile8<1, SCALED>(w, ng, a, as, y, ldy, nr); break;
     }
 }
 
-void tile8_any(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, int nt, bool scaled, bool acc,
-               float* y, int64_t ldy, int nr) {
-    if (scaled) tile8_nt<true>(w, ng, a, as, nt, acc, y, ldy, nr);
-    else tile8_nt<false>(w, ng, a, as, nt, acc, y, ldy, nr);
+void tile8_any(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, int nt, bool scaled, float* y,
+               int64_t ldy, int nr) {
+    if (scaled) tile8_nt<true>(w, ng, a, as, nt, y, ldy, nr);
+    else tile8_nt<false>(w, ng, a, as, nt, y, ldy, nr);
 }
 
 }  // namespace
