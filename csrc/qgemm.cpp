@@ -62,7 +62,7 @@ void tile8_ref(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t
     }
 }
 
-const QgemmKernels kRef = {"ref", 4, 4, tile_ref, nullptr, 4, tile8_ref};
+const QgemmKernels kRef = {"ref", 4, 4, tile_ref, nullptr, 4, tile8_ref, nullptr};
 
 }  // namespace
 
@@ -164,25 +164,36 @@ static void qgemm8(ThreadPool& pool, const QgemmKernels& k, const Group8Type& gt
     });
 }
 
-// Activations -> Q8_K with the reference quantizer (the same blocks vec_dot would see), repacked.
-static void pack_activations(ThreadPool& pool, const float* x, int64_t n_tok, int64_t K, std::vector<PackedA16>& act) {
+// Activations -> Q8_K with the reference quantizer (the same blocks vec_dot would see), repacked (by
+// default in the GEMM's lane-pair order).
+static void pack_activations(ThreadPool& pool, const float* x, int64_t n_tok, int64_t K, std::vector<PackedA16>& act,
+                             void (*pack)(const void*, PackedA16*) = qi::q8_k_pack16) {
     const int64_t nb = K / QK_K;
     act.resize((size_t)(n_tok * nb));
     pool.parallel_for(n_tok, [&](int64_t t0, int64_t t1, int) {
         std::vector<block_q8_K> q((size_t)nb);
         for (int64_t t = t0; t < t1; ++t) {
             qi::q8_k_from_float(x + t * K, q.data(), K);
-            for (int64_t i = 0; i < nb; ++i) qi::q8_k_pack16(&q[i], &act[t * nb + i]);
+            for (int64_t i = 0; i < nb; ++i) pack(&q[i], &act[t * nb + i]);
         }
     });
 }
 
 bool qgemv(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y, const QgemmKernels* kern) {
     const QgemmKernels& k = kern ? *kern : qgemm_kernels();
+    if (W.type == T_Q8_0 && k.row8) {
+        const int64_t K = W.ne0, N = W.ne1, ng = K / 32;
+        std::vector<qi::PackedA8> act((size_t)(n_tok * ng));
+        for (int64_t t = 0; t < n_tok; ++t) qi::q8_0_pack_a8(x + t * K, K, &act[t * ng]);
+        pool.parallel_for(N, [&](int64_t r0, int64_t r1, int) {
+            for (int64_t r = r0; r < r1; ++r) k.row8(W.row(r), act.data(), ng, (int)n_tok, ng, y + r, N);
+        });
+        return true;
+    }
     if (!k.row || !pack_fn(W.type)) return false;
     const int64_t K = W.ne0, N = W.ne1, nb = K / QK_K;
     std::vector<PackedA16> act;
-    pack_activations(pool, x, n_tok, K, act);
+    pack_activations(pool, x, n_tok, K, act, W.type == T_Q4_K ? qi::q8_k_pack16_dec : qi::q8_k_pack16);
     // Contiguous row ranges per thread: each streams its own part of the weight once; outputs of a
     // range are written by one thread only (a shared cache line at most at the two range ends).
     pool.parallel_for(N, [&](int64_t r0, int64_t r1, int) {

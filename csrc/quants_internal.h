@@ -102,6 +102,11 @@ void q4_k_pack16(const void* block, PackedW16* out);
 void q5_k_pack16(const void* block, PackedW16* out);
 void q6_k_pack16(const void* block, PackedW16* out);
 void q8_k_pack16(const void* block, PackedA16* out);
+// The same activation block in the order of the Q4_K decode kernel (simd/qgemm_avx512.cpp q4_k_rows),
+// which widens the weight nibbles with one byte shuffle and shifts instead of lane-pair interleaves:
+// position p of a holds value q4k_dec_value(p). Pairs (2i, 2i+1) are still values of one lane mod 8.
+int q4k_dec_value(int p);
+void q8_k_pack16_dec(const void* block, PackedA16* out);
 
 // The 32-value group formats (Q8_0, IQ4_XS) for the prefill GEMM. Their reference dots add one float
 // term per 32 values, c * sumi with c = d_w * d_a (IQ4_XS: times the 6-bit sub-block scale), so the

@@ -143,6 +143,30 @@ void q8_k_pack16(const void* block, PackedA16* o) {
 }
 
 
+// The kernel loads 64 raw Q4_K bytes (groups 2G, 2G+1 of 64 values), shuffles each 16-byte lane L by
+// P = 0,1,8,9,2,3,10,11,4,5,12,13,6,7,14,15 and splits each 16-bit word into its 4 nibbles: E = 0 the
+// low nibble of the word's first byte, 1 its high nibble, 2 and 3 those of the second byte. Position
+// p = 128G + 32E + 8L + i holds word i of lane L of nibble set E.
+int q4k_dec_value(int p) {
+    static const int kP[16] = {0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15};
+    const int G = p / 128, E = (p / 32) % 4, L = (p / 8) % 4, i = p % 8;
+    const int g = 2 * G + L / 2;                        // the 64-value group of the lane
+    const int byte = 16 * (L % 2) + kP[2 * i + E / 2];  // its raw byte in the group's 32
+    return 64 * g + byte + (E % 2 ? 32 : 0);            // high nibbles: the group's second 32 values
+}
+
+void q8_k_pack16_dec(const void* block, PackedA16* o) {
+    static const auto order = [] {
+        struct { int v[QK_K]; } t;
+        for (int p = 0; p < QK_K; ++p) t.v[p] = q4k_dec_value(p);
+        return t;
+    }();
+    const block_q8_K& b = *(const block_q8_K*)block;
+    for (int p = 0; p < QK_K; ++p) o->a[p] = b.qs[order.v[p]];
+    o->d = b.d;
+    for (int j = 0; j < 8; ++j) o->bs8[j] = (int16_t)(b.bsums[2 * j] + b.bsums[2 * j + 1]);
+}
+
 // ---- The 32-value group packing of the prefill GEMM (quants_internal.h PackedW8/PackedA8) ----
 void pack8_clear_row(int64_t ng, int r, PackedW8* panel) {
     for (int64_t g = 0; g < ng; ++g) {

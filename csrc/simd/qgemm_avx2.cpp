@@ -128,6 +128,6 @@ void tile8_any(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t
 }  // namespace
 
 extern const QgemmKernels kQgemmAvx2;
-const QgemmKernels kQgemmAvx2 = {"avx2", 2, 4, tile_any<Tile2>, nullptr, 2, tile8_any};
+const QgemmKernels kQgemmAvx2 = {"avx2", 2, 4, tile_any<Tile2>, nullptr, 2, tile8_any, nullptr};
 
 }  // namespace pq

@@ -142,6 +142,12 @@ inline __m256i fold(__m512i acc) {
     return _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
 }
 
+// Integer accumulators per token: with few tokens a block's 8 vpdpwssd into one register are a
+// latency chain (5 cycles each) that, not the loads, bounded a one-token decode; two chains halve it.
+// The two are added before the float step (integer sums, exact). 8 tokens need the registers.
+template <int NT>
+constexpr int kChains = NT <= 4 ? 2 : 1;
+
 // Q4_K (q5 = false) and Q5_K (q5 = true): bit 4 of value 64g+l is bit 2g of qh[l], of 64g+32+l bit 2g+1.
 // NT tokens per call: each block is unpacked once and fed to every token, whose lanes and float steps
 // are exactly those of a one-token call (a token's result does not depend on NT).
@@ -162,8 +168,8 @@ void k45_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t 
         const uint8_t* qs = Q5 ? row + 48 : row + 16;
         uint8_t sc[8], m[8];
         scales_k4(scales, sc, m);
-        __m512i acc[NT];
-        for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_si512();
+        __m512i acc[NT], acc2[NT];  // two dependency chains per token (see kChains)
+        for (int t = 0; t < NT; ++t) acc[t] = acc2[t] = _mm512_setzero_si512();
         const __m256i h = Q5 ? _mm256_loadu_si256((const __m256i*)qh) : _mm256_setzero_si256();
         for (int g = 0; g < 4; ++g) {
             const __m256i raw = _mm256_loadu_si256((const __m256i*)(qs + 32 * g));
@@ -178,14 +184,77 @@ void k45_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t 
             for (int t = 0; t < NT; ++t) {
                 const PackedA16& at = a[t * a_stride + i];
                 acc[t] = _mm512_dpwssd_epi32(acc[t], wl, _mm512_loadu_si512(at.a + 64 * g));
-                acc[t] = _mm512_dpwssd_epi32(acc[t], wh, _mm512_loadu_si512(at.a + 64 * g + 32));
+                __m512i& ah = kChains<NT> == 2 ? acc2[t] : acc[t];
+                ah = _mm512_dpwssd_epi32(ah, wh, _mm512_loadu_si512(at.a + 64 * g + 32));
             }
         }
         const __m128i mv = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)m));
         for (int t = 0; t < NT; ++t) {
             const PackedA16& at = a[t * a_stride + i];
             const float dd = h2f(d16) * at.d;
-            sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(fold(acc[t]))));
+            const __m512i l = kChains<NT> == 2 ? _mm512_add_epi32(acc[t], acc2[t]) : acc[t];
+            sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(fold(l))));
+            const int32_t summ = hsum4(_mm_madd_epi16(mv, _mm_loadu_si128((const __m128i*)at.bs8)));
+            const float dm = h2f(dmin16) * at.d;
+            sumf[t] -= dm * (float)summ;
+        }
+    }
+    for (int t = 0; t < NT; ++t) y[t * y_stride] = finish(sums[t], sumf[t]);
+}
+
+// Q4_K in the decode order (quants_q8.cpp q4k_dec_value): per 64 raw bytes one vpshufb and shifts/masks
+// give the 128 levels as int16, pairs of the same lane side by side, where the lane-pair interleave of
+// k45_rows took three shuffles per 32 values (port 5 bound that kernel to ~5 GB/s per core). Nibble
+// sets 0, 1 (first byte of each word) hold even lanes 0,2,4,6 in the dwords of each 128-bit lane, sets
+// 2, 3 the odd lanes; the 4 lanes x 2 are folded and interleaved to ggml's 8 lanes once per block.
+template <int NT>
+void q4_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
+    const __m512i shuf = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15));
+    const __m512i m4 = _mm512_set1_epi16(0x0F);
+    // Scale word index per nibble set half (lo/hi) and group pair G: lanes 0-1 group 2G, lanes 2-3 group 2G+1.
+    __m512i sidx[2][2];
+    for (int G = 0; G < 2; ++G)
+        for (int hi = 0; hi < 2; ++hi)
+            sidx[G][hi] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(4 * G + hi))),
+                                             _mm256_set1_epi16((short)(4 * G + 2 + hi)), 1);
+    __m256 sums[NT];
+    float sumf[NT];
+    for (int t = 0; t < NT; ++t) {
+        sums[t] = _mm256_setzero_ps();
+        sumf[t] = 0;
+    }
+    for (int64_t i = 0; i < nb; ++i, row += sizeof(block_q4_K)) {
+        const uint16_t d16 = *(const uint16_t*)row, dmin16 = *(const uint16_t*)(row + 2);
+        uint8_t sc[8], m[8];
+        scales_k4(row + 4, sc, m);
+        const __m512i scz = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)sc)));
+        __m512i ae[NT], ao[NT];
+        for (int t = 0; t < NT; ++t) ae[t] = ao[t] = _mm512_setzero_si512();
+        for (int G = 0; G < 2; ++G) {
+            const __m512i raw = _mm512_shuffle_epi8(_mm512_loadu_si512(row + 16 + 64 * G), shuf);
+            const __m512i s_lo = _mm512_permutexvar_epi16(sidx[G][0], scz);
+            const __m512i s_hi = _mm512_permutexvar_epi16(sidx[G][1], scz);
+            const __m512i e0 = _mm512_mullo_epi16(_mm512_and_si512(raw, m4), s_lo);
+            const __m512i e1 = _mm512_mullo_epi16(_mm512_and_si512(_mm512_srli_epi16(raw, 4), m4), s_hi);
+            const __m512i e2 = _mm512_mullo_epi16(_mm512_and_si512(_mm512_srli_epi16(raw, 8), m4), s_lo);
+            const __m512i e3 = _mm512_mullo_epi16(_mm512_srli_epi16(raw, 12), s_hi);
+            for (int t = 0; t < NT; ++t) {
+                const int16_t* at = a[t * a_stride + i].a + 128 * G;
+                ae[t] = _mm512_dpwssd_epi32(ae[t], e0, _mm512_loadu_si512(at));
+                ao[t] = _mm512_dpwssd_epi32(ao[t], e2, _mm512_loadu_si512(at + 64));
+                ae[t] = _mm512_dpwssd_epi32(ae[t], e1, _mm512_loadu_si512(at + 32));
+                ao[t] = _mm512_dpwssd_epi32(ao[t], e3, _mm512_loadu_si512(at + 96));
+            }
+        }
+        const __m128i mv = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)m));
+        for (int t = 0; t < NT; ++t) {
+            const PackedA16& at = a[t * a_stride + i];
+            const __m256i e8 = fold(ae[t]), o8 = fold(ao[t]);
+            const __m128i e4 = _mm_add_epi32(_mm256_castsi256_si128(e8), _mm256_extracti128_si256(e8, 1));
+            const __m128i o4 = _mm_add_epi32(_mm256_castsi256_si128(o8), _mm256_extracti128_si256(o8, 1));
+            const __m256i l8 = _mm256_set_m128i(_mm_unpackhi_epi32(e4, o4), _mm_unpacklo_epi32(e4, o4));
+            const float dd = h2f(d16) * at.d;
+            sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(l8)));
             const int32_t summ = hsum4(_mm_madd_epi16(mv, _mm_loadu_si128((const __m128i*)at.bs8)));
             const float dm = h2f(dmin16) * at.d;
             sumf[t] -= dm * (float)summ;
@@ -206,8 +275,8 @@ void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
         const uint8_t* qhb = row + 128;
         const int8_t* scales = (const int8_t*)(row + 192);
         const uint16_t d16 = *(const uint16_t*)(row + 208);
-        __m512i acc[NT];
-        for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_si512();
+        __m512i acc[NT], acc2[NT];
+        for (int t = 0; t < NT; ++t) acc[t] = acc2[t] = _mm512_setzero_si512();
         for (int h = 0; h < 2; ++h) {
             const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h));
             const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h + 32));
@@ -226,13 +295,16 @@ void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
                 const __m512i s = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(scales[sb]),
                                                           _mm512_set1_epi16(scales[sb + 1]));
                 const __m512i w = _mm512_mullo_epi16(_mm512_sub_epi16(pairs_u8_to_i16(u[k]), off), s);
-                for (int t = 0; t < NT; ++t)
-                    acc[t] = _mm512_dpwssd_epi32(acc[t], w, _mm512_loadu_si512(a[t * a_stride + i].a + 128 * h + 32 * k));
+                for (int t = 0; t < NT; ++t) {
+                    __m512i& ak = kChains<NT> == 2 && (k & 1) ? acc2[t] : acc[t];
+                    ak = _mm512_dpwssd_epi32(ak, w, _mm512_loadu_si512(a[t * a_stride + i].a + 128 * h + 32 * k));
+                }
             }
         }
         for (int t = 0; t < NT; ++t) {
             const float dd = h2f(d16) * a[t * a_stride + i].d;
-            sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(fold(acc[t]))));
+            const __m512i l = kChains<NT> == 2 ? _mm512_add_epi32(acc[t], acc2[t]) : acc[t];
+            sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(fold(l))));
         }
     }
     for (int t = 0; t < NT; ++t) y[t * y_stride] = finish(sums[t], 0.0f);
@@ -241,7 +313,7 @@ void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
 template <int NT>
 void rows_nt(int type, const uint8_t* w, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t ys) {
     switch (type) {
-        case T_Q4_K: k45_rows<false, NT>(w, a, a_stride, nb, y, ys); break;
+        case T_Q4_K: q4_k_rows<NT>(w, a, a_stride, nb, y, ys); break;
         case T_Q5_K: k45_rows<true, NT>(w, a, a_stride, nb, y, ys); break;
         default: q6_k_rows<NT>(w, a, a_stride, nb, y, ys); break;
     }
@@ -265,6 +337,94 @@ void rows_dot(int type, const void* w, const PackedA16* a, int64_t a_stride, int
             case 3: rows_nt<3>(type, row, at, a_stride, nb, yt, y_stride); break;
             case 2: rows_nt<2>(type, row, at, a_stride, nb, yt, y_stride); break;
             default: rows_nt<1>(type, row, at, a_stride, nb, yt, y_stride); break;
+        }
+    }
+}
+
+// ---- Decode of Q8_0: one raw weight row against up to 8 PackedA8 tokens ----
+// 16 blocks per step: two blocks per zmm (levels + 128, as vpdpbusd's unsigned operand), one vpdpbusd
+// per pair and token, a transposing reduction to the 16 block sums in order, minus 128 * sum(a); then
+// the reference's float step, (float)sumi * (d_w * d_a), on 16 lanes and the 16 adds into sumf in
+// block order (q8_0_vec_dot's serial sum). Each token's result is that of a one-token call.
+
+// s[j]: dwords 0-7 sum block 2j, dwords 8-15 block 2j+1 -> the 16 block sums, block i in dword i.
+inline __m512i block_sums16(const __m512i (&s)[8]) {
+    __m512i t[4], u[2];
+    for (int j = 0; j < 4; ++j)
+        t[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(s[2 * j], s[2 * j + 1]), _mm512_unpackhi_epi32(s[2 * j], s[2 * j + 1]));
+    for (int j = 0; j < 2; ++j)
+        u[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * j], t[2 * j + 1]), _mm512_unpackhi_epi64(t[2 * j], t[2 * j + 1]));
+    // u[j] 128-bit lane L, dword q: the part of s[4j + q] in its lane L (blocks 2(4j+q) in L 0-1, +1 in L 2-3).
+    const __m512i v = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                       _mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    // v lanes: blocks {0,2,4,6}, {1,3,5,7}, {8,10,12,14}, {9,11,13,15}.
+    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15), v);
+}
+
+template <int NT>
+void q8_0_rows(const uint8_t* row, const qi::PackedA8* a, int64_t as, int64_t ng, float* y, int64_t ys) {
+    constexpr int64_t kB = sizeof(block_q8_0);
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const __m512i a_idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                             _mm512_set1_epi32((int)(sizeof(qi::PackedA8) / 4)));
+    float sumf[NT];
+    for (int t = 0; t < NT; ++t) sumf[t] = 0;
+    int64_t g = 0;
+    for (; g + 16 <= ng; g += 16) {
+        const uint8_t* b = row + g * kB;
+        _mm_prefetch((const char*)(b + 16 * kB * 4), _MM_HINT_T0);
+        __m512i wv[8];
+        alignas(32) uint16_t dh[16];
+        for (int i = 0; i < 16; ++i) __builtin_memcpy(&dh[i], b + i * kB, 2);
+        for (int j = 0; j < 8; ++j) {
+            const __m256i lo = _mm256_loadu_si256((const __m256i*)(b + 2 * j * kB + 2));
+            const __m256i hi = _mm256_loadu_si256((const __m256i*)(b + (2 * j + 1) * kB + 2));
+            wv[j] = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), flip);
+        }
+        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i*)dh));
+        for (int t = 0; t < NT; ++t) {
+            const qi::PackedA8* at = a + t * as + g;
+            __m512i sv[8];
+            for (int j = 0; j < 8; ++j) {
+                const __m512i av = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)at[2 * j].q)),
+                    _mm256_loadu_si256((const __m256i*)at[2 * j + 1].q), 1);
+                sv[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[j], av);
+            }
+            const __m512i asum = _mm512_i32gather_epi32(a_idx, &at[0].sum, 4);
+            const __m512 ad = _mm512_i32gather_ps(a_idx, &at[0].d, 4);
+            const __m512i sumi = _mm512_sub_epi32(block_sums16(sv), _mm512_slli_epi32(asum, 7));
+            alignas(64) float c[16];
+            _mm512_store_ps(c, _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(dw, ad)));
+            for (int i = 0; i < 16; ++i) sumf[t] += c[i];
+        }
+    }
+    for (; g < ng; ++g) {
+        const block_q8_0& bw = *(const block_q8_0*)(row + g * kB);
+        for (int t = 0; t < NT; ++t) {
+            const qi::PackedA8& at = a[t * as + g];
+            int32_t sumi = 0;
+            for (int j = 0; j < 32; ++j) sumi += bw.qs[j] * at.q[j];
+            sumf[t] += (float)sumi * (h2f(bw.d) * at.d);
+        }
+    }
+    for (int t = 0; t < NT; ++t) y[t * ys] = sumf[t];
+}
+
+void rows8_dot(const void* w, const qi::PackedA8* a, int64_t as, int nt, int64_t ng, float* y, int64_t ys) {
+    const uint8_t* row = (const uint8_t*)w;
+    for (int t = 0; t < nt; t += 8) {
+        const qi::PackedA8* at = a + t * as;
+        float* yt = y + t * ys;
+        switch (std::min(8, nt - t)) {
+            case 8: q8_0_rows<8>(row, at, as, ng, yt, ys); break;
+            case 7: q8_0_rows<7>(row, at, as, ng, yt, ys); break;
+            case 6: q8_0_rows<6>(row, at, as, ng, yt, ys); break;
+            case 5: q8_0_rows<5>(row, at, as, ng, yt, ys); break;
+            case 4: q8_0_rows<4>(row, at, as, ng, yt, ys); break;
+            case 3: q8_0_rows<3>(row, at, as, ng, yt, ys); break;
+            case 2: q8_0_rows<2>(row, at, as, ng, yt, ys); break;
+            default: q8_0_rows<1>(row, at, as, ng, yt, ys); break;
         }
     }
 }
@@ -330,6 +490,6 @@ void tile8_any(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t
 }  // namespace
 
 extern const QgemmKernels kQgemmAvx512;
-const QgemmKernels kQgemmAvx512 = {"avx512vnni", 4, 4, tile_any<Tile512>, rows_dot, 8, tile8_any};
+const QgemmKernels kQgemmAvx512 = {"avx512vnni", 4, 4, tile_any<Tile512>, rows_dot, 8, tile8_any, rows8_dot};
 
 }  // namespace pq
