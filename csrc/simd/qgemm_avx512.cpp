@@ -119,16 +119,19 @@ inline __m512i pairs_u8_to_i16(__m256i v) {
     return _mm512_cvtepu8_epi16(_mm256_unpacklo_epi8(v, _mm256_bsrli_epi128(v, 8)));
 }
 
-// The 6-bit scales and mins of a Q4_K/Q5_K block (ggml's get_scale_min_k4 for j = 0..7).
-inline void scales_k4(const uint8_t* q, uint8_t* sc, uint8_t* m) {
-    for (int j = 0; j < 4; ++j) {
-        sc[j] = q[j] & 63;
-        m[j] = q[j + 4] & 63;
-    }
-    for (int j = 4; j < 8; ++j) {
-        sc[j] = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-        m[j] = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-    }
+// The same 6-bit scales and mins as 8 int16 each, computed in general registers on the three 32-bit
+// words: byte stores into an array read back as one vector stall on store forwarding (two per block,
+// which made the Q4_K decode slower per byte than Q6_K's).
+inline void scales_k4_16(const uint8_t* q, __m128i& sc, __m128i& m) {
+    uint32_t u0, u1, u2;
+    __builtin_memcpy(&u0, q, 4);
+    __builtin_memcpy(&u1, q + 4, 4);
+    __builtin_memcpy(&u2, q + 8, 4);
+    const uint32_t sc_lo = u0 & 0x3F3F3F3Fu, m_lo = u1 & 0x3F3F3F3Fu;
+    const uint32_t sc_hi = (u2 & 0x0F0F0F0Fu) | (((u0 >> 6) & 0x03030303u) << 4);
+    const uint32_t m_hi = ((u2 >> 4) & 0x0F0F0F0Fu) | (((u1 >> 6) & 0x03030303u) << 4);
+    sc = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)(sc_lo | (uint64_t)sc_hi << 32)));
+    m = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)(m_lo | (uint64_t)m_hi << 32)));
 }
 
 inline float finish(__m256 sums, float sumf) {
@@ -166,8 +169,10 @@ void k45_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t 
         const uint8_t* scales = row + 4;
         const uint8_t* qh = row + 16;  // Q5_K only
         const uint8_t* qs = Q5 ? row + 48 : row + 16;
-        uint8_t sc[8], m[8];
-        scales_k4(scales, sc, m);
+        __m128i sc16, mv;
+        scales_k4_16(scales, sc16, mv);
+        alignas(16) int16_t sc[8];
+        _mm_store_si128((__m128i*)sc, sc16);
         __m512i acc[NT], acc2[NT];  // two dependency chains per token (see kChains)
         for (int t = 0; t < NT; ++t) acc[t] = acc2[t] = _mm512_setzero_si512();
         const __m256i h = Q5 ? _mm256_loadu_si256((const __m256i*)qh) : _mm256_setzero_si256();
@@ -188,7 +193,6 @@ void k45_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t 
                 ah = _mm512_dpwssd_epi32(ah, wh, _mm512_loadu_si512(at.a + 64 * g + 32));
             }
         }
-        const __m128i mv = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)m));
         for (int t = 0; t < NT; ++t) {
             const PackedA16& at = a[t * a_stride + i];
             const float dd = h2f(d16) * at.d;
@@ -224,10 +228,14 @@ void q4_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
         sumf[t] = 0;
     }
     for (int64_t i = 0; i < nb; ++i, row += sizeof(block_q4_K)) {
+        // 1 KiB ahead (the next row's first blocks near a row's end: rows are contiguous).
+        _mm_prefetch((const char*)row + 1024, _MM_HINT_T0);
+        _mm_prefetch((const char*)row + 1024 + 64, _MM_HINT_T0);
+        _mm_prefetch((const char*)row + 1024 + 128, _MM_HINT_T0);
         const uint16_t d16 = *(const uint16_t*)row, dmin16 = *(const uint16_t*)(row + 2);
-        uint8_t sc[8], m[8];
-        scales_k4(row + 4, sc, m);
-        const __m512i scz = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)sc)));
+        __m128i sc16, mv;
+        scales_k4_16(row + 4, sc16, mv);
+        const __m512i scz = _mm512_broadcast_i32x4(sc16);
         __m512i ae[NT], ao[NT];
         for (int t = 0; t < NT; ++t) ae[t] = ao[t] = _mm512_setzero_si512();
         for (int G = 0; G < 2; ++G) {
@@ -246,7 +254,6 @@ void q4_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
                 ao[t] = _mm512_dpwssd_epi32(ao[t], e3, _mm512_loadu_si512(at + 96));
             }
         }
-        const __m128i mv = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)m));
         for (int t = 0; t < NT; ++t) {
             const PackedA16& at = a[t * a_stride + i];
             const __m256i e8 = fold(ae[t]), o8 = fold(ao[t]);
