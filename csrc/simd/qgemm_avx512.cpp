@@ -119,6 +119,15 @@ inline __m512i pairs_u8_to_i16(__m256i v) {
     return _mm512_cvtepu8_epi16(_mm256_unpacklo_epi8(v, _mm256_bsrli_epi128(v, 8)));
 }
 
+// Software prefetch of the 192 bytes 1 KiB ahead of a decode kernel's read position: with the rows
+// contiguous this runs into the next row near a row's end. Without it the one-thread Q4_K decode
+// streamed 5.9 GB per CPU-second, with it 10.7 (the plain read loop: 12.1).
+inline void prefetch_ahead(const uint8_t* p) {
+    _mm_prefetch((const char*)p + 1024, _MM_HINT_T0);
+    _mm_prefetch((const char*)p + 1024 + 64, _MM_HINT_T0);
+    _mm_prefetch((const char*)p + 1024 + 128, _MM_HINT_T0);
+}
+
 // The same 6-bit scales and mins as 8 int16 each, computed in general registers on the three 32-bit
 // words: byte stores into an array read back as one vector stall on store forwarding (two per block,
 // which made the Q4_K decode slower per byte than Q6_K's).
@@ -165,6 +174,7 @@ void k45_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t 
         sumf[t] = 0;
     }
     for (int64_t i = 0; i < nb; ++i, row += kBytes) {
+        prefetch_ahead(row);
         const uint16_t d16 = *(const uint16_t*)row, dmin16 = *(const uint16_t*)(row + 2);
         const uint8_t* scales = row + 4;
         const uint8_t* qh = row + 16;  // Q5_K only
@@ -228,10 +238,7 @@ void q4_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
         sumf[t] = 0;
     }
     for (int64_t i = 0; i < nb; ++i, row += sizeof(block_q4_K)) {
-        // 1 KiB ahead (the next row's first blocks near a row's end: rows are contiguous).
-        _mm_prefetch((const char*)row + 1024, _MM_HINT_T0);
-        _mm_prefetch((const char*)row + 1024 + 64, _MM_HINT_T0);
-        _mm_prefetch((const char*)row + 1024 + 128, _MM_HINT_T0);
+        prefetch_ahead(row);
         const uint16_t d16 = *(const uint16_t*)row, dmin16 = *(const uint16_t*)(row + 2);
         __m128i sc16, mv;
         scales_k4_16(row + 4, sc16, mv);
@@ -278,6 +285,8 @@ void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
     __m256 sums[NT];
     for (int t = 0; t < NT; ++t) sums[t] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; ++i, row += sizeof(block_q6_K)) {
+        prefetch_ahead(row);
+        _mm_prefetch((const char*)row + 1024 + 192, _MM_HINT_T0);  // 210-byte blocks
         const uint8_t* ql = row;
         const uint8_t* qhb = row + 128;
         const int8_t* scales = (const int8_t*)(row + 192);
@@ -379,7 +388,7 @@ void q8_0_rows(const uint8_t* row, const qi::PackedA8* a, int64_t as, int64_t ng
     int64_t g = 0;
     for (; g + 16 <= ng; g += 16) {
         const uint8_t* b = row + g * kB;
-        _mm_prefetch((const char*)(b + 16 * kB * 4), _MM_HINT_T0);
+        for (int k = 0; k < 9; ++k) _mm_prefetch((const char*)b + 1024 + 64 * k, _MM_HINT_T0);  // 544 bytes/step
         __m512i wv[8];
         alignas(32) uint16_t dh[16];
         for (int i = 0; i < 16; ++i) __builtin_memcpy(&dh[i], b + i * kB, 2);
