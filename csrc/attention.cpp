@@ -76,13 +76,17 @@ void attention_head(const float* q, const uint8_t* K, size_t k_stride, int k_typ
     for (int64_t s = 0; s < n_keys; ++s) v_axpy(o, V + s * v_stride, p[s] / sum, D, v_type, tmp.data());
 }
 
+bool attention_rows_uses_scores(int k_type, int v_type, int64_t D) {
+    return !(k_type == T_F16 && v_type == T_F16 && simd_kernels().attention_rows_f16 && D % 8 == 0 && flash_enabled());
+}
+
 void attention_rows(const float* q, int64_t q_stride, int64_t M, const int64_t* n_keys, const uint8_t* K,
                     size_t k_stride, int k_type, const uint8_t* V, size_t v_stride, int v_type, int64_t D, float scale,
                     float* S, float* o, int64_t o_stride) {
     if (M <= 0) return;
     const int64_t L = n_keys[M - 1];
     const SimdKernels& sk = simd_kernels();
-    if (k_type == T_F16 && v_type == T_F16 && sk.attention_rows_f16 && D % 8 == 0 && flash_enabled()) {
+    if (!attention_rows_uses_scores(k_type, v_type, D)) {
         sk.attention_rows_f16(q, q_stride, M, n_keys, K, k_stride, V, v_stride, D, scale, o, o_stride);
         return;
     }

@@ -181,12 +181,12 @@ static void pack_activations(ThreadPool& pool, const float* x, int64_t n_tok, in
 
 bool qgemv(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y, const QgemmKernels* kern) {
     const QgemmKernels& k = kern ? *kern : qgemm_kernels();
-    if (W.type == T_Q8_0 && k.row8) {
+    if (const Group8Type* gt = group8_type(W.type); gt && k.row8) {
         const int64_t K = W.ne0, N = W.ne1, ng = K / 32;
         std::vector<qi::PackedA8> act((size_t)(n_tok * ng));
-        for (int64_t t = 0; t < n_tok; ++t) qi::q8_0_pack_a8(x + t * K, K, &act[t * ng]);
+        for (int64_t t = 0; t < n_tok; ++t) gt->pack_act(x + t * K, K, &act[t * ng]);
         pool.parallel_for(N, [&](int64_t r0, int64_t r1, int) {
-            for (int64_t r = r0; r < r1; ++r) k.row8(W.row(r), act.data(), ng, (int)n_tok, ng, y + r, N);
+            for (int64_t r = r0; r < r1; ++r) k.row8(W.type, W.row(r), act.data(), ng, (int)n_tok, ng, y + r, N);
         });
         return true;
     }

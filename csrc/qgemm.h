@@ -39,10 +39,10 @@ using QgemvRowFn = void (*)(int type, const void* w, const qi::PackedA16* a, int
 using QgemmTile8Fn = void (*)(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t a_stride, int nt,
                               bool scaled, float* y, int64_t ldy, int nr);
 
-// Decode of Q8_0: one raw weight row against nt tokens of ng PackedA8 groups (token t's at a + t *
-// a_stride), y[t * y_stride]; every token's result is that of nt = 1 and of q8_0_vec_dot.
-using QgemvRow8Fn = void (*)(const void* w, const qi::PackedA8* a, int64_t a_stride, int nt, int64_t ng, float* y,
-                             int64_t y_stride);
+// Decode of Q8_0 and IQ4_XS: one raw weight row against nt tokens of ng PackedA8 groups (token t's at
+// a + t * a_stride), y[t * y_stride]; every token's result is that of nt = 1 and of the reference dot.
+using QgemvRow8Fn = void (*)(int type, const void* w, const qi::PackedA8* a, int64_t a_stride, int nt, int64_t ng,
+                             float* y, int64_t y_stride);
 
 struct QgemmKernels {
     const char* name;  // "ref", "avx2", "avx512vnni"
@@ -51,7 +51,7 @@ struct QgemmKernels {
     QgemvRowFn row;    // nullptr: decode keeps quants.h's vec_dot
     int tmax8;         // tokens per tile8 call
     QgemmTile8Fn tile8;
-    QgemvRow8Fn row8;  // Q8_0 decode; nullptr: quants.h's vec_dot
+    QgemvRow8Fn row8;  // Q8_0/IQ4_XS decode; nullptr: quants.h's vec_dot
 };
 
 // True for the weight types qgemm handles.

@@ -89,14 +89,18 @@ def test_qgemm_rejects_bad_calls():
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
-@pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K, Q8_0], ids=["q4_K", "q5_K", "q6_K", "q8_0"])
+@pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K, Q8_0, IQ4_XS], ids=["q4_K", "q5_K", "q6_K", "q8_0", "iq4_xs"])
 @pytest.mark.parametrize("n_tok", [1, 2, 5, 8, 11])
 def test_qgemv_bit_identical(t, kernels, n_tok):
-    """The decode row kernels (sets that have one; the others fall back to the GEMM) against the spec."""
+    """The decode row kernels (sets that have one; the others fall back to the GEMM) against the spec.
+    K = 1280: 5 super-blocks, 40 groups of 32 (the 32-value kernels' 16-group steps and a tail)."""
     rng = np.random.default_rng(100 + n_tok + t)
     n_in, n_out = 1280, 21
-    w = np.concatenate([core.quantize(t, rng.standard_normal((n_out - 1, n_in)).astype(np.float32)).reshape(-1),
-                        raw_blocks(t, n_in // BLOCK_VALUES[t], rng)])
+    if t == IQ4_XS:  # no quantizer here: raw blocks
+        w = group_weights(t, n_out, n_in, rng)
+    else:
+        w = np.concatenate([core.quantize(t, rng.standard_normal((n_out - 1, n_in)).astype(np.float32)).reshape(-1),
+                            raw_blocks(t, n_in // BLOCK_VALUES[t], rng)])
     x = (rng.standard_normal((n_tok, n_in)) * 5).astype(np.float32)
     ref = T.quant_matmul_ref(t, w, n_in, n_out, x, 1)
     for threads in (1, 2):

@@ -357,11 +357,11 @@ void rows_dot(int type, const void* w, const PackedA16* a, int64_t a_stride, int
     }
 }
 
-// ---- Decode of Q8_0: one raw weight row against up to 8 PackedA8 tokens ----
-// 16 blocks per step: two blocks per zmm (levels + 128, as vpdpbusd's unsigned operand), one vpdpbusd
-// per pair and token, a transposing reduction to the 16 block sums in order, minus 128 * sum(a); then
-// the reference's float step, (float)sumi * (d_w * d_a), on 16 lanes and the 16 adds into sumf in
-// block order (q8_0_vec_dot's serial sum). Each token's result is that of a one-token call.
+// ---- Decode of Q8_0 and IQ4_XS: one raw weight row against up to 8 PackedA8 tokens ----
+// 16 groups of 32 per step: two groups per zmm (levels + 128, as vpdpbusd's unsigned operand), one
+// vpdpbusd per pair and token, a transposing reduction to the 16 group sums in order, minus 128 *
+// sum(a); then the reference's float step on 16 lanes and the 16 adds into sumf in group order (the
+// reference dots' serial sum). Each token's result is that of a one-token call.
 
 // s[j]: dwords 0-7 sum block 2j, dwords 8-15 block 2j+1 -> the 16 block sums, block i in dword i.
 inline __m512i block_sums16(const __m512i (&s)[8]) {
@@ -377,12 +377,37 @@ inline __m512i block_sums16(const __m512i (&s)[8]) {
     return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15), v);
 }
 
+// The 16 groups g..g+15 of NT tokens against the weight groups in wv (levels + 128, two groups per
+// register): sumf[t] += c * sumi per group in order, c = d_w * d_a (SCALED: times ls), as the reference
+// dots' float steps (q8_0_vec_dot: sumi * (d_w * d_a); iq4_xs_vec_dot: (d_w * d_a * ls) * sumi).
+template <int NT, bool SCALED>
+inline void groups16(const __m512i (&wv)[8], __m512 dw, __m512 ls, const qi::PackedA8* a, int64_t as, int64_t g,
+                     float* sumf) {
+    const __m512i a_idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                             _mm512_set1_epi32((int)(sizeof(qi::PackedA8) / 4)));
+    for (int t = 0; t < NT; ++t) {
+        const qi::PackedA8* at = a + t * as + g;
+        __m512i sv[8];
+        for (int j = 0; j < 8; ++j) {
+            const __m512i av = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)at[2 * j].q)),
+                                                  _mm256_loadu_si256((const __m256i*)at[2 * j + 1].q), 1);
+            sv[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[j], av);
+        }
+        const __m512i asum = _mm512_i32gather_epi32(a_idx, &at[0].sum, 4);
+        const __m512 ad = _mm512_i32gather_ps(a_idx, &at[0].d, 4);
+        const __m512i sumi = _mm512_sub_epi32(block_sums16(sv), _mm512_slli_epi32(asum, 7));
+        __m512 c = _mm512_mul_ps(dw, ad);
+        if (SCALED) c = _mm512_mul_ps(c, ls);
+        alignas(64) float prod[16];
+        _mm512_store_ps(prod, _mm512_mul_ps(c, _mm512_cvtepi32_ps(sumi)));
+        for (int i = 0; i < 16; ++i) sumf[t] += prod[i];
+    }
+}
+
 template <int NT>
 void q8_0_rows(const uint8_t* row, const qi::PackedA8* a, int64_t as, int64_t ng, float* y, int64_t ys) {
     constexpr int64_t kB = sizeof(block_q8_0);
     const __m512i flip = _mm512_set1_epi8((char)0x80);
-    const __m512i a_idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                             _mm512_set1_epi32((int)(sizeof(qi::PackedA8) / 4)));
     float sumf[NT];
     for (int t = 0; t < NT; ++t) sumf[t] = 0;
     int64_t g = 0;
@@ -397,23 +422,8 @@ void q8_0_rows(const uint8_t* row, const qi::PackedA8* a, int64_t as, int64_t ng
             const __m256i hi = _mm256_loadu_si256((const __m256i*)(b + (2 * j + 1) * kB + 2));
             wv[j] = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), flip);
         }
-        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i*)dh));
-        for (int t = 0; t < NT; ++t) {
-            const qi::PackedA8* at = a + t * as + g;
-            __m512i sv[8];
-            for (int j = 0; j < 8; ++j) {
-                const __m512i av = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)at[2 * j].q)),
-                    _mm256_loadu_si256((const __m256i*)at[2 * j + 1].q), 1);
-                sv[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[j], av);
-            }
-            const __m512i asum = _mm512_i32gather_epi32(a_idx, &at[0].sum, 4);
-            const __m512 ad = _mm512_i32gather_ps(a_idx, &at[0].d, 4);
-            const __m512i sumi = _mm512_sub_epi32(block_sums16(sv), _mm512_slli_epi32(asum, 7));
-            alignas(64) float c[16];
-            _mm512_store_ps(c, _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(dw, ad)));
-            for (int i = 0; i < 16; ++i) sumf[t] += c[i];
-        }
+        groups16<NT, false>(wv, _mm512_cvtph_ps(_mm256_load_si256((const __m256i*)dh)), _mm512_setzero_ps(), a, as, g,
+                            sumf);
     }
     for (; g < ng; ++g) {
         const block_q8_0& bw = *(const block_q8_0*)(row + g * kB);
@@ -427,20 +437,78 @@ void q8_0_rows(const uint8_t* row, const qi::PackedA8* a, int64_t as, int64_t ng
     for (int t = 0; t < NT; ++t) y[t * ys] = sumf[t];
 }
 
-void rows8_dot(const void* w, const qi::PackedA8* a, int64_t as, int nt, int64_t ng, float* y, int64_t ys) {
+// IQ4_XS: two super-blocks (16 groups of 32) per step. A group's 16 bytes give its values 0-15 (low
+// nibbles) and 16-31 (high); one in-lane byte shuffle looks the 4-bit indices up in the codebook.
+inline int iq4_xs_ls(const uint8_t* blk, int ib) {
+    const int lo = (blk[4 + ib / 2] >> (4 * (ib % 2))) & 0xF;
+    const int hi = (*(const uint16_t*)(blk + 2) >> (2 * ib)) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+template <int NT>
+void iq4_xs_rows(const uint8_t* row, const qi::PackedA8* a, int64_t as, int64_t ng, float* y, int64_t ys) {
+    constexpr int64_t kB = sizeof(block_iq4_xs);
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)kvalues_iq4nl));
+    const __m512i flip = _mm512_set1_epi8((char)0x80), m4 = _mm512_set1_epi8(0x0F);
+    float sumf[NT];
+    for (int t = 0; t < NT; ++t) sumf[t] = 0;
+    int64_t g = 0;
+    for (; g + 16 <= ng; g += 16) {
+        const uint8_t* b = row + (g / 8) * kB;
+        prefetch_ahead(b);
+        prefetch_ahead(b + 192);
+        __m512i wv[8];
+        alignas(64) float ls[16];
+        for (int sb = 0; sb < 2; ++sb) {
+            const uint8_t* blk = b + sb * kB;
+            for (int ib = 0; ib < 8; ++ib) ls[8 * sb + ib] = (float)iq4_xs_ls(blk, ib);
+            for (int p = 0; p < 4; ++p) {
+                const __m512i raw = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(blk + 8 + 32 * p)));
+                const __m512i nib = _mm512_inserti64x4(_mm512_and_si512(raw, m4),
+                                                       _mm512_castsi512_si256(_mm512_and_si512(_mm512_srli_epi16(raw, 4), m4)), 1);
+                // lanes lo(2p), lo(2p+1), hi(2p), hi(2p+1) -> lo(2p), hi(2p), lo(2p+1), hi(2p+1)
+                const __m512i idx = _mm512_shuffle_i64x2(nib, nib, _MM_SHUFFLE(3, 1, 2, 0));
+                wv[4 * sb + p] = _mm512_xor_si512(_mm512_shuffle_epi8(lut, idx), flip);
+            }
+        }
+        const __m512 dw = _mm512_insertf32x8(_mm512_set1_ps(h2f(*(const uint16_t*)b)),
+                                             _mm256_set1_ps(h2f(*(const uint16_t*)(b + kB))), 1);
+        groups16<NT, true>(wv, dw, _mm512_load_ps(ls), a, as, g, sumf);
+    }
+    for (; g < ng; ++g) {  // an odd last super-block
+        const uint8_t* blk = row + (g / 8) * kB;
+        const int ib = (int)(g % 8);
+        const uint8_t* qs = blk + 8 + 16 * ib;
+        for (int t = 0; t < NT; ++t) {
+            const qi::PackedA8& at = a[t * as + g];
+            int32_t sumi = 0;
+            for (int j = 0; j < 16; ++j) sumi += kvalues_iq4nl[qs[j] & 0xF] * at.q[j] + kvalues_iq4nl[qs[j] >> 4] * at.q[j + 16];
+            sumf[t] += ((h2f(*(const uint16_t*)blk) * at.d) * (float)iq4_xs_ls(blk, ib)) * (float)sumi;
+        }
+    }
+    for (int t = 0; t < NT; ++t) y[t * ys] = sumf[t];
+}
+
+template <int NT>
+void rows8_nt(int type, const uint8_t* row, const qi::PackedA8* a, int64_t as, int64_t ng, float* y, int64_t ys) {
+    if (type == T_IQ4_XS) iq4_xs_rows<NT>(row, a, as, ng, y, ys);
+    else q8_0_rows<NT>(row, a, as, ng, y, ys);
+}
+
+void rows8_dot(int type, const void* w, const qi::PackedA8* a, int64_t as, int nt, int64_t ng, float* y, int64_t ys) {
     const uint8_t* row = (const uint8_t*)w;
     for (int t = 0; t < nt; t += 8) {
         const qi::PackedA8* at = a + t * as;
         float* yt = y + t * ys;
         switch (std::min(8, nt - t)) {
-            case 8: q8_0_rows<8>(row, at, as, ng, yt, ys); break;
-            case 7: q8_0_rows<7>(row, at, as, ng, yt, ys); break;
-            case 6: q8_0_rows<6>(row, at, as, ng, yt, ys); break;
-            case 5: q8_0_rows<5>(row, at, as, ng, yt, ys); break;
-            case 4: q8_0_rows<4>(row, at, as, ng, yt, ys); break;
-            case 3: q8_0_rows<3>(row, at, as, ng, yt, ys); break;
-            case 2: q8_0_rows<2>(row, at, as, ng, yt, ys); break;
-            default: q8_0_rows<1>(row, at, as, ng, yt, ys); break;
+            case 8: rows8_nt<8>(type, row, at, as, ng, yt, ys); break;
+            case 7: rows8_nt<7>(type, row, at, as, ng, yt, ys); break;
+            case 6: rows8_nt<6>(type, row, at, as, ng, yt, ys); break;
+            case 5: rows8_nt<5>(type, row, at, as, ng, yt, ys); break;
+            case 4: rows8_nt<4>(type, row, at, as, ng, yt, ys); break;
+            case 3: rows8_nt<3>(type, row, at, as, ng, yt, ys); break;
+            case 2: rows8_nt<2>(type, row, at, as, ng, yt, ys); break;
+            default: rows8_nt<1>(type, row, at, as, ng, yt, ys); break;
         }
     }
 }
