@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "formats.h"
@@ -44,6 +46,16 @@ inline void v_axpy(float* acc, const uint8_t* row, float p, int64_t D, int v_typ
     for (int64_t i = 0; i < D; ++i) acc[i] += p * r[i];
 }
 
+// PYQWEN_FLASH_ATTN=off keeps the F16 cache on the reference form below: the before/after switch for
+// benchmarks (read once).
+bool flash_enabled() {
+    static const bool on = [] {
+        const char* e = std::getenv("PYQWEN_FLASH_ATTN");
+        return !(e && !std::strcmp(e, "off"));
+    }();
+    return on;
+}
+
 }  // namespace
 
 void attention_head(const float* q, const uint8_t* K, size_t k_stride, int k_type, const uint8_t* V, size_t v_stride,
@@ -64,12 +76,20 @@ void attention_head(const float* q, const uint8_t* K, size_t k_stride, int k_typ
     for (int64_t s = 0; s < n_keys; ++s) v_axpy(o, V + s * v_stride, p[s] / sum, D, v_type, tmp.data());
 }
 
+bool attention_rows_uses_scores(int k_type, int v_type, int64_t D) {
+    return !(k_type == T_F16 && v_type == T_F16 && simd_kernels().attention_rows_f16 && D % 8 == 0 && flash_enabled());
+}
+
 void attention_rows(const float* q, int64_t q_stride, int64_t M, const int64_t* n_keys, const uint8_t* K,
                     size_t k_stride, int k_type, const uint8_t* V, size_t v_stride, int v_type, int64_t D, float scale,
                     float* S, float* o, int64_t o_stride) {
     if (M <= 0) return;
     const int64_t L = n_keys[M - 1];
     const SimdKernels& sk = simd_kernels();
+    if (!attention_rows_uses_scores(k_type, v_type, D)) {
+        sk.attention_rows_f16(q, q_stride, M, n_keys, K, k_stride, V, v_stride, D, scale, o, o_stride);
+        return;
+    }
     // S is key-major, S[s * M + i]: each pass below walks keys in order and, per key, the rows that see it
     // (a suffix i >= first(s): n_keys is non-decreasing), so every row's own sequence of operations is
     // attention_head's while the memory walks stay contiguous.

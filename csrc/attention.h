@@ -27,4 +27,8 @@ void attention_rows(const float* q, int64_t q_stride, int64_t M, const int64_t* 
                     size_t k_stride, int k_type, const uint8_t* V, size_t v_stride, int v_type, int64_t D, float scale,
                     float* S, float* o, int64_t o_stride);
 
+// Whether attention_rows reads and writes S for these types under the selected kernel set: F16 K and V
+// take the flash-style kernel (simd/attn_flash.h), which keeps no M x n_keys scores (S may be null).
+bool attention_rows_uses_scores(int k_type, int v_type, int64_t D);
+
 }  // namespace pq

@@ -260,7 +260,7 @@ void bind_quants_testing(py::module_& m) {
           "activations quantized per row, integer dot per weight row.");
     m.def("qgemm", &py_qgemm, py::arg("type"), py::arg("w"), py::arg("n_in"), py::arg("n_out"), py::arg("x"),
           py::arg("kernels") = "auto", py::arg("n_threads") = 1, py::arg("gemv") = false,
-          "Prefill GEMM y[T, n_out] on k-quant weights with the named micro-kernel set (bit-identical to "
+          "Prefill GEMM y[T, n_out] on Q4_K/Q5_K/Q6_K/Q8_0/IQ4_XS weights with the named micro-kernel set (bit-identical to "
           "quant_matmul_ref at every level); gemv=True takes the decode row kernel where the set has one.");
     m.def("qgemm_kernels", &py_qgemm_kernels, "Micro-kernel sets of qgemm available on this CPU.");
     m.def("qgemm_default", []() { return std::string(qgemm_kernels().name); }, "The set qgemm picks here.");

@@ -467,9 +467,11 @@ void Model::attn_layer(const LayerWeights& L, uint8_t* Kc, uint8_t* Vc, const St
     const size_t k_head = st.k_row_bytes / Hkv, v_head = st.v_row_bytes / Hkv;
     // Work items: one KV head x a block of tokens, i.e. the M = tokens x group query rows that read the
     // same K/V rows (attention_rows reads each row once for all of them). The block keeps the score
-    // scratch (M x keys floats) near 16 MiB however long the context.
+    // scratch (M x keys floats, when the kernel keeps one) near 16 MiB however long the context.
     const int64_t keys_max = pos0 + n;
-    const int64_t block = std::max<int64_t>(1, std::min<int64_t>(16, (int64_t(4) << 20) / (group * keys_max)));
+    const bool scores = attention_rows_uses_scores(st.kv_type.k, st.kv_type.v, D);
+    const int64_t block =
+        scores ? std::max<int64_t>(1, std::min<int64_t>(16, (int64_t(4) << 20) / (group * keys_max))) : 16;
     const int64_t n_blocks = (n + block - 1) / block;
     pool_.parallel_for(Hkv * n_blocks, [&](int64_t i0, int64_t i1, int) {
         std::vector<float> qb(block * group * D), ob(block * group * D), S;
@@ -483,7 +485,7 @@ void Model::attn_layer(const LayerWeights& L, uint8_t* Kc, uint8_t* Vc, const St
                     std::copy_n(qg.data() + (t * H + g * group + j) * 2 * D, D, qb.data() + r * D);
                     n_keys[r] = pos0 + t + 1;
                 }
-            S.resize((size_t)M * n_keys[M - 1]);
+            if (scores) S.resize((size_t)M * n_keys[M - 1]);  // the flash-style kernel keeps none
             attention_rows(qb.data(), D, M, n_keys.data(), Kc + g * k_head, st.k_row_bytes, st.kv_type.k,
                            Vc + g * v_head, st.v_row_bytes, st.kv_type.v, D, scale, S.data(), ob.data(), D);
             for (int64_t t = t0; t < t1; ++t)

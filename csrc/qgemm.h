@@ -1,4 +1,4 @@
-// qgemm.h: the prefill GEMM on k-quant weights (Q4_K, Q5_K, Q6_K): y = W x for many tokens.
+// qgemm.h: the prefill GEMM on quantized weights (Q4_K, Q5_K, Q6_K, Q8_0, IQ4_XS): y = W x for many tokens.
 //
 // What makes it faster than one dot per (row, token): the activations are quantized (Q8_K) and
 // repacked once per call; each weight super-block is unpacked once per call into int16 values already
@@ -7,6 +7,9 @@
 // dot products with vpdpwssd (AVX-512 VNNI) or vpmaddwd (AVX2). Results are bit-identical to the
 // reference vec_dot of quants.h at every SIMD level: the integer lane sums are exact and the float
 // steps are ggml's, in ggml's order (see kx_vec_dot in quants_q4k_q5k.cpp).
+//
+// Q8_0 and IQ4_XS take one float step per 32 values, so they have their own packing (PackedW8: 16 rows
+// interleaved, int8 levels) and micro-kernel (tile8, vpdpbusd with the rows in the dword lanes).
 #pragma once
 
 #include <cstdint>
@@ -24,16 +27,31 @@ using QgemmTileFn = void (*)(const qi::PackedW16* w, int64_t w_stride, int nr, c
                              int nt, int64_t nb, bool has_min, float* y, int64_t ldy);
 
 // Decode: dots of one raw weight row (blocks as in the GGUF) with nt packed tokens of nb super-blocks
+// (Q4_K: packed by q8_k_pack16_dec, the others by q8_k_pack16)
 // (token t's blocks at a + t * a_stride), y[t * y_stride]; each block is unpacked once for all tokens and
 // every token's result is that of nt = 1 (verification batches equal decode steps bit for bit).
 using QgemvRowFn = void (*)(int type, const void* w, const qi::PackedA16* a, int64_t a_stride, int nt, int64_t nb,
                             float* y, int64_t y_stride);
+
+// 32-value group micro-kernel: y[t * ldy + r] for r < nr <= 16, t < nt <= tmax8, over ng groups (a
+// panel's 16 rows, group g at w[g]; token t's groups at a + t * a_stride). Each output is the serial sum
+// over groups of c * sumi, c = d_w * d_a (scaled: times ls).
+using QgemmTile8Fn = void (*)(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t a_stride, int nt,
+                              bool scaled, float* y, int64_t ldy, int nr);
+
+// Decode of Q8_0 and IQ4_XS: one raw weight row against nt tokens of ng PackedA8 groups (token t's at
+// a + t * a_stride), y[t * y_stride]; every token's result is that of nt = 1 and of the reference dot.
+using QgemvRow8Fn = void (*)(int type, const void* w, const qi::PackedA8* a, int64_t a_stride, int nt, int64_t ng,
+                             float* y, int64_t y_stride);
 
 struct QgemmKernels {
     const char* name;  // "ref", "avx2", "avx512vnni"
     int rmax, tmax;    // register block: weight rows x tokens
     QgemmTileFn tile;
     QgemvRowFn row;    // nullptr: decode keeps quants.h's vec_dot
+    int tmax8;         // tokens per tile8 call
+    QgemmTile8Fn tile8;
+    QgemvRow8Fn row8;  // Q8_0/IQ4_XS decode; nullptr: quants.h's vec_dot
 };
 
 // True for the weight types qgemm handles.

@@ -102,6 +102,41 @@ void q4_k_pack16(const void* block, PackedW16* out);
 void q5_k_pack16(const void* block, PackedW16* out);
 void q6_k_pack16(const void* block, PackedW16* out);
 void q8_k_pack16(const void* block, PackedA16* out);
+// The same activation block in the order of the Q4_K decode kernel (simd/qgemm_avx512.cpp q4_k_rows),
+// which widens the weight nibbles with one byte shuffle and shifts instead of lane-pair interleaves:
+// position p of a holds value q4k_dec_value(p). Pairs (2i, 2i+1) are still values of one lane mod 8.
+int q4k_dec_value(int p);
+void q8_k_pack16_dec(const void* block, PackedA16* out);
+
+// The 32-value group formats (Q8_0, IQ4_XS) for the prefill GEMM. Their reference dots add one float
+// term per 32 values, c * sumi with c = d_w * d_a (IQ4_XS: times the 6-bit sub-block scale), so the
+// integer sum of each group must be complete before its float step. PackedW8 holds one group of 16
+// weight rows interleaved so that one 64-byte vector holds 4 consecutive values of each of the 16 rows
+// and a vpdpbusd against 4 broadcast activation bytes leaves row r's partial sum in dword r (no
+// horizontal sums). Values are stored as level + 128 (unsigned, as vpdpbusd's first operand wants);
+// the kernels take 128 * sum(activation group) back out.
+struct PackedW8 {
+    uint8_t q[8][16][4];  // value 4k+j of row r at q[k][r][j], plus 128
+    float d[16];          // the row's weight scale for this group (Q8_0: block d; IQ4_XS: super-block d)
+    float ls[16];         // IQ4_XS: the 6-bit sub-block scale - 32; Q8_0: unused
+};
+// One 32-value activation group: a Q8_0 block (d per 32) or an eighth of a Q8_K block (d per 256).
+struct PackedA8 {
+    int8_t q[32];
+    float d;
+    int32_t sum;  // sum of q
+};
+// Row r of a panel: groups [0, ng) of one weight row (raw GGUF blocks) into panel[g] row r.
+void q8_0_pack8(const void* row, int64_t ng, int r, PackedW8* panel);
+void iq4_xs_pack8(const void* row, int64_t ng, int r, PackedW8* panel);
+// A panel row that holds no weight row: value 0, scales 0.
+void pack8_clear_row(int64_t ng, int r, PackedW8* panel);
+// 32 signed levels of one group into row r of a PackedW8 (quants_q8.cpp).
+void pack8_levels(const int8_t* v, int r, PackedW8& p);
+// Activations: n values -> n / 32 groups, quantized exactly as the reference dot's activation (Q8_0
+// for Q8_0 weights, Q8_K for IQ4_XS).
+void q8_0_pack_a8(const float* x, int64_t n, PackedA8* out);
+void q8_k_pack_a8(const float* x, int64_t n, PackedA8* out);
 
 // Lane-pair order of 256 values q (any integer type) times the scale of their 16-value group.
 template <class Q>

@@ -81,5 +81,21 @@ float iq4_xs_vec_dot(int64_t n, const void* w, const void* x) {
     return sumf;
 }
 
+
+// The prefill GEMM's packing (quants_internal.h PackedW8): codebook values per 32-value group, the
+// super-block d and the group's 6-bit scale - 32, the factors of the reference's float step.
+void iq4_xs_pack8(const void* row, int64_t ng, int r, PackedW8* panel) {
+    const block_iq4_xs* b = (const block_iq4_xs*)row;
+    int8_t v[32];
+    for (int64_t g = 0; g < ng; ++g) {
+        const block_iq4_xs& bi = b[g / 8];
+        const int ib = (int)(g % 8);
+        iq4_group(bi.qs + 16 * ib, v);
+        pack8_levels(v, r, panel[g]);
+        panel[g].d[r] = fp16_to_fp32(bi.d);
+        panel[g].ls[r] = (float)iq4_xs_scale(bi, ib);
+    }
+}
+
 }  // namespace qi
 }  // namespace pq

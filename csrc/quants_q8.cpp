@@ -142,5 +142,78 @@ void q8_k_pack16(const void* block, PackedA16* o) {
     for (int j = 0; j < 8; ++j) o->bs8[j] = (int16_t)(b.bsums[2 * j] + b.bsums[2 * j + 1]);
 }
 
+
+// The kernel loads 64 raw Q4_K bytes (groups 2G, 2G+1 of 64 values), shuffles each 16-byte lane L by
+// P = 0,1,8,9,2,3,10,11,4,5,12,13,6,7,14,15 and splits each 16-bit word into its 4 nibbles: E = 0 the
+// low nibble of the word's first byte, 1 its high nibble, 2 and 3 those of the second byte. Position
+// p = 128G + 32E + 8L + i holds word i of lane L of nibble set E.
+int q4k_dec_value(int p) {
+    static const int kP[16] = {0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15};
+    const int G = p / 128, E = (p / 32) % 4, L = (p / 8) % 4, i = p % 8;
+    const int g = 2 * G + L / 2;                        // the 64-value group of the lane
+    const int byte = 16 * (L % 2) + kP[2 * i + E / 2];  // its raw byte in the group's 32
+    return 64 * g + byte + (E % 2 ? 32 : 0);            // high nibbles: the group's second 32 values
+}
+
+void q8_k_pack16_dec(const void* block, PackedA16* o) {
+    static const auto order = [] {
+        struct { int v[QK_K]; } t;
+        for (int p = 0; p < QK_K; ++p) t.v[p] = q4k_dec_value(p);
+        return t;
+    }();
+    const block_q8_K& b = *(const block_q8_K*)block;
+    for (int p = 0; p < QK_K; ++p) o->a[p] = b.qs[order.v[p]];
+    o->d = b.d;
+    for (int j = 0; j < 8; ++j) o->bs8[j] = (int16_t)(b.bsums[2 * j] + b.bsums[2 * j + 1]);
+}
+
+// ---- The 32-value group packing of the prefill GEMM (quants_internal.h PackedW8/PackedA8) ----
+void pack8_clear_row(int64_t ng, int r, PackedW8* panel) {
+    for (int64_t g = 0; g < ng; ++g) {
+        for (int k = 0; k < 8; ++k)
+            for (int j = 0; j < 4; ++j) panel[g].q[k][r][j] = 128;
+        panel[g].d[r] = 0;
+        panel[g].ls[r] = 0;
+    }
+}
+
+// 32 signed levels of one group into row r of a PackedW8.
+void pack8_levels(const int8_t* v, int r, PackedW8& p) {
+    for (int k = 0; k < 8; ++k)
+        for (int j = 0; j < 4; ++j) p.q[k][r][j] = (uint8_t)(v[4 * k + j] + 128);
+}
+
+void q8_0_pack8(const void* row, int64_t ng, int r, PackedW8* panel) {
+    const block_q8_0* b = (const block_q8_0*)row;
+    for (int64_t g = 0; g < ng; ++g) {
+        pack8_levels(b[g].qs, r, panel[g]);
+        panel[g].d[r] = fp16_to_fp32(b[g].d);
+        panel[g].ls[r] = 1;
+    }
+}
+
+static void pack_a8(const int8_t* q, float d, PackedA8* o) {
+    int32_t s = 0;
+    for (int j = 0; j < 32; ++j) s += o->q[j] = q[j];
+    o->d = d;
+    o->sum = s;
+}
+
+void q8_0_pack_a8(const float* x, int64_t n, PackedA8* out) {
+    for (int64_t g = 0; g < n / QK8_0; ++g) {
+        block_q8_0 b;
+        quantize_block_q8_0(x + g * QK8_0, &b);
+        pack_a8(b.qs, fp16_to_fp32(b.d), out + g);
+    }
+}
+
+void q8_k_pack_a8(const float* x, int64_t n, PackedA8* out) {
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        block_q8_K b;
+        q8_k_from_float(x + i * QK_K, &b, QK_K);
+        for (int g = 0; g < QK_K / 32; ++g) pack_a8(b.qs + 32 * g, b.d, out + 8 * i + g);
+    }
+}
+
 }  // namespace qi
 }  // namespace pq

@@ -26,22 +26,30 @@ void delta_rule_head_avx2(const float* q, const float* k, const float* v, int64_
 void dots_f32_avx2(const float* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
 void dots_f16_avx2(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
 void dots_bf16_avx2(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
+void attention_rows_f16_avx2(const float* q, int64_t q_stride, int64_t M, const int64_t* n_keys, const uint8_t* K,
+                             size_t k_stride, const uint8_t* V, size_t v_stride, int64_t D, float scale, float* o,
+                             int64_t o_stride);
 static const SimdKernels kAvx2 = {"avx2", dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2, dots_f32_avx2, dots_f16_avx2,
                                   dots_bf16_avx2, axpy_f16_avx2, mul_silu_avx2, conv1d_silu_avx2,
-                                  wsum_avx2, exp_acc_avx2, delta_rule_head_avx2};
+                                  wsum_avx2, exp_acc_avx2, delta_rule_head_avx2,
+                                  attention_rows_f16_avx2};
 #endif
 #if defined(PQ_HAVE_AVX2_KERNELS) && defined(PQ_HAVE_AVX512_KERNELS)
 float dot_f16_avx512(const uint16_t* w, const float* x, int64_t n);
 float dot_bf16_avx512(const uint16_t* w, const float* x, int64_t n);
 void dots_f16_avx512(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
 void dots_bf16_avx512(const uint16_t* w, const float* x, int64_t x_stride, int64_t m, int64_t n, float* y, int64_t y_stride);
+void attention_rows_f16_avx512(const float* q, int64_t q_stride, int64_t M, const int64_t* n_keys, const uint8_t* K,
+                               size_t k_stride, const uint8_t* V, size_t v_stride, int64_t D, float scale, float* o,
+                               int64_t o_stride);
 // 16-lane F16/BF16 weight dots (up to 8 tokens per pass); everything else stays AVX2's. F32 weights,
 // which only precision checks use, keep the 8-lane sums: on the test models they land 3e-5 from
 // llama.cpp's F32 logits where the 16-lane order lands 2e-4 (both are accurate dots, to 1e-6 relative;
 // the model amplifies the order difference).
 static const SimdKernels kAvx512 = {"avx512", dot_f32_avx2, dot_f16_avx512, dot_bf16_avx512, dots_f32_avx2,
                                     dots_f16_avx512, dots_bf16_avx512, axpy_f16_avx2, mul_silu_avx2,
-                                    conv1d_silu_avx2, wsum_avx2, exp_acc_avx2, delta_rule_head_avx2};
+                                    conv1d_silu_avx2, wsum_avx2, exp_acc_avx2, delta_rule_head_avx2,
+                                    attention_rows_f16_avx512};
 #endif
 
 static void mul_silu_ref(float* y, const float* a, const float* s, int64_t n) {
@@ -68,7 +76,7 @@ static void dots_ref(const T* w, const float* x, int64_t x_stride, int64_t m, in
 
 static const SimdKernels kRef = {"ref", dot_f32_ref, dot_f16_ref, dot_bf16_ref, dots_ref<float, dot_f32_ref>,
                                  dots_ref<uint16_t, dot_f16_ref>, dots_ref<uint16_t, dot_bf16_ref>, axpy_f16_ref,
-                                 mul_silu_ref, conv1d_silu, wsum_ref, exp_acc_ref, delta_rule_head};
+                                 mul_silu_ref, conv1d_silu, wsum_ref, exp_acc_ref, delta_rule_head, nullptr};
 
 bool cpu_supports(const char* level) {
 #if defined(__x86_64__) || defined(__i386__)

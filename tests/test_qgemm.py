@@ -1,4 +1,4 @@
-"""The prefill GEMM on k-quant weights (csrc/qgemm.cpp, simd/qgemm_*.cpp) against its spec.
+"""The prefill GEMM on quantized weights (csrc/qgemm.cpp, simd/qgemm_*.cpp) against its spec.
 
 The spec is the reference quantized dot (quants.h vec_dot_ref, itself checked against ggml in
 test_quants.py): every micro-kernel set this CPU supports ("ref", "avx2", "avx512vnni") must give
@@ -19,9 +19,10 @@ T = core.testing
 if not hasattr(T, "qgemm"):
     pytest.skip("pyqwen._core was built without qgemm", allow_module_level=True)
 
-Q4_K, Q5_K, Q6_K = 12, 13, 14
-BLOCK_BYTES = {Q4_K: 144, Q5_K: 176, Q6_K: 210}
-FP16_FIELDS = {Q4_K: [0, 2], Q5_K: [0, 2], Q6_K: [208]}
+Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS = 2, 8, 12, 13, 14, 23
+BLOCK_BYTES = {Q4_K: 144, Q5_K: 176, Q6_K: 210, Q8_0: 34, IQ4_XS: 136}
+BLOCK_VALUES = {Q4_K: 256, Q5_K: 256, Q6_K: 256, Q8_0: 32, IQ4_XS: 256}
+FP16_FIELDS = {Q4_K: [0, 2], Q5_K: [0, 2], Q6_K: [208], Q8_0: [0], IQ4_XS: [0]}
 KERNELS = T.qgemm_kernels()
 
 
@@ -78,7 +79,7 @@ def test_qgemm_edge_values(t, kernels):
 def test_qgemm_rejects_bad_calls():
     w = core.quantize(Q4_K, np.ones((2, 256), np.float32))
     x = np.ones((3, 256), np.float32)
-    for call in (lambda: T.qgemm(8, w, 256, 2, x),                   # Q8_0: not a qgemm type
+    for call in (lambda: T.qgemm(Q4_0, w, 256, 2, x),                # Q4_0: not a qgemm type
                  lambda: T.qgemm(Q4_K, w, 256, 3, x),                 # too few weight bytes
                  lambda: T.qgemm(Q4_K, w, 512, 1, x),                 # x rows != n_in
                  lambda: T.qgemm(Q4_K, w, 256, 2, x, "no-such-set"),
@@ -88,15 +89,62 @@ def test_qgemm_rejects_bad_calls():
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
-@pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K], ids=["q4_K", "q5_K", "q6_K"])
-@pytest.mark.parametrize("n_tok", [1, 2, 5])
+@pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K, Q8_0, IQ4_XS], ids=["q4_K", "q5_K", "q6_K", "q8_0", "iq4_xs"])
+@pytest.mark.parametrize("n_tok", [1, 2, 5, 8, 11])
 def test_qgemv_bit_identical(t, kernels, n_tok):
-    """The decode row kernels (sets that have one; the others fall back to the GEMM) against the spec."""
+    """The decode row kernels (sets that have one; the others fall back to the GEMM) against the spec.
+    K = 1280: 5 super-blocks, 40 groups of 32 (the 32-value kernels' 16-group steps and a tail)."""
     rng = np.random.default_rng(100 + n_tok + t)
     n_in, n_out = 1280, 21
-    w = np.concatenate([core.quantize(t, rng.standard_normal((n_out - 1, n_in)).astype(np.float32)).reshape(-1),
-                        raw_blocks(t, n_in // 256, rng)])
+    if t == IQ4_XS:  # no quantizer here: raw blocks
+        w = group_weights(t, n_out, n_in, rng)
+    else:
+        w = np.concatenate([core.quantize(t, rng.standard_normal((n_out - 1, n_in)).astype(np.float32)).reshape(-1),
+                            raw_blocks(t, n_in // BLOCK_VALUES[t], rng)])
     x = (rng.standard_normal((n_tok, n_in)) * 5).astype(np.float32)
     ref = T.quant_matmul_ref(t, w, n_in, n_out, x, 1)
     for threads in (1, 2):
         assert same_bits(T.qgemm(t, w, n_in, n_out, x, kernels, threads, True), ref), (kernels, threads)
+
+
+# ---- Q8_0 and IQ4_XS: the 32-value group path (PackedW8, tile8) ----
+
+def group_weights(t: int, n_out: int, n_in: int, rng) -> np.ndarray:
+    """Q8_0 from the quantizer plus one raw row (levels -128..127); IQ4_XS (no quantizer here) all raw."""
+    raw = raw_blocks(t, n_out * n_in // BLOCK_VALUES[t], rng).reshape(n_out, -1)
+    if t == Q8_0 and n_out > 1:
+        raw[:-1] = core.quantize(t, rng.standard_normal((n_out - 1, n_in)).astype(np.float32)).reshape(n_out - 1, -1)
+    return raw.reshape(-1)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("t", [Q8_0, IQ4_XS], ids=["q8_0", "iq4_xs"])
+@pytest.mark.parametrize("n_tok", [1, 3, 7, 13, 16, 33])
+@pytest.mark.parametrize("n_in,n_out", [(256, 1), (768, 19), (2304, 37)])
+def test_qgemm_group32_bit_identical(t, kernels, n_tok, n_in, n_out):
+    """K of 8, 24 and 72 groups (no multiple of a tile), rows that fill neither the 16-row panel nor
+    a register block, token counts around the 2-, 4- and 8-token tiles."""
+    rng = np.random.default_rng(n_in + n_out * 7 + n_tok * 131 + t)
+    w = group_weights(t, n_out, n_in, rng)
+    x = (rng.standard_normal((n_tok, n_in)) * rng.uniform(0.01, 100, (n_tok, 1))).astype(np.float32)
+    ref = T.quant_matmul_ref(t, w, n_in, n_out, x, 1)
+    for threads in (1, 2):
+        assert same_bits(T.qgemm(t, w, n_in, n_out, x, kernels, threads), ref), (kernels, threads)
+    xq = core.quantize(Q8_0 if t == Q8_0 else 15, x[n_tok - 1])
+    spec = T.quant_vec_dot_q(t, w.reshape(n_out, -1)[n_out - 1], xq, n_in, True)
+    assert same_bits(np.float32([spec]), ref[n_tok - 1, n_out - 1:n_out])
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("t", [Q8_0, IQ4_XS], ids=["q8_0", "iq4_xs"])
+def test_qgemm_group32_edge_values(t, kernels):
+    rng = np.random.default_rng(11)
+    n_in, n_out = 512, 18
+    w = raw_blocks(t, n_out * n_in // BLOCK_VALUES[t], rng)
+    x = rng.standard_normal((9, n_in)).astype(np.float32)
+    x[1] = 0
+    x[2] *= 1e30
+    x[3] *= 1e-30
+    x[4, ::7] = -x[4, ::7] * 1e4
+    ref = T.quant_matmul_ref(t, w, n_in, n_out, x, 1)
+    assert same_bits(T.qgemm(t, w, n_in, n_out, x, kernels, 2), ref)

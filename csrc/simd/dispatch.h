@@ -5,6 +5,7 @@
 // (used by the tests to compare both on the same machine).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace pq {
@@ -38,6 +39,12 @@ struct SimdKernels {
     void (*delta_rule)(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
                        int64_t v_stride, const float* g, const float* beta, int64_t gb_stride, float* S, int64_t dk,
                        int64_t dv, int64_t n, float q_scale, float* o, int64_t o_stride);
+    // attention.h attention_rows over F16 K and V rows, flash-style (key tiles, online softmax; D a
+    // multiple of 8). nullptr (the "ref" set): attention_rows' reference form, bit-identical to
+    // attention_head.
+    void (*attention_rows_f16)(const float* q, int64_t q_stride, int64_t M, const int64_t* n_keys, const uint8_t* K,
+                               size_t k_stride, const uint8_t* V, size_t v_stride, int64_t D, float scale, float* o,
+                               int64_t o_stride);
 };
 
 const SimdKernels& simd_kernels();

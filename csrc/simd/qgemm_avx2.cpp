@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include "qgemm.h"
+#include "simd/qgemm_glue.h"
 
 namespace pq {
 
@@ -14,12 +15,6 @@ namespace {
 
 using qi::PackedA16;
 using qi::PackedW16;
-
-inline int32_t hsum4(__m128i p) {
-    p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0x4E));
-    p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0xB1));
-    return _mm_cvtsi128_si32(p);
-}
 
 template <int R, int T>
 void tile(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_t nb, bool has_min, float* y,
@@ -56,33 +51,83 @@ void tile(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_
             }
         }
     }
-    for (int r = 0; r < R; ++r) {
+    store_tile<R, T>(sums, sumf, y, ldy);
+}
+
+// The 2 x 4 tile for qgemm_glue.h.
+struct Tile2 {
+    static constexpr int kRows = 2;
+    template <int R, int T>
+    static void run(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_t nb, bool has_min,
+                    float* y, int64_t ldy) {
+        tile<R, T>(w, ws, a, as, nb, has_min, y, ldy);
+    }
+};
+
+// ---- 32-value groups (Q8_0, IQ4_XS): 16 rows x T tokens ----
+// Without VNNI the exact product goes through int16: 16 stored bytes (4 values of 4 rows) widened,
+// vpmaddwd against the token's 4 values, so dword 2q+h of quad j holds half h of row 4j+q; the halves
+// are added with vphaddd at the end of the group (integer, exact), then -128 * sum(activations) and
+// the reference's float step on 8 rows per vector.
+template <int T, bool SCALED>
+void tile8(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, float* y, int64_t ldy,
+           int nr) {
+    alignas(32) float buf[T][16];
+    __m256 sumf[T][2];
+    for (int t = 0; t < T; ++t) sumf[t][0] = sumf[t][1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+        const qi::PackedW8& wg = w[g];
+        const qi::PackedA8* ag[T];
+        __m256i acc[T][4];
         for (int t = 0; t < T; ++t) {
-            alignas(32) float l[8];
-            _mm256_store_ps(l, sums[r][t]);
-            float s = sumf[r][t];
-            for (int k = 0; k < 8; ++k) s += l[k];
-            y[t * ldy + r] = s;
+            ag[t] = a + t * as + g;
+            for (int j = 0; j < 4; ++j) acc[t][j] = _mm256_setzero_si256();
         }
+        for (int k = 0; k < 8; ++k) {
+            __m256i av[T];
+            for (int t = 0; t < T; ++t) {
+                int32_t a4;
+                __builtin_memcpy(&a4, ag[t]->q + 4 * k, 4);
+                av[t] = _mm256_cvtepi8_epi16(_mm_set1_epi32(a4));
+            }
+            for (int j = 0; j < 4; ++j) {
+                const __m256i wv = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)wg.q[k][4 * j]));
+                for (int t = 0; t < T; ++t) acc[t][j] = _mm256_add_epi32(acc[t][j], _mm256_madd_epi16(wv, av[t]));
+            }
+        }
+        for (int t = 0; t < T; ++t) {
+            const __m256i off = _mm256_set1_epi32(-128 * ag[t]->sum);
+            const __m256 ad = _mm256_set1_ps(ag[t]->d);
+            for (int h = 0; h < 2; ++h) {
+                __m256i s8 = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[t][2 * h], acc[t][2 * h + 1]), 0xD8);
+                s8 = _mm256_add_epi32(s8, off);
+                __m256 c = _mm256_mul_ps(_mm256_loadu_ps(wg.d + 8 * h), ad);
+                if (SCALED) c = _mm256_mul_ps(c, _mm256_loadu_ps(wg.ls + 8 * h));
+                sumf[t][h] = _mm256_add_ps(sumf[t][h], _mm256_mul_ps(c, _mm256_cvtepi32_ps(s8)));
+            }
+        }
+    }
+    for (int t = 0; t < T; ++t) {
+        _mm256_store_ps(buf[t], sumf[t][0]);
+        _mm256_store_ps(buf[t] + 8, sumf[t][1]);
+        for (int r = 0; r < nr; ++r) y[t * ldy + r] = buf[t][r];
     }
 }
 
-using Fn = void (*)(const PackedW16*, int64_t, const PackedA16*, int64_t, int64_t, bool, float*, int64_t);
-
-template <int R>
-constexpr Fn row_fn(int nt) {
-    return nt == 1 ? tile<R, 1> : nt == 2 ? tile<R, 2> : nt == 3 ? tile<R, 3> : tile<R, 4>;
-}
-
-void tile_any(const PackedW16* w, int64_t ws, int nr, const PackedA16* a, int64_t as, int nt, int64_t nb,
-              bool has_min, float* y, int64_t ldy) {
-    const Fn f = nr == 1 ? row_fn<1>(nt) : row_fn<2>(nt);
-    f(w, ws, a, as, nb, has_min, y, ldy);
+void tile8_any(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t as, int nt, bool scaled, float* y,
+               int64_t ldy, int nr) {
+    if (scaled) {
+        if (nt == 2) tile8<2, true>(w, ng, a, as, y, ldy, nr);
+        else tile8<1, true>(w, ng, a, as, y, ldy, nr);
+    } else {
+        if (nt == 2) tile8<2, false>(w, ng, a, as, y, ldy, nr);
+        else tile8<1, false>(w, ng, a, as, y, ldy, nr);
+    }
 }
 
 }  // namespace
 
 extern const QgemmKernels kQgemmAvx2;
-const QgemmKernels kQgemmAvx2 = {"avx2", 2, 4, tile_any, nullptr};
+const QgemmKernels kQgemmAvx2 = {"avx2", 2, 4, tile_any<Tile2>, nullptr, 2, tile8_any, nullptr};
 
 }  // namespace pq
