@@ -1,6 +1,8 @@
 // gdn_decode.cuh: one token of the Gated DeltaNet layer after the conv (n == 1, the decode step), fused:
 // q/k L2 norms, decay and beta, the delta-rule update of the state, o = S^T q, and the gated RMSNorm.
 //
+// With out_qs, out also goes to the out-projection's Q8_1 activations (q8_act.cuh), dv % 32 == 0.
+//
 // One block per V head h (QK head h % nk). The state is stored S[h][j][i] (row j = v index, i = k index),
 // so every row j is independent:
 //   u_j = sum_i S[j][i] k[i];  delta_j = beta (v_j - exp(g) u_j);  S[j][i] = exp(g) S[j][i] + k[i] delta_j;
@@ -19,6 +21,7 @@
 
 #include "../compat.cuh"
 #include "gdn_common.cuh"
+#include "q8_act.cuh"
 #include "reduce.cuh"
 
 namespace pq::cuda {
@@ -39,7 +42,8 @@ __global__ void __launch_bounds__(kGdnDecodeWarps * 32)
     gdn_decode_kernel(const float* __restrict__ y, const float* __restrict__ alpha, const float* __restrict__ b,
                       const float* __restrict__ ssm_a, const float* __restrict__ dt_bias, float* __restrict__ S,
                       const float* __restrict__ z, const float* __restrict__ norm_w, float* __restrict__ out, int nk,
-                      int dk, int dv, float q_scale, float eps) {
+                      int dk, int dv, float q_scale, float eps, int8_t* __restrict__ out_qs,
+                      float2* __restrict__ out_ds) {
     constexpr int RB = KPL >= 8 ? kGdnDecodeRows / 2 : kGdnDecodeRows;  // dk > 128: half the rows, no spills
     const int NW = blockDim.x / 32, NT = blockDim.x;
     PQ_DYN_SHARED(float, o_sh);  // [dv]: o before the norm
@@ -137,7 +141,13 @@ __global__ void __launch_bounds__(kGdnDecodeWarps * 32)
     for (int w = 0; w < NW; ++w) ss += red[w];
     const float scale = rsqrtf(ss / (float)dv + eps);
     const int64_t base = (int64_t)h * dv;
-    for (int j = threadIdx.x; j < dv; j += NT) out[base + j] = o_sh[j] * scale * norm_w[j] * gdn_silu(z[base + j]);
+    for (int j = threadIdx.x; j < dv; j += NT) {  // whole warps per trip when out_qs is set (dv % 32 == 0)
+        const float v = o_sh[j] * scale * norm_w[j] * gdn_silu(z[base + j]);
+        out[base + j] = v;
+        // the out-projection's Q8_1 input, quantized here instead of by a launch of its own (a head is
+        // whole Q8_1 blocks)
+        if (out_qs) q8_act_store(v, base + j, out_qs, out_ds);
+    }
 }
 
 }  // namespace pq::cuda
