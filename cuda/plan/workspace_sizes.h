@@ -268,11 +268,12 @@ inline ActLayout act_layout(const Config& c, int64_t nb_chunk) {
     // Q8_1 activations of the decode path's current matmul input (<= kMultiPassMaxTok rows of the widest
     // one): quantized once, read by every matmul of that input (ops_matvec.h matmul_prepared).
     // q8b: the FFN hidden row's, written by the gate/up matmul while it reads q8; q8cnt: that matmul's
-    // per-32-row completion counters (ops_matvec.h matmul_swiglu_prepared), zero between launches.
+    // per-32-row completion counters (ops_matvec.h matmul_swiglu_prepared), also the DeltaNet decode
+    // kernel's per-head ones (ops_gdn.h gdn_decode_q8): zero between launches, so they share it.
     const int64_t kmax = std::max({E, Dv, HD, (int64_t)c.n_ff});
     L.q8 = cv.take(q8_act_bytes(kmax, std::min<int64_t>(nb, kMultiPassMaxTok)));
     L.q8b = cv.take(q8_act_bytes(kmax, std::min<int64_t>(nb, kMultiPassMaxTok)));
-    L.q8cnt = cv.take(sizeof(uint32_t) * (size_t)((kmax + 31) / 32));
+    L.q8cnt = cv.take(sizeof(uint32_t) * (size_t)std::max<int64_t>((kmax + 31) / 32, c.ssm_v_heads));
     L.logits = cv.take(4 * std::min(nb, kLogitRows) * c.n_vocab);
     L.total = cv.size;
     return L;

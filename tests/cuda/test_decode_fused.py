@@ -94,3 +94,32 @@ def test_matmul_prepared_rejects(ops):
         ops.matmul_prepared(Q4_K, [(w, 8)] * 5, K, x)  # more parts than one launch serves
     with pytest.raises(Exception):
         ops.matmul_prepared(Q4_K, [(w, 8)], K, np.ones((17, K), np.float32))  # beyond the decode path
+
+
+# (nk, nv, dk, dv): the 27B's heads (16 QK / 48 V x 128), small ones with 2 and 3 parts per head, and
+# dk 256 (4 rows per warp and pass).
+GDN_SHAPES = [(16, 48, 128, 128), (2, 4, 64, 64), (1, 3, 32, 96), (2, 2, 256, 64)]
+
+
+@pytest.mark.parametrize("nk,nv,dk,dv", GDN_SHAPES)
+def test_gdn_decode_spread_and_q8_equal_the_one_block_step(ops, nk, nv, dk, dv):
+    """The DeltaNet decode step with each head's rows spread over blocks (the last block of a head norms
+    it) and its output quantized in the kernel gives gdn's one-block step bit for bit, leaves the
+    per-head counters zero, and its Q8_1 bytes are quantize_act's of the output."""
+    rng = rng_for("gdn_spread", nk, nv, dk, dv)
+    C = 2 * nk * dk + nv * dv
+    y = rng.standard_normal((1, C)).astype(np.float32)
+    alpha = rng.standard_normal((1, nv)).astype(np.float32)
+    b = rng.standard_normal((1, nv)).astype(np.float32)
+    ssm_a = -rng.uniform(0.1, 2, nv).astype(np.float32)
+    dt = rng.standard_normal(nv).astype(np.float32)
+    S = (rng.standard_normal((nv, dv, dk)) * 0.3).astype(np.float32)
+    z = rng.standard_normal((1, nv * dv)).astype(np.float32)
+    w = rng.uniform(0.5, 1.5, dv).astype(np.float32)
+    ref_out, ref_S = ops.gdn(y, alpha, b, ssm_a, dt, S, z, w, nk)
+    for spread in (True, False):
+        out, S_new, qs, ds, cnt = ops.gdn_decode_q8(y, alpha, b, ssm_a, dt, S, z, w, nk, spread=spread)
+        assert np.array_equal(out, ref_out[0]) and np.array_equal(S_new, ref_S)
+        assert cnt is None or not cnt.any()
+        q_ref, d_ref = ops.quantize_act(ref_out)
+        assert np.array_equal(qs, q_ref[0]) and np.array_equal(ds, d_ref[0])
