@@ -60,6 +60,12 @@ struct MatmulPart {
     const void* W;
     int64_t N;
     float* y;  // [n_tok][N]
+    // Optional: ops_gdn.h conv1d_silu of y as the matmul's epilogue (bit-identical; the DeltaNet conv
+    // without a launch of its own): taps [N][conv_k <= 8], state [N][conv_k - 1] updated, conv_y [n_tok][N].
+    const float* conv_w = nullptr;
+    float* conv_state = nullptr;
+    float* conv_y = nullptr;
+    int conv_k = 0;
 };
 cudaError_t matmul_prepared(int type, const MatmulPart* parts, int nparts, int64_t K, const float* x, const void* q8,
                             int64_t n_tok, cudaStream_t stream);

@@ -66,6 +66,14 @@ struct MmvSeg {
     int64_t ldy;
     int wpr;                 // warps per row: 1, 2 or 4
     unsigned blk0;           // first CTA of this segment
+    // Optional epilogue (non-GLU): row r of the output is channel r of a causal depthwise conv + SiLU over
+    // the launch's tokens, in conv1d_silu_kernel's arithmetic (conv1d.cuh): taps conv_w [nrows][conv_k],
+    // state conv_state [nrows][conv_k - 1] read and updated, output conv_y[t * ldy + r]. The DeltaNet
+    // in-projection's conv without a launch of its own (each channel is one warp's row: no races).
+    const float* conv_w;
+    float* conv_state;
+    float* conv_y;
+    int conv_k;
 };
 
 struct MmvArgs {
@@ -141,6 +149,34 @@ __device__ __forceinline__ void fetch_chunk(uint4 (&regs)[Stage<T>::kPiecesPerLa
         regs[k] = i >= npieces     ? make_uint4(0u, 0u, 0u, 0u)
                   : p + 16 <= wend ? ld_weights16(p)
                                    : ld_weights16_tail(p, wend);
+    }
+}
+
+// One channel of conv1d_silu_kernel (conv1d.cuh) over n <= NT tokens xs, same sums in the same order: y
+// = silu(sum_j X[t + j] w[j]) over X = [state | xs], then state = X[n .. n + K - 2]. K <= 8.
+template <int NT>
+__device__ __forceinline__ void conv_silu_row(const float (&xs)[NT], int n, int K, const float* w, float* state,
+                                              float* y, int64_t ldy) {
+    float hist[8], old[8], wr[8];
+    for (int j = 0; j < K; ++j) wr[j] = w[j];
+    for (int j = 0; j < K - 1; ++j) old[j] = hist[j] = state[j];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t >= n) break;
+        hist[K - 1] = xs[t];
+        float s = 0.0f;
+        for (int j = 0; j < K; ++j) s += hist[j] * wr[j];
+        y[t * ldy] = s / (1.0f + expf(-s));
+        for (int j = 0; j < K - 1; ++j) hist[j] = hist[j + 1];
+    }
+    for (int j = 0; j < K - 1; ++j) {
+        const int xi = n + j;  // X index of the new state's value j
+        float v = 0.0f;
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+            if (xi - (K - 1) == t) v = xs[t];
+        if (xi < K - 1) v = old[xi];
+        state[j] = v;
     }
 }
 
@@ -269,6 +305,23 @@ __global__ void __launch_bounds__(kMmvThreads) mmv_kernel(const MmvArgs args) {
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
             if (t < args.ntok) sg.y[t * sg.ldy + row] = GLU ? mv::silu_mul(acc[0][t], acc[NW - 1][t]) : acc[0][t];
+        }
+    }
+
+    if constexpr (!GLU) {
+        if (sg.conv_w && row < sg.nrows && part == 0 && lane == 0) {
+            float xs[NT];  // this row's outputs, as written above
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (wpr > 1) {
+                    xs[t] = 0.0f;
+                    for (int p = 0; p < wpr; ++p) xs[t] += red[warp + p][0][t];
+                } else {
+                    xs[t] = acc[0][t];
+                }
+            }
+            mv::conv_silu_row(xs, args.ntok, sg.conv_k, sg.conv_w + row * sg.conv_k,
+                              sg.conv_state + row * (sg.conv_k - 1), sg.conv_y + row, sg.ldy);
         }
     }
 

@@ -59,6 +59,10 @@ struct MmvPart {
     const void* Wu;  // GLU only
     int64_t N;
     float* y;
+    const float* conv_w = nullptr;  // the conv epilogue (MmvSeg)
+    float* conv_state = nullptr;
+    float* conv_y = nullptr;
+    int conv_k = 0;
 };
 
 // One launch: ntok (1..8) tokens of act (quantized or float, per T) against nparts weights of one type and
@@ -98,6 +102,10 @@ cudaError_t launch_mmv_parts(const MmvPart* parts, int nparts, int64_t K, const 
         sg.ldy = N;
         sg.wpr = warps_per_row(N, (a.units_per_row + 31) / 32);
         sg.blk0 = (unsigned)grid;
+        sg.conv_w = parts[i].conv_w;
+        sg.conv_state = parts[i].conv_state;
+        sg.conv_y = parts[i].conv_y ? parts[i].conv_y + y_off * N : nullptr;
+        sg.conv_k = parts[i].conv_k;
         grid += (N + kMmvWarps / sg.wpr - 1) / (kMmvWarps / sg.wpr);
     }
     if (grid > INT_MAX) return cudaErrorInvalidValue;
@@ -245,6 +253,14 @@ cudaError_t matmul_prepared(int type, const MatmulPart* parts, int nparts, int64
         if (e != cudaSuccess) return e;
         if (parts[i].N == 0) return cudaErrorInvalidValue;
         mp[i] = MmvPart{parts[i].W, nullptr, parts[i].N, parts[i].y};
+        if (parts[i].conv_w) {
+            if (parts[i].conv_k < 1 || parts[i].conv_k > 8 || !parts[i].conv_state || !parts[i].conv_y)
+                return cudaErrorInvalidValue;
+            mp[i].conv_w = parts[i].conv_w;
+            mp[i].conv_state = parts[i].conv_state;
+            mp[i].conv_y = parts[i].conv_y;
+            mp[i].conv_k = parts[i].conv_k;
+        }
     }
     if (n_tok == 0) return cudaSuccess;
     if (!is_float_type(type) && (!q8 || !aligned16(q8))) return cudaErrorInvalidValue;

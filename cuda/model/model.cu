@@ -17,8 +17,9 @@
 //
 // Chunks of <= 16 tokens (decode steps, verifications) take the decode path (run_layers_decode): each
 // distinct matmul input quantized once, residual adds folded into the next norm, projections of one
-// weight type in one launch, the DeltaNet / attention / FFN kernels quantizing their own outputs -- the
-// 27B's decode body is 563 nodes instead of 1,268, with the same bits.
+// weight type in one launch (the DeltaNet conv as the qkv matmul's epilogue), the DeltaNet / attention /
+// FFN kernels quantizing their own outputs -- the 27B's decode body is 515 nodes instead of 1,268, with
+// the same bits.
 #include "../compat.cuh"
 
 #include <algorithm>
@@ -597,8 +598,8 @@ void Model::run_layers(State& st, int64_t n, VerifyLog* log) {
 // layer's normed row by the norm kernel itself, which also adds the previous residual: add_rms_norm_q8),
 // and the projections of one input that share a weight type run as one launch (matmul_prepared). Per
 // token the arithmetic is the op-by-op path's (bit-identical), so a verification's rows still equal
-// decode steps. The 27B's decode body: ~1,268 graph nodes before (20 per DeltaNet layer, 19 per attention
-// layer); the emulator's node ledger counts them (tests/cuda/test_decode_nodes_emu.py).
+// decode steps. The 27B's decode body: 1,268 graph nodes before (20 per DeltaNet layer, 19 per attention
+// layer), 515 now; the emulator's node ledger counts them (tests/cuda/test_decode_nodes_emu.py).
 
 namespace {
 bool g_decode_fusion = true;  // test hook (set_decode_fusion): off runs the op-by-op path for every chunk
@@ -625,7 +626,7 @@ bool Model::any_q8(std::initializer_list<const DevTensor*> ws) const {
 // The matmuls of one prepared input (x, its Q8_1 in q8, default buf q8): consecutive weights of one type
 // share a launch.
 void Model::matmuls(const float* x, int64_t K, int64_t n, std::initializer_list<std::pair<const DevTensor*, float*>> ws,
-                    const void* q8) {
+                    const void* q8, const MatmulPart* conv_first) {
     if (!q8) q8 = buf_->q8;
     MatmulPart parts[kMatmulMaxParts];
     int np = 0, type = -1;
@@ -633,10 +634,19 @@ void Model::matmuls(const float* x, int64_t K, int64_t n, std::initializer_list<
         if (np) PQ_OP(matmul_prepared(type, parts, np, K, x, q8, n, cur_));
         np = 0;
     };
+    bool first = true;
     for (const auto& [w, y] : ws) {
         if (np == kMatmulMaxParts || (np && w->type != type)) flush();
         type = w->type;
-        parts[np++] = MatmulPart{w->data, w->ne1, y};
+        parts[np] = MatmulPart{w->data, w->ne1, y};
+        if (first && conv_first) {
+            parts[np].conv_w = conv_first->conv_w;
+            parts[np].conv_state = conv_first->conv_state;
+            parts[np].conv_y = conv_first->conv_y;
+            parts[np].conv_k = conv_first->conv_k;
+        }
+        ++np;
+        first = false;
     }
     flush();
 }
@@ -669,8 +679,14 @@ void Model::run_layers_decode(State& st, int64_t n, VerifyLog* log, bool defer_l
             float* beta = vl ? log->f(vl->beta[slot]) : b.beta;
             const bool q = any_q8({&L.attn_qkv, &L.attn_gate, &L.ssm_beta, &L.ssm_alpha});
             PQ_OP(add_rms_norm_q8(b.x, pending, L.attn_norm.f32(), b.a, q ? q8 : nullptr, E, n, eps, s));
-            matmuls(b.a, E, n, {{&L.attn_qkv, qkv}, {&L.attn_gate, b.z}, {&L.ssm_beta, beta}, {&L.ssm_alpha, alpha}});
-            PQ_OP(conv1d_silu(qkv, L.ssm_conv1d.f32(), st.conv_[slot], y, C, c.ssm_conv, n, s));
+            // the causal conv + SiLU as the qkv matmul's epilogue (each channel one warp's row)
+            MatmulPart conv{};
+            conv.conv_w = L.ssm_conv1d.f32();
+            conv.conv_state = st.conv_[slot];
+            conv.conv_y = y;
+            conv.conv_k = c.ssm_conv;
+            matmuls(b.a, E, n, {{&L.attn_qkv, qkv}, {&L.attn_gate, b.z}, {&L.ssm_beta, beta}, {&L.ssm_alpha, alpha}},
+                    nullptr, &conv);
             if (log || n == 1) {
                 // token by token through the decode step's kernel (a verification: see run_layers), which
                 // also quantizes its output for the out-projection

@@ -187,9 +187,41 @@ py::list matmul_prepared(int type, const py::list& parts, int64_t K, const F32Ar
     return out;
 }
 
+// One matmul with the conv epilogue (MatmulPart conv_*): (y [n_tok, N], conv_y [n_tok, N], new state).
+py::tuple matmul_prepared_conv(int type, const U8Array& w, int64_t N, int64_t K, const F32Array& x,
+                               const F32Array& conv_w, const F32Array& state) {
+    check_weight(w, N, "w");
+    check_x(x, K);
+    if (conv_w.ndim() != 2 || conv_w.shape(0) != N || state.ndim() != 2 || state.shape(0) != N ||
+        state.shape(1) != conv_w.shape(1) - 1)
+        throw std::invalid_argument("conv_w [N, K], state [N, K - 1]");
+    const int64_t n_tok = x.shape(0);
+    const int ck = (int)conv_w.shape(1);
+    auto dw = DeviceBuffer::from(w), dx = DeviceBuffer::from(x), dcw = DeviceBuffer::from(conv_w);
+    auto dst = DeviceBuffer::from(state);
+    DeviceBuffer dq(std::max<size_t>(pq::cuda::q8_act_bytes(K, n_tok), 1));
+    if (pq::cuda::matmul_reads_q8(type))
+        finish(pq::cuda::quantize_act_q8(dx.as<float>(), K, n_tok, dq.as(), nullptr), "quantize_act_q8");
+    DeviceBuffer dy(sizeof(float) * (size_t)(n_tok * N)), dcy(sizeof(float) * (size_t)(n_tok * N));
+    pq::cuda::MatmulPart part{dw.as(), N, dy.as<float>()};
+    part.conv_w = dcw.as<float>();
+    part.conv_state = dst.as<float>();
+    part.conv_y = dcy.as<float>();
+    part.conv_k = ck;
+    finish(pq::cuda::matmul_prepared(type, &part, 1, K, dx.as<float>(), dq.as(), n_tok, nullptr), "matmul_prepared");
+    F32Array y({n_tok, N}), cy({n_tok, N}), st({N, (int64_t)ck - 1});
+    dy.download(y.mutable_data());
+    dcy.download(cy.mutable_data());
+    if (ck > 1) dst.download(st.mutable_data());
+    return py::make_tuple(y, cy, st);
+}
+
 }  // namespace
 
 void bind_matvec(py::module_& m) {
+    m.def("matmul_prepared_conv", &matmul_prepared_conv, py::arg("type"), py::arg("w"), py::arg("N"), py::arg("K"),
+          py::arg("x"), py::arg("conv_w"), py::arg("state"),
+          "A matmul with the DeltaNet conv + SiLU as its epilogue: (y, conv_y, new conv state).");
     m.def("add_rms_norm_q8", &add_rms_norm_q8, py::arg("x"), py::arg("add") = py::none(), py::arg("w") = py::none(),
           py::arg("eps") = 1e-6f, py::arg("quantize") = true,
           "The decode path's fused layer entry: (x + add, rms_norm(x + add) * w, qs, ds).");

@@ -123,3 +123,22 @@ def test_gdn_decode_spread_and_q8_equal_the_one_block_step(ops, nk, nv, dk, dv):
         assert cnt is None or not cnt.any()
         q_ref, d_ref = ops.quantize_act(ref_out)
         assert np.array_equal(qs, q_ref[0]) and np.array_equal(ds, d_ref[0])
+
+
+@pytest.mark.parametrize("wtype,N", [(Q4_K, 96), (Q5_K, 2100), (F16, 64)])
+@pytest.mark.parametrize("n_tok", [1, 2, 11])
+@pytest.mark.parametrize("ck", [4, 8])
+def test_matmul_conv_epilogue_equals_conv1d(ops, wtype, N, n_tok, ck):
+    """The DeltaNet conv + SiLU as the in-projection's epilogue (each output row one conv channel, its
+    tokens in order, the state carried across the two launches of 11 tokens and partly kept when fewer
+    tokens than taps - 1 come) equals matmul then conv1d_silu bit for bit."""
+    K = _k_for(wtype)
+    rng = rng_for("conv_epilogue", wtype, N, n_tok, ck)
+    w = make_weight(wtype, N, K, rng)
+    x = rng.standard_normal((n_tok, K)).astype(np.float32)
+    cw = rng.standard_normal((N, ck)).astype(np.float32)
+    state = rng.standard_normal((N, ck - 1)).astype(np.float32)
+    y_ref = ops.matmul(wtype, w, K, N, x)
+    cy_ref, st_ref = ops.conv1d_silu(y_ref, cw, state)
+    y, cy, st = ops.matmul_prepared_conv(wtype, w, N, K, x, cw, state)
+    assert np.array_equal(y, y_ref) and np.array_equal(cy, cy_ref) and np.array_equal(st, st_ref)

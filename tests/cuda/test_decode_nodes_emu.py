@@ -41,7 +41,7 @@ def body_nodes(layers: list[dict], fixed: int = 3) -> int:
         t = L["types"]
         if L["recurrent"]:
             proj = groups([t["attn_qkv"], t["attn_gate"], t["ssm_beta"], t["ssm_alpha"]])
-            mixer = 1 + 1 + 1  # conv, gdn (+ Q8_1 of its output), ssm_out
+            mixer = 1 + 1  # gdn (+ Q8_1 of its output), ssm_out; the conv is the qkv matmul's epilogue
         else:
             proj = groups([t["attn_q"], t["attn_k"], t["attn_v"]])
             mixer = 3 + 1  # q/k norm + RoPE + append, split-K decode, combine (+ Q8_1), attn_output
