@@ -51,6 +51,15 @@ cudaError_t attention(float* qg, float* k, const float* v, const float* q_norm, 
                       const KvCache& kv, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv, int D,
                       const RopeFreqs& rope, float eps, float* out, void* scratch, cudaStream_t stream);
 
+// `attention` for one query (n == 1) that also writes out's Q8_1 activations for the output projection
+// (the decode path's shared-activation layout, ops_matvec.h: out_qs H*D int8, out_ds H*D/32 (d, s) float
+// pairs; both null: attention itself): the combine kernel quantizes, one launch fewer per attention layer.
+// out is bit-identical with attention's, the Q8_1 bytes with quantize_act_q8 of out.
+cudaError_t attention_decode_q8(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
+                                const KvCache& kv, int64_t n_ctx, int64_t pos0, int H, int Hkv, int D,
+                                const RopeFreqs& rope, float eps, float* out, int8_t* out_qs, float* out_ds,
+                                void* scratch, cudaStream_t stream);
+
 // ---- lower-level pieces (the backend may call them; the tests use them to reach edge cases) ----------
 
 // Step 1 of `attention` alone: q/k RMSNorm + NEOX RoPE in place, and (when k_cache / v_cache are not

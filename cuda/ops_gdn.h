@@ -40,4 +40,13 @@ cudaError_t gdn(const float* y, const float* alpha, const float* b, const float*
                 float* S, const float* z, const float* norm_w, float* out, int nk, int nv, int dk, int dv,
                 int64_t n, float eps, void* scratch, cudaStream_t stream);
 
+// gdn for one token (n == 1) that also writes out's Q8_1 activations for the out-projection (the decode
+// path's shared-activation layout, ops_matvec.h: out_qs nv*dv int8, out_ds nv*dv/32 (d, s) float pairs; both
+// null: gdn itself). dv % 32 == 0 with out_qs. out is bit-identical with gdn's, the Q8_1 bytes with
+// quantize_act_q8 of out: one launch fewer per DeltaNet layer. head_cnt (may be null): nv unsigned zeros
+// (left zero) that let each head's rows spread over several blocks (kernels/gdn_decode.cuh; the same bits).
+cudaError_t gdn_decode_q8(const float* y, const float* alpha, const float* b, const float* ssm_a, const float* dt_bias,
+                          float* S, const float* z, const float* norm_w, float* out, int nk, int nv, int dk, int dv,
+                          float eps, int8_t* out_qs, float* out_ds, unsigned* head_cnt, cudaStream_t stream);
+
 }  // namespace pq::cuda

@@ -23,6 +23,7 @@
 #include <cstdint>
 
 #include "host_api.h"
+#include "plan/workspace_sizes.h"  // q8_act_bytes, kMultiPassMaxTok
 
 namespace pq::cuda {
 
@@ -39,6 +40,46 @@ cudaError_t matmul(int type, const void* W, int64_t K, int64_t N, const float* x
 // quantized activations; both weights read in the same kernel when n_tok <= 8).
 cudaError_t matmul_swiglu(int type_g, const void* Wg, int type_u, const void* Wu, int64_t K, int64_t N,
                           const float* x, int64_t n_tok, float* y, void* scratch, cudaStream_t stream);
+
+// ---- decode with shared activations (issue 10: fewer launches per token) ---------------------------------
+// The decode path (n_tok <= kMultiPassMaxTok, plan/workspace_sizes.h) quantizes each distinct matmul input
+// once, into a Q8_1 buffer of q8_act_bytes(K, n_tok) bytes (plan/workspace_sizes.h; the decode kernel's
+// layout), and every matmul of that input reads it. The results are bit-identical with matmul /
+// matmul_swiglu on x.
+
+// Whether a weight type's matmul reads Q8_1 activations (false: float weights read x itself).
+bool matmul_reads_q8(int type);
+// x (n_tok rows of K, K % 32 == 0) to Q8_1 into q8.
+cudaError_t quantize_act_q8(const float* x, int64_t K, int64_t n_tok, void* q8, cudaStream_t stream);
+// One kernel: x += add (add may be null), y = rms_norm(x) * w (w may be null), q8 = Q8_1(y) (q8 may be
+// null: no quantization). Bit-identical with add_f32 + rms_norm_f32 + quantize_act_q8. K % 32 == 0.
+cudaError_t add_rms_norm_q8(float* x, const float* add, const float* w, float* y, void* q8, int64_t K,
+                            int64_t n_tok, float eps, cudaStream_t stream);
+// Up to kMatmulMaxParts matmuls of one weight type and K on the same input, n_tok <= kMultiPassMaxTok, in
+// one launch per 8 tokens: parts[i].y = parts[i].W x. x and its q8 (prepared above; unused for float
+// types) are read; each part's rows are summed as matmul sums them.
+constexpr int kMatmulMaxParts = 4;
+struct MatmulPart {
+    const void* W;
+    int64_t N;
+    float* y;  // [n_tok][N]
+    // Optional: ops_gdn.h conv1d_silu of y as the matmul's epilogue (bit-identical; the DeltaNet conv
+    // without a launch of its own): taps [N][conv_k <= 8], state [N][conv_k - 1] updated, conv_y [n_tok][N].
+    const float* conv_w = nullptr;
+    float* conv_state = nullptr;
+    float* conv_y = nullptr;
+    int conv_k = 0;
+};
+cudaError_t matmul_prepared(int type, const MatmulPart* parts, int nparts, int64_t K, const float* x, const void* q8,
+                            int64_t n_tok, cudaStream_t stream);
+// matmul_swiglu on a prepared input (n_tok <= kMultiPassMaxTok); scratch as matmul_swiglu's. y_q8 (may be
+// null; N % 32 == 0): y's Q8_1 activations too (q8_act_bytes(N, n_tok)), written by the matmul kernel
+// itself when both weights have one type -- the down-projection's input without a launch of its own;
+// y_q8_counters: matmul_out_counters(N) unsigned zeros the kernel leaves zero again.
+cudaError_t matmul_swiglu_prepared(int type_g, const void* Wg, int type_u, const void* Wu, int64_t K, int64_t N,
+                                   const float* x, const void* q8, int64_t n_tok, float* y, void* scratch,
+                                   cudaStream_t stream, void* y_q8 = nullptr, unsigned* y_q8_counters = nullptr);
+constexpr int64_t matmul_out_counters(int64_t N) { return (N + 31) / 32; }
 
 // out[i*K + k] = float value k of row ids[i] of W (n_rows rows; embedding gather, dequantized).
 // Bit-identical with the CPU dequantizers (pyqwen._core.dequantize). ids are device memory and not

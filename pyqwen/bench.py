@@ -90,6 +90,7 @@ class BenchReport:
     peer_note: str | None = None     # how llama.cpp was configured, when not as it defaults
     read_bandwidth: float | None = None   # GB/s this machine reads with the same threads (measured), if asked
     spec_notes: dict = field(default_factory=dict)  # test -> acceptance summary of a speculative tg row
+    decode_nodes: int = 0            # CUDA: kernels + copies of one decode step's graph (issue 10's count)
 
     def ratio(self, test: str) -> float | None:
         a = next((r for r in self.rows if r.engine == "pyqwen" and r.test == test), None)
@@ -120,7 +121,8 @@ class BenchReport:
 
     def to_dict(self) -> dict:
         d = {"model": asdict(self.model), "path": self.path, "n_batch": self.n_batch, "peer_error": self.peer_error,
-             "decode_bytes": self.decode_bytes, "read_bandwidth_gbs": self.read_bandwidth,
+             "decode_bytes": self.decode_bytes, "decode_nodes": self.decode_nodes,
+             "read_bandwidth_gbs": self.read_bandwidth,
              "rows": [dict(asdict(r), mean=r.mean, std=r.std) for r in self.rows], "spec": self.spec_notes}
         tests = list(dict.fromkeys(r.test for r in self.rows))
         d["ratios"] = {t: self.ratio(t) for t in tests}
@@ -406,6 +408,9 @@ def run_bench(path: str | Path | None = None, *, n_prompt: int | Sequence[int] =
 
         kv_type = model.kv_type if model.kv_type in ("f16", "f32") else "f16"
         report.decode_bytes = int(decode_traffic(plan(model.gguf, model.n_ctx, kv_type), PROMPT_TG + n_gen // 2)["total"])
+        stats = getattr(getattr(model, "_core", None), "graph_stats", None)
+        if isinstance(stats, dict):
+            report.decode_nodes = int(stats.get("body_nodes", 0))
         if measure_bandwidth:
             report.read_bandwidth = read_bandwidth_gbs(threads)
     return report
@@ -452,6 +457,9 @@ def format_markdown(report: BenchReport) -> str:
                 line += f", {100 * gbs / report.read_bandwidth:.0f}% of the {report.read_bandwidth:.1f} GB/s measured read bandwidth"
             out.append("")
             out.append(line)
+    if report.decode_nodes:
+        out.append("")
+        out.append(f"decode step: {report.decode_nodes} graph nodes (kernels + copies) per token")
     base = next((r for r in report.rows if r.test.endswith("+off")), None)
     for test, note in report.spec_notes.items():
         row = next(r for r in report.rows if r.test == test)

@@ -33,7 +33,7 @@ cudaError_t gemm_f16(const uint16_t* W, const uint16_t* X, float* Y, int n_out, 
     pq_emu::enqueue(stream, [=]() {
         pq_emu::count_kernel();
         gemm_now(W, X, Y, n_out, n_tok, k, ldw, ldx, ldy);
-    });
+    }, "cublas_gemm");
     return cudaSuccess;
 }
 

@@ -1,5 +1,6 @@
 // emu_runtime.cpp: the host runtime API of emu_runtime.h (allocations, copies, errors, device info).
 #include "emu_runtime.h"
+#include "emu_control.h"
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -13,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 namespace pq_emu {
@@ -192,9 +194,34 @@ void drain_all() {
 
 }  // namespace
 
-void enqueue(cudaStream_t stream, std::function<void()> op) {
+namespace {
+std::map<std::string, uint64_t> g_ledger;  // enqueued work by node name (emu_control.h)
+uint64_t g_ledger_total = 0;
+void note_node(const char* what) {  // g_mutex held
+    ++g_ledger[what];
+    ++g_ledger_total;
+}
+}  // namespace
+
+void enqueue(cudaStream_t stream, std::function<void()> op, const char* what) {
     std::lock_guard<std::mutex> lock(g_mutex);
+    note_node(what);
     resolve(stream)->q.push_back(std::move(op));
+}
+
+void note_sync_node(const char* what) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    note_node(what);
+}
+
+std::map<std::string, uint64_t> node_ledger() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    return g_ledger;
+}
+
+uint64_t nodes_enqueued() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    return g_ledger_total;
 }
 
 void count_kernel() {
@@ -317,6 +344,14 @@ cudaError_t cudaFreeHost(void* ptr) {
 }
 
 namespace {
+const char* copy_node_name(cudaMemcpyKind kind) {
+    switch (kind) {
+        case cudaMemcpyHostToDevice: return "memcpy HtoD";
+        case cudaMemcpyDeviceToHost: return "memcpy DtoH";
+        case cudaMemcpyDeviceToDevice: return "memcpy DtoD";
+        default: return "memcpy";
+    }
+}
 void do_copy(void* dst, const void* src, size_t bytes) {
     if (bytes) memmove(dst, src, bytes);
     std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
@@ -350,16 +385,17 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
         // Pageable source: the runtime stages it before returning, so the caller may reuse it at once.
         auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
                                                           static_cast<const char*>(src) + bytes);
-        pq_emu::enqueue(stream, [dst, staged]() { do_copy(dst, staged->data(), staged->size()); });
+        pq_emu::enqueue(stream, [dst, staged]() { do_copy(dst, staged->data(), staged->size()); }, "memcpy HtoD");
         return cudaSuccess;
     }
     if (kind == cudaMemcpyDeviceToHost && !dst_pinned) {
         // Pageable destination: the call returns once the bytes are there (the stream has caught up).
         pq_emu::drain(pq_emu::resolve(stream));
+        pq_emu::note_sync_node("memcpy DtoH");  // a stream node on a GPU, run here at once
         do_copy(dst, src, bytes);
         return cudaSuccess;
     }
-    pq_emu::enqueue(stream, [dst, src, bytes]() { do_copy(dst, src, bytes); });
+    pq_emu::enqueue(stream, [dst, src, bytes]() { do_copy(dst, src, bytes); }, copy_node_name(kind));
     return cudaSuccess;
 }
 
@@ -390,7 +426,7 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t str
         memset(dst, value, bytes);
         std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
         ++g_work.memsets;
-    });
+    }, "memset");
     return cudaSuccess;
 }
 

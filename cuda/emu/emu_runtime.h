@@ -104,7 +104,10 @@ void set_last_error(cudaError_t err);
 // Number of live cudaMalloc allocations (tests use it to find leaks).
 size_t live_allocations();
 // Appends work to a stream's queue (nullptr: the legacy default stream); it runs when the host waits.
-void enqueue(cudaStream_t stream, std::function<void()> op);
+// `what` names the node it is (the kernel's name, "memcpy HtoD", ...) for the ledger (emu_control.h).
+void enqueue(cudaStream_t stream, std::function<void()> op, const char* what);
+// A stream node the emulator runs at the call (an async copy to pageable memory): counted all the same.
+void note_sync_node(const char* what);
 // Work counters: kernels, copies and memsets executed so far (benchmarks and tests count a decode step).
 struct WorkStats {
     uint64_t kernels = 0, copies = 0, memsets = 0, copy_bytes = 0;

@@ -88,7 +88,7 @@ void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_
                      std::apply(x->k, *x->p);
                  },
                  &ctx);
-    });
+    }, name);
 }
 
 template <class T>

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "../compat.cuh"
+#include "q8_act.cuh"
 #include "reduce.cuh"
 #include "rope.cuh"  // KvLayout
 
@@ -117,10 +118,12 @@ __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf
 // ---- split-K combine ---------------------------------------------------------------------------------
 
 // out[t][h*D + d] = sigmoid(gate) * sum_s w_s O_s[d] / sum_s w_s l_s with w_s = exp2(m_s - max m).
+// With out_qs (n == 1), out also to the output projection's Q8_1 activations (q8_act.cuh).
 // Grid (H, n), block D threads. part_o: [(t*H + h) * nsplit + s][D]; part_ml: [(t*H + h) * nsplit + s].
 __global__ void __launch_bounds__(256)
     attn_combine_kernel(const float* __restrict__ part_o, const float2* __restrict__ part_ml,
-                        const float* __restrict__ qg, float* __restrict__ out, int H, int D, int nsplit) {
+                        const float* __restrict__ qg, float* __restrict__ out, int H, int D, int nsplit,
+                        int8_t* __restrict__ out_qs, float2* __restrict__ out_ds) {
     const int64_t th = (int64_t)blockIdx.y * H + blockIdx.x;
     const int d = threadIdx.x;
     const float2* ml = part_ml + th * nsplit;
@@ -134,7 +137,11 @@ __global__ void __launch_bounds__(256)
         l += w * e.y;
         o += w * part_o[(th * nsplit + s) * D + d];
     }
-    out[th * D + d] = o / l * sigmoid_f(qg[th * 2 * D + D + d]);
+    const float r = o / l * sigmoid_f(qg[th * 2 * D + D + d]);
+    out[th * D + d] = r;
+    // the output projection's Q8_1 input (one query: out_qs/out_ds are that token's row), quantized here
+    // instead of by a launch of its own; D is whole warps and whole Q8_1 blocks
+    if (out_qs) q8_act_store(r, (int64_t)blockIdx.x * D + d, out_qs, out_ds);
 }
 
 // ---- tensor-core MMA ---------------------------------------------------------------------------------

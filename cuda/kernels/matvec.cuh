@@ -44,6 +44,7 @@
 
 #include "../compat.cuh"
 #include "matvec_types.cuh"
+#include "q8_act.cuh"
 #include "reduce.cuh"
 
 namespace pq::cuda {
@@ -52,19 +53,44 @@ constexpr int kMmvWarps = 4;
 constexpr int kMmvThreads = 32 * kMmvWarps;
 constexpr int kMmvMaxTok = 8;  // tokens served by one launch (one read of the weights)
 
-struct MmvArgs {
+// One weight (or GLU pair) of a launch and the CTAs [blk0, next segment's blk0) that serve it. A launch
+// holds up to kMmvMaxSeg weights of one type and K that read the same activations (the DeltaNet layer's
+// gate, beta and alpha projections: one launch instead of three); each keeps its own warps-per-row, so
+// its rows are summed exactly as by a launch of its own.
+constexpr int kMmvMaxSeg = 4;
+struct MmvSeg {
     const uint8_t* w[2];     // gate (or the only) weight, up weight (GLU)
     const uint8_t* wend[2];  // one past the last byte of each weight tensor
-    int64_t row_bytes;
     int64_t nrows;
+    float* y;                // y[t * ldy + r]
+    int64_t ldy;
+    int wpr;                 // warps per row: 1, 2 or 4
+    unsigned blk0;           // first CTA of this segment
+    // Optional epilogue (non-GLU): row r of the output is channel r of a causal depthwise conv + SiLU over
+    // the launch's tokens, in conv1d_silu_kernel's arithmetic (conv1d.cuh): taps conv_w [nrows][conv_k],
+    // state conv_state [nrows][conv_k - 1] read and updated, output conv_y[t * ldy + r]. The DeltaNet
+    // in-projection's conv without a launch of its own (each channel is one warp's row: no races).
+    const float* conv_w;
+    float* conv_state;
+    float* conv_y;
+    int conv_k;
+};
+
+struct MmvArgs {
+    MmvSeg seg[kMmvMaxSeg];
+    int nseg;                // 1..kMmvMaxSeg
+    int64_t row_bytes;
     int units_per_row;
     const void* act;         // int8 Q8_1 values (quantized types) or floats (float types), K per token
     const float2* act_ds;    // (d, s) per 32 values, K / 32 per token (quantized types)
     int64_t act_stride;      // K
     int ntok;                // tokens of this launch, 1..NT
-    float* y;                // y[t * ldy + r]
-    int64_t ldy;
-    int wpr;                 // warps per row: 1, 2 or 4
+    // Optional (one segment, nrows % 32 == 0): y also as the next matmul's Q8_1 activations (the FFN's
+    // down-projection input). The CTA that completes a group of 32 rows quantizes it: out_cnt[group]
+    // counts the group's finished CTAs and is reset to 0 by the last one (zero before the first launch).
+    int8_t* out_qs;          // [t * nrows + r]
+    float2* out_ds;          // [t * nrows / 32 + r / 32]
+    unsigned* out_cnt;       // [nrows / 32]
 };
 
 namespace mv {
@@ -126,6 +152,34 @@ __device__ __forceinline__ void fetch_chunk(uint4 (&regs)[Stage<T>::kPiecesPerLa
     }
 }
 
+// One channel of conv1d_silu_kernel (conv1d.cuh) over n <= NT tokens xs, same sums in the same order: y
+// = silu(sum_j X[t + j] w[j]) over X = [state | xs], then state = X[n .. n + K - 2]. K <= 8.
+template <int NT>
+__device__ __forceinline__ void conv_silu_row(const float (&xs)[NT], int n, int K, const float* w, float* state,
+                                              float* y, int64_t ldy) {
+    float hist[8], old[8], wr[8];
+    for (int j = 0; j < K; ++j) wr[j] = w[j];
+    for (int j = 0; j < K - 1; ++j) old[j] = hist[j] = state[j];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t >= n) break;
+        hist[K - 1] = xs[t];
+        float s = 0.0f;
+        for (int j = 0; j < K; ++j) s += hist[j] * wr[j];
+        y[t * ldy] = s / (1.0f + expf(-s));
+        for (int j = 0; j < K - 1; ++j) hist[j] = hist[j + 1];
+    }
+    for (int j = 0; j < K - 1; ++j) {
+        const int xi = n + j;  // X index of the new state's value j
+        float v = 0.0f;
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+            if (xi - (K - 1) == t) v = xs[t];
+        if (xi < K - 1) v = old[xi];
+        state[j] = v;
+    }
+}
+
 // silu(g) * u as swiglu_f32_kernel (elementwise.cuh) computes it.
 __device__ __forceinline__ float silu_mul(float g, float u) {
     return g / (1.0f + expf(-g)) * u;
@@ -143,17 +197,7 @@ __global__ void __launch_bounds__(kQuantActBlock)
     const int64_t row = blockIdx.y;
     const int64_t i = (int64_t)blockIdx.x * kQuantActBlock + threadIdx.x;
     if (i >= K) return;  // whole warps leave together (K % 32 == 0)
-    const int lane = threadIdx.x % 32;
-    const float xi = x[row * K + i];
-    const float amax = warp_max(fabsf(xi));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const int q = (int)roundf(xi * id);
-    const int sum = warp_sum(q);
-    qs[row * K + i] = (int8_t)q;
-    if (lane == 0)
-        ds[row * (K / 32) + i / 32] = make_float2(pq::fp16_to_fp32(pq::fp32_to_fp16(d)),
-                                                  pq::fp16_to_fp32(pq::fp32_to_fp16((float)sum * d)));
+    q8_act_store(x[row * K + i], i, qs + row * K, ds + row * (K / 32));
 }
 
 // Grid: ceil(nrows / (kMmvWarps / wpr)) CTAs of kMmvThreads.
@@ -165,8 +209,12 @@ __global__ void __launch_bounds__(kMmvThreads) mmv_kernel(const MmvArgs args) {
     __shared__ float red[kMmvWarps][NW][NT];
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int wpr = args.wpr;
-    const int64_t row = (int64_t)blockIdx.x * (kMmvWarps / wpr) + warp / wpr;
+    int si = 0;  // this CTA's segment (uniform over the block)
+    for (int i = 1; i < args.nseg; ++i)
+        if (blockIdx.x >= args.seg[i].blk0) si = i;
+    const MmvSeg& sg = args.seg[si];
+    const int wpr = sg.wpr;
+    const int64_t row = (int64_t)(blockIdx.x - sg.blk0) * (kMmvWarps / wpr) + warp / wpr;
     const int part = warp % wpr;
 
     float acc[NW][NT];
@@ -175,18 +223,18 @@ __global__ void __launch_bounds__(kMmvThreads) mmv_kernel(const MmvArgs args) {
 #pragma unroll
         for (int t = 0; t < NT; ++t) acc[g][t] = 0.0f;
 
-    if (row < args.nrows) {  // uniform per warp
+    if (row < sg.nrows) {  // uniform per warp
         const int upr = args.units_per_row;
         const int nchunks = (upr + 31) / 32;
         const uint8_t* wrow[NW];
 #pragma unroll
-        for (int g = 0; g < NW; ++g) wrow[g] = args.w[g] + row * args.row_bytes;
+        for (int g = 0; g < NW; ++g) wrow[g] = sg.w[g] + row * args.row_bytes;
 
         uint4 regs[NW][St::kPiecesPerLane];
         int c = part;
         if (c < nchunks) {
 #pragma unroll
-            for (int g = 0; g < NW; ++g) mv::fetch_chunk<T>(regs[g], wrow[g], c, upr, args.wend[g], lane);
+            for (int g = 0; g < NW; ++g) mv::fetch_chunk<T>(regs[g], wrow[g], c, upr, sg.wend[g], lane);
         }
         for (; c < nchunks; c += wpr) {
 #pragma unroll
@@ -196,7 +244,7 @@ __global__ void __launch_bounds__(kMmvThreads) mmv_kernel(const MmvArgs args) {
             __syncwarp();
             if (c + wpr < nchunks) {  // next chunk's loads in flight while this one is computed
 #pragma unroll
-                for (int g = 0; g < NW; ++g) mv::fetch_chunk<T>(regs[g], wrow[g], c + wpr, upr, args.wend[g], lane);
+                for (int g = 0; g < NW; ++g) mv::fetch_chunk<T>(regs[g], wrow[g], c + wpr, upr, sg.wend[g], lane);
             }
             const int unit = c * 32 + lane;
             if (unit < upr) {
@@ -244,19 +292,61 @@ __global__ void __launch_bounds__(kMmvThreads) mmv_kernel(const MmvArgs args) {
                 for (int t = 0; t < NT; ++t) red[warp][g][t] = acc[g][t];
         }
         __syncthreads();
-        if (part == 0 && row < args.nrows && lane < args.ntok) {
+        if (part == 0 && row < sg.nrows && lane < args.ntok) {
             float s[NW];
 #pragma unroll
             for (int g = 0; g < NW; ++g) {
                 s[g] = 0.0f;
                 for (int p = 0; p < wpr; ++p) s[g] += red[warp + p][g][lane];
             }
-            args.y[lane * args.ldy + row] = GLU ? mv::silu_mul(s[0], s[NW - 1]) : s[0];
+            sg.y[lane * sg.ldy + row] = GLU ? mv::silu_mul(s[0], s[NW - 1]) : s[0];
         }
-    } else if (row < args.nrows && lane == 0) {
+    } else if (row < sg.nrows && lane == 0) {
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
-            if (t < args.ntok) args.y[t * args.ldy + row] = GLU ? mv::silu_mul(acc[0][t], acc[NW - 1][t]) : acc[0][t];
+            if (t < args.ntok) sg.y[t * sg.ldy + row] = GLU ? mv::silu_mul(acc[0][t], acc[NW - 1][t]) : acc[0][t];
+        }
+    }
+
+    if constexpr (!GLU) {
+        if (sg.conv_w && row < sg.nrows && part == 0 && lane == 0) {
+            float xs[NT];  // this row's outputs, as written above
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (wpr > 1) {
+                    xs[t] = 0.0f;
+                    for (int p = 0; p < wpr; ++p) xs[t] += red[warp + p][0][t];
+                } else {
+                    xs[t] = acc[0][t];
+                }
+            }
+            mv::conv_silu_row(xs, args.ntok, sg.conv_k, sg.conv_w + row * sg.conv_k,
+                              sg.conv_state + row * (sg.conv_k - 1), sg.conv_y + row, sg.ldy);
+        }
+    }
+
+    if (args.out_qs) {  // uniform over the grid
+        // The last CTA of a 32-row group to finish quantizes the group (the CUDA guide's threadfence
+        // reduction: writes fenced before the count, the counted-last reader after it).
+        __shared__ unsigned last_of_group;
+        const int rpc = kMmvWarps / wpr;  // rows per CTA: divides 32, so a CTA lies in one group
+        const int64_t r0 = (int64_t)(blockIdx.x - sg.blk0) * rpc;
+        const int64_t grp = r0 / 32;
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            const unsigned per = (unsigned)(32 / rpc);
+            last_of_group = atomicAdd(&args.out_cnt[grp], 1u) == per - 1;
+            if (last_of_group) args.out_cnt[grp] = 0u;  // ready for the next launch (the group is complete)
+        }
+        __syncthreads();
+        if (last_of_group && warp == 0) {
+            __threadfence();
+            const volatile float* yv = sg.y;  // written by other CTAs: not from this SM's L1
+            const int64_t i = grp * 32 + lane;
+            for (int t = 0; t < args.ntok; ++t)
+                q8_act_store(yv[t * sg.ldy + i], i, args.out_qs + (int64_t)t * sg.nrows,
+                             args.out_ds + (int64_t)t * (sg.nrows / 32));
         }
     }
 }

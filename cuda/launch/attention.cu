@@ -22,8 +22,8 @@ template <int D, int NR>
 void launch_decode(const float* qg, const uint8_t* kc, const uint8_t* vc, const KvLayout& kv, float* po, float2* pml, int H, int Hkv,
                    int64_t L, int64_t split_len, int nsplit, float q_scale, cudaStream_t stream) {
     const dim3 grid(nsplit, Hkv * (H / Hkv / NR));
-    auto* kern = attn_decode_kernel<D, NR>;
-    PQ_LAUNCH(kern, grid, kDecodeWarps * 32, (decode_smem_bytes<D, NR>()), stream, qg, kc, vc, kv, po, pml, H, Hkv, L,
+    auto* attn_decode_kernel_nr = attn_decode_kernel<D, NR>;
+    PQ_LAUNCH(attn_decode_kernel_nr, grid, kDecodeWarps * 32, (decode_smem_bytes<D, NR>()), stream, qg, kc, vc, kv, po, pml, H, Hkv, L,
               split_len, q_scale);
 }
 
@@ -105,11 +105,14 @@ cudaError_t attention_prepare(float* qg, float* k, const float* v, const float* 
     return cudaGetLastError();
 }
 
-cudaError_t attention_ex(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
-                         const KvCache& kv, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv, int D,
-                         const RopeFreqs& rope, float eps, float* out, void* scratch, cudaStream_t stream,
-                         const AttentionTuning& tuning) {
+namespace {
+
+cudaError_t attention_impl(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
+                           const KvCache& kv, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv, int D,
+                           const RopeFreqs& rope, float eps, float* out, void* scratch, cudaStream_t stream,
+                           const AttentionTuning& tuning, int8_t* out_qs, float* out_ds) {
     if (n == 0) return cudaSuccess;
+    if (out_qs && (n != 1 || tuning.force_prefill || !out_ds || D % 32 != 0)) return cudaErrorInvalidValue;
     if (n < 0 || pos0 < 0 || n_ctx <= 0 || n_ctx > kMaxCtx || pos0 + n > n_ctx || !valid_heads(H, Hkv, D) || !v ||
         !kv.k || !kv.v || !kv_ok(kv) || !out || n * (H / Hkv) > INT_MAX)
         return cudaErrorInvalidValue;
@@ -145,10 +148,29 @@ cudaError_t attention_ex(float* qg, float* k, const float* v, const float* q_nor
     }
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     if (combine) {
-        PQ_LAUNCH(attn_combine_kernel, dim3(H, (unsigned)n), D, 0, stream, po, pml, qg, out, H, D, (int)nsplit);
+        PQ_LAUNCH(attn_combine_kernel, dim3(H, (unsigned)n), D, 0, stream, po, pml, qg, out, H, D, (int)nsplit, out_qs,
+                  reinterpret_cast<float2*>(out_ds));
         return cudaGetLastError();
     }
     return cudaSuccess;
+}
+
+}  // namespace
+
+cudaError_t attention_ex(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
+                         const KvCache& kv, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv, int D,
+                         const RopeFreqs& rope, float eps, float* out, void* scratch, cudaStream_t stream,
+                         const AttentionTuning& tuning) {
+    return attention_impl(qg, k, v, q_norm, k_norm, kv, n_ctx, pos0, n, H, Hkv, D, rope, eps, out, scratch, stream,
+                          tuning, nullptr, nullptr);
+}
+
+cudaError_t attention_decode_q8(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
+                                const KvCache& kv, int64_t n_ctx, int64_t pos0, int H, int Hkv, int D,
+                                const RopeFreqs& rope, float eps, float* out, int8_t* out_qs, float* out_ds,
+                                void* scratch, cudaStream_t stream) {
+    return attention_impl(qg, k, v, q_norm, k_norm, kv, n_ctx, pos0, 1, H, Hkv, D, rope, eps, out, scratch, stream,
+                          AttentionTuning{}, out_qs, out_ds);
 }
 
 cudaError_t attention(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,

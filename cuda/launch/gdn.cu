@@ -31,9 +31,13 @@ bool gdn_shape_ok(int nk, int nv, int dk, int dv, int64_t n) {
 template <int KPL>
 cudaError_t launch_decode(const float* y, const float* alpha, const float* b, const float* ssm_a,
                           const float* dt_bias, float* S, const float* z, const float* norm_w, float* out, int nk,
-                          int nv, int dk, int dv, float q_scale, float eps, cudaStream_t stream) {
-    PQ_LAUNCH(gdn_decode_kernel<KPL>, nv, 32 * gdn_decode_warps(dv), sizeof(float) * dv, stream, y, alpha, b, ssm_a,
-              dt_bias, S, z, norm_w, out, nk, dk, dv, q_scale, eps);
+                          int nv, int dk, int dv, float q_scale, float eps, int8_t* out_qs, float2* out_ds,
+                          unsigned* head_cnt, cudaStream_t stream) {
+    // parts per head (gdn_decode.cuh): only with the counters, and only when the parts are whole
+    const int rpp = head_cnt && dv > kGdnDecodePartRows && dv % kGdnDecodePartRows == 0 ? kGdnDecodePartRows : dv;
+    const dim3 grid((unsigned)nv, (unsigned)(dv / rpp));
+    PQ_LAUNCH(gdn_decode_kernel<KPL>, grid, 32 * gdn_decode_warps(rpp), sizeof(float) * dv, stream, y, alpha, b,
+              ssm_a, dt_bias, S, z, norm_w, out, nk, dk, dv, q_scale, eps, out_qs, out_ds, rpp, head_cnt);
     return cudaGetLastError();
 }
 
@@ -58,6 +62,17 @@ cudaError_t conv1d_silu(const float* x, const float* w, float* state, float* y, 
     }
 }
 
+cudaError_t gdn_decode_q8(const float* y, const float* alpha, const float* b, const float* ssm_a, const float* dt_bias,
+                          float* S, const float* z, const float* norm_w, float* out, int nk, int nv, int dk, int dv,
+                          float eps, int8_t* out_qs, float* out_ds, unsigned* head_cnt, cudaStream_t stream) {
+    if (!gdn_shape_ok(nk, nv, dk, dv, 1) || (out_qs && (!out || !out_ds || dv % 32 != 0))) return cudaErrorInvalidValue;
+    const float q_scale = 1.0f / std::sqrt((float)dk);
+    auto* launch = dk <= 32 ? launch_decode<1> : dk <= 64 ? launch_decode<2> : dk <= 128 ? launch_decode<4>
+                                                                                         : launch_decode<8>;
+    return launch(y, alpha, b, ssm_a, dt_bias, S, z, norm_w, out, nk, nv, dk, dv, q_scale, eps, out_qs,
+                  reinterpret_cast<float2*>(out_ds), head_cnt, stream);
+}
+
 size_t gdn_scratch_bytes(int nk, int nv, int dk, int dv, int64_t n) {
     if (n <= 1 || !gdn_shape_ok(nk, nv, dk, dv, n)) return 0;
     return gdn_scratch_layout(nk, nv, dk, dv, n).total;
@@ -71,12 +86,9 @@ cudaError_t gdn(const float* y, const float* alpha, const float* b, const float*
     if (out == nullptr && n != 1) return cudaErrorInvalidValue;  // state-only updates are decode steps
     const float q_scale = 1.0f / std::sqrt((float)dk);
 
-    if (n == 1) {  // decode: one fused kernel, one block per V head
-        if (dk <= 32) return launch_decode<1>(y, alpha, b, ssm_a, dt_bias, S, z, norm_w, out, nk, nv, dk, dv, q_scale, eps, stream);
-        if (dk <= 64) return launch_decode<2>(y, alpha, b, ssm_a, dt_bias, S, z, norm_w, out, nk, nv, dk, dv, q_scale, eps, stream);
-        if (dk <= 128) return launch_decode<4>(y, alpha, b, ssm_a, dt_bias, S, z, norm_w, out, nk, nv, dk, dv, q_scale, eps, stream);
-        return launch_decode<8>(y, alpha, b, ssm_a, dt_bias, S, z, norm_w, out, nk, nv, dk, dv, q_scale, eps, stream);
-    }
+    if (n == 1)  // decode: one fused kernel, one block per V head
+        return gdn_decode_q8(y, alpha, b, ssm_a, dt_bias, S, z, norm_w, out, nk, nv, dk, dv, eps, nullptr, nullptr,
+                             nullptr, stream);
 
     if (scratch == nullptr || (n * nv + kGdnNormWarps - 1) / kGdnNormWarps > INT_MAX) return cudaErrorInvalidValue;
     const GdnScratch L = gdn_scratch_layout(nk, nv, dk, dv, n);

@@ -29,8 +29,8 @@ cudaError_t dequant_rows(int type, const void* W, int64_t K, int64_t w_rows, con
         using T = decltype(t);
         const int subs = (int)(K / T::kBlockVals * T::kSubs);
         const dim3 grid((subs + kDequantThreads - 1) / kDequantThreads, (unsigned)(nrows < 65535 ? nrows : 65535));
-        auto* k = dequant_rows_kernel<T, kF16Out>;
-        PQ_LAUNCH(k, grid, kDequantThreads, 0, stream, static_cast<const uint8_t*>(W), row_bytes, w_rows, ids, row0,
+        auto* dequant_rows_kernel_t = dequant_rows_kernel<T, kF16Out>;
+        PQ_LAUNCH(dequant_rows_kernel_t, grid, kDequantThreads, 0, stream, static_cast<const uint8_t*>(W), row_bytes, w_rows, ids, row0,
                   nrows, subs, out, K);
         return cudaGetLastError();
     });

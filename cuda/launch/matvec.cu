@@ -48,32 +48,67 @@ int warps_per_row(int64_t N, int nchunks) {
 
 template <class T, int NT, bool GLU>
 cudaError_t launch_mmv_nt(const MmvArgs& a, int64_t grid, cudaStream_t stream) {
-    auto* k = mmv_kernel<T, NT, GLU>;
-    PQ_LAUNCH(k, (unsigned)grid, kMmvThreads, 0, stream, a);
+    auto* mmv_kernel_nt = mmv_kernel<T, NT, GLU>;  // the name the emulator's node ledger shows
+    PQ_LAUNCH(mmv_kernel_nt, (unsigned)grid, kMmvThreads, 0, stream, a);
     return cudaGetLastError();
 }
 
-// One launch: ntok (1..8) tokens of act (quantized or float, per T) against one or two (GLU) weights.
+// One weight (or GLU pair) of a launch: N rows into y (ldy = N).
+struct MmvPart {
+    const void* Wg;
+    const void* Wu;  // GLU only
+    int64_t N;
+    float* y;
+    const float* conv_w = nullptr;  // the conv epilogue (MmvSeg)
+    float* conv_state = nullptr;
+    float* conv_y = nullptr;
+    int conv_k = 0;
+};
+
+// One launch: ntok (1..8) tokens of act (quantized or float, per T) against nparts weights of one type and
+// K (each a segment of the grid with its own warps per row: matvec.cuh MmvSeg).
+// Where an mmv launch also writes its output's Q8_1 (MmvArgs out_*): the buffer of all n_tok tokens.
+struct OutQ8 {
+    int8_t* qs = nullptr;
+    float2* ds = nullptr;
+    unsigned* cnt = nullptr;
+};
+
 template <class T, bool GLU>
-cudaError_t launch_mmv(const void* Wg, const void* Wu, int64_t K, int64_t N, const void* act, const float2* act_ds,
-                       int ntok, float* y, cudaStream_t stream) {
+cudaError_t launch_mmv_parts(const MmvPart* parts, int nparts, int64_t K, const void* act, const float2* act_ds,
+                             int ntok, int64_t y_off, const OutQ8& oq, cudaStream_t stream) {
     const int64_t nblk = K / T::kBlockVals;
-    MmvArgs a;
+    MmvArgs a{};
     a.row_bytes = nblk * T::kBlockBytes;
-    a.w[0] = static_cast<const uint8_t*>(Wg);
-    a.w[1] = static_cast<const uint8_t*>(GLU ? Wu : Wg);
-    a.wend[0] = a.w[0] + N * a.row_bytes;
-    a.wend[1] = a.w[1] + N * a.row_bytes;
-    a.nrows = N;
     a.units_per_row = (int)(nblk * T::kUnits);
     a.act = act;
     a.act_ds = act_ds;
     a.act_stride = K;
     a.ntok = ntok;
-    a.y = y;
-    a.ldy = N;
-    a.wpr = warps_per_row(N, (a.units_per_row + 31) / 32);
-    const int64_t grid = (N + kMmvWarps / a.wpr - 1) / (kMmvWarps / a.wpr);
+    a.nseg = nparts;
+    a.out_qs = oq.qs ? oq.qs + y_off * parts[0].N : nullptr;
+    a.out_ds = oq.qs ? oq.ds + y_off * (parts[0].N / 32) : nullptr;
+    a.out_cnt = oq.cnt;
+    int64_t grid = 0;
+    for (int i = 0; i < nparts; ++i) {
+        MmvSeg& sg = a.seg[i];
+        const int64_t N = parts[i].N;
+        sg.w[0] = static_cast<const uint8_t*>(parts[i].Wg);
+        sg.w[1] = static_cast<const uint8_t*>(GLU ? parts[i].Wu : parts[i].Wg);
+        sg.wend[0] = sg.w[0] + N * a.row_bytes;
+        sg.wend[1] = sg.w[1] + N * a.row_bytes;
+        sg.nrows = N;
+        sg.y = parts[i].y + y_off * N;
+        sg.ldy = N;
+        sg.wpr = warps_per_row(N, (a.units_per_row + 31) / 32);
+        sg.blk0 = (unsigned)grid;
+        sg.conv_w = parts[i].conv_w;
+        sg.conv_state = parts[i].conv_state;
+        sg.conv_y = parts[i].conv_y ? parts[i].conv_y + y_off * N : nullptr;
+        sg.conv_k = parts[i].conv_k;
+        grid += (N + kMmvWarps / sg.wpr - 1) / (kMmvWarps / sg.wpr);
+    }
+    if (grid > INT_MAX) return cudaErrorInvalidValue;
     if (ntok <= 1) return launch_mmv_nt<T, 1, GLU>(a, grid, stream);
     if (ntok <= 2) return launch_mmv_nt<T, 2, GLU>(a, grid, stream);
     if (ntok <= 4) return launch_mmv_nt<T, 4, GLU>(a, grid, stream);
@@ -107,10 +142,13 @@ cudaError_t prepare_act(int type, const float* x, int64_t K, int64_t n_tok, void
     return is_float_type(type) ? cudaSuccess : detail::quantize_act(x, K, n_tok, q8, stream);
 }
 
-// All tokens through the decode kernel, kMmvMaxTok per launch. Activations must be prepared (prepare_act).
-// Wu != nullptr: fused SwiGLU (same type for both weights).
-cudaError_t mmv_passes(int type, const void* Wg, const void* Wu, int64_t K, int64_t N, const float* x,
-                       const void* q8, int64_t n_tok, float* y, cudaStream_t stream) {
+// All tokens through the decode kernel, kMmvMaxTok per launch, every part in the same launches.
+// Activations must be prepared (prepare_act). Wu != nullptr: fused SwiGLU (same type for both weights).
+cudaError_t mmv_passes_parts(int type, const MmvPart* parts, int nparts, int64_t K, const float* x, const void* q8,
+                             int64_t n_tok, cudaStream_t stream, const OutQ8& oq = OutQ8{}) {
+    if (nparts < 1 || nparts > kMmvMaxSeg || (oq.qs && (nparts != 1 || parts[0].N % 32 != 0)))
+        return cudaErrorInvalidValue;
+    const bool glu = parts[0].Wu != nullptr;
     return mv::dispatch_type(type, cudaErrorInvalidValue, [&](auto t) {
         using T = decltype(t);
         for (int64_t t0 = 0; t0 < n_tok; t0 += kMmvMaxTok) {
@@ -120,12 +158,18 @@ cudaError_t mmv_passes(int type, const void* Wg, const void* Wu, int64_t K, int6
             const auto* ds0 =
                 reinterpret_cast<const float2*>(static_cast<const char*>(q8) + q8_values_bytes(K, n_tok));
             const float2* ds = ds0 + t0 * (K / 32);
-            const cudaError_t e = Wu ? launch_mmv<T, true>(Wg, Wu, K, N, act, ds, nt, y + t0 * N, stream)
-                                     : launch_mmv<T, false>(Wg, nullptr, K, N, act, ds, nt, y + t0 * N, stream);
+            const cudaError_t e = glu ? launch_mmv_parts<T, true>(parts, nparts, K, act, ds, nt, t0, oq, stream)
+                                      : launch_mmv_parts<T, false>(parts, nparts, K, act, ds, nt, t0, oq, stream);
             if (e != cudaSuccess) return e;
         }
         return cudaSuccess;
     });
+}
+
+cudaError_t mmv_passes(int type, const void* Wg, const void* Wu, int64_t K, int64_t N, const float* x,
+                       const void* q8, int64_t n_tok, float* y, cudaStream_t stream) {
+    const MmvPart p{Wg, Wu, N, y};
+    return mmv_passes_parts(type, &p, 1, K, x, q8, n_tok, stream);
 }
 
 cudaError_t check_common(int type, const void* W, int64_t K, int64_t N, const float* x, int64_t n_tok,
@@ -200,6 +244,64 @@ cudaError_t matmul_swiglu(int type_g, const void* Wg, int type_u, const void* Wu
     if (e == cudaSuccess) e = mmv_passes(type_u, Wu, nullptr, K, N, x, s.act, n_tok, s.u, stream);
     if (e != cudaSuccess) return e;
     return swiglu_f32(s.g, s.u, y, (int)N, (int)n_tok, N, N, N, stream);
+}
+
+bool matmul_reads_q8(int type) { return detail::matmul_type_ok(type, 256, nullptr) && !is_float_type(type); }
+
+cudaError_t quantize_act_q8(const float* x, int64_t K, int64_t n_tok, void* q8, cudaStream_t stream) {
+    if (n_tok > kMultiPassMaxTok || !x || !q8) return cudaErrorInvalidValue;
+    return detail::quantize_act(x, K, n_tok, q8, stream);
+}
+
+cudaError_t matmul_prepared(int type, const MatmulPart* parts, int nparts, int64_t K, const float* x, const void* q8,
+                            int64_t n_tok, cudaStream_t stream) {
+    static_assert(kMatmulMaxParts == kMmvMaxSeg, "one launch serves every part");
+    if (nparts < 1 || nparts > kMatmulMaxParts || n_tok < 0 || n_tok > kMultiPassMaxTok) return cudaErrorInvalidValue;
+    MmvPart mp[kMatmulMaxParts];
+    for (int i = 0; i < nparts; ++i) {
+        const cudaError_t e = check_common(type, parts[i].W, K, parts[i].N, x, n_tok, parts[i].y, x);
+        if (e != cudaSuccess) return e;
+        if (parts[i].N == 0) return cudaErrorInvalidValue;
+        mp[i] = MmvPart{parts[i].W, nullptr, parts[i].N, parts[i].y};
+        if (parts[i].conv_w) {
+            if (parts[i].conv_k < 1 || parts[i].conv_k > 8 || !parts[i].conv_state || !parts[i].conv_y)
+                return cudaErrorInvalidValue;
+            mp[i].conv_w = parts[i].conv_w;
+            mp[i].conv_state = parts[i].conv_state;
+            mp[i].conv_y = parts[i].conv_y;
+            mp[i].conv_k = parts[i].conv_k;
+        }
+    }
+    if (n_tok == 0) return cudaSuccess;
+    if (!is_float_type(type) && (!q8 || !aligned16(q8))) return cudaErrorInvalidValue;
+    return mmv_passes_parts(type, mp, nparts, K, x, q8, n_tok, stream);
+}
+
+cudaError_t matmul_swiglu_prepared(int type_g, const void* Wg, int type_u, const void* Wu, int64_t K, int64_t N,
+                                   const float* x, const void* q8, int64_t n_tok, float* y, void* scratch,
+                                   cudaStream_t stream, void* y_q8, unsigned* y_q8_counters) {
+    cudaError_t e = check_common(type_g, Wg, K, N, x, n_tok, y, scratch);
+    if (e == cudaSuccess) e = check_common(type_u, Wu, K, N, x, n_tok, y, scratch);
+    if (e != cudaSuccess || N == 0 || n_tok == 0) return e;
+    if (n_tok > kMultiPassMaxTok) return cudaErrorInvalidValue;
+    if ((matmul_reads_q8(type_g) || matmul_reads_q8(type_u)) && (!q8 || !aligned16(q8))) return cudaErrorInvalidValue;
+    if (y_q8 && (N % 32 != 0 || !y_q8_counters)) return cudaErrorInvalidValue;
+    if (type_g == type_u) {
+        OutQ8 oq;
+        if (y_q8) {
+            oq.qs = static_cast<int8_t*>(y_q8);
+            oq.ds = reinterpret_cast<float2*>(static_cast<char*>(y_q8) + q8_values_bytes(N, n_tok));
+            oq.cnt = y_q8_counters;
+        }
+        const MmvPart p{Wg, Wu, N, y};
+        return mmv_passes_parts(type_g, &p, 1, K, x, q8, n_tok, stream, oq);
+    }
+    const ScratchPtrs s = carve(scratch, layout(K, N, n_tok));
+    e = mmv_passes(type_g, Wg, nullptr, K, N, x, q8, n_tok, s.g, stream);
+    if (e == cudaSuccess) e = mmv_passes(type_u, Wu, nullptr, K, N, x, q8, n_tok, s.u, stream);
+    if (e == cudaSuccess) e = swiglu_f32(s.g, s.u, y, (int)N, (int)n_tok, N, N, N, stream);
+    if (e == cudaSuccess && y_q8) e = quantize_act_q8(y, N, n_tok, y_q8, stream);
+    return e;
 }
 
 }  // namespace pq::cuda

@@ -12,7 +12,14 @@
 // patches the instantiated graph in place with cudaGraphExecUpdate -- no re-instantiation. That
 // re-recording for position p+1 is done right after step p is launched, while the GPU runs it, and two
 // executable graphs alternate so the one being patched is never the one in flight. The emulator has no
-// graphs: there (and with use_graphs = false) the same launches run directly.
+// graphs: there (and with use_graphs = false) the same launches run directly, and its node ledger counts
+// what the graph would hold (graph_stats body_nodes).
+//
+// Chunks of <= 16 tokens (decode steps, verifications) take the decode path (run_layers_decode): each
+// distinct matmul input quantized once, residual adds folded into the next norm, projections of one
+// weight type in one launch (the DeltaNet conv as the qkv matmul's epilogue), the DeltaNet / attention /
+// FFN kernels quantizing their own outputs -- the 27B's decode body is 515 nodes instead of 1,268, with
+// the same bits.
 #include "../compat.cuh"
 
 #include <algorithm>
@@ -30,6 +37,7 @@
 #include "model.h"
 
 #if defined(PQ_CUDA_EMU)
+#include "../emu/emu_control.h"  // node ledger: body_nodes
 #define PQ_MODEL_GRAPHS 0
 #else
 #define PQ_MODEL_GRAPHS 1
@@ -85,6 +93,9 @@ struct Model::Buffers {
     // attention (aliases the DeltaNet buffers: a layer is one or the other)
     float *qg = nullptr, *k = nullptr, *v = nullptr, *ao = nullptr;
     float* h = nullptr;  // [n_batch][F] FFN hidden (aliases the mixer buffers: the FFN runs after them)
+    void* q8 = nullptr;        // Q8_1 of the decode path's current matmul input (act_layout)
+    void* q8b = nullptr;       // the FFN hidden row's Q8_1 (written while q8 is read)
+    unsigned* q8cnt = nullptr; // the gate/up matmul's group counters (zero between launches)
     float* logits = nullptr;   // [kLogitRows][V]
     void* scratch = nullptr;   // shared by every op (one stream: ops never overlap)
     size_t scratch_bytes = 0;
@@ -273,6 +284,10 @@ void Model::ensure_workspace(int64_t n_ctx) {
     b->qkv = f(L.qkv), b->z = f(L.z), b->beta = f(L.beta), b->alpha = f(L.alpha), b->y = f(L.y), b->o = f(L.o);
     b->qg = f(L.qg), b->k = f(L.k), b->v = f(L.v), b->ao = f(L.ao);
     b->h = f(L.h);
+    b->q8 = base + L.q8;
+    b->q8b = base + L.q8b;
+    b->q8cnt = reinterpret_cast<unsigned*>(base + L.q8cnt);
+    check(cudaMemsetAsync(b->q8cnt, 0, L.logits - L.q8cnt, stream_), "cudaMemsetAsync (matmul counters)");
     b->logits = f(L.logits);
     b->scratch = p.scratch ? base + L.total : nullptr;
     b->scratch_bytes = p.scratch;
@@ -511,6 +526,10 @@ Snapshot::~Snapshot() {
 
 
 void Model::run_layers(State& st, int64_t n, VerifyLog* log) {
+    if (decode_path(n)) {
+        run_layers_decode(st, n, log, false);
+        return;
+    }
     const ModelConfig& c = cfg_;
     Buffers& b = *buf_;
     cudaStream_t s = cur_;
@@ -570,6 +589,167 @@ void Model::run_layers(State& st, int64_t n, VerifyLog* log) {
         PQ_OP(matmul(L.ffn_down.type, L.ffn_down.data, F, E, b.h, n, b.t, b.scratch, s));
         PQ_OP(add_f32(b.x, b.t, b.x, n * E, s));
     }
+}
+
+// ---- the decode path: shared activations, fused residual adds, grouped projections -------------------
+//
+// Chunks of <= kMultiPassMaxTok tokens (decode steps, verifications, short prefill chunks) run every matmul
+// through the mmv kernel on Q8_1 activations. Here each distinct matmul input is quantized once (the
+// layer's normed row by the norm kernel itself, which also adds the previous residual: add_rms_norm_q8),
+// and the projections of one input that share a weight type run as one launch (matmul_prepared). Per
+// token the arithmetic is the op-by-op path's (bit-identical), so a verification's rows still equal
+// decode steps. The 27B's decode body: 1,268 graph nodes before (20 per DeltaNet layer, 19 per attention
+// layer), 515 now; the emulator's node ledger counts them (tests/cuda/test_decode_nodes_emu.py).
+
+namespace {
+bool g_decode_fusion = true;  // test hook (set_decode_fusion): off runs the op-by-op path for every chunk
+}  // namespace
+
+void set_decode_fusion(bool on) { g_decode_fusion = on; }
+
+bool Model::decode_path(int64_t n) const {
+    const ModelConfig& c = cfg_;
+    if (n > kMultiPassMaxTok || !g_decode_fusion) return false;
+    // every quantized input whole Q8_1 blocks (true for every real config; tiny test configs too)
+    for (int64_t K : {(int64_t)c.n_embd, (int64_t)c.ssm_v_heads * c.ssm_v_dim, (int64_t)c.n_head * c.head_dim,
+                      (int64_t)c.n_ff})
+        if (K % 32 != 0) return false;
+    return true;
+}
+
+bool Model::any_q8(std::initializer_list<const DevTensor*> ws) const {
+    for (const DevTensor* w : ws)
+        if (matmul_reads_q8(w->type)) return true;
+    return false;
+}
+
+// The matmuls of one prepared input (x, its Q8_1 in q8, default buf q8): consecutive weights of one type
+// share a launch.
+void Model::matmuls(const float* x, int64_t K, int64_t n, std::initializer_list<std::pair<const DevTensor*, float*>> ws,
+                    const void* q8, const MatmulPart* conv_first) {
+    if (!q8) q8 = buf_->q8;
+    MatmulPart parts[kMatmulMaxParts];
+    int np = 0, type = -1;
+    auto flush = [&] {
+        if (np) PQ_OP(matmul_prepared(type, parts, np, K, x, q8, n, cur_));
+        np = 0;
+    };
+    bool first = true;
+    for (const auto& [w, y] : ws) {
+        if (np == kMatmulMaxParts || (np && w->type != type)) flush();
+        type = w->type;
+        parts[np] = MatmulPart{w->data, w->ne1, y};
+        if (first && conv_first) {
+            parts[np].conv_w = conv_first->conv_w;
+            parts[np].conv_state = conv_first->conv_state;
+            parts[np].conv_y = conv_first->conv_y;
+            parts[np].conv_k = conv_first->conv_k;
+        }
+        ++np;
+        first = false;
+    }
+    flush();
+}
+
+// x's Q8_1 into buf q8 when one of the weights that read it wants it.
+void Model::quantize_for(const float* x, int64_t K, int64_t n, std::initializer_list<const DevTensor*> ws) {
+    if (any_q8(ws)) PQ_OP(quantize_act_q8(x, K, n, buf_->q8, cur_));
+}
+
+// run_layers for n <= kMultiPassMaxTok. defer_last_add: the last layer's FFN output stays in t (the LM
+// head's norm adds it: run_lm_head_decode); otherwise x is complete on return.
+void Model::run_layers_decode(State& st, int64_t n, VerifyLog* log, bool defer_last_add) {
+    const ModelConfig& c = cfg_;
+    Buffers& b = *buf_;
+    cudaStream_t s = cur_;
+    const int64_t E = c.n_embd, F = c.n_ff;
+    const float eps = c.rms_eps;
+    void* q8 = b.q8;
+    PQ_OP(get_rows(w_.token_embd.type, w_.token_embd.data, E, w_.token_embd.ne1, b.tokens, n, b.x, s));
+    for (int il = 0; il < c.n_layer; ++il) {
+        const Layer& L = w_.layers[il];
+        const int slot = slot_[il];
+        const float* pending = il > 0 ? b.t : nullptr;  // the previous layer's FFN output, not added yet
+        if (c.recurrent[il]) {
+            const int64_t C = c.conv_channels(), nv = c.ssm_v_heads, Dv = nv * c.ssm_v_dim;
+            const VerifyLogLayout* vl = log ? &log->layout : nullptr;
+            float* qkv = vl ? log->f(vl->x[slot]) : b.qkv;
+            float* y = vl ? log->f(vl->y[slot]) : b.y;
+            float* alpha = vl ? log->f(vl->alpha[slot]) : b.alpha;
+            float* beta = vl ? log->f(vl->beta[slot]) : b.beta;
+            const bool q = any_q8({&L.attn_qkv, &L.attn_gate, &L.ssm_beta, &L.ssm_alpha});
+            PQ_OP(add_rms_norm_q8(b.x, pending, L.attn_norm.f32(), b.a, q ? q8 : nullptr, E, n, eps, s));
+            // the causal conv + SiLU as the qkv matmul's epilogue (each channel one warp's row)
+            MatmulPart conv{};
+            conv.conv_w = L.ssm_conv1d.f32();
+            conv.conv_state = st.conv_[slot];
+            conv.conv_y = y;
+            conv.conv_k = c.ssm_conv;
+            matmuls(b.a, E, n, {{&L.attn_qkv, qkv}, {&L.attn_gate, b.z}, {&L.ssm_beta, beta}, {&L.ssm_alpha, alpha}},
+                    nullptr, &conv);
+            if (log || n == 1) {
+                // token by token through the decode step's kernel (a verification: see run_layers), which
+                // also quantizes its output for the out-projection
+                const bool qo = any_q8({&L.ssm_out}) && c.ssm_v_dim % 32 == 0;
+                auto* qs = static_cast<int8_t*>(q8);
+                auto* ds = reinterpret_cast<float*>(static_cast<char*>(q8) + q8_values_bytes(Dv, n));
+                for (int64_t t = 0; t < n; ++t)
+                    PQ_OP(gdn_decode_q8(y + t * C, alpha + t * nv, beta + t * nv, L.ssm_a.f32(), L.ssm_dt.f32(),
+                                        st.ssm_[slot], b.z + t * Dv, L.ssm_norm.f32(), b.o + t * Dv, c.ssm_k_heads,
+                                        (int)nv, c.ssm_k_dim, c.ssm_v_dim, eps, qo ? qs + t * Dv : nullptr,
+                                        qo ? ds + t * (Dv / 32) * 2 : nullptr, b.q8cnt, s));
+                if (!qo) quantize_for(b.o, Dv, n, {&L.ssm_out});
+            } else {
+                PQ_OP(gdn(y, alpha, beta, L.ssm_a.f32(), L.ssm_dt.f32(), st.ssm_[slot], b.z, L.ssm_norm.f32(), b.o,
+                          c.ssm_k_heads, nv, c.ssm_k_dim, c.ssm_v_dim, n, eps, b.scratch, s));
+                quantize_for(b.o, Dv, n, {&L.ssm_out});
+            }
+            matmuls(b.o, Dv, n, {{&L.ssm_out, b.t}});
+        } else {
+            const int64_t H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim;
+            const bool q = any_q8({&L.attn_q, &L.attn_k, &L.attn_v});
+            PQ_OP(add_rms_norm_q8(b.x, pending, L.attn_norm.f32(), b.a, q ? q8 : nullptr, E, n, eps, s));
+            matmuls(b.a, E, n, {{&L.attn_q, b.qg}, {&L.attn_k, b.k}, {&L.attn_v, b.v}});
+            const int64_t HD = H * D;
+            if (log || n == 1) {
+                // one query at a time through the decode kernels (a verification: each sees the rows before
+                // it), whose combine step also quantizes the output for the output projection
+                const bool qo = any_q8({&L.attn_output});
+                auto* qs = static_cast<int8_t*>(q8);
+                auto* ds = reinterpret_cast<float*>(static_cast<char*>(q8) + q8_values_bytes(HD, n));
+                for (int64_t t = 0; t < n; ++t)
+                    PQ_OP(attention_decode_q8(b.qg + t * 2 * HD, b.k + t * Hkv * D, b.v + t * Hkv * D,
+                                              L.attn_q_norm.f32(), L.attn_k_norm.f32(),
+                                              kv_cache(st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos + t, (int)H,
+                                              (int)Hkv, (int)D, rope_, eps, b.ao + t * HD, qo ? qs + t * HD : nullptr,
+                                              qo ? ds + t * (HD / 32) * 2 : nullptr, b.scratch, s));
+            } else {
+                PQ_OP(attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(),
+                                kv_cache(st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos, n, (int)H, (int)Hkv, (int)D,
+                                rope_, eps, b.ao, b.scratch, s));
+                quantize_for(b.ao, HD, n, {&L.attn_output});
+            }
+            matmuls(b.ao, HD, n, {{&L.attn_output, b.t}});
+        }
+        const bool qf = any_q8({&L.ffn_gate, &L.ffn_up});
+        PQ_OP(add_rms_norm_q8(b.x, b.t, L.post_attention_norm.f32(), b.a, qf ? q8 : nullptr, E, n, eps, s));
+        // the gate/up matmul also quantizes h for the down projection (into q8b: it reads q8)
+        const bool qh = any_q8({&L.ffn_down});
+        PQ_OP(matmul_swiglu_prepared(L.ffn_gate.type, L.ffn_gate.data, L.ffn_up.type, L.ffn_up.data, E, F, b.a, q8, n,
+                                     b.h, b.scratch, s, qh ? b.q8b : nullptr, b.q8cnt));
+        matmuls(b.h, F, n, {{&L.ffn_down, b.t}}, b.q8b);
+    }
+    if (!defer_last_add) PQ_OP(add_f32(b.x, b.t, b.x, n * E, s));
+}
+
+// The decode body's LM head: the last residual add, the final norm and its Q8_1 in one kernel, then the
+// LM head matmul on them (run_lm_head's arithmetic).
+void Model::run_lm_head_decode() {
+    Buffers& b = *buf_;
+    const int64_t E = cfg_.n_embd;
+    const bool q = any_q8({&w_.output});
+    PQ_OP(add_rms_norm_q8(b.x, b.t, w_.output_norm.f32(), b.a, q ? b.q8 : nullptr, E, 1, cfg_.rms_eps, cur_));
+    matmuls(b.a, E, 1, {{&w_.output, b.logits}});
 }
 
 // Final norm of hidden rows [first, first + rows) of x into a, LM head into logits (rows <= kLogitRows).
@@ -754,8 +934,19 @@ void Model::rollback(State& st, int64_t n_keep) {
 }
 
 void Model::run_decode_body(State& st) {
-    run_layers(st, 1);
-    run_lm_head(0, 1);
+#if defined(PQ_CUDA_EMU)
+    const uint64_t nodes0 = pq_emu::nodes_enqueued();
+#endif
+    if (decode_path(1)) {
+        run_layers_decode(st, 1, nullptr, true);
+        run_lm_head_decode();
+    } else {
+        run_layers(st, 1);
+        run_lm_head(0, 1);
+    }
+#if defined(PQ_CUDA_EMU)
+    gstats_.body_nodes = (int64_t)(pq_emu::nodes_enqueued() - nodes0);
+#endif
 }
 
 // Records the one-token body at st.pos into graph slot `i` (capture on the side stream: recording does
@@ -779,6 +970,9 @@ void Model::record_slot(int i, State& st) {
     cur_ = stream_;
     check(cudaStreamEndCapture(capture_stream_, &g), "cudaStreamEndCapture");
     ++gstats_.captures;
+    size_t n_nodes = 0;
+    if (cudaGraphGetNodes(g, nullptr, &n_nodes) == cudaSuccess) gstats_.body_nodes = (int64_t)n_nodes;
+    else cudaGetLastError();
     bool updated = false;
     if (sl.exec) {
         cudaGraphExecUpdateResultInfo info;

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <string>
@@ -122,6 +123,11 @@ private:
 
 using ProgressFn = std::function<void(size_t done, size_t total)>;
 
+// Test hook: false makes every model run chunks of <= kMultiPassMaxTok tokens op by op (one quantization
+// per matmul, separate residual adds and norms) instead of the decode path's fused launches, so the tests
+// can show the two give the same bits.
+void set_decode_fusion(bool on);
+
 class Model {
 public:
     // Uploads every weight (chunked, through pinned staging buffers); progress(done, total) after each chunk.
@@ -175,8 +181,10 @@ public:
     void restore(State& st, const Snapshot& s);
 
     // Graph statistics (tests and benchmarks): captures, whole instantiations, in-place updates, replays.
+    // body_nodes: kernels + copies of the last decode body (the graph's node count: cudaGraphGetNodes on a
+    // GPU, the emulator's node ledger there) -- what issue 10's launches-per-token figure counts.
     struct GraphStats {
-        int64_t captures = 0, instantiations = 0, updates = 0, launches = 0, direct = 0;
+        int64_t captures = 0, instantiations = 0, updates = 0, launches = 0, direct = 0, body_nodes = 0;
     };
     GraphStats graph_stats() const { return gstats_; }
     bool graphs_enabled() const;
@@ -199,6 +207,14 @@ private:
     // decode kernels and keep what rollback needs.
     void run_layers(State& st, int64_t n, VerifyLog* log = nullptr);
     void run_lm_head(int64_t first_row, int64_t rows);
+    // The decode path (model.cu): chunks of <= kMultiPassMaxTok tokens with shared Q8_1 activations.
+    bool decode_path(int64_t n) const;
+    void run_layers_decode(State& st, int64_t n, VerifyLog* log, bool defer_last_add);
+    void run_lm_head_decode();
+    bool any_q8(std::initializer_list<const DevTensor*> ws) const;
+    void matmuls(const float* x, int64_t K, int64_t n, std::initializer_list<std::pair<const DevTensor*, float*>> ws,
+                 const void* q8 = nullptr, const struct MatmulPart* conv_first = nullptr);
+    void quantize_for(const float* x, int64_t K, int64_t n, std::initializer_list<const DevTensor*> ws);
     void begin_forward(State& st, const int32_t* tokens, int64_t n, bool verify);  // checks, then invalidations
     void forward_verify(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int32_t* argmax);
     // argmax of `rows` rows of the logits buffer into `ids` (host); a row without a finite logit is an error.

@@ -69,9 +69,14 @@ struct MatmulScratch {
 
 inline size_t q8_values_bytes(int64_t K, int64_t n_tok) { return align_up((size_t)n_tok * (size_t)K); }
 
+// Q8_1 activations of n_tok rows of K in the decode kernel's layout (int8 values, then (d, s) float pairs).
+inline size_t q8_act_bytes(int64_t K, int64_t n_tok) {
+    return q8_values_bytes(K, n_tok) + align_up((size_t)n_tok * (size_t)(K / 32) * sizeof(float) * 2);
+}
+
 inline MatmulScratch matmul_scratch_layout(int64_t K, int64_t N, int64_t n_tok, int64_t tile_values = kTileValues) {
     MatmulScratch l;
-    const size_t q8 = q8_values_bytes(K, n_tok) + align_up((size_t)n_tok * (size_t)(K / 32) * sizeof(float) * 2);
+    const size_t q8 = q8_act_bytes(K, n_tok);
     if (n_tok <= kMultiPassMaxTok) {
         l.act = align_up(q8);
     } else {
@@ -256,7 +261,7 @@ inline int64_t act_rows(int64_t nb) { return nb > kVerifyRows ? nb : kVerifyRows
 // through it): hid, the main model's final-norm hidden rows (the MTP's input); eh, the MTP's
 // [enorm(embedding) | hnorm(hidden)] rows; mx, the MTP block's residual stream.
 struct ActLayout {
-    size_t tokens, next, x, a, t, hid, eh, mx, qkv, z, beta, alpha, y, o, qg, k, v, ao, h, logits, total;
+    size_t tokens, next, x, a, t, hid, eh, mx, qkv, z, beta, alpha, y, o, qg, k, v, ao, h, q8, q8b, q8cnt, logits, total;
 };
 
 inline ActLayout act_layout(const Config& c, int64_t nb_chunk) {
@@ -296,6 +301,15 @@ inline ActLayout act_layout(const Config& c, int64_t nb_chunk) {
     if (c.n_attn_layers() > 0) mix = std::max(mix, at.size);
     mix = std::max(mix, f.size);
     cv.size = region + mix;
+    // Q8_1 activations of the decode path's current matmul input (<= kMultiPassMaxTok rows of the widest
+    // one): quantized once, read by every matmul of that input (ops_matvec.h matmul_prepared).
+    // q8b: the FFN hidden row's, written by the gate/up matmul while it reads q8; q8cnt: that matmul's
+    // per-32-row completion counters (ops_matvec.h matmul_swiglu_prepared), also the DeltaNet decode
+    // kernel's per-head ones (ops_gdn.h gdn_decode_q8): zero between launches, so they share it.
+    const int64_t kmax = std::max({E, Dv, HD, (int64_t)c.n_ff});
+    L.q8 = cv.take(q8_act_bytes(kmax, std::min<int64_t>(nb, kMultiPassMaxTok)));
+    L.q8b = cv.take(q8_act_bytes(kmax, std::min<int64_t>(nb, kMultiPassMaxTok)));
+    L.q8cnt = cv.take(sizeof(uint32_t) * (size_t)std::max<int64_t>((kmax + 31) / 32, c.ssm_v_heads));
     L.logits = cv.take(4 * std::min(nb, kLogitRows) * c.n_vocab);
     L.total = cv.size;
     return L;

@@ -3,7 +3,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -146,9 +148,124 @@ F32Array mmq(int type, const U8Array& w, int64_t K, int64_t N,
     return out;
 }
 
+// Splits a q8 buffer (q8_act_bytes layout) into (qs int8 [n_tok, K], ds float32 [n_tok, K/32, 2]).
+py::tuple q8_arrays(const DeviceBuffer& dq, int64_t K, int64_t n_tok) {
+    const size_t off = pq::cuda::q8_values_bytes(K, n_tok);
+    py::array_t<uint8_t> raw((py::ssize_t)pq::cuda::q8_act_bytes(K, n_tok));
+    dq.download(raw.mutable_data());
+    py::array_t<int8_t> qs({n_tok, K});
+    py::array_t<float> ds({n_tok, K / 32, (int64_t)2});
+    std::memcpy(qs.mutable_data(), raw.data(), (size_t)(n_tok * K));
+    std::memcpy(ds.mutable_data(), raw.data() + off, sizeof(float) * 2 * (size_t)(n_tok * K / 32));
+    return py::make_tuple(qs, ds);
+}
+
+// The fused layer entry: (x + add, rms_norm(x + add) * w, qs, ds). add / w may be None; quantize=False
+// passes no Q8_1 buffer (qs, ds are then None).
+py::tuple add_rms_norm_q8(const F32Array& x, py::object add, py::object w, float eps, bool quantize) {
+    if (x.ndim() != 2) throw std::invalid_argument("x must be [n_tok, K] float32");
+    const int64_t n_tok = x.shape(0), K = x.shape(1);
+    auto dx = DeviceBuffer::from(x);
+    DeviceBuffer da(1), dw(1);
+    const float *pa = nullptr, *pw = nullptr;
+    if (!add.is_none()) {
+        const F32Array a = add.cast<F32Array>();
+        if (a.ndim() != 2 || a.shape(0) != n_tok || a.shape(1) != K) throw std::invalid_argument("add must be like x");
+        da = DeviceBuffer::from(a);
+        pa = da.as<float>();
+    }
+    if (!w.is_none()) {
+        const F32Array ww = w.cast<F32Array>();
+        if (ww.ndim() != 1 || ww.shape(0) != K) throw std::invalid_argument("w must be [K] float32");
+        dw = DeviceBuffer::from(ww);
+        pw = dw.as<float>();
+    }
+    DeviceBuffer dy(sizeof(float) * (size_t)(n_tok * K));
+    DeviceBuffer dq(quantize ? std::max<size_t>(pq::cuda::q8_act_bytes(K, n_tok), 1) : 1);
+    finish(pq::cuda::add_rms_norm_q8(dx.as<float>(), pa, pw, dy.as<float>(), quantize ? dq.as() : nullptr, K, n_tok,
+                                     eps, nullptr),
+           "add_rms_norm_q8");
+    F32Array xo({n_tok, K}), yo({n_tok, K});
+    dx.download(xo.mutable_data());
+    dy.download(yo.mutable_data());
+    if (!quantize) return py::make_tuple(xo, yo, py::none(), py::none());
+    const py::tuple q = q8_arrays(dq, K, n_tok);
+    return py::make_tuple(xo, yo, q[0], q[1]);
+}
+
+// matmul_prepared: parts = [(w bytes, N), ...] of one type; x quantized by quantize_act_q8 first (as the
+// model does); returns one [n_tok, N] array per part.
+py::list matmul_prepared(int type, const py::list& parts, int64_t K, const F32Array& x) {
+    check_x(x, K);
+    const int64_t n_tok = x.shape(0);
+    auto dx = DeviceBuffer::from(x);
+    DeviceBuffer dq(std::max<size_t>(pq::cuda::q8_act_bytes(K, n_tok), 1));
+    if (pq::cuda::matmul_reads_q8(type))
+        finish(pq::cuda::quantize_act_q8(dx.as<float>(), K, n_tok, dq.as(), nullptr), "quantize_act_q8");
+    std::vector<DeviceBuffer> dws, dys;
+    std::vector<pq::cuda::MatmulPart> mp;
+    std::vector<int64_t> ns;
+    for (const py::handle& h : parts) {
+        const py::tuple t = h.cast<py::tuple>();
+        const U8Array w = t[0].cast<U8Array>();
+        const int64_t N = t[1].cast<int64_t>();
+        check_weight(w, N, "w");
+        dws.push_back(DeviceBuffer::from(w));
+        dys.emplace_back(sizeof(float) * (size_t)std::max<int64_t>(n_tok * N, 1));
+        ns.push_back(N);
+    }
+    for (size_t i = 0; i < ns.size(); ++i) mp.push_back({dws[i].as(), ns[i], dys[i].as<float>()});
+    finish(pq::cuda::matmul_prepared(type, mp.data(), (int)mp.size(), K, dx.as<float>(), dq.as(), n_tok, nullptr),
+           "matmul_prepared");
+    py::list out;
+    for (size_t i = 0; i < ns.size(); ++i) {
+        F32Array y({n_tok, ns[i]});
+        dys[i].download(y.mutable_data());
+        out.append(y);
+    }
+    return out;
+}
+
+// One matmul with the conv epilogue (MatmulPart conv_*): (y [n_tok, N], conv_y [n_tok, N], new state).
+py::tuple matmul_prepared_conv(int type, const U8Array& w, int64_t N, int64_t K, const F32Array& x,
+                               const F32Array& conv_w, const F32Array& state) {
+    check_weight(w, N, "w");
+    check_x(x, K);
+    if (conv_w.ndim() != 2 || conv_w.shape(0) != N || state.ndim() != 2 || state.shape(0) != N ||
+        state.shape(1) != conv_w.shape(1) - 1)
+        throw std::invalid_argument("conv_w [N, K], state [N, K - 1]");
+    const int64_t n_tok = x.shape(0);
+    const int ck = (int)conv_w.shape(1);
+    auto dw = DeviceBuffer::from(w), dx = DeviceBuffer::from(x), dcw = DeviceBuffer::from(conv_w);
+    auto dst = DeviceBuffer::from(state);
+    DeviceBuffer dq(std::max<size_t>(pq::cuda::q8_act_bytes(K, n_tok), 1));
+    if (pq::cuda::matmul_reads_q8(type))
+        finish(pq::cuda::quantize_act_q8(dx.as<float>(), K, n_tok, dq.as(), nullptr), "quantize_act_q8");
+    DeviceBuffer dy(sizeof(float) * (size_t)(n_tok * N)), dcy(sizeof(float) * (size_t)(n_tok * N));
+    pq::cuda::MatmulPart part{dw.as(), N, dy.as<float>()};
+    part.conv_w = dcw.as<float>();
+    part.conv_state = dst.as<float>();
+    part.conv_y = dcy.as<float>();
+    part.conv_k = ck;
+    finish(pq::cuda::matmul_prepared(type, &part, 1, K, dx.as<float>(), dq.as(), n_tok, nullptr), "matmul_prepared");
+    F32Array y({n_tok, N}), cy({n_tok, N}), st({N, (int64_t)ck - 1});
+    dy.download(y.mutable_data());
+    dcy.download(cy.mutable_data());
+    if (ck > 1) dst.download(st.mutable_data());
+    return py::make_tuple(y, cy, st);
+}
+
 }  // namespace
 
 void bind_matvec(py::module_& m) {
+    m.def("matmul_prepared_conv", &matmul_prepared_conv, py::arg("type"), py::arg("w"), py::arg("N"), py::arg("K"),
+          py::arg("x"), py::arg("conv_w"), py::arg("state"),
+          "A matmul with the DeltaNet conv + SiLU as its epilogue: (y, conv_y, new conv state).");
+    m.def("add_rms_norm_q8", &add_rms_norm_q8, py::arg("x"), py::arg("add") = py::none(), py::arg("w") = py::none(),
+          py::arg("eps") = 1e-6f, py::arg("quantize") = true,
+          "The decode path's fused layer entry: (x + add, rms_norm(x + add) * w, qs, ds).");
+    m.def("matmul_prepared", &matmul_prepared, py::arg("type"), py::arg("parts"), py::arg("K"), py::arg("x"),
+          "Several matmuls [(w bytes, N), ...] of one type on x's shared Q8_1 activations, one launch.");
     m.def("matmul", &matmul, py::arg("type"), py::arg("w"), py::arg("K"), py::arg("N"), py::arg("x"),
           "y[n_tok, N] = x[n_tok, K] @ W^T for N rows of K values in GGUF type `type` (raw bytes).");
     m.def("matmul_swiglu", &matmul_swiglu, py::arg("type_g"), py::arg("wg"), py::arg("type_u"), py::arg("wu"),

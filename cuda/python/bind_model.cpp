@@ -122,6 +122,7 @@ void bind_model(py::module_& m) {
                                    d["updates"] = g.updates;
                                    d["launches"] = g.launches;
                                    d["direct"] = g.direct;
+                                   d["body_nodes"] = g.body_nodes;
                                    return d;
                                })
         .def(
@@ -259,6 +260,8 @@ void bind_model(py::module_& m) {
 
 // Test entry point of the device sampler (registered in the `testing` submodule, see bindings.cpp).
 void bind_model_testing(py::module_& m) {
+    m.def("_set_decode_fusion", &pq::cuda::set_decode_fusion, py::arg("on"),
+          "Test hook: False runs decode steps and verifications op by op (the path before the fused launches).");
     m.def(
         "sample_logits",
         [](const F32Array& logits, float temperature, int top_k, float top_p, float min_p, uint64_t seed,

@@ -8,6 +8,7 @@
 // device).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>  // node_ledger: a dict
 
 #include <stdexcept>
 #include <string>
@@ -197,6 +198,8 @@ PQ_PYMODULE(PQ_CUDA_MODULE_NAME, m) {
     m.attr("emulated") = true;
     m.def("set_seed", &pq_emu::set_seed, "Seed of the emulator's thread scheduling order.");
     m.def("live_allocations", &pq_emu::live_allocations, "Device allocations not freed yet.");
+    m.def("node_ledger", &pq_emu::node_ledger,
+          "Kernel launches, async copies and memsets enqueued so far, by name (what a graph of them holds).");
     m.def("_set_device_count_error", [](int err) { pq_emu::set_device_count_error((cudaError_t)err); },
           "Test hook: cudaGetDeviceCount fails with this cudaError_t (0 restores the emulated device).");
 #else
