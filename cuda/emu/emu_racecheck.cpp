@@ -33,7 +33,8 @@ namespace pq_emu {
 
 namespace {
 
-constexpr size_t kMaxShown = 12;  // reports printed per block (all are counted)
+constexpr size_t kMaxShown = 12;   // reports printed per block (all are counted)
+constexpr size_t kMaxKept = 1000;  // distinct reports kept per block: a racy kernel stays linear-time
 
 struct Reader {
     int32_t thr;
@@ -89,13 +90,12 @@ void reset_clocks() {
 bool ordered(int ta, uint32_t sa, int tb) { return ta / 32 == tb / 32 && clock_of(tb, ta % 32) >= sa; }
 
 void report(const char* kind, uintptr_t addr, int first, int second) {
-    ++g.n_races;
+    ++g.n_races;  // every conflicting pair of accesses (bytes counted apiece)
+    if (g.reports.size() >= kMaxKept) return;
     for (const Report& r : g.reports)  // one line per word, kind and thread pair
         if ((r.addr & ~uintptr_t(3)) == (addr & ~uintptr_t(3)) && r.kind == kind && r.first == first &&
-            r.second == second) {
-            --g.n_races;
+            r.second == second)
             return;
-        }
     g.reports.push_back(Report{kind, addr, first, second});
 }
 
@@ -269,8 +269,11 @@ void rc_block_end() {
     g.in_block = false;
     g.thr = -1;
     if (g.n_races == 0) return;
-    fprintf(stderr, "pq_emu racecheck: %zu shared-memory race(s) in kernel %s, block (%u,%u,%u) of %d threads:\n",
-            g.n_races, g.kernel, g.block.x, g.block.y, g.block.z, g.nthreads);
+    fprintf(stderr,
+            "pq_emu racecheck: shared-memory races in kernel %s, block (%u,%u,%u) of %d threads (%zu conflicting "
+            "byte accesses, %zu%s distinct word/kind/thread-pair reports):\n",
+            g.kernel, g.block.x, g.block.y, g.block.z, g.nthreads, g.n_races, g.reports.size(),
+            g.reports.size() >= kMaxKept ? "+" : "");
     for (size_t i = 0; i < g.reports.size() && i < kMaxShown; ++i) {
         const Report& r = g.reports[i];
         fprintf(stderr, "  %s race on %s (address %p): %s, then %s, with no barrier between them\n", r.kind,

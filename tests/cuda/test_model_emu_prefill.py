@@ -88,7 +88,7 @@ def test_prefill_100_token_chunk(setup):
     base = ref["prompt_ids"].tolist()
     ids = base + base[:36]
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(FIXTURES / "hf" / NAME),
-                                                                 torch_dtype=torch.float64).eval()
+                                                                 dtype=torch.float64).eval()
     with torch.no_grad():
         hf = hf_model(torch.tensor([ids])).logits[0].numpy()
     cpu = cpu_model.eval(ids)
