@@ -10,9 +10,11 @@
 // shapes). For a 512-token ubatch of Qwen3.6-27B (27e9 weights, 27.6 TFLOP): ~0.03-0.12 s of traffic +
 // ~0.25 s of GEMM at ~110 TFLOPS => ~1,400-1,800 tokens/s of matmul throughput on a 4090, against ~4,500
 // on paper for MMQ (benchmarks/gpu_roofline.md) and ~0.75 s on the 2-pass-mmv route (why n_tok <= 16
-// stays on mmv). Activations and weights are rounded to fp16 (rel. error 2^-11 each), finer than the Q8
-// activations of the decode path; rows of activations whose max |x| would not fit fp16 are scaled by a
-// power of two first and the product row scaled back (kernels/gemm.cuh), so no activation can overflow.
+// stays on mmv). Weights are rounded to fp16 (rel. error 2^-11), and so are the activations of quantized
+// weights, finer than the Q8 activations of the decode path; float weights get hi + lo fp16 activation
+// pairs (~22 bits, two GEMMs, the second accumulating: kernels/gemm.cuh says why). Rows of activations
+// whose max |x| would not fit fp16 are scaled by a power of two first and the product row scaled back
+// (kernels/gemm.cuh), so no activation can overflow.
 #include "../blas.h"
 #include "../compat.cuh"
 #include "../kernels/gemm.cuh"
