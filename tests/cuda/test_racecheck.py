@@ -9,8 +9,8 @@ everything here runs in subprocesses.
   same exchange across warps with only __syncwarp (which orders one warp's lanes only).
 - No false alarms: the lane exchange with __syncwarp, 96 atomicAdds on one shared int.
 - Every real kernel family runs clean: the kernel test files (norms, quantizers, element-wise, argmax,
-  matvec decode, prefill GEMM helpers, conv1d, GDN decode/chunk, RoPE + attention decode/prefill) and the
-  device sampler, under racecheck, at their small shapes.
+  matvec decode, prefill GEMM helpers, int8 MMQ, conv1d, GDN decode/chunk, RoPE + attention decode/prefill
+  over f16 and quantized caches) and the device sampler, under racecheck, at their small shapes.
 """
 
 from __future__ import annotations
@@ -87,11 +87,15 @@ KERNEL_TESTS = [
     "test_matvec.py",         # mmv decode kernels (all types), quantize_act, get_rows
     "test_gemm.py",           # f32_to_f16_rows, dequant tiles, scale_rows (the GEMM itself is host code here)
     "test_gdn.py",            # conv1d, gdn decode, gdn prep / chunk prep / chunk scan, gated norm
-    "test_attention.py",      # norm + RoPE + append, decode, prefill, combine
+    "test_attention.py",      # norm + RoPE + append, decode, prefill (cp.async / ldmatrix twins), combine
+    "test_attention_kvq.py",  # the same over Q8_0 / Q4_0 caches (dequantizing tile loads)
+    "test_mmq.py",            # int8 MMQ prefill (mma twin), quantize_act
+    "test_tile_load.py",      # ldmatrix / cp.async emulation probes
 ]
 # The largest cases add minutes under racecheck and no kernel path the smaller ones miss (the 66-token
-# dk = 128 GDN and the 130-token one, million-value add/argmax rows).
-SLOW = "not 1x3x128x128 and not n130 and not 1000003 and not 151936"
+# dk = 128 GDN and the 130-token one, million-value add/argmax rows, MMQ at the 27B's depth and through
+# a whole model).
+SLOW = "not 1x3x128x128 and not n130 and not 1000003 and not 151936 and not model_prefill and not 27b_depth"
 SAMPLER_TESTS = ["test_model_emu.py::test_sampler_draws_only_what_the_host_sampler_keeps",
                  "test_model_emu.py::test_sampler_distribution_and_extremes",
                  "test_model_emu.py::test_sampler_whole_row_fallback"]
