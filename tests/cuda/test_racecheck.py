@@ -104,7 +104,9 @@ SAMPLER_TESTS = ["test_model_emu.py::test_sampler_draws_only_what_the_host_sampl
 def test_real_kernels_have_no_races(rc_paths):
     env = dict(os.environ, PYQWEN_EMU_RACECHECK="1")
     args = [str(HERE / t) for t in KERNEL_TESTS] + [str(HERE / t) for t in SAMPLER_TESTS]
-    r = subprocess.run([sys.executable, "-P", "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", SLOW, *args],
+    # -s: the report is printed just before abort(), which would take pytest's captured output with it
+    r = subprocess.run([sys.executable, "-P", "-m", "pytest", "-q", "-s", "-x", "-p", "no:cacheprovider", "-k", SLOW,
+                        *args],
                        capture_output=True, text=True, env=env, timeout=3600)
     tail = (r.stdout + r.stderr)[-6000:]
     assert "pq_emu racecheck" not in r.stdout + r.stderr, tail
