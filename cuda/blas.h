@@ -11,9 +11,10 @@ namespace pq::cuda {
 // Y[t][o] = sum_k W[o][k] * X[t][k] for t < n_tok, o < n_out -- the ggml layout: W holds one row of K
 // fp16 values per output feature, X one row per token. fp16 inputs (raw bits), fp32 output and
 // accumulation. Leading dimensions are in elements (ldw, ldx >= k; ldy >= n_out). Row-major throughout.
+// accumulate: Y += the product (cuBLAS beta = 1) instead of Y = it.
 // Returns cudaErrorNotSupported when the build has no cuBLAS.
 cudaError_t gemm_f16(const uint16_t* W, const uint16_t* X, float* Y, int n_out, int n_tok, int k, int ldw,
-                     int ldx, int ldy, cudaStream_t stream);
+                     int ldx, int ldy, cudaStream_t stream, bool accumulate = false);
 
 // Whether gemm_f16 has cuBLAS behind it (false: a build without cuBLAS, prefill runs on the mmv kernels).
 bool blas_available();

@@ -28,4 +28,5 @@
 #include "emu_fp16.h"
 #include "emu_runtime.h"
 #include "emu_sched.h"
+#include "emu_racecheck.h"
 #include "emu_intrinsics.h"

@@ -13,7 +13,7 @@ namespace pq::cuda {
 
 namespace {
 void gemm_now(const uint16_t* W, const uint16_t* X, float* Y, int n_out, int n_tok, int k, int ldw, int ldx,
-              int ldy) {
+              int ldy, bool accumulate) {
     std::vector<float> xr(k);
     for (int t = 0; t < n_tok; ++t) {
         for (int i = 0; i < k; ++i) xr[i] = pq::fp16_to_fp32(X[(size_t)t * ldx + i]);
@@ -21,18 +21,19 @@ void gemm_now(const uint16_t* W, const uint16_t* X, float* Y, int n_out, int n_t
             const uint16_t* w = W + (size_t)o * ldw;
             float acc = 0.0f;
             for (int i = 0; i < k; ++i) acc += pq::fp16_to_fp32(w[i]) * xr[i];
-            Y[(size_t)t * ldy + o] = acc;
+            float& y = Y[(size_t)t * ldy + o];
+            y = accumulate ? y + acc : acc;
         }
     }
 }
 }  // namespace
 
 cudaError_t gemm_f16(const uint16_t* W, const uint16_t* X, float* Y, int n_out, int n_tok, int k, int ldw,
-                     int ldx, int ldy, cudaStream_t stream) {
+                     int ldx, int ldy, cudaStream_t stream, bool accumulate) {
     if (n_out < 0 || n_tok < 0 || k < 0 || ldw < k || ldx < k || ldy < n_out) return cudaErrorInvalidValue;
     pq_emu::enqueue(stream, [=]() {
         pq_emu::count_kernel();
-        gemm_now(W, X, Y, n_out, n_tok, k, ldw, ldx, ldy);
+        gemm_now(W, X, Y, n_out, n_tok, k, ldw, ldx, ldy, accumulate);
     }, "cublas_gemm");
     return cudaSuccess;
 }

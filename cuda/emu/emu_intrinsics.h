@@ -126,30 +126,37 @@ inline long long clock64() { return (long long)__builtin_ia32_rdtsc(); }
 inline void __nanosleep(unsigned) {}
 
 // ---- atomics -----------------------------------------------------------------------------------------
-// Integer arithmetic is done on the unsigned type so that overflow wraps as on the GPU.
+// Integer arithmetic is done on the unsigned type so that overflow wraps as on the GPU. In racecheck
+// builds each opens an RcAtomicScope (emu_racecheck.h): its accesses are atomic, not races.
+#if PQ_EMU_RACECHECK
+#define PQ_EMU_RC_ATOMIC ::pq_emu::RcAtomicScope pq_rc_atomic_scope_;
+#else
+#define PQ_EMU_RC_ATOMIC
+#endif
 #define PQ_EMU_ATOMIC_ARITH(T, U)                                                                     \
-    inline T atomicAdd(T* a, T v) { T o = *a; *a = (T)((U)o + (U)v); return o; }                     \
-    inline T atomicSub(T* a, T v) { T o = *a; *a = (T)((U)o - (U)v); return o; }                     \
-    inline T atomicExch(T* a, T v) { T o = *a; *a = v; return o; }                                   \
-    inline T atomicMin(T* a, T v) { T o = *a; if (v < o) *a = v; return o; }                         \
-    inline T atomicMax(T* a, T v) { T o = *a; if (v > o) *a = v; return o; }                         \
-    inline T atomicAnd(T* a, T v) { T o = *a; *a = o & v; return o; }                                \
-    inline T atomicOr(T* a, T v) { T o = *a; *a = o | v; return o; }                                 \
-    inline T atomicXor(T* a, T v) { T o = *a; *a = o ^ v; return o; }                                \
-    inline T atomicCAS(T* a, T cmp, T v) { T o = *a; if (o == cmp) *a = v; return o; }
+    inline T atomicAdd(T* a, T v) { PQ_EMU_RC_ATOMIC T o = *a; *a = (T)((U)o + (U)v); return o; }                    \
+    inline T atomicSub(T* a, T v) { PQ_EMU_RC_ATOMIC T o = *a; *a = (T)((U)o - (U)v); return o; }                    \
+    inline T atomicExch(T* a, T v) { PQ_EMU_RC_ATOMIC T o = *a; *a = v; return o; }                                  \
+    inline T atomicMin(T* a, T v) { PQ_EMU_RC_ATOMIC T o = *a; if (v < o) *a = v; return o; }                        \
+    inline T atomicMax(T* a, T v) { PQ_EMU_RC_ATOMIC T o = *a; if (v > o) *a = v; return o; }                        \
+    inline T atomicAnd(T* a, T v) { PQ_EMU_RC_ATOMIC T o = *a; *a = o & v; return o; }                               \
+    inline T atomicOr(T* a, T v) { PQ_EMU_RC_ATOMIC T o = *a; *a = o | v; return o; }                                \
+    inline T atomicXor(T* a, T v) { PQ_EMU_RC_ATOMIC T o = *a; *a = o ^ v; return o; }                               \
+    inline T atomicCAS(T* a, T cmp, T v) { PQ_EMU_RC_ATOMIC T o = *a; if (o == cmp) *a = v; return o; }
 PQ_EMU_ATOMIC_ARITH(int, unsigned int)
 PQ_EMU_ATOMIC_ARITH(unsigned int, unsigned int)
 PQ_EMU_ATOMIC_ARITH(unsigned long long, unsigned long long)
 #undef PQ_EMU_ATOMIC_ARITH
-inline long long atomicMin(long long* a, long long v) { long long o = *a; if (v < o) *a = v; return o; }
-inline long long atomicMax(long long* a, long long v) { long long o = *a; if (v > o) *a = v; return o; }
+inline long long atomicMin(long long* a, long long v) { PQ_EMU_RC_ATOMIC long long o = *a; if (v < o) *a = v; return o; }
+inline long long atomicMax(long long* a, long long v) { PQ_EMU_RC_ATOMIC long long o = *a; if (v > o) *a = v; return o; }
 inline unsigned short atomicCAS(unsigned short* a, unsigned short cmp, unsigned short v) {
+    PQ_EMU_RC_ATOMIC
     unsigned short o = *a;
     if (o == cmp) *a = v;
     return o;
 }
-inline float atomicAdd(float* a, float v) { float o = *a; *a = o + v; return o; }
-inline double atomicAdd(double* a, double v) { double o = *a; *a = o + v; return o; }
-inline float atomicExch(float* a, float v) { float o = *a; *a = v; return o; }
-inline unsigned atomicInc(unsigned* a, unsigned v) { unsigned o = *a; *a = o >= v ? 0 : o + 1; return o; }
-inline unsigned atomicDec(unsigned* a, unsigned v) { unsigned o = *a; *a = (o == 0 || o > v) ? v : o - 1; return o; }
+inline float atomicAdd(float* a, float v) { PQ_EMU_RC_ATOMIC float o = *a; *a = o + v; return o; }
+inline double atomicAdd(double* a, double v) { PQ_EMU_RC_ATOMIC double o = *a; *a = o + v; return o; }
+inline float atomicExch(float* a, float v) { PQ_EMU_RC_ATOMIC float o = *a; *a = v; return o; }
+inline unsigned atomicInc(unsigned* a, unsigned v) { PQ_EMU_RC_ATOMIC unsigned o = *a; *a = o >= v ? 0 : o + 1; return o; }
+inline unsigned atomicDec(unsigned* a, unsigned v) { PQ_EMU_RC_ATOMIC unsigned o = *a; *a = (o == 0 || o > v) ? v : o - 1; return o; }

@@ -13,6 +13,7 @@
 // - Errors abort(): a kernel bug found by the emulator must never look like a passing run. Tests that
 //   expect an abort run the kernel in a subprocess.
 #include "emu_sched.h"
+#include "emu_racecheck.h"
 
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -25,6 +26,13 @@
 #include <mutex>
 #include <string>
 #include <vector>
+
+// Racecheck builds (emu_racecheck.h) tell the detector about fibers, barriers and __syncwarp.
+#if PQ_EMU_RACECHECK
+#define PQ_RC(call) call
+#else
+#define PQ_RC(call) ((void)0)
+#endif
 
 namespace pq_emu {
 
@@ -257,6 +265,7 @@ void resolve(const Group& g, int warp) {
         else if (g.op == OP_REDUCE_MAX) red = sgn ? ((int32_t)v > (int32_t)red ? v : red) : (v > red ? v : red);
         first = false;
     }
+    if (g.op == OP_SYNCWARP) PQ_RC(rc_syncwarp(warp, g.mask));
     for (int l = 0; l < 32; ++l) {
         Fiber* f = lanes[l];
         if (!f) continue;
@@ -351,6 +360,7 @@ void resolve_stall(Launch& L) {
         case BAR_AND: r = count == n; break;
         case BAR_OR: r = count > 0; break;
     }
+    PQ_RC(rc_barrier());
     for (int i = 0; i < n; ++i) {
         g_fibers[i].result = r;
         g_fibers[i].st = St::Runnable;
@@ -392,7 +402,9 @@ void run_block(Launch& L) {
             if (f.st != St::Runnable) continue;
             g_cur = &f;
             g_thread_idx = &f.tid;
+            PQ_RC(rc_set_thread(i));
             swapcontext(&L.sched, &f.ctx);
+            PQ_RC(rc_set_thread(-1));
         }
         g_cur = nullptr;
         g_thread_idx = nullptr;
@@ -568,7 +580,9 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
         g_block_idx = uint3{(unsigned)(b % grid.x), (unsigned)((b / grid.x) % grid.y),
                             (unsigned)(b / ((uint64_t)grid.x * grid.y))};
         memset(L.dyn, 0xff, smem + kCanaryBytes);
+        PQ_RC(rc_block_begin(name, g_block_idx, block, L.nthreads, L.dyn, smem));
         run_block(L);
+        PQ_RC(rc_block_end());
         for (size_t i = 0; i < kCanaryBytes; ++i)
             if ((unsigned char)L.dyn[smem + i] != 0xff)
                 fail("write past the end of dynamic shared memory (%zu bytes requested at launch; byte %zu after "

@@ -23,8 +23,9 @@ cudaError_t dequant_rows_f16(int type, const void* W, int64_t K, int64_t row0, i
                              cudaStream_t stream);
 
 // y[t][k] = fp16(x[t][k] / scale[t]) with scale[t] a power of two that keeps row t inside the fp16 range
-// (kernels/gemm.cuh), rows of K values; and the way back on a product: y[t][o] *= scale[t].
-cudaError_t f32_to_f16_rows(const float* x, uint16_t* y, float* scale, int64_t n_rows, int64_t K,
+// (kernels/gemm.cuh), rows of K values; with `split` also the lo rows y[n_rows + t] (2 * n_rows rows in
+// all); and the way back on a product: y[t][o] *= scale[t].
+cudaError_t f32_to_f16_rows(const float* x, uint16_t* y, float* scale, int64_t n_rows, int64_t K, bool split,
                             cudaStream_t stream);
 cudaError_t scale_rows(float* y, const float* scale, int64_t n_rows, int64_t N, int64_t ldy, cudaStream_t stream);
 
@@ -37,11 +38,16 @@ void set_prefill_tile_values(int64_t values);
 // Test hook: gemm_prefill answers cudaErrorNotSupported as in a build without cuBLAS.
 void set_prefill_blas_disabled(bool disabled);
 
+// Whether the prefill path gives weights of this type hi + lo fp16 activations (kernels/gemm.cuh: float
+// weights, whose other paths all see fp32 activations; quantized weights are matched by fp16 alone).
+inline bool prefill_split_act(int type) { return type == T_F32 || type == T_F16 || type == T_BF16; }
+
 // Prefill product y[t][r] = sum_k fp16(W[r][k]) * x16[t][k] (ldy = N) with cuBLAS: F16 weights directly,
-// other types through `tile` (prefill_tile_rows(K, N) * K fp16 values). Returns cudaErrorNotSupported
-// (before any GEMM ran) when the build has no cuBLAS.
+// other types through `tile` (prefill_tile_rows(K, N) * K fp16 values); with `split`, plus the same product
+// on the lo rows x16[n_tok + t] (f32_to_f16_rows). Returns cudaErrorNotSupported (before any GEMM ran) when
+// the build has no cuBLAS.
 cudaError_t gemm_prefill(int type, const void* W, int64_t K, int64_t N, const uint16_t* x16, int64_t n_tok,
-                         float* y, uint16_t* tile, cudaStream_t stream);
+                         bool split, float* y, uint16_t* tile, cudaStream_t stream);
 
 // Quantized prefill matmul on int8 tensor cores (launch/mmq.cu): y[t][r] (ld ldy) = W row r . the Q8_1
 // activations of token t at q8 (quantize_act's layout for K, n_tok). Types: mmq_type_ok (workspace_sizes.h).

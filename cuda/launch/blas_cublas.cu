@@ -43,12 +43,12 @@ cudaError_t init_locked() {
 }
 
 cudaError_t gemm_locked(const uint16_t* W, const uint16_t* X, float* Y, int n_out, int n_tok, int k, int ldw,
-                        int ldx, int ldy, cudaStream_t stream) {
+                        int ldx, int ldy, cudaStream_t stream, bool accumulate) {
     if (cublasSetStream(g_handle, stream) != CUBLAS_STATUS_SUCCESS) return cudaErrorInvalidResourceHandle;
     // cuBLAS is column-major: row-major Y[n_tok][n_out] is column-major Y^T (n_out x n_tok), and
     // Y^T = W * X^T, where row-major W[n_out][k] read column-major is W^T (hence OP_T) and row-major
     // X[n_tok][k] read column-major is X^T (OP_N).
-    const float alpha = 1.0f, beta = 0.0f;
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     const cublasStatus_t st =
         cublasGemmEx(g_handle, CUBLAS_OP_T, CUBLAS_OP_N, n_out, n_tok, k, &alpha, W, CUDA_R_16F, ldw, X, CUDA_R_16F,
                      ldx, &beta, Y, CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
@@ -70,23 +70,23 @@ cudaError_t blas_init() {
     if (e != cudaSuccess) return e;
     auto* w = static_cast<uint16_t*>(buf);
     e = cudaMemset(buf, 0, n * 2 * 2);
-    if (e == cudaSuccess) e = gemm_locked(w, w + n, reinterpret_cast<float*>(w + 2 * n), 64, 32, 64, 64, 64, 64, nullptr);
+    if (e == cudaSuccess) e = gemm_locked(w, w + n, reinterpret_cast<float*>(w + 2 * n), 64, 32, 64, 64, 64, 64, nullptr, false);
     if (e == cudaSuccess) e = cudaDeviceSynchronize();
     cudaFree(buf);
     return e;
 }
 
 cudaError_t gemm_f16(const uint16_t* W, const uint16_t* X, float* Y, int n_out, int n_tok, int k, int ldw,
-                     int ldx, int ldy, cudaStream_t stream) {
+                     int ldx, int ldy, cudaStream_t stream, bool accumulate) {
     std::lock_guard<std::mutex> lock(g_mu);
     const cudaError_t e = init_locked();
     if (e != cudaSuccess) return e;
-    return gemm_locked(W, X, Y, n_out, n_tok, k, ldw, ldx, ldy, stream);
+    return gemm_locked(W, X, Y, n_out, n_tok, k, ldw, ldx, ldy, stream, accumulate);
 }
 #else
 bool blas_available() { return false; }
 cudaError_t blas_init() { return cudaErrorNotSupported; }
-cudaError_t gemm_f16(const uint16_t*, const uint16_t*, float*, int, int, int, int, int, int, cudaStream_t) {
+cudaError_t gemm_f16(const uint16_t*, const uint16_t*, float*, int, int, int, int, int, int, cudaStream_t, bool) {
     return cudaErrorNotSupported;
 }
 #endif

@@ -10,9 +10,11 @@
 // shapes). For a 512-token ubatch of Qwen3.6-27B (27e9 weights, 27.6 TFLOP): ~0.03-0.12 s of traffic +
 // ~0.25 s of GEMM at ~110 TFLOPS => ~1,400-1,800 tokens/s of matmul throughput on a 4090, against ~4,500
 // on paper for MMQ (benchmarks/gpu_roofline.md) and ~0.75 s on the 2-pass-mmv route (why n_tok <= 16
-// stays on mmv). Activations and weights are rounded to fp16 (rel. error 2^-11 each), finer than the Q8
-// activations of the decode path; rows of activations whose max |x| would not fit fp16 are scaled by a
-// power of two first and the product row scaled back (kernels/gemm.cuh), so no activation can overflow.
+// stays on mmv). Weights are rounded to fp16 (rel. error 2^-11), and so are the activations of quantized
+// weights, finer than the Q8 activations of the decode path; float weights get hi + lo fp16 activation
+// pairs (~22 bits, two GEMMs, the second accumulating: kernels/gemm.cuh says why). Rows of activations
+// whose max |x| would not fit fp16 are scaled by a power of two first and the product row scaled back
+// (kernels/gemm.cuh), so no activation can overflow.
 #include "../blas.h"
 #include "../compat.cuh"
 #include "../kernels/gemm.cuh"
@@ -32,12 +34,12 @@ int64_t prefill_tile_values() { return g_tile_values; }
 
 int64_t prefill_tile_rows(int64_t K, int64_t N) { return cuda::prefill_tile_rows(K, N, g_tile_values); }
 
-cudaError_t f32_to_f16_rows(const float* x, uint16_t* y, float* scale, int64_t n_rows, int64_t K,
+cudaError_t f32_to_f16_rows(const float* x, uint16_t* y, float* scale, int64_t n_rows, int64_t K, bool split,
                             cudaStream_t stream) {
     if (n_rows < 0 || K < 0) return cudaErrorInvalidValue;
     if (n_rows == 0 || K == 0) return cudaSuccess;
     const int grid = (int)(n_rows < 65535 ? n_rows : 65535);
-    PQ_LAUNCH(f32_to_f16_rows_kernel, grid, kToF16Threads, 0, stream, x, y, scale, n_rows, K);
+    PQ_LAUNCH(f32_to_f16_rows_kernel, grid, kToF16Threads, 0, stream, x, y, scale, n_rows, K, split);
     return cudaGetLastError();
 }
 
@@ -52,18 +54,24 @@ cudaError_t scale_rows(float* y, const float* scale, int64_t n_rows, int64_t N, 
 }
 
 cudaError_t gemm_prefill(int type, const void* W, int64_t K, int64_t N, const uint16_t* x16, int64_t n_tok,
-                         float* y, uint16_t* tile, cudaStream_t stream) {
+                         bool split, float* y, uint16_t* tile, cudaStream_t stream) {
     if (K > INT_MAX || N > INT_MAX || n_tok > INT_MAX) return cudaErrorInvalidValue;
     if (g_blas_disabled) return cudaErrorNotSupported;
-    if (type == pq::T_F16)
-        return gemm_f16(static_cast<const uint16_t*>(W), x16, y, (int)N, (int)n_tok, (int)K, (int)K, (int)K, (int)N,
-                        stream);
+    const uint16_t* lo = x16 + n_tok * K;  // the lo rows (split)
+    // y = W hi (+ W lo): the lo product is added by cuBLAS (beta = 1) onto the hi one.
+    auto product = [&](const uint16_t* w, int64_t rows, float* yr) {
+        cudaError_t e = gemm_f16(w, x16, yr, (int)rows, (int)n_tok, (int)K, (int)K, (int)K, (int)N, stream);
+        if (e == cudaSuccess && split)
+            e = gemm_f16(w, lo, yr, (int)rows, (int)n_tok, (int)K, (int)K, (int)K, (int)N, stream, true);
+        return e;
+    };
+    if (type == pq::T_F16) return product(static_cast<const uint16_t*>(W), N, y);
     const int64_t rows = prefill_tile_rows(K, N);
     for (int64_t r0 = 0; r0 < N; r0 += rows) {
         const int64_t nr = N - r0 < rows ? N - r0 : rows;
         cudaError_t e = dequant_rows_f16(type, W, K, r0, nr, tile, stream);
         if (e != cudaSuccess) return e;
-        e = gemm_f16(tile, x16, y + r0, (int)nr, (int)n_tok, (int)K, (int)K, (int)K, (int)N, stream);
+        e = product(tile, nr, y + r0);
         if (e != cudaSuccess) return e;
     }
     return cudaSuccess;

@@ -200,9 +200,10 @@ cudaError_t matmul(int type, const void* W, int64_t K, int64_t N, const float* x
     }
     if (n_tok > kMultiPassMaxTok) {
         auto* x16 = static_cast<uint16_t*>(s.act);
-        e = detail::f32_to_f16_rows(x, x16, s.scale, n_tok, K, stream);
+        const bool split = detail::prefill_split_act(type);
+        e = detail::f32_to_f16_rows(x, x16, s.scale, n_tok, K, split, stream);
         if (e != cudaSuccess) return e;
-        e = detail::gemm_prefill(type, W, K, N, x16, n_tok, y, s.tile, stream);
+        e = detail::gemm_prefill(type, W, K, N, x16, n_tok, split, y, s.tile, stream);
         if (e == cudaSuccess) return detail::scale_rows(y, s.scale, n_tok, N, N, stream);
         if (e != cudaErrorNotSupported) return e;
         // no cuBLAS in this build: decode kernel passes (correct, slower)
@@ -227,10 +228,11 @@ cudaError_t matmul_swiglu(int type_g, const void* Wg, int type_u, const void* Wu
     }
     if (n_tok > kMultiPassMaxTok) {
         auto* x16 = static_cast<uint16_t*>(s.act);
-        e = detail::f32_to_f16_rows(x, x16, s.scale, n_tok, K, stream);
+        const bool split = detail::prefill_split_act(type_g) || detail::prefill_split_act(type_u);
+        e = detail::f32_to_f16_rows(x, x16, s.scale, n_tok, K, split, stream);
         if (e != cudaSuccess) return e;
-        e = detail::gemm_prefill(type_g, Wg, K, N, x16, n_tok, s.g, s.tile, stream);
-        if (e == cudaSuccess) e = detail::gemm_prefill(type_u, Wu, K, N, x16, n_tok, s.u, s.tile, stream);
+        e = detail::gemm_prefill(type_g, Wg, K, N, x16, n_tok, split, s.g, s.tile, stream);
+        if (e == cudaSuccess) e = detail::gemm_prefill(type_u, Wu, K, N, x16, n_tok, split, s.u, s.tile, stream);
         if (e == cudaSuccess) e = detail::scale_rows(s.g, s.scale, n_tok, N, N, stream);
         if (e == cudaSuccess) e = detail::scale_rows(s.u, s.scale, n_tok, N, N, stream);
         if (e == cudaSuccess) return swiglu_f32(s.g, s.u, y, (int)N, (int)n_tok, N, N, N, stream);

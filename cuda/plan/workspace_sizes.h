@@ -39,7 +39,8 @@ struct Carver {
 
 // ---- matmul family (launch/matvec.cu, gemm.cu) --------------------------------------------------------
 //   act   decode: Q8_1 activations, n_tok * K int8 values then n_tok * K/32 (d, s) float pairs;
-//         prefill: max(fp16 x, the Q8_1 layout) (the latter for the no-cuBLAS fallback)
+//         prefill: max(fp16 x as hi rows then lo rows, the Q8_1 layout) (the latter for the no-cuBLAS
+//         fallback; the lo rows are written for float weights only, kernels/gemm.cuh)
 //   tile  prefill only: prefill_tile_rows(K, N) * K fp16 values (dequantized weights)
 //   g, u  n_tok * N floats each: the two projections of matmul_swiglu when they are not fused
 //   scale prefill only: n_tok floats, the power-of-two scale of each fp16 activation row (kernels/gemm.cuh)
@@ -80,7 +81,7 @@ inline MatmulScratch matmul_scratch_layout(int64_t K, int64_t N, int64_t n_tok, 
     if (n_tok <= kMultiPassMaxTok) {
         l.act = align_up(q8);
     } else {
-        const size_t x16 = (size_t)n_tok * (size_t)K * 2;
+        const size_t x16 = 2 * (size_t)n_tok * (size_t)K * 2;  // hi and lo halves
         l.act = align_up(x16 > q8 ? x16 : q8);
         l.tile = align_up((size_t)prefill_tile_rows(K, N, tile_values) * (size_t)K * 2);
         l.scale = align_up((size_t)n_tok * sizeof(float));

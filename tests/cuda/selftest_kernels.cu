@@ -218,6 +218,43 @@ __global__ void smem_overflow_kernel() {
     s[threadIdx.x + 8] = 1.0f;  // 32 threads, 128 bytes requested: threads 24..31 write past the end
 }
 
+// ---- racecheck self-tests (emu_racecheck.h; a racecheck build aborts on the races planted here) --------
+
+__global__ void rc_write_write_kernel(int* out) {
+    __shared__ int slot[8];
+    if (threadIdx.x == 0 || threadIdx.x == 33) slot[5] = (int)threadIdx.x;  // two warps, one word, no barrier
+    __syncthreads();
+    if (threadIdx.x == 0) out[0] = slot[5];
+}
+
+// Each lane writes its slot, then reads its neighbour's (lane ^ 1): ordered by __syncwarp when `sync`.
+__global__ void rc_warp_exchange_kernel(int* out, bool sync) {
+    PQ_DYN_SHARED(int, s);
+    const int t = threadIdx.x;
+    s[t] = 10 * t;
+    if (sync) __syncwarp();
+    out[t] = s[t ^ 1];
+}
+
+// The same exchange across warps (t ^ 32): __syncwarp orders only the lanes of one warp.
+__global__ void rc_cross_warp_kernel(int* out) {
+    PQ_DYN_SHARED(int, s);
+    const int t = threadIdx.x;
+    s[t] = t;
+    __syncwarp();
+    out[t] = s[t ^ 32];
+}
+
+// Every thread bumps one shared counter atomically (not a race); thread 0 reads it after the barrier.
+__global__ void rc_shared_atomics_kernel(int* out) {
+    __shared__ int count;
+    if (threadIdx.x == 0) count = 0;
+    __syncthreads();
+    atomicAdd(&count, 1);
+    __syncthreads();
+    if (threadIdx.x == 0) out[0] = count;
+}
+
 __global__ void add_one_kernel(int* p, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) p[i] += 1;
@@ -371,6 +408,30 @@ void shfl_missing_lanes() {
     PQ_LAUNCH(shfl_missing_lanes_kernel, 1, 48, 0, nullptr, d); cudaDeviceSynchronize();
 }
 void smem_overflow() { PQ_LAUNCH(smem_overflow_kernel, 1, 32, 128, nullptr); cudaDeviceSynchronize(); }
+
+int rc_write_write() {
+    int* d = dev_alloc<int>(1);
+    PQ_LAUNCH(rc_write_write_kernel, 1, 64, 0, nullptr, d);
+    return to_host(d, 1)[0];
+}
+
+std::vector<int> rc_warp_exchange(bool sync) {
+    int* d = dev_alloc<int>(64);
+    PQ_LAUNCH(rc_warp_exchange_kernel, 1, 64, 64 * sizeof(int), nullptr, d, sync);
+    return to_host(d, 64);
+}
+
+std::vector<int> rc_cross_warp() {
+    int* d = dev_alloc<int>(64);
+    PQ_LAUNCH(rc_cross_warp_kernel, 1, 64, 64 * sizeof(int), nullptr, d);
+    return to_host(d, 64);
+}
+
+int rc_shared_atomics() {
+    int* d = dev_alloc<int>(1);
+    PQ_LAUNCH(rc_shared_atomics_kernel, 1, 96, 0, nullptr, d);
+    return to_host(d, 1)[0];
+}
 void trap() { PQ_LAUNCH(trap_kernel, 2, 32, 0, nullptr); cudaDeviceSynchronize(); }
 
 std::vector<int> stream_order() {

@@ -49,6 +49,13 @@ void trap();                // __trap()
 void oob_read();            // a kernel reads 1024 floats past the end of a 100-float cudaMalloc (memcheck)
 void use_after_free();      // a kernel writes a buffer freed before the launch (memcheck)
 
+// Racecheck self-tests (a racecheck build reports and aborts where noted):
+int rc_write_write();                         // threads 0 and 33 write one static __shared__ int: write-write
+std::vector<int> rc_warp_exchange(bool sync); // lanes swap through dynamic shared: clean with __syncwarp,
+                                              // write-read race without
+std::vector<int> rc_cross_warp();             // the swap across warps with only __syncwarp: write-read race
+int rc_shared_atomics();                      // 96 atomicAdds on one shared int (no race): returns 96
+
 // Stream semantics: {device word before the sync (-1: untouched), pinned-source copy + 1 after it,
 // pageable-source copy + 1 after it} when the host changes both sources after queueing the copies.
 std::vector<int> stream_order();

@@ -59,4 +59,18 @@ PYBIND11_MODULE(pq_emu_selftest, m) {
     m.def("oob_read", &selftest::oob_read);
     m.def("use_after_free", &selftest::use_after_free);
     m.def("stream_order", [] { return selftest::stream_order(); });
+    m.def("rc_write_write", &selftest::rc_write_write);
+    m.def("rc_warp_exchange", [](bool sync) { return arr(selftest::rc_warp_exchange(sync)); });
+    m.def("rc_warp_exchange_nosync", [] { return arr(selftest::rc_warp_exchange(false)); });
+    m.def("rc_cross_warp", [] { return arr(selftest::rc_cross_warp()); });
+    m.def("rc_shared_atomics", &selftest::rc_shared_atomics);
+    m.def("block_sum_nobarrier", [] {  // for run_aborting: no arguments
+        std::vector<float> x(512, 1.0f);
+        return arr(nobarrier::block_sum(x));
+    });
+#if PQ_EMU_RACECHECK
+    m.attr("RACECHECK") = true;
+#else
+    m.attr("RACECHECK") = false;
+#endif
 }

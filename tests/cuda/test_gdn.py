@@ -136,6 +136,7 @@ def _check(got, ref):
 # 48/24 and 200/40 exercise dims that are not multiples of the 32-wide tiles or of the 16-row scan blocks.
 GDN_CASES = [
     ((1, 1, 16, 16), [1, 2, 5, 63, 64, 65, 200]),
+    ((2, 4, 16, 16), [17, 22, 32, 40, 100, 129]),  # qwen35-r2-untied's heads at the chunk lengths of issue 10
     ((2, 6, 16, 32), [1, 64, 130]),
     ((2, 3, 48, 24), [1, 65]),
     ((1, 3, 128, 128), [1, 66]),
@@ -145,7 +146,8 @@ GDN_CASES = [
 ]
 
 
-@pytest.mark.parametrize("dims,n", [(d, n) for d, ns in GDN_CASES for n in ns])
+@pytest.mark.parametrize("dims,n", [(d, n) for d, ns in GDN_CASES for n in ns],
+                         ids=[f"{'x'.join(map(str, d))}-n{n}" for d, ns in GDN_CASES for n in ns])
 def test_gdn_matches_reference(ops, dims, n):
     nk, nv, dk, dv = dims
     a = _gdn_inputs(_rng("gdn", dims, n), n, nk, nv, dk, dv)

@@ -7,6 +7,10 @@ Checks:
    numpy's float16 cast).
 2. The product against a numpy model of exactly that arithmetic, y = fp16(w) . fp16(x) in float64; the
    only difference is the GEMM's float32 accumulation, bounded by (K + 16) * 2^-24 * sum |w16 x16|.
+   Float weights (F16/BF16/F32) get hi + lo fp16 activations (kernels/gemm.cuh, issue 10 part A): their
+   model is y = fp16(w) . x with x exact, and the bound adds the lo rounding, 2^-22 |x_i| per value plus
+   2^-39 max|x| (the lo subnormal floor after the row is scaled into [2^14, 2^15)), and a second float32
+   accumulation. With single fp16 activations these types miss that bound by 6x (f16, 17 tokens).
 3. The product against pyqwen._core.testing.ref_matmul. Derivation of the tolerance: with w, x the exact weights and
    activations, the GPU computes sum_i fp16(w_i) fp16(x_i) with |fp16(v) - v| <= 2^-11 |v| + 2^-25 (the
    absolute part covers fp16 subnormals), so |y_gpu - w.x| <= sum_i (2^-10 + 2^-22)|w_i x_i|
@@ -22,17 +26,26 @@ import numpy as np
 import pytest
 
 from pyqwen import _core
-from test_matvec import (CPU_ACT, E1, F16, BF16, NAMES, Q4_1, Q4_K, Q5_1, Q6_K, Q8_0, IQ4_XS, block_m,
+from test_matvec import (CPU_ACT, E1, F16, F32, BF16, NAMES, Q4_1, Q4_K, Q5_1, Q6_K, Q8_0, IQ4_XS, block_m,
                          check_matmul, check_swiglu, dequant, make_weight, make_x, offset_terms, q8_1_values,
                          q8_k_scale, rng_for, silu, type_ids, _k_for)
 
 
-def prefill_model(w: np.ndarray, x: np.ndarray):
-    """(y, tol): fp16 weights and activations, exact products, float32-accumulation bound."""
+SPLIT_TYPES = (F32, F16, BF16)  # hi + lo fp16 activations (detail::prefill_split_act)
+
+
+def prefill_model(w: np.ndarray, x: np.ndarray, split: bool = False):
+    """(y, tol): fp16 weights, fp16 activations (split: exact activations), exact products, the roundings'
+    bound."""
     w16 = w.astype(np.float16).astype(np.float64)
-    x16 = x.astype(np.float16).astype(np.float64)
     K = w.shape[1]
-    return x16 @ w16.T, (K + 16) * 2.0**-24 * (np.abs(x16) @ np.abs(w16).T) + 1e-30
+    if not split:
+        x16 = x.astype(np.float16).astype(np.float64)
+        return x16 @ w16.T, (K + 16) * 2.0**-24 * (np.abs(x16) @ np.abs(w16).T) + 1e-30
+    x64 = x.astype(np.float64)
+    ax, aw = np.abs(x64), np.abs(w16)
+    tol = (2 * (K + 16) * 2.0**-24 + 2.0**-22) * (ax @ aw.T) + 2.0**-39 * ax.max(1)[:, None] * aw.sum(1)[None, :]
+    return x64 @ w16.T, tol + 1e-30
 
 
 def ref_tolerance(wtype, wbytes, w, x):
@@ -55,7 +68,7 @@ def ref_tolerance(wtype, wbytes, w, x):
 
 def check_prefill(got, wtype, wbytes, w, x, what):
     N, K = w.shape
-    y, tol = prefill_model(w, x)
+    y, tol = prefill_model(w, x, wtype in SPLIT_TYPES)
     err = np.abs(got - y)
     assert np.all(err <= tol), f"{what}: vs fp16 model, worst err/tol = {np.max(err / tol):.3g}"
     ref = np.asarray(_core.testing.ref_matmul(wtype, wbytes, K, N, x))
@@ -129,13 +142,40 @@ def test_matmul_swiglu_prefill(ops, tg, tu):
     N, K, n_tok = 41, 512, 24
     wgb, wub = make_weight(tg, N, K, rng), make_weight(tu, N, K, rng)
     x = make_x(rng, n_tok, K)
-    g, tol_g = prefill_model(dequant(tg, wgb, N, K), x)
-    u, tol_u = prefill_model(dequant(tu, wub, N, K), x)
+    split = tg in SPLIT_TYPES or tu in SPLIT_TYPES  # one activation layout for both weights
+    g, tol_g = prefill_model(dequant(tg, wgb, N, K), x, split)
+    u, tol_u = prefill_model(dequant(tu, wub, N, K), x, split)
     expect = silu(g) * u
     tol = 1.1 * tol_g * (np.abs(u) + tol_u) + np.abs(silu(g)) * tol_u + 1e-6 * np.abs(expect) + 1e-30
     got = ops.matmul_swiglu(tg, wgb, tu, wub, K, N, x)
     err = np.abs(got - expect)
     assert np.all(err <= tol), f"worst err/tol = {np.max(err / tol):.3g}"
+
+
+@pytest.mark.parametrize("wtype", [F16, BF16, F32], ids=lambda t: NAMES[t])
+@pytest.mark.parametrize("n_tok,K,N,case", [(17, 8, 1, "tiny"), (40, 72, 5, "small"), (100, 264, 3, "wide"),
+                                            (33, 64, 7, "zero"), (20, 64, 7, "huge"), (64, 136, 2, "nonfinite")])
+def test_matmul_prefill_split_edges(ops, wtype, n_tok, K, N, case):
+    """Hi + lo activations at their edges: K of one 8-value group and not a multiple of 32/256, one output
+    row, rows whose max is tiny (~1e-22: scaled up by ~2^88; unscaled, fp16 would flush them to 0) or in
+    fp16's subnormal range (3e-5), exactly zero, huge (1e30: scaled down, as the single path), and an inf /
+    NaN value (only those rows are non-finite). Against fp16(w) . x in float64."""
+    rng = rng_for("split edges", wtype, n_tok, K, case)
+    wb = make_weight(wtype, N, K, rng)
+    w = dequant(wtype, wb, N, K)
+    x = make_x(rng, n_tok, K)
+    x[1] *= np.float32(1e-25) if case != "huge" else np.float32(1e30)
+    x[2] = 0.0
+    x[3] = rng.normal(0, 1, K) * np.float32(3e-5)  # all of it in fp16's subnormal range unless scaled up
+    if case == "nonfinite":
+        x[4, 0], x[5, 1] = np.inf, np.nan
+    got = ops.matmul(wtype, wb, K, N, x)
+    y, tol = prefill_model(w, x, True)
+    ok = np.isfinite(x).all(1)
+    assert not np.isfinite(got[~ok]).any()
+    err = np.abs(got[ok] - y[ok])
+    assert np.all(err <= tol[ok]), f"{case}: worst err/tol = {np.max(err / tol[ok]):.3g}"
+    assert np.isfinite(got[ok]).all()
 
 
 @pytest.mark.parametrize("wtype", [Q4_K, Q8_0, F16], ids=lambda t: NAMES[t])

@@ -6,7 +6,8 @@ the product row back (cuda/kernels/gemm.cuh). Checked against float64 numpy on t
 the only errors are the two fp16 roundings (2^-11 relative each, so 2^-10 of sum |w x|, plus 2^-25 per
 term for subnormals) and the float32 accumulation, as test_gemm.py's ref tolerance. Rows of 1e5 and
 3e6 overflowed to inf before the fix; ordinary rows (|x| < 2^15) must be converted exactly as before:
-equal to the unscaled fp16 model within its float32-accumulation bound.
+equal to the unscaled fp16 model within its float32-accumulation bound (float weights: the hi + lo
+activation model of test_gemm.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from test_gemm import SPLIT_TYPES, prefill_model
 from test_matvec import F16, Q4_K, dequant, make_weight, rng_for, silu
 
 
@@ -53,11 +55,10 @@ def test_matmul_rows_beyond_fp16(ops, wtype):
     err = np.abs(got - ref)
     tol = _bound(w, x)
     assert np.all(err <= tol), f"worst err/tol {np.max(err / tol):.3g}"
-    # rows inside the fp16 range: exactly the unscaled fp16 product (scale 1)
+    # rows inside the fp16 range: exactly the unscaled fp16 product (scale 1) -- or, for float weights (hi + lo
+    # activations, test_gemm.py), the product on exact activations within that model's bound
     small = [i for i in range(n_tok) if np.abs(x[i]).max() < 2.0**15]
-    x16 = x[small].astype(np.float16).astype(np.float64)
-    y16 = x16 @ w.astype(np.float16).astype(np.float64).T
-    acc = (K + 16) * 2.0**-24 * (np.abs(x16) @ np.abs(w.astype(np.float16).astype(np.float64)).T) + 1e-30
+    y16, acc = prefill_model(w, x[small], wtype in SPLIT_TYPES)
     assert np.all(np.abs(got[small] - y16) <= acc)
 
 
