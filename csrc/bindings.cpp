@@ -62,7 +62,20 @@ PYBIND11_MODULE(_core, m) {
                 return out;
             },
             "[(K bytes, V bytes)] of rows [0, pos) per attention layer, then MTP block (with_kv snapshots; tests "
-            "compare the backends' caches with it).");
+            "compare the backends' caches with it).")
+        .def_property_readonly(
+            "ssm_states",
+            [](const Snapshot& s) {
+                py::list out;
+                for (const auto& v : s.ssm) {
+                    py::array_t<float> a((py::ssize_t)v.size());
+                    std::copy(v.begin(), v.end(), a.mutable_data());
+                    out.append(a);
+                }
+                return out;
+            },
+            "The delta-rule state of each recurrent layer, flat float32 ([n_v_heads][dv][dk]; tests compare "
+            "the chunked and token-loop prefills with it).");
 
     auto model_cls = py::class_<PyModel>(m, "Model")
         .def(py::init([](const py::dict& config, const py::dict& tensors, int n_threads, py::object keepalive) {

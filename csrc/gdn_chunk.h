@@ -1,0 +1,41 @@
+// gdn_chunk.h: the chunked (WY/UT) gated delta rule for prefill on the CPU (spec: gdn.h delta_rule_chunked_ref).
+//
+// The token loop (delta_rule_head) streams the 64 KiB state of a head through L2 twice per token, with about
+// 7 loads/stores per 4 flops: bound by the load/store ports. The chunked form does about the same flops
+// (3 dk dv per token for W S, Q S and the state update, plus ~2.5 L d for the in-chunk products) as
+// register-blocked matrix products, where the FMA units are the bound. Rounding differs from the token loop
+// (tests/test_gdn_chunk.py bounds it), so it serves only prefill batches of at least kGdnChunkMinTokens:
+// a speculative verification (at most kMaxVerifyTokens, model_spec.h) and its rollback replay keep the token
+// loop, and stay bit-identical to one-token steps.
+#pragma once
+
+#include <cstdint>
+
+namespace pq {
+
+// Tokens per chunk: the in-chunk products grow with L (2.5 L d per token) while the state products do not;
+// 32 measured fastest on AVX-512 at dk = dv = 128 (benchmarks/gdn_kernel.py).
+constexpr int64_t kGdnChunkCpu = 32;
+// Batches from this many tokens take the chunked form (below it, the token loop is as fast).
+constexpr int64_t kGdnChunkMinTokens = 32;
+
+// Whether a batch of n tokens outside a verification takes the chunked form: n >= kGdnChunkMinTokens,
+// unless PYQWEN_GDN_CHUNK=off (the before/after switch for benchmarks; read once).
+bool gdn_use_chunked(int64_t n);
+
+// C[M][N] = c_scale C + A[M][K] B[K][N], row-major with leading dimensions lda, ldb, ldc; c_scale == 0:
+// C is only written (it may hold anything, NaN included).
+using GdnGemmFn = void (*)(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                           int64_t ldb, float* C, int64_t ldc, float c_scale);
+
+// The selected kernel set's product (simd_kernels().name: "ref" plain loops, "avx2", "avx512").
+GdnGemmFn gdn_gemm();
+
+// delta_rule_head's arguments and result (up to rounding), chunk tokens at a time. With the reference
+// kernel set it runs delta_rule_chunked_ref.
+void delta_rule_chunked(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
+                        int64_t v_stride, const float* g, const float* beta, int64_t gb_stride, float* S, int64_t dk,
+                        int64_t dv, int64_t n, float q_scale, float* o, int64_t o_stride,
+                        int64_t chunk = kGdnChunkCpu);
+
+}  // namespace pq
