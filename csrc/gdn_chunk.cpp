@@ -72,10 +72,13 @@ void delta_rule_chunked(const float* q, const float* k, const float* v, int64_t 
     }
     const GdnGemmFn gemm = gdn_gemm();
     const int64_t Lm = std::min(chunk, n);
-    std::vector<float> Sm(dk * dv), Kt(dk * Lm), Qs(Lm * dk), KK(Lm * Lm), QK(Lm * Lm), T(Lm * Lm), Bv(Lm * dv),
+    // The math state's rows are padded: at dv = 128 an unpadded 512-byte stride puts a 32-column panel's
+    // 128 rows into 16 of L1's 64 sets (192 lines for 256), so the product re-fetched them from L2.
+    const int64_t lds = dv % 32 == 0 ? dv + 16 : dv;
+    std::vector<float> Sm(dk * lds), Kt(dk * Lm), Qs(Lm * dk), KK(Lm * Lm), QK(Lm * Lm), T(Lm * Lm), Bv(Lm * dv),
         Bk(Lm * dk), U(Lm * dv), X(2 * Lm * dk), XS(2 * Lm * dv), D(Lm * (Lm + 1));
     for (int64_t j = 0; j < dv; ++j)
-        for (int64_t x = 0; x < dk; ++x) Sm[x * dv + j] = S[j * dk + x];
+        for (int64_t x = 0; x < dk; ++x) Sm[x * lds + j] = S[j * dk + x];
 
     for (int64_t c0 = 0; c0 < n; c0 += chunk) {
         const int64_t L = std::min(chunk, n - c0), ld = L + 1;
@@ -126,7 +129,7 @@ void delta_rule_chunked(const float* q, const float* k, const float* v, int64_t 
             const float d = dec(t, -1);
             for (int64_t x = 0; x < dk; ++x) X[(L + t) * dk + x] = Qs[t * dk + x] * d;
         }
-        gemm(2 * L, dv, dk, X.data(), dk, Sm.data(), dv, XS.data(), dv, 0.0f);
+        gemm(2 * L, dv, dk, X.data(), dk, Sm.data(), lds, XS.data(), dv, 0.0f);
         for (int64_t i = 0; i < L * dv; ++i) U[i] -= XS[i];  // U becomes V'
         // O = Qs dec S + P V' with P = QK o dec o causal (kept in QK).
         for (int64_t t = 0; t < L; ++t) {
@@ -139,10 +142,10 @@ void delta_rule_chunked(const float* q, const float* k, const float* v, int64_t 
         // S = dec(L-1, -1) S + (K^T o dec(L-1, .)) V'
         for (int64_t x = 0; x < dk; ++x)
             for (int64_t t = 0; t < L; ++t) Kt[x * L + t] *= dec(L - 1, t);
-        gemm(dk, dv, L, Kt.data(), L, U.data(), dv, Sm.data(), dv, dec(L - 1, -1));
+        gemm(dk, dv, L, Kt.data(), L, U.data(), dv, Sm.data(), lds, dec(L - 1, -1));
     }
     for (int64_t j = 0; j < dv; ++j)
-        for (int64_t x = 0; x < dk; ++x) S[j * dk + x] = Sm[x * dv + j];
+        for (int64_t x = 0; x < dk; ++x) S[j * dk + x] = Sm[x * lds + j];
 }
 
 }  // namespace pq

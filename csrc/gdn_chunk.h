@@ -13,11 +13,14 @@
 
 namespace pq {
 
-// Tokens per chunk: the in-chunk products grow with L (2.5 L d per token) while the state products do not;
-// 32 measured fastest on AVX-512 at dk = dv = 128 (benchmarks/gdn_kernel.py).
-constexpr int64_t kGdnChunkCpu = 32;
-// Batches from this many tokens take the chunked form (below it, the token loop is as fast).
-constexpr int64_t kGdnChunkMinTokens = 32;
+// Tokens per chunk: the in-chunk products grow with L (about 2.5 L d flops per token) while the state's
+// (3 dk dv per token) do not; at dk = dv = 128 the kernel time per token is flat from 8 to 16 and rises from
+// 24 (at 64: no faster than the token loop). benchmarks/gdn_kernel.py, on a 2-core AVX-512 Xeon.
+constexpr int64_t kGdnChunkCpu = 16;
+// Batches from this many tokens take the chunked form: from 64 it is ahead on both AVX2 and AVX-512
+// (1.04-1.09x, 1.2-1.4x from 512 tokens); at 17..32 the per-call setup (transposing the state in and out,
+// the scratch) still costs more than it saves.
+constexpr int64_t kGdnChunkMinTokens = 64;
 
 // Whether a batch of n tokens outside a verification takes the chunked form: n >= kGdnChunkMinTokens,
 // unless PYQWEN_GDN_CHUNK=off (the before/after switch for benchmarks; read once).
