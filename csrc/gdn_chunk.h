@@ -1,7 +1,7 @@
 // gdn_chunk.h: the chunked (WY/UT) gated delta rule for prefill on the CPU (spec: gdn.h delta_rule_chunked_ref).
 //
 // The token loop (delta_rule_head) streams the 64 KiB state of a head through L2 twice per token, with about
-// 7 loads/stores per 4 flops: bound by the load/store ports. The chunked form does about the same flops
+// 7 loads/stores per 4 flops: bound by the load/store ports. The chunked form does slightly fewer flops
 // (3 dk dv per token for W S, Q S and the state update, plus ~2.5 L d for the in-chunk products) as
 // register-blocked matrix products, where the FMA units are the bound. Rounding differs from the token loop
 // (tests/test_gdn_chunk.py bounds it), so it serves only prefill batches of at least kGdnChunkMinTokens:
@@ -14,13 +14,14 @@
 namespace pq {
 
 // Tokens per chunk: the in-chunk products grow with L (about 2.5 L d flops per token) while the state's
-// (3 dk dv per token) do not; at dk = dv = 128 the kernel time per token is flat from 8 to 16 and rises from
-// 24 (at 64: no faster than the token loop). benchmarks/gdn_kernel.py, on a 2-core AVX-512 Xeon.
+// (3 dk dv per token) do not; at dk = dv = 128 chunk 16 is fastest (8 and 24..32 within 10%, 64 1.2-1.5x
+// slower). benchmarks/gdn_kernel.py on a 2-core AVX-512 Xeon: 1.1-1.2 us per token and head against the token
+// loop's 2.6-2.7 with AVX-512, 1.5 with AVX2.
 constexpr int64_t kGdnChunkCpu = 16;
-// Batches from this many tokens take the chunked form: from 64 it is ahead on both AVX2 and AVX-512
-// (1.04-1.09x, 1.2-1.4x from 512 tokens); at 17..32 the per-call setup (transposing the state in and out,
-// the scratch) still costs more than it saves.
-constexpr int64_t kGdnChunkMinTokens = 64;
+// Batches from this many tokens take the chunked form. It is ahead from 17 tokens (1.1-1.4x at 17..24,
+// 1.2-1.7x at 32); 32 leaves a margin above the verification size (kMaxVerifyTokens = 16) that must stay
+// on the token loop.
+constexpr int64_t kGdnChunkMinTokens = 32;
 
 // Whether a batch of n tokens outside a verification takes the chunked form: n >= kGdnChunkMinTokens,
 // unless PYQWEN_GDN_CHUNK=off (the before/after switch for benchmarks; read once).
