@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "config_py.h"
+#include "gdn_chunk.h"
 #include "membw.h"
 #include "model.h"
 #include "py_testing.h"
@@ -154,6 +155,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("type_supported", &type_supported, py::arg("ggml_type"),
           "Whether the CPU kernels can use weights of this ggml type.");
     m.def("simd_backend", []() { return std::string(simd_kernels().name); }, "Name of the kernel set in use.");
+    m.def("set_gdn_chunked", &gdn_set_chunked, py::arg("on"),
+          "Whether CPU prefill batches of 32+ tokens run the chunked gated delta rule (csrc/gdn_chunk.h; off by "
+          "default: it gives up batch invariance; PYQWEN_GDN_CHUNK=on sets the initial value).");
+    m.def("gdn_chunked", &gdn_chunked_enabled, "Whether the chunked gated delta rule is on (set_gdn_chunked).");
     m.def(
         "set_simd", [](const std::string& name) { return simd_select(name.c_str()); }, py::arg("name"),
         "Choose the kernel set ('ref', 'avx2', 'auto'); returns False if unavailable here.");

@@ -14,6 +14,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -44,13 +45,22 @@ static void gdn_gemm_ref(int64_t M, int64_t N, int64_t K, const float* A, int64_
         }
 }
 
-bool gdn_use_chunked(int64_t n) {
-    static const bool on = [] {
+// -1: not decided yet (PYQWEN_GDN_CHUNK decides on first use); 0 off; 1 on.
+static std::atomic<int> g_chunked{-1};
+
+void gdn_set_chunked(bool on) { g_chunked.store(on ? 1 : 0); }
+
+bool gdn_chunked_enabled() {
+    int m = g_chunked.load();
+    if (m < 0) {
         const char* e = std::getenv("PYQWEN_GDN_CHUNK");
-        return !(e && !std::strcmp(e, "off"));
-    }();
-    return on && n >= kGdnChunkMinTokens;
+        m = e && !std::strcmp(e, "on") ? 1 : 0;
+        g_chunked.store(m);
+    }
+    return m == 1;
 }
+
+bool gdn_use_chunked(int64_t n) { return n >= kGdnChunkMinTokens && gdn_chunked_enabled(); }
 
 GdnGemmFn gdn_gemm() {
     const char* name = simd_kernels().name;

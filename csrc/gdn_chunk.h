@@ -23,8 +23,15 @@ constexpr int64_t kGdnChunkCpu = 16;
 // on the token loop.
 constexpr int64_t kGdnChunkMinTokens = 32;
 
-// Whether a batch of n tokens outside a verification takes the chunked form: n >= kGdnChunkMinTokens,
-// unless PYQWEN_GDN_CHUNK=off (the before/after switch for benchmarks; read once).
+// Off by default: the CPU backend's contract (docs/CONTRACTS.md) is batch invariance -- a token's logits do not
+// depend on how the tokens were split into forwards -- and session reuse (pyqwen.session) relies on it bit for
+// bit (a restored prefix + the suffix equals one fresh prefill). The chunked form rounds differently from the
+// token loop, so a prompt split at another place gives logits ~1e-4 apart (relative ~4e-5) and those checks
+// fail. At the 27B's shapes the delta rule is ~1-2% of a prefill's CPU time, so the default keeps the contract;
+// PYQWEN_GDN_CHUNK=on (read on first use) or gdn_set_chunked (pyqwen._core.set_gdn_chunked) turns it on.
+void gdn_set_chunked(bool on);
+bool gdn_chunked_enabled();
+// Whether a batch of n tokens outside a verification takes the chunked form.
 bool gdn_use_chunked(int64_t n);
 
 // C[M][N] = c_scale C + A[M][K] B[K][N], row-major with leading dimensions lda, ldb, ldc; c_scale == 0:

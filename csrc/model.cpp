@@ -405,8 +405,9 @@ void Model::gdn_layer(const LayerWeights& L, int rl, State& st, const float* a, 
     const float q_scale = 1.0f / std::sqrt((float)dk);
     const float* norm_w = f32(L.ssm_norm);
     float* S_all = st.ssm[rl].data();
-    // Long prefill batches take the chunked form (gdn_chunk.h); a verification never does, so its rows and
-    // its rollback replay stay bit-identical to one-token steps.
+    // Long prefill batches take the chunked form when it is on (gdn_chunk.h; off by default: batch
+    // invariance); a verification never does, so its rows and its rollback replay stay bit-identical to
+    // one-token steps.
     static_assert(kGdnChunkMinTokens > kMaxVerifyTokens, "verify batches must keep the token loop");
     const bool chunked = !verify && gdn_use_chunked(n);
     pool_.parallel_for(nv, [&](int64_t h0, int64_t h1, int) {

@@ -57,24 +57,16 @@ def test_greedy_continuation_matches_transformers(gguf_cache, name):
 @pytest.mark.parametrize("name", HF_MODELS[:1])
 @pytest.mark.parametrize("kv_type", ["f32", "f16", "q8_0", "q4_0"])
 def test_decode_equals_prefill(gguf_cache, name, kv_type):
-    """Token-by-token decode, chunked prefill and one-shot prefill give the same logits.
-
-    Batches of 32+ tokens take the chunked delta rule (csrc/gdn_chunk.h), which rounds differently from the
-    token loop: the 64-token prefill lands 1.9e-4 from the one-token steps on this model (scale 4.7), less than
-    switching the kernel set alone (ref vs AVX2 token loop: 4.8e-4; these random-weight models amplify float
-    rounding ~1000x). Pieces below 32 tokens keep the token loop, as decode does: within 1e-4."""
+    """Token-by-token decode, chunked prefill and one-shot prefill give the same logits."""
     ids = load_reference(name)["prompt_ids"].tolist()
     model = pyqwen.Model.load(gguf_cache(name, "f32"), kv_type=kv_type, threads=2)
     full = model.eval(ids)
     st = model.new_state()
     step = np.stack([model.forward(st, [t]) for t in ids])
-    np.testing.assert_allclose(step, full, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(step, full, rtol=0, atol=1e-4)
     st2 = model.new_state()
     parts = [model.forward(st2, ids[a:b], logits="all") for a, b in [(0, 5), (5, 37), (37, len(ids))]]
-    np.testing.assert_allclose(np.concatenate(parts), full, rtol=0, atol=1e-3)
-    st3 = model.new_state()
-    small = [model.forward(st3, ids[a:b], logits="all") for a, b in [(0, 5), (5, 21), (21, 45), (45, len(ids))]]
-    np.testing.assert_allclose(np.concatenate(small), step, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(np.concatenate(parts), full, rtol=0, atol=1e-4)
 
 
 def test_batch_size_does_not_change_results(gguf_cache):
@@ -82,10 +74,7 @@ def test_batch_size_does_not_change_results(gguf_cache):
     ids = load_reference(name)["prompt_ids"].tolist()
     a = pyqwen.Model.load(gguf_cache(name, "f32"), kv_type="f32", n_batch=7, threads=1).eval(ids)
     b = pyqwen.Model.load(gguf_cache(name, "f32"), kv_type="f32", n_batch=512, threads=2).eval(ids)
-    # 512: one chunked-delta-rule batch, 7: the token loop (see test_decode_equals_prefill): 1.9e-4 apart
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-3)
-    c = pyqwen.Model.load(gguf_cache(name, "f32"), kv_type="f32", n_batch=31, threads=2).eval(ids)
-    np.testing.assert_allclose(a, c, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("with_kv", [False, True])
