@@ -29,6 +29,10 @@ constexpr int64_t kGdnChunkMinTokens = 32;
 // token loop, so a prompt split at another place gives logits ~1e-4 apart (relative ~4e-5) and those checks
 // fail. At the 27B's shapes the delta rule is ~1-2% of a prefill's CPU time, so the default keeps the contract;
 // PYQWEN_GDN_CHUNK=on (read on first use) or gdn_set_chunked (pyqwen._core.set_gdn_chunked) turns it on.
+// A batch-invariant variant is possible (not done: it changes State, snapshots and rollback): align chunks to
+// absolute positions and keep the state at the last aligned boundary plus the pending tokens' q/k/v/g/beta;
+// a row's chunked output depends only on the rows before it (the products add exact zeros past the diagonal),
+// so every split, decode included, would give the same floats, at about 2 dk dv per decode token.
 void gdn_set_chunked(bool on);
 bool gdn_chunked_enabled();
 // Whether a batch of n tokens outside a verification takes the chunked form.
