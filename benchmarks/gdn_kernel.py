@@ -52,8 +52,9 @@ def main() -> None:
         qs = args.dk ** -0.5
         best = {}
         for _ in range(args.reps):
-            for name, fn in [("loop", lambda: T.ref_delta_rule(*a, qs))] + [
-                    (f"chunk{c}", lambda c=c: T.ref_delta_rule_chunked(*a, qs, c)) for c in map(int, args.chunks.split(","))]:
+            chunked = [(f"chunk{c}", lambda c=c: T.ref_delta_rule_chunked(*a, qs, c))
+                       for c in map(int, args.chunks.split(","))]
+            for name, fn in [("loop", lambda: T.ref_delta_rule(*a, qs))] + chunked:
                 t0 = time.thread_time()
                 fn()
                 dt = time.thread_time() - t0

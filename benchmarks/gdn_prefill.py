@@ -45,7 +45,8 @@ def main() -> None:
     finally:
         _core.set_gdn_chunked(was)
     for on in (True, False):
-        print(f"{'chunked' if on else 'loop   '}: best cpu {best[on]:.2f} s = {args.tokens / best[on]:.1f} t/s per core")
+        name = "chunked" if on else "loop   "
+        print(f"{name}: best cpu {best[on]:.2f} s = {args.tokens / best[on]:.1f} t/s per core")
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 
