@@ -13,7 +13,8 @@ token 0.4-0.8).
 Model (tests/real_shape.py: the 27B's 16 QK / 48 V heads, 3 DeltaNet layers; the chunked path switched on, it
 is off by default -- see csrc/gdn_chunk.h): a 300-token prefill in one batch (chunked) against transformers
 within test_real_shape.py's F32 bound (2e-5 of the logit scale), its delta-rule state against the token loop's
-(n_batch 16: every batch below kGdnChunkMinTokens), decoding on from both, and 1 thread against 2 (bit-identical: heads are split between threads, each head's arithmetic is fixed).
+(n_batch 16: every batch below kGdnChunkMinTokens), decoding on from both, and 1 thread against 2
+(bit-identical: heads are split between threads, each head's arithmetic is fixed).
 """
 
 from __future__ import annotations
