@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "config_py.h"
+#include "gdn_chunk.h"
 #include "membw.h"
 #include "model.h"
 #include "py_testing.h"
@@ -62,7 +63,20 @@ PYBIND11_MODULE(_core, m) {
                 return out;
             },
             "[(K bytes, V bytes)] of rows [0, pos) per attention layer, then MTP block (with_kv snapshots; tests "
-            "compare the backends' caches with it).");
+            "compare the backends' caches with it).")
+        .def_property_readonly(
+            "ssm_states",
+            [](const Snapshot& s) {
+                py::list out;
+                for (const auto& v : s.ssm) {
+                    py::array_t<float> a((py::ssize_t)v.size());
+                    std::copy(v.begin(), v.end(), a.mutable_data());
+                    out.append(a);
+                }
+                return out;
+            },
+            "The delta-rule state of each recurrent layer, flat float32 ([n_v_heads][dv][dk]; tests compare "
+            "the chunked and token-loop prefills with it).");
 
     auto model_cls = py::class_<PyModel>(m, "Model")
         .def(py::init([](const py::dict& config, const py::dict& tensors, int n_threads, py::object keepalive) {
@@ -141,6 +155,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("type_supported", &type_supported, py::arg("ggml_type"),
           "Whether the CPU kernels can use weights of this ggml type.");
     m.def("simd_backend", []() { return std::string(simd_kernels().name); }, "Name of the kernel set in use.");
+    m.def("set_gdn_chunked", &gdn_set_chunked, py::arg("on"),
+          "Whether CPU prefill batches of 32+ tokens run the chunked gated delta rule (csrc/gdn_chunk.h; off by "
+          "default: it gives up batch invariance; PYQWEN_GDN_CHUNK=on sets the initial value).");
+    m.def("gdn_chunked", &gdn_chunked_enabled, "Whether the chunked gated delta rule is on (set_gdn_chunked).");
     m.def(
         "set_simd", [](const std::string& name) { return simd_select(name.c_str()); }, py::arg("name"),
         "Choose the kernel set ('ref', 'avx2', 'auto'); returns False if unavailable here.");

@@ -8,6 +8,7 @@
 
 #include "attention.h"
 #include "gdn.h"
+#include "gdn_chunk.h"
 #include "simd/dispatch.h"
 #include "model.h"
 #include "matmul.h"
@@ -104,6 +105,44 @@ void bind_ref(py::module_& m) {
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("g"), py::arg("beta"), py::arg("state"),
         py::arg("q_scale"), "Gated delta rule for one head (the selected kernel set: set_simd); returns (o [n, dv], "
         "state [dv, dk]).");
+
+    m.def(
+        "ref_delta_rule_chunked",
+        [](farr q, farr k, farr v, farr g, farr beta, farr state, float q_scale, int64_t chunk) {
+            // as ref_delta_rule, in the chunked form (gdn_chunk.h; with set_simd("ref"): gdn.h's reference)
+            need(q.ndim() == 2 && k.ndim() == 2 && v.ndim() == 2 && state.ndim() == 2, "bad ranks");
+            const int64_t n = q.shape(0), dk = q.shape(1), dv = v.shape(1);
+            need(n >= 1 && dk >= 1 && dv >= 1, "need n, dk, dv >= 1");
+            need(k.shape(0) == n && k.shape(1) == dk && v.shape(0) == n, "q/k/v shapes disagree");
+            need(g.size() == n && beta.size() == n, "g and beta must have n values");
+            need(state.shape(0) == dv && state.shape(1) == dk, "state must be [dv, dk]");
+            farr o({n, dv});
+            farr S({dv, dk});
+            std::copy(state.data(), state.data() + dv * dk, S.mutable_data());
+            {
+                py::gil_scoped_release release;
+                delta_rule_chunked(q.data(), k.data(), v.data(), dk, dk, dv, g.data(), beta.data(), 1,
+                                   S.mutable_data(), dk, dv, n, q_scale, o.mutable_data(), dv, chunk);
+            }
+            return py::make_tuple(o, S);
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("g"), py::arg("beta"), py::arg("state"),
+        py::arg("q_scale"), py::arg("chunk") = kGdnChunkCpu,
+        "Gated delta rule for one head in the chunked WY/UT form (the selected kernel set); returns (o, state).");
+
+    m.def(
+        "ref_gdn_gemm",
+        [](farr a, farr b, farr c, float c_scale) {
+            need(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2, "a [M,K], b [K,N], c [M,N]");
+            const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
+            need(b.shape(0) == K && c.shape(0) == M && c.shape(1) == N, "shape mismatch");
+            farr y({M, N});
+            std::copy(c.data(), c.data() + M * N, y.mutable_data());
+            gdn_gemm()(M, N, K, a.data(), K, b.data(), N, y.mutable_data(), N, c_scale);
+            return y;
+        },
+        py::arg("a"), py::arg("b"), py::arg("c"), py::arg("c_scale"),
+        "c_scale c + a b (c unread when c_scale is 0) with the chunked delta rule's product of the selected kernel set.");
 
     m.def(
         "ref_rope_neox",

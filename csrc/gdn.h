@@ -19,4 +19,26 @@ void delta_rule_head(const float* q, const float* k, const float* v, int64_t q_s
                      int64_t v_stride, const float* g, const float* beta, int64_t gb_stride, float* S, int64_t dk,
                      int64_t dv, int64_t n, float q_scale, float* o, int64_t o_stride);
 
+// The same rule over chunks of `chunk` tokens in the WY/UT form (plain loops: the spec of gdn_chunk.cpp).
+// Within a chunk (tokens 0..L-1, k and q = q_scale * q as above), with dec(i, j) the decay from just after
+// token j to token i (the product of exp(g_s) for j < s <= i; j = -1: from the chunk's start) and S the
+// math state [dk][dv] entering the chunk:
+//   A = I + strictly-lower(beta_i (k_i . k_j) dec(i, j)),   T = A^-1 (forward substitution)
+//   U = T diag(beta) V,   W = T diag(beta) (k_t dec(t, -1))_t,   V' = U - W S
+//   o_t = dec(t, -1) S^T q_t + sum_{s <= t} (q_t . k_s) dec(t, s) V'_s
+//   S <- dec(L-1, -1) S + sum_t (k_t dec(L-1, t)) V'_t^T
+// which in exact arithmetic equals delta_rule_head. The decays are running products of the per-token
+// exp(g) (never exp of a cumulative sum's difference), so they underflow to 0 as the recurrence's do.
+void delta_rule_chunked_ref(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
+                            int64_t v_stride, const float* g, const float* beta, int64_t gb_stride, float* S,
+                            int64_t dk, int64_t dv, int64_t n, float q_scale, float* o, int64_t o_stride,
+                            int64_t chunk);
+
+// The longest chunk the chunked kernels take.
+constexpr int64_t kGdnChunkMax = 256;
+
+// dec(i, j) of one chunk: D[i * (L + 1) + j + 1] for -1 <= j <= i < L (0 above the diagonal), from the
+// chunk's L <= kGdnChunkMax values of g (stride gb_stride). Shared by the reference and the fast chunked kernel.
+void gdn_chunk_decays(const float* g, int64_t gb_stride, int64_t L, float* D);
+
 }  // namespace pq

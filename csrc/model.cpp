@@ -11,6 +11,7 @@
 #include "quants.h"
 #include "rope_scaling.h"
 #include "gdn.h"
+#include "gdn_chunk.h"
 #include "matmul.h"
 #include "ops.h"
 #include "simd/dispatch.h"
@@ -346,6 +347,13 @@ void Model::ffn(const LayerWeights& L, const float* f, int64_t n, float* out) {
     matmul(pool_, L.ffn_down, g.data(), n, out);
 }
 
+// delta_rule_chunked at its default chunk, with the token loop's signature.
+static void delta_rule_chunked_fn(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
+                                  int64_t v_stride, const float* g, const float* beta, int64_t gb_stride, float* S,
+                                  int64_t dk, int64_t dv, int64_t n, float q_scale, float* o, int64_t o_stride) {
+    delta_rule_chunked(q, k, v, q_stride, k_stride, v_stride, g, beta, gb_stride, S, dk, dv, n, q_scale, o, o_stride);
+}
+
 // Gated DeltaNet: in-projections, causal conv + SiLU, L2-normalised q/k, the delta-rule recurrence
 // per V head (V head h reads QK head h % n_k_heads: the GGUF's tiled head order), gated RMSNorm.
 void Model::gdn_layer(const LayerWeights& L, int rl, State& st, const float* a, int64_t n, float* out, bool verify) {
@@ -397,12 +405,17 @@ void Model::gdn_layer(const LayerWeights& L, int rl, State& st, const float* a, 
     const float q_scale = 1.0f / std::sqrt((float)dk);
     const float* norm_w = f32(L.ssm_norm);
     float* S_all = st.ssm[rl].data();
+    // Long prefill batches take the chunked form when it is on (gdn_chunk.h; off by default: batch
+    // invariance); a verification never does, so its rows and its rollback replay stay bit-identical to
+    // one-token steps.
+    static_assert(kGdnChunkMinTokens > kMaxVerifyTokens, "verify batches must keep the token loop");
+    const bool chunked = !verify && gdn_use_chunked(n);
     pool_.parallel_for(nv, [&](int64_t h0, int64_t h1, int) {
         for (int64_t h = h0; h < h1; ++h) {
             const int64_t kh = h % nk;  // tiled V -> QK head map of llama.cpp's GGUF
-            simd_kernels().delta_rule(y.data() + kh * dk, y.data() + Dk + kh * dk, y.data() + 2 * Dk + h * dv, C, C, C,
-                            al.data() + h, b.data() + h, nv, S_all + h * dv * dk, dk, dv, n, q_scale,
-                            o.data() + h * dv, Dv);
+            (chunked ? delta_rule_chunked_fn : simd_kernels().delta_rule)(
+                y.data() + kh * dk, y.data() + Dk + kh * dk, y.data() + 2 * Dk + h * dv, C, C, C, al.data() + h,
+                b.data() + h, nv, S_all + h * dv * dk, dk, dv, n, q_scale, o.data() + h * dv, Dv);
             // Gated RMSNorm: normalise the head, scale by ssm_norm (no +1), gate by SiLU(z).
             for (int64_t t = 0; t < n; ++t) {
                 float* oh = o.data() + t * Dv + h * dv;
