@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <stdexcept>
+#include <tuple>
 #include <vector>
 
 #include "attention.h"
@@ -24,6 +25,17 @@ using barr = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 
 static void need(bool ok, const char* msg) {
     if (!ok) throw std::invalid_argument(msg);
+}
+
+// (n, dk, dv) of one head's delta-rule arguments: q, k [n, dk]; v [n, dv]; g, beta [n]; state [dv, dk].
+static std::tuple<int64_t, int64_t, int64_t> delta_rule_dims(const farr& q, const farr& k, const farr& v, const farr& g,
+                                                      const farr& beta, const farr& state) {
+    need(q.ndim() == 2 && k.ndim() == 2 && v.ndim() == 2 && state.ndim() == 2, "bad ranks");
+    const int64_t n = q.shape(0), dk = q.shape(1), dv = v.shape(1);
+    need(k.shape(0) == n && k.shape(1) == dk && v.shape(0) == n, "q/k/v shapes disagree");
+    need(g.size() == n && beta.size() == n, "g and beta must have n values");
+    need(state.shape(0) == dv && state.shape(1) == dk, "state must be [dv, dk]");
+    return {n, dk, dv};
 }
 
 void bind_ref(py::module_& m) {
@@ -90,11 +102,7 @@ void bind_ref(py::module_& m) {
         "ref_delta_rule",
         [](farr q, farr k, farr v, farr g, farr beta, farr state, float q_scale) {
             // q, k: [n, dk]; v: [n, dv]; g, beta: [n]; state: [dv, dk] (transposed); one head.
-            need(q.ndim() == 2 && k.ndim() == 2 && v.ndim() == 2 && state.ndim() == 2, "bad ranks");
-            const int64_t n = q.shape(0), dk = q.shape(1), dv = v.shape(1);
-            need(k.shape(0) == n && k.shape(1) == dk && v.shape(0) == n, "q/k/v shapes disagree");
-            need(g.size() == n && beta.size() == n, "g and beta must have n values");
-            need(state.shape(0) == dv && state.shape(1) == dk, "state must be [dv, dk]");
+            const auto [n, dk, dv] = delta_rule_dims(q, k, v, g, beta, state);
             farr o({n, dv});
             farr S({dv, dk});
             std::copy(state.data(), state.data() + dv * dk, S.mutable_data());
@@ -110,12 +118,8 @@ void bind_ref(py::module_& m) {
         "ref_delta_rule_chunked",
         [](farr q, farr k, farr v, farr g, farr beta, farr state, float q_scale, int64_t chunk) {
             // as ref_delta_rule, in the chunked form (gdn_chunk.h; with set_simd("ref"): gdn.h's reference)
-            need(q.ndim() == 2 && k.ndim() == 2 && v.ndim() == 2 && state.ndim() == 2, "bad ranks");
-            const int64_t n = q.shape(0), dk = q.shape(1), dv = v.shape(1);
+            const auto [n, dk, dv] = delta_rule_dims(q, k, v, g, beta, state);
             need(n >= 1 && dk >= 1 && dv >= 1, "need n, dk, dv >= 1");
-            need(k.shape(0) == n && k.shape(1) == dk && v.shape(0) == n, "q/k/v shapes disagree");
-            need(g.size() == n && beta.size() == n, "g and beta must have n values");
-            need(state.shape(0) == dv && state.shape(1) == dk, "state must be [dv, dk]");
             farr o({n, dv});
             farr S({dv, dk});
             std::copy(state.data(), state.data() + dv * dk, S.mutable_data());

@@ -134,6 +134,17 @@ struct Model::VerifyLog {
     size_t rec_bytes = 0;             // bytes of the state's recurrent arena saved in rec0
     char* at(size_t off) const { return static_cast<char*>(arena) + off; }
     float* f(size_t off) const { return reinterpret_cast<float*>(at(off)); }
+
+    // Where a DeltaNet layer's in-projections and conv output land: during a verification (log != null)
+    // straight in the log, from which rollback replays the delta rule; otherwise in the step's buffers.
+    struct GdnInputs {
+        float *qkv, *y, *alpha, *beta;
+    };
+    static GdnInputs gdn_inputs(const VerifyLog* log, int slot, const Buffers& b) {
+        if (!log) return {b.qkv, b.y, b.alpha, b.beta};
+        const VerifyLogLayout& l = log->layout;
+        return {log->f(l.x[slot]), log->f(l.y[slot]), log->f(l.alpha[slot]), log->f(l.beta[slot])};
+    }
     ~VerifyLog() {
         if (arena) cudaFree(arena);
     }
@@ -545,11 +556,7 @@ void Model::run_layers(State& st, int64_t n, VerifyLog* log) {
             // gated RMSNorm in the gdn launcher, out-projection.
             const int64_t C = c.conv_channels(), nv = c.ssm_v_heads, Dv = nv * c.ssm_v_dim;
             // A verification writes the conv inputs/outputs and alpha/beta straight into its log.
-            const VerifyLogLayout* vl = log ? &log->layout : nullptr;
-            float* qkv = vl ? log->f(vl->x[slot]) : b.qkv;
-            float* y = vl ? log->f(vl->y[slot]) : b.y;
-            float* alpha = vl ? log->f(vl->alpha[slot]) : b.alpha;
-            float* beta = vl ? log->f(vl->beta[slot]) : b.beta;
+            const auto [qkv, y, alpha, beta] = VerifyLog::gdn_inputs(log, slot, b);
             PQ_OP(matmul(L.attn_qkv.type, L.attn_qkv.data, E, C, b.a, n, qkv, b.scratch, s));
             PQ_OP(matmul(L.attn_gate.type, L.attn_gate.data, E, Dv, b.a, n, b.z, b.scratch, s));
             PQ_OP(matmul(L.ssm_beta.type, L.ssm_beta.data, E, nv, b.a, n, beta, b.scratch, s));
@@ -672,11 +679,7 @@ void Model::run_layers_decode(State& st, int64_t n, VerifyLog* log, bool defer_l
         const float* pending = il > 0 ? b.t : nullptr;  // the previous layer's FFN output, not added yet
         if (c.recurrent[il]) {
             const int64_t C = c.conv_channels(), nv = c.ssm_v_heads, Dv = nv * c.ssm_v_dim;
-            const VerifyLogLayout* vl = log ? &log->layout : nullptr;
-            float* qkv = vl ? log->f(vl->x[slot]) : b.qkv;
-            float* y = vl ? log->f(vl->y[slot]) : b.y;
-            float* alpha = vl ? log->f(vl->alpha[slot]) : b.alpha;
-            float* beta = vl ? log->f(vl->beta[slot]) : b.beta;
+            const auto [qkv, y, alpha, beta] = VerifyLog::gdn_inputs(log, slot, b);
             const bool q = any_q8({&L.attn_qkv, &L.attn_gate, &L.ssm_beta, &L.ssm_alpha});
             PQ_OP(add_rms_norm_q8(b.x, pending, L.attn_norm.f32(), b.a, q ? q8 : nullptr, E, n, eps, s));
             // the causal conv + SiLU as the qkv matmul's epilogue (each channel one warp's row)

@@ -93,21 +93,26 @@ py::array dequant_f16(int type, const U8Array& w, int64_t K, int64_t row0, int64
     return as_f16(out);
 }
 
-// The decode path's Q8_1 activations: (qs int8 [n_tok, K], ds float32 [n_tok, K/32, 2] = (d, s)).
-py::tuple quantize_act(const F32Array& x) {
-    if (x.ndim() != 2 || x.shape(1) % 32 != 0) throw std::invalid_argument("x must be [n_tok, K], K % 32 == 0");
-    const int64_t n_tok = x.shape(0), K = x.shape(1);
-    const size_t off = pq::cuda::detail::quantize_act_ds_offset(K, n_tok);
-    auto dx = DeviceBuffer::from(x);
-    DeviceBuffer dq(off + sizeof(float) * 2 * (size_t)(n_tok * K / 32));
-    finish(pq::cuda::detail::quantize_act(dx.as<float>(), K, n_tok, dq.as(), nullptr), "quantize_act");
-    py::array_t<uint8_t> raw((py::ssize_t)(off + sizeof(float) * 2 * (size_t)(n_tok * K / 32)));
+// Splits a q8 buffer (q8_act_bytes layout) into (qs int8 [n_tok, K], ds float32 [n_tok, K/32, 2]).
+py::tuple q8_arrays(const DeviceBuffer& dq, int64_t K, int64_t n_tok) {
+    const size_t off = pq::cuda::q8_values_bytes(K, n_tok);
+    py::array_t<uint8_t> raw((py::ssize_t)pq::cuda::q8_act_bytes(K, n_tok));
     dq.download(raw.mutable_data());
     py::array_t<int8_t> qs({n_tok, K});
     py::array_t<float> ds({n_tok, K / 32, (int64_t)2});
     std::memcpy(qs.mutable_data(), raw.data(), (size_t)(n_tok * K));
     std::memcpy(ds.mutable_data(), raw.data() + off, sizeof(float) * 2 * (size_t)(n_tok * K / 32));
     return py::make_tuple(qs, ds);
+}
+
+// The decode path's Q8_1 activations: (qs int8 [n_tok, K], ds float32 [n_tok, K/32, 2] = (d, s)).
+py::tuple quantize_act(const F32Array& x) {
+    if (x.ndim() != 2 || x.shape(1) % 32 != 0) throw std::invalid_argument("x must be [n_tok, K], K % 32 == 0");
+    const int64_t n_tok = x.shape(0), K = x.shape(1);
+    auto dx = DeviceBuffer::from(x);
+    DeviceBuffer dq(std::max<size_t>(pq::cuda::q8_act_bytes(K, n_tok), 1));
+    finish(pq::cuda::detail::quantize_act(dx.as<float>(), K, n_tok, dq.as(), nullptr), "quantize_act");
+    return q8_arrays(dq, K, n_tok);
 }
 
 // The MMA twins on fragments: a uint32 [32, 4], b uint32 [32, 2], c int32 [32, 4] -> c + A*B, fragment-wise.
@@ -148,17 +153,6 @@ F32Array mmq(int type, const U8Array& w, int64_t K, int64_t N,
     return out;
 }
 
-// Splits a q8 buffer (q8_act_bytes layout) into (qs int8 [n_tok, K], ds float32 [n_tok, K/32, 2]).
-py::tuple q8_arrays(const DeviceBuffer& dq, int64_t K, int64_t n_tok) {
-    const size_t off = pq::cuda::q8_values_bytes(K, n_tok);
-    py::array_t<uint8_t> raw((py::ssize_t)pq::cuda::q8_act_bytes(K, n_tok));
-    dq.download(raw.mutable_data());
-    py::array_t<int8_t> qs({n_tok, K});
-    py::array_t<float> ds({n_tok, K / 32, (int64_t)2});
-    std::memcpy(qs.mutable_data(), raw.data(), (size_t)(n_tok * K));
-    std::memcpy(ds.mutable_data(), raw.data() + off, sizeof(float) * 2 * (size_t)(n_tok * K / 32));
-    return py::make_tuple(qs, ds);
-}
 
 // The fused layer entry: (x + add, rms_norm(x + add) * w, qs, ds). add / w may be None; quantize=False
 // passes no Q8_1 buffer (qs, ds are then None).
