@@ -209,12 +209,10 @@ __global__ void __launch_bounds__(kMmvThreads) mmv_kernel(const MmvArgs args) {
     __shared__ float red[kMmvWarps][NW][NT];
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    // This CTA's segment (uniform over the block), selected with constant indices: a dynamic index into the
-    // by-value kernel argument would copy it to local memory (a 96-144 byte stack frame per thread).
-    MmvSeg sg = args.seg[0];
-#pragma unroll
-    for (int i = 1; i < kMmvMaxSeg; ++i)
-        if (i < args.nseg && blockIdx.x >= args.seg[i].blk0) sg = args.seg[i];
+    int si = 0;  // this CTA's segment (uniform over the block)
+    for (int i = 1; i < args.nseg; ++i)
+        if (blockIdx.x >= args.seg[i].blk0) si = i;
+    const MmvSeg& sg = args.seg[si];
     const int wpr = sg.wpr;
     const int64_t row = (int64_t)(blockIdx.x - sg.blk0) * (kMmvWarps / wpr) + warp / wpr;
     const int part = warp % wpr;
