@@ -88,6 +88,7 @@ def compare(label: str, path: Path, wtype: str, n_prompt: int, n_decode: int, n_
     held to the tight bound -- decode after a GEMM prefill would inherit the GEMM's fp16 rounding in the
     KV cache and recurrent state, and hide a decode kernel's error under it."""
     import pyqwen
+    from pyqwen.session import common_prefix
 
     n_ctx = n_prompt + n_decode + 8
     t0 = time.perf_counter()
@@ -138,7 +139,7 @@ def compare(label: str, path: Path, wtype: str, n_prompt: int, n_decode: int, n_
                 t = m.decode(st, t)  # on the GPU: argmax on the device, CUDA graphs
                 chain.append(int(t))
             chains.append(chain)
-        greedy = {"cpu": chains[0], "gpu": chains[1], "same_prefix": _same_prefix(*chains)}
+        greedy = {"cpu": chains[0], "gpu": chains[1], "same_prefix": common_prefix(*chains)}
     worst = max([prefill["max"], *steps] + ([gemm["max"]] if gemm else []))
     if wtype not in FLOAT_TYPES:
         ok = worst / scale < REL_QUANT
@@ -154,15 +155,6 @@ def compare(label: str, path: Path, wtype: str, n_prompt: int, n_decode: int, n_
             "decode_median": float(np.median(steps)) if steps else 0.0, "decode_steps": steps,
             "decode_argmax_same": same, "decode_finite": finite, "greedy": greedy, "bound": bound,
             "ok": bool(ok), "load_s": load_s}
-
-
-def _same_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def markdown(results: list[dict]) -> str:
