@@ -130,14 +130,19 @@ using mv::h2f;
 using mv::ld16;
 using mv::ld32;
 
+// Q4_K / Q5_K: the sub-block's 6-bit scale and min times the block's fp16 d and dmin.
+__device__ inline void scale_min_k(const uint8_t* blk, int s, float (&sc)[2], float& mn) {
+    uint8_t scv, mval;
+    pq::get_scale_min_k4(s, blk + 4, &scv, &mval);
+    sc[0] = sc[1] = h2f(ld16(blk)) * (float)scv;
+    mn = h2f(ld16(blk + 2)) * (float)mval;
+}
+
 struct Q4K {
     static constexpr int kStepBytes = 144;
     static constexpr bool kSplit16 = false, kHasMin = true;
     __device__ static void unpack(const uint8_t* blk, int s, uint32_t (&q)[8], float (&sc)[2], float& mn) {
-        uint8_t scv, mval;
-        pq::get_scale_min_k4(s, blk + 4, &scv, &mval);
-        sc[0] = sc[1] = h2f(ld16(blk)) * (float)scv;
-        mn = h2f(ld16(blk + 2)) * (float)mval;
+        scale_min_k(blk, s, sc, mn);
         const uint8_t* qs = blk + 16 + 32 * (s >> 1);
         const int shift = 4 * (s & 1);
 #pragma unroll
@@ -149,10 +154,7 @@ struct Q5K {
     static constexpr int kStepBytes = 176;
     static constexpr bool kSplit16 = false, kHasMin = true;
     __device__ static void unpack(const uint8_t* blk, int s, uint32_t (&q)[8], float (&sc)[2], float& mn) {
-        uint8_t scv, mval;
-        pq::get_scale_min_k4(s, blk + 4, &scv, &mval);
-        sc[0] = sc[1] = h2f(ld16(blk)) * (float)scv;
-        mn = h2f(ld16(blk + 2)) * (float)mval;
+        scale_min_k(blk, s, sc, mn);
         const uint8_t* qh = blk + 16;  // bit s of qh[l]: bit 4 of value l of sub-block s
         const uint8_t* qs = blk + 48 + 32 * (s >> 1);
         const int shift = 4 * (s & 1);
