@@ -8,8 +8,9 @@
 // tiles on a 72 MB L2), ~2.6-4.6 B per weight per call independent of n_tok, and then runs on the fp16
 // tensor cores with fp32 accumulation (165 dense TFLOPS on a 4090, cuBLAS ~60-70 % of it on these
 // shapes). For a 512-token ubatch of Qwen3.6-27B (27e9 weights, 27.6 TFLOP): ~0.03-0.12 s of traffic +
-// ~0.25 s of GEMM at ~110 TFLOPS => ~1,400-1,800 tokens/s of matmul throughput on a 4090, against ~4,500
-// on paper for MMQ (benchmarks/gpu_roofline.md) and ~0.75 s on the 2-pass-mmv route (why n_tok <= 16
+// ~0.25 s of GEMM at ~110 TFLOPS => ~1,400-1,800 tokens/s of matmul throughput on a 4090 (IQ4_XS, serial
+// tiles; ~1.1x more with the overlap below: benchmarks/gpu_roofline.md, "which path per type and shape"),
+// against ~4,500 on paper for MMQ and ~0.75 s on the 2-pass-mmv route (why n_tok <= 16
 // stays on mmv). Weights are rounded to fp16 (rel. error 2^-11), and so are the activations of quantized
 // weights, finer than the Q8 activations of the decode path; float weights get hi + lo fp16 activation
 // pairs (~22 bits, two GEMMs, the second accumulating: kernels/gemm.cuh says why). Rows of activations
