@@ -35,7 +35,7 @@ TILE_VALUES = 16 << 20  # kTileValues (cuda/plan/workspace_sizes.h): per buffer
 
 # Qwen3.6-27B matmuls: (K, N, matrices in the model)
 SHAPES = [
-    (5120, 17408, 2 * 64),   # ffn gate, up
+    (5120, 17408, 64),       # ffn gate + up: one pipeline (matmul_swiglu), see GROUPED
     (17408, 5120, 64),       # ffn down
     (5120, 10240, 48),       # DeltaNet qkv
     (5120, 6144, 48),        # DeltaNet gate (z)
@@ -45,6 +45,7 @@ SHAPES = [
     (5120, 1024, 2 * 16),    # attention k, v
     (6144, 5120, 16),        # attention o
 ]
+GROUPED = {(5120, 17408): 2}  # shapes whose weights share one pipeline of tiles, and how many
 TYPES = {"IQ4_XS": (0.53125, False), "Q4_0": (0.5625, False), "BF16": (2.0, True), "F32": (4.0, True)}
 
 
@@ -74,12 +75,14 @@ def gemm_time(card: str, r: int, n: int, K: int) -> float:
     return best + LAUNCH_US * 1e-6
 
 
-def matrix_time(card: str, K: int, N: int, n: int, b: float, split: bool, values: int) -> tuple[float, float, float]:
-    """(serial s, overlapped s, exposed dequant s) of one matrix."""
+def matrix_time(card: str, K: int, N: int, n: int, b: float, split: bool, values: int,
+                weights: int = 1) -> tuple[float, float, float]:
+    """(serial s, overlapped s, exposed dequant s) of `weights` matrices of one shape in one pipeline of tiles
+    (matmul_swiglu's gate and up: gemm_prefill_n)."""
     sms, tflops, bw, _ = CARDS[card]
-    per_sm = tflops * 1e12 / sms * GEMM_EFF
-    deq = [LAUNCH_US * 1e-6 + r * K * (b + 2) / (bw * 1e9 * BW_EFF) for r in tiles(K, N, values)]
-    gemm = [gemm_time(card, r, n, K) * (2 if split else 1) for r in tiles(K, N, values)]
+    rows = tiles(K, N, values) * weights
+    deq = [LAUNCH_US * 1e-6 + r * K * (b + 2) / (bw * 1e9 * BW_EFF) for r in rows]
+    gemm = [gemm_time(card, r, n, K) * (2 if split else 1) for r in rows]
     serial = sum(deq) + sum(gemm)
     # pipeline: d[i] dequant end, g[i] GEMM end; buffer i % 2 is free once GEMM i-2 ended
     d_end, g_end = [], []
@@ -95,14 +98,14 @@ def chunk(card: str, typ: str, n: int, values: int) -> tuple[float, float]:
     b, split = TYPES[typ]
     s = o = 0.0
     for K, N, count in SHAPES:
-        ms, mo, _ = matrix_time(card, K, N, n, b, split, values)
+        ms, mo, _ = matrix_time(card, K, N, n, b, split, values, GROUPED.get((K, N), 1))
         s += count * ms
         o += count * mo
     return s, o
 
 
 def main() -> None:
-    weights = sum(K * N * c for K, N, c in SHAPES)
+    weights = sum(K * N * c * GROUPED.get((K, N), 1) for K, N, c in SHAPES)
     print(f"matmul weights: {weights / 1e9:.2f} G")
     for typ, (b, split) in TYPES.items():
         print(f"{typ}: dequant traffic {weights * (b + 2) / 1e9:.1f} GB written+read per chunk; the GEMM re-reads "
@@ -132,7 +135,7 @@ def main() -> None:
             print(f"  {card} chunk {n}: " + ", ".join(gains))
     print("\nMMQ (Q4_K_M types), same model: matmul tok/s at", f"{MMQ_UTIL:.0%} of the int8 peak:")
     for card, (_, _, _, tops) in CARDS.items():
-        t = 2 * weights / (tops * 1e12 * MMQ_UTIL)
+        t = 2 * weights / (tops * 1e12 * MMQ_UTIL)  # per token
         print(f"  {card}: {t * 1e6:.0f} us per token -> {1 / t:,.0f} tok/s at any chunk > 16 (no dequant pass)")
     print("\nfp16 cuBLAS for an MMQ type (Q4_K, 0.5625 B/weight), chunk 512, overlapped, 16M-value tiles:")
     TYPES["Q4_K"] = (0.5625, False)

@@ -54,6 +54,15 @@ inline bool prefill_split_act(int type) { return type == T_F32 || type == T_F16 
 // Returns cudaErrorNotSupported (before anything is queued) when the build has no cuBLAS.
 cudaError_t gemm_prefill(int type, const void* W, int64_t K, int64_t N, const uint16_t* x16, int64_t n_tok,
                          bool split, float* y, uint16_t* const tile[2], cudaStream_t stream);
+// The same for several weights of one shape on the same activations (matmul_swiglu's gate and up), as one
+// pipeline of tiles: the next weight's first tile is dequantized while the previous one's last multiplies.
+struct PrefillWeight {
+    int type;
+    const void* W;
+    float* y;
+};
+cudaError_t gemm_prefill_n(const PrefillWeight* ws, int n_ws, int64_t K, int64_t N, const uint16_t* x16,
+                           int64_t n_tok, bool split, uint16_t* const tile[2], cudaStream_t stream);
 
 // Quantized prefill matmul on int8 tensor cores (launch/mmq.cu): y[t][r] (ld ldy) = W row r . the Q8_1
 // activations of token t at q8 (quantize_act's layout for K, n_tok). Types: mmq_type_ok (workspace_sizes.h).

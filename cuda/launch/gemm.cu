@@ -100,9 +100,9 @@ cudaError_t scale_rows(float* y, const float* scale, int64_t n_rows, int64_t N, 
     return cudaGetLastError();
 }
 
-cudaError_t gemm_prefill(int type, const void* W, int64_t K, int64_t N, const uint16_t* x16, int64_t n_tok,
-                         bool split, float* y, uint16_t* const tile[2], cudaStream_t stream) {
-    if (K > INT_MAX || N > INT_MAX || n_tok > INT_MAX) return cudaErrorInvalidValue;
+cudaError_t gemm_prefill_n(const PrefillWeight* ws, int n_ws, int64_t K, int64_t N, const uint16_t* x16,
+                           int64_t n_tok, bool split, uint16_t* const tile[2], cudaStream_t stream) {
+    if (K > INT_MAX || N > INT_MAX || n_tok > INT_MAX || n_ws < 1) return cudaErrorInvalidValue;
     if (g_blas_disabled || !blas_available()) return cudaErrorNotSupported;  // before anything is queued
     const uint16_t* lo = x16 + n_tok * K;  // the lo rows (split)
     // y = W hi (+ W lo): the lo product is added by cuBLAS (beta = 1) onto the hi one.
@@ -112,14 +112,22 @@ cudaError_t gemm_prefill(int type, const void* W, int64_t K, int64_t N, const ui
             e = gemm_f16(w, lo, yr, (int)rows, (int)n_tok, (int)K, (int)K, (int)K, (int)N, stream, true);
         return e;
     };
-    if (type == pq::T_F16) return product(static_cast<const uint16_t*>(W), N, y);
     const int64_t rows = prefill_tile_rows(K, N);
-    if (!g_overlap || rows >= N) {  // serial: one whole-matrix tile, or the test hook's reference order
-        for (int64_t r0 = 0; r0 < N; r0 += rows) {
-            const int64_t nr = N - r0 < rows ? N - r0 : rows;
-            cudaError_t e = dequant_rows_f16(type, W, K, r0, nr, tile[0], stream);
-            if (e == cudaSuccess) e = product(tile[0], nr, y + r0);
-            if (e != cudaSuccess) return e;
+    int64_t n_tiles = 0;  // over all weights: one pipeline, so the next weight's first tile overlaps too
+    for (int j = 0; j < n_ws; ++j) n_tiles += ws[j].type == pq::T_F16 ? 0 : (N + rows - 1) / rows;
+    if (!g_overlap || n_tiles <= 1) {  // serial: one whole-matrix tile, or the test hook's reference order
+        for (int j = 0; j < n_ws; ++j) {
+            if (ws[j].type == pq::T_F16) {
+                const cudaError_t e = product(static_cast<const uint16_t*>(ws[j].W), N, ws[j].y);
+                if (e != cudaSuccess) return e;
+                continue;
+            }
+            for (int64_t r0 = 0; r0 < N; r0 += rows) {
+                const int64_t nr = N - r0 < rows ? N - r0 : rows;
+                cudaError_t e = dequant_rows_f16(ws[j].type, ws[j].W, K, r0, nr, tile[0], stream);
+                if (e == cudaSuccess) e = product(tile[0], nr, ws[j].y + r0);
+                if (e != cudaSuccess) return e;
+            }
         }
         return cudaSuccess;
     }
@@ -129,21 +137,34 @@ cudaError_t gemm_prefill(int type, const void* W, int64_t K, int64_t N, const ui
     const cudaStream_t side = g_ov.side;
     e = cudaEventRecord(g_ov.start, stream);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(side, g_ov.start, 0);
-    for (int64_t r0 = 0, i = 0; e == cudaSuccess && r0 < N; r0 += rows, ++i) {
-        const int64_t nr = N - r0 < rows ? N - r0 : rows;
-        const int b = (int)(i & 1);
-        if (i >= 2 && g_overlap_fault != 2) e = cudaStreamWaitEvent(side, g_ov.freed[b], 0);  // GEMM i-2 read it
-        if (e == cudaSuccess) e = dequant_rows_f16(type, W, K, r0, nr, tile[b], side);
-        if (e == cudaSuccess) e = cudaEventRecord(g_ov.ready[b], side);
-        if (e == cudaSuccess && g_overlap_fault != 1) e = cudaStreamWaitEvent(stream, g_ov.ready[b], 0);
-        if (e == cudaSuccess) e = product(tile[b], nr, y + r0);
-        if (e == cudaSuccess) e = cudaEventRecord(g_ov.freed[b], stream);
+    int64_t i = 0;  // tile number over the whole pipeline; buffer i % 2
+    for (int j = 0; j < n_ws && e == cudaSuccess; ++j) {
+        if (ws[j].type == pq::T_F16) {  // F16 weights multiply as they are, in order on the caller's stream
+            e = product(static_cast<const uint16_t*>(ws[j].W), N, ws[j].y);
+            continue;
+        }
+        for (int64_t r0 = 0; e == cudaSuccess && r0 < N; r0 += rows, ++i) {
+            const int64_t nr = N - r0 < rows ? N - r0 : rows;
+            const int b = (int)(i & 1);
+            if (i >= 2 && g_overlap_fault != 2) e = cudaStreamWaitEvent(side, g_ov.freed[b], 0);  // GEMM i-2 read it
+            if (e == cudaSuccess) e = dequant_rows_f16(ws[j].type, ws[j].W, K, r0, nr, tile[b], side);
+            if (e == cudaSuccess) e = cudaEventRecord(g_ov.ready[b], side);
+            if (e == cudaSuccess && g_overlap_fault != 1) e = cudaStreamWaitEvent(stream, g_ov.ready[b], 0);
+            if (e == cudaSuccess) e = product(tile[b], nr, ws[j].y + r0);
+            if (e == cudaSuccess) e = cudaEventRecord(g_ov.freed[b], stream);
+        }
     }
     // Join, also after an error: nothing queued on the side stream may outlive the call unordered (the
     // scratch is reused by the next op; a graph capture must end on the caller's stream).
-    const cudaError_t j = cudaEventRecord(g_ov.joined, side);
-    const cudaError_t w = j == cudaSuccess ? cudaStreamWaitEvent(stream, g_ov.joined, 0) : j;
+    const cudaError_t jn = cudaEventRecord(g_ov.joined, side);
+    const cudaError_t w = jn == cudaSuccess ? cudaStreamWaitEvent(stream, g_ov.joined, 0) : jn;
     return e != cudaSuccess ? e : w;
+}
+
+cudaError_t gemm_prefill(int type, const void* W, int64_t K, int64_t N, const uint16_t* x16, int64_t n_tok,
+                         bool split, float* y, uint16_t* const tile[2], cudaStream_t stream) {
+    const PrefillWeight w{type, W, y};
+    return gemm_prefill_n(&w, 1, K, N, x16, n_tok, split, tile, stream);
 }
 
 }  // namespace pq::cuda::detail

@@ -233,8 +233,8 @@ cudaError_t matmul_swiglu(int type_g, const void* Wg, int type_u, const void* Wu
         const bool split = detail::prefill_split_act(type_g) || detail::prefill_split_act(type_u);
         e = detail::f32_to_f16_rows(x, x16, s.scale, n_tok, K, split, stream);
         if (e != cudaSuccess) return e;
-        e = detail::gemm_prefill(type_g, Wg, K, N, x16, n_tok, split, s.g, s.tile, stream);
-        if (e == cudaSuccess) e = detail::gemm_prefill(type_u, Wu, K, N, x16, n_tok, split, s.u, s.tile, stream);
+        const detail::PrefillWeight gu[2] = {{type_g, Wg, s.g}, {type_u, Wu, s.u}};
+        e = detail::gemm_prefill_n(gu, 2, K, N, x16, n_tok, split, s.tile, stream);
         if (e == cudaSuccess) e = detail::scale_rows(s.g, s.scale, n_tok, N, N, stream);
         if (e == cudaSuccess) e = detail::scale_rows(s.u, s.scale, n_tok, N, N, stream);
         if (e == cudaSuccess) return swiglu_f32(s.g, s.u, y, (int)N, (int)n_tok, N, N, N, stream);

@@ -161,12 +161,14 @@ def test_prefill_overlap_bit_identical(ops, small_tiles, wtype, N, case):
     check_prefill(got, wtype, wb, dequant(wtype, wb, N, K), x, f"{NAMES[wtype]} N={N}")
 
 
-@pytest.mark.parametrize("tg,tu", [(IQ4_XS, IQ4_XS), (BF16, Q4_1)], ids=lambda t: NAMES[t])
-def test_prefill_overlap_swiglu_bit_identical(ops, small_tiles, tg, tu):
-    """Gate then up, both through the tile pair: the up matrix's first tile may only overwrite a buffer
-    after the gate's last GEMM that read it (the side stream starts behind the caller's stream)."""
-    rng = rng_for("overlap_glu", tg, tu)
-    K, N, n_tok = 256, 200, 23
+@pytest.mark.parametrize("tg,tu,N", [(IQ4_XS, IQ4_XS, 200), (BF16, Q4_1, 200), (IQ4_XS, Q4_1, 64), (F16, IQ4_XS, 150)],
+                         ids=lambda v: NAMES[v] if v in NAMES else str(v))
+def test_prefill_overlap_swiglu_bit_identical(ops, small_tiles, tg, tu, N):
+    """Gate then up as one pipeline of tiles (gemm_prefill_n): the up matrix's first tile is dequantized
+    while the gate's last one multiplies, into the buffer the gate's second-to-last GEMM has released.
+    N = 64: one tile each (two in the pipeline); F16 gate: multiplied directly, the up tiles alone."""
+    rng = rng_for("overlap_glu", tg, tu, N)
+    K, n_tok = 256, 23
     wg, wu = make_weight(tg, N, K, rng), make_weight(tu, N, K, rng)
     x = make_x(rng, n_tok, K)
     got = ops.matmul_swiglu(tg, wg, tu, wu, K, N, x)
