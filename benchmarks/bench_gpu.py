@@ -2,6 +2,7 @@
 """GPU throughput of the CUDA backend: prefill (ppN) and decode (tgN) tokens/s with achieved bandwidth.
 
     python benchmarks/bench_gpu.py Qwen3.6-27B-Q4_K_M.gguf -p 512 -n 128 -r 3 --ctx 4096
+    python benchmarks/bench_gpu.py Qwen3.6-27B-IQ4_XS.gguf -p 512 -n 0 --serial-tiles   # the fp16 fallback's overlap
 
 Decode is measured three ways: `device` (decode(state, -1): argmax on the GPU, the chosen id stays on
 the device and 4 bytes go to the host -- the generation fast path), `host-logits` (forward([tok]) +
@@ -48,6 +49,9 @@ def main(argv=None) -> int:
     ap.add_argument("-b", "--batch-size", type=int, default=256)
     ap.add_argument("--ctx", type=int, default=0, help="context of the state (default: prompt + gen)")
     ap.add_argument("--no-graphs", action="store_true", help="also measure decode without CUDA graphs")
+    ap.add_argument("--serial-tiles", action="store_true",
+                    help="also time prefill with the fp16 fallback's weight tiles run serially (no dequantize/GEMM "
+                         "overlap), alternating with the default in the same run (IQ4_XS, BF16, legacy-quant files)")
     ap.add_argument("--peak-gbs", type=float, default=None, help="DRAM bandwidth of the card, GB/s")
     args = ap.parse_args(argv)
 
@@ -106,6 +110,20 @@ def main(argv=None) -> int:
             core.forward(st, toks, "last", args.batch_size)
             return args.n_prompt / (time.perf_counter() - t)
         report(f"pp{args.n_prompt}", timed(pp), None)
+        if args.serial_tiles:  # A/B in one run: overlapped and serial tiles alternate (benchmarks/gpu_roofline.md)
+            from pyqwen.cuda_backend import cuda_module
+
+            hooks = cuda_module().testing
+            over, serial = [], []
+            for _ in range(args.repetitions):
+                over.append(pp())
+                hooks._set_prefill_overlap(False)
+                try:
+                    serial.append(pp())
+                finally:
+                    hooks._set_prefill_overlap(True)
+            report(f"pp{args.n_prompt} overlapped tiles", over, None)
+            report(f"pp{args.n_prompt} serial tiles", serial, None)
 
     def tg(kind: str, c: CudaCore) -> float:
         st = c.new_state(n_ctx)

@@ -17,7 +17,8 @@ the model spec (csrc/common/model_spec.h) and the kernels' own scratch formulas
   token of the 16 on the 27B). A file with a usable MTP head also plans the head: its weights, its KV
   rows (in the KV cache) and its activation buffers;
 - workspace: activation buffers for a prefill chunk of n_batch tokens, the LM-head logits rows, the
-  largest scratch any kernel asks for, the sampler's workspace;
+  largest scratch any kernel asks for (for the fp16 prefill fallback: both weight-tile buffers, which it
+  fills and multiplies alternately on two streams), the sampler's workspace;
 - CUDA context: CUDA_CONTEXT_BYTES, an estimate of what the driver takes before our first allocation
   (context, kernel images loaded lazily, cuBLAS handle and workspace). Measured contexts on Ada/Blackwell
   with lazy module loading are 300-450 MiB; 512 MiB leaves room for allocator granularity.

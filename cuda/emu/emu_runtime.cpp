@@ -141,7 +141,12 @@ cudaError_t check_copy(void* dst, const void* src, size_t n, cudaMemcpyKind kind
 
 // A stream: the queue of work the host enqueued and the device has not run yet.
 struct CUstream_st {
-    std::deque<std::function<void()>> q;
+    struct Op {
+        std::function<void()> run;
+        bool wait = false;  // a cudaStreamWaitEvent (emu_events.cpp): running it may run another stream
+    };
+    std::deque<Op> q;
+    int in_wait = 0;       // > 0 while one of its waits runs: the stream is stopped there (run_head skips it)
     bool blocking = true;  // created without cudaStreamNonBlocking: synchronous calls wait for it
 };
 
@@ -159,14 +164,7 @@ CUstream_st* resolve(cudaStream_t s) { return s ? s : &g_default_stream; }
 void drain(CUstream_st* s) {
     std::lock_guard<std::recursive_mutex> exec(g_exec);
     for (;;) {
-        std::function<void()> op;
-        {
-            std::lock_guard<std::mutex> lock(g_mutex);
-            if (s->q.empty()) return;
-            op = std::move(s->q.front());
-            s->q.pop_front();
-        }
-        op();
+        if (!run_head(s, false)) return;
     }
 }
 
@@ -197,7 +195,8 @@ void drain_all() {
 namespace {
 std::map<std::string, uint64_t> g_ledger;  // enqueued work by node name (emu_control.h)
 uint64_t g_ledger_total = 0;
-void note_node(const char* what) {  // g_mutex held
+void note_node(const char* what) {  // g_mutex held; nullptr: not a graph node (event record / wait)
+    if (!what) return;
     ++g_ledger[what];
     ++g_ledger_total;
 }
@@ -206,7 +205,33 @@ void note_node(const char* what) {  // g_mutex held
 void enqueue(cudaStream_t stream, std::function<void()> op, const char* what) {
     std::lock_guard<std::mutex> lock(g_mutex);
     note_node(what);
-    resolve(stream)->q.push_back(std::move(op));
+    resolve(stream)->q.push_back({std::move(op), false});
+}
+
+void enqueue_wait(cudaStream_t stream, std::function<void()> op) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    resolve(stream)->q.push_back({std::move(op), true});
+}
+
+bool run_head(cudaStream_t stream, bool stop_at_wait) {
+    CUstream_st* s = resolve(stream);
+    std::lock_guard<std::recursive_mutex> exec(g_exec);
+    std::function<void()> op;
+    bool wait;
+    {
+        std::lock_guard<std::mutex> lock(g_mutex);
+        if (s->q.empty() || s->in_wait > 0 || (stop_at_wait && s->q.front().wait)) return false;
+        op = std::move(s->q.front().run);
+        wait = s->q.front().wait;
+        s->q.pop_front();
+        s->in_wait += wait;
+    }
+    op();
+    if (wait) {
+        std::lock_guard<std::mutex> lock(g_mutex);
+        --s->in_wait;
+    }
+    return true;
 }
 
 void note_sync_node(const char* what) {
@@ -490,6 +515,7 @@ const char* cudaGetErrorName(cudaError_t err) {
         case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
         case cudaErrorNoDevice: return "cudaErrorNoDevice";
         case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+        case cudaErrorNotReady: return "cudaErrorNotReady";
         case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
         case cudaErrorNotSupported: return "cudaErrorNotSupported";
     }

@@ -29,6 +29,7 @@ enum cudaError {
     cudaErrorInvalidDevice = 101,
     cudaErrorNoDevice = 100,
     cudaErrorInvalidResourceHandle = 400,
+    cudaErrorNotReady = 600,
     cudaErrorLaunchFailure = 719,
     cudaErrorNotSupported = 801,
 };
@@ -104,8 +105,14 @@ void set_last_error(cudaError_t err);
 // Number of live cudaMalloc allocations (tests use it to find leaks).
 size_t live_allocations();
 // Appends work to a stream's queue (nullptr: the legacy default stream); it runs when the host waits.
-// `what` names the node it is (the kernel's name, "memcpy HtoD", ...) for the ledger (emu_control.h).
+// `what` names the node it is (the kernel's name, "memcpy HtoD", ...) for the ledger (emu_control.h);
+// nullptr: not a graph node (an event record, emu_events.cpp).
 void enqueue(cudaStream_t stream, std::function<void()> op, const char* what);
+// Event waits (emu_events.cpp): `op` runs when the stream reaches it and runs the recording stream up to
+// the record; not a graph node. run_head runs the next queued entry of `stream` (false: the queue is
+// empty, the stream is stopped inside one of its own waits, or its head is a wait and stop_at_wait).
+void enqueue_wait(cudaStream_t stream, std::function<void()> op);
+bool run_head(cudaStream_t stream, bool stop_at_wait);
 // A stream node the emulator runs at the call (an async copy to pageable memory): counted all the same.
 void note_sync_node(const char* what);
 // Work counters: kernels, copies and memsets executed so far (benchmarks and tests count a decode step).
@@ -140,3 +147,5 @@ inline cudaError_t cudaMemcpyFromSymbol(void* dst, const T& symbol, size_t bytes
     __builtin_memcpy(dst, reinterpret_cast<const char*>(&symbol) + offset, bytes);
     return cudaSuccess;
 }
+
+#include "emu_events.h"  // cudaEvent_t and the event API (emu_events.cpp)

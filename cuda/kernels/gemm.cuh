@@ -59,11 +59,12 @@ __global__ void __launch_bounds__(kToF16Threads)
         if (threadIdx.x == 0) scale[t] = ldexpf(1.0f, e);
         for (int64_t k = threadIdx.x; k < K; k += kToF16Threads) {
             const float v = ldexpf(xr[k], -e);
-            const uint16_t hi = pq::fp32_to_fp16(v);
-            y[t * K + k] = hi;
+            // hardware conversions (cvt.rn.f16.f32 / cvt.f32.f16): pq::fp32_to_fp16's bits for every non-NaN v
+            const __half hi = __float2half_rn(v);
+            y[t * K + k] = __half_as_ushort(hi);
             if (split) {
-                const float h = pq::fp16_to_fp32(hi);
-                y[(n_rows + t) * K + k] = pq::fp32_to_fp16(fabsf(h) <= 65504.0f ? v - h : 0.0f);
+                const float h = __half2float(hi);
+                y[(n_rows + t) * K + k] = __half_as_ushort(__float2half_rn(fabsf(h) <= 65504.0f ? v - h : 0.0f));
             }
         }
     }

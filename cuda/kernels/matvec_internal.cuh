@@ -37,17 +37,32 @@ int64_t prefill_tile_values();
 void set_prefill_tile_values(int64_t values);
 // Test hook: gemm_prefill answers cudaErrorNotSupported as in a build without cuBLAS.
 void set_prefill_blas_disabled(bool disabled);
+// Test hook: false runs the tiles serially on the caller's stream (the reference order; default true).
+void set_prefill_overlap(bool enabled);
+// Test hook, planted ordering bugs of the overlapped tiles (0: none): 1 drops the GEMM's wait for its tile's
+// dequantization, 2 drops the dequantization's wait for the GEMM that last read its buffer.
+void set_prefill_overlap_fault(int fault);
 
 // Whether the prefill path gives weights of this type hi + lo fp16 activations (kernels/gemm.cuh: float
 // weights, whose other paths all see fp32 activations; quantized weights are matched by fp16 alone).
 inline bool prefill_split_act(int type) { return type == T_F32 || type == T_F16 || type == T_BF16; }
 
 // Prefill product y[t][r] = sum_k fp16(W[r][k]) * x16[t][k] (ldy = N) with cuBLAS: F16 weights directly,
-// other types through `tile` (prefill_tile_rows(K, N) * K fp16 values); with `split`, plus the same product
-// on the lo rows x16[n_tok + t] (f32_to_f16_rows). Returns cudaErrorNotSupported (before any GEMM ran) when
-// the build has no cuBLAS.
+// other types through the tile pair `tile` (two buffers of prefill_tile_rows(K, N) * K fp16 values each;
+// several tiles alternate between them, dequantized on a side stream while the previous one multiplies:
+// launch/gemm.cu); with `split`, plus the same product on the lo rows x16[n_tok + t] (f32_to_f16_rows).
+// Returns cudaErrorNotSupported (before anything is queued) when the build has no cuBLAS.
 cudaError_t gemm_prefill(int type, const void* W, int64_t K, int64_t N, const uint16_t* x16, int64_t n_tok,
-                         bool split, float* y, uint16_t* tile, cudaStream_t stream);
+                         bool split, float* y, uint16_t* const tile[2], cudaStream_t stream);
+// The same for several weights of one shape on the same activations (matmul_swiglu's gate and up), as one
+// pipeline of tiles: the next weight's first tile is dequantized while the previous one's last multiplies.
+struct PrefillWeight {
+    int type;
+    const void* W;
+    float* y;
+};
+cudaError_t gemm_prefill_n(const PrefillWeight* ws, int n_ws, int64_t K, int64_t N, const uint16_t* x16,
+                           int64_t n_tok, bool split, uint16_t* const tile[2], cudaStream_t stream);
 
 // Quantized prefill matmul on int8 tensor cores (launch/mmq.cu): y[t][r] (ld ldy) = W row r . the Q8_1
 // activations of token t at q8 (quantize_act's layout for K, n_tok). Types: mmq_type_ok (workspace_sizes.h).

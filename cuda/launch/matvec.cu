@@ -1,7 +1,7 @@
 // matvec.cu: matmul / matmul_swiglu / matmul_scratch_bytes (ops_matvec.h): path selection, scratch layout
 // and the launches of the decode kernel (kernels/matvec.cuh). The prefill GEMM lives in gemm.cu.
 //
-// Scratch layout: matmul_scratch_layout in plan/workspace_sizes.h (act | tile | g | u).
+// Scratch layout: matmul_scratch_layout in plan/workspace_sizes.h (act | tile pair | g | u | scale).
 #include "../compat.cuh"
 #include "../kernels/matvec.cuh"
 #include "../kernels/matvec_internal.cuh"
@@ -23,7 +23,7 @@ Layout layout(int64_t K, int64_t N, int64_t n_tok) {
 
 struct ScratchPtrs {
     void* act;
-    uint16_t* tile;
+    uint16_t* tile[2];  // the prefill tile pair
     float* g;
     float* u;
     float* scale;
@@ -31,7 +31,9 @@ struct ScratchPtrs {
 
 ScratchPtrs carve(void* scratch, const Layout& l) {
     char* p = static_cast<char*>(scratch);
-    return {p, reinterpret_cast<uint16_t*>(p + l.act), reinterpret_cast<float*>(p + l.act + l.tile),
+    return {p,
+            {reinterpret_cast<uint16_t*>(p + l.act), reinterpret_cast<uint16_t*>(p + l.act + l.tile_buf)},
+            reinterpret_cast<float*>(p + l.act + l.tile),
             reinterpret_cast<float*>(p + l.act + l.tile + l.g),
             reinterpret_cast<float*>(p + l.act + l.tile + l.g + l.u)};
 }
@@ -231,8 +233,8 @@ cudaError_t matmul_swiglu(int type_g, const void* Wg, int type_u, const void* Wu
         const bool split = detail::prefill_split_act(type_g) || detail::prefill_split_act(type_u);
         e = detail::f32_to_f16_rows(x, x16, s.scale, n_tok, K, split, stream);
         if (e != cudaSuccess) return e;
-        e = detail::gemm_prefill(type_g, Wg, K, N, x16, n_tok, split, s.g, s.tile, stream);
-        if (e == cudaSuccess) e = detail::gemm_prefill(type_u, Wu, K, N, x16, n_tok, split, s.u, s.tile, stream);
+        const detail::PrefillWeight gu[2] = {{type_g, Wg, s.g}, {type_u, Wu, s.u}};
+        e = detail::gemm_prefill_n(gu, 2, K, N, x16, n_tok, split, s.tile, stream);
         if (e == cudaSuccess) e = detail::scale_rows(s.g, s.scale, n_tok, N, N, stream);
         if (e == cudaSuccess) e = detail::scale_rows(s.u, s.scale, n_tok, N, N, stream);
         if (e == cudaSuccess) return swiglu_f32(s.g, s.u, y, (int)N, (int)n_tok, N, N, N, stream);

@@ -41,12 +41,16 @@ struct Carver {
 //   act   decode: Q8_1 activations, n_tok * K int8 values then n_tok * K/32 (d, s) float pairs;
 //         prefill: max(fp16 x as hi rows then lo rows, the Q8_1 layout) (the latter for the no-cuBLAS
 //         fallback; the lo rows are written for float weights only, kernels/gemm.cuh)
-//   tile  prefill only: prefill_tile_rows(K, N) * K fp16 values (dequantized weights)
+//   tile  prefill only: two buffers (tile_buf bytes each) of prefill_tile_rows(K, N) * K fp16 values
+//         (dequantized weights; tile i+1 is written into one while the GEMM reads tile i from the other)
 //   g, u  n_tok * N floats each: the two projections of matmul_swiglu when they are not fused
 //   scale prefill only: n_tok floats, the power-of-two scale of each fp16 activation row (kernels/gemm.cuh)
 
 constexpr int64_t kMultiPassMaxTok = 16;             // n_tok <= this: decode (mmv) kernel passes
-constexpr int64_t kTileValues = int64_t(16) << 20;  // 16M fp16 values = 32 MB per prefill weight tile
+constexpr int64_t kTileValues = int64_t(16) << 20;  // 16M fp16 values = 32 MB per prefill tile buffer (x2)
+
+// Rows per tile: the whole matrix when it fits one buffer (one tile, one GEMM over every row), else as many
+// rows (a multiple of 64) as a buffer holds.
 
 inline int64_t prefill_tile_rows(int64_t K, int64_t N, int64_t tile_values = kTileValues) {
     int64_t r = tile_values / K / 64 * 64;
@@ -65,7 +69,7 @@ inline int matmul_k_granularity(int type) {
 }
 
 struct MatmulScratch {
-    size_t act = 0, tile = 0, g = 0, u = 0, scale = 0, total = 0;
+    size_t act = 0, tile = 0, tile_buf = 0, g = 0, u = 0, scale = 0, total = 0;  // tile = 2 * tile_buf
 };
 
 inline size_t q8_values_bytes(int64_t K, int64_t n_tok) { return align_up((size_t)n_tok * (size_t)K); }
@@ -83,7 +87,8 @@ inline MatmulScratch matmul_scratch_layout(int64_t K, int64_t N, int64_t n_tok, 
     } else {
         const size_t x16 = 2 * (size_t)n_tok * (size_t)K * 2;  // hi and lo halves
         l.act = align_up(x16 > q8 ? x16 : q8);
-        l.tile = align_up((size_t)prefill_tile_rows(K, N, tile_values) * (size_t)K * 2);
+        l.tile_buf = align_up((size_t)prefill_tile_rows(K, N, tile_values) * (size_t)K * 2);
+        l.tile = 2 * l.tile_buf;
         l.scale = align_up((size_t)n_tok * sizeof(float));
     }
     l.g = l.u = align_up((size_t)n_tok * (size_t)N * sizeof(float));

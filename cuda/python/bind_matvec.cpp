@@ -272,6 +272,11 @@ void bind_matvec(py::module_& m) {
           "Debug: the decode path's Q8_1 activations of x [n_tok, K]: (qs int8 [n_tok, K], ds [n_tok, K/32, 2]).");
     m.def("_set_prefill_tile_values", &pq::cuda::detail::set_prefill_tile_values, py::arg("values"),
           "Test hook: fp16 values per prefill weight tile (0 = default), to exercise several tiles.");
+    m.def("_set_prefill_overlap", &pq::cuda::detail::set_prefill_overlap, py::arg("enabled"),
+          "Test hook: False runs the prefill weight tiles serially on one stream (the reference order).");
+    m.def("_set_prefill_overlap_fault", &pq::cuda::detail::set_prefill_overlap_fault, py::arg("fault"),
+          "Test hook: plant an ordering bug in the overlapped tiles (1: GEMM does not wait for its tile, "
+          "2: dequantization does not wait for the GEMM that read its buffer; 0: none).");
     m.def("_set_prefill_blas_disabled", &pq::cuda::detail::set_prefill_blas_disabled, py::arg("disabled"),
           "Test hook: make the prefill path behave as in a build without cuBLAS (decode-kernel fallback).");
     m.def("mma_s8", &mma_s8, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("k16") = false,

@@ -265,6 +265,16 @@ __global__ void oob_read_kernel(const float* p, int n, float* out) {
     if (threadIdx.x == 3) out[0] = p[n + 1024];
 }
 
+__global__ void fill_kernel(int* p, int n, int v) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) p[i] = v;
+}
+
+__global__ void copy_kernel(const int* src, int* dst, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = src[i];
+}
+
 __global__ void trap_kernel() {
     if (threadIdx.x == 7) __trap();
 }
@@ -460,6 +470,87 @@ std::vector<int> stream_order() {
     cudaFree(d);
     cudaStreamDestroy(s);
     return r;
+}
+
+std::vector<int> event_pipeline(int mode) {
+    constexpr int kSteps = 6, kLen = 64;
+    cudaStream_t prod, cons;
+    cudaStreamCreateWithFlags(&prod, cudaStreamNonBlocking);
+    cudaStreamCreateWithFlags(&cons, cudaStreamNonBlocking);
+    cudaEvent_t ready[2], freed[2];
+    for (int b = 0; b < 2; ++b) {
+        cudaEventCreateWithFlags(&ready[b], cudaEventDisableTiming);
+        cudaEventCreateWithFlags(&freed[b], cudaEventDisableTiming);
+    }
+    int* buf = dev_alloc<int>(2 * kLen);
+    int* out = dev_alloc<int>(kSteps * kLen);
+    for (int i = 0; i < kSteps; ++i) {
+        const int b = i % 2;
+        if (i >= 2 && mode != 2) cudaStreamWaitEvent(prod, freed[b], 0);  // step i-2 has read buffer b
+        PQ_LAUNCH(fill_kernel, 1, kLen, 0, prod, buf + b * kLen, kLen, i);
+        cudaEventRecord(ready[b], prod);
+        if (mode != 1) cudaStreamWaitEvent(cons, ready[b], 0);  // buffer b holds step i
+        PQ_LAUNCH(copy_kernel, 1, kLen, 0, cons, buf + b * kLen, out + i * kLen, kLen);
+        cudaEventRecord(freed[b], cons);
+    }
+    std::vector<int> r;
+    r.push_back(cudaEventQuery(freed[(kSteps - 1) % 2]) == cudaErrorNotReady ? 1 : 0);  // on a GPU: likely
+    cudaEventSynchronize(freed[(kSteps - 1) % 2]);
+    r.push_back(cudaEventQuery(freed[(kSteps - 1) % 2]) == cudaSuccess ? 1 : 0);
+    std::vector<int> h(kSteps * kLen);
+    cudaMemcpy(h.data(), out, h.size() * sizeof(int), cudaMemcpyDeviceToHost);
+    for (int i = 0; i < kSteps; ++i) {
+        int v = h[i * kLen];
+        for (int j = 1; j < kLen; ++j)
+            if (h[i * kLen + j] != v) v = -2;  // a step saw two values: never expected
+        r.push_back(v);
+    }
+    cudaStreamSynchronize(prod);
+    for (int b = 0; b < 2; ++b) {
+        cudaEventDestroy(ready[b]);
+        cudaEventDestroy(freed[b]);
+    }
+    cudaFree(buf);
+    cudaFree(out);
+    cudaStreamDestroy(prod);
+    cudaStreamDestroy(cons);
+    return r;
+}
+
+std::vector<int> event_rerecord() {
+    // A handshake that completes only if each wait takes the record its event holds at the call: b's first
+    // wait is for a's first record; a's refill waits for b's copy; a then records e again for b's second wait.
+    // (Had b's first wait meant e's latest record, it would wait for work queued behind a wait for b.)
+    cudaStream_t a, b;
+    cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking);
+    cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking);
+    cudaEvent_t e, f, never;
+    cudaEventCreateWithFlags(&e, cudaEventDisableTiming);
+    cudaEventCreateWithFlags(&f, cudaEventDisableTiming);
+    cudaEventCreateWithFlags(&never, cudaEventDisableTiming);
+    int* d = dev_alloc<int>(3);
+    PQ_LAUNCH(fill_kernel, 1, 1, 0, a, d, 1, 1);
+    cudaEventRecord(e, a);
+    cudaStreamWaitEvent(b, e, 0);
+    cudaStreamWaitEvent(b, never, 0);  // never recorded: no wait
+    PQ_LAUNCH(copy_kernel, 1, 1, 0, b, d, d + 1, 1);
+    cudaEventRecord(f, b);
+    cudaStreamWaitEvent(a, f, 0);
+    PQ_LAUNCH(fill_kernel, 1, 1, 0, a, d, 1, 2);
+    cudaEventRecord(e, a);
+    cudaStreamWaitEvent(b, e, 0);
+    PQ_LAUNCH(copy_kernel, 1, 1, 0, b, d, d + 2, 1);
+    cudaStreamSynchronize(b);
+    int h[3];
+    cudaMemcpy(h, d, sizeof h, cudaMemcpyDeviceToHost);
+    cudaStreamSynchronize(a);
+    cudaEventDestroy(e);
+    cudaEventDestroy(f);
+    cudaEventDestroy(never);
+    cudaFree(d);
+    cudaStreamDestroy(a);
+    cudaStreamDestroy(b);
+    return {h[1], h[2]};
 }
 
 void oob_read() {

@@ -60,4 +60,14 @@ int rc_shared_atomics();                      // 96 atomicAdds on one shared int
 // pageable-source copy + 1 after it} when the host changes both sources after queueing the copies.
 std::vector<int> stream_order();
 
+// Events: a producer stream fills two buffers in turn (step i: the value i into buffer i % 2), a consumer
+// stream copies each to its own output. Returns {cudaEventQuery said not-ready before the sync, ready after
+// it, then per step the value the consumer saw (-2: a mix)}. mode 0: both waits (0, 1, ..., 5); mode 1:
+// the consumer does not wait for the fill (planted: stale -1 bytes); mode 2: the producer does not wait
+// for the consumer before reusing a buffer (planted: later steps' values).
+std::vector<int> event_pipeline(int mode);
+// A wait takes the record the event holds at the call (a two-stream handshake through one re-recorded event):
+// {value b copied after a's first fill (1), after a's second (2)}; a never-recorded event does not wait.
+std::vector<int> event_rerecord();
+
 }  // namespace PQ_SELFTEST_NS

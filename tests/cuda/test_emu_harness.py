@@ -210,6 +210,32 @@ def test_streams_run_queued_work_when_the_host_waits(selftest):
     assert pageable == 1 + 1  # the value at the call
 
 
+def test_events_order_two_streams(selftest):
+    """cudaStreamWaitEvent orders a consumer stream after a producer's record, and a producer after the
+    consumer has read a buffer it reuses (two buffers, two streams: the prefill fallback's pattern)."""
+    not_ready, ready, *seen = selftest.event_pipeline(0)
+    assert (not_ready, ready) == (1, 1)
+    assert seen == [0, 1, 2, 3, 4, 5]
+
+
+def test_events_missing_consumer_wait_reads_stale_buffer(selftest):
+    """Planted bug: without the consumer's wait, the emulator runs the consumer first (the producer's stream
+    is deferred until something waits for it): every step sees the unwritten buffer (0xff bytes = -1)."""
+    seen = selftest.event_pipeline(1)[2:]
+    assert seen == [-1] * 6
+
+
+def test_events_missing_producer_wait_overwrites_buffer(selftest):
+    """Planted bug: without the producer's wait for the consumer, the producer, once run, runs ahead and
+    refills both buffers before the consumer read them: the consumer sees the last steps' values."""
+    seen = selftest.event_pipeline(2)[2:]
+    assert seen == [4, 5, 4, 5, 4, 5]
+
+
+def test_event_wait_takes_the_record_at_the_call(selftest):
+    assert selftest.event_rerecord() == [1, 2]
+
+
 def test_no_leaked_allocations(selftest):
     selftest.block_sum(np.ones(10, np.float32))
     assert selftest.live_allocations() == 0

@@ -126,6 +126,84 @@ def test_matmul_prefill_tiles(ops, small_tiles, wtype):
     check_prefill(ops.matmul(wtype, wb, K, N, x), wtype, wb, w, x, NAMES[wtype])
 
 
+def _serial(ops, fn):
+    """fn() with the prefill tiles run serially on one stream (the reference order)."""
+    ops._set_prefill_overlap(False)
+    try:
+        return fn()
+    finally:
+        ops._set_prefill_overlap(True)
+
+
+def _same_bits(a, b):
+    np.testing.assert_array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
+
+
+# Fallback types (MMQ takes none of them even when enabled), and Q4_K through the fallback (MMQ switched off).
+OVERLAP_TYPES = [IQ4_XS, Q4_1, BF16, F32, Q4_K]
+
+
+@pytest.mark.parametrize("wtype", OVERLAP_TYPES, ids=lambda t: NAMES[t])
+@pytest.mark.parametrize("N,case", [(64, "one tile"), (128, "two tiles: no buffer reused"),
+                                    (150, "three: first reuse, short last"), (192, "three, exact"),
+                                    (337, "six: each buffer reused twice, short last")],
+                         ids=lambda v: v if isinstance(v, str) else str(v))
+def test_prefill_overlap_bit_identical(ops, small_tiles, wtype, N, case):
+    """Tiles double-buffered over two streams (dequantize tile i+1 on the side stream while tile i
+    multiplies) give the serial path's result bit for bit (the GEMMs see the same fp16 values), and the
+    product is right (fp16 model and ref_matmul bounds)."""
+    rng = rng_for("overlap", wtype, N)
+    K, n_tok = 256, 19
+    wb = make_weight(wtype, N, K, rng)
+    x = make_x(rng, n_tok, K)
+    got = ops.matmul(wtype, wb, K, N, x)
+    _same_bits(got, _serial(ops, lambda: ops.matmul(wtype, wb, K, N, x)))
+    check_prefill(got, wtype, wb, dequant(wtype, wb, N, K), x, f"{NAMES[wtype]} N={N}")
+
+
+@pytest.mark.parametrize("tg,tu,N", [(IQ4_XS, IQ4_XS, 200), (BF16, Q4_1, 200), (IQ4_XS, Q4_1, 64), (F16, IQ4_XS, 150)],
+                         ids=lambda v: NAMES[v] if v in NAMES else str(v))
+def test_prefill_overlap_swiglu_bit_identical(ops, small_tiles, tg, tu, N):
+    """Gate then up as one pipeline of tiles (gemm_prefill_n): the up matrix's first tile is dequantized
+    while the gate's last one multiplies, into the buffer the gate's second-to-last GEMM has released.
+    N = 64: one tile each (two in the pipeline); F16 gate: multiplied directly, the up tiles alone."""
+    rng = rng_for("overlap_glu", tg, tu, N)
+    K, n_tok = 256, 23
+    wg, wu = make_weight(tg, N, K, rng), make_weight(tu, N, K, rng)
+    x = make_x(rng, n_tok, K)
+    got = ops.matmul_swiglu(tg, wg, tu, wu, K, N, x)
+    _same_bits(got, _serial(ops, lambda: ops.matmul_swiglu(tg, wg, tu, wu, K, N, x)))
+    split = tg in SPLIT_TYPES or tu in SPLIT_TYPES
+    g, tol_g = prefill_model(dequant(tg, wg, N, K), x, split)
+    u, tol_u = prefill_model(dequant(tu, wu, N, K), x, split)
+    expect = silu(g) * u
+    tol = 1.1 * tol_g * (np.abs(u) + tol_u) + np.abs(silu(g)) * tol_u + 1e-6 * np.abs(expect) + 1e-30
+    assert np.all(np.abs(got - expect) <= tol)
+
+
+@pytest.mark.parametrize("fault,what", [(1, "GEMM without the wait for its tile"),
+                                        (2, "dequantization without the wait for the buffer's last GEMM")],
+                         ids=["no-ready-wait", "no-freed-wait"])
+def test_prefill_overlap_planted_ordering_bugs_are_caught(cuda_module, ops, small_tiles, fault, what):
+    """Each of the two waits matters, and these tests can fail: under the emulator (which runs the side
+    stream only when something waits for it, then as far as it can), dropping either wait changes y."""
+    if not cuda_module.emulated:
+        pytest.skip("on a GPU a missing wait is a race that may or may not show")
+    rng = rng_for("overlap_fault", fault)
+    K, N, n_tok = 256, 337, 19
+    wb = make_weight(IQ4_XS, N, K, rng)
+    x = make_x(rng, n_tok, K)
+    ref = ops.matmul(IQ4_XS, wb, K, N, x)
+    ops._set_prefill_overlap_fault(fault)
+    try:
+        bad = ops.matmul(IQ4_XS, wb, K, N, x)
+    finally:
+        ops._set_prefill_overlap_fault(0)
+    rows_wrong = ~np.all(np.asarray(bad) == np.asarray(ref), axis=0)
+    assert rows_wrong.sum() >= 64, what  # at least one whole tile of output columns is wrong
+    _same_bits(ops.matmul(IQ4_XS, wb, K, N, x), ref)  # and the fixed order is right again
+
+
 @pytest.mark.parametrize("K", [256, 768, 1280])
 def test_matmul_prefill_k(ops, K):
     rng = rng_for("prefill_k", K)
@@ -199,11 +277,12 @@ def test_matmul_prefill_without_cublas(ops, wtype):
 
 
 def test_scratch_bytes(ops):
-    """Scratch grows with the tokens; the prefill layout holds the fp16 activations and one weight tile."""
+    """Scratch grows with the tokens; the prefill layout holds the fp16 activations and the weight tile pair
+    (two buffers of 3264 rows of K = 5120: 16M values each)."""
     K, N = 5120, 17408
     dec = ops.matmul_scratch_bytes(Q4_K, K, N, 8)
     pre = ops.matmul_scratch_bytes(Q4_K, K, N, 512)
     assert 0 < dec < pre
-    assert pre >= 512 * K * 2 + 3264 * K * 2 + 2 * 512 * N * 4
+    assert pre >= 512 * K * 2 + 2 * 3264 * K * 2 + 2 * 512 * N * 4
     assert ops.matmul_scratch_bytes(F16, K, N, 512) == pre  # any pairing of types for matmul_swiglu
     assert ops.matmul_scratch_bytes(10, K, N, 1) == 0       # unsupported type

@@ -98,3 +98,33 @@ def test_prefill_100_token_chunk(setup):
     assert cpu_err < LONG_CPU_ATOL, f"{cpu_err:.2e} absolute vs the CPU backend"
     assert hf_err < LONG_HF_REL, f"{hf_err:.2e} relative vs transformers"
     assert (got.argmax(1) == hf.argmax(1)).all()
+
+
+def test_prefill_overlapped_tiles_bf16(emu_ops, gguf_cache):
+    """BF16 weights go through the fp16 fallback's tiles (no MMQ, no direct F16 GEMM). With 64-row tiles
+    the fixture's matrices take 1-4 tiles (attention q: 256 rows, 4 tiles, each buffer reused), dequantized
+    on the side stream while the previous tile multiplies: the logits equal the serial order's bit for bit
+    and stay within the F16 model's bounds of the CPU backend and transformers."""
+    import pyqwen
+    from pq_testutil import load_reference
+    from pyqwen.cuda_backend import CudaCore
+    from pyqwen.gguf_file import GGUFFile
+
+    path = gguf_cache(NAME, "bf16")
+    ref = load_reference(NAME)
+    ids, hf = ref["prompt_ids"].tolist()[:40], ref["logits"][:40]
+    core = CudaCore.from_gguf(GGUFFile.open(path), 128, n_batch=40, module=emu_ops)
+    t = emu_ops.testing
+    t._set_prefill_tile_values(1)  # the minimum: 64 rows per tile (smaller than the plan: always fits)
+    try:
+        got = run_chunks(core, ids, [(0, 40)])
+        t._set_prefill_overlap(False)
+        serial = run_chunks(core, ids, [(0, 40)])
+    finally:
+        t._set_prefill_overlap(True)
+        t._set_prefill_tile_values(0)
+    np.testing.assert_array_equal(got.view(np.uint32), serial.view(np.uint32))
+    cpu = pyqwen.Model.load(path, kv_type="f16", threads=2, backend="cpu").eval(ids)
+    assert float(np.abs(got - cpu).max()) < CPU_ATOL
+    assert float(np.abs(got - hf).max() / np.abs(hf).max()) < HF_REL
+    assert (got.argmax(1) == hf.argmax(1)).all()
