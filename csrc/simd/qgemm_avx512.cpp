@@ -23,11 +23,13 @@ using qi::PackedW16;
 // The min term of Q4_K/Q5_K for up to 4 rows x 4 tokens at once: dword 4r + t of the result is
 // summ(r, t) = sum_j m_r[j] * bs8_t[j], four vpdpwssd on word pairs (j = 2k, 2k + 1). mall holds row r's
 // 8 mins in 128-bit lane r; bsk[k] holds, in every 128-bit lane, dword k of the 4 tokens' bs8 (dword t).
+// Two dependency chains of two (integer sums: exact in any order).
 inline __m512i mins_4x4(__m512i mall, const __m512i (&bsk)[4]) {
-    __m512i s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0x00), bsk[0]);
-    s = _mm512_dpwssd_epi32(s, _mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0x55), bsk[1]);
-    s = _mm512_dpwssd_epi32(s, _mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0xAA), bsk[2]);
-    return _mm512_dpwssd_epi32(s, _mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0xFF), bsk[3]);
+    __m512i s0 = _mm512_madd_epi16(_mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0x00), bsk[0]);
+    __m512i s1 = _mm512_madd_epi16(_mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0x55), bsk[1]);
+    s0 = _mm512_dpwssd_epi32(s0, _mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0xAA), bsk[2]);
+    s1 = _mm512_dpwssd_epi32(s1, _mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0xFF), bsk[3]);
+    return _mm512_add_epi32(s0, s1);
 }
 
 // R rows x T tokens. The float step of a super-block is done for two tokens at once on 16 lanes
@@ -92,11 +94,12 @@ void tile_body(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, i
         }
         if (has_min) {
             __m512i mall = _mm512_setzero_si512();
-            __m512 dmin = _mm512_setzero_ps();
+            alignas(16) float dmv[4] = {0, 0, 0, 0};
             for (int r = 0; r < R; ++r) {
                 mall = _mm512_mask_broadcast_i32x4(mall, (__mmask16)(0xFu << (4 * r)), _mm_loadu_si128((const __m128i*)wb[r]->m));
-                dmin = _mm512_mask_mov_ps(dmin, _mm512_cmpeq_epi32_mask(row_of, _mm512_set1_epi32(r)), _mm512_set1_ps(wb[r]->dmin));
+                dmv[r] = wb[r]->dmin;
             }
+            const __m512 dmin = _mm512_permutexvar_ps(row_of, _mm512_castps128_ps512(_mm_load_ps(dmv)));
             // The 4 tokens' bs8 as a 4 x 4 dword matrix (token t, word pair k), transposed: bsk[k] dword t.
             __m128i b[4];
             alignas(16) float adv[4];
