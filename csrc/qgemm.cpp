@@ -264,7 +264,11 @@ void qgemm(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, flo
             const int64_t row0 = p * kPanel, rows = std::min(kPanel, N - row0);
             for (int64_t r = 0; r < rows; ++r) {
                 const uint8_t* src = W.row(row0 + r);
-                for (int64_t i = 0; i < nb; ++i) pack(src + i * wbytes, &panel[r * nb + i]);
+                if (k.pack16) {
+                    for (int64_t i = 0; i < nb; ++i) k.pack16(W.type, src + i * wbytes, &panel[r * nb + i]);
+                } else {
+                    for (int64_t i = 0; i < nb; ++i) pack(src + i * wbytes, &panel[r * nb + i]);
+                }
             }
             if (k.tile_chunk) {
                 run_panel_chunked(k, panel.data(), rows, nb, act.data(), n_tok, has_min, state, y + row0, N);

@@ -65,6 +65,9 @@ struct QgemmKernels {
     QgemvRow8Fn row8;  // Q8_0/IQ4_XS decode; nullptr: quants.h's vec_dot
     QgemmTileChunkFn tile_chunk = nullptr;  // nullptr: every tile runs over the whole K (tile)
     int tile_state = 0;                     // floats of st per tile_chunk tile
+    // One raw Q4_K/Q5_K/Q6_K block -> PackedW16, the same values as quants_internal.h's q*_k_pack16;
+    // nullptr: those scalar ones.
+    void (*pack16)(int type, const void* block, qi::PackedW16* out) = nullptr;
 };
 
 // True for the weight types qgemm handles.
