@@ -6,7 +6,9 @@
 // a register-blocked micro-kernel (several rows x several tokens, simd/qgemm_*.cpp) takes the integer
 // dot products with vpdpwssd (AVX-512 VNNI) or vpmaddwd (AVX2). Results are bit-identical to the
 // reference vec_dot of quants.h at every SIMD level: the integer lane sums are exact and the float
-// steps are ggml's, in ggml's order (see kx_vec_dot in quants_q4k_q5k.cpp).
+// steps are ggml's, in ggml's order (see kx_vec_dot in quants_q4k_q5k.cpp). Kernel sets with a
+// tile_chunk (AVX-512) run every tile of a 32-row panel over 4 super-blocks of K at a time, keeping the
+// tiles' float sums between chunks, so that the weights and activations of a chunk come from L1.
 //
 // Q8_0 and IQ4_XS take one float step per 32 values, so they have their own packing (PackedW8: 16 rows
 // interleaved, int8 levels) and micro-kernel (tile8, vpdpbusd with the rows in the dword lanes).
@@ -44,6 +46,15 @@ using QgemmTile8Fn = void (*)(const qi::PackedW8* w, int64_t ng, const qi::Packe
 using QgemvRow8Fn = void (*)(int type, const void* w, const qi::PackedA8* a, int64_t a_stride, int nt, int64_t ng,
                              float* y, int64_t y_stride);
 
+// A tile over a range of super-blocks of K (w, a: that range's first block; nb its length): flags
+// kChunkFirst starts the tile's float sums, otherwise they are read from st (tile_state floats,
+// written by the call on the previous range); kChunkLast writes y, otherwise the sums go to st. The
+// result of a tile run in chunks is bit-identical to one QgemmTileFn call over the whole K.
+enum : int { kChunkFirst = 1, kChunkLast = 2 };
+using QgemmTileChunkFn = void (*)(const qi::PackedW16* w, int64_t w_stride, int nr, const qi::PackedA16* a,
+                                  int64_t a_stride, int nt, int64_t nb, bool has_min, float* st, int flags, float* y,
+                                  int64_t ldy);
+
 struct QgemmKernels {
     const char* name;  // "ref", "avx2", "avx512vnni"
     int rmax, tmax;    // register block: weight rows x tokens
@@ -52,6 +63,11 @@ struct QgemmKernels {
     int tmax8;         // tokens per tile8 call
     QgemmTile8Fn tile8;
     QgemvRow8Fn row8;  // Q8_0/IQ4_XS decode; nullptr: quants.h's vec_dot
+    QgemmTileChunkFn tile_chunk = nullptr;  // nullptr: every tile runs over the whole K (tile)
+    int tile_state = 0;                     // floats of st per tile_chunk tile
+    // One raw Q4_K/Q5_K/Q6_K block -> PackedW16, the same values as quants_internal.h's q*_k_pack16;
+    // nullptr: those scalar ones.
+    void (*pack16)(int type, const void* block, qi::PackedW16* out) = nullptr;
 };
 
 // True for the weight types qgemm handles.

@@ -63,6 +63,24 @@ def test_qgemm_bit_identical(t, kernels, n_in, n_out, n_tok):
 
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K], ids=["q4_K", "q5_K", "q6_K"])
+@pytest.mark.parametrize("nb,n_out,n_tok", [(4, 32, 4), (5, 33, 17), (8, 70, 5), (13, 31, 33), (21, 65, 2)])
+def test_qgemm_k_chunks(t, kernels, nb, n_out, n_tok):
+    """The AVX-512 tiles run over K in chunks of 4 super-blocks with their float sums kept between
+    chunks, over 32-row panels: K of exactly one chunk, of a chunk plus one block, of two chunks and
+    of several with a partial last one; rows around the panel (31, 33, 65, 70) and token counts
+    around the 4-token tile (odd, one full tile, 17 and 33) on 1 to 4 threads."""
+    rng = np.random.default_rng(nb * 7919 + n_out * 31 + n_tok + t)
+    n_in = 256 * nb
+    w = np.concatenate([core.quantize(t, rng.standard_normal((n_out - 2, n_in)).astype(np.float32)).reshape(-1),
+                        raw_blocks(t, 2 * nb, rng)])
+    x = (rng.standard_normal((n_tok, n_in)) * rng.uniform(0.01, 100, (n_tok, 1))).astype(np.float32)
+    ref = T.quant_matmul_ref(t, w, n_in, n_out, x, 1)
+    for threads in (1, 2, 4):
+        assert same_bits(T.qgemm(t, w, n_in, n_out, x, kernels, threads), ref), (kernels, threads)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K], ids=["q4_K", "q5_K", "q6_K"])
 def test_qgemm_edge_values(t, kernels):
     rng = np.random.default_rng(7)
     n_in, n_out = 512, 18

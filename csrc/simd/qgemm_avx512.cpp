@@ -20,16 +20,48 @@ namespace {
 using qi::PackedA16;
 using qi::PackedW16;
 
+// The min term of Q4_K/Q5_K for up to 4 rows x 4 tokens at once: dword 4r + t of the result is
+// summ(r, t) = sum_j m_r[j] * bs8_t[j], four vpdpwssd on word pairs (j = 2k, 2k + 1). mall holds row r's
+// 8 mins in 128-bit lane r; bsk[k] holds, in every 128-bit lane, dword k of the 4 tokens' bs8 (dword t).
+// Two dependency chains of two (integer sums: exact in any order).
+inline __m512i mins_4x4(__m512i mall, const __m512i (&bsk)[4]) {
+    __m512i s0 = _mm512_madd_epi16(_mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0x00), bsk[0]);
+    __m512i s1 = _mm512_madd_epi16(_mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0x55), bsk[1]);
+    s0 = _mm512_dpwssd_epi32(s0, _mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0xAA), bsk[2]);
+    s1 = _mm512_dpwssd_epi32(s1, _mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0xFF), bsk[3]);
+    return _mm512_add_epi32(s0, s1);
+}
+
+// R rows x T tokens. The float step of a super-block is done for two tokens at once on 16 lanes
+// (token 2p in lanes 0-7, 2p + 1 in 8-15: the two 256-bit halves of each int32 accumulator folded
+// with one shuffle pair), which halves the per-block epilogue that bounded the 4 x 4 kernel as much as
+// its 128 vpdpwssd did. The min term runs on 16 (row, token) dwords at once (mins_4x4) into its own
+// float sums. Every float operation is the reference's, per (row, token), in its order.
+//
+// K chunks (tile_chunk): the float sums of a tile live in st (kTileState floats) between calls over
+// consecutive ranges of super-blocks, so the driver can run every tile of a panel over a few blocks at
+// a time while those blocks of weights and activations stay in L1 (over the whole K, a 4 x 4 tile
+// streamed 80 KB per token quad from L2 and was bound by L2 bandwidth, not by vpdpwssd). Starting,
+// continuing and finishing a tile in chunks gives the same float operations in the same order.
+constexpr int kTileState = 4 * 2 * 16 + 16;
+
 template <int R, int T>
-void tile(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_t nb, bool has_min, float* y,
-          int64_t ldy) {
-    __m256 sums[R][T];
-    float sumf[R][T];
-    __m128 sumf4[R];  // the min-term sums of a full token quad (lane t)
-    for (int r = 0; r < R; ++r) {
-        sumf4[r] = _mm_setzero_ps();
-        for (int t = 0; t < T; ++t) sums[r][t] = _mm256_setzero_ps(), sumf[r][t] = 0;
+void tile_body(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_t nb, bool has_min, float* st,
+               int flags, float* y, int64_t ldy) {
+    constexpr int TP = (T + 1) / 2;  // token pairs; an odd last token is paired with itself
+    __m512 S[R][TP];
+    __m512 SF;  // the min-term sums, (row, token) in dword 4r + t
+    if (flags & kChunkFirst) {
+        for (int r = 0; r < R; ++r)
+            for (int p = 0; p < TP; ++p) S[r][p] = _mm512_setzero_ps();
+        SF = _mm512_setzero_ps();
+    } else {
+        for (int r = 0; r < R; ++r)
+            for (int p = 0; p < TP; ++p) S[r][p] = _mm512_loadu_ps(st + 16 * (2 * r + p));
+        SF = _mm512_loadu_ps(st + 128);
     }
+    // Lane 4r + t of the min-term vectors: which row's dmin, which token's d.
+    const __m512i row_of = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     for (int64_t i = 0; i < nb; ++i) {
         const PackedW16* wb[R];
         const PackedA16* ab[T];
@@ -39,61 +71,73 @@ void tile(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_
         for (int r = 0; r < R; ++r)
             for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_si512();
         for (int g = 0; g < QK_K / 32; ++g) {
-            __m512i wv[R], av[T];
-            for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_si512(wb[r]->w + 32 * g);
+            __m512i av[T];
             for (int t = 0; t < T; ++t) av[t] = _mm512_loadu_si512(ab[t]->a + 32 * g);
-            for (int r = 0; r < R; ++r)
-                for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], wv[r], av[t]);
-        }
-        if constexpr (T == 4) {
-            // A full token quad: the 4 tokens' scale products and min terms go through 128-bit vectors
-            // (lane t = token t), the same float operations per lane as the scalar branch below.
-            const __m128 ad4 = _mm_setr_ps(ab[0]->d, ab[1]->d, ab[2]->d, ab[3]->d);
-            __m512i bs = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)ab[0]->bs8));
-            bs = _mm512_inserti32x4(bs, _mm_loadu_si128((const __m128i*)ab[1]->bs8), 1);
-            bs = _mm512_inserti32x4(bs, _mm_loadu_si128((const __m128i*)ab[2]->bs8), 2);
-            bs = _mm512_inserti32x4(bs, _mm_loadu_si128((const __m128i*)ab[3]->bs8), 3);
             for (int r = 0; r < R; ++r) {
-                const __m128 dd4 = _mm_mul_ps(_mm_set1_ps(wb[r]->d), ad4);
-                for (int t = 0; t < T; ++t) {
-                    const __m256i l8 =
-                        _mm256_add_epi32(_mm512_castsi512_si256(acc[r][t]), _mm512_extracti64x4_epi64(acc[r][t], 1));
-                    const __m256 dd = _mm256_permutexvar_ps(_mm256_set1_epi32(t), _mm256_castps128_ps256(dd4));
-                    sums[r][t] = _mm256_add_ps(sums[r][t], _mm256_mul_ps(dd, _mm256_cvtepi32_ps(l8)));
-                }
-                if (has_min) {
-                    // summ of token t = sum_j m[j] * bs8_t[j]: 128-bit lane t of one vpmaddwd, reduced
-                    // inside each lane, then the 4 lane sums gathered into one xmm.
-                    __m512i p = _mm512_madd_epi16(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)wb[r]->m)), bs);
-                    p = _mm512_add_epi32(p, _mm512_shuffle_epi32(p, (_MM_PERM_ENUM)0x4E));
-                    p = _mm512_add_epi32(p, _mm512_shuffle_epi32(p, (_MM_PERM_ENUM)0xB1));
-                    const __m128i summ = _mm512_castsi512_si128(
-                        _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), p));
-                    const __m128 dm4 = _mm_mul_ps(_mm_set1_ps(wb[r]->dmin), ad4);
-                    sumf4[r] = _mm_sub_ps(sumf4[r], _mm_mul_ps(dm4, _mm_cvtepi32_ps(summ)));
-                }
+                const __m512i wv = _mm512_loadu_si512(wb[r]->w + 32 * g);
+                for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], wv, av[t]);
             }
-        } else {
+        }
+        __m512 adp[TP];  // token 2p's d in lanes 0-7, 2p + 1's in 8-15
+        for (int p = 0; p < TP; ++p) {
+            const int t1 = 2 * p + 1 < T ? 2 * p + 1 : 2 * p;
+            adp[p] = _mm512_insertf32x8(_mm512_set1_ps(ab[2 * p]->d), _mm256_set1_ps(ab[t1]->d), 1);
+        }
+        for (int r = 0; r < R; ++r) {
+            const __m512 dw = _mm512_set1_ps(wb[r]->d);
+            for (int p = 0; p < TP; ++p) {
+                const __m512i a0 = acc[r][2 * p], a1 = 2 * p + 1 < T ? acc[r][2 * p + 1] : a0;
+                const __m512i l16 = _mm512_add_epi32(_mm512_shuffle_i64x2(a0, a1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                                     _mm512_shuffle_i64x2(a0, a1, _MM_SHUFFLE(3, 2, 3, 2)));
+                S[r][p] = _mm512_add_ps(S[r][p], _mm512_mul_ps(_mm512_mul_ps(dw, adp[p]), _mm512_cvtepi32_ps(l16)));
+            }
+        }
+        if (has_min) {
+            __m512i mall = _mm512_setzero_si512();
+            alignas(16) float dmv[4] = {0, 0, 0, 0};
             for (int r = 0; r < R; ++r) {
-                for (int t = 0; t < T; ++t) {
-                    const __m256i l8 =
-                        _mm256_add_epi32(_mm512_castsi512_si256(acc[r][t]), _mm512_extracti64x4_epi64(acc[r][t], 1));
-                    const float dd = wb[r]->d * ab[t]->d;
-                    sums[r][t] = _mm256_add_ps(sums[r][t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(l8)));
-                    if (has_min) {
-                        const int32_t summ = hsum4(_mm_madd_epi16(_mm_loadu_si128((const __m128i*)wb[r]->m),
-                                                                  _mm_loadu_si128((const __m128i*)ab[t]->bs8)));
-                        const float dm = wb[r]->dmin * ab[t]->d;
-                        sumf[r][t] -= dm * (float)summ;
-                    }
-                }
+                mall = _mm512_mask_broadcast_i32x4(mall, (__mmask16)(0xFu << (4 * r)), _mm_loadu_si128((const __m128i*)wb[r]->m));
+                dmv[r] = wb[r]->dmin;
+            }
+            const __m512 dmin = _mm512_permutexvar_ps(row_of, _mm512_castps128_ps512(_mm_load_ps(dmv)));
+            // The 4 tokens' bs8 as a 4 x 4 dword matrix (token t, word pair k), transposed: bsk[k] dword t.
+            __m128i b[4];
+            alignas(16) float adv[4];
+            for (int t = 0; t < 4; ++t) {
+                b[t] = t < T ? _mm_loadu_si128((const __m128i*)ab[t]->bs8) : _mm_setzero_si128();
+                adv[t] = t < T ? ab[t]->d : 0.0f;
+            }
+            const __m128i u0 = _mm_unpacklo_epi32(b[0], b[1]), u1 = _mm_unpackhi_epi32(b[0], b[1]);
+            const __m128i u2 = _mm_unpacklo_epi32(b[2], b[3]), u3 = _mm_unpackhi_epi32(b[2], b[3]);
+            const __m512i bsk[4] = {_mm512_broadcast_i32x4(_mm_unpacklo_epi64(u0, u2)),
+                                    _mm512_broadcast_i32x4(_mm_unpackhi_epi64(u0, u2)),
+                                    _mm512_broadcast_i32x4(_mm_unpacklo_epi64(u1, u3)),
+                                    _mm512_broadcast_i32x4(_mm_unpackhi_epi64(u1, u3))};
+            const __m512 ad = _mm512_broadcast_f32x4(_mm_load_ps(adv));
+            // sumf -= (dmin * d_a) * summ, as the reference.
+            SF = _mm512_sub_ps(SF, _mm512_mul_ps(_mm512_mul_ps(dmin, ad), _mm512_cvtepi32_ps(mins_4x4(mall, bsk))));
+        }
+    }
+    if (!(flags & kChunkLast)) {
+        for (int r = 0; r < R; ++r)
+            for (int p = 0; p < TP; ++p) _mm512_storeu_ps(st + 16 * (2 * r + p), S[r][p]);
+        _mm512_storeu_ps(st + 128, SF);
+        return;
+    }
+    alignas(64) float sf[16];
+    _mm512_store_ps(sf, SF);
+    for (int r = 0; r < R; ++r) {
+        for (int p = 0; p < TP; ++p) {
+            alignas(64) float l[16];
+            _mm512_store_ps(l, S[r][p]);
+            for (int h = 0; h < 2 && 2 * p + h < T; ++h) {
+                const int t = 2 * p + h;
+                float s = sf[4 * r + t];
+                for (int k = 0; k < 8; ++k) s += l[8 * h + k];
+                y[t * ldy + r] = s;
             }
         }
     }
-    if constexpr (T == 4) {
-        for (int r = 0; r < R; ++r) _mm_storeu_ps(sumf[r], sumf4[r]);
-    }
-    store_tile<R, T>(sums, sumf, y, ldy);
 }
 
 // The 4 x 4 VNNI tile for qgemm_glue.h.
@@ -102,9 +146,24 @@ struct Tile512 {
     template <int R, int T>
     static void run(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_t nb, bool has_min,
                     float* y, int64_t ldy) {
-        tile<R, T>(w, ws, a, as, nb, has_min, y, ldy);
+        tile_body<R, T>(w, ws, a, as, nb, has_min, nullptr, kChunkFirst | kChunkLast, y, ldy);
     }
 };
+
+// The chunked tile (QgemmTileChunkFn): the instance for nr x nt.
+using ChunkInstFn = void (*)(const PackedW16*, int64_t, const PackedA16*, int64_t, int64_t, bool, float*, int, float*,
+                             int64_t);
+template <int R>
+constexpr ChunkInstFn chunk_inst(int nt) {
+    return nt == 1 ? tile_body<R, 1> : nt == 2 ? tile_body<R, 2> : nt == 3 ? tile_body<R, 3> : tile_body<R, 4>;
+}
+
+void tile_chunk(const PackedW16* w, int64_t ws, int nr, const PackedA16* a, int64_t as, int nt, int64_t nb,
+                bool has_min, float* st, int flags, float* y, int64_t ldy) {
+    const ChunkInstFn f = nr >= 4 ? chunk_inst<4>(nt) : nr == 3 ? chunk_inst<3>(nt) : nr == 2 ? chunk_inst<2>(nt)
+                                                                                              : chunk_inst<1>(nt);
+    f(w, ws, a, as, nb, has_min, st, flags, y, ldy);
+}
 
 // ---- Decode: one weight row against a few packed tokens, unpacking each block in registers ----
 // The weight is read once, straight from the mmap, and never stored unpacked: a block's nibbles are
@@ -324,6 +383,65 @@ void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
         }
     }
     for (int t = 0; t < NT; ++t) y[t * y_stride] = finish(sums[t], 0.0f);
+}
+
+// ---- Weight packing for the prefill GEMM: one raw block -> PackedW16 with the decode kernels' unpacking ----
+// The same integers as the scalar q4/q5/q6_k_pack16 (levels times their sub-block scale in lane-pair
+// order), which took 7% of a pp512 profile of the 27B slice; the fp16 scales convert exactly.
+void pack16_k(int type, const void* block, PackedW16* o) {
+    const uint8_t* b = (const uint8_t*)block;
+    if (type == T_Q6_K) {
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+        const __m512i off = _mm512_set1_epi16(32);
+        const int8_t* scales = (const int8_t*)(b + 192);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(b + 64 * h));
+            const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(b + 64 * h + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * h));
+            const __m256i u[4] = {
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4)),
+            };
+            for (int k = 0; k < 4; ++k) {
+                const int sb = 8 * h + 2 * k;
+                const __m512i sc = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(scales[sb]),
+                                                           _mm512_set1_epi16(scales[sb + 1]));
+                _mm512_storeu_si512(o->w + 128 * h + 32 * k,
+                                    _mm512_mullo_epi16(_mm512_sub_epi16(pairs_u8_to_i16(u[k]), off), sc));
+            }
+        }
+        o->d = h2f(*(const uint16_t*)(b + 208));
+        o->dmin = 0;
+        _mm_storeu_si128((__m128i*)o->m, _mm_setzero_si128());
+        return;
+    }
+    const bool q5 = type == T_Q5_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const uint8_t* qs = q5 ? b + 48 : b + 16;
+    __m128i sc16, mv;
+    scales_k4_16(b + 4, sc16, mv);
+    alignas(16) int16_t sc[8];
+    _mm_store_si128((__m128i*)sc, sc16);
+    const __m256i h = q5 ? _mm256_loadu_si256((const __m256i*)(b + 16)) : _mm256_setzero_si256();
+    for (int g = 0; g < 4; ++g) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i*)(qs + 32 * g));
+        __m256i lo = _mm256_and_si256(raw, m4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+        if (q5) {
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g), one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g + 1), one), 4));
+        }
+        _mm512_storeu_si512(o->w + 64 * g, _mm512_mullo_epi16(pairs_u8_to_i16(lo), _mm512_set1_epi16(sc[2 * g])));
+        _mm512_storeu_si512(o->w + 64 * g + 32, _mm512_mullo_epi16(pairs_u8_to_i16(hi), _mm512_set1_epi16(sc[2 * g + 1])));
+    }
+    o->d = h2f(*(const uint16_t*)b);
+    o->dmin = h2f(*(const uint16_t*)(b + 2));
+    _mm_storeu_si128((__m128i*)o->m, mv);
 }
 
 template <int NT>
@@ -574,6 +692,7 @@ void tile8_any(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t
 }  // namespace
 
 extern const QgemmKernels kQgemmAvx512;
-const QgemmKernels kQgemmAvx512 = {"avx512vnni", 4, 4, tile_any<Tile512>, rows_dot, 8, tile8_any, rows8_dot};
+const QgemmKernels kQgemmAvx512 = {"avx512vnni", 4, 4, tile_any<Tile512>, rows_dot, 8, tile8_any, rows8_dot,
+                                   tile_chunk, kTileState, pack16_k};
 
 }  // namespace pq
