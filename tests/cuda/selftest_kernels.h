@@ -60,4 +60,11 @@ int rc_shared_atomics();                      // 96 atomicAdds on one shared int
 // pageable-source copy + 1 after it} when the host changes both sources after queueing the copies.
 std::vector<int> stream_order();
 
+// CUDA graphs: {device word after the capture (-1: nothing ran), nodes captured (2), the kernel node's
+// by-value argument after replay (5, the host changed it to 7), the copy node's pinned source (11, written
+// after the capture), cudaGraphExecUpdate with the same topology (0), the updated argument (9), the update
+// with one node more (910, cudaErrorGraphExecUpdateFailure), its result (2, topology changed), the
+// argument after the refused update (9), a captured copy from pageable memory (900, unsupported)}.
+std::vector<int> graph_semantics();
+
 }  // namespace PQ_SELFTEST_NS

@@ -59,6 +59,7 @@ PYBIND11_MODULE(pq_emu_selftest, m) {
     m.def("oob_read", &selftest::oob_read);
     m.def("use_after_free", &selftest::use_after_free);
     m.def("stream_order", [] { return selftest::stream_order(); });
+    m.def("graph_semantics", [] { return selftest::graph_semantics(); });
     m.def("rc_write_write", &selftest::rc_write_write);
     m.def("rc_warp_exchange", [](bool sync) { return arr(selftest::rc_warp_exchange(sync)); });
     m.def("rc_warp_exchange_nosync", [] { return arr(selftest::rc_warp_exchange(false)); });
