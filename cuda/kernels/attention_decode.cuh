@@ -22,6 +22,7 @@
 #pragma once
 
 #include "../compat.cuh"
+#include "../pdl.cuh"
 #include "attention_common.cuh"
 #include "reduce.cuh"
 
@@ -40,6 +41,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
                        const uint8_t* __restrict__ v_cache, KvLayout kv, float* __restrict__ part_o,
                        float2* __restrict__ part_ml, int H, int Hkv, int64_t L_arg, const int* __restrict__ pos_dev,
                        int64_t split_len, float q_scale) {
+    pq_grid_dependency_wait();  // PDL (pdl.cuh): first, before any global memory access
+    pq_launch_dependents();
     constexpr int DPL = D / 32;  // dims per lane
     static_assert(D % 32 == 0 && DPL <= 8, "D in {32, 64, 128, 256}");
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;

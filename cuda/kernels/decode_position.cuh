@@ -6,10 +6,13 @@
 #pragma once
 
 #include "../compat.cuh"
+#include "../pdl.cuh"
 
 namespace pq::cuda {
 
 __global__ void decode_position_kernel(int* __restrict__ pos, int value, int advance) {
+    pq_grid_dependency_wait();  // PDL (pdl.cuh): first, before any global memory access
+    pq_launch_dependents();
     if (threadIdx.x == 0 && blockIdx.x == 0) *pos = advance ? *pos + 1 : value;
 }
 

@@ -18,6 +18,7 @@
 #pragma once
 
 #include "../compat.cuh"
+#include "../pdl.cuh"
 #include "../rope_table.h"
 #include "reduce.cuh"
 
@@ -63,6 +64,8 @@ __global__ void __launch_bounds__(kPrepWarps * 32)
                         const float* __restrict__ q_norm, const float* __restrict__ k_norm,
                         uint8_t* __restrict__ k_cache, uint8_t* __restrict__ v_cache, KvLayout kv, int64_t pos0,
                         const int* __restrict__ pos_dev, int n, int H, int Hkv, int D, float eps, RopeFreqs freqs) {
+    pq_grid_dependency_wait();  // PDL (pdl.cuh): first, before any global memory access
+    pq_launch_dependents();
     const int lane = threadIdx.x % 32;
     const int64_t row = (int64_t)blockIdx.x * kPrepWarps + threadIdx.x / 32;
     const int64_t n_q = qg ? (int64_t)n * H : 0;  // no qg: the K/V rows alone (a cache catching up)

@@ -24,7 +24,7 @@ void launch_decode(const float* qg, const uint8_t* kc, const uint8_t* vc, const 
                    int64_t L, const int32_t* dpos, int64_t split_len, int nsplit, float q_scale, cudaStream_t stream) {
     const dim3 grid(nsplit, Hkv * (H / Hkv / NR));
     auto* attn_decode_kernel_nr = attn_decode_kernel<D, NR>;
-    PQ_LAUNCH(attn_decode_kernel_nr, grid, kDecodeWarps * 32, (decode_smem_bytes<D, NR>()), stream, qg, kc, vc, kv, po, pml, H, Hkv, L,
+    PQ_LAUNCH_PDL(attn_decode_kernel_nr, grid, kDecodeWarps * 32, (decode_smem_bytes<D, NR>()), stream, qg, kc, vc, kv, po, pml, H, Hkv, L,
               dpos, split_len, q_scale);
 }
 
@@ -105,7 +105,7 @@ cudaError_t prepare_impl(float* qg, float* k, const float* v, const float* q_nor
     const int64_t rows = n * ((qg ? H : 0) + Hkv);
     const int64_t blocks = cdiv(rows, kPrepWarps);
     if (blocks > INT_MAX) return cudaErrorInvalidValue;
-    PQ_LAUNCH(qk_norm_rope_kernel, (unsigned)blocks, kPrepWarps * 32, 0, stream, qg, k, v, q_norm, k_norm,
+    PQ_LAUNCH_PDL(qk_norm_rope_kernel, (unsigned)blocks, kPrepWarps * 32, 0, stream, qg, k, v, q_norm, k_norm,
               static_cast<uint8_t*>(kv.k), static_cast<uint8_t*>(kv.v), kv_layout(kv, Hkv, D), pos0, dpos, (int)n, H,
               Hkv, D, eps, rope);
     return cudaGetLastError();
@@ -184,7 +184,7 @@ cudaError_t attention_impl(float* qg, float* k, const float* v, const float* q_n
     }
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     if (combine) {
-        PQ_LAUNCH(attn_combine_kernel, dim3(H, (unsigned)n), D, 0, stream, po, pml, qg, out, H, D, (int)nsplit, out_qs,
+        PQ_LAUNCH_PDL(attn_combine_kernel, dim3(H, (unsigned)n), D, 0, stream, po, pml, qg, out, H, D, (int)nsplit, out_qs,
                   reinterpret_cast<float2*>(out_ds));
         return cudaGetLastError();
     }
@@ -219,13 +219,13 @@ cudaError_t attention_decode_graph(float* qg, float* k, const float* v, const fl
 
 cudaError_t decode_position_set(int32_t* pos, int64_t value, cudaStream_t stream) {
     if (!pos || value < 0 || value >= kMaxCtx) return cudaErrorInvalidValue;
-    PQ_LAUNCH(decode_position_kernel, 1, 32, 0, stream, pos, (int)value, 0);
+    PQ_LAUNCH_PDL(decode_position_kernel, 1, 32, 0, stream, pos, (int)value, 0);
     return cudaGetLastError();
 }
 
 cudaError_t decode_position_advance(int32_t* pos, cudaStream_t stream) {
     if (!pos) return cudaErrorInvalidValue;
-    PQ_LAUNCH(decode_position_kernel, 1, 32, 0, stream, pos, 0, 1);
+    PQ_LAUNCH_PDL(decode_position_kernel, 1, 32, 0, stream, pos, 0, 1);
     return cudaGetLastError();
 }
 
