@@ -13,8 +13,9 @@
 // body's last node advances it by one, so the next replay runs at the next position with no host write
 // per token. The host sets that int with a launch of its own (decode_position_set: its value is the
 // argument at the call, never a pinned word the host later overwrites -- issue 10's bug 1) only when the
-// state's position is not what the slot's int holds: after a prefill, a verification, a rollback, a
-// restore, a reset, or when the slot served another state. The split-K decode grid depends on the number
+// state's position is not what the slot's int holds: the first replay of a new recording (each slot has
+// its own int), after a prefill, a verification, a rollback, a restore, a reset, or when the slot served
+// another state. The split-K decode grid depends on the number
 // of keys, so a graph is valid for a bucket of positions (decode_bucket: a power-of-two number of splits
 // of 128 keys; splits past the live keys write neutral partials): a new recording when the position
 // passes 129, 257, 513, ... keys, recorded for the next step right after the step that reached the
