@@ -99,7 +99,7 @@ def test_two_states_interleaved(tiny_f16):
     core.forward(b, SHORT[:3], "none", 256)
     ta = [core.decode(a, 1)]
     tb = [core.decode(b, 2)]
-    for _ in range(4):  # graphs keyed by state and position: interleaving re-records, never mixes states
+    for _ in range(4):  # graphs keyed by state and bucket, each with its own position: never mixes states
         ta.append(core.decode(a, ta[-1]))
         tb.append(core.decode(b, tb[-1]))
     a2, b2 = core.new_state(64), core.new_state(64)
