@@ -15,11 +15,10 @@
 // argument at the call, never a pinned word the host later overwrites -- issue 10's bug 1) only when the
 // state's position is not what the slot's int holds: the first replay of a new recording (each slot has
 // its own int), after a prefill, a verification, a rollback, a restore, a reset, or when the slot served
-// another state. The split-K decode grid depends on the number
-// of keys, so a graph is valid for a bucket of positions (decode_bucket: a power-of-two number of splits
-// of 128 keys; splits past the live keys write neutral partials): a new recording when the position
-// passes 129, 257, 513, ... keys, recorded for the next step right after the step that reached the
-// boundary was launched, while the GPU runs it. kGraphSlots executable graphs are kept (least recently
+// another state. The split-K decode grid depends on the number of keys, so a graph is valid for a bucket
+// of positions (decode_bucket: a power-of-two number of splits of 128 keys; splits past the live keys
+// write neutral partials): a new recording when the position passes 129, 257, 513, ... keys, made for
+// the next step right after the step that reached the boundary was launched, while the GPU runs it. kGraphSlots executable graphs are kept (least recently
 // used replaced, never the one launched last), so a few states taking turns do not re-record. The
 // logits are bit-identical with the direct launches (tests/cuda/test_decode_graph_emu.py, where the
 // emulator's graphs replay the recorded arguments by value as CUDA does). The first decode step of a
