@@ -80,6 +80,6 @@ namespace pq_emu {
 // its graph instead of being queued.
 bool capture_node(cudaStream_t stream, std::function<void()>& op, const char* what);
 bool is_capturing(cudaStream_t stream);
-// Graphs and executable graphs alive (tests find leaks with it).
+// Graphs and executable graphs not destroyed yet (for finding leaks while debugging).
 size_t live_graphs();
 }  // namespace pq_emu
