@@ -5,6 +5,7 @@
 
 #if defined(PQ_CUDA_EMU)
 #include "emu/emu_runtime.h"
+#include "emu/emu_graph.h"  // graphs: part of cuda_runtime_api.h on the real side
 #else
 #include <cuda_runtime_api.h>
 #endif

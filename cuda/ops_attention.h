@@ -60,6 +60,40 @@ cudaError_t attention_decode_q8(float* qg, float* k, const float* v, const float
                                 const RopeFreqs& rope, float eps, float* out, int8_t* out_qs, float* out_ds,
                                 void* scratch, cudaStream_t stream);
 
+// ---- the decode graph: one recording replayed at every position of a bucket ------------------------------
+//
+// A CUDA graph keeps its kernels' arguments as they were at capture, so a graph that is replayed for token
+// after token cannot take the position as an argument. attention_decode_graph is attention_decode_q8 for
+// the query at position *dpos (device memory, read when the kernels run: the q/k norm + RoPE + append and
+// the split-K decode kernel read it), with the decode grid sized for the bucket of L = pos + 1 keys
+// (decode_bucket): every L' of the bucket has L's split length and needs at most its number of splits;
+// splits past the live keys write neutral partials that the combine skips, so out (and its Q8_1) is
+// bit-identical with attention_decode_q8 at *dpos. `pos` is the position at the call (the capture): it
+// picks the bucket and validates the shapes. The graph is valid while *dpos + 1 stays in that bucket.
+// dpos == nullptr: the position `pos` by value (a graph replayed at another position would then use the
+// stale one: the planted bug of tests/cuda/test_decode_graph_emu.py).
+struct DecodeBucket {
+    int64_t split_len = 0;  // keys per split (decode_split_len of L)
+    int nsplit = 0;         // splits of the grid: the next power of two >= the live splits, at most
+                            // cdiv(n_ctx, split_len)
+    bool operator==(const DecodeBucket& o) const { return split_len == o.split_len && nsplit == o.nsplit; }
+    bool operator!=(const DecodeBucket& o) const { return !(*this == o); }
+};
+// The bucket of a decode step with L keys in a state of n_ctx positions ({0, 0} when L is not in 1..n_ctx).
+// With the default tuning: split_len 128 up to L = 16384 (grids of 1, 2, 4, ... 128 splits: a new bucket
+// when L passes 129, 257, 513, ...), then a new split length every 4096 keys.
+DecodeBucket decode_bucket(int64_t L, int64_t n_ctx);
+
+cudaError_t attention_decode_graph(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
+                                   const KvCache& kv, int64_t n_ctx, int64_t pos, const int32_t* dpos, int H,
+                                   int Hkv, int D, const RopeFreqs& rope, float eps, float* out, int8_t* out_qs,
+                                   float* out_ds, void* scratch, cudaStream_t stream);
+
+// The device-resident position: *pos = value (a launch of its own: the host's value at the call), or
+// *pos += 1 (the decode graph's last node: the next replay runs at the next position).
+cudaError_t decode_position_set(int32_t* pos, int64_t value, cudaStream_t stream);
+cudaError_t decode_position_advance(int32_t* pos, cudaStream_t stream);
+
 // ---- lower-level pieces (the backend may call them; the tests use them to reach edge cases) ----------
 
 // Step 1 of `attention` alone: q/k RMSNorm + NEOX RoPE in place, and (when k_cache / v_cache are not

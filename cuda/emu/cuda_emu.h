@@ -27,6 +27,7 @@
 #include "emu_types.h"
 #include "emu_fp16.h"
 #include "emu_runtime.h"
+#include "emu_graph.h"
 #include "emu_sched.h"
 #include "emu_racecheck.h"
 #include "emu_intrinsics.h"

@@ -1,6 +1,7 @@
 // emu_runtime.cpp: the host runtime API of emu_runtime.h (allocations, copies, errors, device info).
 #include "emu_runtime.h"
 #include "emu_control.h"
+#include "emu_graph.h"  // capture_node: a capturing stream records instead of queueing
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -203,6 +204,7 @@ void note_node(const char* what) {  // g_mutex held; nullptr: not a graph node (
 }  // namespace
 
 void enqueue(cudaStream_t stream, std::function<void()> op, const char* what) {
+    if (capture_node(stream, op, what)) return;  // a graph node now (emu_graph.cpp), not queued work
     std::lock_guard<std::mutex> lock(g_mutex);
     note_node(what);
     resolve(stream)->q.push_back({std::move(op), false});
@@ -406,6 +408,11 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
         dst_pinned = in_pinned(dst, bytes);
     }
     if (bytes == 0) return cudaSuccess;
+    if (pq_emu::is_capturing(stream) && ((kind == cudaMemcpyHostToDevice && !src_pinned) ||
+                                         (kind == cudaMemcpyDeviceToHost && !dst_pinned))) {
+        std::lock_guard<std::mutex> lock(pq_emu::g_mutex);
+        return record(cudaErrorStreamCaptureUnsupported);  // a graph cannot stage or wait on pageable memory
+    }
     if (kind == cudaMemcpyHostToDevice && !src_pinned) {
         // Pageable source: the runtime stages it before returning, so the caller may reuse it at once.
         auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
@@ -482,6 +489,10 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+    if (pq_emu::is_capturing(stream)) {
+        pq_emu::set_last_error(cudaErrorStreamCaptureUnsupported);
+        return cudaErrorStreamCaptureUnsupported;
+    }
     pq_emu::drain(pq_emu::resolve(stream));
     return cudaSuccess;
 }

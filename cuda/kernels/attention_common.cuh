@@ -9,6 +9,7 @@
 #pragma once
 
 #include "../compat.cuh"
+#include "../pdl.cuh"
 #include "q8_act.cuh"
 #include "reduce.cuh"
 #include "rope.cuh"  // KvLayout
@@ -124,6 +125,8 @@ __global__ void __launch_bounds__(256)
     attn_combine_kernel(const float* __restrict__ part_o, const float2* __restrict__ part_ml,
                         const float* __restrict__ qg, float* __restrict__ out, int H, int D, int nsplit,
                         int8_t* __restrict__ out_qs, float2* __restrict__ out_ds) {
+    pq_grid_dependency_wait();  // PDL (pdl.cuh): first, before any global memory access
+    pq_launch_dependents();
     const int64_t th = (int64_t)blockIdx.y * H + blockIdx.x;
     const int d = threadIdx.x;
     const float2* ml = part_ml + th * nsplit;

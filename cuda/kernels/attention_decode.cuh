@@ -18,9 +18,11 @@
 // and a lane's partial score is (sum of level products, exact in fp32) * d_k * d_q. The 4
 // warps are merged through shared memory and every split writes its partial (m, l, O) for
 // attn_combine_kernel, even a single one: the decode step is always the same launches (CUDA graphs).
+// Splits past the live keys (a graph's bucket-sized grid) write only the neutral (m, l) = (-inf, 0).
 #pragma once
 
 #include "../compat.cuh"
+#include "../pdl.cuh"
 #include "attention_common.cuh"
 #include "reduce.cuh"
 
@@ -37,7 +39,10 @@ template <int D, int NR>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
     attn_decode_kernel(const float* __restrict__ qg, const uint8_t* __restrict__ k_cache,
                        const uint8_t* __restrict__ v_cache, KvLayout kv, float* __restrict__ part_o,
-                       float2* __restrict__ part_ml, int H, int Hkv, int64_t L, int64_t split_len, float q_scale) {
+                       float2* __restrict__ part_ml, int H, int Hkv, int64_t L_arg, const int* __restrict__ pos_dev,
+                       int64_t split_len, float q_scale) {
+    pq_grid_dependency_wait();  // PDL (pdl.cuh): first, before any global memory access
+    pq_launch_dependents();
     constexpr int DPL = D / 32;  // dims per lane
     static_assert(D % 32 == 0 && DPL <= 8, "D in {32, 64, 128, 256}");
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -45,6 +50,16 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
     const int g = blockIdx.y / groups;
     const int h0 = g * G + (blockIdx.y % groups) * NR;
     const int s = blockIdx.x, nsplit = gridDim.x;
+    // pos_dev: the query's position is in device memory (a decode graph replayed at every position of a
+    // bucket, ops_attention.h attention_decode_graph): L = pos + 1 keys, and the grid may hold more splits
+    // than L needs. A split without keys writes the neutral partial (m = -inf, l = 0) that the combine
+    // skips -- what a live split with no key would write -- so the output does not depend on the grid.
+    const int64_t L = pos_dev ? (int64_t)*pos_dev + 1 : L_arg;
+    if ((int64_t)s * split_len >= L) {
+        for (int r = threadIdx.x; r < NR; r += kDecodeWarps * 32)
+            part_ml[(int64_t)(h0 + r) * nsplit + s] = make_float2(-INFINITY, 0.0f);
+        return;  // the whole block: no barrier below is reached by anyone
+    }
 
     // q: fp32 pre-scaled by log2(e)/sqrt(D) for an fp16 K; for a quantized K its Q8_0 levels (exact
     // integers in fp32) with qd = d_q * the scale (formats.h quantize_block_q8_0's arithmetic per value).

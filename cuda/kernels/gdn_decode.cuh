@@ -22,6 +22,7 @@
 #pragma once
 
 #include "../compat.cuh"
+#include "../pdl.cuh"
 #include "gdn_common.cuh"
 #include "q8_act.cuh"
 #include "reduce.cuh"
@@ -54,6 +55,8 @@ __global__ void __launch_bounds__(kGdnDecodeWarps * 32)
                       const float* __restrict__ z, const float* __restrict__ norm_w, float* __restrict__ out, int nk,
                       int dk, int dv, float q_scale, float eps, int8_t* __restrict__ out_qs,
                       float2* __restrict__ out_ds, int rpp, unsigned* __restrict__ head_cnt) {
+    pq_grid_dependency_wait();  // PDL (pdl.cuh): first, before any global memory access
+    pq_launch_dependents();
     constexpr int RB = KPL >= 8 ? kGdnDecodeRows / 2 : kGdnDecodeRows;  // dk > 128: half the rows, no spills
     const int NW = blockDim.x / 32;
     PQ_DYN_SHARED(float, o_sh);  // [dv]: o before the norm

@@ -43,6 +43,7 @@
 #pragma once
 
 #include "../compat.cuh"
+#include "../pdl.cuh"
 #include "matvec_types.cuh"
 #include "q8_act.cuh"
 #include "reduce.cuh"
@@ -203,6 +204,8 @@ __global__ void __launch_bounds__(kQuantActBlock)
 // Grid: ceil(nrows / (kMmvWarps / wpr)) CTAs of kMmvThreads.
 template <class T, int NT, bool GLU>
 __global__ void __launch_bounds__(kMmvThreads) mmv_kernel(const MmvArgs args) {
+    pq_grid_dependency_wait();  // PDL (pdl.cuh): first, before any global memory access
+    pq_launch_dependents();
     using St = mv::Stage<T>;
     constexpr int NW = GLU ? 2 : 1;
     __shared__ uint4 stage[kMmvWarps][NW][St::kStagePieces];

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "../compat.cuh"
+#include "../pdl.cuh"
 #include "q8_act.cuh"
 #include "reduce.cuh"
 
@@ -19,6 +20,8 @@ template <int BLOCK>
 __global__ void __launch_bounds__(BLOCK)
     add_rms_norm_q8_kernel(float* __restrict__ x, const float* __restrict__ add, const float* __restrict__ w,
                            float* __restrict__ y, int8_t* __restrict__ qs, float2* __restrict__ ds, int K, float eps) {
+    pq_grid_dependency_wait();  // PDL (pdl.cuh): first, before any global memory access
+    pq_launch_dependents();
     const int64_t row = blockIdx.x;
     x += row * K;
     y += row * K;

@@ -18,6 +18,7 @@
 #pragma once
 
 #include "../compat.cuh"
+#include "../pdl.cuh"
 #include "../rope_table.h"
 #include "reduce.cuh"
 
@@ -52,7 +53,7 @@ __device__ __forceinline__ void rope_cos_sin(float pos, float fhi, float flo, fl
     sincosf(r, s, c);
 }
 
-// One warp per row: rows [0, n*H) are the q halves of qg (row stride 2*D), rows [n*H, n*(H+Hkv)) the k
+// One warp per row (positions pos0 + t, pos0 read from *pos_dev when that is given): rows [0, n*H) are the q halves of qg (row stride 2*D), rows [n*H, n*(H+Hkv)) the k
 // rows; the warp of k row (t, g) also appends k and v of (t, g) to the caches when they are given.
 // y = (x * rsqrt(mean(x^2) + eps)) * w (ggml order), then pairs (p, p + n_rot/2) are rotated by the same
 // lane. The sum of squares is a float tree (the reference sums in double: ~1 ulp apart).
@@ -62,7 +63,9 @@ __global__ void __launch_bounds__(kPrepWarps * 32)
     qk_norm_rope_kernel(float* __restrict__ qg, float* __restrict__ k, const float* __restrict__ v,
                         const float* __restrict__ q_norm, const float* __restrict__ k_norm,
                         uint8_t* __restrict__ k_cache, uint8_t* __restrict__ v_cache, KvLayout kv, int64_t pos0,
-                        int n, int H, int Hkv, int D, float eps, RopeFreqs freqs) {
+                        const int* __restrict__ pos_dev, int n, int H, int Hkv, int D, float eps, RopeFreqs freqs) {
+    pq_grid_dependency_wait();  // PDL (pdl.cuh): first, before any global memory access
+    pq_launch_dependents();
     const int lane = threadIdx.x % 32;
     const int64_t row = (int64_t)blockIdx.x * kPrepWarps + threadIdx.x / 32;
     const int64_t n_q = qg ? (int64_t)n * H : 0;  // no qg: the K/V rows alone (a cache catching up)
@@ -83,7 +86,9 @@ __global__ void __launch_bounds__(kPrepWarps * 32)
         x = k + r * D;  // r == t * Hkv + g
         w = k_norm;
     }
-    const int64_t pos = pos0 + t;
+    // pos_dev: the position lives in device memory (a decode graph replayed at every position reads it
+    // when it runs); otherwise the argument's
+    const int64_t pos = (pos_dev ? (int64_t)*pos_dev : pos0) + t;
 
     float ss = 0.0f;
     for (int i = lane; i < D; i += 32) ss += x[i] * x[i];

@@ -5,6 +5,7 @@
 #include "../kernels/attention_common.cuh"
 #include "../kernels/attention_decode.cuh"
 #include "../kernels/attention_prefill.cuh"
+#include "../kernels/decode_position.cuh"
 #include "../kernels/rope.cuh"
 #include "../ops_attention.h"
 
@@ -20,11 +21,11 @@ bool valid_heads(int H, int Hkv, int D) { return attention_heads_ok(H, Hkv, D); 
 
 template <int D, int NR>
 void launch_decode(const float* qg, const uint8_t* kc, const uint8_t* vc, const KvLayout& kv, float* po, float2* pml, int H, int Hkv,
-                   int64_t L, int64_t split_len, int nsplit, float q_scale, cudaStream_t stream) {
+                   int64_t L, const int32_t* dpos, int64_t split_len, int nsplit, float q_scale, cudaStream_t stream) {
     const dim3 grid(nsplit, Hkv * (H / Hkv / NR));
     auto* attn_decode_kernel_nr = attn_decode_kernel<D, NR>;
-    PQ_LAUNCH(attn_decode_kernel_nr, grid, kDecodeWarps * 32, (decode_smem_bytes<D, NR>()), stream, qg, kc, vc, kv, po, pml, H, Hkv, L,
-              split_len, q_scale);
+    PQ_LAUNCH_PDL(attn_decode_kernel_nr, grid, kDecodeWarps * 32, (decode_smem_bytes<D, NR>()), stream, qg, kc, vc, kv, po, pml, H, Hkv, L,
+              dpos, split_len, q_scale);
 }
 
 // Query heads per decode block: all G of a KV head when G is one of the instantiated counts, else the
@@ -37,14 +38,15 @@ int decode_heads_per_block(int G) {
 
 template <int D>
 void decode_dispatch(const float* qg, const uint8_t* kc, const uint8_t* vc, const KvLayout& kv, float* po, float2* pml, int H,
-                     int Hkv, int64_t L, int64_t split_len, int nsplit, float q_scale, cudaStream_t stream) {
+                     int Hkv, int64_t L, const int32_t* dpos, int64_t split_len, int nsplit, float q_scale,
+                     cudaStream_t stream) {
     switch (decode_heads_per_block(H / Hkv)) {
-        case 8: launch_decode<D, 8>(qg, kc, vc, kv, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
-        case 6: launch_decode<D, 6>(qg, kc, vc, kv, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
-        case 4: launch_decode<D, 4>(qg, kc, vc, kv, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
-        case 3: launch_decode<D, 3>(qg, kc, vc, kv, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
-        case 2: launch_decode<D, 2>(qg, kc, vc, kv, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
-        default: launch_decode<D, 1>(qg, kc, vc, kv, po, pml, H, Hkv, L, split_len, nsplit, q_scale, stream); break;
+        case 8: launch_decode<D, 8>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, stream); break;
+        case 6: launch_decode<D, 6>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, stream); break;
+        case 4: launch_decode<D, 4>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, stream); break;
+        case 3: launch_decode<D, 3>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, stream); break;
+        case 2: launch_decode<D, 2>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, stream); break;
+        default: launch_decode<D, 1>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, stream); break;
     }
 }
 
@@ -89,9 +91,13 @@ bool kv_ok(const KvCache& kv) { return kv_cache_type_ok(kv.k_type) && kv_cache_t
 
 }  // namespace
 
-cudaError_t attention_prepare(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
-                              const KvCache& kv, int64_t pos0, int64_t n, int H, int Hkv, int D,
-                              const RopeFreqs& rope, float eps, cudaStream_t stream) {
+namespace {
+
+// attention_prepare; dpos: the position pos0 names is read from device memory when the kernel runs
+// (pos0 only validates the call).
+cudaError_t prepare_impl(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
+                         const KvCache& kv, int64_t pos0, const int32_t* dpos, int64_t n, int H, int Hkv, int D,
+                         const RopeFreqs& rope, float eps, cudaStream_t stream) {
     if (n == 0) return cudaSuccess;
     if (n < 0 || pos0 < 0 || pos0 + n > kMaxCtx || !valid_heads(H, Hkv, D) || rope.n_rot < 0 || rope.n_rot > D ||
         !k || (qg && !q_norm) || !k_norm || (kv.v && !v) || (!qg && !kv.k) || !kv_ok(kv))
@@ -99,10 +105,31 @@ cudaError_t attention_prepare(float* qg, float* k, const float* v, const float* 
     const int64_t rows = n * ((qg ? H : 0) + Hkv);
     const int64_t blocks = cdiv(rows, kPrepWarps);
     if (blocks > INT_MAX) return cudaErrorInvalidValue;
-    PQ_LAUNCH(qk_norm_rope_kernel, (unsigned)blocks, kPrepWarps * 32, 0, stream, qg, k, v, q_norm, k_norm,
-              static_cast<uint8_t*>(kv.k), static_cast<uint8_t*>(kv.v), kv_layout(kv, Hkv, D), pos0, (int)n, H, Hkv,
-              D, eps, rope);
+    PQ_LAUNCH_PDL(qk_norm_rope_kernel, (unsigned)blocks, kPrepWarps * 32, 0, stream, qg, k, v, q_norm, k_norm,
+              static_cast<uint8_t*>(kv.k), static_cast<uint8_t*>(kv.v), kv_layout(kv, Hkv, D), pos0, dpos, (int)n, H,
+              Hkv, D, eps, rope);
     return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t attention_prepare(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
+                              const KvCache& kv, int64_t pos0, int64_t n, int H, int Hkv, int D,
+                              const RopeFreqs& rope, float eps, cudaStream_t stream) {
+    return prepare_impl(qg, k, v, q_norm, k_norm, kv, pos0, nullptr, n, H, Hkv, D, rope, eps, stream);
+}
+
+DecodeBucket decode_bucket(int64_t L, int64_t n_ctx) {
+    DecodeBucket b;
+    if (L < 1 || n_ctx < L) return b;
+    b.split_len = decode_split_len(L, AttentionTuning{});
+    const int64_t live = cdiv(L, b.split_len);
+    int64_t cap = 1;
+    while (cap < live) cap *= 2;
+    // never more splits than the longest L of the state needs (the scratch holds decode_split_bound(n_ctx))
+    const int64_t most = cdiv(n_ctx, b.split_len);
+    b.nsplit = (int)(cap < most ? cap : most);
+    return b;
 }
 
 namespace {
@@ -110,7 +137,8 @@ namespace {
 cudaError_t attention_impl(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
                            const KvCache& kv, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv, int D,
                            const RopeFreqs& rope, float eps, float* out, void* scratch, cudaStream_t stream,
-                           const AttentionTuning& tuning, int8_t* out_qs, float* out_ds) {
+                           const AttentionTuning& tuning, int8_t* out_qs, float* out_ds, bool bucketed = false,
+                           const int32_t* dpos = nullptr) {
     if (n == 0) return cudaSuccess;
     if (out_qs && (n != 1 || tuning.force_prefill || !out_ds || D % 32 != 0)) return cudaErrorInvalidValue;
     if (n < 0 || pos0 < 0 || n_ctx <= 0 || n_ctx > kMaxCtx || pos0 + n > n_ctx || !valid_heads(H, Hkv, D) || !v ||
@@ -122,13 +150,21 @@ cudaError_t attention_impl(float* qg, float* k, const float* v, const float* q_n
     const bool decode = n == 1 && !tuning.force_prefill;
     int64_t split_len = decode ? decode_split_len(L, tuning) : prefill_split_len(n, H, Hkv, L, tuning);
     if (split_len > round_up(L, 64)) split_len = round_up(L, 64);  // one split (keeps it an int)
-    const int64_t nsplit = cdiv(L, split_len);
+    int64_t nsplit = cdiv(L, split_len);
+    if (bucketed) {
+        // the grid of L's bucket: every L' of it has this split length and needs at most nsplit splits
+        // (one split covers the same keys in the same order whatever its length: no clamp needed)
+        if (!decode || tuning.decode_split > 0) return cudaErrorInvalidValue;
+        const DecodeBucket b = decode_bucket(L, n_ctx);
+        split_len = b.split_len;
+        nsplit = b.nsplit;
+    }
     const bool combine = decode || nsplit > 1;  // decode always goes through the partials
     if (nsplit > 65535 || (combine && !scratch) || (combine && n > 65535)) return cudaErrorInvalidValue;
     float* po = combine ? static_cast<float*>(scratch) : nullptr;
     float2* pml = combine ? reinterpret_cast<float2*>(po + n * H * nsplit * D) : nullptr;
 
-    cudaError_t e = attention_prepare(qg, k, v, q_norm, k_norm, kv, pos0, n, H, Hkv, D, rope, eps, stream);
+    cudaError_t e = prepare_impl(qg, k, v, q_norm, k_norm, kv, pos0, dpos, n, H, Hkv, D, rope, eps, stream);
     if (e != cudaSuccess) return e;
 
     const KvLayout lay = kv_layout(kv, Hkv, D);
@@ -138,7 +174,7 @@ cudaError_t attention_impl(float* qg, float* k, const float* v, const float* q_n
     if (decode) {
         auto* launch = D == 32 ? decode_dispatch<32> : D == 64 ? decode_dispatch<64>
                      : D == 128 ? decode_dispatch<128> : decode_dispatch<256>;
-        launch(qg, kc, vc, lay, po, pml, H, Hkv, L, split_len, (int)nsplit, scale_log2, stream);
+        launch(qg, kc, vc, lay, po, pml, H, Hkv, L, dpos, split_len, (int)nsplit, scale_log2, stream);
     } else {
         auto* launch = D == 32 ? launch_prefill<32> : D == 64 ? launch_prefill<64>
                      : D == 128 ? launch_prefill<128> : launch_prefill<256>;
@@ -148,7 +184,7 @@ cudaError_t attention_impl(float* qg, float* k, const float* v, const float* q_n
     }
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     if (combine) {
-        PQ_LAUNCH(attn_combine_kernel, dim3(H, (unsigned)n), D, 0, stream, po, pml, qg, out, H, D, (int)nsplit, out_qs,
+        PQ_LAUNCH_PDL(attn_combine_kernel, dim3(H, (unsigned)n), D, 0, stream, po, pml, qg, out, H, D, (int)nsplit, out_qs,
                   reinterpret_cast<float2*>(out_ds));
         return cudaGetLastError();
     }
@@ -171,6 +207,26 @@ cudaError_t attention_decode_q8(float* qg, float* k, const float* v, const float
                                 void* scratch, cudaStream_t stream) {
     return attention_impl(qg, k, v, q_norm, k_norm, kv, n_ctx, pos0, 1, H, Hkv, D, rope, eps, out, scratch, stream,
                           AttentionTuning{}, out_qs, out_ds);
+}
+
+cudaError_t attention_decode_graph(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
+                                   const KvCache& kv, int64_t n_ctx, int64_t pos, const int32_t* dpos, int H,
+                                   int Hkv, int D, const RopeFreqs& rope, float eps, float* out, int8_t* out_qs,
+                                   float* out_ds, void* scratch, cudaStream_t stream) {
+    return attention_impl(qg, k, v, q_norm, k_norm, kv, n_ctx, pos, 1, H, Hkv, D, rope, eps, out, scratch, stream,
+                          AttentionTuning{}, out_qs, out_ds, true, dpos);
+}
+
+cudaError_t decode_position_set(int32_t* pos, int64_t value, cudaStream_t stream) {
+    if (!pos || value < 0 || value >= kMaxCtx) return cudaErrorInvalidValue;
+    PQ_LAUNCH_PDL(decode_position_kernel, 1, 32, 0, stream, pos, (int)value, 0);
+    return cudaGetLastError();
+}
+
+cudaError_t decode_position_advance(int32_t* pos, cudaStream_t stream) {
+    if (!pos) return cudaErrorInvalidValue;
+    PQ_LAUNCH_PDL(decode_position_kernel, 1, 32, 0, stream, pos, 0, 1);
+    return cudaGetLastError();
 }
 
 cudaError_t attention(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,

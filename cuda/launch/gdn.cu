@@ -36,7 +36,7 @@ cudaError_t launch_decode(const float* y, const float* alpha, const float* b, co
     // parts per head (gdn_decode.cuh): only with the counters, and only when the parts are whole
     const int rpp = head_cnt && dv > kGdnDecodePartRows && dv % kGdnDecodePartRows == 0 ? kGdnDecodePartRows : dv;
     const dim3 grid((unsigned)nv, (unsigned)(dv / rpp));
-    PQ_LAUNCH(gdn_decode_kernel<KPL>, grid, 32 * gdn_decode_warps(rpp), sizeof(float) * dv, stream, y, alpha, b,
+    PQ_LAUNCH_PDL(gdn_decode_kernel<KPL>, grid, 32 * gdn_decode_warps(rpp), sizeof(float) * dv, stream, y, alpha, b,
               ssm_a, dt_bias, S, z, norm_w, out, nk, dk, dv, q_scale, eps, out_qs, out_ds, rpp, head_cnt);
     return cudaGetLastError();
 }

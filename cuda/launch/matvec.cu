@@ -51,7 +51,7 @@ int warps_per_row(int64_t N, int nchunks) {
 template <class T, int NT, bool GLU>
 cudaError_t launch_mmv_nt(const MmvArgs& a, int64_t grid, cudaStream_t stream) {
     auto* mmv_kernel_nt = mmv_kernel<T, NT, GLU>;  // the name the emulator's node ledger shows
-    PQ_LAUNCH(mmv_kernel_nt, (unsigned)grid, kMmvThreads, 0, stream, a);
+    PQ_LAUNCH_PDL(mmv_kernel_nt, (unsigned)grid, kMmvThreads, 0, stream, a);
     return cudaGetLastError();
 }
 

@@ -6,14 +6,24 @@
 // waits only where a result crosses back (logits, a token id) or a call must be synchronous (state
 // reset, restore).
 //
-// Decode steps (one token) are captured as a CUDA graph: the body (embedding .. LM head) is recorded by
-// stream capture and replayed with cudaGraphLaunch. Only the position changes between steps (the
-// attention launcher takes pos0 as a value), so each step re-records the body (host work only) and
-// patches the instantiated graph in place with cudaGraphExecUpdate -- no re-instantiation. That
-// re-recording for position p+1 is done right after step p is launched, while the GPU runs it, and two
-// executable graphs alternate so the one being patched is never the one in flight. The emulator has no
-// graphs: there (and with use_graphs = false) the same launches run directly, and its node ledger counts
-// what the graph would hold (graph_stats body_nodes).
+// Decode steps (one token) are replayed from CUDA graphs, recorded once per (state, bucket) and launched
+// with a single cudaGraphLaunch per token. A graph keeps its kernels' arguments as they were at the
+// capture, so nothing in the decode body takes the position by value: the attention layers read it from
+// a device-resident int that belongs to the graph's slot (ops_attention.h attention_decode_graph), and the
+// body's last node advances it by one, so the next replay runs at the next position with no host write
+// per token. The host sets that int with a launch of its own (decode_position_set: its value is the
+// argument at the call, never a pinned word the host later overwrites -- issue 10's bug 1) only when the
+// state's position is not what the slot's int holds: the first replay of a new recording (each slot has
+// its own int), after a prefill, a verification, a rollback, a restore, a reset, or when the slot served
+// another state. The split-K decode grid depends on the number of keys, so a graph is valid for a bucket
+// of positions (decode_bucket: a power-of-two number of splits of 128 keys; splits past the live keys
+// write neutral partials): a new recording when the position passes 129, 257, 513, ... keys, made for
+// the next step right after the step that reached the boundary was launched, while the GPU runs it. kGraphSlots executable graphs are kept (least recently
+// used replaced, never the one launched last), so a few states taking turns do not re-record. The
+// logits are bit-identical with the direct launches (tests/cuda/test_decode_graph_emu.py, where the
+// emulator's graphs replay the recorded arguments by value as CUDA does). The first decode step of a
+// model runs directly (it loads every kernel module before anything is captured), as does every step
+// with use_graphs = false.
 //
 // Chunks of <= 16 tokens (decode steps, verifications) take the decode path (run_layers_decode): each
 // distinct matmul input quantized once, residual adds folded into the next norm, projections of one
@@ -38,9 +48,6 @@
 
 #if defined(PQ_CUDA_EMU)
 #include "../emu/emu_control.h"  // node ledger: body_nodes
-#define PQ_MODEL_GRAPHS 0
-#else
-#define PQ_MODEL_GRAPHS 1
 #endif
 
 namespace pq::cuda {
@@ -109,19 +116,38 @@ struct Model::Buffers {
 };
 
 struct Model::GraphCache {
-#if PQ_MODEL_GRAPHS
+    using Key = GraphKey;
     struct Slot {
         cudaGraphExec_t exec = nullptr;
-        uint64_t state_id = 0, generation = 0;
-        int64_t pos = -1;
+        Key key;
+        int32_t* pos = nullptr;  // device: the position the graph's next replay runs at
+        int64_t pos_value = -1;  // what *pos holds once the queued work ran (-1: unknown)
+        uint64_t used = 0;       // last launch (least recently used is replaced)
     };
-    Slot slot[2];
-    int last = 1;  // slot launched most recently
+    static constexpr int kGraphSlots = 4;
+    Slot slot[kGraphSlots];
+    int last = -1;  // slot launched most recently (never re-recorded: it may still run)
+    uint64_t tick = 0;
+    int32_t* pos_arena = nullptr;  // the slots' positions, one allocation (made at the first replay)
     ~GraphCache() {
         for (auto& s : slot)
             if (s.exec) cudaGraphExecDestroy(s.exec);
+        if (pos_arena) cudaFree(pos_arena);
     }
-#endif
+    int find(const Key& k) const {
+        for (int i = 0; i < kGraphSlots; ++i)
+            if (slot[i].exec && slot[i].key == k) return i;
+        return -1;
+    }
+    int victim() const {
+        int v = -1;
+        for (int i = 0; i < kGraphSlots; ++i) {
+            if (i == last) continue;
+            if (!slot[i].exec) return i;
+            if (v < 0 || slot[i].used < slot[v].used) v = i;
+        }
+        return v;
+    }
     bool warm = false;  // a decode body already ran uncaptured (every kernel module is loaded: lazy loading)
 };
 
@@ -163,9 +189,7 @@ Model::Model(ModelConfig cfg, const HostTensors& tensors, ModelOptions opt, cons
     if (opt_.upload_chunk < (1u << 20)) opt_.upload_chunk = 1u << 20;
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     cur_ = stream_;
-#if PQ_MODEL_GRAPHS
     if (opt_.use_graphs) check(cudaStreamCreateWithFlags(&capture_stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-#endif
     try {
         upload(tensors, progress);
     } catch (...) {
@@ -312,7 +336,7 @@ void Model::ensure_workspace(int64_t n_ctx) {
     device_token_valid_ = false;  // and the previous decode choice was in the old token buffer
 }
 
-bool Model::graphs_enabled() const { return PQ_MODEL_GRAPHS && opt_.use_graphs; }
+bool Model::graphs_enabled() const { return opt_.use_graphs; }
 
 void Model::synchronize() {
     use_device();
@@ -583,7 +607,8 @@ void Model::run_layers(State& st, int64_t n, VerifyLog* log) {
             PQ_OP(matmul(L.attn_v.type, L.attn_v.data, E, Hkv * D, b.a, n, b.v, b.scratch, s));
             // A verification: one query at a time through the decode kernel (each sees the rows before it).
             const int64_t steps = log ? n : 1, per = log ? 1 : n;
-            for (int64_t t = 0; t < steps; ++t)
+            if (n == 1 && !log) PQ_OP(attention_one(st, slot, L, nullptr, nullptr));  // a decode step
+            else for (int64_t t = 0; t < steps; ++t)
                 PQ_OP(attention(b.qg + t * 2 * H * D, b.k + t * Hkv * D, b.v + t * Hkv * D, L.attn_q_norm.f32(),
                                 L.attn_k_norm.f32(), kv_cache(st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos + t,
                                 per, (int)H, (int)Hkv, (int)D, rope_, eps, b.ao + t * H * D, b.scratch, s));
@@ -720,12 +745,17 @@ void Model::run_layers_decode(State& st, int64_t n, VerifyLog* log, bool defer_l
                 const bool qo = any_q8({&L.attn_output});
                 auto* qs = static_cast<int8_t*>(q8);
                 auto* ds = reinterpret_cast<float*>(static_cast<char*>(q8) + q8_values_bytes(HD, n));
-                for (int64_t t = 0; t < n; ++t)
-                    PQ_OP(attention_decode_q8(b.qg + t * 2 * HD, b.k + t * Hkv * D, b.v + t * Hkv * D,
-                                              L.attn_q_norm.f32(), L.attn_k_norm.f32(),
-                                              kv_cache(st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos + t, (int)H,
-                                              (int)Hkv, (int)D, rope_, eps, b.ao + t * HD, qo ? qs + t * HD : nullptr,
-                                              qo ? ds + t * (HD / 32) * 2 : nullptr, b.scratch, s));
+                if (n == 1 && !log) {
+                    PQ_OP(attention_one(st, slot, L, qo ? qs : nullptr, qo ? ds : nullptr));  // a decode step
+                } else {
+                    for (int64_t t = 0; t < n; ++t)
+                        PQ_OP(attention_decode_q8(b.qg + t * 2 * HD, b.k + t * Hkv * D, b.v + t * Hkv * D,
+                                                  L.attn_q_norm.f32(), L.attn_k_norm.f32(),
+                                                  kv_cache(st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos + t,
+                                                  (int)H, (int)Hkv, (int)D, rope_, eps, b.ao + t * HD,
+                                                  qo ? qs + t * HD : nullptr, qo ? ds + t * (HD / 32) * 2 : nullptr,
+                                                  b.scratch, s));
+                }
             } else {
                 PQ_OP(attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(),
                                 kv_cache(st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos, n, (int)H, (int)Hkv, (int)D,
@@ -947,19 +977,61 @@ void Model::run_decode_body(State& st) {
         run_layers(st, 1);
         run_lm_head(0, 1);
     }
+    // a recorded body: its last node moves the slot's position to the next token (after every reader)
+    if (graph_pos_) PQ_OP(decode_position_advance(graph_pos_, cur_));
 #if defined(PQ_CUDA_EMU)
-    gstats_.body_nodes = (int64_t)(pq_emu::nodes_enqueued() - nodes0);
+    gstats_.body_nodes = (int64_t)(pq_emu::nodes_enqueued() - nodes0);  // 0 while capturing (record_slot counts)
 #endif
 }
 
-// Records the one-token body at st.pos into graph slot `i` (capture on the side stream: recording does
-// not execute anything, so it may overlap with the main stream's work), patching the slot's executable
-// graph in place when it has one (same topology: only kernel parameters such as the position differ).
-void Model::record_slot(int i, State& st) {
-#if PQ_MODEL_GRAPHS
-    GraphCache::Slot& sl = graph_->slot[i];
+namespace {
+bool g_stale_graph_position = false;  // test hook: the planted bug (set_decode_graph_stale_position)
+}  // namespace
+
+void set_decode_graph_stale_position(bool on) { g_stale_graph_position = on; }
+
+// The single-token attention of the decode body: in a recorded body at the slot's device-resident
+// position (the bucket's grid), else at st.pos by value.
+cudaError_t Model::attention_one(State& st, int slot, const Layer& L, int8_t* out_qs, float* out_ds) {
+    const ModelConfig& c = cfg_;
+    Buffers& b = *buf_;
+    const KvCache kv = kv_cache(st, st.k_[slot], st.v_[slot]);
+    const int H = (int)c.n_head, Hkv = (int)c.n_head_kv, D = (int)c.head_dim;
+    if (graph_pos_)
+        return attention_decode_graph(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos,
+                                      g_stale_graph_position ? nullptr : graph_pos_, H, Hkv, D, rope_, c.rms_eps, b.ao,
+                                      out_qs, out_ds, b.scratch, cur_);
+    if (!out_qs)
+        return attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos, 1, H, Hkv, D,
+                         rope_, c.rms_eps, b.ao, b.scratch, cur_);
+    return attention_decode_q8(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos, H, Hkv,
+                               D, rope_, c.rms_eps, b.ao, out_qs, out_ds, b.scratch, cur_);
+}
+
+Model::GraphKey Model::graph_key(const State& st) const {
+    GraphKey k;
+    k.state_id = st.id_;
+    k.generation = ws_generation_;
+    k.bucket = decode_bucket(st.pos + 1, st.n_ctx);
+    k.fused = decode_path(1);
+    k.stale = g_stale_graph_position;
+    return k;
+}
+
+// Records the one-token body of st (for its position's bucket) into graph slot `i` (capture on the side
+// stream: recording does not execute anything, so it may overlap with the main stream's work), patching
+// the slot's executable graph in place when the topology allows (cudaGraphExecUpdate), else
+// instantiating anew.
+void Model::record_slot(int i, State& st, const GraphKey& key) {
+    GraphCache& gc = *graph_;
+    if (!gc.pos_arena) {
+        check(cudaMalloc(&gc.pos_arena, sizeof(int32_t) * GraphCache::kGraphSlots), "cudaMalloc (graph positions)");
+        for (int j = 0; j < GraphCache::kGraphSlots; ++j) gc.slot[j].pos = gc.pos_arena + j;
+    }
+    GraphCache::Slot& sl = gc.slot[i];
     cudaGraph_t g = nullptr;
     cur_ = capture_stream_;
+    graph_pos_ = sl.pos;
     check(cudaStreamBeginCapture(cur_, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
     try {
         run_decode_body(st);
@@ -968,9 +1040,11 @@ void Model::record_slot(int i, State& st) {
         if (g) cudaGraphDestroy(g);
         cudaGetLastError();
         cur_ = stream_;
+        graph_pos_ = nullptr;
         throw;
     }
     cur_ = stream_;
+    graph_pos_ = nullptr;
     check(cudaStreamEndCapture(capture_stream_, &g), "cudaStreamEndCapture");
     ++gstats_.captures;
     size_t n_nodes = 0;
@@ -993,19 +1067,13 @@ void Model::record_slot(int i, State& st) {
         if (e != cudaSuccess) {
             cudaGraphDestroy(g);
             sl.exec = nullptr;
-            sl.state_id = 0;
+            sl.key = GraphKey{};
             fail_cuda(e, "cudaGraphInstantiate");
         }
         ++gstats_.instantiations;
     }
     cudaGraphDestroy(g);
-    sl.state_id = st.id_;
-    sl.pos = st.pos;
-    sl.generation = ws_generation_;
-#else
-    (void)i;
-    (void)st;
-#endif
+    sl.key = key;
 }
 
 // Runs the one-token body at st.pos (token id already in buf_->tokens[0]) -- replayed from a graph when
@@ -1020,40 +1088,42 @@ void Model::launch_decode_body(State& st) {
         ++gstats_.direct;
         return;
     }
-#if PQ_MODEL_GRAPHS
-    int use = -1;
-    for (int i = 0; i < 2; ++i) {
-        const GraphCache::Slot& sl = gc.slot[i];
-        if (sl.exec && sl.state_id == st.id_ && sl.pos == st.pos && sl.generation == ws_generation_) use = i;
-    }
+    const GraphKey key = graph_key(st);
+    int use = gc.find(key);
     if (use < 0) {
-        use = 1 - gc.last;  // never patch the executable graph that may still be running
-        record_slot(use, st);
+        use = gc.victim();
+        record_slot(use, st, key);
     }
-    check(cudaGraphLaunch(gc.slot[use].exec, stream_), "cudaGraphLaunch");
+    GraphCache::Slot& sl = gc.slot[use];
+    if (sl.pos_value != st.pos) {
+        // the slot's position is not this state's (a prefill, verification, rollback, restore or another
+        // state came between): set it, by value at this call
+        sl.pos_value = -1;
+        PQ_OP(decode_position_set(sl.pos, st.pos, stream_));
+        ++gstats_.pos_sets;
+    }
+    sl.pos_value = -1;
+    check(cudaGraphLaunch(sl.exec, stream_), "cudaGraphLaunch");
+    sl.pos_value = st.pos + 1;  // the body's last node advanced it
+    sl.used = ++gc.tick;
     gc.last = use;
     ++gstats_.launches;
-#endif
 }
 
-// After a one-token step was enqueued and st.pos advanced: record the step at the new position into the
-// idle slot while the GPU works, so the next step only launches.
+// After a one-token step was enqueued and st.pos advanced: when the next step needs a graph that no slot
+// holds (its position crossed into a new bucket), record it now while the GPU works, so that step only
+// launches.
 void Model::prepare_next(State& st) {
-#if PQ_MODEL_GRAPHS
     GraphCache& gc = *graph_;
     if (!graphs_enabled() || !gc.warm || st.pos >= st.n_ctx) return;
-    const int idle = 1 - gc.last;
-    const GraphCache::Slot& sl = gc.slot[idle];
-    if (sl.exec && sl.state_id == st.id_ && sl.pos == st.pos && sl.generation == ws_generation_) return;
+    const GraphKey key = graph_key(st);
+    if (gc.find(key) >= 0) return;
     try {
-        record_slot(idle, st);
+        record_slot(gc.victim(), st, key);
     } catch (...) {
         cudaStreamSynchronize(stream_);
         throw;
     }
-#else
-    (void)st;
-#endif
 }
 
 void Model::begin_forward(State& st, const int32_t* tokens, int64_t n, bool verify) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../host_api.h"
+#include "../ops_attention.h"  // DecodeBucket (a decode graph's key)
 #include "../ops_sampling.h"
 #include "../plan/workspace_sizes.h"
 #include "../rope_table.h"
@@ -128,6 +129,11 @@ using ProgressFn = std::function<void(size_t done, size_t total)>;
 // can show the two give the same bits.
 void set_decode_fusion(bool on);
 
+// Test hook, the planted bug of tests/cuda/test_decode_graph_emu.py: true makes recorded decode bodies
+// pass the capture-time position by value to the attention (instead of reading the device-resident one),
+// so every replay at another position of the bucket attends with a stale position.
+void set_decode_graph_stale_position(bool on);
+
 class Model {
 public:
     // Uploads every weight (chunked, through pinned staging buffers); progress(done, total) after each chunk.
@@ -180,11 +186,13 @@ public:
     std::unique_ptr<Snapshot> snapshot(const State& st, bool with_kv);
     void restore(State& st, const Snapshot& s);
 
-    // Graph statistics (tests and benchmarks): captures, whole instantiations, in-place updates, replays.
+    // Graph statistics (tests and benchmarks): captures (one per state and bucket of positions, not per
+    // token), whole instantiations, in-place updates, replays.
     // body_nodes: kernels + copies of the last decode body (the graph's node count: cudaGraphGetNodes on a
     // GPU, the emulator's node ledger there) -- what issue 10's launches-per-token figure counts.
     struct GraphStats {
         int64_t captures = 0, instantiations = 0, updates = 0, launches = 0, direct = 0, body_nodes = 0;
+        int64_t pos_sets = 0;  // launches that set a graph slot's device-resident position from the host
     };
     GraphStats graph_stats() const { return gstats_; }
     bool graphs_enabled() const;
@@ -235,8 +243,22 @@ private:
     void drop_verify_log(const State& st);  // forget a pending verification of st
     void run_decode_body(State& st);  // run_layers(st, 1) + LM head of that row
     void launch_decode_body(State& st);
-    void record_slot(int slot, State& st);
+    // What a recorded decode body depends on besides the device-resident position.
+    struct GraphKey {
+        uint64_t state_id = 0, generation = 0;  // the state's buffers, the model's (ws_generation_)
+        DecodeBucket bucket;                    // the attention grid (decode_bucket of pos + 1)
+        bool fused = false;                     // decode_path(1): the fused launches or the op-by-op ones
+        bool stale = false;                     // the planted-bug hook (set_decode_graph_stale_position)
+        bool operator==(const GraphKey& o) const {
+            return state_id == o.state_id && generation == o.generation && bucket == o.bucket && fused == o.fused &&
+                   stale == o.stale;
+        }
+    };
+    GraphKey graph_key(const State& st) const;
+    void record_slot(int slot, State& st, const GraphKey& key);
     void prepare_next(State& st);
+    // the attention of a one-token step (graph_pos_: in a recording, at the device-resident position)
+    cudaError_t attention_one(State& st, int slot, const Layer& L, int8_t* out_qs, float* out_ds);
 
     ModelConfig cfg_;
     ModelOptions opt_;
@@ -261,6 +283,7 @@ private:
     std::unique_ptr<VerifyLog> vlog_;  // the last verification (one per model), allocated on first use
 
     std::unique_ptr<GraphCache> graph_;
+    int32_t* graph_pos_ = nullptr;  // while recording a decode body: the slot's device-resident position
     GraphStats gstats_;
 };
 

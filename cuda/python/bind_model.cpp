@@ -123,6 +123,7 @@ void bind_model(py::module_& m) {
                                    d["launches"] = g.launches;
                                    d["direct"] = g.direct;
                                    d["body_nodes"] = g.body_nodes;
+                                   d["pos_sets"] = g.pos_sets;
                                    return d;
                                })
         .def(
@@ -262,6 +263,8 @@ void bind_model(py::module_& m) {
 void bind_model_testing(py::module_& m) {
     m.def("_set_decode_fusion", &pq::cuda::set_decode_fusion, py::arg("on"),
           "Test hook: False runs decode steps and verifications op by op (the path before the fused launches).");
+    m.def("_set_decode_graph_stale_position", &pq::cuda::set_decode_graph_stale_position, py::arg("on"),
+          "Test hook, a planted bug: True makes recorded decode graphs take the capture-time position by value.");
     m.def(
         "sample_logits",
         [](const F32Array& logits, float temperature, int top_k, float top_p, float min_p, uint64_t seed,

@@ -260,6 +260,11 @@ __global__ void add_one_kernel(int* p, int n) {
     if (i < n) p[i] += 1;
 }
 
+// Thread 0 stores v (a by-value argument: what a graph replays is the value at the capture).
+__global__ void store_kernel(int* p, int v) {
+    if (threadIdx.x == 0) *p = v;
+}
+
 // Reads element n of an n-element buffer (planted out-of-bounds read; memcheck must catch it).
 __global__ void oob_read_kernel(const float* p, int n, float* out) {
     if (threadIdx.x == 3) out[0] = p[n + 1024];
@@ -551,6 +556,74 @@ std::vector<int> event_rerecord() {
     cudaStreamDestroy(a);
     cudaStreamDestroy(b);
     return {h[1], h[2]};
+}
+
+std::vector<int> graph_semantics() {
+    std::vector<int> r;
+    cudaStream_t s;
+    cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    int* d = dev_alloc<int>(2);
+    int* pinned = nullptr;
+    cudaMallocHost(reinterpret_cast<void**>(&pinned), sizeof(int));
+    int v = 5, pageable = 0;
+    *pinned = 1;
+    auto capture = [&](int value, bool extra) {
+        cudaGraph_t g = nullptr;
+        cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed);
+        PQ_LAUNCH(store_kernel, 1, 32, 0, s, d, value);
+        cudaMemcpyAsync(d + 1, pinned, sizeof(int), cudaMemcpyHostToDevice, s);
+        if (extra) PQ_LAUNCH(add_one_kernel, 1, 32, 0, s, d, 1);
+        cudaStreamEndCapture(s, &g);
+        return g;
+    };
+    cudaGraph_t g = capture(v, false);
+    int peek = 0;
+    std::memcpy(&peek, d, sizeof peek);  // emulator only (device memory is host memory): untouched (0xff)
+    r.push_back(peek);
+    size_t n = 0;
+    cudaGraphGetNodes(g, nullptr, &n);
+    r.push_back((int)n);
+    cudaGraphExec_t exec = nullptr;
+    cudaGraphInstantiate(&exec, g, 0);
+    cudaGraphDestroy(g);
+    v = 7;        // the kernel node keeps 5
+    *pinned = 11;  // the copy node reads the pinned word when it runs
+    cudaGraphLaunch(exec, s);
+    cudaStreamSynchronize(s);
+    int got[2];
+    cudaMemcpy(got, d, sizeof got, cudaMemcpyDeviceToHost);
+    r.push_back(got[0]);
+    r.push_back(got[1]);
+    // in-place update with a graph of the same topology: the new arguments
+    g = capture(9, false);
+    cudaGraphExecUpdateResultInfo info;
+    r.push_back((int)cudaGraphExecUpdate(exec, g, &info));
+    cudaGraphDestroy(g);
+    cudaGraphLaunch(exec, s);
+    cudaStreamSynchronize(s);
+    cudaMemcpy(got, d, sizeof got, cudaMemcpyDeviceToHost);
+    r.push_back(got[0]);
+    // another topology (one more node): refused, the executable graph unchanged
+    g = capture(3, true);
+    r.push_back((int)cudaGraphExecUpdate(exec, g, &info));
+    r.push_back((int)info.result);
+    cudaGetLastError();
+    cudaGraphDestroy(g);
+    cudaGraphLaunch(exec, s);
+    cudaStreamSynchronize(s);
+    cudaMemcpy(got, d, sizeof got, cudaMemcpyDeviceToHost);
+    r.push_back(got[0]);
+    // a copy from pageable memory cannot be captured
+    cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed);
+    r.push_back((int)cudaMemcpyAsync(d, &pageable, sizeof(int), cudaMemcpyHostToDevice, s));
+    cudaStreamEndCapture(s, &g);
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError();
+    cudaGraphExecDestroy(exec);
+    cudaFreeHost(pinned);
+    cudaFree(d);
+    cudaStreamDestroy(s);
+    return r;
 }
 
 void oob_read() {

@@ -70,4 +70,11 @@ std::vector<int> event_pipeline(int mode);
 // {value b copied after a's first fill (1), after a's second (2)}; a never-recorded event does not wait.
 std::vector<int> event_rerecord();
 
+// CUDA graphs: {device word after the capture (-1: nothing ran), nodes captured (2), the kernel node's
+// by-value argument after replay (5, the host changed it to 7), the copy node's pinned source (11, written
+// after the capture), cudaGraphExecUpdate with the same topology (0), the updated argument (9), the update
+// with one node more (910, cudaErrorGraphExecUpdateFailure), its result (2, topology changed), the
+// argument after the refused update (9), a captured copy from pageable memory (900, unsupported)}.
+std::vector<int> graph_semantics();
+
 }  // namespace PQ_SELFTEST_NS

@@ -61,6 +61,7 @@ PYBIND11_MODULE(pq_emu_selftest, m) {
     m.def("stream_order", [] { return selftest::stream_order(); });
     m.def("event_pipeline", [](int mode) { return selftest::event_pipeline(mode); });
     m.def("event_rerecord", [] { return selftest::event_rerecord(); });
+    m.def("graph_semantics", [] { return selftest::graph_semantics(); });
     m.def("rc_write_write", &selftest::rc_write_write);
     m.def("rc_warp_exchange", [](bool sync) { return arr(selftest::rc_warp_exchange(sync)); });
     m.def("rc_warp_exchange_nosync", [] { return arr(selftest::rc_warp_exchange(false)); });

@@ -171,6 +171,27 @@ def test_decode(ops, H, Hkv, D, pos0, split):
     run_and_check(ops, case, n_rot=min(D, 64), decode_split=split)
 
 
+@pytest.mark.parametrize("H,Hkv,D,pos0,graph_pos", [
+    (24, 4, 256, 299, 260),  # the model's heads; 257..512 keys: a grid of 4 splits, 3 live, 1 neutral
+    (6, 1, 64, 130, 128),    # 129..256 keys: 2 splits, both live
+    (6, 1, 32, 40, 3),       # one split
+])
+def test_decode_graph_reads_the_position_from_device(ops, H, Hkv, D, pos0, graph_pos):
+    """attention_decode_graph (what a recorded decode graph replays): launched for graph_pos, with pos0 in
+    device memory -- bit-identical with the by-value decode at pos0 (output, roped q/k, cache rows), and
+    checked against the C++ reference like every decode case. The grid is graph_pos's bucket; splits past
+    the live keys write neutral partials."""
+    case = make_case(1, H, Hkv, D, pos0, n_ctx=600)
+    n_rot = min(D, 64)
+    direct = ops.attention(**case, n_rot=n_rot, rope_base=1e4, eps=1e-6)
+    graphed = ops.attention(**case, n_rot=n_rot, rope_base=1e4, eps=1e-6, graph_pos=graph_pos)
+    for a, b in zip(direct, graphed):
+        assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+    run_and_check(ops, case, n_rot=n_rot, base=1e4)
+    with pytest.raises(ValueError):  # another bucket: the launch's grid would not cover pos0's keys
+        ops.attention(**case, n_rot=n_rot, rope_base=1e4, eps=1e-6, graph_pos=100 if pos0 > 200 else 300)
+
+
 def test_decode_sharp_softmax(ops):
     """Large scores (q x 8): one key dominates; online softmax across chunks, warps and splits."""
     case = make_case(1, 6, 1, 64, 333, seed=3, q_gain=8.0)

@@ -92,7 +92,9 @@ def core(emu_ops, q4km):
     from pyqwen.cuda_backend import CudaCore
     from pyqwen.gguf_file import GGUFFile
 
-    return CudaCore.from_gguf(GGUFFile.open(q4km), 64, n_batch=32, module=emu_ops, progress=False)
+    # direct launches: body_nodes is then the ledger's count of one body (a recorded graph adds its
+    # position node: tests/cuda/test_decode_graph_emu.py)
+    return CudaCore.from_gguf(GGUFFile.open(q4km), 64, n_batch=32, module=emu_ops, progress=False, use_graphs=False)
 
 
 def ledger_diff(emu_ops, fn):

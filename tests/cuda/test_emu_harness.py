@@ -236,6 +236,15 @@ def test_event_wait_takes_the_record_at_the_call(selftest):
     assert selftest.event_rerecord() == [1, 2]
 
 
+def test_graph_capture_replays_arguments_by_value(selftest):
+    """CUDA graphs (cuda/emu/emu_graph.h): nothing runs at capture; a replay sees the kernel arguments of
+    the capture (by value) and reads a pinned copy source when it runs; cudaGraphExecUpdate patches the
+    arguments of a graph of the same topology and refuses another one; pageable copies cannot be
+    captured."""
+    r = list(selftest.graph_semantics())
+    assert r == [-1, 2, 5, 11, 0, 9, 910, 2, 9, 900], r
+
+
 def test_no_leaked_allocations(selftest):
     selftest.block_sum(np.ones(10, np.float32))
     assert selftest.live_allocations() == 0

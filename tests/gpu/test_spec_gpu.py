@@ -1,6 +1,6 @@
 """Speculative decoding on a real GPU: the emulated scenarios of tests/cuda/test_spec_emu.py, run against
-pyqwen._cuda with CUDA graphs on (decode graphs re-recorded when a verification or a rollback moved the
-position; the exact checks -- verification rows = one-token steps, verify + rollback = feeding the kept
+pyqwen._cuda with CUDA graphs on (a decode graph's device-resident position set again when a verification
+or a rollback moved the position; the exact checks -- verification rows = one-token steps, verify + rollback = feeding the kept
 tokens, greedy speculative tokens = plain decoding -- must hold there as well). The CPU-comparison bounds
 are the emulator's observed errors with margin; a real GPU (FMA contraction, fast exp) may need its own,
 which the first run on a card tells. Skipped without pyqwen._cuda or a device."""
