@@ -5,6 +5,7 @@
 #include <memory>
 #include <mutex>
 
+#include "emu_graph.h"  // is_capturing: events inside a capture are not modelled
 #include "emu_runtime.h"
 
 namespace {
@@ -54,6 +55,9 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
 
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     if (!event) return cudaErrorInvalidResourceHandle;
+    // Captured events become cross-stream graph edges on a GPU; the emulated graphs record one stream's
+    // chain only (emu_graph.h), so a capture that uses events is refused rather than replayed wrongly.
+    if (pq_emu::is_capturing(stream)) return cudaErrorStreamCaptureUnsupported;
     std::shared_ptr<EventState> st = event->st;
     uint64_t n;
     {
@@ -71,6 +75,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
     if (!event) return cudaErrorInvalidResourceHandle;
     if (flags != 0) return cudaErrorInvalidValue;
+    if (pq_emu::is_capturing(stream)) return cudaErrorStreamCaptureUnsupported;  // see cudaEventRecord
     std::shared_ptr<EventState> st = event->st;
     uint64_t n;
     cudaStream_t producer;

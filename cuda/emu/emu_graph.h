@@ -16,7 +16,8 @@
 //   - Errors CUDA reports during capture: capturing the legacy stream, beginning twice, ending a stream
 //     that is not capturing, a copy from or to pageable host memory (the runtime would have to stage or
 //     wait on it), cudaStreamSynchronize of a capturing stream.
-// Not modelled: capture dependencies across streams (events), graph topology other than a chain (one
+// Not modelled: capture dependencies across streams (an event recorded or waited on in a capturing stream
+// is refused with cudaErrorStreamCaptureUnsupported, emu_events.cpp), graph topology other than a chain (one
 // stream records one chain), capture modes (global / thread-local restrictions), conditional nodes.
 #pragma once
 
