@@ -104,10 +104,14 @@ class Drafter:
         greedy = self._sampler.params.greedy
         # greedy drafts on a device-sampling backend: the argmax is taken where the logits are
         on_device = greedy and self.cfg.p_min == 0.0 and bool(getattr(self._seq, "device_sampling", False))
+        n = min(self.cfg.draft, limit)
+        if greedy and self.cfg.p_min == 0.0 and not on_device and getattr(self._seq, "fused_greedy_spec", False):
+            # the whole greedy chain in one core call (the same argmax of each draft's logits as below)
+            return "mtp", self._seq.mtp_draft_greedy(token, n), None
         drafts: list[int] = []
         qs: list | None = None if greedy else []
         tok = token
-        for _ in range(min(self.cfg.draft, limit)):
+        for _ in range(n):
             if on_device:
                 drafts.append(int(self._seq.mtp_draft(tok, argmax=True)))
                 tok = drafts[-1]
