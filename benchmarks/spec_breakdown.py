@@ -177,10 +177,9 @@ def main() -> int:
                    else "- | -")
             print(f"| {name} | {path} | {1e3 * statistics.median(per_tok):.3f} | {statistics.median(ratio):.2f} | {cpu} | "
                   f"{tpv:.2f} | {' | '.join(cols)} | {step} | {rst} |")
-        off_step = sum(best[(pi, modes[0])][2].get("step", 0.0) for pi in range(len(ps)))
-        off_n = sum(best[(pi, modes[0])][3].generated_tokens - 1 for pi in range(len(ps)))
-        print(f"\noff: one plain step's forward {1e3 * off_step / max(off_n, 1):.3f} ms of "
-              f"{1e3 * statistics.median(base):.3f} ms per token")
+        step = statistics.median(b[2].get("step", 0.0) / max(b[3].generated_tokens - 1, 1) for b in off)
+        print(f"\noff: the forward of a plain step {1e3 * step:.3f} ms of {1e3 * statistics.median(base):.3f} ms "
+              f"per token (medians over the prompts)")
     return 0
 
 
