@@ -10,6 +10,8 @@ the mean tokens per verification, and a check that every output equals plain dec
 
     python benchmarks/spec_decode.py [-m MODEL.gguf] [--prompts 4] [--gen 128] [--threads 2] [--peer-llama-cpp]
 
+(benchmarks/spec_breakdown.py splits the time of each verification into its parts, fused and generic path.)
+
 With --peer-llama-cpp, llama.cpp (llama-cpp-python) decodes the same prompts on the same file in the same
 loop, plainly and with its prompt-lookup decoding (LlamaPromptLookupDecoding, 8 drafted tokens), and the
 tables gain its rows and pyqwen's ratio to it. (Its MTP drafting is not reachable from the Python binding.)

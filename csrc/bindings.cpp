@@ -121,6 +121,35 @@ PYBIND11_MODULE(_core, m) {
             "Feed tokens (the last sampled one, then the drafts) as one batch and return the logits of every "
             "one [n, n_vocab]; rollback(state, n_keep) then keeps a prefix of them.")
         .def(
+            "verify_greedy",
+            [](PyModel& pm, State& st, const std::vector<int32_t>& tokens) {
+                int32_t next = -1;
+                int64_t n_acc;
+                {
+                    py::gil_scoped_release release;
+                    std::lock_guard<std::mutex> lock(pm.mu);
+                    n_acc = pm.model->verify_greedy(st, tokens.data(), (int64_t)tokens.size(), &next);
+                }
+                return py::make_tuple(n_acc, next);
+            },
+            py::arg("state"), py::arg("tokens"),
+            "Greedy verification in one call: verify tokens (the last sampled one, then the drafts) and accept "
+            "the drafts equal to the model's argmax; returns (n_acc, next token), no logits. rollback(state, "
+            "n_keep) follows as after verify.")
+        .def(
+            "mtp_draft_greedy",
+            [](PyModel& pm, State& st, int32_t token, int64_t k) {
+                std::vector<int32_t> out((size_t)std::max<int64_t>(k, 0));
+                {
+                    py::gil_scoped_release release;
+                    std::lock_guard<std::mutex> lock(pm.mu);
+                    pm.model->mtp_draft_greedy(st, token, k, out.data());
+                }
+                return out;
+            },
+            py::arg("state"), py::arg("token"), py::arg("k"),
+            "k chained greedy MTP drafts after `token` (each the argmax of mtp_draft's logits); their ids.")
+        .def(
             "mtp_draft",
             [](PyModel& pm, State& st, int32_t token) {
                 py::array_t<float> out(pm.model->config().n_vocab);

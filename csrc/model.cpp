@@ -195,8 +195,12 @@ void Model::forward_batch(State& st, const int32_t* tokens, int64_t n, float* ou
     std::vector<float> x(n * E), a(n * E), tmp(n * E);
     for (int64_t t = 0; t < n; ++t) tensor_row_to_float(w_.token_embd, tokens[t], x.data() + t * E);
     if (verify) {
-        st.verify.conv0 = st.conv;
-        st.verify.ssm0 = st.ssm;
+        // The log takes the SSM states before the batch by a swap, not a copy: each DeltaNet layer then
+        // copies its heads back into st.ssm right where its delta rule reads them (gdn_layer).
+        VerifyLog& lg = st.verify;
+        lg.conv0 = st.conv;
+        if (lg.ssm0.size() != st.ssm.size()) lg.ssm0 = st.ssm;  // first verification: give it the shapes
+        lg.ssm0.swap(st.ssm);
     }
 
     for (int il = 0; il < cfg_.n_layer; ++il) {
@@ -256,10 +260,11 @@ void Model::rollback(State& st, int64_t n_keep) const {
         const int64_t C = c.conv_channels(), K = c.ssm_conv, nk = c.ssm_k_heads, nv = c.ssm_v_heads;
         const int64_t dk = c.ssm_k_dim, dv = c.ssm_v_dim, Dk = nk * dk;
         const float q_scale = 1.0f / std::sqrt((float)dk);
+        // The SSM: back to the states before the batch (a swap with the log: one rollback per verification,
+        // so the log's copy is not needed after this), then the kept tokens' updates, replayed with the
+        // kernel and inputs of the batch, so the floats are those of feeding only these tokens.
+        st.ssm.swap(lg.ssm0);
         for (size_t rl = 0; rl < st.ssm.size(); ++rl) {
-            // The SSM: back to the state before the batch, then the kept tokens' updates, replayed with
-            // the kernel and inputs of the batch, so the floats are those of feeding only these tokens.
-            st.ssm[rl] = lg.ssm0[rl];
             const float* y = lg.y[rl].data();
             const float* gb = lg.gb[rl].data();
             float* S_all = st.ssm[rl].data();
@@ -287,6 +292,53 @@ void Model::rollback(State& st, int64_t n_keep) const {
         std::copy(lg.hidden.begin() + (n_keep - 1) * E, lg.hidden.begin() + n_keep * E, st.mtp_h.begin());
     st.draft_pos = -1;
     lg.pos0 = -1;
+}
+
+// np.argmax's answer on a float32 row: the first maximum, or the first NaN if there is one (so the fused
+// greedy step picks exactly the token the host path's Sampler would).
+static int32_t argmax_row(const float* x, int64_t n) {
+    int64_t best = 0;
+    float bv = x[0];
+    if (std::isnan(bv)) return 0;
+    for (int64_t i = 1; i < n; ++i) {
+        const float v = x[i];
+        if (v > bv) {
+            bv = v;
+            best = i;
+        } else if (std::isnan(v)) {
+            return (int32_t)i;
+        }
+    }
+    return (int32_t)best;
+}
+
+int64_t Model::verify_greedy(State& st, const int32_t* tokens, int64_t n, int32_t* next) {
+    if (n <= 0) throw std::invalid_argument("no tokens to process");
+    if (n > kMaxVerifyTokens)
+        throw std::invalid_argument("a verification feeds at most " + std::to_string(kMaxVerifyTokens) + " tokens");
+    const int64_t V = cfg_.n_vocab;
+    st.spec_rows.resize((size_t)(n * V));
+    forward(st, tokens, n, st.spec_rows.data(), true, n, true);
+    // Row i judges draft tokens[i + 1]; the first disagreement ends the run (its argmax is the correction).
+    int64_t n_acc = 0;
+    int32_t best = argmax_row(st.spec_rows.data(), V);
+    while (n_acc < n - 1 && best == tokens[n_acc + 1]) {
+        ++n_acc;
+        best = argmax_row(st.spec_rows.data() + n_acc * V, V);
+    }
+    *next = best;
+    return n_acc;
+}
+
+void Model::mtp_draft_greedy(State& st, int32_t token, int64_t k, int32_t* out) {
+    if (k < 0 || k >= kMaxVerifyTokens)
+        throw std::invalid_argument("a draft chain is 0.." + std::to_string(kMaxVerifyTokens - 1) + " tokens long");
+    const int64_t V = cfg_.n_vocab;
+    st.spec_rows.resize(std::max(st.spec_rows.size(), (size_t)V));
+    for (int64_t i = 0; i < k; ++i) {
+        mtp_draft(st, token, st.spec_rows.data());
+        token = out[i] = argmax_row(st.spec_rows.data(), V);
+    }
 }
 
 void Model::mtp_block(State& st, const float* h, const int32_t* tok, int64_t n, int64_t pos0, float* hidden_out,
@@ -410,9 +462,13 @@ void Model::gdn_layer(const LayerWeights& L, int rl, State& st, const float* a, 
     // one-token steps.
     static_assert(kGdnChunkMinTokens > kMaxVerifyTokens, "verify batches must keep the token loop");
     const bool chunked = !verify && gdn_use_chunked(n);
+    // A verification swapped the states before the batch into its log (forward_batch): each head starts
+    // from its copy there.
+    const float* S0 = verify ? lg.ssm0[rl].data() : nullptr;
     pool_.parallel_for(nv, [&](int64_t h0, int64_t h1, int) {
         for (int64_t h = h0; h < h1; ++h) {
             const int64_t kh = h % nk;  // tiled V -> QK head map of llama.cpp's GGUF
+            if (S0) std::memcpy(S_all + h * dv * dk, S0 + h * dv * dk, (size_t)(dv * dk) * sizeof(float));
             (chunked ? delta_rule_chunked_fn : simd_kernels().delta_rule)(
                 y.data() + kh * dk, y.data() + Dk + kh * dk, y.data() + 2 * Dk + h * dv, C, C, C, al.data() + h,
                 b.data() + h, nv, S_all + h * dv * dk, dk, dv, n, q_scale, o.data() + h * dv, Dv);

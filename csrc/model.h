@@ -59,6 +59,7 @@ struct State {
     // every forward, rollback and restore.
     int64_t draft_pos = -1;
     std::vector<float> draft_h;
+    std::vector<float> spec_rows;            // verify_greedy / mtp_draft_greedy: their logits rows (reused)
 
     VerifyLog verify;                        // the last forward with verify=true, until rollback or forward
 
@@ -99,6 +100,17 @@ public:
     // After a verify forward of n tokens: the state as if only its first n_keep (1..n) had been fed,
     // bit-identical to feeding them (the DeltaNet updates of the kept tokens are replayed from the log).
     void rollback(State& st, int64_t n_keep) const;
+
+    // The greedy speculative verification in one call (no penalties: the logits' own argmax decides):
+    // verify tokens (the last sampled token, then n - 1 drafts) as one batch and accept the longest prefix
+    // of drafts that each equal the main model's argmax after the tokens before them; no logits leave.
+    // Returns n_acc; *next = the argmax after tokens[0..n_acc] (the correction at the first disagreement,
+    // or the bonus token). rollback(st, n_keep) follows, as after verify (the caller may keep fewer than
+    // n_acc + 1: a stop string or an end-of-generation token inside the accepted run).
+    int64_t verify_greedy(State& st, const int32_t* tokens, int64_t n, int32_t* next);
+
+    // k chained greedy MTP draft steps after `token` (mtp_draft + argmax each); their ids into out[k].
+    void mtp_draft_greedy(State& st, int32_t token, int64_t k, int32_t* out);
 
     // One MTP draft step: the draft logits [n_vocab] for the token after `token`. The first call after a
     // forward pairs `token` (the one sampled from the forward's last logits, not fed yet) with the hidden

@@ -29,6 +29,10 @@ Speculative decoding (pyqwen.speculative), where `speculation` is True:
 - mtp_draft(state, token, argmax=False) -> [n_vocab]   one MTP draft step (chained until the next
                                                 forward/verify); argmax=True: only the argmax (an int)
 - eval_mtp(tokens) -> [n - 1, n_vocab]          the MTP's draft logits over a fresh sequence
+Optional (the CPU core; the generation loop's fast path for greedy decoding without penalties):
+- verify_greedy(state, tokens) -> (n_acc, next)  verify and accept by argmax in one call (no logits cross);
+                                                rollback follows as after verify
+- mtp_draft_greedy(state, token, k) -> [k ids]   k chained greedy MTP drafts in one call
 """
 
 from __future__ import annotations
@@ -126,6 +130,12 @@ class CpuCore(CoreAdapter):
         seed = params.seed if params.seed is not None else 0x5eed
         sampler.rng = np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, counter])
         return sampler.sample(logits)
+
+    def verify_greedy(self, state, tokens) -> tuple[int, int]:
+        return self._m.verify_greedy(state, tokens)
+
+    def mtp_draft_greedy(self, state, token: int, k: int) -> list[int]:
+        return self._m.mtp_draft_greedy(state, int(token), int(k))
 
     def __getattr__(self, name: str):
         # Anything else the C++ class offers (introspection, timings) stays reachable.

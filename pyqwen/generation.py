@@ -154,6 +154,14 @@ class Sequence(Protocol):
 
     def mtp_draft(self, token: int, argmax: bool = False): ...  # one MTP draft step; its logits (argmax)
 
+    # optional, where `fused_greedy_spec` is True (the CPU core): a greedy step's verify + acceptance in one
+    # call, and a chain of greedy MTP drafts in one call (pyqwen.Model.verify_greedy / mtp_draft_greedy)
+    fused_greedy_spec: bool
+
+    def verify_greedy(self, tokens: list[int]) -> tuple[int, int]: ...  # verify(); (n_acc, next) by argmax
+
+    def mtp_draft_greedy(self, token: int, k: int) -> list[int]: ...
+
 
 class StateSequence:
     """A state fed straight through a pyqwen.Model (no bookkeeping)."""
@@ -180,6 +188,16 @@ class StateSequence:
 
     def mtp_draft(self, token, argmax=False):
         return self._model.mtp_draft(self.state, token, argmax=argmax)
+
+    @property
+    def fused_greedy_spec(self):
+        return bool(getattr(self._model, "fused_greedy_spec", False))
+
+    def verify_greedy(self, tokens):
+        return self._model.verify_greedy(self.state, tokens)
+
+    def mtp_draft_greedy(self, token, k):
+        return self._model.mtp_draft_greedy(self.state, token, k)
 
 
 class Generation:
@@ -215,6 +233,12 @@ class Generation:
         # no logits cross to the host; the tokens are the same as the host path's.
         self._greedy_device = (self._spec is not None and bool(seq.device_sampling) and
                                self._device_params is not None and self._device_params.greedy and logprobs is None)
+        # Greedy speculation with nothing host-only on a backend that fuses the step (the CPU core): one
+        # call verifies and accepts by argmax, so no logits rows cross to Python (pyqwen.speculative.accept's
+        # greedy rule, with no penalties, is exactly that argmax comparison).
+        self._fused = (self._spec is not None and not self._greedy_device and sampler.params.greedy and
+                       not sampler.uses_history and logprobs is None and
+                       bool(getattr(seq, "fused_greedy_spec", False)))
         if self._spec is not None:
             stats.spec = self._spec.mode
         self._prompt_ids = prompt_ids
@@ -321,6 +345,12 @@ class Generation:
                     logits = self._seq.step(tok)
                     self.fed_tokens.append(tok)
                     chosen = [(sample(logits, history), logits)]
+                    continue
+                if self._fused:
+                    self._verified = [tok] + drafts
+                    n_acc, nxt = self._seq.verify_greedy(self._verified)
+                    self.stats.count_verify(len(drafts), n_acc)
+                    chosen = [(d, None) for d in drafts[:n_acc]] + [(nxt, None)]
                     continue
                 if self._greedy_device:
                     self._verified = [tok] + drafts

@@ -299,6 +299,24 @@ class Model:
         """After verify(): the state as if only the first n_keep tokens had been fed (bit-identical)."""
         self._core.rollback(state, n_keep)
 
+    @property
+    def fused_greedy_spec(self) -> bool:
+        """Whether the backend runs a greedy speculative step in one call (verify_greedy, mtp_draft_greedy)."""
+        return hasattr(type(self._core), "verify_greedy")
+
+    def verify_greedy(self, state, tokens: Sequence[int]) -> tuple[int, int]:
+        """verify() and greedy acceptance in one core call (no penalties: each row's argmax judges the next
+        draft; no logits cross to Python): returns (n_acc, next), `next` the model's token after
+        tokens[:n_acc + 1]. Follow with rollback(state, n_keep) as after verify()."""
+        tokens = [int(t) for t in tokens]
+        if state.pos + len(tokens) > state.n_ctx:
+            raise ContextOverflowError(f"{state.pos} tokens in context + {len(tokens)} new exceed n_ctx {state.n_ctx}")
+        return self._core.verify_greedy(state, tokens)
+
+    def mtp_draft_greedy(self, state, token: int, k: int) -> list[int]:
+        """k chained MTP draft steps after `token`, each the argmax of mtp_draft's logits, in one core call."""
+        return self._core.mtp_draft_greedy(state, int(token), int(k))
+
     def mtp_draft(self, state, token: int, argmax: bool = False):
         """One MTP draft step: logits [n_vocab] of the token after `token` (see pyqwen.backend), or with
         argmax=True only their argmax (an int)."""

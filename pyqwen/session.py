@@ -201,6 +201,16 @@ class Turn:
     def mtp_draft(self, token: int, argmax: bool = False):
         return self.cache.model.mtp_draft(self.session.state, token, argmax=argmax)
 
+    @property
+    def fused_greedy_spec(self) -> bool:
+        return bool(getattr(self.cache.model, "fused_greedy_spec", False))
+
+    def verify_greedy(self, tokens: list[int]) -> tuple[int, int]:
+        return self.cache._verify_greedy(self.session, tokens)
+
+    def mtp_draft_greedy(self, token: int, k: int) -> list[int]:
+        return self.cache.model.mtp_draft_greedy(self.session.state, token, k)
+
     def generate(self, sampler, max_tokens: int, eog_ids: set[int], stop: list[str], stream_decoder,
                  logprobs: int | None = None, spec: str | None = None, draft: int | None = None,
                  grammar=None) -> Generation:
@@ -515,6 +525,19 @@ class SessionCache:
         s.tokens.extend(int(t) for t in toks)
         s.verify_len = len(toks)
         return out
+
+    def _verify_greedy(self, s: Session, toks: list[int]) -> tuple[int, int]:
+        """The fused greedy verification (Model.verify_greedy), recorded as _verify records its batch."""
+        try:
+            n_acc, nxt = self.model.verify_greedy(s.state, toks)
+        except ContextOverflowError:
+            raise
+        except BaseException:
+            self._invalidate(s)
+            raise
+        s.tokens.extend(int(t) for t in toks)
+        s.verify_len = len(toks)
+        return n_acc, nxt
 
     def _rollback(self, s: Session, n_keep: int) -> None:
         n = s.verify_len

@@ -26,7 +26,8 @@ class SpecConfig:
     mode: str = "auto"
     draft: int = 2               # MTP draft length k: the best of the 27B projection (benchmarks/verify_cost.py:
                                  # CPU 1.6x at k=2, 4090/5090 1.76x at 2, 1.8x at 3), where a verification
-                                 # streams the weights once; on the tiny demo model no k pays (spec_decode.py)
+                                 # streams the weights once; on the tiny demo model, whose verification is
+                                 # arithmetic-bound, only k=1 pays a little (benchmarks/spec_breakdown.py)
     lookup_draft: int = 8        # up to this many tokens from a lookup match (one verify checks them all)
     lookup_min_match: int = 3    # auto: an n-gram match this long makes lookup the drafter
     p_min: float = 0.0           # MTP: stop the chain once the draft's own top probability falls below
@@ -104,10 +105,14 @@ class Drafter:
         greedy = self._sampler.params.greedy
         # greedy drafts on a device-sampling backend: the argmax is taken where the logits are
         on_device = greedy and self.cfg.p_min == 0.0 and bool(getattr(self._seq, "device_sampling", False))
+        n = min(self.cfg.draft, limit)
+        if greedy and self.cfg.p_min == 0.0 and not on_device and getattr(self._seq, "fused_greedy_spec", False):
+            # the whole greedy chain in one core call (the same argmax of each draft's logits as below)
+            return "mtp", self._seq.mtp_draft_greedy(token, n), None
         drafts: list[int] = []
         qs: list | None = None if greedy else []
         tok = token
-        for _ in range(min(self.cfg.draft, limit)):
+        for _ in range(n):
             if on_device:
                 drafts.append(int(self._seq.mtp_draft(tok, argmax=True)))
                 tok = drafts[-1]
