@@ -515,8 +515,17 @@ class SessionCache:
 
     def _verify(self, s: Session, toks: list[int], argmax: bool = False):
         """Feed a speculative verification batch (recorded; _rollback trims it to what was accepted)."""
+        return self._recorded_verify(s, toks, lambda: self.model.verify(s.state, toks, argmax=argmax))
+
+    def _verify_greedy(self, s: Session, toks: list[int]) -> tuple[int, int]:
+        """The fused greedy verification (Model.verify_greedy), recorded as _verify records its batch."""
+        return self._recorded_verify(s, toks, lambda: self.model.verify_greedy(s.state, toks))
+
+    def _recorded_verify(self, s: Session, toks: list[int], run):
+        # A context overflow is refused before anything is fed (the state is intact); any other failure
+        # leaves the state unknown, so the session is dropped.
         try:
-            out = self.model.verify(s.state, toks, argmax=argmax)
+            out = run()
         except ContextOverflowError:
             raise
         except BaseException:
@@ -525,19 +534,6 @@ class SessionCache:
         s.tokens.extend(int(t) for t in toks)
         s.verify_len = len(toks)
         return out
-
-    def _verify_greedy(self, s: Session, toks: list[int]) -> tuple[int, int]:
-        """The fused greedy verification (Model.verify_greedy), recorded as _verify records its batch."""
-        try:
-            n_acc, nxt = self.model.verify_greedy(s.state, toks)
-        except ContextOverflowError:
-            raise
-        except BaseException:
-            self._invalidate(s)
-            raise
-        s.tokens.extend(int(t) for t in toks)
-        s.verify_len = len(toks)
-        return n_acc, nxt
 
     def _rollback(self, s: Session, n_keep: int) -> None:
         n = s.verify_len

@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "qgemm.h"
+#include "simd/avx2_util.h"
 #include "simd/qgemm_glue.h"
 
 namespace pq {
@@ -339,7 +340,6 @@ void q4_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
 // Q6_K: levels u (0..63) from ql/qh as in simd/quants_avx2.cpp, value (u - 32) * scale of its 16 values.
 template <int NT>
 void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
     const __m512i off = _mm512_set1_epi16(32);
     __m256 sums[NT];
     for (int t = 0; t < NT; ++t) sums[t] = _mm256_setzero_ps();
@@ -356,15 +356,8 @@ void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
             const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h));
             const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * h + 32));
             const __m256i qh = _mm256_loadu_si256((const __m256i*)(qhb + 32 * h));
-            const __m256i u[4] = {
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(ql1, m4),
-                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4)),
-            };
+            __m256i u[4];
+            q6k_quarters(ql0, ql1, qh, u);
             for (int k = 0; k < 4; ++k) {
                 const int sb = 8 * h + 2 * k;  // the two 16-value groups of this quarter
                 const __m512i s = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(scales[sb]),
@@ -391,22 +384,14 @@ void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
 void pack16_k(int type, const void* block, PackedW16* o) {
     const uint8_t* b = (const uint8_t*)block;
     if (type == T_Q6_K) {
-        const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
         const __m512i off = _mm512_set1_epi16(32);
         const int8_t* scales = (const int8_t*)(b + 192);
         for (int h = 0; h < 2; ++h) {
             const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(b + 64 * h));
             const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(b + 64 * h + 32));
             const __m256i qh = _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * h));
-            const __m256i u[4] = {
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(ql1, m4),
-                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4)),
-            };
+            __m256i u[4];
+            q6k_quarters(ql0, ql1, qh, u);
             for (int k = 0; k < 4; ++k) {
                 const int sb = 8 * h + 2 * k;
                 const __m512i sc = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(scales[sb]),

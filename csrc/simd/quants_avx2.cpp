@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include "quants_internal.h"
+#include "simd/avx2_util.h"
 
 namespace pq {
 namespace qi {
@@ -81,22 +82,15 @@ void q5_k_lanes(const block_q5_K& b, const int8_t* q8, const uint8_t* sc, int32_
 }
 
 void q6_k_lanes(const block_q6_K& b, const int8_t* q8, int32_t* lane) {
-    const __m256i shuf = lane_pairs(), m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+    const __m256i shuf = lane_pairs();
     const __m256i ones = _mm256_set1_epi8(1);
     __m256i acc = _mm256_setzero_si256();
     for (int h = 0; h < 2; ++h) {
         const __m256i ql0 = load32(b.ql + 64 * h), ql1 = load32(b.ql + 64 * h + 32);
         const __m256i qh = load32(b.qh + 32 * h);
         // The four 32-value quarters of this 128-value half (layout as q6_k_levels in quants_q6k.cpp).
-        const __m256i u[4] = {
-            _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
-            _mm256_or_si256(_mm256_and_si256(ql1, m4),
-                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4)),
-        };
+        __m256i u[4];
+        q6k_quarters(ql0, ql1, qh, u);
         for (int k = 0; k < 4; ++k) {
             // Levels are stored +32 (unsigned for maddubs); subtract 32*q8 per pair in int16. Both
             // terms are exact (|pu| <= 16128, |32*p1| <= 8192) and the difference, a pair sum of
