@@ -346,18 +346,11 @@ class Generation:
                     self.fed_tokens.append(tok)
                     chosen = [(sample(logits, history), logits)]
                     continue
-                if self._fused:
+                if self._fused or self._greedy_device:
                     self._verified = [tok] + drafts
-                    n_acc, nxt = self._seq.verify_greedy(self._verified)
+                    n_acc, nxt = self._verify_by_argmax(self._verified)
                     self.stats.count_verify(len(drafts), n_acc)
                     chosen = [(d, None) for d in drafts[:n_acc]] + [(nxt, None)]
-                    continue
-                if self._greedy_device:
-                    self._verified = [tok] + drafts
-                    ids = self._seq.verify([tok] + drafts, argmax=True)
-                    n_acc = next((i for i, d in enumerate(drafts) if int(ids[i]) != d), len(drafts))
-                    self.stats.count_verify(len(drafts), n_acc)
-                    chosen = [(d, None) for d in drafts[:n_acc]] + [(int(ids[n_acc]), None)]
                     continue
                 rows = self._seq.verify([tok] + drafts)
                 self._verified = [tok] + drafts
@@ -377,6 +370,16 @@ class Generation:
             self.stats.decode_seconds = time.perf_counter() - t_dec
             if self.finish_reason is None:  # cancelled or failed: report what the caller saw
                 self.text = self._full[:self._yielded]
+
+    def _verify_by_argmax(self, tokens: list[int]) -> tuple[int, int]:
+        """Greedy verification where no logits row crosses to Python: (n_acc, next) -- the drafts
+        tokens[1:] kept while each equals the argmax after the tokens before it, then that argmax."""
+        if self._fused:
+            return self._seq.verify_greedy(tokens)
+        ids = self._seq.verify(tokens, argmax=True)  # each row's argmax, computed on the device
+        drafts = tokens[1:]
+        n_acc = next((i for i, d in enumerate(drafts) if int(ids[i]) != d), len(drafts))
+        return n_acc, int(ids[n_acc])
 
     def _accept(self, rows, drafts: list[int], q, history: list[int]) -> tuple[int, int]:
         """How many drafts the main model accepts and its own next token (pyqwen.speculative.accept)."""

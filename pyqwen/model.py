@@ -309,8 +309,7 @@ class Model:
         draft; no logits cross to Python): returns (n_acc, next), `next` the model's token after
         tokens[:n_acc + 1]. Follow with rollback(state, n_keep) as after verify()."""
         tokens = [int(t) for t in tokens]
-        if state.pos + len(tokens) > state.n_ctx:
-            raise ContextOverflowError(f"{state.pos} tokens in context + {len(tokens)} new exceed n_ctx {state.n_ctx}")
+        self._check_room(state, len(tokens))
         return self._core.verify_greedy(state, tokens)
 
     def mtp_draft_greedy(self, state, token: int, k: int) -> list[int]:
@@ -344,9 +343,13 @@ class Model:
             raise ValueError("tokens must be a non-empty 1-D sequence")
         if tokens.min() < 0 or tokens.max() >= self.n_vocab:
             raise ValueError(f"token ids must be in [0, {self.n_vocab})")
-        if state.pos + tokens.size > state.n_ctx:
-            raise ContextOverflowError(f"{state.pos} tokens in context + {tokens.size} new exceed n_ctx {state.n_ctx}")
+        self._check_room(state, tokens.size)
         return tokens.astype(np.int32)
+
+    @staticmethod
+    def _check_room(state, n: int) -> None:
+        if state.pos + n > state.n_ctx:
+            raise ContextOverflowError(f"{state.pos} tokens in context + {n} new exceed n_ctx {state.n_ctx}")
 
     def forward(self, state, tokens: Sequence[int], logits: str = "last", progress=None):
         """Feed tokens into state; returns logits ('last' [n_vocab], 'all' [n, n_vocab]) or None.
