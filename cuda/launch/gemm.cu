@@ -115,29 +115,21 @@ cudaError_t gemm_prefill_n(const PrefillWeight* ws, int n_ws, int64_t K, int64_t
     const int64_t rows = prefill_tile_rows(K, N);
     int64_t n_tiles = 0;  // over all weights: one pipeline, so the next weight's first tile overlaps too
     for (int j = 0; j < n_ws; ++j) n_tiles += ws[j].type == pq::T_F16 ? 0 : (N + rows - 1) / rows;
-    if (!g_overlap || n_tiles <= 1) {  // serial: one whole-matrix tile, or the test hook's reference order
-        for (int j = 0; j < n_ws; ++j) {
-            if (ws[j].type == pq::T_F16) {
-                const cudaError_t e = product(static_cast<const uint16_t*>(ws[j].W), N, ws[j].y);
-                if (e != cudaSuccess) return e;
-                continue;
-            }
-            for (int64_t r0 = 0; r0 < N; r0 += rows) {
-                const int64_t nr = N - r0 < rows ? N - r0 : rows;
-                cudaError_t e = dequant_rows_f16(ws[j].type, ws[j].W, K, r0, nr, tile[0], stream);
-                if (e == cudaSuccess) e = product(tile[0], nr, ws[j].y + r0);
-                if (e != cudaSuccess) return e;
-            }
-        }
-        return cudaSuccess;
+    // Serial (one whole-matrix tile, or the test hook's reference order): every tile dequantized into
+    // tile[0] on the caller's stream, no events. Overlapped: the side stream and the event handshake.
+    const bool ov = g_overlap && n_tiles > 1;
+    std::unique_lock<std::mutex> lock(g_overlap_mu, std::defer_lock);
+    cudaError_t e = cudaSuccess;
+    cudaStream_t dq = stream;  // where tiles are dequantized: the side stream when overlapped
+    if (ov) {
+        lock.lock();
+        e = make_overlap();
+        if (e != cudaSuccess) return e;
+        dq = g_ov.side;
+        e = cudaEventRecord(g_ov.start, stream);
+        if (e == cudaSuccess) e = cudaStreamWaitEvent(dq, g_ov.start, 0);
     }
-    std::lock_guard<std::mutex> lock(g_overlap_mu);
-    cudaError_t e = make_overlap();
-    if (e != cudaSuccess) return e;
-    const cudaStream_t side = g_ov.side;
-    e = cudaEventRecord(g_ov.start, stream);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(side, g_ov.start, 0);
-    int64_t i = 0;  // tile number over the whole pipeline; buffer i % 2
+    int64_t i = 0;  // tile number over the whole pipeline; buffer i % 2 when overlapped
     for (int j = 0; j < n_ws && e == cudaSuccess; ++j) {
         if (ws[j].type == pq::T_F16) {  // F16 weights multiply as they are, in order on the caller's stream
             e = product(static_cast<const uint16_t*>(ws[j].W), N, ws[j].y);
@@ -145,18 +137,19 @@ cudaError_t gemm_prefill_n(const PrefillWeight* ws, int n_ws, int64_t K, int64_t
         }
         for (int64_t r0 = 0; e == cudaSuccess && r0 < N; r0 += rows, ++i) {
             const int64_t nr = N - r0 < rows ? N - r0 : rows;
-            const int b = (int)(i & 1);
-            if (i >= 2 && g_overlap_fault != 2) e = cudaStreamWaitEvent(side, g_ov.freed[b], 0);  // GEMM i-2 read it
-            if (e == cudaSuccess) e = dequant_rows_f16(ws[j].type, ws[j].W, K, r0, nr, tile[b], side);
-            if (e == cudaSuccess) e = cudaEventRecord(g_ov.ready[b], side);
-            if (e == cudaSuccess && g_overlap_fault != 1) e = cudaStreamWaitEvent(stream, g_ov.ready[b], 0);
+            const int b = ov ? (int)(i & 1) : 0;
+            if (ov && i >= 2 && g_overlap_fault != 2) e = cudaStreamWaitEvent(dq, g_ov.freed[b], 0);  // GEMM i-2 read it
+            if (e == cudaSuccess) e = dequant_rows_f16(ws[j].type, ws[j].W, K, r0, nr, tile[b], dq);
+            if (ov && e == cudaSuccess) e = cudaEventRecord(g_ov.ready[b], dq);
+            if (ov && e == cudaSuccess && g_overlap_fault != 1) e = cudaStreamWaitEvent(stream, g_ov.ready[b], 0);
             if (e == cudaSuccess) e = product(tile[b], nr, ws[j].y + r0);
-            if (e == cudaSuccess) e = cudaEventRecord(g_ov.freed[b], stream);
+            if (ov && e == cudaSuccess) e = cudaEventRecord(g_ov.freed[b], stream);
         }
     }
+    if (!ov) return e;
     // Join, also after an error: nothing queued on the side stream may outlive the call unordered (the
     // scratch is reused by the next op; a graph capture must end on the caller's stream).
-    const cudaError_t jn = cudaEventRecord(g_ov.joined, side);
+    const cudaError_t jn = cudaEventRecord(g_ov.joined, dq);
     const cudaError_t w = jn == cudaSuccess ? cudaStreamWaitEvent(stream, g_ov.joined, 0) : jn;
     return e != cudaSuccess ? e : w;
 }
