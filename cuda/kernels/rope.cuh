@@ -53,8 +53,9 @@ __device__ __forceinline__ void rope_cos_sin(float pos, float fhi, float flo, fl
     sincosf(r, s, c);
 }
 
-// One warp per row (positions pos0 + t, pos0 read from *pos_dev when that is given): rows [0, n*H) are the q halves of qg (row stride 2*D), rows [n*H, n*(H+Hkv)) the k
-// rows; the warp of k row (t, g) also appends k and v of (t, g) to the caches when they are given.
+// One warp per row (positions pos0 + t, pos0 read from *pos_dev when that is given): rows [0, n*H) are
+// the q halves of qg (row stride 2*D), rows [n*H, n*(H+Hkv)) the k rows; the warp of k row (t, g) also
+// appends k and v of (t, g) to the caches when they are given.
 // y = (x * rsqrt(mean(x^2) + eps)) * w (ggml order), then pairs (p, p + n_rot/2) are rotated by the same
 // lane. The sum of squares is a float tree (the reference sums in double: ~1 ulp apart).
 constexpr int kPrepWarps = 4;

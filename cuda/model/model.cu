@@ -18,8 +18,9 @@
 // another state. The split-K decode grid depends on the number of keys, so a graph is valid for a bucket
 // of positions (decode_bucket: a power-of-two number of splits of 128 keys; splits past the live keys
 // write neutral partials): a new recording when the position passes 129, 257, 513, ... keys, made for
-// the next step right after the step that reached the boundary was launched, while the GPU runs it. kGraphSlots executable graphs are kept (least recently
-// used replaced, never the one launched last), so a few states taking turns do not re-record. The
+// the next step right after the step that reached the boundary was launched, while the GPU runs it.
+// kGraphSlots executable graphs are kept (least recently used replaced, never the one launched last), so
+// a few states taking turns do not re-record. The
 // logits are bit-identical with the direct launches (tests/cuda/test_decode_graph_emu.py, where the
 // emulator's graphs replay the recorded arguments by value as CUDA does). The first decode step of a
 // model runs directly (it loads every kernel module before anything is captured), as does every step
@@ -1095,14 +1096,14 @@ void Model::launch_decode_body(State& st) {
         record_slot(use, st, key);
     }
     GraphCache::Slot& sl = gc.slot[use];
-    if (sl.pos_value != st.pos) {
+    const bool pos_known = sl.pos_value == st.pos;
+    sl.pos_value = -1;  // unknown until the launch below is queued (a throw on the way leaves it so)
+    if (!pos_known) {
         // the slot's position is not this state's (a prefill, verification, rollback, restore or another
         // state came between): set it, by value at this call
-        sl.pos_value = -1;
         PQ_OP(decode_position_set(sl.pos, st.pos, stream_));
         ++gstats_.pos_sets;
     }
-    sl.pos_value = -1;
     check(cudaGraphLaunch(sl.exec, stream_), "cudaGraphLaunch");
     sl.pos_value = st.pos + 1;  // the body's last node advanced it
     sl.used = ++gc.tick;
