@@ -35,6 +35,22 @@ struct Vec8 {
         s = _mm_add_ss(s, _mm_movehdup_ps(s));
         return _mm_cvtss_f32(s);
     }
+    static void hsum4(V a0, V a1, V a2, V a3, float* out) {
+        out[0] = hsum(a0);
+        out[1] = hsum(a1);
+        out[2] = hsum(a2);
+        out[3] = hsum(a3);
+    }
+    static float hmax(V v) {
+        __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_max_ss(s, _mm_movehdup_ps(s));
+        return _mm_cvtss_f32(s);
+    }
+    // Lane i: base + i.
+    static V iota(int base) { return _mm256_add_ps(_mm256_set1_ps((float)base), _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7)); }
+    // Lane-wise idx < lim ? a : b.
+    static V select_lt(V idx, V lim, V a, V b) { return _mm256_blendv_ps(b, a, _mm256_cmp_ps(idx, lim, _CMP_LT_OQ)); }
 };
 
 }  // namespace

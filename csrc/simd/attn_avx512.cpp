@@ -40,6 +40,26 @@ struct Vec16 {
         s = _mm_add_ss(s, _mm_movehdup_ps(s));
         return _mm_cvtss_f32(s);
     }
+    // hsum of four vectors at once, out[0..3]: per vector the same tree as hsum (256-bit halves, then
+    // 128-bit quarters, then lanes (0+2)+(1+3)), with the shuffles shared by the four.
+    static void hsum4(V a0, V a1, V a2, V a3, float* out) {
+        // quarters of a0/a1: [a0.q0+a0.q2, a0.q1+a0.q3, a1.q0+a1.q2, a1.q1+a1.q3]; a2/a3 alike
+        const V t01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
+        const V t23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
+        // quarter c: (q0+q2)+(q1+q3) of a_c
+        const V u = _mm512_add_ps(_mm512_shuffle_f32x4(t01, t23, 0x88), _mm512_shuffle_f32x4(t01, t23, 0xDD));
+        const V v = _mm512_add_ps(u, _mm512_permute_ps(u, 0x4E));  // lanes (0+2), (1+3) of each quarter
+        const V w = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));  // lane 0: (0+2)+(1+3)
+        _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), w)));
+    }
+    static float hmax(V v) { return _mm512_reduce_max_ps(v); }
+    // Lane i: base + i.
+    static V iota(int base) {
+        return _mm512_add_ps(_mm512_set1_ps((float)base),
+                             _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    }
+    // Lane-wise idx < lim ? a : b.
+    static V select_lt(V idx, V lim, V a, V b) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(idx, lim, _CMP_LT_OQ), b, a); }
 };
 
 }  // namespace

@@ -11,9 +11,9 @@
 // M x keys exists.
 //
 // A row's result depends only on its own query, its own n_keys and the cache: tiles start at fixed key
-// positions, each score is its own FMA chain over d reduced in a fixed tree, the exponentials are
-// lane-wise, the running sums go key by key, and the output accumulators are per (row, d), whichever
-// rows share a register block. So a verification batch equals one-token steps bit for bit. It is not
+// positions, each score is its own FMA chain over d reduced in a fixed tree, the softmax step works on
+// the row's own tile slots (lanes past its keys masked), and the output accumulators are per (row, d),
+// whichever rows share a register block. So a verification batch equals one-token steps bit for bit. It is not
 // bit-identical to attention_head (the spec): the dot order and the online rescaling round differently
 // (tests/test_kv_quant.py bounds the difference).
 #pragma once
@@ -49,7 +49,10 @@ inline typename Vec::V flash_exp(typename Vec::V x) {
     return Vec::mul(y, Vec::pow2i(fx));
 }
 
-// S[r * kTile + c] = q_r . k_c for R rows x C keys of the tile (floats, D a multiple of the lanes).
+// S[r * kTile + c] = q_r . k_c for R rows x C keys of the tile (floats, D a multiple of the lanes). Each
+// score is one FMA chain per lane over d, then the lanes in Vec's fixed tree: Vec::hsum for one key,
+// Vec::hsum4 for four at once (the same tree per key, so a key's score does not depend on whether it
+// was reduced alone or in a group of four, i.e. on which other rows share the register block).
 template <class Vec, int R, int C>
 inline void flash_scores_block(const float* const* q, const float* kf, int64_t D, float* S) {
     using V = typename Vec::V;
@@ -64,8 +67,11 @@ inline void flash_scores_block(const float* const* q, const float* kf, int64_t D
             for (int c = 0; c < C; ++c) acc[r][c] = Vec::fmadd(qv, kv[c], acc[r][c]);
         }
     }
-    for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) S[r * kTile + c] = Vec::hsum(acc[r][c]);
+    for (int r = 0; r < R; ++r) {
+        if constexpr (C == 4) Vec::hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], S + r * kTile);
+        else
+            for (int c = 0; c < C; ++c) S[r * kTile + c] = Vec::hsum(acc[r][c]);
+    }
 }
 
 template <class Vec, int R>
@@ -119,29 +125,36 @@ inline void flash_widen(const uint8_t* src, size_t stride, int64_t nk, int64_t D
 }
 
 // The online softmax step of row i over the tile's scores Sr[0, nk) (the row's own keys: [0, own)):
-// scales them, updates mx[i] and l[i], leaves the weights in Sr (0 past own), returns exp(m_old - m_new).
+// scales them, updates mx[i] and l[i], leaves the weights in Sr over the whole tile (0 past own),
+// returns exp(m_old - m_new). Vectorised over the tile's kTile slots: lanes past own (whatever they
+// held, Sr past nk is stale) are masked to -inf before the max and to 0 after the exponential, so the
+// row's weights, and its sum (lanes added vector by vector, then Vec::hsum), are those of the row alone.
 template <class Vec>
-inline float flash_softmax_step(float* Sr, int64_t nk, int64_t own, float scale, float& mx, float& l) {
+inline float flash_softmax_step(float* Sr, int64_t own, float scale, float& mx, float& l) {
     using V = typename Vec::V;
-    float m_new = mx;
-    for (int64_t c = 0; c < own; ++c) {
-        Sr[c] *= scale;
-        m_new = std::max(m_new, Sr[c]);
+    constexpr int kVecs = kTile / Vec::kLanes;
+    static_assert(kTile % Vec::kLanes == 0, "the tile is whole vectors");
+    const V lim = Vec::set1((float)own), sc = Vec::set1(scale), ninf = Vec::set1(-INFINITY), zero = Vec::zero();
+    V s[kVecs];
+    V m = ninf;
+    for (int j = 0; j < kVecs; ++j) {
+        const V idx = Vec::iota(j * Vec::kLanes);
+        s[j] = Vec::select_lt(idx, lim, Vec::mul(Vec::load(Sr + j * Vec::kLanes), sc), ninf);
+        m = Vec::max(m, s[j]);
     }
+    const float m_new = std::max(mx, Vec::hmax(m));
     alignas(64) float e[Vec::kLanes] = {mx - m_new};
     Vec::store(e, flash_exp<Vec>(Vec::load(e)));
     const float alpha = mx == -INFINITY ? 0.0f : e[0];
     const V mv = Vec::set1(m_new);
-    float sum = 0.0f;
-    for (int64_t c = 0; c < nk; c += Vec::kLanes) {
-        alignas(64) float p[Vec::kLanes];
-        Vec::store(p, flash_exp<Vec>(Vec::sub(Vec::load(Sr + c), mv)));
-        for (int k = 0; k < Vec::kLanes && c + k < nk; ++k) {
-            Sr[c + k] = c + k < own ? p[k] : 0.0f;
-            sum += Sr[c + k];  // past own: + 0, which changes nothing
-        }
+    V sum = zero;
+    for (int j = 0; j < kVecs; ++j) {
+        const V idx = Vec::iota(j * Vec::kLanes);
+        const V p = Vec::select_lt(idx, lim, flash_exp<Vec>(Vec::sub(s[j], mv)), zero);
+        Vec::store(Sr + j * Vec::kLanes, p);
+        sum = Vec::add(sum, p);
     }
-    l = l * alpha + sum;
+    l = l * alpha + Vec::hsum(sum);
     mx = m_new;
     return alpha;
 }
@@ -162,8 +175,7 @@ inline void flash_rows(const float* q, int64_t q_stride, int64_t i0, const int64
     flash_scores<Vec, R>(qr, kf, nk, D, S);
     float alpha[R];
     for (int r = 0; r < R; ++r)
-        alpha[r] = flash_softmax_step<Vec>(S + r * kTile, nk, std::min(nk, n_keys[i0 + r] - s0), scale, mx[i0 + r],
-                                           l[i0 + r]);
+        alpha[r] = flash_softmax_step<Vec>(S + r * kTile, std::min(nk, n_keys[i0 + r] - s0), scale, mx[i0 + r], l[i0 + r]);
     flash_pv<Vec, R>(orow, alpha, S, vf, nk, D);
 }
 
