@@ -42,13 +42,17 @@ void dots_bf16_avx512(const uint16_t* w, const float* x, int64_t x_stride, int64
 void attention_rows_f16_avx512(const float* q, int64_t q_stride, int64_t M, const int64_t* n_keys, const uint8_t* K,
                                size_t k_stride, const uint8_t* V, size_t v_stride, int64_t D, float scale, float* o,
                                int64_t o_stride);
-// 16-lane F16/BF16 weight dots (up to 8 tokens per pass); everything else stays AVX2's. F32 weights,
+void delta_rule_head_avx512(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
+                            int64_t v_stride, const float* g, const float* beta, int64_t gb_stride, float* S,
+                            int64_t dk, int64_t dv, int64_t n, float q_scale, float* o, int64_t o_stride);
+// 16-lane F16/BF16 weight dots (up to 8 tokens per pass), flash attention and the delta rule (the AVX2
+// kernel's floats, gdn_avx512.cpp); everything else stays AVX2's. F32 weights,
 // which only precision checks use, keep the 8-lane sums: on the test models they land 3e-5 from
 // llama.cpp's F32 logits where the 16-lane order lands 2e-4 (both are accurate dots, to 1e-6 relative;
 // the model amplifies the order difference).
 static const SimdKernels kAvx512 = {"avx512", dot_f32_avx2, dot_f16_avx512, dot_bf16_avx512, dots_f32_avx2,
                                     dots_f16_avx512, dots_bf16_avx512, axpy_f16_avx2, mul_silu_avx2,
-                                    conv1d_silu_avx2, wsum_avx2, exp_acc_avx2, delta_rule_head_avx2,
+                                    conv1d_silu_avx2, wsum_avx2, exp_acc_avx2, delta_rule_head_avx512,
                                     attention_rows_f16_avx512};
 #endif
 
