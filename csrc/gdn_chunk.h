@@ -27,7 +27,11 @@ constexpr int64_t kGdnChunkMinTokens = 32;
 // depend on how the tokens were split into forwards -- and session reuse (pyqwen.session) relies on it bit for
 // bit (a restored prefix + the suffix equals one fresh prefill). The chunked form rounds differently from the
 // token loop, so a prompt split at another place gives logits ~1e-4 apart (relative ~4e-5) and those checks
-// fail. At the 27B's shapes the delta rule is ~1-2% of a prefill's CPU time, so the default keeps the contract;
+// fail. At the 27B's shapes the delta rule is ~1-2% of a prefill's CPU time, so the default keeps the contract
+// (and since the AVX-512 token loop keeps each state row in registers, simd/gdn_avx512.cpp, it takes 1.5 us per
+// token and head against the chunked form's 1.34 at 256 tokens, dk = dv = 128: the chunked form would save
+// 0.16 us x 144 heads and layers of a 27B-slice token, ~0.1% of its ~24 CPU-ms at 8K tokens in
+// benchmarks/prefill_by_position.py);
 // PYQWEN_GDN_CHUNK=on (read on first use) or gdn_set_chunked (pyqwen._core.set_gdn_chunked) turns it on.
 // A batch-invariant variant is possible (not done: it changes State, snapshots and rollback): align chunks to
 // absolute positions and keep the state at the last aligned boundary plus the pending tokens' q/k/v/g/beta;
