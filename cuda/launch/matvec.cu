@@ -74,6 +74,8 @@ struct OutQ8 {
     int8_t* qs = nullptr;
     float2* ds = nullptr;
     unsigned* cnt = nullptr;
+    const NormTail* norm = nullptr;  // the next layer entry as the epilogue (MmvArgs norm_*); n_tok: the call's
+    int64_t n_tok = 0;
 };
 
 template <class T, bool GLU>
@@ -91,6 +93,18 @@ cudaError_t launch_mmv_parts(const MmvPart* parts, int nparts, int64_t K, const 
     a.out_qs = oq.qs ? oq.qs + y_off * parts[0].N : nullptr;
     a.out_ds = oq.qs ? oq.ds + y_off * (parts[0].N / 32) : nullptr;
     a.out_cnt = oq.cnt;
+    if (const NormTail* nt = oq.norm) {  // one part (checked by the caller); rows of this launch's tokens
+        const int64_t N = parts[0].N;
+        a.norm_x = nt->x + y_off * N;
+        a.norm_w = nt->w;
+        a.norm_y = nt->out + y_off * N;
+        a.norm_qs = nt->q8 ? static_cast<int8_t*>(nt->q8) + y_off * N : nullptr;
+        a.norm_ds = nt->q8 ? reinterpret_cast<float2*>(static_cast<char*>(nt->q8) + q8_values_bytes(N, oq.n_tok)) +
+                                 y_off * (N / 32)
+                           : nullptr;
+        a.norm_cnt = nt->counter;
+        a.norm_eps = nt->eps;
+    }
     int64_t grid = 0;
     for (int i = 0; i < nparts; ++i) {
         MmvSeg& sg = a.seg[i];
@@ -148,7 +162,8 @@ cudaError_t prepare_act(int type, const float* x, int64_t K, int64_t n_tok, void
 // Activations must be prepared (prepare_act). Wu != nullptr: fused SwiGLU (same type for both weights).
 cudaError_t mmv_passes_parts(int type, const MmvPart* parts, int nparts, int64_t K, const float* x, const void* q8,
                              int64_t n_tok, cudaStream_t stream, const OutQ8& oq = OutQ8{}) {
-    if (nparts < 1 || nparts > kMmvMaxSeg || (oq.qs && (nparts != 1 || parts[0].N % 32 != 0)))
+    if (nparts < 1 || nparts > kMmvMaxSeg || ((oq.qs || oq.norm) && (nparts != 1 || parts[0].N % 32 != 0)) ||
+        (oq.qs && oq.norm))
         return cudaErrorInvalidValue;
     const bool glu = parts[0].Wu != nullptr;
     return mv::dispatch_type(type, cudaErrorInvalidValue, [&](auto t) {
@@ -258,7 +273,7 @@ cudaError_t quantize_act_q8(const float* x, int64_t K, int64_t n_tok, void* q8, 
 }
 
 cudaError_t matmul_prepared(int type, const MatmulPart* parts, int nparts, int64_t K, const float* x, const void* q8,
-                            int64_t n_tok, cudaStream_t stream) {
+                            int64_t n_tok, cudaStream_t stream, const NormTail* tail) {
     static_assert(kMatmulMaxParts == kMmvMaxSeg, "one launch serves every part");
     if (nparts < 1 || nparts > kMatmulMaxParts || n_tok < 0 || n_tok > kMultiPassMaxTok) return cudaErrorInvalidValue;
     MmvPart mp[kMatmulMaxParts];
@@ -276,9 +291,18 @@ cudaError_t matmul_prepared(int type, const MatmulPart* parts, int nparts, int64
             mp[i].conv_k = parts[i].conv_k;
         }
     }
+    OutQ8 oq;
+    if (tail) {
+        const int64_t N = parts[0].N;
+        if (nparts != 1 || N % 32 != 0 || N > INT_MAX || !tail->x || !tail->out || !tail->counter ||
+            (tail->q8 && !aligned16(tail->q8)) || parts[0].conv_w)
+            return cudaErrorInvalidValue;
+        oq.norm = tail;
+        oq.n_tok = n_tok;
+    }
     if (n_tok == 0) return cudaSuccess;
     if (!is_float_type(type) && (!q8 || !aligned16(q8))) return cudaErrorInvalidValue;
-    return mmv_passes_parts(type, mp, nparts, K, x, q8, n_tok, stream);
+    return mmv_passes_parts(type, mp, nparts, K, x, q8, n_tok, stream, oq);
 }
 
 cudaError_t matmul_swiglu_prepared(int type_g, const void* Wg, int type_u, const void* Wu, int64_t K, int64_t N,

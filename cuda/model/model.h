@@ -221,7 +221,11 @@ private:
     void run_lm_head_decode();
     bool any_q8(std::initializer_list<const DevTensor*> ws) const;
     void matmuls(const float* x, int64_t K, int64_t n, std::initializer_list<std::pair<const DevTensor*, float*>> ws,
-                 const void* q8 = nullptr, const struct MatmulPart* conv_first = nullptr);
+                 const void* q8 = nullptr, const struct MatmulPart* conv_first = nullptr,
+                 const struct NormTail* tail = nullptr);
+    // The decode path's layer entry of layer il (its attn_norm; il == n_layer: the final norm): the norm's
+    // weight and whether the matmuls after it read Q8_1.
+    std::pair<const float*, bool> entry_norm(int il) const;
     void quantize_for(const float* x, int64_t K, int64_t n, std::initializer_list<const DevTensor*> ws);
     void begin_forward(State& st, const int32_t* tokens, int64_t n, bool verify);  // checks, then invalidations
     void forward_verify(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int32_t* argmax);
