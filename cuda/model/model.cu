@@ -774,7 +774,7 @@ void Model::run_layers_decode(State& st, int64_t n, VerifyLog* log, bool defer_l
                                                   kv_cache(st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos + t,
                                                   (int)H, (int)Hkv, (int)D, rope_, eps, b.ao + t * HD,
                                                   qo ? qs + t * HD : nullptr, qo ? ds + t * (HD / 32) * 2 : nullptr,
-                                                  b.scratch, s));
+                                                  b.scratch, s, b.q8cnt));
                 }
             } else {
                 PQ_OP(attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(),
@@ -1021,12 +1021,12 @@ cudaError_t Model::attention_one(State& st, int slot, const Layer& L, int8_t* ou
     if (graph_pos_)
         return attention_decode_graph(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos,
                                       g_stale_graph_position ? nullptr : graph_pos_, H, Hkv, D, rope_, c.rms_eps, b.ao,
-                                      out_qs, out_ds, b.scratch, cur_);
+                                      out_qs, out_ds, b.scratch, cur_, b.q8cnt);
     if (!out_qs)
         return attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos, 1, H, Hkv, D,
                          rope_, c.rms_eps, b.ao, b.scratch, cur_);
     return attention_decode_q8(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos, H, Hkv,
-                               D, rope_, c.rms_eps, b.ao, out_qs, out_ds, b.scratch, cur_);
+                               D, rope_, c.rms_eps, b.ao, out_qs, out_ds, b.scratch, cur_, b.q8cnt);
 }
 
 Model::GraphKey Model::graph_key(const State& st) const {
