@@ -15,10 +15,17 @@ namespace {
 bool is_float_type(int type) { return type == pq::T_F32 || type == pq::T_F16 || type == pq::T_BF16; }
 
 // The scratch layout (kMultiPassMaxTok, matmul_scratch_layout: plan/workspace_sizes.h), with the current
-// prefill tile size.
+// prefill tile size. fp16_tiles: the call takes the fp16 fallback (only then is the tile pair carved: the
+// model's plan reserves it only for such weights, plan_workspace); matmul_scratch_bytes is the superset.
 using Layout = MatmulScratch;
-Layout layout(int64_t K, int64_t N, int64_t n_tok) {
-    return matmul_scratch_layout(K, N, n_tok, detail::prefill_tile_values());
+Layout layout(int64_t K, int64_t N, int64_t n_tok, bool fp16_tiles = true) {
+    return matmul_scratch_layout(K, N, n_tok, detail::prefill_tile_values(), fp16_tiles);
+}
+
+// Whether a prefill call of these weight types takes the fp16 fallback (tile pair) rather than MMQ.
+bool takes_fp16_tiles(int64_t n_tok, int64_t K, int type_g, int type_u = -1) {
+    if (n_tok <= kMultiPassMaxTok) return false;
+    return !detail::mmq_enabled(type_g, K) || (type_u >= 0 && !detail::mmq_enabled(type_u, K));
 }
 
 struct ScratchPtrs {
@@ -209,7 +216,7 @@ cudaError_t matmul(int type, const void* W, int64_t K, int64_t N, const float* x
                    void* scratch, cudaStream_t stream) {
     cudaError_t e = check_common(type, W, K, N, x, n_tok, y, scratch);
     if (e != cudaSuccess || N == 0 || n_tok == 0) return e;
-    const Layout l = layout(K, N, n_tok);
+    const Layout l = layout(K, N, n_tok, takes_fp16_tiles(n_tok, K, type));
     const ScratchPtrs s = carve(scratch, l);
     if (n_tok > kMultiPassMaxTok && detail::mmq_enabled(type, K)) {  // int8 tensor cores (mmq.cu)
         e = detail::quantize_act(x, K, n_tok, s.act, stream);
@@ -235,7 +242,7 @@ cudaError_t matmul_swiglu(int type_g, const void* Wg, int type_u, const void* Wu
     cudaError_t e = check_common(type_g, Wg, K, N, x, n_tok, y, scratch);
     if (e == cudaSuccess) e = check_common(type_u, Wu, K, N, x, n_tok, y, scratch);
     if (e != cudaSuccess || N == 0 || n_tok == 0) return e;
-    const Layout l = layout(K, N, n_tok);
+    const Layout l = layout(K, N, n_tok, takes_fp16_tiles(n_tok, K, type_g, type_u));
     const ScratchPtrs s = carve(scratch, l);
     if (n_tok > kMultiPassMaxTok && detail::mmq_enabled(type_g, K) && detail::mmq_enabled(type_u, K)) {
         e = detail::quantize_act(x, K, n_tok, s.act, stream);  // once for both weights
@@ -324,7 +331,7 @@ cudaError_t matmul_swiglu_prepared(int type_g, const void* Wg, int type_u, const
         const MmvPart p{Wg, Wu, N, y};
         return mmv_passes_parts(type_g, &p, 1, K, x, q8, n_tok, stream, oq);
     }
-    const ScratchPtrs s = carve(scratch, layout(K, N, n_tok));
+    const ScratchPtrs s = carve(scratch, layout(K, N, n_tok, false));  // n_tok <= kMultiPassMaxTok: no tiles
     e = mmv_passes(type_g, Wg, nullptr, K, N, x, q8, n_tok, s.g, stream);
     if (e == cudaSuccess) e = mmv_passes(type_u, Wu, nullptr, K, N, x, q8, n_tok, s.u, stream);
     if (e == cudaSuccess) e = swiglu_f32(s.g, s.u, y, (int)N, (int)n_tok, N, N, N, stream);

@@ -44,6 +44,7 @@
 #include "../ops_attention.h"
 #include "../ops_gdn.h"
 #include "../ops_matvec.h"
+#include "../kernels/matvec_internal.cuh"  // prefill_mmq_disabled (the plan's test hook)
 #include "../plan/device_plan.h"  // verify_log_layout
 #include "model.h"
 
@@ -303,10 +304,13 @@ void Model::upload(const HostTensors& tensors, const ProgressFn& progress) {
 // ---- workspace -------------------------------------------------------------------------------------
 
 void Model::ensure_workspace(int64_t n_ctx) {
-    if (buf_ && n_ctx <= ws_ctx_) return;
+    // The plan reserves the prefill's fp16 tile pair only for weights that take that route; the test hook
+    // that switches MMQ off sends every weight there, so it re-plans with the pair for every shape.
+    const bool all_tiles = detail::prefill_mmq_disabled();
+    if (buf_ && n_ctx <= ws_ctx_ && all_tiles == ws_all_tiles_) return;
     const int64_t ctx = std::max(n_ctx, ws_ctx_);
     check(cudaStreamSynchronize(stream_), "ensure_workspace");
-    const WorkspacePlan p = plan_workspace(cfg_, weight_shapes_, opt_.n_batch, ctx);
+    const WorkspacePlan p = plan_workspace(cfg_, weight_shapes_, opt_.n_batch, ctx, all_tiles);
     const ActLayout L = act_layout(cfg_, opt_.n_batch);
     auto b = std::make_unique<Buffers>();
     const size_t total = L.total + p.scratch + p.misc;
@@ -333,6 +337,7 @@ void Model::ensure_workspace(int64_t n_ctx) {
     buf_ = std::move(b);
     plan_ = p;
     ws_ctx_ = ctx;
+    ws_all_tiles_ = all_tiles;
     ++ws_generation_;             // captured graphs point at the old buffers
     device_token_valid_ = false;  // and the previous decode choice was in the old token buffer
 }

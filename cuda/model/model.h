@@ -280,6 +280,7 @@ private:
 
     WorkspacePlan plan_;
     int64_t ws_ctx_ = 0;            // n_ctx the scratch is sized for
+    bool ws_all_tiles_ = false;     // ... and with the fp16 tile pair for every shape (MMQ off: test hook)
     std::unique_ptr<Buffers> buf_;
     uint64_t ws_generation_ = 0;    // bumps when buffers move (captured graphs become stale)
     uint64_t next_state_id_ = 1;
