@@ -215,9 +215,37 @@ __global__ void __launch_bounds__(kQuantActBlock)
     q8_act_store(x[row * K + i], i, qs + row * K, ds + row * (K / 32));
 }
 
+// PDL (sm_90+): the warp's first weight chunk (each GLU weight's) prefetched into L2 before the dependency
+// wait -- weights never depend on the predecessor kernel, so their DRAM latency overlaps its tail instead
+// of following it. prefetch.global.L2 is a hint, not a load: nothing is read into a register and nothing
+// written, so pdl.cuh's rule (no global access before the wait) holds. One prefetch per 128-byte line per
+// lane. Empty on sm_86/89 and in the emulator (no PDL there: the kernel starts after its predecessor).
+template <class T, bool GLU>
+__device__ __forceinline__ void pq_prefetch_mmv_weights(const MmvArgs& args) {
+#if PQ_HAVE_PTX && PQ_DEVICE_ARCH >= 900
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int si = 0;
+    for (int i = 1; i < args.nseg; ++i)
+        if (blockIdx.x >= args.seg[i].blk0) si = i;
+    const MmvSeg& sg = args.seg[si];
+    const int64_t row = (int64_t)(blockIdx.x - sg.blk0) * (kMmvWarps / sg.wpr) + warp / sg.wpr;
+    const int part = warp % sg.wpr;  // the warp's first chunk
+    const int64_t chunk = mv::Stage<T>::kChunkBytes;
+    const int64_t off = (int64_t)part * chunk + 128 * lane;
+    const int64_t end = min((int64_t)(part + 1) * chunk, args.row_bytes);
+    if (row >= sg.nrows || off >= end) return;
+#pragma unroll
+    for (int g = 0; g < (GLU ? 2 : 1); ++g)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(sg.w[g] + row * args.row_bytes + off));
+#else
+    (void)args;
+#endif
+}
+
 // Grid: ceil(nrows / (kMmvWarps / wpr)) CTAs of kMmvThreads.
 template <class T, int NT, bool GLU>
 __global__ void __launch_bounds__(kMmvThreads) mmv_kernel(const MmvArgs args) {
+    pq_prefetch_mmv_weights<T, GLU>(args);  // PDL: an L2 hint on the weights only (no access: see above)
     pq_grid_dependency_wait();  // PDL (pdl.cuh): first, before any global memory access
     pq_launch_dependents();
     using St = mv::Stage<T>;
