@@ -1027,9 +1027,7 @@ cudaError_t Model::attention_one(State& st, int slot, const Layer& L, int8_t* ou
         return attention_decode_graph(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos,
                                       g_stale_graph_position ? nullptr : graph_pos_, H, Hkv, D, rope_, c.rms_eps, b.ao,
                                       out_qs, out_ds, b.scratch, cur_, b.q8cnt);
-    if (!out_qs)
-        return attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos, 1, H, Hkv, D,
-                         rope_, c.rms_eps, b.ao, b.scratch, cur_);
+    // out_qs may be null (a float attn_output reads ao itself): the same launches either way
     return attention_decode_q8(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos, H, Hkv,
                                D, rope_, c.rms_eps, b.ao, out_qs, out_ds, b.scratch, cur_, b.q8cnt);
 }
