@@ -613,7 +613,7 @@ void Model::run_layers(State& st, int64_t n, VerifyLog* log) {
             PQ_OP(matmul(L.attn_v.type, L.attn_v.data, E, Hkv * D, b.a, n, b.v, b.scratch, s));
             // A verification: one query at a time through the decode kernel (each sees the rows before it).
             const int64_t steps = log ? n : 1, per = log ? 1 : n;
-            if (n == 1 && !log) PQ_OP(attention_one(st, slot, L, nullptr, nullptr));  // a decode step
+            if (n == 1 && !log) PQ_OP(attention_one(st, slot, L, nullptr, nullptr, false));  // a decode step
             else for (int64_t t = 0; t < steps; ++t)
                 PQ_OP(attention(b.qg + t * 2 * H * D, b.k + t * Hkv * D, b.v + t * Hkv * D, L.attn_q_norm.f32(),
                                 L.attn_k_norm.f32(), kv_cache(st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos + t,
@@ -771,7 +771,7 @@ void Model::run_layers_decode(State& st, int64_t n, VerifyLog* log, bool defer_l
                 auto* qs = static_cast<int8_t*>(q8);
                 auto* ds = reinterpret_cast<float*>(static_cast<char*>(q8) + q8_values_bytes(HD, n));
                 if (n == 1 && !log) {
-                    PQ_OP(attention_one(st, slot, L, qo ? qs : nullptr, qo ? ds : nullptr));  // a decode step
+                    PQ_OP(attention_one(st, slot, L, qo ? qs : nullptr, qo ? ds : nullptr, true));  // a decode step
                 } else {
                     for (int64_t t = 0; t < n; ++t)
                         PQ_OP(attention_decode_q8(b.qg + t * 2 * HD, b.k + t * Hkv * D, b.v + t * Hkv * D,
@@ -1018,7 +1018,10 @@ void set_decode_graph_stale_position(bool on) { g_stale_graph_position = on; }
 
 // The single-token attention of the decode body: in a recorded body at the slot's device-resident
 // position (the bucket's grid), else at st.pos by value.
-cudaError_t Model::attention_one(State& st, int slot, const Layer& L, int8_t* out_qs, float* out_ds) {
+// fused_combine: the decode kernel combines its splits (the decode path); false: attn_combine_kernel (the
+// op-by-op path keeps its launches).
+cudaError_t Model::attention_one(State& st, int slot, const Layer& L, int8_t* out_qs, float* out_ds,
+                                 bool fused_combine) {
     const ModelConfig& c = cfg_;
     Buffers& b = *buf_;
     const KvCache kv = kv_cache(st, st.k_[slot], st.v_[slot]);
@@ -1026,10 +1029,11 @@ cudaError_t Model::attention_one(State& st, int slot, const Layer& L, int8_t* ou
     if (graph_pos_)
         return attention_decode_graph(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos,
                                       g_stale_graph_position ? nullptr : graph_pos_, H, Hkv, D, rope_, c.rms_eps, b.ao,
-                                      out_qs, out_ds, b.scratch, cur_, b.q8cnt);
+                                      out_qs, out_ds, b.scratch, cur_, fused_combine ? b.q8cnt : nullptr);
     // out_qs may be null (a float attn_output reads ao itself): the same launches either way
     return attention_decode_q8(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos, H, Hkv,
-                               D, rope_, c.rms_eps, b.ao, out_qs, out_ds, b.scratch, cur_, b.q8cnt);
+                               D, rope_, c.rms_eps, b.ao, out_qs, out_ds, b.scratch, cur_,
+                               fused_combine ? b.q8cnt : nullptr);
 }
 
 Model::GraphKey Model::graph_key(const State& st) const {

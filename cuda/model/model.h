@@ -262,7 +262,7 @@ private:
     void record_slot(int slot, State& st, const GraphKey& key);
     void prepare_next(State& st);
     // the attention of a one-token step (graph_pos_: in a recording, at the device-resident position)
-    cudaError_t attention_one(State& st, int slot, const Layer& L, int8_t* out_qs, float* out_ds);
+    cudaError_t attention_one(State& st, int slot, const Layer& L, int8_t* out_qs, float* out_ds, bool fused_combine);
 
     ModelConfig cfg_;
     ModelOptions opt_;
