@@ -55,10 +55,12 @@ cudaError_t attention(float* qg, float* k, const float* v, const float* q_norm, 
 // (the decode path's shared-activation layout, ops_matvec.h: out_qs H*D int8, out_ds H*D/32 (d, s) float
 // pairs; both null: attention itself): the combine kernel quantizes, one launch fewer per attention layer.
 // out is bit-identical with attention's, the Q8_1 bytes with quantize_act_q8 of out.
+// counters (may be null; H unsigned zeros, left zero): the split-K combine runs in the decode kernel's last
+// split block per head group instead of a combine launch (bit-identical; one node fewer per layer).
 cudaError_t attention_decode_q8(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
                                 const KvCache& kv, int64_t n_ctx, int64_t pos0, int H, int Hkv, int D,
                                 const RopeFreqs& rope, float eps, float* out, int8_t* out_qs, float* out_ds,
-                                void* scratch, cudaStream_t stream);
+                                void* scratch, cudaStream_t stream, unsigned* counters = nullptr);
 
 // ---- the decode graph: one recording replayed at every position of a bucket ------------------------------
 //
@@ -87,7 +89,7 @@ DecodeBucket decode_bucket(int64_t L, int64_t n_ctx);
 cudaError_t attention_decode_graph(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
                                    const KvCache& kv, int64_t n_ctx, int64_t pos, const int32_t* dpos, int H,
                                    int Hkv, int D, const RopeFreqs& rope, float eps, float* out, int8_t* out_qs,
-                                   float* out_ds, void* scratch, cudaStream_t stream);
+                                   float* out_ds, void* scratch, cudaStream_t stream, unsigned* counters = nullptr);
 
 // The device-resident position: *pos = value (a launch of its own: the host's value at the call), or
 // *pos += 1 (the decode graph's last node: the next replay runs at the next position).

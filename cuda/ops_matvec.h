@@ -70,8 +70,20 @@ struct MatmulPart {
     float* conv_y = nullptr;
     int conv_k = 0;
 };
+// Optional epilogue of matmul_prepared (one part, N % 32 == 0): add_rms_norm_q8(x, y, w, out, q8, N, n_tok,
+// eps) on the part's output y, run by the matmul kernel's last CTA (bit-identical; the residual add + norm
+// + Q8_1 after the out / down projections without a launch of their own). q8 may be null (no Q8_1);
+// counter: one unsigned zero before the call, left zero.
+struct NormTail {
+    float* x;
+    const float* w;
+    float* out;
+    void* q8;
+    unsigned* counter;
+    float eps;
+};
 cudaError_t matmul_prepared(int type, const MatmulPart* parts, int nparts, int64_t K, const float* x, const void* q8,
-                            int64_t n_tok, cudaStream_t stream);
+                            int64_t n_tok, cudaStream_t stream, const NormTail* tail = nullptr);
 // matmul_swiglu on a prepared input (n_tok <= kMultiPassMaxTok); scratch as matmul_swiglu's. y_q8 (may be
 // null; N % 32 == 0): y's Q8_1 activations too (q8_act_bytes(N, n_tok)), written by the matmul kernel
 // itself when both weights have one type -- the down-projection's input without a launch of its own;

@@ -118,7 +118,28 @@ __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf
 
 // ---- split-K combine ---------------------------------------------------------------------------------
 
-// out[t][h*D + d] = sigmoid(gate) * sum_s w_s O_s[d] / sum_s w_s l_s with w_s = exp2(m_s - max m).
+// out[t][h*D + d] = sigmoid(gate) * sum_s w_s O_s[d] / sum_s w_s l_s with w_s = exp2(m_s - max m), for
+// query row th = t*H + h (the combine's one home: attn_combine_kernel, and the decode kernel's last split
+// block, attention_decode.cuh). part_ml as floats (m, l pairs); P: const float* or const volatile float*
+// (partials written by other blocks of the same grid, read past this SM's L1).
+template <class P>
+__device__ __forceinline__ float attn_combine_value(P part_o, P part_ml, const float* __restrict__ qg, int64_t th,
+                                                    int d, int D, int nsplit) {
+    const int64_t ml = th * nsplit;
+    float M = -INFINITY;
+    for (int s = 0; s < nsplit; ++s) M = fmaxf(M, part_ml[2 * (ml + s)]);
+    float l = 0.0f, o = 0.0f;
+    for (int s = 0; s < nsplit; ++s) {
+        const float em = part_ml[2 * (ml + s)];
+        if (em == -INFINITY) continue;  // no key of this split for this row: O_s was not written
+        const float el = part_ml[2 * (ml + s) + 1];
+        const float w = exp2f(em - M);
+        l += w * el;
+        o += w * part_o[(ml + s) * D + d];
+    }
+    return o / l * sigmoid_f(qg[th * 2 * D + D + d]);
+}
+
 // With out_qs (n == 1), out also to the output projection's Q8_1 activations (q8_act.cuh).
 // Grid (H, n), block D threads. part_o: [(t*H + h) * nsplit + s][D]; part_ml: [(t*H + h) * nsplit + s].
 __global__ void __launch_bounds__(256)
@@ -129,18 +150,7 @@ __global__ void __launch_bounds__(256)
     pq_launch_dependents();
     const int64_t th = (int64_t)blockIdx.y * H + blockIdx.x;
     const int d = threadIdx.x;
-    const float2* ml = part_ml + th * nsplit;
-    float M = -INFINITY;
-    for (int s = 0; s < nsplit; ++s) M = fmaxf(M, ml[s].x);
-    float l = 0.0f, o = 0.0f;
-    for (int s = 0; s < nsplit; ++s) {
-        const float2 e = ml[s];
-        if (e.x == -INFINITY) continue;  // no key of this split for this row: O_s was not written
-        const float w = exp2f(e.x - M);
-        l += w * e.y;
-        o += w * part_o[(th * nsplit + s) * D + d];
-    }
-    const float r = o / l * sigmoid_f(qg[th * 2 * D + D + d]);
+    const float r = attn_combine_value(part_o, reinterpret_cast<const float*>(part_ml), qg, th, d, D, nsplit);
     out[th * D + d] = r;
     // the output projection's Q8_1 input (one query: out_qs/out_ds are that token's row), quantized here
     // instead of by a launch of its own; D is whole warps and whole Q8_1 blocks

@@ -24,6 +24,7 @@
 #include "../compat.cuh"
 #include "../pdl.cuh"
 #include "attention_common.cuh"
+#include "q8_act.cuh"
 #include "reduce.cuh"
 
 namespace pq::cuda {
@@ -35,14 +36,13 @@ constexpr size_t decode_smem_bytes() {
     return sizeof(float) * (size_t)kDecodeWarps * NR * (D + 2);
 }
 
+// One block's split (the kernel below without its combine tail).
 template <int D, int NR>
-__global__ void __launch_bounds__(kDecodeWarps * 32)
-    attn_decode_kernel(const float* __restrict__ qg, const uint8_t* __restrict__ k_cache,
-                       const uint8_t* __restrict__ v_cache, KvLayout kv, float* __restrict__ part_o,
-                       float2* __restrict__ part_ml, int H, int Hkv, int64_t L_arg, const int* __restrict__ pos_dev,
-                       int64_t split_len, float q_scale) {
-    pq_grid_dependency_wait();  // PDL (pdl.cuh): first, before any global memory access
-    pq_launch_dependents();
+__device__ __forceinline__ void attn_decode_split(const float* __restrict__ qg, const uint8_t* __restrict__ k_cache,
+                                                  const uint8_t* __restrict__ v_cache, const KvLayout& kv,
+                                                  float* __restrict__ part_o, float2* __restrict__ part_ml, int H,
+                                                  int Hkv, int64_t L_arg, const int* __restrict__ pos_dev,
+                                                  int64_t split_len, float q_scale) {
     constexpr int DPL = D / 32;  // dims per lane
     static_assert(D % 32 == 0 && DPL <= 8, "D in {32, 64, 128, 256}");
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -190,6 +190,44 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
         const int64_t ps = (int64_t)(h0 + r) * nsplit + s;  // token 0
         part_o[ps * D + d] = o;
         if (d == 0) part_ml[ps] = make_float2(M, lsum);
+    }
+}
+
+// With cnt (one query: the decode step), the combine runs here, not as attn_combine_kernel: the last of a
+// row's nsplit blocks to finish (cnt[blockIdx.y] counts them and is reset to 0 by the last; zero before
+// the first launch) combines its NR heads -- attn_combine_value, the combine kernel's arithmetic, and
+// the output projection's Q8_1 when out_qs -- the CUDA guide's threadfence reduction, as the matvec's
+// quantizing CTAs (matvec.cuh). One latency-bound node fewer per attention layer (issue 10).
+template <int D, int NR>
+__global__ void __launch_bounds__(kDecodeWarps * 32)
+    attn_decode_kernel(const float* __restrict__ qg, const uint8_t* __restrict__ k_cache,
+                       const uint8_t* __restrict__ v_cache, KvLayout kv, float* __restrict__ part_o,
+                       float2* __restrict__ part_ml, int H, int Hkv, int64_t L_arg, const int* __restrict__ pos_dev,
+                       int64_t split_len, float q_scale, float* __restrict__ out, int8_t* __restrict__ out_qs,
+                       float2* __restrict__ out_ds, unsigned* __restrict__ cnt) {
+    pq_grid_dependency_wait();  // PDL (pdl.cuh): first, before any global memory access
+    pq_launch_dependents();
+    attn_decode_split<D, NR>(qg, k_cache, v_cache, kv, part_o, part_ml, H, Hkv, L_arg, pos_dev, split_len, q_scale);
+    if (!cnt) return;  // uniform over the grid
+    __shared__ unsigned last_split;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last_split = atomicAdd(&cnt[blockIdx.y], 1u) == gridDim.x - 1;
+        if (last_split) cnt[blockIdx.y] = 0u;  // ready for the next launch (every split has counted)
+    }
+    __syncthreads();
+    if (!last_split) return;
+    __threadfence();
+    const int G = H / Hkv, groups = G / NR;
+    const int h0 = (blockIdx.y / groups) * G + (blockIdx.y % groups) * NR;
+    const volatile float* po = part_o;  // written by the other split blocks
+    const volatile float* pml = reinterpret_cast<const volatile float*>(part_ml);
+    for (int idx = threadIdx.x; idx < NR * D; idx += kDecodeWarps * 32) {  // whole warps: D % 32 == 0
+        const int h = h0 + idx / D, d = idx % D;
+        const float r = attn_combine_value(po, pml, qg, h, d, D, (int)gridDim.x);
+        out[(int64_t)h * D + d] = r;
+        if (out_qs) q8_act_store(r, (int64_t)h * D + d, out_qs, out_ds);
     }
 }
 

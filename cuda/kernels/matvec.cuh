@@ -45,6 +45,7 @@
 #include "../compat.cuh"
 #include "../pdl.cuh"
 #include "matvec_types.cuh"
+#include "norm_q8.cuh"
 #include "q8_act.cuh"
 #include "reduce.cuh"
 
@@ -92,6 +93,19 @@ struct MmvArgs {
     int8_t* out_qs;          // [t * nrows + r]
     float2* out_ds;          // [t * nrows / 32 + r / 32]
     unsigned* out_cnt;       // [nrows / 32]
+    // Optional (one segment, not with out_qs): the next layer entry as the epilogue -- per token row of y,
+    // norm_x += y, norm_y = rms_norm(norm_x) * norm_w, its Q8_1 into norm_qs/norm_ds (may be null), in
+    // add_rms_norm_q8_kernel<norm_q8_block(nrows)>'s arithmetic (norm_q8.cuh), by the grid's last CTA to
+    // finish: norm_cnt counts the finished CTAs and is reset to 0 by the last one (zero before the first
+    // launch). The residual add + RMSNorm + Q8_1 after the out and down projections without a launch of
+    // their own (issue 10: 128 latency-bound nodes fewer per 27B token).
+    float* norm_x;           // [t * nrows + r]
+    const float* norm_w;
+    float* norm_y;           // [t * nrows + r]
+    int8_t* norm_qs;         // [t * nrows + r]
+    float2* norm_ds;         // [t * nrows / 32 + r / 32]
+    unsigned* norm_cnt;
+    float norm_eps;
 };
 
 namespace mv {
@@ -201,9 +215,37 @@ __global__ void __launch_bounds__(kQuantActBlock)
     q8_act_store(x[row * K + i], i, qs + row * K, ds + row * (K / 32));
 }
 
+// PDL (sm_90+): the warp's first weight chunk (each GLU weight's) prefetched into L2 before the dependency
+// wait -- weights never depend on the predecessor kernel, so their DRAM latency overlaps its tail instead
+// of following it. prefetch.global.L2 is a hint, not a load: nothing is read into a register and nothing
+// written, so pdl.cuh's rule (no global access before the wait) holds. One prefetch per 128-byte line per
+// lane. Empty on sm_86/89 and in the emulator (no PDL there: the kernel starts after its predecessor).
+template <class T, bool GLU>
+__device__ __forceinline__ void pq_prefetch_mmv_weights(const MmvArgs& args) {
+#if PQ_HAVE_PTX && PQ_DEVICE_ARCH >= 900
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int si = 0;
+    for (int i = 1; i < args.nseg; ++i)
+        if (blockIdx.x >= args.seg[i].blk0) si = i;
+    const MmvSeg& sg = args.seg[si];
+    const int64_t row = (int64_t)(blockIdx.x - sg.blk0) * (kMmvWarps / sg.wpr) + warp / sg.wpr;
+    const int part = warp % sg.wpr;  // the warp's first chunk
+    const int64_t chunk = mv::Stage<T>::kChunkBytes;
+    const int64_t off = (int64_t)part * chunk + 128 * lane;
+    const int64_t end = min((int64_t)(part + 1) * chunk, args.row_bytes);
+    if (row >= sg.nrows || off >= end) return;
+#pragma unroll
+    for (int g = 0; g < (GLU ? 2 : 1); ++g)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(sg.w[g] + row * args.row_bytes + off));
+#else
+    (void)args;
+#endif
+}
+
 // Grid: ceil(nrows / (kMmvWarps / wpr)) CTAs of kMmvThreads.
 template <class T, int NT, bool GLU>
 __global__ void __launch_bounds__(kMmvThreads) mmv_kernel(const MmvArgs args) {
+    pq_prefetch_mmv_weights<T, GLU>(args);  // PDL: an L2 hint on the weights only (no access: see above)
     pq_grid_dependency_wait();  // PDL (pdl.cuh): first, before any global memory access
     pq_launch_dependents();
     using St = mv::Stage<T>;
@@ -325,6 +367,35 @@ __global__ void __launch_bounds__(kMmvThreads) mmv_kernel(const MmvArgs args) {
             }
             mv::conv_silu_row(xs, args.ntok, sg.conv_k, sg.conv_w + row * sg.conv_k,
                               sg.conv_state + row * (sg.conv_k - 1), sg.conv_y + row, sg.ldy);
+        }
+    }
+
+    if (args.norm_x) {  // uniform over the grid
+        // The grid's last CTA to finish runs the norm (the threadfence reduction of the group quantizer
+        // below, over the whole grid): every row of y is written and fenced before its CTA counts.
+        __shared__ unsigned last_cta;
+        __shared__ float norm_scratch[32];
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            last_cta = atomicAdd(args.norm_cnt, 1u) == gridDim.x - 1;
+            if (last_cta) *args.norm_cnt = 0u;  // ready for the next launch (every CTA has counted)
+        }
+        __syncthreads();
+        if (last_cta) {
+            __threadfence();
+            const int K = (int)sg.nrows;
+            for (int t = 0; t < args.ntok; ++t) {
+                const volatile float* add = sg.y + t * sg.ldy;  // written by other CTAs: not from this SM's L1
+                int8_t* qs = args.norm_qs ? args.norm_qs + (int64_t)t * K : nullptr;
+                float2* ds = args.norm_qs ? args.norm_ds + (int64_t)t * (K / 32) : nullptr;
+                float* nx = args.norm_x + (int64_t)t * K;
+                float* ny = args.norm_y + (int64_t)t * K;
+                if (norm_q8_block(K) == 256)
+                    add_rms_norm_q8_row<256, kMmvThreads>(nx, add, args.norm_w, ny, qs, ds, K, args.norm_eps, norm_scratch);
+                else
+                    add_rms_norm_q8_row<32, kMmvThreads>(nx, add, args.norm_w, ny, qs, ds, K, args.norm_eps, norm_scratch);
+            }
         }
     }
 

@@ -72,6 +72,7 @@ cudaError_t mmq(int type, const void* W, int64_t K, int64_t N, const void* q8, i
 bool mmq_enabled(int type, int64_t K);
 // Test hook: prefill of every type takes the fp16 dequantize + cuBLAS path (to test that path).
 void set_prefill_mmq_disabled(bool disabled);
+bool prefill_mmq_disabled();  // the hook's state: the model's plan then reserves the fp16 tile pair for every shape
 
 // Test entry point: one warp runs mma_m16n8k32_s8 (k16: mma_m16n8k16_s8) with lane l's fragments a[4l..],
 // b[2l..] and accumulators c[4l..] (updated in place): the fragment layout of the twins, checked by the tests.

@@ -19,13 +19,22 @@ constexpr int64_t kMaxCtx = int64_t(1) << 24;  // positions exact in float (RoPE
 // plan/workspace_sizes.h, shared with the memory planner.
 bool valid_heads(int H, int Hkv, int D) { return attention_heads_ok(H, Hkv, D); }
 
+// The decode kernel's own combine (attn_decode_kernel's tail; cnt == nullptr: attn_combine_kernel follows).
+struct DecodeCombine {
+    float* out = nullptr;
+    int8_t* out_qs = nullptr;
+    float2* out_ds = nullptr;
+    unsigned* cnt = nullptr;
+};
+
 template <int D, int NR>
 void launch_decode(const float* qg, const uint8_t* kc, const uint8_t* vc, const KvLayout& kv, float* po, float2* pml, int H, int Hkv,
-                   int64_t L, const int32_t* dpos, int64_t split_len, int nsplit, float q_scale, cudaStream_t stream) {
+                   int64_t L, const int32_t* dpos, int64_t split_len, int nsplit, float q_scale, const DecodeCombine& dc,
+                   cudaStream_t stream) {
     const dim3 grid(nsplit, Hkv * (H / Hkv / NR));
     auto* attn_decode_kernel_nr = attn_decode_kernel<D, NR>;
     PQ_LAUNCH_PDL(attn_decode_kernel_nr, grid, kDecodeWarps * 32, (decode_smem_bytes<D, NR>()), stream, qg, kc, vc, kv, po, pml, H, Hkv, L,
-              dpos, split_len, q_scale);
+              dpos, split_len, q_scale, dc.out, dc.out_qs, dc.out_ds, dc.cnt);
 }
 
 // Query heads per decode block: all G of a KV head when G is one of the instantiated counts, else the
@@ -39,14 +48,14 @@ int decode_heads_per_block(int G) {
 template <int D>
 void decode_dispatch(const float* qg, const uint8_t* kc, const uint8_t* vc, const KvLayout& kv, float* po, float2* pml, int H,
                      int Hkv, int64_t L, const int32_t* dpos, int64_t split_len, int nsplit, float q_scale,
-                     cudaStream_t stream) {
+                     const DecodeCombine& dc, cudaStream_t stream) {
     switch (decode_heads_per_block(H / Hkv)) {
-        case 8: launch_decode<D, 8>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, stream); break;
-        case 6: launch_decode<D, 6>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, stream); break;
-        case 4: launch_decode<D, 4>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, stream); break;
-        case 3: launch_decode<D, 3>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, stream); break;
-        case 2: launch_decode<D, 2>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, stream); break;
-        default: launch_decode<D, 1>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, stream); break;
+        case 8: launch_decode<D, 8>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, dc, stream); break;
+        case 6: launch_decode<D, 6>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, dc, stream); break;
+        case 4: launch_decode<D, 4>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, dc, stream); break;
+        case 3: launch_decode<D, 3>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, dc, stream); break;
+        case 2: launch_decode<D, 2>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, dc, stream); break;
+        default: launch_decode<D, 1>(qg, kc, vc, kv, po, pml, H, Hkv, L, dpos, split_len, nsplit, q_scale, dc, stream); break;
     }
 }
 
@@ -138,9 +147,10 @@ cudaError_t attention_impl(float* qg, float* k, const float* v, const float* q_n
                            const KvCache& kv, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv, int D,
                            const RopeFreqs& rope, float eps, float* out, void* scratch, cudaStream_t stream,
                            const AttentionTuning& tuning, int8_t* out_qs, float* out_ds, bool bucketed = false,
-                           const int32_t* dpos = nullptr) {
+                           const int32_t* dpos = nullptr, unsigned* counters = nullptr) {
     if (n == 0) return cudaSuccess;
     if (out_qs && (n != 1 || tuning.force_prefill || !out_ds || D % 32 != 0)) return cudaErrorInvalidValue;
+    if (counters && (n != 1 || tuning.force_prefill)) return cudaErrorInvalidValue;
     if (n < 0 || pos0 < 0 || n_ctx <= 0 || n_ctx > kMaxCtx || pos0 + n > n_ctx || !valid_heads(H, Hkv, D) || !v ||
         !kv.k || !kv.v || !kv_ok(kv) || !out || n * (H / Hkv) > INT_MAX)
         return cudaErrorInvalidValue;
@@ -174,7 +184,10 @@ cudaError_t attention_impl(float* qg, float* k, const float* v, const float* q_n
     if (decode) {
         auto* launch = D == 32 ? decode_dispatch<32> : D == 64 ? decode_dispatch<64>
                      : D == 128 ? decode_dispatch<128> : decode_dispatch<256>;
-        launch(qg, kc, vc, lay, po, pml, H, Hkv, L, dpos, split_len, (int)nsplit, scale_log2, stream);
+        DecodeCombine dc;
+        if (counters) dc = DecodeCombine{out, out_qs, reinterpret_cast<float2*>(out_ds), counters};
+        launch(qg, kc, vc, lay, po, pml, H, Hkv, L, dpos, split_len, (int)nsplit, scale_log2, dc, stream);
+        if (counters) return cudaGetLastError();  // combined by the decode kernel's last split blocks
     } else {
         auto* launch = D == 32 ? launch_prefill<32> : D == 64 ? launch_prefill<64>
                      : D == 128 ? launch_prefill<128> : launch_prefill<256>;
@@ -204,17 +217,17 @@ cudaError_t attention_ex(float* qg, float* k, const float* v, const float* q_nor
 cudaError_t attention_decode_q8(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
                                 const KvCache& kv, int64_t n_ctx, int64_t pos0, int H, int Hkv, int D,
                                 const RopeFreqs& rope, float eps, float* out, int8_t* out_qs, float* out_ds,
-                                void* scratch, cudaStream_t stream) {
+                                void* scratch, cudaStream_t stream, unsigned* counters) {
     return attention_impl(qg, k, v, q_norm, k_norm, kv, n_ctx, pos0, 1, H, Hkv, D, rope, eps, out, scratch, stream,
-                          AttentionTuning{}, out_qs, out_ds);
+                          AttentionTuning{}, out_qs, out_ds, false, nullptr, counters);
 }
 
 cudaError_t attention_decode_graph(float* qg, float* k, const float* v, const float* q_norm, const float* k_norm,
                                    const KvCache& kv, int64_t n_ctx, int64_t pos, const int32_t* dpos, int H,
                                    int Hkv, int D, const RopeFreqs& rope, float eps, float* out, int8_t* out_qs,
-                                   float* out_ds, void* scratch, cudaStream_t stream) {
+                                   float* out_ds, void* scratch, cudaStream_t stream, unsigned* counters) {
     return attention_impl(qg, k, v, q_norm, k_norm, kv, n_ctx, pos, 1, H, Hkv, D, rope, eps, out, scratch, stream,
-                          AttentionTuning{}, out_qs, out_ds, true, dpos);
+                          AttentionTuning{}, out_qs, out_ds, true, dpos, counters);
 }
 
 cudaError_t decode_position_set(int32_t* pos, int64_t value, cudaStream_t stream) {

@@ -15,10 +15,17 @@ namespace {
 bool is_float_type(int type) { return type == pq::T_F32 || type == pq::T_F16 || type == pq::T_BF16; }
 
 // The scratch layout (kMultiPassMaxTok, matmul_scratch_layout: plan/workspace_sizes.h), with the current
-// prefill tile size.
+// prefill tile size. fp16_tiles: the call takes the fp16 fallback (only then is the tile pair carved: the
+// model's plan reserves it only for such weights, plan_workspace); matmul_scratch_bytes is the superset.
 using Layout = MatmulScratch;
-Layout layout(int64_t K, int64_t N, int64_t n_tok) {
-    return matmul_scratch_layout(K, N, n_tok, detail::prefill_tile_values());
+Layout layout(int64_t K, int64_t N, int64_t n_tok, bool fp16_tiles = true) {
+    return matmul_scratch_layout(K, N, n_tok, detail::prefill_tile_values(), fp16_tiles);
+}
+
+// Whether a prefill call of these weight types takes the fp16 fallback (tile pair) rather than MMQ.
+bool takes_fp16_tiles(int64_t n_tok, int64_t K, int type_g, int type_u = -1) {
+    if (n_tok <= kMultiPassMaxTok) return false;
+    return !detail::mmq_enabled(type_g, K) || (type_u >= 0 && !detail::mmq_enabled(type_u, K));
 }
 
 struct ScratchPtrs {
@@ -74,6 +81,8 @@ struct OutQ8 {
     int8_t* qs = nullptr;
     float2* ds = nullptr;
     unsigned* cnt = nullptr;
+    const NormTail* norm = nullptr;  // the next layer entry as the epilogue (MmvArgs norm_*); n_tok: the call's
+    int64_t n_tok = 0;
 };
 
 template <class T, bool GLU>
@@ -91,6 +100,18 @@ cudaError_t launch_mmv_parts(const MmvPart* parts, int nparts, int64_t K, const 
     a.out_qs = oq.qs ? oq.qs + y_off * parts[0].N : nullptr;
     a.out_ds = oq.qs ? oq.ds + y_off * (parts[0].N / 32) : nullptr;
     a.out_cnt = oq.cnt;
+    if (const NormTail* nt = oq.norm) {  // one part (checked by the caller); rows of this launch's tokens
+        const int64_t N = parts[0].N;
+        a.norm_x = nt->x + y_off * N;
+        a.norm_w = nt->w;
+        a.norm_y = nt->out + y_off * N;
+        a.norm_qs = nt->q8 ? static_cast<int8_t*>(nt->q8) + y_off * N : nullptr;
+        a.norm_ds = nt->q8 ? reinterpret_cast<float2*>(static_cast<char*>(nt->q8) + q8_values_bytes(N, oq.n_tok)) +
+                                 y_off * (N / 32)
+                           : nullptr;
+        a.norm_cnt = nt->counter;
+        a.norm_eps = nt->eps;
+    }
     int64_t grid = 0;
     for (int i = 0; i < nparts; ++i) {
         MmvSeg& sg = a.seg[i];
@@ -148,7 +169,8 @@ cudaError_t prepare_act(int type, const float* x, int64_t K, int64_t n_tok, void
 // Activations must be prepared (prepare_act). Wu != nullptr: fused SwiGLU (same type for both weights).
 cudaError_t mmv_passes_parts(int type, const MmvPart* parts, int nparts, int64_t K, const float* x, const void* q8,
                              int64_t n_tok, cudaStream_t stream, const OutQ8& oq = OutQ8{}) {
-    if (nparts < 1 || nparts > kMmvMaxSeg || (oq.qs && (nparts != 1 || parts[0].N % 32 != 0)))
+    if (nparts < 1 || nparts > kMmvMaxSeg || ((oq.qs || oq.norm) && (nparts != 1 || parts[0].N % 32 != 0)) ||
+        (oq.qs && oq.norm))
         return cudaErrorInvalidValue;
     const bool glu = parts[0].Wu != nullptr;
     return mv::dispatch_type(type, cudaErrorInvalidValue, [&](auto t) {
@@ -194,7 +216,7 @@ cudaError_t matmul(int type, const void* W, int64_t K, int64_t N, const float* x
                    void* scratch, cudaStream_t stream) {
     cudaError_t e = check_common(type, W, K, N, x, n_tok, y, scratch);
     if (e != cudaSuccess || N == 0 || n_tok == 0) return e;
-    const Layout l = layout(K, N, n_tok);
+    const Layout l = layout(K, N, n_tok, takes_fp16_tiles(n_tok, K, type));
     const ScratchPtrs s = carve(scratch, l);
     if (n_tok > kMultiPassMaxTok && detail::mmq_enabled(type, K)) {  // int8 tensor cores (mmq.cu)
         e = detail::quantize_act(x, K, n_tok, s.act, stream);
@@ -220,7 +242,7 @@ cudaError_t matmul_swiglu(int type_g, const void* Wg, int type_u, const void* Wu
     cudaError_t e = check_common(type_g, Wg, K, N, x, n_tok, y, scratch);
     if (e == cudaSuccess) e = check_common(type_u, Wu, K, N, x, n_tok, y, scratch);
     if (e != cudaSuccess || N == 0 || n_tok == 0) return e;
-    const Layout l = layout(K, N, n_tok);
+    const Layout l = layout(K, N, n_tok, takes_fp16_tiles(n_tok, K, type_g, type_u));
     const ScratchPtrs s = carve(scratch, l);
     if (n_tok > kMultiPassMaxTok && detail::mmq_enabled(type_g, K) && detail::mmq_enabled(type_u, K)) {
         e = detail::quantize_act(x, K, n_tok, s.act, stream);  // once for both weights
@@ -258,7 +280,7 @@ cudaError_t quantize_act_q8(const float* x, int64_t K, int64_t n_tok, void* q8, 
 }
 
 cudaError_t matmul_prepared(int type, const MatmulPart* parts, int nparts, int64_t K, const float* x, const void* q8,
-                            int64_t n_tok, cudaStream_t stream) {
+                            int64_t n_tok, cudaStream_t stream, const NormTail* tail) {
     static_assert(kMatmulMaxParts == kMmvMaxSeg, "one launch serves every part");
     if (nparts < 1 || nparts > kMatmulMaxParts || n_tok < 0 || n_tok > kMultiPassMaxTok) return cudaErrorInvalidValue;
     MmvPart mp[kMatmulMaxParts];
@@ -276,9 +298,18 @@ cudaError_t matmul_prepared(int type, const MatmulPart* parts, int nparts, int64
             mp[i].conv_k = parts[i].conv_k;
         }
     }
+    OutQ8 oq;
+    if (tail) {
+        const int64_t N = parts[0].N;
+        if (nparts != 1 || N % 32 != 0 || N > INT_MAX || !tail->x || !tail->out || !tail->counter ||
+            (tail->q8 && !aligned16(tail->q8)) || parts[0].conv_w)
+            return cudaErrorInvalidValue;
+        oq.norm = tail;
+        oq.n_tok = n_tok;
+    }
     if (n_tok == 0) return cudaSuccess;
     if (!is_float_type(type) && (!q8 || !aligned16(q8))) return cudaErrorInvalidValue;
-    return mmv_passes_parts(type, mp, nparts, K, x, q8, n_tok, stream);
+    return mmv_passes_parts(type, mp, nparts, K, x, q8, n_tok, stream, oq);
 }
 
 cudaError_t matmul_swiglu_prepared(int type_g, const void* Wg, int type_u, const void* Wu, int64_t K, int64_t N,
@@ -300,7 +331,7 @@ cudaError_t matmul_swiglu_prepared(int type_g, const void* Wg, int type_u, const
         const MmvPart p{Wg, Wu, N, y};
         return mmv_passes_parts(type_g, &p, 1, K, x, q8, n_tok, stream, oq);
     }
-    const ScratchPtrs s = carve(scratch, layout(K, N, n_tok));
+    const ScratchPtrs s = carve(scratch, layout(K, N, n_tok, false));  // n_tok <= kMultiPassMaxTok: no tiles
     e = mmv_passes(type_g, Wg, nullptr, K, N, x, q8, n_tok, s.g, stream);
     if (e == cudaSuccess) e = mmv_passes(type_u, Wu, nullptr, K, N, x, q8, n_tok, s.u, stream);
     if (e == cudaSuccess) e = swiglu_f32(s.g, s.u, y, (int)N, (int)n_tok, N, N, N, stream);

@@ -21,6 +21,7 @@ cudaError_t launch(const mmq::Args& a, cudaStream_t stream) {
 }  // namespace
 
 void set_prefill_mmq_disabled(bool disabled) { g_mmq_disabled = disabled; }
+bool prefill_mmq_disabled() { return g_mmq_disabled; }
 
 bool mmq_enabled(int type, int64_t K) { return !g_mmq_disabled && mmq_type_ok(type, K); }
 

@@ -12,7 +12,7 @@ cudaError_t add_rms_norm_q8(float* x, const float* add, const float* w, float* y
     auto* qs = static_cast<int8_t*>(q8);
     auto* ds = q8 ? reinterpret_cast<float2*>(static_cast<char*>(q8) + q8_values_bytes(K, n_tok)) : nullptr;
     // rms_norm_f32's block size for this row length (norm.cu): the same reduction, hence the same bits.
-    if (K < 1024) PQ_LAUNCH_PDL(add_rms_norm_q8_kernel<32>, (unsigned)n_tok, 32, 0, stream, x, add, w, y, qs, ds, (int)K, eps);
+    if (norm_q8_block(K) == 32) PQ_LAUNCH_PDL(add_rms_norm_q8_kernel<32>, (unsigned)n_tok, 32, 0, stream, x, add, w, y, qs, ds, (int)K, eps);
     else PQ_LAUNCH_PDL(add_rms_norm_q8_kernel<256>, (unsigned)n_tok, 256, 0, stream, x, add, w, y, qs, ds, (int)K, eps);
     return cudaGetLastError();
 }

@@ -44,6 +44,7 @@
 #include "../ops_attention.h"
 #include "../ops_gdn.h"
 #include "../ops_matvec.h"
+#include "../kernels/matvec_internal.cuh"  // prefill_mmq_disabled (the plan's test hook)
 #include "../plan/device_plan.h"  // verify_log_layout
 #include "model.h"
 
@@ -303,10 +304,13 @@ void Model::upload(const HostTensors& tensors, const ProgressFn& progress) {
 // ---- workspace -------------------------------------------------------------------------------------
 
 void Model::ensure_workspace(int64_t n_ctx) {
-    if (buf_ && n_ctx <= ws_ctx_) return;
+    // The plan reserves the prefill's fp16 tile pair only for weights that take that route; the test hook
+    // that switches MMQ off sends every weight there, so it re-plans with the pair for every shape.
+    const bool all_tiles = detail::prefill_mmq_disabled();
+    if (buf_ && n_ctx <= ws_ctx_ && all_tiles == ws_all_tiles_) return;
     const int64_t ctx = std::max(n_ctx, ws_ctx_);
     check(cudaStreamSynchronize(stream_), "ensure_workspace");
-    const WorkspacePlan p = plan_workspace(cfg_, weight_shapes_, opt_.n_batch, ctx);
+    const WorkspacePlan p = plan_workspace(cfg_, weight_shapes_, opt_.n_batch, ctx, all_tiles);
     const ActLayout L = act_layout(cfg_, opt_.n_batch);
     auto b = std::make_unique<Buffers>();
     const size_t total = L.total + p.scratch + p.misc;
@@ -333,6 +337,7 @@ void Model::ensure_workspace(int64_t n_ctx) {
     buf_ = std::move(b);
     plan_ = p;
     ws_ctx_ = ctx;
+    ws_all_tiles_ = all_tiles;
     ++ws_generation_;             // captured graphs point at the old buffers
     device_token_valid_ = false;  // and the previous decode choice was in the old token buffer
 }
@@ -608,7 +613,7 @@ void Model::run_layers(State& st, int64_t n, VerifyLog* log) {
             PQ_OP(matmul(L.attn_v.type, L.attn_v.data, E, Hkv * D, b.a, n, b.v, b.scratch, s));
             // A verification: one query at a time through the decode kernel (each sees the rows before it).
             const int64_t steps = log ? n : 1, per = log ? 1 : n;
-            if (n == 1 && !log) PQ_OP(attention_one(st, slot, L, nullptr, nullptr));  // a decode step
+            if (n == 1 && !log) PQ_OP(attention_one(st, slot, L, nullptr, nullptr, false));  // a decode step
             else for (int64_t t = 0; t < steps; ++t)
                 PQ_OP(attention(b.qg + t * 2 * H * D, b.k + t * Hkv * D, b.v + t * Hkv * D, L.attn_q_norm.f32(),
                                 L.attn_k_norm.f32(), kv_cache(st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos + t,
@@ -658,13 +663,15 @@ bool Model::any_q8(std::initializer_list<const DevTensor*> ws) const {
 
 // The matmuls of one prepared input (x, its Q8_1 in q8, default buf q8): consecutive weights of one type
 // share a launch.
+// tail: the next layer entry as the epilogue of the (single) matmul.
 void Model::matmuls(const float* x, int64_t K, int64_t n, std::initializer_list<std::pair<const DevTensor*, float*>> ws,
-                    const void* q8, const MatmulPart* conv_first) {
+                    const void* q8, const MatmulPart* conv_first, const NormTail* tail) {
     if (!q8) q8 = buf_->q8;
+    if (tail && ws.size() != 1) throw std::logic_error("matmuls: a norm epilogue needs exactly one weight");
     MatmulPart parts[kMatmulMaxParts];
     int np = 0, type = -1;
     auto flush = [&] {
-        if (np) PQ_OP(matmul_prepared(type, parts, np, K, x, q8, n, cur_));
+        if (np) PQ_OP(matmul_prepared(type, parts, np, K, x, q8, n, cur_, tail));
         np = 0;
     };
     bool first = true;
@@ -689,8 +696,20 @@ void Model::quantize_for(const float* x, int64_t K, int64_t n, std::initializer_
     if (any_q8(ws)) PQ_OP(quantize_act_q8(x, K, n, buf_->q8, cur_));
 }
 
-// run_layers for n <= kMultiPassMaxTok. defer_last_add: the last layer's FFN output stays in t (the LM
-// head's norm adds it: run_lm_head_decode); otherwise x is complete on return.
+std::pair<const float*, bool> Model::entry_norm(int il) const {
+    if (il == cfg_.n_layer) return {w_.output_norm.f32(), any_q8({&w_.output})};
+    const Layer& L = w_.layers[il];
+    if (cfg_.recurrent[il]) return {L.attn_norm.f32(), any_q8({&L.attn_qkv, &L.attn_gate, &L.ssm_beta, &L.ssm_alpha})};
+    return {L.attn_norm.f32(), any_q8({&L.attn_q, &L.attn_k, &L.attn_v})};
+}
+
+// run_layers for n <= kMultiPassMaxTok. defer_last_add: the last layer's FFN output is added and the final
+// norm (and its Q8_1) computed into a by the down projection's epilogue (the LM head reads them:
+// run_lm_head_decode); otherwise x is complete on return.
+//
+// Every layer entry but layer 0's (residual add + RMSNorm + Q8_1) is the epilogue of the matmul before it
+// (NormTail, ops_matvec.h: the matmul kernel's last CTA runs add_rms_norm_q8's arithmetic): the post-mixer
+// norm the out projection's, the next layer's attn_norm (or the final norm) the down projection's.
 void Model::run_layers_decode(State& st, int64_t n, VerifyLog* log, bool defer_last_add) {
     const ModelConfig& c = cfg_;
     Buffers& b = *buf_;
@@ -698,16 +717,23 @@ void Model::run_layers_decode(State& st, int64_t n, VerifyLog* log, bool defer_l
     const int64_t E = c.n_embd, F = c.n_ff;
     const float eps = c.rms_eps;
     void* q8 = b.q8;
+    auto entry_tail = [&](const float* w, bool quant) {
+        // b.q8cnt[0]: no other counter user runs in the same launch; every launch leaves it zero
+        return NormTail{b.x, w, b.a, quant ? q8 : nullptr, b.q8cnt, eps};
+    };
     PQ_OP(get_rows(w_.token_embd.type, w_.token_embd.data, E, w_.token_embd.ne1, b.tokens, n, b.x, s));
+    {
+        const auto [w0, q0] = entry_norm(0);
+        PQ_OP(add_rms_norm_q8(b.x, nullptr, w0, b.a, q0 ? q8 : nullptr, E, n, eps, s));
+    }
     for (int il = 0; il < c.n_layer; ++il) {
         const Layer& L = w_.layers[il];
         const int slot = slot_[il];
-        const float* pending = il > 0 ? b.t : nullptr;  // the previous layer's FFN output, not added yet
+        const bool qf = any_q8({&L.ffn_gate, &L.ffn_up});
+        const NormTail post = entry_tail(L.post_attention_norm.f32(), qf);
         if (c.recurrent[il]) {
             const int64_t C = c.conv_channels(), nv = c.ssm_v_heads, Dv = nv * c.ssm_v_dim;
             const auto [qkv, y, alpha, beta] = VerifyLog::gdn_inputs(log, slot, b);
-            const bool q = any_q8({&L.attn_qkv, &L.attn_gate, &L.ssm_beta, &L.ssm_alpha});
-            PQ_OP(add_rms_norm_q8(b.x, pending, L.attn_norm.f32(), b.a, q ? q8 : nullptr, E, n, eps, s));
             // the causal conv + SiLU as the qkv matmul's epilogue (each channel one warp's row)
             MatmulPart conv{};
             conv.conv_w = L.ssm_conv1d.f32();
@@ -733,11 +759,9 @@ void Model::run_layers_decode(State& st, int64_t n, VerifyLog* log, bool defer_l
                           c.ssm_k_heads, nv, c.ssm_k_dim, c.ssm_v_dim, n, eps, b.scratch, s));
                 quantize_for(b.o, Dv, n, {&L.ssm_out});
             }
-            matmuls(b.o, Dv, n, {{&L.ssm_out, b.t}});
+            matmuls(b.o, Dv, n, {{&L.ssm_out, b.t}}, nullptr, nullptr, &post);
         } else {
             const int64_t H = c.n_head, Hkv = c.n_head_kv, D = c.head_dim;
-            const bool q = any_q8({&L.attn_q, &L.attn_k, &L.attn_v});
-            PQ_OP(add_rms_norm_q8(b.x, pending, L.attn_norm.f32(), b.a, q ? q8 : nullptr, E, n, eps, s));
             matmuls(b.a, E, n, {{&L.attn_q, b.qg}, {&L.attn_k, b.k}, {&L.attn_v, b.v}});
             const int64_t HD = H * D;
             if (log || n == 1) {
@@ -747,7 +771,7 @@ void Model::run_layers_decode(State& st, int64_t n, VerifyLog* log, bool defer_l
                 auto* qs = static_cast<int8_t*>(q8);
                 auto* ds = reinterpret_cast<float*>(static_cast<char*>(q8) + q8_values_bytes(HD, n));
                 if (n == 1 && !log) {
-                    PQ_OP(attention_one(st, slot, L, qo ? qs : nullptr, qo ? ds : nullptr));  // a decode step
+                    PQ_OP(attention_one(st, slot, L, qo ? qs : nullptr, qo ? ds : nullptr, true));  // a decode step
                 } else {
                     for (int64_t t = 0; t < n; ++t)
                         PQ_OP(attention_decode_q8(b.qg + t * 2 * HD, b.k + t * Hkv * D, b.v + t * Hkv * D,
@@ -755,7 +779,7 @@ void Model::run_layers_decode(State& st, int64_t n, VerifyLog* log, bool defer_l
                                                   kv_cache(st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos + t,
                                                   (int)H, (int)Hkv, (int)D, rope_, eps, b.ao + t * HD,
                                                   qo ? qs + t * HD : nullptr, qo ? ds + t * (HD / 32) * 2 : nullptr,
-                                                  b.scratch, s));
+                                                  b.scratch, s, b.q8cnt));
                 }
             } else {
                 PQ_OP(attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(),
@@ -763,27 +787,28 @@ void Model::run_layers_decode(State& st, int64_t n, VerifyLog* log, bool defer_l
                                 rope_, eps, b.ao, b.scratch, s));
                 quantize_for(b.ao, HD, n, {&L.attn_output});
             }
-            matmuls(b.ao, HD, n, {{&L.attn_output, b.t}});
+            matmuls(b.ao, HD, n, {{&L.attn_output, b.t}}, nullptr, nullptr, &post);
         }
-        const bool qf = any_q8({&L.ffn_gate, &L.ffn_up});
-        PQ_OP(add_rms_norm_q8(b.x, b.t, L.post_attention_norm.f32(), b.a, qf ? q8 : nullptr, E, n, eps, s));
         // the gate/up matmul also quantizes h for the down projection (into q8b: it reads q8)
         const bool qh = any_q8({&L.ffn_down});
         PQ_OP(matmul_swiglu_prepared(L.ffn_gate.type, L.ffn_gate.data, L.ffn_up.type, L.ffn_up.data, E, F, b.a, q8, n,
                                      b.h, b.scratch, s, qh ? b.q8b : nullptr, b.q8cnt));
-        matmuls(b.h, F, n, {{&L.ffn_down, b.t}}, b.q8b);
+        if (il + 1 < c.n_layer || defer_last_add) {
+            const auto [wn, qn] = entry_norm(il + 1);  // the next layer's entry, or the final norm
+            const NormTail next = entry_tail(wn, qn);
+            matmuls(b.h, F, n, {{&L.ffn_down, b.t}}, b.q8b, nullptr, &next);
+        } else {
+            matmuls(b.h, F, n, {{&L.ffn_down, b.t}}, b.q8b);
+        }
     }
     if (!defer_last_add) PQ_OP(add_f32(b.x, b.t, b.x, n * E, s));
 }
 
-// The decode body's LM head: the last residual add, the final norm and its Q8_1 in one kernel, then the
-// LM head matmul on them (run_lm_head's arithmetic).
+// The decode body's LM head on the final norm's output and Q8_1, which the last down projection's epilogue
+// wrote (run_layers_decode with defer_last_add; run_lm_head's arithmetic).
 void Model::run_lm_head_decode() {
     Buffers& b = *buf_;
-    const int64_t E = cfg_.n_embd;
-    const bool q = any_q8({&w_.output});
-    PQ_OP(add_rms_norm_q8(b.x, b.t, w_.output_norm.f32(), b.a, q ? b.q8 : nullptr, E, 1, cfg_.rms_eps, cur_));
-    matmuls(b.a, E, 1, {{&w_.output, b.logits}});
+    matmuls(b.a, cfg_.n_embd, 1, {{&w_.output, b.logits}});
 }
 
 // Final norm of hidden rows [first, first + rows) of x into a, LM head into logits (rows <= kLogitRows).
@@ -993,7 +1018,10 @@ void set_decode_graph_stale_position(bool on) { g_stale_graph_position = on; }
 
 // The single-token attention of the decode body: in a recorded body at the slot's device-resident
 // position (the bucket's grid), else at st.pos by value.
-cudaError_t Model::attention_one(State& st, int slot, const Layer& L, int8_t* out_qs, float* out_ds) {
+// fused_combine: the decode kernel combines its splits (the decode path); false: attn_combine_kernel (the
+// op-by-op path keeps its launches).
+cudaError_t Model::attention_one(State& st, int slot, const Layer& L, int8_t* out_qs, float* out_ds,
+                                 bool fused_combine) {
     const ModelConfig& c = cfg_;
     Buffers& b = *buf_;
     const KvCache kv = kv_cache(st, st.k_[slot], st.v_[slot]);
@@ -1001,12 +1029,11 @@ cudaError_t Model::attention_one(State& st, int slot, const Layer& L, int8_t* ou
     if (graph_pos_)
         return attention_decode_graph(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos,
                                       g_stale_graph_position ? nullptr : graph_pos_, H, Hkv, D, rope_, c.rms_eps, b.ao,
-                                      out_qs, out_ds, b.scratch, cur_);
-    if (!out_qs)
-        return attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos, 1, H, Hkv, D,
-                         rope_, c.rms_eps, b.ao, b.scratch, cur_);
+                                      out_qs, out_ds, b.scratch, cur_, fused_combine ? b.q8cnt : nullptr);
+    // out_qs may be null (a float attn_output reads ao itself): the same launches either way
     return attention_decode_q8(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos, H, Hkv,
-                               D, rope_, c.rms_eps, b.ao, out_qs, out_ds, b.scratch, cur_);
+                               D, rope_, c.rms_eps, b.ao, out_qs, out_ds, b.scratch, cur_,
+                               fused_combine ? b.q8cnt : nullptr);
 }
 
 Model::GraphKey Model::graph_key(const State& st) const {

@@ -221,7 +221,11 @@ private:
     void run_lm_head_decode();
     bool any_q8(std::initializer_list<const DevTensor*> ws) const;
     void matmuls(const float* x, int64_t K, int64_t n, std::initializer_list<std::pair<const DevTensor*, float*>> ws,
-                 const void* q8 = nullptr, const struct MatmulPart* conv_first = nullptr);
+                 const void* q8 = nullptr, const struct MatmulPart* conv_first = nullptr,
+                 const struct NormTail* tail = nullptr);
+    // The decode path's layer entry of layer il (its attn_norm; il == n_layer: the final norm): the norm's
+    // weight and whether the matmuls after it read Q8_1.
+    std::pair<const float*, bool> entry_norm(int il) const;
     void quantize_for(const float* x, int64_t K, int64_t n, std::initializer_list<const DevTensor*> ws);
     void begin_forward(State& st, const int32_t* tokens, int64_t n, bool verify);  // checks, then invalidations
     void forward_verify(State& st, const int32_t* tokens, int64_t n, float* out, bool logits_all, int32_t* argmax);
@@ -258,7 +262,7 @@ private:
     void record_slot(int slot, State& st, const GraphKey& key);
     void prepare_next(State& st);
     // the attention of a one-token step (graph_pos_: in a recording, at the device-resident position)
-    cudaError_t attention_one(State& st, int slot, const Layer& L, int8_t* out_qs, float* out_ds);
+    cudaError_t attention_one(State& st, int slot, const Layer& L, int8_t* out_qs, float* out_ds, bool fused_combine);
 
     ModelConfig cfg_;
     ModelOptions opt_;
@@ -276,6 +280,7 @@ private:
 
     WorkspacePlan plan_;
     int64_t ws_ctx_ = 0;            // n_ctx the scratch is sized for
+    bool ws_all_tiles_ = false;     // ... and with the fp16 tile pair for every shape (MMQ off: test hook)
     std::unique_ptr<Buffers> buf_;
     uint64_t ws_generation_ = 0;    // bumps when buffers move (captured graphs become stale)
     uint64_t next_state_id_ = 1;

@@ -79,7 +79,10 @@ inline size_t q8_act_bytes(int64_t K, int64_t n_tok) {
     return q8_values_bytes(K, n_tok) + align_up((size_t)n_tok * (size_t)(K / 32) * sizeof(float) * 2);
 }
 
-inline MatmulScratch matmul_scratch_layout(int64_t K, int64_t N, int64_t n_tok, int64_t tile_values = kTileValues) {
+// fp16_tiles: whether the call may take the fp16 fallback (its weight type(s) not all MMQ's): only then
+// does a prefill call need the tile pair (Q4_K_M files never do: up to 64 MB the plan need not reserve).
+inline MatmulScratch matmul_scratch_layout(int64_t K, int64_t N, int64_t n_tok, int64_t tile_values = kTileValues,
+                                           bool fp16_tiles = true) {
     MatmulScratch l;
     const size_t q8 = q8_act_bytes(K, n_tok);
     if (n_tok <= kMultiPassMaxTok) {
@@ -87,8 +90,10 @@ inline MatmulScratch matmul_scratch_layout(int64_t K, int64_t N, int64_t n_tok, 
     } else {
         const size_t x16 = 2 * (size_t)n_tok * (size_t)K * 2;  // hi and lo halves
         l.act = align_up(x16 > q8 ? x16 : q8);
-        l.tile_buf = align_up((size_t)prefill_tile_rows(K, N, tile_values) * (size_t)K * 2);
-        l.tile = 2 * l.tile_buf;
+        if (fp16_tiles) {
+            l.tile_buf = align_up((size_t)prefill_tile_rows(K, N, tile_values) * (size_t)K * 2);
+            l.tile = 2 * l.tile_buf;
+        }
         l.scale = align_up((size_t)n_tok * sizeof(float));
     }
     l.g = l.u = align_up((size_t)n_tok * (size_t)N * sizeof(float));
@@ -337,7 +342,11 @@ struct WeightShape {
     int64_t ne0, ne1;
 };
 
-inline WorkspacePlan plan_workspace(const Config& c, const std::vector<WeightShape>& weights, int64_t nb, int64_t n_ctx) {
+// fp16_tiles_always: reserve the prefill tile pair for every shape, as if no weight went through MMQ (the
+// CUDA model's test hook that switches MMQ off); otherwise only for shapes some weight of which takes the
+// fp16 fallback (!mmq_type_ok: float weights, IQ4_XS, the legacy 32-value types).
+inline WorkspacePlan plan_workspace(const Config& c, const std::vector<WeightShape>& weights, int64_t nb, int64_t n_ctx,
+                                    bool fp16_tiles_always = false) {
     WorkspacePlan p;
     const ActLayout L = act_layout(c, nb);
     p.logits = L.total - L.logits;
@@ -347,6 +356,7 @@ inline WorkspacePlan plan_workspace(const Config& c, const std::vector<WeightSha
     struct Shape {
         int64_t K, N;
         bool lm;
+        bool tiles;  // some weight of this shape takes the fp16 fallback (matmul_swiglu: then both do)
     };
     std::vector<Shape> shapes;
     for (const WeightShape& w : weights) {
@@ -354,15 +364,22 @@ inline WorkspacePlan plan_workspace(const Config& c, const std::vector<WeightSha
         const int g = matmul_k_granularity(w.type);
         if (g == 0 || w.ne0 % g != 0) continue;
         const bool lm = w.ne1 == c.n_vocab && w.ne0 == c.n_embd;  // token_embd / output (LM head rows)
+        const bool tiles = fp16_tiles_always || !mmq_type_ok(w.type, w.ne0);
         bool seen = false;
-        for (const Shape& sh : shapes) seen |= sh.K == w.ne0 && sh.N == w.ne1 && sh.lm == lm;
-        if (!seen) shapes.push_back({w.ne0, w.ne1, lm});
+        for (Shape& sh : shapes) {
+            if (sh.K == w.ne0 && sh.N == w.ne1 && sh.lm == lm) {
+                sh.tiles |= tiles;
+                seen = true;
+            }
+        }
+        if (!seen) shapes.push_back({w.ne0, w.ne1, lm, tiles});
     }
     size_t s = 0;
     const int64_t rows = act_rows(nb);  // a verification is one batch of up to kVerifyRows tokens
     for (const Shape& sh : shapes) {
         const int64_t nmax = sh.lm ? std::min(rows, kLogitRows) : rows;
-        for (int64_t n = 1; n <= nmax; ++n) s = std::max(s, matmul_scratch_layout(sh.K, sh.N, n).total);
+        for (int64_t n = 1; n <= nmax; ++n)
+            s = std::max(s, matmul_scratch_layout(sh.K, sh.N, n, kTileValues, sh.tiles).total);
     }
     const AttentionTuning auto_tuning{};
     for (int64_t n = 1; n <= nb; ++n) {

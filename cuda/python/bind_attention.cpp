@@ -91,7 +91,7 @@ py::tuple attention(const F32Array& qg, const F32Array& k, const F32Array& v, co
                     const F32Array& k_norm, const py::array& k_cache, const py::array& v_cache, int64_t pos0,
                     int n_rot, float rope_base, float eps, int64_t decode_split, int64_t prefill_split,
                     bool force_prefill, const std::string& kv_type, const py::object& rope_freqs, float mscale,
-                    int64_t graph_pos) {
+                    int64_t graph_pos, bool fused_combine) {
     const Heads h = heads_of(qg, k, v);
     need_vec(q_norm, h.D, "q_norm");
     need_vec(k_norm, h.D, "k_norm");
@@ -118,7 +118,20 @@ py::tuple attention(const F32Array& qg, const F32Array& k, const F32Array& v, co
     kvc.v = dvc.as<void>();
     kvc.k_type = kt.k;
     kvc.v_type = kt.v;
-    if (graph_pos >= 0) {
+    // fused_combine: the decode kernel's last split blocks combine (counters: H zeros, left zero)
+    DeviceBuffer dcnt(sizeof(unsigned) * (size_t)h.H);
+    const std::vector<unsigned> zeros((size_t)h.H, 0u);
+    dcnt.upload(zeros.data(), sizeof(unsigned) * zeros.size());
+    unsigned* cnt = fused_combine ? dcnt.as<unsigned>() : nullptr;
+    if (fused_combine && graph_pos < 0) {
+        need(h.n == 1 && decode_split == 0 && prefill_split == 0 && !force_prefill,
+             "fused_combine: one token, default tuning");
+        finish(pq::cuda::attention_decode_q8(dq.as<float>(), dk.as<float>(), dv.as<float>(), dqn.as<float>(),
+                                             dkn.as<float>(), kvc, n_ctx, pos0, h.H, h.Hkv, h.D,
+                                             rope_of(n_rot, rope_base, rope_freqs, mscale), eps, dout.as<float>(),
+                                             nullptr, nullptr, scratch.as<void>(), nullptr, cnt),
+               "attention_decode_q8");
+    } else if (graph_pos >= 0) {
         // attention_decode_graph as a recorded decode graph replays it: the launch made for position
         // graph_pos (its bucket's grid), the kernels reading pos0 from device memory
         need(h.n == 1 && decode_split == 0 && prefill_split == 0 && !force_prefill,
@@ -132,7 +145,7 @@ py::tuple attention(const F32Array& qg, const F32Array& k, const F32Array& v, co
         finish(pq::cuda::attention_decode_graph(dq.as<float>(), dk.as<float>(), dv.as<float>(), dqn.as<float>(),
                                                 dkn.as<float>(), kvc, n_ctx, graph_pos, dpos.as<int32_t>(), h.H,
                                                 h.Hkv, h.D, rope_of(n_rot, rope_base, rope_freqs, mscale), eps,
-                                                dout.as<float>(), nullptr, nullptr, scratch.as<void>(), nullptr),
+                                                dout.as<float>(), nullptr, nullptr, scratch.as<void>(), nullptr, cnt),
                "attention_decode_graph");
     } else {
         finish(pq::cuda::attention_ex(dq.as<float>(), dk.as<float>(), dv.as<float>(), dqn.as<float>(),
@@ -140,6 +153,12 @@ py::tuple attention(const F32Array& qg, const F32Array& k, const F32Array& v, co
                                       rope_of(n_rot, rope_base, rope_freqs, mscale), eps, dout.as<float>(),
                                       scratch.as<void>(), nullptr, tune),
                "attention");
+    }
+    if (fused_combine) {
+        std::vector<unsigned> left((size_t)h.H);
+        dcnt.download(left.data(), sizeof(unsigned) * left.size());
+        for (unsigned c : left)
+            if (c != 0) throw std::runtime_error("the decode kernel left a combine counter nonzero");
     }
     std::vector<uint8_t> tail(kCanary);
     scratch.download(tail.data(), kCanary, scratch_bytes);
@@ -187,12 +206,13 @@ void bind_attention(py::module_& m) {
           py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"), py::arg("n_rot"), py::arg("rope_base"),
           py::arg("eps"), py::arg("decode_split") = 0, py::arg("prefill_split") = 0, py::arg("force_prefill") = false,
           py::arg("kv_type") = "f16", py::arg("rope_freqs") = py::none(), py::arg("mscale") = 1.0f,
-          py::arg("graph_pos") = -1,
+          py::arg("graph_pos") = -1, py::arg("fused_combine") = false,
           "Gated-attention core (ops_attention.h attention_ex): qg [n,H,2D], k/v [n,Hkv,D] float32, caches "
           "[n_ctx,Hkv,D] float16, or for kv_type q8_0 / q4_0 ('K,V' for two types) uint8 [n_ctx, row bytes] "
           "of ggml blocks. rope_freqs (n_rot/2 float64) and mscale replace base^(-2i/n_rot) and 1 (YaRN). "
           "Returns (out [n,H*D], qg, k, k_cache, v_cache) after the call. graph_pos >= 0 (one token): "
-          "attention_decode_graph launched for position graph_pos with pos0 in device memory (same bucket).");
+          "attention_decode_graph launched for position graph_pos with pos0 in device memory (same bucket). "
+          "fused_combine (one token): the split-K combine in the decode kernel's last split blocks.");
     m.def("attention_prepare", &attention_prepare, py::arg("qg"), py::arg("k"), py::arg("v"), py::arg("q_norm"),
           py::arg("k_norm"), py::arg("pos0"), py::arg("n_rot"), py::arg("rope_base"), py::arg("eps"),
           py::arg("rope_freqs") = py::none(), py::arg("mscale") = 1.0f,

@@ -249,9 +249,55 @@ py::tuple matmul_prepared_conv(int type, const U8Array& w, int64_t N, int64_t K,
     return py::make_tuple(y, cy, st);
 }
 
+// One matmul with the layer entry as its epilogue (NormTail): y = W x, then x_res += y, out = rms_norm(x_res)
+// * norm_w, its Q8_1. Returns (y, x_res, out, qs, ds, counter after the call); qs, ds None without quantize.
+py::tuple matmul_prepared_norm(int type, const U8Array& w, int64_t N, int64_t K, const F32Array& x,
+                               const F32Array& res, py::object norm_w, float eps, bool quantize) {
+    check_weight(w, N, "w");
+    check_x(x, K);
+    const int64_t n_tok = x.shape(0);
+    if (res.ndim() != 2 || res.shape(0) != n_tok || res.shape(1) != N) throw std::invalid_argument("res must be [n_tok, N]");
+    auto dw = DeviceBuffer::from(w), dx = DeviceBuffer::from(x), dres = DeviceBuffer::from(res);
+    DeviceBuffer dnw(1);
+    const float* pnw = nullptr;
+    if (!norm_w.is_none()) {
+        const F32Array nw = norm_w.cast<F32Array>();
+        if (nw.ndim() != 1 || nw.shape(0) != N) throw std::invalid_argument("norm_w must be [N] float32");
+        dnw = DeviceBuffer::from(nw);
+        pnw = dnw.as<float>();
+    }
+    DeviceBuffer dq(std::max<size_t>(pq::cuda::q8_act_bytes(K, n_tok), 1));
+    if (pq::cuda::matmul_reads_q8(type))
+        finish(pq::cuda::quantize_act_q8(dx.as<float>(), K, n_tok, dq.as(), nullptr), "quantize_act_q8");
+    DeviceBuffer dy(sizeof(float) * (size_t)(n_tok * N)), dout(sizeof(float) * (size_t)(n_tok * N));
+    DeviceBuffer dnq(std::max<size_t>(pq::cuda::q8_act_bytes(N, n_tok), 1));
+    DeviceBuffer dcnt(sizeof(unsigned));
+    const unsigned zero = 0;
+    dcnt.upload(&zero, sizeof zero);
+    pq::cuda::MatmulPart part{dw.as(), N, dy.as<float>()};
+    const pq::cuda::NormTail tail{dres.as<float>(), pnw, dout.as<float>(), quantize ? dnq.as() : nullptr,
+                                  dcnt.as<unsigned>(), eps};
+    finish(pq::cuda::matmul_prepared(type, &part, 1, K, dx.as<float>(), dq.as(), n_tok, nullptr, &tail),
+           "matmul_prepared");
+    F32Array y({n_tok, N}), xr({n_tok, N}), out({n_tok, N});
+    dy.download(y.mutable_data());
+    dres.download(xr.mutable_data());
+    dout.download(out.mutable_data());
+    unsigned cnt = 0;
+    dcnt.download(&cnt, sizeof cnt);
+    if (!quantize) return py::make_tuple(y, xr, out, py::none(), py::none(), cnt);
+    const py::tuple q = q8_arrays(dnq, N, n_tok);
+    return py::make_tuple(y, xr, out, q[0], q[1], cnt);
+}
+
 }  // namespace
 
 void bind_matvec(py::module_& m) {
+    m.def("matmul_prepared_norm", &matmul_prepared_norm, py::arg("type"), py::arg("w"), py::arg("N"), py::arg("K"),
+          py::arg("x"), py::arg("res"), py::arg("norm_w") = py::none(), py::arg("eps") = 1e-6f,
+          py::arg("quantize") = true,
+          "A matmul with the next layer entry (residual add + RMSNorm + Q8_1) as its epilogue: "
+          "(y, res + y, normed, qs, ds, counter).");
     m.def("matmul_prepared_conv", &matmul_prepared_conv, py::arg("type"), py::arg("w"), py::arg("N"), py::arg("K"),
           py::arg("x"), py::arg("conv_w"), py::arg("state"),
           "A matmul with the DeltaNet conv + SiLU as its epilogue: (y, conv_y, new conv state).");

@@ -192,6 +192,26 @@ def test_decode_graph_reads_the_position_from_device(ops, H, Hkv, D, pos0, graph
         ops.attention(**case, n_rot=n_rot, rope_base=1e4, eps=1e-6, graph_pos=100 if pos0 > 200 else 300)
 
 
+@pytest.mark.parametrize("H,Hkv,D,pos0,graph_pos", [
+    (24, 4, 256, 299, 260),  # the model's heads; a grid of 4 splits, 3 live, 1 neutral (graph)
+    (24, 4, 256, 517, -1),   # 5 live splits, by value
+    (12, 2, 64, 300, -1),    # ratio 6, 3 splits
+    (5, 1, 32, 150, -1),     # NR = 1: five blocks per KV head, each its own counter
+    (6, 1, 32, 40, 3),       # one split: the only block is the last
+    (6, 1, 64, 130, 128),    # 2 splits, both live (graph)
+])
+def test_decode_combine_in_the_last_split_block(ops, H, Hkv, D, pos0, graph_pos):
+    """The split-K combine run by the decode kernel's last split block of each head group (a counter per
+    group, left zero: the binding checks) instead of attn_combine_kernel: the same arithmetic
+    (attn_combine_value), so the output, roped q/k and cache rows are bit-identical."""
+    case = make_case(1, H, Hkv, D, pos0, n_ctx=600)
+    kw = dict(n_rot=min(D, 64), rope_base=1e4, eps=1e-6, graph_pos=graph_pos)
+    separate = ops.attention(**case, **kw)
+    fused = ops.attention(**case, **kw, fused_combine=True)
+    for a, b in zip(separate, fused):
+        assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
 def test_decode_sharp_softmax(ops):
     """Large scores (q x 8): one key dominates; online softmax across chunks, warps and splits."""
     case = make_case(1, 6, 1, 64, 333, seed=3, q_gain=8.0)

@@ -142,3 +142,41 @@ def test_matmul_conv_epilogue_equals_conv1d(ops, wtype, N, n_tok, ck):
     cy_ref, st_ref = ops.conv1d_silu(y_ref, cw, state)
     y, cy, st = ops.matmul_prepared_conv(wtype, w, N, K, x, cw, state)
     assert np.array_equal(y, y_ref) and np.array_equal(cy, cy_ref) and np.array_equal(st, st_ref)
+
+
+@pytest.mark.parametrize("wtype,K", [(Q4_K, 512), (Q6_K, 256), (F16, 64)])
+@pytest.mark.parametrize("N", [96, 1056, 2048])
+@pytest.mark.parametrize("n_tok", [1, 3, 11])
+def test_matmul_norm_epilogue_equals_add_rms_norm_q8(ops, wtype, K, N, n_tok):
+    """The layer entry (residual add + RMSNorm + Q8_1) as the matmul's epilogue, run by the kernel's last
+    CTA of 128 threads playing add_rms_norm_q8's 32 or 256 (N < 1024: one warp's tree; else 256 threads'),
+    equals matmul then add_rms_norm_q8 bit for bit -- over the two launches of 11 tokens too (each launch's
+    last CTA norms its own tokens) -- and leaves its counter zero."""
+    rng = rng_for("norm_epilogue", wtype, K, N, n_tok)
+    w = make_weight(wtype, N, K, rng)
+    x = rng.standard_normal((n_tok, K)).astype(np.float32)
+    res = (rng.standard_normal((n_tok, N)) * 20).astype(np.float32)
+    nw = rng.uniform(-2, 2, N).astype(np.float32)
+    y_ref = ops.matmul(wtype, w, K, N, x)
+    xr_ref, out_ref, qs_ref, ds_ref = ops.add_rms_norm_q8(res, y_ref, nw, 1e-6, True)
+    y, xr, out, qs, ds, cnt = ops.matmul_prepared_norm(wtype, w, N, K, x, res, nw, 1e-6, True)
+    assert np.array_equal(y, y_ref)
+    assert np.array_equal(xr, xr_ref) and np.array_equal(out, out_ref)
+    assert np.array_equal(qs, qs_ref) and np.array_equal(ds, ds_ref)
+    assert cnt == 0
+    # without the norm weight and the quantization (the kernel's other branches)
+    _, xr2, out2, qs2, _, cnt2 = ops.matmul_prepared_norm(wtype, w, N, K, x, res, None, 1e-6, False)
+    xr2_ref, out2_ref, _, _ = ops.add_rms_norm_q8(res, y_ref, None, 1e-6, False)
+    assert np.array_equal(xr2, xr2_ref) and np.array_equal(out2, out2_ref) and qs2 is None and cnt2 == 0
+    # float64 reference of the norm on the matmul's own output (independent of our C++ arithmetic)
+    s = res.astype(np.float64) + y.astype(np.float64)
+    ref = s / np.sqrt((s * s).mean(axis=1, keepdims=True) + 1e-6) * nw
+    assert np.allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_matmul_norm_epilogue_rejects(ops):
+    rng = rng_for("norm_epilogue_rejects")
+    w = make_weight(Q4_K, 48, 256, rng)  # N not whole Q8_1 blocks
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    with pytest.raises(Exception):
+        ops.matmul_prepared_norm(Q4_K, w, 48, 256, x, np.zeros((1, 48), np.float32))

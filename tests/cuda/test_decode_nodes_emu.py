@@ -23,11 +23,14 @@ import pytest
 TESTS = Path(__file__).resolve().parents[1]
 Q4_K, Q6_K = 12, 14
 BEFORE_27B = 1268  # issue 10: graph nodes per decoded token of the 27B before the fused decode path
+SEPARATE_NORMS_27B = 515  # ... and with the layer entries (add + norm + Q8_1) as launches of their own
 
 
 def body_nodes(layers: list[dict], fixed: int = 3) -> int:
     """Nodes of one decode body: per layer [kind, types of its weights by name]; `fixed`: the embedding
-    gather, the final add+norm(+Q8_1) and the LM head."""
+    gather, layer 0's norm(+Q8_1) and the LM head. Every other layer entry (residual add + norm + Q8_1:
+    the post-mixer norm, the next layer's attn_norm, the final norm) is the epilogue of the out / down
+    projection before it, not a node."""
     def groups(types):  # consecutive weights of one type share a launch (up to 4)
         n, prev, run = 0, None, 0
         for t in types:
@@ -44,9 +47,9 @@ def body_nodes(layers: list[dict], fixed: int = 3) -> int:
             mixer = 1 + 1  # gdn (+ Q8_1 of its output), ssm_out; the conv is the qkv matmul's epilogue
         else:
             proj = groups([t["attn_q"], t["attn_k"], t["attn_v"]])
-            mixer = 3 + 1  # q/k norm + RoPE + append, split-K decode, combine (+ Q8_1), attn_output
+            mixer = 2 + 1  # q/k norm + RoPE + append, split-K decode (its last split blocks combine, + Q8_1), attn_output
         ffn = 1 if t["ffn_gate"] == t["ffn_up"] else 4  # gate/up (+ Q8_1 of h); else 2 mmv + swiglu + quantize
-        total += 1 + proj + mixer + 1 + ffn + 1  # norm(+add, Q8_1), ..., post norm(+add, Q8_1), ..., down
+        total += proj + mixer + ffn + 1  # projections, mixer (+ out projection and its norm epilogue), FFN, down
     return total
 
 
@@ -123,8 +126,14 @@ def test_decode_body_nodes(emu_ops, core, q4km):
     # the op-by-op launches are gone from the decode path: no separate residual add, norm or quantization
     for name in ("add_f32_kernel", "rms_norm_f32_kernel<256>", "rms_norm_f32_kernel<32>", "quantize_act_kernel"):
         assert name not in diff, (name, diff)
+    # one layer entry of its own (layer 0's, after the embedding gather); the others are matmul epilogues
+    assert sum(v for k, v in diff.items() if k.startswith("add_rms_norm_q8_kernel")) == 1, diff
     n27 = body_nodes(layers_27b())
-    print(f"\ndecode body nodes: fixture {nodes} (ledger {diff}); 27B Q4_K_M {BEFORE_27B} -> {n27}")
+    print(f"\ndecode body nodes: fixture {nodes} (ledger {diff}); 27B Q4_K_M {BEFORE_27B} -> "
+          f"{SEPARATE_NORMS_27B} -> {n27}")
+    # 2 entries per layer and the final norm (layer 0's stays); the combine of the 16 attention layers
+    assert n27 == SEPARATE_NORMS_27B - 128 - 16
+    assert "attn_combine_kernel" not in diff, diff
     assert n27 <= 600
 
 

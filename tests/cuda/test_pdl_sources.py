@@ -50,8 +50,25 @@ def test_pdl_kernels_wait_first():
     bodies = kernel_bodies()
     for name in sorted(launched):
         assert name in bodies, f"{name}: no __global__ definition found in cuda/kernels"
-        first = bodies[name].lstrip().split(";", 1)[0]
+        body = bodies[name].lstrip()
+        # allowed before the wait: the L2 prefetch hints of the weights (pq_prefetch_*: no load, no store;
+        # the weights never depend on the predecessor), each one statement
+        while re.match(r"pq_prefetch_\w+\s*(<[^;>]*>)?\s*\(args\)\s*;", body):
+            body = body.split(";", 1)[1].split("\n", 1)[-1].lstrip()
+        first = body.split(";", 1)[0]
         assert first == "pq_grid_dependency_wait()", f"{name} starts with {first!r}, not the PDL wait"
+
+
+def test_pdl_prefetch_hints_do_not_touch_memory():
+    """The helpers allowed before the wait issue only prefetch.global.L2 (compiled for sm_90+ only): no
+    load, no store, no other instruction that reads global memory."""
+    text = (CUDA / "kernels" / "matvec.cuh").read_text()
+    start = text.index("__device__ __forceinline__ void pq_prefetch_mmv_weights")
+    body = text[start:text.index("\n}\n", start)]
+    assert "#if PQ_HAVE_PTX && PQ_DEVICE_ARCH >= 900" in body
+    assert re.findall(r'asm volatile\("([^"]*)"', body) == ["prefetch.global.L2 [%0];"]
+    for forbidden in ("__ldg", "ld.global", "*sg.w", "sg.w[g][", "atomic", "volatile float"):
+        assert forbidden not in body, forbidden
 
 
 def test_pdl_instructions_only_for_sm90():

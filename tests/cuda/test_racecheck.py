@@ -91,6 +91,8 @@ KERNEL_TESTS = [
     "test_attention_kvq.py",  # the same over Q8_0 / Q4_0 caches (dequantizing tile loads)
     "test_mmq.py",            # int8 MMQ prefill (mma twin), quantize_act
     "test_tile_load.py",      # ldmatrix / cp.async emulation probes
+    # the matmul's last-CTA layer-entry epilogue (add + RMSNorm + Q8_1 by 128 threads playing 256)
+    "test_decode_fused.py::test_matmul_norm_epilogue_equals_add_rms_norm_q8",
 ]
 # The largest cases add minutes under racecheck and no kernel path the smaller ones miss (the 66-token
 # dk = 128 GDN and the 130-token one, million-value add/argmax rows, MMQ at the 27B's depth and through
