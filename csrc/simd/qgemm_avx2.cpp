@@ -1,8 +1,8 @@
 // qgemm_avx2.cpp: the prefill GEMM micro-kernel with AVX2 (vpmaddwd), 2 rows x 4 tokens.
 //
-// Each step takes one 16-value group: vpmaddwd adds the two products of each lane pair (the packed
-// order of quants_internal.h), so dword k is lane k directly; 8 accumulators + 6 operands fit the 16
-// ymm registers. Float steps as the reference's (qgemm.cpp tile_ref), in its order.
+// Each step takes one 16-value group: vpmaddwd on the packed int16 values (already times their sub-block
+// scale); the 8 dwords add up to the super-block's exact isum; 8 accumulators + 6 operands fit the 16
+// ymm registers. Float steps as the spec's (qgemm_glue.h kq_step), in its order.
 // Compiled with -mavx2 and picked at run time: it calls no inline function of the shared headers.
 #include <immintrin.h>
 
@@ -19,10 +19,9 @@ using qi::PackedW16;
 template <int R, int T>
 void tile(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_t nb, bool has_min, float* y,
           int64_t ldy) {
-    __m256 sums[R][T];
-    float sumf[R][T];
+    float facc[R][T];
     for (int r = 0; r < R; ++r)
-        for (int t = 0; t < T; ++t) sums[r][t] = _mm256_setzero_ps(), sumf[r][t] = 0;
+        for (int t = 0; t < T; ++t) facc[r][t] = 0;
     for (int64_t i = 0; i < nb; ++i) {
         const PackedW16* wb[R];
         const PackedA16* ab[T];
@@ -40,18 +39,17 @@ void tile(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_
         }
         for (int r = 0; r < R; ++r) {
             for (int t = 0; t < T; ++t) {
-                const float dd = wb[r]->d * ab[t]->d;
-                sums[r][t] = _mm256_add_ps(sums[r][t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(acc[r][t])));
+                facc[r][t] = kq_step(facc[r][t], wb[r]->d, ab[t]->d, hsum8(acc[r][t]));
                 if (has_min) {
                     const int32_t summ = hsum4(_mm_madd_epi16(_mm_loadu_si128((const __m128i*)wb[r]->m),
                                                               _mm_loadu_si128((const __m128i*)ab[t]->bs8)));
-                    const float dm = wb[r]->dmin * ab[t]->d;
-                    sumf[r][t] -= dm * (float)summ;
+                    facc[r][t] = kq_min_step(facc[r][t], wb[r]->dmin, ab[t]->d, summ);
                 }
             }
         }
     }
-    store_tile<R, T>(sums, sumf, y, ldy);
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < T; ++t) y[t * ldy + r] = facc[r][t];
 }
 
 // The 2 x 4 tile for qgemm_glue.h.

@@ -1,5 +1,5 @@
 // simd/qgemm_glue.h: the parts of the prefill GEMM micro-kernels that do not depend on the ISA: the
-// tile epilogue (8 float lane sums -> one output, in the reference's order) and the dispatch from a
+// float steps of the spec per super-block and the dispatch from a
 // (rows, tokens) tile size to a compile-time instance. Included by each simd/qgemm_*.cpp, whose flags
 // it is compiled with: everything here is in an unnamed namespace, so no out-of-line copy built for one
 // ISA can be picked by the linker for another.
@@ -19,18 +19,22 @@ inline int32_t hsum4(__m128i p) {
     return _mm_cvtsi128_si32(p);
 }
 
-// y[t * ldy + r] = sumf[r][t] + lane 0 + ... + lane 7 of sums[r][t] (tile_ref's last loop).
-template <int R, int T>
-inline void store_tile(const __m256 (&sums)[R][T], const float (&sumf)[R][T], float* y, int64_t ldy) {
-    for (int r = 0; r < R; ++r) {
-        for (int t = 0; t < T; ++t) {
-            alignas(32) float l[8];
-            _mm256_store_ps(l, sums[r][t]);
-            float s = sumf[r][t];
-            for (int k = 0; k < 8; ++k) s += l[k];
-            y[t * ldy + r] = s;
-        }
-    }
+// The sum of the 8 int32 of p (exact: the callers' sums are bounded far below 2^31).
+inline int32_t hsum8(__m256i p) {
+    return hsum4(_mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1)));
+}
+
+// fma(a, b, c) rounded once, as the reference's std::fma (this header may not call <cmath>'s inline
+// functions: see the note at the top).
+inline float fma_ss(float a, float b, float c) {
+    return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
+}
+
+// The spec's float steps of one super-block (kx_vec_dot in quants_q4k_q5k.cpp; without the min term
+// q6_k_dot in quants_q6k.cpp): acc = fma(d_w * d_a, isum, acc); acc = fma(-(dmin_w * d_a), summ, acc).
+inline float kq_step(float acc, float d_w, float d_a, int32_t isum) { return fma_ss(d_w * d_a, (float)isum, acc); }
+inline float kq_min_step(float acc, float dmin_w, float d_a, int32_t summ) {
+    return fma_ss(-(dmin_w * d_a), (float)summ, acc);
 }
 
 using TileInstFn = void (*)(const qi::PackedW16*, int64_t, const qi::PackedA16*, int64_t, int64_t, bool, float*,
