@@ -276,10 +276,15 @@ static int64_t chunk_blocks_k() {
 static void qgemm_k(ThreadPool& pool, const QgemmKernels& k, const Tensor& W, const float* x, int64_t n_tok,
                     float* y) {
     const int64_t K = W.ne0, N = W.ne1, nb = K / QK_K;
+    const size_t wbytes = row_bytes(W.type, QK_K);
     std::vector<qi::PackedAK> act((size_t)(n_tok * nb));
     pool.parallel_for(n_tok, [&](int64_t t0, int64_t t1, int) {
         std::vector<block_q8_K> q((size_t)nb);
         for (int64_t t = t0; t < t1; ++t) {
+            if (k.pack_act_k) {
+                k.pack_act_k(x + t * K, K, &act[t * nb]);
+                continue;
+            }
             qi::q8_k_from_float(x + t * K, q.data(), K);
             for (int64_t i = 0; i < nb; ++i) q8_k_pack_k(q[i], act[t * nb + i]);
         }
@@ -292,8 +297,8 @@ static void qgemm_k(ThreadPool& pool, const QgemmKernels& k, const Tensor& W, co
         std::vector<float> state((size_t)(n_ttiles * st_floats));
         for (int64_t p = p0; p < p1; ++p) {
             const int64_t row0 = p * panel_rows, rows = std::min(panel_rows, N - row0);
-            if (rows < panel_rows) std::memset((void*)panel.data(), 0, panel.size() * sizeof(qi::PackedWK));
-            for (int64_t r = 0; r < rows; ++r) k.pack_k(W.type, W.row(row0 + r), nb, (int)(r % 16), &panel[(r / 16) * nb]);
+            for (int64_t r = 0; r < rows; r += 16)
+                k.pack_k(W.type, W.row(row0 + r), wbytes * nb, (int)std::min<int64_t>(16, rows - r), nb, &panel[(r / 16) * nb]);
             for (int64_t k0 = 0; k0 < nb; k0 += kc) {
                 const int64_t nbc = std::min(kc, nb - k0);
                 const int flags = (k0 == 0 ? kChunkFirst : 0) | (k0 + nbc == nb ? kChunkLast : 0);

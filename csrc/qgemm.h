@@ -77,10 +77,13 @@ struct QgemmKernels {
     void (*pack16)(int type, const void* block, qi::PackedW16* out) = nullptr;
     // The k-quants on unsigned levels (PackedWK/PackedAK; when set, used instead of tile/tile_chunk):
     // tiles of rg_k groups of 16 rows x tmax_k tokens, K in chunks as QgemmTileChunkFn (st: rg_k *
-    // tmax_k * 16 floats). pack_k: row r (< 16) of nb PackedWK blocks from one raw weight row.
+    // tmax_k * 16 floats). pack_k: nrows <= 16 raw weight rows (row r at rows + r * row_stride) -> nb
+    // PackedWK blocks (the missing rows all zero).
     int rg_k = 0, tmax_k = 0;
     QgemmTileKFn tile_k = nullptr;
-    void (*pack_k)(int type, const void* row, int64_t nb, int r, qi::PackedWK* out) = nullptr;
+    void (*pack_k)(int type, const void* rows, size_t row_stride, int nrows, int64_t nb, qi::PackedWK* out) = nullptr;
+    // n floats -> n / 256 PackedAK, the same as q8_k_from_float + qgemm.cpp's repacking; nullptr: those.
+    void (*pack_act_k)(const float* x, int64_t n, qi::PackedAK* out) = nullptr;
 };
 
 // True for the weight types qgemm handles.

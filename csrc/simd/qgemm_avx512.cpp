@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "qgemm.h"
 #include "simd/avx2_util.h"
@@ -304,59 +305,149 @@ void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
     for (int t = 0; t < NT; ++t) y[t * y_stride] = facc[t];
 }
 
-// ---- Weight packing for the prefill GEMM: one raw weight row -> row r of nb PackedWK blocks ----
-// The levels as they are stored (no scale applied), unpacked with the decode kernels' shifts and masks
-// into natural order, then scattered as dwords to q[k][r]; the scales and mins as int32 / int16 pairs.
-void pack_k(int type, const void* row, int64_t nb, int r, qi::PackedWK* out) {
-    const uint8_t* b = (const uint8_t*)row;
-    const __m512i didx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                            _mm512_set1_epi32(64));
+// ---- Weight packing for the prefill GEMM: up to 16 raw weight rows -> nb PackedWK blocks ----
+// Per super-block: each row's levels as they are stored (no scale applied), unpacked with the decode
+// kernels' shifts and masks into natural order in a 16 x 256-byte staging area, its scales and mins
+// as int32 / int16 pairs; then four 16 x 16 dword transposes put dword k of row r at q[k][r] (dword
+// scatters for the same took 4 x 16 stores per row and a quarter of a 1-thread qgemm's time).
+
+// o[c] = dword c of r[0..15] (a 16 x 16 dword transpose; r is overwritten).
+inline void transpose16(__m512i (&r)[16], __m512i (&o)[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    // r[4i + q], 128-bit lane L: rows 4i..4i+3 of column 4L + q.
+    for (int i = 0; i < 4; ++i) {
+        r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int q = 0; q < 4; ++q) {
+        const __m512i ab_lo = _mm512_shuffle_i32x4(r[q], r[4 + q], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512i ab_hi = _mm512_shuffle_i32x4(r[q], r[4 + q], _MM_SHUFFLE(3, 2, 3, 2));
+        const __m512i cd_lo = _mm512_shuffle_i32x4(r[8 + q], r[12 + q], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512i cd_hi = _mm512_shuffle_i32x4(r[8 + q], r[12 + q], _MM_SHUFFLE(3, 2, 3, 2));
+        o[q] = _mm512_shuffle_i32x4(ab_lo, cd_lo, _MM_SHUFFLE(2, 0, 2, 0));
+        o[4 + q] = _mm512_shuffle_i32x4(ab_lo, cd_lo, _MM_SHUFFLE(3, 1, 3, 1));
+        o[8 + q] = _mm512_shuffle_i32x4(ab_hi, cd_hi, _MM_SHUFFLE(2, 0, 2, 0));
+        o[12 + q] = _mm512_shuffle_i32x4(ab_hi, cd_hi, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+// One raw block's 256 levels in natural order (lv), scales into o.sc[.][r], mins, d, dmin of row r.
+inline void unpack_levels_k(int type, const uint8_t* b, int r, uint8_t* lv, qi::PackedWK& o) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
-    const size_t bytes = type == T_Q6_K ? sizeof(block_q6_K) : type == T_Q5_K ? sizeof(block_q5_K) : sizeof(block_q4_K);
-    for (int64_t i = 0; i < nb; ++i, b += bytes) {
-        qi::PackedWK& o = out[i];
-        alignas(64) uint8_t lv[QK_K];
-        if (type == T_Q6_K) {
-            for (int h = 0; h < 2; ++h) {
-                __m256i u[4];
-                q6k_quarters(_mm256_loadu_si256((const __m256i*)(b + 64 * h)),
-                             _mm256_loadu_si256((const __m256i*)(b + 64 * h + 32)),
-                             _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * h)), u);
-                for (int k = 0; k < 4; ++k) _mm256_store_si256((__m256i*)(lv + 128 * h + 32 * k), u[k]);
-            }
-            const int8_t* scales = (const int8_t*)(b + 192);
-            for (int j = 0; j < 16; ++j) o.sc[j][r] = scales[j];
-            for (int k = 0; k < 4; ++k) o.m[k][r] = 0;
-            o.d[r] = h2f(*(const uint16_t*)(b + 208));
-            o.dmin[r] = 0;
-        } else {
-            const bool q5 = type == T_Q5_K;
-            const uint8_t* qs = q5 ? b + 48 : b + 16;
-            const __m256i h = q5 ? _mm256_loadu_si256((const __m256i*)(b + 16)) : _mm256_setzero_si256();
-            for (int g = 0; g < 4; ++g) {
-                const __m256i raw = _mm256_loadu_si256((const __m256i*)(qs + 32 * g));
-                __m256i lo = _mm256_and_si256(raw, m4);
-                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-                if (q5) {
-                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g), one), 4));
-                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g + 1), one), 4));
-                }
-                _mm256_store_si256((__m256i*)(lv + 64 * g), lo);
-                _mm256_store_si256((__m256i*)(lv + 64 * g + 32), hi);
-            }
-            __m128i sc16, mv;
-            scales_k4_16(b + 4, sc16, mv);
-            alignas(16) int16_t sc[8], m[8];
-            _mm_store_si128((__m128i*)sc, sc16);
-            _mm_store_si128((__m128i*)m, mv);
-            for (int j = 0; j < 8; ++j) o.sc[j][r] = sc[j];
-            for (int k = 0; k < 4; ++k) o.m[k][r] = (int32_t)((uint32_t)(uint16_t)m[2 * k] | (uint32_t)(uint16_t)m[2 * k + 1] << 16);
-            o.d[r] = h2f(*(const uint16_t*)b);
-            o.dmin[r] = h2f(*(const uint16_t*)(b + 2));
+    if (type == T_Q6_K) {
+        for (int h = 0; h < 2; ++h) {
+            __m256i u[4];
+            q6k_quarters(_mm256_loadu_si256((const __m256i*)(b + 64 * h)),
+                         _mm256_loadu_si256((const __m256i*)(b + 64 * h + 32)),
+                         _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * h)), u);
+            for (int k = 0; k < 4; ++k) _mm256_store_si256((__m256i*)(lv + 128 * h + 32 * k), u[k]);
         }
-        // Dword k of the levels -> q[k][r]: 16 dwords (k = 16c .. 16c + 15) per scatter, 64 bytes apart.
-        for (int c = 0; c < 4; ++c)
-            _mm512_i32scatter_epi32(&o.q[16 * c][r][0], didx, _mm512_load_si512(lv + 64 * c), 1);
+        const int8_t* scales = (const int8_t*)(b + 192);
+        for (int j = 0; j < 16; ++j) o.sc[j][r] = scales[j];
+        for (int k = 0; k < 4; ++k) o.m[k][r] = 0;
+        o.d[r] = h2f(*(const uint16_t*)(b + 208));
+        o.dmin[r] = 0;
+        return;
+    }
+    const bool q5 = type == T_Q5_K;
+    const uint8_t* qs = q5 ? b + 48 : b + 16;
+    const __m256i h = q5 ? _mm256_loadu_si256((const __m256i*)(b + 16)) : _mm256_setzero_si256();
+    for (int g = 0; g < 4; ++g) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i*)(qs + 32 * g));
+        __m256i lo = _mm256_and_si256(raw, m4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+        if (q5) {
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g), one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g + 1), one), 4));
+        }
+        _mm256_store_si256((__m256i*)(lv + 64 * g), lo);
+        _mm256_store_si256((__m256i*)(lv + 64 * g + 32), hi);
+    }
+    __m128i sc16, mv;
+    scales_k4_16(b + 4, sc16, mv);
+    alignas(16) int16_t sc[8], m[8];
+    _mm_store_si128((__m128i*)sc, sc16);
+    _mm_store_si128((__m128i*)m, mv);
+    for (int j = 0; j < 8; ++j) o.sc[j][r] = sc[j];
+    for (int j = 8; j < 16; ++j) o.sc[j][r] = 0;
+    for (int k = 0; k < 4; ++k) o.m[k][r] = (int32_t)((uint32_t)(uint16_t)m[2 * k] | (uint32_t)(uint16_t)m[2 * k + 1] << 16);
+    o.d[r] = h2f(*(const uint16_t*)b);
+    o.dmin[r] = h2f(*(const uint16_t*)(b + 2));
+}
+
+void pack_k(int type, const void* rows, size_t row_stride, int nrows, int64_t nb, qi::PackedWK* out) {
+    const size_t bytes = type == T_Q6_K ? sizeof(block_q6_K) : type == T_Q5_K ? sizeof(block_q5_K) : sizeof(block_q4_K);
+    alignas(64) uint8_t lv[16][QK_K];
+    for (int r = nrows; r < 16; ++r) std::memset(lv[r], 0, QK_K);
+    for (int64_t i = 0; i < nb; ++i) {
+        qi::PackedWK& o = out[i];
+        for (int r = 0; r < nrows; ++r)
+            unpack_levels_k(type, (const uint8_t*)rows + r * row_stride + i * bytes, r, lv[r], o);
+        for (int r = nrows; r < 16; ++r) {  // rows that hold no weight row: all zero
+            for (int j = 0; j < 16; ++j) o.sc[j][r] = 0;
+            for (int k = 0; k < 4; ++k) o.m[k][r] = 0;
+            o.d[r] = o.dmin[r] = 0;
+        }
+        for (int c = 0; c < 4; ++c) {
+            __m512i rv[16], ov[16];
+            for (int r = 0; r < 16; ++r) rv[r] = _mm512_load_si512(lv[r] + 64 * c);
+            transpose16(rv, ov);
+            for (int k = 0; k < 16; ++k) _mm512_store_si512(o.q[16 * c + k], ov[k]);
+        }
+    }
+}
+
+// ---- Activations of the k-quant GEMM: floats -> PackedAK, exactly as quants_q8.cpp q8_k_from_float ----
+// (then qgemm.cpp q8_k_pack_k): the first value of largest magnitude sets iscale = -127 / vmax, each
+// value rounds with ggml's nearest_int (add 1.5 * 2^23, read the mantissa: the same float mul and add
+// per element as the scalar code), clamped at 127; the scalar quantizer took about a sixth of a
+// 1-thread qgemm (Q4_K, K 5120, N 1024).
+void pack_act_k(const float* x, int64_t n, qi::PackedAK* out) {
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        qi::PackedAK& o = out[i];
+        __m512 mx = _mm512_setzero_ps();
+        for (int c = 0; c < 16; ++c) mx = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(x + 16 * c), absmask), mx);
+        const float amax = _mm512_reduce_max_ps(mx);
+        if (!(amax > 0)) {  // all zero (or no value compares greater than 0, as the scalar loop)
+            std::memset((void*)&o, 0, sizeof(o));
+            continue;
+        }
+        float vmax = 0;
+        for (int c = 0; c < 16; ++c) {
+            const __mmask16 eq = _mm512_cmp_ps_mask(_mm512_and_ps(_mm512_loadu_ps(x + 16 * c), absmask),
+                                                    _mm512_set1_ps(amax), _CMP_EQ_OQ);
+            if (eq) {
+                vmax = x[16 * c + __builtin_ctz((unsigned)eq)];
+                break;
+            }
+        }
+        const float iscale = -127.f / vmax;
+        const __m512 is = _mm512_set1_ps(iscale), magic = _mm512_set1_ps(12582912.f);
+        const __m512i mant = _mm512_set1_epi32(0x007FFFFF), bias = _mm512_set1_epi32(0x00400000);
+        const __m512i top = _mm512_set1_epi32(127);
+        alignas(64) int32_t bs16[16];
+        for (int c = 0; c < 16; ++c) {
+            const __m512 v = _mm512_add_ps(_mm512_mul_ps(is, _mm512_loadu_ps(x + 16 * c)), magic);
+            __m512i q = _mm512_sub_epi32(_mm512_and_si512(_mm512_castps_si512(v), mant), bias);
+            q = _mm512_min_epi32(q, top);
+            _mm_storeu_si128((__m128i*)(o.q + 16 * c), _mm512_cvtepi32_epi8(q));
+            // The sums per 16 of the stored int8 values (as the scalar code sums its qs).
+            bs16[c] = _mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(_mm512_cvtepi32_epi8(q)));
+        }
+        o.d = 1 / iscale;
+        for (int k = 0; k < 4; ++k) {
+            const int32_t lo = (int16_t)bs16[4 * k] + (int16_t)bs16[4 * k + 1];
+            const int32_t hi = (int16_t)bs16[4 * k + 2] + (int16_t)bs16[4 * k + 3];
+            o.bs8p[k] = (int32_t)(((uint32_t)(uint16_t)(int16_t)lo) | ((uint32_t)(uint16_t)(int16_t)hi << 16));
+        }
+        for (int j = 0; j < 16; ++j) o.off6[j] = -32 * bs16[j];
     }
 }
 
@@ -609,6 +700,6 @@ void tile8_any(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t
 
 extern const QgemmKernels kQgemmAvx512;
 const QgemmKernels kQgemmAvx512 = {"avx512vnni", 0, 0, nullptr, rows_dot, 8, tile8_any, rows8_dot,
-                                   nullptr, 0, nullptr, kRgK, kTmaxK, tile_k, pack_k};
+                                   nullptr, 0, nullptr, kRgK, kTmaxK, tile_k, pack_k, pack_act_k};
 
 }  // namespace pq
