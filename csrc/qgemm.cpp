@@ -259,14 +259,16 @@ static void q8_k_pack_k(const block_q8_K& b, qi::PackedAK& o) {
     }
 }
 
-// Super-blocks per K chunk of the PackedWK tiles: a 32-row panel's chunk (2 x kc x 5.5 KB) and a token
-// tile's activations stay in L1 while every token tile runs over them. PYQWEN_QGEMM_KCK overrides it
-// (tuning only; results are the same for any value).
+// Super-blocks per K chunk of the PackedWK tiles (default: the whole K, no chunks). Unlike the PackedW16
+// tiles these gained nothing from chunks that keep a panel's weights in L1 across the token tiles: with
+// 32 rows x 4 tokens a tile reads 16 bytes of weights per vpdpbusd, which L2 sustains (Q4_K, 1 thread,
+// GMAC per CPU-second: K 5120 whole 160 vs chunks of 2 blocks 145; K 17408 whole 130 vs 4: 114, 8: 119).
+// PYQWEN_QGEMM_KCK sets a chunk length (tuning only; results are the same for any value).
 static int64_t chunk_blocks_k() {
     static const int64_t kc = [] {
         const char* e = std::getenv("PYQWEN_QGEMM_KCK");
         const long v = e ? std::atol(e) : 0;
-        return (int64_t)(v > 0 ? v : 2);
+        return (int64_t)(v > 0 ? v : INT64_MAX / 2);
     }();
     return kc;
 }
