@@ -71,12 +71,36 @@ extern const QgemmKernels kQgemmAvx2;  // simd/qgemm_avx2.cpp
 #if defined(PQ_HAVE_AVX512_KERNELS)
 extern const QgemmKernels kQgemmAvx512;  // simd/qgemm_avx512.cpp
 #endif
+#if defined(PQ_HAVE_AMX_KERNELS)
+// simd/qgemm_amx.cpp: the k-quant tile with AMX-INT8 (16 rows x 16 tokens); the rest of the set is the
+// AVX-512 one.
+void qgemm_amx_tile_k(int type, const qi::PackedWK* w, int64_t ws, int nr, const qi::PackedAK* a, int64_t as, int nt,
+                      int64_t nb, float* st, int flags, float* y, int64_t ldy);
+bool qgemm_amx_ready();
+static const QgemmKernels* amx_set() {
+    static const QgemmKernels k = [] {
+        QgemmKernels s = kQgemmAvx512;
+        s.name = "amx";
+        s.rg_k = 4;
+        s.tmax_k = 16;
+        s.tile_k = qgemm_amx_tile_k;
+        return s;
+    }();
+    return &k;
+}
+#endif
 
 namespace {
 
 const QgemmKernels* pick() {
     const char* env = std::getenv("PYQWEN_SIMD");
     if (env && (!std::strcmp(env, "off") || !std::strcmp(env, "ref"))) return &kRef;
+    // PYQWEN_QGEMM=<set name> picks a set (when compiled in and supported here), e.g. "amx", which is not
+    // the default: on this host its Q4_K tile measured 163-167 against the VNNI tile's 154-158 GMAC per
+    // CPU-second and its Q6_K tile 115 against 143 (1 thread, K 5120, 256 tokens, interleaved runs): the
+    // per-sub-block integer scaling on AVX-512 after each tdpbssd, not the tile multiply, bounds it.
+    if (const char* q = std::getenv("PYQWEN_QGEMM"))
+        if (const QgemmKernels* k = qgemm_kernels_named(q)) return k;
     if (const QgemmKernels* k = qgemm_kernels_named("avx512vnni")) return k;
     if (const QgemmKernels* k = qgemm_kernels_named("avx2")) return k;
     return &kRef;
@@ -108,6 +132,9 @@ const QgemmKernels* qgemm_kernels_named(const char* name) {
 #endif
 #if defined(PQ_HAVE_AVX512_KERNELS)
     if (!std::strcmp(name, "avx512vnni") && cpu_supports("avx512")) return &kQgemmAvx512;
+#endif
+#if defined(PQ_HAVE_AMX_KERNELS)
+    if (!std::strcmp(name, "amx") && cpu_supports("avx512") && qgemm_amx_ready()) return amx_set();
 #endif
     return nullptr;
 }
@@ -259,8 +286,8 @@ static void q8_k_pack_k(const block_q8_K& b, qi::PackedAK& o) {
     }
 }
 
-// Super-blocks per K chunk of the PackedWK tiles (default: the whole K, no chunks). Unlike the PackedW16
-// tiles these gained nothing from chunks that keep a panel's weights in L1 across the token tiles: with
+// Super-blocks per K chunk of the PackedWK tiles (default: the kernel set's kc_k; 0 = the whole K). Unlike
+// the PackedW16 tiles the VNNI ones gained nothing from chunks that keep a panel's weights in L1 across the token tiles: with
 // 32 rows x 4 tokens a tile reads 16 bytes of weights per vpdpbusd, which L2 sustains (Q4_K, 1 thread,
 // GMAC per CPU-second: K 5120 whole 160 vs chunks of 2 blocks 145; K 17408 whole 130 vs 4: 114, 8: 119).
 // PYQWEN_QGEMM_KCK sets a chunk length (tuning only; results are the same for any value).
@@ -268,7 +295,7 @@ static int64_t chunk_blocks_k() {
     static const int64_t kc = [] {
         const char* e = std::getenv("PYQWEN_QGEMM_KCK");
         const long v = e ? std::atol(e) : 0;
-        return (int64_t)(v > 0 ? v : INT64_MAX / 2);
+        return (int64_t)(v > 0 ? v : 0);
     }();
     return kc;
 }
@@ -279,7 +306,9 @@ static void qgemm_k(ThreadPool& pool, const QgemmKernels& k, const Tensor& W, co
                     float* y) {
     const int64_t K = W.ne0, N = W.ne1, nb = K / QK_K;
     const size_t wbytes = row_bytes(W.type, QK_K);
-    std::vector<qi::PackedAK> act((size_t)(n_tok * nb));
+    // Whole token tiles (zero tokens at the end): a tile may read all tmax_k tokens (the AMX one does).
+    const int64_t n_pad = (n_tok + k.tmax_k - 1) / k.tmax_k * k.tmax_k;
+    std::vector<qi::PackedAK> act((size_t)(n_pad * nb));
     pool.parallel_for(n_tok, [&](int64_t t0, int64_t t1, int) {
         std::vector<block_q8_K> q((size_t)nb);
         for (int64_t t = t0; t < t1; ++t) {
@@ -292,7 +321,7 @@ static void qgemm_k(ThreadPool& pool, const QgemmKernels& k, const Tensor& W, co
         }
     });
     const int64_t panel_rows = 16 * (int64_t)k.rg_k, n_panels = (N + panel_rows - 1) / panel_rows;
-    const int64_t kc = chunk_blocks_k();
+    const int64_t kc = chunk_blocks_k() ? chunk_blocks_k() : k.kc_k ? k.kc_k : nb;
     const int64_t n_ttiles = (n_tok + k.tmax_k - 1) / k.tmax_k, st_floats = 16 * (int64_t)k.rg_k * k.tmax_k;
     pool.parallel_for(n_panels, [&](int64_t p0, int64_t p1, int) {
         std::vector<qi::PackedWK> panel((size_t)(k.rg_k * nb));

@@ -84,6 +84,7 @@ struct QgemmKernels {
     void (*pack_k)(int type, const void* rows, size_t row_stride, int nrows, int64_t nb, qi::PackedWK* out) = nullptr;
     // n floats -> n / 256 PackedAK, the same as q8_k_from_float + qgemm.cpp's repacking; nullptr: those.
     void (*pack_act_k)(const float* x, int64_t n, qi::PackedAK* out) = nullptr;
+    int kc_k = 0;  // super-blocks per K chunk of tile_k (0: the whole K); PYQWEN_QGEMM_KCK overrides it
 };
 
 // True for the weight types qgemm handles.
