@@ -286,10 +286,11 @@ static void q8_k_pack_k(const block_q8_K& b, qi::PackedAK& o) {
     }
 }
 
-// Super-blocks per K chunk of the PackedWK tiles (default: the kernel set's kc_k; 0 = the whole K). Unlike
-// the PackedW16 tiles the VNNI ones gained nothing from chunks that keep a panel's weights in L1 across the token tiles: with
-// 32 rows x 4 tokens a tile reads 16 bytes of weights per vpdpbusd, which L2 sustains (Q4_K, 1 thread,
-// GMAC per CPU-second: K 5120 whole 160 vs chunks of 2 blocks 145; K 17408 whole 130 vs 4: 114, 8: 119).
+// Super-blocks per K chunk of the PackedWK tiles (default: the kernel set's kc_k; 0 = the whole K).
+// Unlike the PackedW16 tiles the VNNI ones gained nothing from chunks that keep a panel's weights in L1
+// across the token tiles: with 32 rows x 4 tokens a tile reads 16 bytes of weights per vpdpbusd, which
+// L2 sustains (Q4_K, 1 thread, GMAC per CPU-second: K 5120 whole 160 vs chunks of 2 blocks 145; K 17408
+// whole 130 vs 4: 114, 8: 119).
 // PYQWEN_QGEMM_KCK sets a chunk length (tuning only; results are the same for any value).
 static int64_t chunk_blocks_k() {
     static const int64_t kc = [] {
@@ -329,7 +330,8 @@ static void qgemm_k(ThreadPool& pool, const QgemmKernels& k, const Tensor& W, co
         for (int64_t p = p0; p < p1; ++p) {
             const int64_t row0 = p * panel_rows, rows = std::min(panel_rows, N - row0);
             for (int64_t r = 0; r < rows; r += 16)
-                k.pack_k(W.type, W.row(row0 + r), wbytes * nb, (int)std::min<int64_t>(16, rows - r), nb, &panel[(r / 16) * nb]);
+                k.pack_k(W.type, W.row(row0 + r), wbytes * nb, (int)std::min<int64_t>(16, rows - r), nb,
+                         &panel[(r / 16) * nb]);
             for (int64_t k0 = 0; k0 < nb; k0 += kc) {
                 const int64_t nbc = std::min(kc, nb - k0);
                 const int flags = (k0 == 0 ? kChunkFirst : 0) | (k0 + nbc == nb ? kChunkLast : 0);

@@ -177,7 +177,8 @@ inline void pack_lane_pairs(const Q* q, const int* scale16, int16_t* w) {
 
 #if defined(PQ_HAVE_AVX2_KERNELS)
 // AVX2 versions, bit-identical to the references: only the integer lane sums are computed with SIMD
-// (simd/quants_avx2.cpp); the float steps stay in the scalar files above, in ggml's order.
+// (simd/quants_avx2.cpp); the float steps stay in the scalar files above (Q8_0 and the legacy formats in
+// ggml's order, the k-quants in their spec's: kx_vec_dot in quants_q4k_q5k.cpp).
 float q8_0_vec_dot_avx2(int64_t n, const void* w, const void* x);
 float q4_k_vec_dot_avx2(int64_t n, const void* w, const void* x);
 float q5_k_vec_dot_avx2(int64_t n, const void* w, const void* x);

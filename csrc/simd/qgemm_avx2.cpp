@@ -141,8 +141,10 @@ void pack_k(int type, const void* rows, size_t row_stride, int nrows, int64_t nb
                     __m256i lo = _mm256_and_si256(raw, m4);
                     __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
                     if (q5) {
-                        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * g), one), 4));
-                        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * g + 1), one), 4));
+                        const __m256i b4 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * g), one);
+                        const __m256i b5 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * g + 1), one);
+                        lo = _mm256_or_si256(lo, _mm256_slli_epi16(b4, 4));
+                        hi = _mm256_or_si256(hi, _mm256_slli_epi16(b5, 4));
                     }
                     _mm256_store_si256((__m256i*)(lv + 64 * g), lo);
                     _mm256_store_si256((__m256i*)(lv + 64 * g + 32), hi);

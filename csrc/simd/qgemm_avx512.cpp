@@ -376,7 +376,8 @@ inline void unpack_levels_k(int type, const uint8_t* b, int r, uint8_t* lv, qi::
     _mm_store_si128((__m128i*)m, mv);
     for (int j = 0; j < 8; ++j) o.sc[j][r] = sc[j];
     for (int j = 8; j < 16; ++j) o.sc[j][r] = 0;
-    for (int k = 0; k < 4; ++k) o.m[k][r] = (int32_t)((uint32_t)(uint16_t)m[2 * k] | (uint32_t)(uint16_t)m[2 * k + 1] << 16);
+    for (int k = 0; k < 4; ++k)
+        o.m[k][r] = (int32_t)((uint32_t)(uint16_t)m[2 * k] | (uint32_t)(uint16_t)m[2 * k + 1] << 16);
     o.d[r] = h2f(*(const uint16_t*)b);
     o.dmin[r] = h2f(*(const uint16_t*)(b + 2));
 }
