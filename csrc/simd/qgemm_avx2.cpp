@@ -18,7 +18,7 @@ namespace {
 // The AVX-512 kernel's scheme without VNNI: per dword k (4 levels of each row) vpmaddubsw against the
 // token's 4 broadcast activation bytes gives two int16 pair sums per row (|pair| <= 2 * 63 * 128 = 16128:
 // no saturation), vpmaddwd with ones adds them into the row's dword; per sub-block one vpmulld by the
-// rows' scales into isum; per super-block the spec's float steps (kq_step) on 8 rows per vector. All
+// rows' scales into isum; per super-block the spec's float steps (quants_q4k_q5k.cpp kx_step) on 8 rows per vector. All
 // integer sums are exact, so the results are the reference's bits.
 template <int T, bool Q6>
 void tile_k_body(const qi::PackedWK* w, int64_t /*ws*/, int nr, const qi::PackedAK* a, int64_t as, int64_t nb,

@@ -23,7 +23,7 @@ using qi::PackedA16;
 // Per sub-block j and token: KJ vpdpbusd (4 levels of all 16 rows against the token's 4 broadcast
 // activation bytes; Q6_K's accumulator starts at -32 * the sum of the sub-block's activations, taking
 // the +32 of its stored levels back out), then one vpmulld by the 16 rows' scales of j into the
-// super-block's isum; per super-block the spec's float steps (qgemm_glue.h kq_step, kq_min_step) on 16
+// super-block's isum; per super-block the spec's float steps (quants_q4k_q5k.cpp kx_step) on 16
 // rows at once, the min term of Q4_K/Q5_K from 4 vpdpwssd of the (m, m) int16 pairs against the token's
 // (bs8, bs8) pairs. All integer sums are exact (bounds in quants_q4k_q5k.cpp / quants_q6k.cpp), so
 // every (row, token) result is the reference's bit for bit. RG row groups x T tokens: with 2 x 4,
@@ -158,6 +158,47 @@ inline void scales_k4_16(const uint8_t* q, __m128i& sc, __m128i& m) {
     m = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)(m_lo | (uint64_t)m_hi << 32)));
 }
 
+// The spec's float steps of one super-block for NT decode tokens at once, 4 tokens per xmm (lane t of
+// f[g] is token 4g + t's one float sum): isum[t] = the sum of the 16 int32 of v[t] (exact; groups of 4
+// tokens share transposing adds), then per lane fma(d_w * d_a, isum, acc) and, with MIN, fma(-(dmin_w *
+// d_a), summ, acc) -- lane for lane the reference's (kx_step). A horizontal reduction and scalar
+// steps per token cost the multi-token Q6_K decode about a fifth of its speed per core.
+template <int NT, bool MIN>
+inline void kq_steps_tokens(__m128 (&f)[(NT + 3) / 4], const __m512i* v, float dw, float dmin, const PackedA16* a,
+                            int64_t a_stride, int64_t i, const int32_t* summ) {
+    for (int g = 0; 4 * g < NT; ++g) {
+        const int t0 = 4 * g;
+        __m256i h[4];
+        alignas(16) float da[4];
+        alignas(16) int32_t sm[4];
+        for (int k = 0; k < 4; ++k) {
+            const bool in = t0 + k < NT;
+            h[k] = in ? _mm256_add_epi32(_mm512_castsi512_si256(v[in ? t0 + k : 0]),
+                                         _mm512_extracti64x4_epi64(v[in ? t0 + k : 0], 1))
+                      : _mm256_setzero_si256();
+            da[k] = in ? a[(t0 + k) * a_stride + i].d : 0.0f;
+            sm[k] = MIN && in ? summ[t0 + k] : 0;
+        }
+        // per 128-bit half: [sum4(h0), sum4(h1), sum4(h2), sum4(h3)] after two hadds.
+        const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(h[0], h[1]), _mm256_hadd_epi32(h[2], h[3]));
+        const __m128i isum = _mm_add_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+        const __m128 dav = _mm_load_ps(da);
+        f[g] = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(dw), dav), _mm_cvtepi32_ps(isum), f[g]);
+        if (MIN)
+            f[g] = _mm_fnmadd_ps(_mm_mul_ps(_mm_set1_ps(dmin), dav), _mm_cvtepi32_ps(_mm_load_si128((const __m128i*)sm)),
+                                 f[g]);
+    }
+}
+
+template <int NT>
+inline void store_tokens(const __m128 (&f)[(NT + 3) / 4], float* y, int64_t y_stride) {
+    for (int g = 0; 4 * g < NT; ++g) {
+        alignas(16) float o[4];
+        _mm_store_ps(o, f[g]);
+        for (int k = 0; k < 4 && 4 * g + k < NT; ++k) y[(4 * g + k) * y_stride] = o[k];
+    }
+}
+
 // Integer accumulators per token: with few tokens a block's 8 vpdpwssd into one register are a
 // latency chain (5 cycles each) that, not the loads, bounded a one-token decode; two chains halve it.
 // The two are added before the float step (integer sums, exact). 8 tokens need the registers.
@@ -171,8 +212,8 @@ template <bool Q5, int NT>
 void k45_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
     constexpr size_t kBytes = Q5 ? sizeof(block_q5_K) : sizeof(block_q4_K);
     const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
-    float facc[NT];  // the spec's one float sum per token
-    for (int t = 0; t < NT; ++t) facc[t] = 0;
+    __m128 facc[(NT + 3) / 4];  // the spec's one float sum per token (token t in lane t % 4 of facc[t / 4])
+    for (auto& f : facc) f = _mm_setzero_ps();
     for (int64_t i = 0; i < nb; ++i, row += kBytes) {
         prefetch_ahead(row);
         const uint16_t d16 = *(const uint16_t*)row, dmin16 = *(const uint16_t*)(row + 2);
@@ -203,15 +244,15 @@ void k45_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t 
                 ah = _mm512_dpwssd_epi32(ah, wh, _mm512_loadu_si512(at.a + 64 * g + 32));
             }
         }
+        __m512i l[NT];
+        int32_t summ[NT];
         for (int t = 0; t < NT; ++t) {
-            const PackedA16& at = a[t * a_stride + i];
-            const __m512i l = kChains<NT> == 2 ? _mm512_add_epi32(acc[t], acc2[t]) : acc[t];
-            facc[t] = kq_step(facc[t], h2f(d16), at.d, _mm512_reduce_add_epi32(l));
-            const int32_t summ = hsum4(_mm_madd_epi16(mv, _mm_loadu_si128((const __m128i*)at.bs8)));
-            facc[t] = kq_min_step(facc[t], h2f(dmin16), at.d, summ);
+            l[t] = kChains<NT> == 2 ? _mm512_add_epi32(acc[t], acc2[t]) : acc[t];
+            summ[t] = hsum4(_mm_madd_epi16(mv, _mm_loadu_si128((const __m128i*)a[t * a_stride + i].bs8)));
         }
+        kq_steps_tokens<NT, true>(facc, l, h2f(d16), h2f(dmin16), a, a_stride, i, summ);
     }
-    for (int t = 0; t < NT; ++t) y[t * y_stride] = facc[t];
+    store_tokens<NT>(facc, y, y_stride);
 }
 
 // Q4_K in the decode order (quants_q8.cpp q4k_dec_value): per 64 raw bytes one vpshufb and shifts/masks
@@ -229,8 +270,8 @@ void q4_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
         for (int hi = 0; hi < 2; ++hi)
             sidx[G][hi] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(4 * G + hi))),
                                              _mm256_set1_epi16((short)(4 * G + 2 + hi)), 1);
-    float facc[NT];  // the spec's one float sum per token
-    for (int t = 0; t < NT; ++t) facc[t] = 0;
+    __m128 facc[(NT + 3) / 4];  // the spec's one float sum per token (token t in lane t % 4 of facc[t / 4])
+    for (auto& f : facc) f = _mm_setzero_ps();
     for (int64_t i = 0; i < nb; ++i, row += sizeof(block_q4_K)) {
         prefetch_ahead(row);
         const uint16_t d16 = *(const uint16_t*)row, dmin16 = *(const uint16_t*)(row + 2);
@@ -255,22 +296,23 @@ void q4_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
                 ao[t] = _mm512_dpwssd_epi32(ao[t], e3, _mm512_loadu_si512(at + 96));
             }
         }
+        __m512i l[NT];
+        int32_t summ[NT];
         for (int t = 0; t < NT; ++t) {
-            const PackedA16& at = a[t * a_stride + i];
-            facc[t] = kq_step(facc[t], h2f(d16), at.d, _mm512_reduce_add_epi32(_mm512_add_epi32(ae[t], ao[t])));
-            const int32_t summ = hsum4(_mm_madd_epi16(mv, _mm_loadu_si128((const __m128i*)at.bs8)));
-            facc[t] = kq_min_step(facc[t], h2f(dmin16), at.d, summ);
+            l[t] = _mm512_add_epi32(ae[t], ao[t]);
+            summ[t] = hsum4(_mm_madd_epi16(mv, _mm_loadu_si128((const __m128i*)a[t * a_stride + i].bs8)));
         }
+        kq_steps_tokens<NT, true>(facc, l, h2f(d16), h2f(dmin16), a, a_stride, i, summ);
     }
-    for (int t = 0; t < NT; ++t) y[t * y_stride] = facc[t];
+    store_tokens<NT>(facc, y, y_stride);
 }
 
 // Q6_K: levels u (0..63) from ql/qh as in simd/quants_avx2.cpp, value (u - 32) * scale of its 16 values.
 template <int NT>
 void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
     const __m512i off = _mm512_set1_epi16(32);
-    float facc[NT];
-    for (int t = 0; t < NT; ++t) facc[t] = 0;
+    __m128 facc[(NT + 3) / 4];
+    for (auto& f : facc) f = _mm_setzero_ps();
     for (int64_t i = 0; i < nb; ++i, row += sizeof(block_q6_K)) {
         prefetch_ahead(row);
         _mm_prefetch((const char*)row + 1024 + 192, _MM_HINT_T0);  // 210-byte blocks
@@ -297,12 +339,11 @@ void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
                 }
             }
         }
-        for (int t = 0; t < NT; ++t) {
-            const __m512i l = kChains<NT> == 2 ? _mm512_add_epi32(acc[t], acc2[t]) : acc[t];
-            facc[t] = kq_step(facc[t], h2f(d16), a[t * a_stride + i].d, _mm512_reduce_add_epi32(l));
-        }
+        __m512i l[NT];
+        for (int t = 0; t < NT; ++t) l[t] = kChains<NT> == 2 ? _mm512_add_epi32(acc[t], acc2[t]) : acc[t];
+        kq_steps_tokens<NT, false>(facc, l, h2f(d16), 0.0f, a, a_stride, i, nullptr);
     }
-    for (int t = 0; t < NT; ++t) y[t * y_stride] = facc[t];
+    store_tokens<NT>(facc, y, y_stride);
 }
 
 // ---- Weight packing for the prefill GEMM: up to 16 raw weight rows -> nb PackedWK blocks ----
