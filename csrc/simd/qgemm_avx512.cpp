@@ -184,9 +184,10 @@ inline void kq_steps_tokens(__m128 (&f)[(NT + 3) / 4], const __m512i* v, float d
         const __m128i isum = _mm_add_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
         const __m128 dav = _mm_load_ps(da);
         f[g] = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(dw), dav), _mm_cvtepi32_ps(isum), f[g]);
-        if (MIN)
-            f[g] = _mm_fnmadd_ps(_mm_mul_ps(_mm_set1_ps(dmin), dav), _mm_cvtepi32_ps(_mm_load_si128((const __m128i*)sm)),
-                                 f[g]);
+        if (MIN) {
+            const __m128 summ4 = _mm_cvtepi32_ps(_mm_load_si128((const __m128i*)sm));
+            f[g] = _mm_fnmadd_ps(_mm_mul_ps(_mm_set1_ps(dmin), dav), summ4, f[g]);
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 // simd/qgemm_glue.h: the parts of the GEMM / decode kernels that do not depend on the ISA. Included by
-// each simd/qgemm_*.cpp, whose flags it is compiled with: everything here is in an unnamed namespace, so no out-of-line copy built for one
-// ISA can be picked by the linker for another.
+// each simd/qgemm_*.cpp, whose flags it is compiled with: everything here is in an unnamed namespace,
+// so no out-of-line copy built for one ISA can be picked by the linker for another.
 #pragma once
 
 #include <immintrin.h>
