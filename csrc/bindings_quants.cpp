@@ -180,7 +180,7 @@ py::array_t<float> py_matmul_ref(int type, const py::buffer& w_bytes, int64_t n_
     return y;
 }
 
-// The prefill GEMM with a chosen micro-kernel set ("auto", "ref", "avx2", "avx512vnni") on n_threads.
+// The prefill GEMM with a chosen micro-kernel set ("auto", "ref", "avx2", "avx512vnni", "amx") on n_threads.
 py::array_t<float> py_qgemm(int type, const py::buffer& w_bytes, int64_t n_in, int64_t n_out, const py::array& x_in,
                             const std::string& kernels, int n_threads, bool gemv) {
     const QuantTraits& t = weight_traits_or_fail(type);
@@ -214,7 +214,7 @@ py::array_t<float> py_qgemm(int type, const py::buffer& w_bytes, int64_t n_in, i
 
 py::list py_qgemm_kernels() {
     py::list out;
-    for (const char* n : {"ref", "avx2", "avx512vnni"})
+    for (const char* n : {"ref", "avx2", "avx512vnni", "amx"})
         if (qgemm_kernels_named(n)) out.append(n);
     return out;
 }

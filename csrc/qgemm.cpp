@@ -4,6 +4,7 @@
 #include "simd/dispatch.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -15,29 +16,27 @@ using qi::PackedW16;
 
 namespace {
 
-// The plain micro-kernel: the same integer lanes and float steps as the SIMD ones, written out.
+// The plain micro-kernel: per (row, token, super-block) the exact integer dot isum (the packed weights
+// already carry their sub-block scales) and the min term summ, then the spec's float steps
+// (kx_vec_dot in quants_q4k_q5k.cpp, q6_k_dot in quants_q6k.cpp) into one accumulator.
 void tile_ref(const PackedW16* w, int64_t ws, int nr, const PackedA16* a, int64_t as, int nt, int64_t nb,
               bool has_min, float* y, int64_t ldy) {
     for (int r = 0; r < nr; ++r) {
         for (int t = 0; t < nt; ++t) {
-            float sums[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            float sumf = 0;
+            float acc = 0;
             for (int64_t i = 0; i < nb; ++i) {
                 const PackedW16& wb = w[r * ws + i];
                 const PackedA16& ab = a[t * as + i];
-                int32_t lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-                for (int e = 0; e < QK_K; ++e) lane[(e / 2) & 7] += (int32_t)wb.w[e] * ab.a[e];
-                const float dd = wb.d * ab.d;
-                for (int l = 0; l < 8; ++l) sums[l] += dd * lane[l];
+                int32_t isum = 0;
+                for (int e = 0; e < QK_K; ++e) isum += (int32_t)wb.w[e] * ab.a[e];
+                acc = std::fma(wb.d * ab.d, (float)isum, acc);
                 if (has_min) {
                     int32_t summ = 0;
                     for (int j = 0; j < 8; ++j) summ += (int32_t)wb.m[j] * ab.bs8[j];
-                    const float dm = wb.dmin * ab.d;
-                    sumf -= dm * summ;
+                    acc = std::fma(-(wb.dmin * ab.d), (float)summ, acc);
                 }
             }
-            for (int l = 0; l < 8; ++l) sumf += sums[l];
-            y[t * ldy + r] = sumf;
+            y[t * ldy + r] = acc;
         }
     }
 }
@@ -72,12 +71,36 @@ extern const QgemmKernels kQgemmAvx2;  // simd/qgemm_avx2.cpp
 #if defined(PQ_HAVE_AVX512_KERNELS)
 extern const QgemmKernels kQgemmAvx512;  // simd/qgemm_avx512.cpp
 #endif
+#if defined(PQ_HAVE_AMX_KERNELS)
+// simd/qgemm_amx.cpp: the k-quant tile with AMX-INT8 (16 rows x 16 tokens); the rest of the set is the
+// AVX-512 one.
+void qgemm_amx_tile_k(int type, const qi::PackedWK* w, int64_t ws, int nr, const qi::PackedAK* a, int64_t as, int nt,
+                      int64_t nb, float* st, int flags, float* y, int64_t ldy);
+bool qgemm_amx_ready();
+static const QgemmKernels* amx_set() {
+    static const QgemmKernels k = [] {
+        QgemmKernels s = kQgemmAvx512;
+        s.name = "amx";
+        s.rg_k = 4;
+        s.tmax_k = 16;
+        s.tile_k = qgemm_amx_tile_k;
+        return s;
+    }();
+    return &k;
+}
+#endif
 
 namespace {
 
 const QgemmKernels* pick() {
     const char* env = std::getenv("PYQWEN_SIMD");
     if (env && (!std::strcmp(env, "off") || !std::strcmp(env, "ref"))) return &kRef;
+    // PYQWEN_QGEMM=<set name> picks a set (when compiled in and supported here), e.g. "amx", which is not
+    // the default: on this host its Q4_K tile measured 163-167 against the VNNI tile's 154-158 GMAC per
+    // CPU-second and its Q6_K tile 115 against 143 (1 thread, K 5120, 256 tokens, interleaved runs): the
+    // per-sub-block integer scaling on AVX-512 after each tdpbssd, not the tile multiply, bounds it.
+    if (const char* q = std::getenv("PYQWEN_QGEMM"))
+        if (const QgemmKernels* k = qgemm_kernels_named(q)) return k;
     if (const QgemmKernels* k = qgemm_kernels_named("avx512vnni")) return k;
     if (const QgemmKernels* k = qgemm_kernels_named("avx2")) return k;
     return &kRef;
@@ -109,6 +132,9 @@ const QgemmKernels* qgemm_kernels_named(const char* name) {
 #endif
 #if defined(PQ_HAVE_AVX512_KERNELS)
     if (!std::strcmp(name, "avx512vnni") && cpu_supports("avx512")) return &kQgemmAvx512;
+#endif
+#if defined(PQ_HAVE_AMX_KERNELS)
+    if (!std::strcmp(name, "amx") && cpu_supports("avx512") && qgemm_amx_ready()) return amx_set();
 #endif
     return nullptr;
 }
@@ -244,10 +270,87 @@ static void run_panel_chunked(const QgemmKernels& k, const PackedW16* panel, int
     }
 }
 
+// One Q8_K block -> PackedAK: the values, d, the int16 pairs of sums per 32 (bsums, as the reference's
+// min term) and -32 times the sums per 16 from the values (as the reference's (u - 32) * q8).
+static void q8_k_pack_k(const block_q8_K& b, qi::PackedAK& o) {
+    std::memcpy(o.q, b.qs, QK_K);
+    o.d = b.d;
+    for (int k = 0; k < 4; ++k) {
+        const int32_t lo = b.bsums[4 * k] + b.bsums[4 * k + 1], hi = b.bsums[4 * k + 2] + b.bsums[4 * k + 3];
+        o.bs8p[k] = (int32_t)(((uint32_t)(uint16_t)(int16_t)lo) | ((uint32_t)(uint16_t)(int16_t)hi << 16));
+    }
+    for (int j = 0; j < 16; ++j) {
+        int32_t s = 0;
+        for (int e = 0; e < 16; ++e) s += b.qs[16 * j + e];
+        o.off6[j] = -32 * s;
+    }
+}
+
+// Super-blocks per K chunk of the PackedWK tiles (default: the kernel set's kc_k; 0 = the whole K).
+// Unlike the PackedW16 tiles the VNNI ones gained nothing from chunks that keep a panel's weights in L1
+// across the token tiles: with 32 rows x 4 tokens a tile reads 16 bytes of weights per vpdpbusd, which
+// L2 sustains (Q4_K, 1 thread, GMAC per CPU-second: K 5120 whole 160 vs chunks of 2 blocks 145; K 17408
+// whole 130 vs 4: 114, 8: 119).
+// PYQWEN_QGEMM_KCK sets a chunk length (tuning only; results are the same for any value).
+static int64_t chunk_blocks_k() {
+    static const int64_t kc = [] {
+        const char* e = std::getenv("PYQWEN_QGEMM_KCK");
+        const long v = e ? std::atol(e) : 0;
+        return (int64_t)(v > 0 ? v : 0);
+    }();
+    return kc;
+}
+
+// Q4_K/Q5_K/Q6_K with a PackedWK kernel set: panels of 16 * rg_k rows, packed once per call, every token
+// tile over each K chunk of the panel.
+static void qgemm_k(ThreadPool& pool, const QgemmKernels& k, const Tensor& W, const float* x, int64_t n_tok,
+                    float* y) {
+    const int64_t K = W.ne0, N = W.ne1, nb = K / QK_K;
+    const size_t wbytes = row_bytes(W.type, QK_K);
+    // Whole token tiles (zero tokens at the end): a tile may read all tmax_k tokens (the AMX one does).
+    const int64_t n_pad = (n_tok + k.tmax_k - 1) / k.tmax_k * k.tmax_k;
+    std::vector<qi::PackedAK> act((size_t)(n_pad * nb));
+    pool.parallel_for(n_tok, [&](int64_t t0, int64_t t1, int) {
+        std::vector<block_q8_K> q((size_t)nb);
+        for (int64_t t = t0; t < t1; ++t) {
+            if (k.pack_act_k) {
+                k.pack_act_k(x + t * K, K, &act[t * nb]);
+                continue;
+            }
+            qi::q8_k_from_float(x + t * K, q.data(), K);
+            for (int64_t i = 0; i < nb; ++i) q8_k_pack_k(q[i], act[t * nb + i]);
+        }
+    });
+    const int64_t panel_rows = 16 * (int64_t)k.rg_k, n_panels = (N + panel_rows - 1) / panel_rows;
+    const int64_t kc = chunk_blocks_k() ? chunk_blocks_k() : k.kc_k ? k.kc_k : nb;
+    const int64_t n_ttiles = (n_tok + k.tmax_k - 1) / k.tmax_k, st_floats = 16 * (int64_t)k.rg_k * k.tmax_k;
+    pool.parallel_for(n_panels, [&](int64_t p0, int64_t p1, int) {
+        std::vector<qi::PackedWK> panel((size_t)(k.rg_k * nb));
+        std::vector<float> state((size_t)(n_ttiles * st_floats));
+        for (int64_t p = p0; p < p1; ++p) {
+            const int64_t row0 = p * panel_rows, rows = std::min(panel_rows, N - row0);
+            for (int64_t r = 0; r < rows; r += 16)
+                k.pack_k(W.type, W.row(row0 + r), wbytes * nb, (int)std::min<int64_t>(16, rows - r), nb,
+                         &panel[(r / 16) * nb]);
+            for (int64_t k0 = 0; k0 < nb; k0 += kc) {
+                const int64_t nbc = std::min(kc, nb - k0);
+                const int flags = (k0 == 0 ? kChunkFirst : 0) | (k0 + nbc == nb ? kChunkLast : 0);
+                for (int64_t tt = 0; tt < n_ttiles; ++tt) {
+                    const int64_t t0 = tt * k.tmax_k;
+                    const int nt = (int)std::min<int64_t>(k.tmax_k, n_tok - t0);
+                    k.tile_k(W.type, &panel[k0], nb, (int)rows, &act[t0 * nb + k0], nb, nt, nbc,
+                             state.data() + tt * st_floats, flags, y + t0 * N + row0, N);
+                }
+            }
+        }
+    });
+}
+
 void qgemm(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y, const QgemmKernels* kern) {
     const QgemmKernels& k = kern ? *kern : qgemm_kernels();
     if (const Group8Type* gt = group8_type(W.type)) return qgemm8(pool, k, *gt, W, x, n_tok, y);
     const PackFn pack = pack_fn(W.type);
+    if (k.tile_k) return qgemm_k(pool, k, W, x, n_tok, y);
     const int64_t K = W.ne0, N = W.ne1, nb = K / QK_K;
     const size_t wbytes = row_bytes(W.type, QK_K);
     const bool has_min = W.type != T_Q6_K;

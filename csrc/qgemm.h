@@ -1,14 +1,15 @@
 // qgemm.h: the prefill GEMM on quantized weights (Q4_K, Q5_K, Q6_K, Q8_0, IQ4_XS): y = W x for many tokens.
 //
 // What makes it faster than one dot per (row, token): the activations are quantized (Q8_K) and
-// repacked once per call; each weight super-block is unpacked once per call into int16 values already
-// multiplied by their sub-block scales (quants_internal.h, PackedW16) and then reused for every token;
-// a register-blocked micro-kernel (several rows x several tokens, simd/qgemm_*.cpp) takes the integer
-// dot products with vpdpwssd (AVX-512 VNNI) or vpmaddwd (AVX2). Results are bit-identical to the
-// reference vec_dot of quants.h at every SIMD level: the integer lane sums are exact and the float
-// steps are ggml's, in ggml's order (see kx_vec_dot in quants_q4k_q5k.cpp). Kernel sets with a
-// tile_chunk (AVX-512) run every tile of a 32-row panel over 4 super-blocks of K at a time, keeping the
-// tiles' float sums between chunks, so that the weights and activations of a chunk come from L1.
+// repacked once per call; each weight super-block is unpacked once per call and then reused for every
+// token by a register-blocked micro-kernel (several rows x several tokens, simd/qgemm_*.cpp). AVX-512
+// VNNI: unsigned levels with 16 rows in the dword lanes (PackedWK), vpdpbusd against broadcast
+// activation bytes, one integer multiply by the sub-block scale per sub-block; AVX2 and the plain
+// kernel: int16 values already times their sub-block scale (PackedW16), vpmaddwd. Results are
+// bit-identical to the reference vec_dot of quants.h at every SIMD level: the spec takes one exact
+// int32 per (row, token, super-block) and a fixed float sequence (kx_vec_dot in quants_q4k_q5k.cpp).
+// The tiles run over K in chunks of a few super-blocks, keeping their float sums between chunks, so
+// that the weights and activations of a chunk come from L1 for all the token tiles.
 //
 // Q8_0 and IQ4_XS take one float step per 32 values, so they have their own packing (PackedW8: 16 rows
 // interleaved, int8 levels) and micro-kernel (tile8, vpdpbusd with the rows in the dword lanes).
@@ -55,6 +56,12 @@ using QgemmTileChunkFn = void (*)(const qi::PackedW16* w, int64_t w_stride, int 
                                   int64_t a_stride, int nt, int64_t nb, bool has_min, float* st, int flags, float* y,
                                   int64_t ldy);
 
+// The k-quant tile on PackedWK (type T_Q4_K, T_Q5_K or T_Q6_K): y[t * ldy + r] for r < nr <= 16 * rg,
+// t < nt, over the nb super-blocks at w (row group g's at w + g * w_stride) and a + t * a_stride,
+// chunked over K as QgemmTileChunkFn (flags kChunkFirst / kChunkLast, float sums in st).
+using QgemmTileKFn = void (*)(int type, const qi::PackedWK* w, int64_t w_stride, int nr, const qi::PackedAK* a,
+                              int64_t a_stride, int nt, int64_t nb, float* st, int flags, float* y, int64_t ldy);
+
 struct QgemmKernels {
     const char* name;  // "ref", "avx2", "avx512vnni"
     int rmax, tmax;    // register block: weight rows x tokens
@@ -68,6 +75,16 @@ struct QgemmKernels {
     // One raw Q4_K/Q5_K/Q6_K block -> PackedW16, the same values as quants_internal.h's q*_k_pack16;
     // nullptr: those scalar ones.
     void (*pack16)(int type, const void* block, qi::PackedW16* out) = nullptr;
+    // The k-quants on unsigned levels (PackedWK/PackedAK; when set, used instead of tile/tile_chunk):
+    // tiles of rg_k groups of 16 rows x tmax_k tokens, K in chunks as QgemmTileChunkFn (st: rg_k *
+    // tmax_k * 16 floats). pack_k: nrows <= 16 raw weight rows (row r at rows + r * row_stride) -> nb
+    // PackedWK blocks (the missing rows all zero).
+    int rg_k = 0, tmax_k = 0;
+    QgemmTileKFn tile_k = nullptr;
+    void (*pack_k)(int type, const void* rows, size_t row_stride, int nrows, int64_t nb, qi::PackedWK* out) = nullptr;
+    // n floats -> n / 256 PackedAK, the same as q8_k_from_float + qgemm.cpp's repacking; nullptr: those.
+    void (*pack_act_k)(const float* x, int64_t n, qi::PackedAK* out) = nullptr;
+    int kc_k = 0;  // super-blocks per K chunk of tile_k (0: the whole K); PYQWEN_QGEMM_KCK overrides it
 };
 
 // True for the weight types qgemm handles.

@@ -82,9 +82,8 @@ float iq4_xs_vec_dot(int64_t n, const void* w, const void* x);
 // ---- Packed blocks for the prefill GEMM (qgemm.cpp) ----
 // One 256-value super-block of a k-quant weight, unpacked once per call and reused for many tokens:
 // every value as int16 already multiplied by its sub-block scale (the products fit: |level*scale| <=
-// 63*63 for Q4_K/Q5_K, 32*128 for Q6_K), in lane-pair order (within each 16 values: 0,8,1,9,...,7,15)
-// so that a pairwise multiply-add (vpmaddwd / vpdpwssd) of two adjacent values always adds two values
-// of the same lane e mod 8, the lanes of ggml's scalar float order (see kx_vec_dot). d and dmin are the
+// 63*63 for Q4_K/Q5_K, 32*128 for Q6_K), in lane-pair order (within each 16 values: 0,8,1,9,...,7,15),
+// the order the AVX2 tiles and decode kernels were built on (any order gives the same exact isum). d and dmin are the
 // block's float scales, m its 8 sub-block mins (0 for Q6_K, which has none). 64-byte aligned (576
 // bytes, as PackedA16): at 536 and 528 bytes most 64-byte loads of the GEMM tile straddled two cache
 // lines, which cost the AVX-512 tile about a sixth of its speed with its data in L1.
@@ -109,6 +108,30 @@ void q8_k_pack16(const void* block, PackedA16* out);
 // position p of a holds value q4k_dec_value(p). Pairs (2i, 2i+1) are still values of one lane mod 8.
 int q4k_dec_value(int p);
 void q8_k_pack16_dec(const void* block, PackedA16* out);
+
+// The k-quants on unsigned levels for the VNNI GEMM (simd/qgemm_avx512.cpp): one super-block of 16
+// weight rows, interleaved as PackedW8 so that one 64-byte vector holds 4 consecutive levels of each
+// of the 16 rows and a vpdpbusd against 4 broadcast activation bytes leaves row r's partial sum in
+// dword r. The levels are stored as they are in the file (Q4_K 0..15, Q5_K 0..31, Q6_K 0..63 = value
+// + 32), the sub-block scales and mins as int32/int16 per row, so the kernel forms the spec's exact isum
+// (quants_q4k_q5k.cpp kx_vec_dot, quants_q6k.cpp q6_k_dot) with one integer multiply per sub-block.
+// Rows that hold no weight row are all zero. 5504 bytes, a multiple of 64.
+struct alignas(64) PackedWK {
+    uint8_t q[64][16][4];  // value 4k+j of row r at q[k][r][j]
+    int32_t sc[16][16];    // row r's scale of sub-block j at sc[j][r] (Q4_K/Q5_K: j < 8, 32 values each;
+                           // Q6_K: 16 sub-blocks of 16, the int8 scale)
+    int32_t m[4][16];      // Q4_K/Q5_K: row r's mins (m[2k], m[2k+1]) as an int16 pair in m[k][r]
+    float d[16], dmin[16];
+};
+// The activation side: a Q8_K block's values, its d, the sums per 32 values as int16 pairs (the min
+// term, from bsums as the reference dot), and -32 times the sum of each 16 values (Q6_K's level
+// offset, from the values themselves as the reference's (u - 32) * q8).
+struct alignas(64) PackedAK {
+    int8_t q[QK_K];
+    float d;
+    int32_t bs8p[4];  // (bsums[4k] + bsums[4k+1], bsums[4k+2] + bsums[4k+3]) as int16 pairs
+    int32_t off6[16];
+};
 
 // The 32-value group formats (Q8_0, IQ4_XS) for the prefill GEMM. Their reference dots add one float
 // term per 32 values, c * sumi with c = d_w * d_a (IQ4_XS: times the 6-bit sub-block scale), so the
@@ -154,7 +177,8 @@ inline void pack_lane_pairs(const Q* q, const int* scale16, int16_t* w) {
 
 #if defined(PQ_HAVE_AVX2_KERNELS)
 // AVX2 versions, bit-identical to the references: only the integer lane sums are computed with SIMD
-// (simd/quants_avx2.cpp); the float steps stay in the scalar files above, in ggml's order.
+// (simd/quants_avx2.cpp); the float steps stay in the scalar files above (Q8_0 and the legacy formats in
+// ggml's order, the k-quants in their spec's: kx_vec_dot in quants_q4k_q5k.cpp).
 float q8_0_vec_dot_avx2(int64_t n, const void* w, const void* x);
 float q4_k_vec_dot_avx2(int64_t n, const void* w, const void* x);
 float q5_k_vec_dot_avx2(int64_t n, const void* w, const void* x);
@@ -167,7 +191,8 @@ float q5_1_vec_dot_avx2(int64_t n, const void* w, const void* x);
 namespace avx2 {
 // Integer kernels (simd/quants_avx2.cpp). They may only use types from formats.h, never its inline
 // functions: an out-of-line copy compiled with -mavx2 could be picked by the linker for scalar callers.
-// lane[l] = sum over values e = l (mod 8) of scale(e) * q8[e] * q(e) for one super-block, where
+// lane[l] = sum over values e = l (mod 8) of scale(e) * q8[e] * q(e) for one super-block (partial sums of
+// the dots' exact isum, added up by the callers), where
 // sc holds the 8 unpacked 6-bit sub-block scales (Q4_K/Q5_K); Q6_K reads its int8 scales itself.
 void q4_k_lanes(const block_q4_K& b, const int8_t* q8, const uint8_t* sc, int32_t* lane);
 void q5_k_lanes(const block_q5_K& b, const int8_t* q8, const uint8_t* sc, int32_t* lane);

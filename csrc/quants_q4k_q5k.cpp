@@ -78,31 +78,35 @@ inline void unpack_scales(const uint8_t* scales12, uint8_t* sc, uint8_t* m) {
     for (int j = 0; j < 8; ++j) get_scale_min_k4(j, scales12, &sc[j], &m[j]);
 }
 
-// Float tail of the Q4_K/Q5_K dots, in ggml's scalar order: the 8 int32 lanes from a lane kernel
-// (reference below, AVX2 in simd/quants_avx2.cpp) are converted separately into 8 float partial
-// sums that run over the whole row, the min term goes straight into sumf, and the 8 partials are
-// added to sumf only at the end of the row.
-template <class Block, class LanesFn>
-float kx_vec_dot(int64_t n, const void* w, const void* x, LanesFn lanes) {
+// The Q4_K/Q5_K dot (the spec every SIMD kernel and the prefill GEMM reproduce bit for bit). Per
+// super-block two exact integers:
+//   isum = sum_j sc_j * (sum over sub-block j of q[e] * q8[e])   (j < 8 sub-blocks of 32 values)
+//   summ = sum_j m_j * (sum of q8 over sub-block j)              (from Q8_K's bsums, two per sub-block)
+// Both fit int32 in any summation order: |isum| <= 63 * 31 * 128 * 256 = 63,995,904 and |summ| <=
+// 63 * 128 * 256 = 2,064,384, far below 2^31 (levels <= 31, 6-bit scales/mins <= 63, |q8| <= 128).
+// Then one fixed float sequence per super-block into one accumulator (kx_step), written with explicit
+// fused multiply-adds so that no compiler can contract it differently; every kernel uses the same one.
+// (ggml's scalar order -- 8 int32 lanes, each in its own float sum -- pinned the SIMD data layout; this
+// one differs from it only by float rounding, see test_quants.py.)
+inline float kx_step(float acc, float d_w, float dmin_w, float d_a, int32_t isum, int32_t summ) {
+    acc = std::fma(d_w * d_a, (float)isum, acc);
+    return std::fma(-(dmin_w * d_a), (float)summ, acc);
+}
+
+template <class Block, class IsumFn>
+float kx_vec_dot(int64_t n, const void* w, const void* x, IsumFn isum_of) {
     const Block* b = (const Block*)w;
     const block_q8_K* a = (const block_q8_K*)x;
-    float sums[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    float sumf = 0;
+    float acc = 0;
     for (int64_t i = 0; i < n / QK_K; ++i) {
         uint8_t sc[8], m[8];
         unpack_scales(b[i].scales, sc, m);
-        int32_t lane[8];
-        lanes(b[i], a[i].qs, sc, lane);
-        // The min term needs only sum(q8) per sub-block: Q8_K carries sums of 16, two per sub-block.
+        const int32_t isum = isum_of(b[i], a[i].qs, sc);
         int32_t summ = 0;
         for (int j = 0; j < QK_K / 16; ++j) summ += a[i].bsums[j] * m[j / 2];
-        const float dd = fp16_to_fp32(b[i].d) * a[i].d;
-        for (int l = 0; l < 8; ++l) sums[l] += dd * lane[l];
-        const float dm = fp16_to_fp32(b[i].dmin) * a[i].d;
-        sumf -= dm * summ;
+        acc = kx_step(acc, fp16_to_fp32(b[i].d), fp16_to_fp32(b[i].dmin), a[i].d, isum, summ);
     }
-    for (int l = 0; l < 8; ++l) sumf += sums[l];
-    return sumf;
+    return acc;
 }
 
 // Levels of a Q4_K block in natural order: each 64-value group takes the low nibbles of 32 bytes
@@ -128,20 +132,31 @@ inline void q5_k_levels(const block_q5_K& b, uint8_t* q) {
     }
 }
 
-// Reference lane kernels: lane[l] = sum over values e = l (mod 8) of sc[e/32] * q8[e] * q[e].
-void q4_k_lanes_ref(const block_q4_K& b, const int8_t* q8, const uint8_t* sc, int32_t* lane) {
+// Reference integer parts: isum = sum_j sc[j] * sum over the 32 values e of sub-block j of q8[e] * q[e].
+template <class Block, void (*levels)(const Block&, uint8_t*)>
+int32_t kx_isum_ref(const Block& b, const int8_t* q8, const uint8_t* sc) {
     uint8_t q[QK_K];
-    q4_k_levels(b, q);
-    for (int l = 0; l < 8; ++l) lane[l] = 0;
-    for (int e = 0; e < QK_K; ++e) lane[e & 7] += (int32_t)sc[e / 32] * (q8[e] * q[e]);
+    levels(b, q);
+    int32_t isum = 0;
+    for (int j = 0; j < QK_K / 32; ++j) {
+        int32_t s = 0;
+        for (int e = 32 * j; e < 32 * j + 32; ++e) s += q8[e] * q[e];
+        isum += sc[j] * s;
+    }
+    return isum;
 }
 
-void q5_k_lanes_ref(const block_q5_K& b, const int8_t* q8, const uint8_t* sc, int32_t* lane) {
-    uint8_t q[QK_K];
-    q5_k_levels(b, q);
-    for (int l = 0; l < 8; ++l) lane[l] = 0;
-    for (int e = 0; e < QK_K; ++e) lane[e & 7] += (int32_t)sc[e / 32] * (q8[e] * q[e]);
+#if defined(PQ_HAVE_AVX2_KERNELS)
+// The AVX2 lane kernels give 8 partial integer sums; their total is isum exactly (integer).
+template <class Block, void (*lanes)(const Block&, const int8_t*, const uint8_t*, int32_t*)>
+int32_t kx_isum_avx2(const Block& b, const int8_t* q8, const uint8_t* sc) {
+    int32_t lane[8];
+    lanes(b, q8, sc, lane);
+    int32_t isum = 0;
+    for (int l = 0; l < 8; ++l) isum += lane[l];
+    return isum;
 }
+#endif
 
 // Decode value = d*sc*q - dmin*m with ggml's rounding: (d*sc)*q - (dmin*m).
 inline void kx_decode(const uint8_t* q, uint16_t d16, uint16_t dmin16, const uint8_t* scales12, float* y) {
@@ -178,12 +193,12 @@ void q4_k_to_float(const void* src, float* y, int64_t n) {
 }
 
 float q4_k_vec_dot(int64_t n, const void* w, const void* x) {
-    return kx_vec_dot<block_q4_K>(n, w, x, q4_k_lanes_ref);
+    return kx_vec_dot<block_q4_K>(n, w, x, kx_isum_ref<block_q4_K, q4_k_levels>);
 }
 
 #if defined(PQ_HAVE_AVX2_KERNELS)
 float q4_k_vec_dot_avx2(int64_t n, const void* w, const void* x) {
-    return kx_vec_dot<block_q4_K>(n, w, x, avx2::q4_k_lanes);
+    return kx_vec_dot<block_q4_K>(n, w, x, kx_isum_avx2<block_q4_K, avx2::q4_k_lanes>);
 }
 #endif
 
@@ -232,14 +247,14 @@ void q5_k_to_float(const void* src, float* y, int64_t n) {
 }
 
 float q5_k_vec_dot(int64_t n, const void* w, const void* x) {
-    return kx_vec_dot<block_q5_K>(n, w, x, q5_k_lanes_ref);
+    return kx_vec_dot<block_q5_K>(n, w, x, kx_isum_ref<block_q5_K, q5_k_levels>);
 }
 
 void q5_k_pack16(const void* block, PackedW16* o) { kx_pack16<block_q5_K, q5_k_levels>(block, o); }
 
 #if defined(PQ_HAVE_AVX2_KERNELS)
 float q5_k_vec_dot_avx2(int64_t n, const void* w, const void* x) {
-    return kx_vec_dot<block_q5_K>(n, w, x, avx2::q5_k_lanes);
+    return kx_vec_dot<block_q5_K>(n, w, x, kx_isum_avx2<block_q5_K, avx2::q5_k_lanes>);
 }
 #endif
 

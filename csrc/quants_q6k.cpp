@@ -94,34 +94,48 @@ void q6_k_to_float(const void* src, float* y, int64_t n) {
 
 namespace {
 
-// Reference lane kernel: lane[l] = sum over values e = l (mod 8) of scales[e/16] * q8[e] * (level - 32).
-void q6_k_lanes_ref(const block_q6_K& b, const int8_t* q8, int32_t* lane) {
+// The Q6_K dot (the spec of every kernel, as the Q4_K/Q5_K one in quants_q4k_q5k.cpp): per super-block
+// one exact integer isum = sum over the 16 sub-blocks j of sc_j * sum over its 16 values of (u - 32) * q8,
+// |isum| <= 128 * 32 * 128 * 256 = 134,217,728 < 2^31 in any summation order (int8 scales, levels
+// u - 32 in [-32, 31], |q8| <= 128), then one fused multiply-add per super-block into one accumulator.
+int32_t q6_k_isum_ref(const block_q6_K& b, const int8_t* q8) {
     int8_t q[QK_K];
     q6_k_levels(b, q);
-    for (int l = 0; l < 8; ++l) lane[l] = 0;
-    for (int e = 0; e < QK_K; ++e) lane[e & 7] += (int32_t)b.scales[e / 16] * (q8[e] * q[e]);
+    int32_t isum = 0;
+    for (int j = 0; j < QK_K / 16; ++j) {
+        int32_t s = 0;
+        for (int e = 16 * j; e < 16 * j + 16; ++e) s += q8[e] * q[e];
+        isum += b.scales[j] * s;
+    }
+    return isum;
 }
 
-// Same float order as the Q4_K/Q5_K dot (see kx_vec_dot in quants_q4k_q5k.cpp), without a min term.
-template <class LanesFn>
-float q6_k_dot(int64_t n, const void* w, const void* x, LanesFn lanes) {
+template <class IsumFn>
+float q6_k_dot(int64_t n, const void* w, const void* x, IsumFn isum_of) {
     const block_q6_K* b = (const block_q6_K*)w;
     const block_q8_K* a = (const block_q8_K*)x;
-    float sums[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    float acc = 0;
     for (int64_t i = 0; i < n / QK_K; ++i) {
-        int32_t lane[8];
-        lanes(b[i], a[i].qs, lane);
-        const float d = fp16_to_fp32(b[i].d) * a[i].d;
-        for (int l = 0; l < 8; ++l) sums[l] += d * lane[l];
+        const int32_t isum = isum_of(b[i], a[i].qs);
+        acc = std::fma(fp16_to_fp32(b[i].d) * a[i].d, (float)isum, acc);
     }
-    float sumf = 0;
-    for (int l = 0; l < 8; ++l) sumf += sums[l];
-    return sumf;
+    return acc;
 }
+
+#if defined(PQ_HAVE_AVX2_KERNELS)
+// The AVX2 lane kernel's 8 partial integer sums add up to isum exactly.
+int32_t q6_k_isum_avx2(const block_q6_K& b, const int8_t* q8) {
+    int32_t lane[8];
+    avx2::q6_k_lanes(b, q8, lane);
+    int32_t isum = 0;
+    for (int l = 0; l < 8; ++l) isum += lane[l];
+    return isum;
+}
+#endif
 
 }  // namespace
 
-float q6_k_vec_dot(int64_t n, const void* w, const void* x) { return q6_k_dot(n, w, x, q6_k_lanes_ref); }
+float q6_k_vec_dot(int64_t n, const void* w, const void* x) { return q6_k_dot(n, w, x, q6_k_isum_ref); }
 
 void q6_k_pack16(const void* block, PackedW16* o) {
     const block_q6_K& b = *(const block_q6_K*)block;
@@ -136,7 +150,7 @@ void q6_k_pack16(const void* block, PackedW16* o) {
 }
 
 #if defined(PQ_HAVE_AVX2_KERNELS)
-float q6_k_vec_dot_avx2(int64_t n, const void* w, const void* x) { return q6_k_dot(n, w, x, avx2::q6_k_lanes); }
+float q6_k_vec_dot_avx2(int64_t n, const void* w, const void* x) { return q6_k_dot(n, w, x, q6_k_isum_avx2); }
 #endif
 
 }  // namespace qi

@@ -1,12 +1,15 @@
 """The prefill GEMM on quantized weights (csrc/qgemm.cpp, simd/qgemm_*.cpp) against its spec.
 
-The spec is the reference quantized dot (quants.h vec_dot_ref, itself checked against ggml in
-test_quants.py): every micro-kernel set this CPU supports ("ref", "avx2", "avx512vnni") must give
-bit-identical results to it, since the integer lane sums are exact and the float steps are ggml's in
-ggml's order. Shapes cover token counts that are not multiples of the register block (1, 3, 7, 13),
-row counts that are not multiples of it nor of the 16-row panel, K of 1 to 9 super-blocks, 1 and
-several threads, and the edge values: all-zero rows, huge and tiny activations, and raw random
-blocks (any scale bytes, NaN/Inf excluded).
+The spec is the reference quantized dot (quants.h vec_dot_ref, itself checked against ggml and a
+float64 dot in test_quants.py): every micro-kernel set this CPU supports ("ref", "avx2",
+"avx512vnni") must give bit-identical results to it. For Q4_K/Q5_K/Q6_K the spec takes one exact int32
+per (row, token, super-block) and a fixed sequence of fused multiply-adds into one float per (row,
+token) (kx_vec_dot in csrc/quants_q4k_q5k.cpp), so any data layout that gets the integers right and
+keeps those float steps is bit-identical. Shapes cover token counts that are not multiples of the
+register block (1, 3, 7, 13), row counts that are not multiples of it nor of the 16/32-row panels, K of
+1 to 21 super-blocks (also in K chunks), 1 to 4 threads, and the edge values: all-zero rows, huge and
+tiny activations, ties for the largest activation, raw random blocks (any scale bytes, NaN/Inf
+excluded), and the levels/scales that push the integer sums to their bound.
 """
 
 from __future__ import annotations
@@ -90,8 +93,78 @@ def test_qgemm_edge_values(t, kernels):
     x[2] *= 1e30                  # huge
     x[3] *= 1e-30                 # tiny
     x[4, ::7] = -x[4, ::7] * 1e4  # one dominant value per block
+    x[5, 3], x[5, 10] = -50.0, 50.0  # a tie for the largest magnitude: the first one sets the scale
+    x[5, 300], x[5, 260] = 50.0, -50.0
     ref = T.quant_matmul_ref(t, w, n_in, n_out, x, 1)
     assert same_bits(T.qgemm(t, w, n_in, n_out, x, kernels, 2), ref)
+
+
+def extreme_blocks(t: int, nblocks: int, rng) -> np.ndarray:
+    """Blocks at the integer bound: every level at its largest (or, Q6_K, also its most negative) value
+    and every scale/min at its largest magnitude, so that |isum| reaches 63*31*127*256 (Q5_K) and
+    128*32*127*256 (Q6_K), above 2^24 (the conversion to float rounds) and below 2^31."""
+    b = raw_blocks(t, nblocks, rng).reshape(nblocks, -1)
+    if t in (Q4_K, Q5_K):
+        b[:, 4:] = 0xFF                        # scales and mins 63, levels 15 (Q4_K) / 31 (Q5_K)
+    else:
+        b[:, :192] = np.where(np.arange(nblocks)[:, None] % 2, 0xFF, 0x00)  # levels 63 (+31) or 0 (-32)
+        b[:, 192:208] = 0x80                   # scales -128
+    return b.reshape(-1)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K], ids=["q4_K", "q5_K", "q6_K"])
+def test_qgemm_integer_bound(t, kernels):
+    """Extreme levels and scales against activations that quantize to +-127 everywhere (a constant row:
+    every value is the block maximum), on 21 rows x 5 tokens, 1 and 2 threads."""
+    rng = np.random.default_rng(13 + t)
+    n_in, n_out, n_tok = 1024, 21, 5
+    w = extreme_blocks(t, n_out * n_in // 256, rng)
+    x = np.ones((n_tok, n_in), np.float32)
+    x[1] *= -3.0
+    x[2, 1::2] = -1.0   # alternating signs
+    x[3] = rng.choice([-1.0, 1.0], n_in) * 1e20
+    x[4, :256] = 0      # one all-zero block
+    ref = T.quant_matmul_ref(t, w, n_in, n_out, x, 1)
+    assert np.all(np.isfinite(ref))
+    for threads in (1, 2):
+        assert same_bits(T.qgemm(t, w, n_in, n_out, x, kernels, threads), ref), (kernels, threads)
+        assert same_bits(T.qgemm(t, w, n_in, n_out, x[:2], kernels, threads, True), ref[:2]), (kernels, threads)
+
+
+CHUNKED_SCRIPT = """
+import numpy as np
+from pyqwen import _core as core
+T = core.testing
+rng = np.random.default_rng(5)
+bad = []
+for t in (12, 13, 14):
+    for nb, n_out, n_tok in ((1, 17, 3), (3, 33, 5), (7, 40, 9), (10, 16, 4)):
+        n_in = 256 * nb
+        w = core.quantize(t, rng.standard_normal((n_out, n_in)).astype(np.float32))
+        x = (rng.standard_normal((n_tok, n_in)) * 3).astype(np.float32)
+        ref = T.quant_matmul_ref(t, w, n_in, n_out, x, 1)
+        for k in T.qgemm_kernels():
+            for threads in (1, 3):
+                y = T.qgemm(t, w, n_in, n_out, x, k, threads)
+                if not np.array_equal(y.view(np.uint32), ref.view(np.uint32)):
+                    bad.append((t, nb, n_out, n_tok, k, threads))
+print("BAD", bad)
+"""
+
+
+@pytest.mark.parametrize("kc", ["1", "3"])
+def test_qgemm_k_chunks_by_env(kc):
+    """PYQWEN_QGEMM_KCK / PYQWEN_QGEMM_KC (read once per process, hence a subprocess) run the tiles over K
+    in chunks with their float sums kept between chunks: the same bits, K a multiple of the chunk or not."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PYQWEN_QGEMM_KCK=kc, PYQWEN_QGEMM_KC=kc)
+    out = subprocess.run([sys.executable, "-P", "-c", CHUNKED_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "BAD []" in out.stdout, out.stdout[-2000:]
 
 
 def test_qgemm_rejects_bad_calls():

@@ -292,7 +292,7 @@ def _weights(t: int, n_out: int, n_in: int, rng: np.random.Generator) -> np.ndar
 
 @pytest.mark.parametrize("t", ALL_WEIGHT_TYPES, ids=tname)
 def test_simd_vec_dot_bit_identical_to_reference(t):
-    """The SIMD kernels (AVX2 where the CPU has it: core.testing.quant_simd()) compute only the integer lane
+    """The SIMD kernels (AVX2 where the CPU has it: core.testing.quant_simd()) compute only the integer
     sums and leave the float steps to the reference code, so they must agree to the bit, also for
     activation bytes our quantizer never produces (-128) and for random weight bytes."""
     rng = np.random.default_rng(51 + t)
@@ -322,11 +322,13 @@ def test_simd_vec_dot_bit_identical_to_reference(t):
 def test_vec_dot_matches_ggml_generic(t):
     """Same quantized inputs into our vec_dot and ggml's scalar ggml_vec_dot_*_generic.
 
-    The integer parts are identical by construction and the float steps follow ggml's order, so the
-    results agree to the bit when both are compiled without FMA contraction. llama-cpp-python builds
-    ggml-cpu with -march=native and GCC's default -ffp-contract=fast, so its "scalar" kernel may fuse
-    `sums += d*isum` into an FMA; that changes at most the last bits of each float step. Tolerance: 8
-    float32 roundings of the sum of absolute block contributions, i.e. 8 * 2^-24 * sum|w||x|.
+    Q8_0 and IQ4 follow ggml's float order (bit-equal when both are compiled without FMA contraction;
+    llama-cpp-python builds ggml-cpu with -march=native and GCC's default -ffp-contract=fast, so its
+    "scalar" kernel may fuse `sums += d*isum`). The k-quants' spec is not ggml's order: one exact int32
+    per super-block and one or two fused multiply-adds into one float (kx_vec_dot), where ggml keeps
+    8 float lane sums; both round each super-block's terms and their running sum a few times, on 8
+    super-blocks here. Tolerance: 8 float32 roundings of the sum of absolute block contributions, i.e.
+    8 * 2^-24 * sum|w||x| (a bound the difference stays far below: the roundings do not line up).
     """
     rng = np.random.default_rng(21 + t)
     vdt = core.testing.quant_type_info(t)["vec_dot_type"]
@@ -341,6 +343,65 @@ def test_vec_dot_matches_ggml_generic(t):
         xf = core.dequantize(vdt, act, n).astype(np.float64)
         tol = 8 * 2.0 ** -24 * np.sum(np.abs(wf * xf))
         assert abs(ours - ref) <= tol, (r, ours, ref, tol)
+
+
+def _kx_scales_mins(raw: np.ndarray):
+    """Q4_K/Q5_K: the 8 (scale, min) pairs of each block from its 12 scale bytes (ggml get_scale_min_k4)."""
+    q = raw[:, 4:16].astype(np.int64)
+    sc = np.empty((raw.shape[0], 8), np.int64)
+    m = np.empty_like(sc)
+    for j in range(8):
+        if j < 4:
+            sc[:, j], m[:, j] = q[:, j] & 63, q[:, j + 4] & 63
+        else:
+            sc[:, j] = (q[:, j + 4] & 0xF) | ((q[:, j - 4] >> 6) << 4)
+            m[:, j] = (q[:, j + 4] >> 4) | ((q[:, j] >> 6) << 4)
+    return sc, m
+
+
+@pytest.mark.parametrize("t", [Q4_K, Q5_K, Q6_K], ids=tname)
+def test_kquant_dot_spec_vs_float64(t):
+    """The k-quant reference dot (the spec of every SIMD kernel and the GEMM) against an independent
+    float64 dot of gguf-py's dequantized weights and the exactly dequantized Q8_K activations (d * q,
+    exact in float64), within a derived bound.
+
+    Let w_i = d sc q_i - dmin m (exact) and a_i = d_a q8_i. The spec's integers are exact, so it differs
+    from E = sum_i w_i a_i only by float rounding: per super-block the products d_w d_a and dmin_w d_a
+    and the conversion of isum (up to 2^27: not exact in float32) round once each (relative 2^-24), and
+    each of the <= 2 nb fused multiply-adds rounds the running sum once, which is at most S = sum_i
+    (|d sc q_i| + |dmin m|) |a_i|; so |spec - E| <= (2 nb + 3) 2^-24 S. gguf-py's float32 dequantizer
+    rounds d*sc, its product with q, dmin*m and the difference: |W_i - w_i| <= 3 * 2^-24 (|d sc q_i| +
+    |dmin m|), adding 3 * 2^-24 S. Bound: (2 nb + 6) * 2^-24 * S * 1.01. S is computed from the blocks'
+    own fields (|d sc q_i| <= |W_i| + |dmin m| up to that rounding); Q6_K has no min: S = sum |W_i a_i|.
+    """
+    rng = np.random.default_rng(61 + t)
+    n, rows = 2048, 12
+    nb = n // 256
+    w = np.concatenate([_weights(t, rows // 2, n, rng).reshape(-1),
+                        random_blocks(t, rows // 2 * nb, rng).reshape(-1)]).reshape(rows, -1)
+    for r in range(rows):
+        x = _rows("normal", 1, n, rng)[0] * np.float32(10.0 ** (r % 5 - 2))
+        if r == rows - 1:
+            x = np.abs(x)  # activations of one sign: no cancellation in the min term
+        act = core.quantize(Q8_K, x)
+        ab = act.reshape(nb, BLOCK[Q8_K][1])
+        a = (ab[:, :4].copy().view(np.float32).astype(np.float64) * ab[:, 4:260].view(np.int8)).reshape(-1)
+        W = gguf_quants.dequantize(w[r].reshape(nb, -1), t).reshape(-1).astype(np.float64)
+        if t == Q6_K:
+            S = np.sum(np.abs(W * a))
+        else:
+            raw = w[r].reshape(nb, -1)
+            _, m = _kx_scales_mins(raw)
+            dmin = raw[:, 2:4].copy().view(np.float16).astype(np.float64)
+            ml = np.repeat(np.abs(dmin * m), 32, axis=1).reshape(-1)
+            S = np.sum((np.abs(W) + 2 * ml) * np.abs(a))
+        spec = core.testing.quant_vec_dot_q(t, w[r], act, n, reference=True)
+        exact = float(np.dot(W, a))
+        bound = (2 * nb + 6) * 2.0 ** -24 * S * 1.01
+        assert abs(spec - exact) <= bound, (r, spec, exact, bound)
+        # The SIMD dot of quants.h is the spec's bits.
+        assert np.float32(core.testing.quant_vec_dot_q(t, w[r], act, n)).view(np.uint32) == \
+            np.float32(spec).view(np.uint32)
 
 
 @needs_ggml

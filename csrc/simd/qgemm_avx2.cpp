@@ -1,68 +1,165 @@
-// qgemm_avx2.cpp: the prefill GEMM micro-kernel with AVX2 (vpmaddwd), 2 rows x 4 tokens.
-//
-// Each step takes one 16-value group: vpmaddwd adds the two products of each lane pair (the packed
-// order of quants_internal.h), so dword k is lane k directly; 8 accumulators + 6 operands fit the 16
-// ymm registers. Float steps as the reference's (qgemm.cpp tile_ref), in its order.
+// qgemm_avx2.cpp: the prefill GEMM micro-kernels with AVX2: the k-quants on unsigned levels with the
+// rows in the dword lanes (PackedWK; vpmaddubsw + vpmaddwd, 16 rows x 2 tokens), Q8_0 / IQ4_XS (tile8).
 // Compiled with -mavx2 and picked at run time: it calls no inline function of the shared headers.
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "qgemm.h"
+#include "simd/avx2_util.h"
 #include "simd/qgemm_glue.h"
 
 namespace pq {
 
 namespace {
 
-using qi::PackedA16;
-using qi::PackedW16;
 
-template <int R, int T>
-void tile(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_t nb, bool has_min, float* y,
-          int64_t ldy) {
-    __m256 sums[R][T];
-    float sumf[R][T];
-    for (int r = 0; r < R; ++r)
-        for (int t = 0; t < T; ++t) sums[r][t] = _mm256_setzero_ps(), sumf[r][t] = 0;
+// ---- K-quants on unsigned levels (PackedWK): 16 rows (two ymm of 8) x 2 tokens ----
+// The AVX-512 kernel's scheme without VNNI: per dword k (4 levels of each row) vpmaddubsw against the
+// token's 4 broadcast activation bytes gives two int16 pair sums per row (|pair| <= 2 * 63 * 128 = 16128:
+// no saturation), vpmaddwd with ones adds them into the row's dword; per sub-block one vpmulld by the
+// rows' scales into isum; per super-block the spec's float steps (quants_q4k_q5k.cpp kx_step) on 8 rows per vector. All
+// integer sums are exact, so the results are the reference's bits.
+template <int T, bool Q6>
+void tile_k_body(const qi::PackedWK* w, int64_t /*ws*/, int nr, const qi::PackedAK* a, int64_t as, int64_t nb,
+                 float* st, int flags, float* y, int64_t ldy) {
+    constexpr int NJ = Q6 ? 16 : 8, KJ = 64 / NJ;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 F[2][T];
+    for (int h = 0; h < 2; ++h)
+        for (int t = 0; t < T; ++t)
+            F[h][t] = (flags & kChunkFirst) ? _mm256_setzero_ps() : _mm256_loadu_ps(st + 8 * (h * T + t));
     for (int64_t i = 0; i < nb; ++i) {
-        const PackedW16* wb[R];
-        const PackedA16* ab[T];
-        for (int r = 0; r < R; ++r) wb[r] = w + r * ws + i;
+        const qi::PackedWK& wb = w[i];
+        const qi::PackedAK* ab[T];
         for (int t = 0; t < T; ++t) ab[t] = a + t * as + i;
-        __m256i acc[R][T];
-        for (int r = 0; r < R; ++r)
-            for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_si256();
-        for (int g = 0; g < QK_K / 16; ++g) {
-            __m256i wv[R], av[T];
-            for (int r = 0; r < R; ++r) wv[r] = _mm256_loadu_si256((const __m256i*)(wb[r]->w + 16 * g));
-            for (int t = 0; t < T; ++t) av[t] = _mm256_loadu_si256((const __m256i*)(ab[t]->a + 16 * g));
-            for (int r = 0; r < R; ++r)
-                for (int t = 0; t < T; ++t) acc[r][t] = _mm256_add_epi32(acc[r][t], _mm256_madd_epi16(wv[r], av[t]));
-        }
-        for (int r = 0; r < R; ++r) {
+        __m256i S[2][T];
+        for (int h = 0; h < 2; ++h)
+            for (int t = 0; t < T; ++t) S[h][t] = _mm256_setzero_si256();
+        for (int j = 0; j < NJ; ++j) {
+            __m256i A[2][T];
             for (int t = 0; t < T; ++t) {
-                const float dd = wb[r]->d * ab[t]->d;
-                sums[r][t] = _mm256_add_ps(sums[r][t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(acc[r][t])));
-                if (has_min) {
-                    const int32_t summ = hsum4(_mm_madd_epi16(_mm_loadu_si128((const __m128i*)wb[r]->m),
-                                                              _mm_loadu_si128((const __m128i*)ab[t]->bs8)));
-                    const float dm = wb[r]->dmin * ab[t]->d;
-                    sumf[r][t] -= dm * (float)summ;
+                const __m256i init = Q6 ? _mm256_set1_epi32(ab[t]->off6[j]) : _mm256_setzero_si256();
+                A[0][t] = A[1][t] = init;
+            }
+            for (int kk = 0; kk < KJ; ++kk) {
+                const int k = j * KJ + kk;
+                const __m256i w0 = _mm256_load_si256((const __m256i*)wb.q[k][0]);
+                const __m256i w1 = _mm256_load_si256((const __m256i*)wb.q[k][8]);
+                for (int t = 0; t < T; ++t) {
+                    int32_t a4;
+                    __builtin_memcpy(&a4, ab[t]->q + 4 * k, 4);
+                    const __m256i bc = _mm256_set1_epi32(a4);
+                    A[0][t] = _mm256_add_epi32(A[0][t], _mm256_madd_epi16(_mm256_maddubs_epi16(w0, bc), ones));
+                    A[1][t] = _mm256_add_epi32(A[1][t], _mm256_madd_epi16(_mm256_maddubs_epi16(w1, bc), ones));
+                }
+            }
+            for (int h = 0; h < 2; ++h) {
+                const __m256i scv = _mm256_load_si256((const __m256i*)(wb.sc[j] + 8 * h));
+                for (int t = 0; t < T; ++t) S[h][t] = _mm256_add_epi32(S[h][t], _mm256_mullo_epi32(A[h][t], scv));
+            }
+        }
+        for (int h = 0; h < 2; ++h) {
+            const __m256 dw = _mm256_load_ps(wb.d + 8 * h);
+            for (int t = 0; t < T; ++t) {
+                const __m256 da = _mm256_set1_ps(ab[t]->d);
+                F[h][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da), _mm256_cvtepi32_ps(S[h][t]), F[h][t]);
+            }
+            if (!Q6) {
+                const __m256 dmw = _mm256_load_ps(wb.dmin + 8 * h);
+                for (int t = 0; t < T; ++t) {
+                    __m256i M = _mm256_setzero_si256();
+                    for (int k = 0; k < 4; ++k)
+                        M = _mm256_add_epi32(M, _mm256_madd_epi16(_mm256_load_si256((const __m256i*)(wb.m[k] + 8 * h)),
+                                                                  _mm256_set1_epi32(ab[t]->bs8p[k])));
+                    F[h][t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmw, _mm256_set1_ps(ab[t]->d)), _mm256_cvtepi32_ps(M),
+                                               F[h][t]);
                 }
             }
         }
     }
-    store_tile<R, T>(sums, sumf, y, ldy);
+    if (!(flags & kChunkLast)) {
+        for (int h = 0; h < 2; ++h)
+            for (int t = 0; t < T; ++t) _mm256_storeu_ps(st + 8 * (h * T + t), F[h][t]);
+        return;
+    }
+    for (int t = 0; t < T; ++t) {
+        alignas(32) float buf[16];
+        _mm256_store_ps(buf, F[0][t]);
+        _mm256_store_ps(buf + 8, F[1][t]);
+        for (int r = 0; r < nr && r < 16; ++r) y[t * ldy + r] = buf[r];
+    }
 }
 
-// The 2 x 4 tile for qgemm_glue.h.
-struct Tile2 {
-    static constexpr int kRows = 2;
-    template <int R, int T>
-    static void run(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_t nb, bool has_min,
-                    float* y, int64_t ldy) {
-        tile<R, T>(w, ws, a, as, nb, has_min, y, ldy);
+void tile_k(int type, const qi::PackedWK* w, int64_t ws, int nr, const qi::PackedAK* a, int64_t as, int nt, int64_t nb,
+            float* st, int flags, float* y, int64_t ldy) {
+    const bool q6 = type == T_Q6_K;
+    if (nt >= 2) (q6 ? tile_k_body<2, true> : tile_k_body<2, false>)(w, ws, nr, a, as, nb, st, flags, y, ldy);
+    else (q6 ? tile_k_body<1, true> : tile_k_body<1, false>)(w, ws, nr, a, as, nb, st, flags, y, ldy);
+}
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+// formats.h get_scale_min_k4, which this file may not call (see the note at the top).
+inline void scale_min_k4(int j, const uint8_t* q, int& sc, int& m) {
+    if (j < 4) {
+        sc = q[j] & 63;
+        m = q[j + 4] & 63;
+    } else {
+        sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
     }
-};
+}
+
+// Up to 16 raw rows -> nb PackedWK blocks: levels in natural order (the AVX2 dot kernels' unpacking),
+// copied a dword at a time to q[k][r] (about 1% of a 1-thread qgemm here: no transposes needed).
+void pack_k(int type, const void* rows, size_t row_stride, int nrows, int64_t nb, qi::PackedWK* out) {
+    const size_t bytes = type == T_Q6_K ? sizeof(block_q6_K) : type == T_Q5_K ? sizeof(block_q5_K) : sizeof(block_q4_K);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    for (int64_t i = 0; i < nb; ++i) {
+        qi::PackedWK& o = out[i];
+        std::memset((void*)&o, 0, sizeof(o));
+        for (int r = 0; r < nrows; ++r) {
+            const uint8_t* b = (const uint8_t*)rows + r * row_stride + i * bytes;
+            alignas(32) uint8_t lv[QK_K];
+            if (type == T_Q6_K) {
+                for (int h = 0; h < 2; ++h) {
+                    __m256i u[4];
+                    q6k_quarters(_mm256_loadu_si256((const __m256i*)(b + 64 * h)),
+                                 _mm256_loadu_si256((const __m256i*)(b + 64 * h + 32)),
+                                 _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * h)), u);
+                    for (int k = 0; k < 4; ++k) _mm256_store_si256((__m256i*)(lv + 128 * h + 32 * k), u[k]);
+                }
+                for (int j = 0; j < 16; ++j) o.sc[j][r] = ((const int8_t*)b)[192 + j];
+                o.d[r] = h2f(*(const uint16_t*)(b + 208));
+            } else {
+                const bool q5 = type == T_Q5_K;
+                const uint8_t* qs = q5 ? b + 48 : b + 16;
+                const __m256i hb = q5 ? _mm256_loadu_si256((const __m256i*)(b + 16)) : _mm256_setzero_si256();
+                for (int g = 0; g < 4; ++g) {
+                    const __m256i raw = _mm256_loadu_si256((const __m256i*)(qs + 32 * g));
+                    __m256i lo = _mm256_and_si256(raw, m4);
+                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                    if (q5) {
+                        const __m256i b4 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * g), one);
+                        const __m256i b5 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * g + 1), one);
+                        lo = _mm256_or_si256(lo, _mm256_slli_epi16(b4, 4));
+                        hi = _mm256_or_si256(hi, _mm256_slli_epi16(b5, 4));
+                    }
+                    _mm256_store_si256((__m256i*)(lv + 64 * g), lo);
+                    _mm256_store_si256((__m256i*)(lv + 64 * g + 32), hi);
+                }
+                int sc[8], m[8];
+                for (int j = 0; j < 8; ++j) scale_min_k4(j, b + 4, sc[j], m[j]);
+                for (int j = 0; j < 8; ++j) o.sc[j][r] = sc[j];
+                for (int k = 0; k < 4; ++k) o.m[k][r] = (int32_t)((uint32_t)m[2 * k] | (uint32_t)m[2 * k + 1] << 16);
+                o.d[r] = h2f(*(const uint16_t*)b);
+                o.dmin[r] = h2f(*(const uint16_t*)(b + 2));
+            }
+            for (int k = 0; k < 64; ++k) __builtin_memcpy(o.q[k][r], lv + 4 * k, 4);
+        }
+    }
+}
 
 // ---- 32-value groups (Q8_0, IQ4_XS): 16 rows x T tokens ----
 // Without VNNI the exact product goes through int16: 16 stored bytes (4 values of 4 rows) widened,
@@ -128,6 +225,7 @@ void tile8_any(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t
 }  // namespace
 
 extern const QgemmKernels kQgemmAvx2;
-const QgemmKernels kQgemmAvx2 = {"avx2", 2, 4, tile_any<Tile2>, nullptr, 2, tile8_any, nullptr};
+const QgemmKernels kQgemmAvx2 = {"avx2", 0, 0, nullptr, nullptr, 2, tile8_any, nullptr,
+                                 nullptr, 0, nullptr, 1, 2, tile_k, pack_k};
 
 }  // namespace pq

@@ -1,14 +1,13 @@
-// qgemm_avx512.cpp: the prefill GEMM micro-kernel with AVX-512 VNNI (vpdpwssd), 4 rows x 4 tokens.
+// qgemm_avx512.cpp: the prefill GEMM micro-kernels with AVX-512 VNNI and the decode row kernels.
 //
-// Each step loads 32 packed int16 values of 4 weight rows and 4 tokens and does 16 vpdpwssd: 16
-// accumulators + 8 operands fit the 32 zmm registers. The packed order (quants_internal.h) puts two
-// values of the same lane side by side, so dword k of a zmm holds lane k mod 8; the two 256-bit halves
-// are added at the end of a super-block to give ggml's 8 lanes, exactly (integer sums). The float steps
-// per super-block are the reference's (qgemm.cpp tile_ref), in its order, on 8 lanes at once.
+// K-quants (Q4_K, Q5_K, Q6_K): 32 rows x 4 tokens per tile, unsigned levels with the rows in the dword
+// lanes (PackedWK), vpdpbusd against broadcast activation bytes, an integer scale per sub-block, the
+// spec's float steps once per super-block on 16 rows at once (tile_k_body). Q8_0 / IQ4_XS: tile8.
 // Compiled with AVX-512 flags and picked at run time: it calls no inline function of the shared headers.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "qgemm.h"
 #include "simd/avx2_util.h"
@@ -19,151 +18,107 @@ namespace pq {
 namespace {
 
 using qi::PackedA16;
-using qi::PackedW16;
 
-// The min term of Q4_K/Q5_K for up to 4 rows x 4 tokens at once: dword 4r + t of the result is
-// summ(r, t) = sum_j m_r[j] * bs8_t[j], four vpdpwssd on word pairs (j = 2k, 2k + 1). mall holds row r's
-// 8 mins in 128-bit lane r; bsk[k] holds, in every 128-bit lane, dword k of the 4 tokens' bs8 (dword t).
-// Two dependency chains of two (integer sums: exact in any order).
-inline __m512i mins_4x4(__m512i mall, const __m512i (&bsk)[4]) {
-    __m512i s0 = _mm512_madd_epi16(_mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0x00), bsk[0]);
-    __m512i s1 = _mm512_madd_epi16(_mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0x55), bsk[1]);
-    s0 = _mm512_dpwssd_epi32(s0, _mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0xAA), bsk[2]);
-    s1 = _mm512_dpwssd_epi32(s1, _mm512_shuffle_epi32(mall, (_MM_PERM_ENUM)0xFF), bsk[3]);
-    return _mm512_add_epi32(s0, s1);
-}
-
-// R rows x T tokens. The float step of a super-block is done for two tokens at once on 16 lanes
-// (token 2p in lanes 0-7, 2p + 1 in 8-15: the two 256-bit halves of each int32 accumulator folded
-// with one shuffle pair), which halves the per-block epilogue that bounded the 4 x 4 kernel as much as
-// its 128 vpdpwssd did. The min term runs on 16 (row, token) dwords at once (mins_4x4) into its own
-// float sums. Every float operation is the reference's, per (row, token), in its order.
-//
-// K chunks (tile_chunk): the float sums of a tile live in st (kTileState floats) between calls over
-// consecutive ranges of super-blocks, so the driver can run every tile of a panel over a few blocks at
-// a time while those blocks of weights and activations stay in L1 (over the whole K, a 4 x 4 tile
-// streamed 80 KB per token quad from L2 and was bound by L2 bandwidth, not by vpdpwssd). Starting,
-// continuing and finishing a tile in chunks gives the same float operations in the same order.
-constexpr int kTileState = 4 * 2 * 16 + 16;
-
-template <int R, int T>
-void tile_body(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_t nb, bool has_min, float* st,
-               int flags, float* y, int64_t ldy) {
-    constexpr int TP = (T + 1) / 2;  // token pairs; an odd last token is paired with itself
-    __m512 S[R][TP];
-    __m512 SF;  // the min-term sums, (row, token) in dword 4r + t
-    if (flags & kChunkFirst) {
-        for (int r = 0; r < R; ++r)
-            for (int p = 0; p < TP; ++p) S[r][p] = _mm512_setzero_ps();
-        SF = _mm512_setzero_ps();
-    } else {
-        for (int r = 0; r < R; ++r)
-            for (int p = 0; p < TP; ++p) S[r][p] = _mm512_loadu_ps(st + 16 * (2 * r + p));
-        SF = _mm512_loadu_ps(st + 128);
-    }
-    // Lane 4r + t of the min-term vectors: which row's dmin, which token's d.
-    const __m512i row_of = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+// ---- Prefill: k-quant tiles on unsigned levels, 16 rows in the dword lanes (PackedWK) ----
+// Per sub-block j and token: KJ vpdpbusd (4 levels of all 16 rows against the token's 4 broadcast
+// activation bytes; Q6_K's accumulator starts at -32 * the sum of the sub-block's activations, taking
+// the +32 of its stored levels back out), then one vpmulld by the 16 rows' scales of j into the
+// super-block's isum; per super-block the spec's float steps (quants_q4k_q5k.cpp kx_step) on 16
+// rows at once, the min term of Q4_K/Q5_K from 4 vpdpwssd of the (m, m) int16 pairs against the token's
+// (bs8, bs8) pairs. All integer sums are exact (bounds in quants_q4k_q5k.cpp / quants_q6k.cpp), so
+// every (row, token) result is the reference's bit for bit. RG row groups x T tokens: with 2 x 4,
+// 8 accumulators of the sub-block, 8 isums and 8 float sums fit the 32 zmm registers, and each loaded
+// weight vector serves 4 tokens, each broadcast activation dword 2 row groups.
+template <int RG, int T, bool Q6>
+void tile_k_body(const qi::PackedWK* w, int64_t ws, int nr, const qi::PackedAK* a, int64_t as, int64_t nb, float* st,
+                 int flags, float* y, int64_t ldy) {
+    constexpr int NJ = Q6 ? 16 : 8, KJ = 64 / NJ;  // sub-blocks per super-block, dwords per sub-block
+    __m512 F[RG][T];
+    for (int g = 0; g < RG; ++g)
+        for (int t = 0; t < T; ++t)
+            F[g][t] = (flags & kChunkFirst) ? _mm512_setzero_ps() : _mm512_loadu_ps(st + 16 * (g * T + t));
     for (int64_t i = 0; i < nb; ++i) {
-        const PackedW16* wb[R];
-        const PackedA16* ab[T];
-        for (int r = 0; r < R; ++r) wb[r] = w + r * ws + i;
+        const qi::PackedWK* wb[RG];
+        const qi::PackedAK* ab[T];
+        for (int g = 0; g < RG; ++g) wb[g] = w + g * ws + i;
         for (int t = 0; t < T; ++t) ab[t] = a + t * as + i;
-        __m512i acc[R][T];
-        for (int r = 0; r < R; ++r)
-            for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_si512();
-        for (int g = 0; g < QK_K / 32; ++g) {
-            __m512i av[T];
-            for (int t = 0; t < T; ++t) av[t] = _mm512_loadu_si512(ab[t]->a + 32 * g);
-            for (int r = 0; r < R; ++r) {
-                const __m512i wv = _mm512_loadu_si512(wb[r]->w + 32 * g);
-                for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpwssd_epi32(acc[r][t], wv, av[t]);
+        __m512i S[RG][T];
+        for (int g = 0; g < RG; ++g)
+            for (int t = 0; t < T; ++t) S[g][t] = _mm512_setzero_si512();
+        for (int j = 0; j < NJ; ++j) {
+            __m512i A[RG][T];
+            for (int t = 0; t < T; ++t) {
+                const __m512i init = Q6 ? _mm512_set1_epi32(ab[t]->off6[j]) : _mm512_setzero_si512();
+                for (int g = 0; g < RG; ++g) A[g][t] = init;
+            }
+            for (int kk = 0; kk < KJ; ++kk) {
+                const int k = j * KJ + kk;
+                __m512i wv[RG];
+                for (int g = 0; g < RG; ++g) wv[g] = _mm512_load_si512(wb[g]->q[k]);
+                for (int t = 0; t < T; ++t) {
+                    int32_t a4;
+                    __builtin_memcpy(&a4, ab[t]->q + 4 * k, 4);
+                    const __m512i bc = _mm512_set1_epi32(a4);
+                    for (int g = 0; g < RG; ++g) A[g][t] = _mm512_dpbusd_epi32(A[g][t], wv[g], bc);
+                }
+            }
+            for (int g = 0; g < RG; ++g) {
+                const __m512i scv = _mm512_load_si512(wb[g]->sc[j]);
+                for (int t = 0; t < T; ++t) S[g][t] = _mm512_add_epi32(S[g][t], _mm512_mullo_epi32(A[g][t], scv));
             }
         }
-        __m512 adp[TP];  // token 2p's d in lanes 0-7, 2p + 1's in 8-15
-        for (int p = 0; p < TP; ++p) {
-            const int t1 = 2 * p + 1 < T ? 2 * p + 1 : 2 * p;
-            adp[p] = _mm512_insertf32x8(_mm512_set1_ps(ab[2 * p]->d), _mm256_set1_ps(ab[t1]->d), 1);
-        }
-        for (int r = 0; r < R; ++r) {
-            const __m512 dw = _mm512_set1_ps(wb[r]->d);
-            for (int p = 0; p < TP; ++p) {
-                const __m512i a0 = acc[r][2 * p], a1 = 2 * p + 1 < T ? acc[r][2 * p + 1] : a0;
-                const __m512i l16 = _mm512_add_epi32(_mm512_shuffle_i64x2(a0, a1, _MM_SHUFFLE(1, 0, 1, 0)),
-                                                     _mm512_shuffle_i64x2(a0, a1, _MM_SHUFFLE(3, 2, 3, 2)));
-                S[r][p] = _mm512_add_ps(S[r][p], _mm512_mul_ps(_mm512_mul_ps(dw, adp[p]), _mm512_cvtepi32_ps(l16)));
+        for (int g = 0; g < RG; ++g) {
+            const __m512 dw = _mm512_load_ps(wb[g]->d);
+            for (int t = 0; t < T; ++t) {
+                const __m512 da = _mm512_set1_ps(ab[t]->d);
+                F[g][t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(S[g][t]), F[g][t]);
             }
-        }
-        if (has_min) {
-            __m512i mall = _mm512_setzero_si512();
-            alignas(16) float dmv[4] = {0, 0, 0, 0};
-            for (int r = 0; r < R; ++r) {
-                mall = _mm512_mask_broadcast_i32x4(mall, (__mmask16)(0xFu << (4 * r)), _mm_loadu_si128((const __m128i*)wb[r]->m));
-                dmv[r] = wb[r]->dmin;
+            if (!Q6) {
+                const __m512 dmw = _mm512_load_ps(wb[g]->dmin);
+                for (int t = 0; t < T; ++t) {
+                    __m512i M = _mm512_madd_epi16(_mm512_load_si512(wb[g]->m[0]), _mm512_set1_epi32(ab[t]->bs8p[0]));
+                    for (int k = 1; k < 4; ++k)
+                        M = _mm512_dpwssd_epi32(M, _mm512_load_si512(wb[g]->m[k]), _mm512_set1_epi32(ab[t]->bs8p[k]));
+                    // fma(-(dmin_w * d_a), summ, acc) == -(dmin_w * d_a) * summ + acc: vfnmadd.
+                    F[g][t] = _mm512_fnmadd_ps(_mm512_mul_ps(dmw, _mm512_set1_ps(ab[t]->d)), _mm512_cvtepi32_ps(M),
+                                               F[g][t]);
+                }
             }
-            const __m512 dmin = _mm512_permutexvar_ps(row_of, _mm512_castps128_ps512(_mm_load_ps(dmv)));
-            // The 4 tokens' bs8 as a 4 x 4 dword matrix (token t, word pair k), transposed: bsk[k] dword t.
-            __m128i b[4];
-            alignas(16) float adv[4];
-            for (int t = 0; t < 4; ++t) {
-                b[t] = t < T ? _mm_loadu_si128((const __m128i*)ab[t]->bs8) : _mm_setzero_si128();
-                adv[t] = t < T ? ab[t]->d : 0.0f;
-            }
-            const __m128i u0 = _mm_unpacklo_epi32(b[0], b[1]), u1 = _mm_unpackhi_epi32(b[0], b[1]);
-            const __m128i u2 = _mm_unpacklo_epi32(b[2], b[3]), u3 = _mm_unpackhi_epi32(b[2], b[3]);
-            const __m512i bsk[4] = {_mm512_broadcast_i32x4(_mm_unpacklo_epi64(u0, u2)),
-                                    _mm512_broadcast_i32x4(_mm_unpackhi_epi64(u0, u2)),
-                                    _mm512_broadcast_i32x4(_mm_unpacklo_epi64(u1, u3)),
-                                    _mm512_broadcast_i32x4(_mm_unpackhi_epi64(u1, u3))};
-            const __m512 ad = _mm512_broadcast_f32x4(_mm_load_ps(adv));
-            // sumf -= (dmin * d_a) * summ, as the reference.
-            SF = _mm512_sub_ps(SF, _mm512_mul_ps(_mm512_mul_ps(dmin, ad), _mm512_cvtepi32_ps(mins_4x4(mall, bsk))));
         }
     }
     if (!(flags & kChunkLast)) {
-        for (int r = 0; r < R; ++r)
-            for (int p = 0; p < TP; ++p) _mm512_storeu_ps(st + 16 * (2 * r + p), S[r][p]);
-        _mm512_storeu_ps(st + 128, SF);
+        for (int g = 0; g < RG; ++g)
+            for (int t = 0; t < T; ++t) _mm512_storeu_ps(st + 16 * (g * T + t), F[g][t]);
         return;
     }
-    alignas(64) float sf[16];
-    _mm512_store_ps(sf, SF);
-    for (int r = 0; r < R; ++r) {
-        for (int p = 0; p < TP; ++p) {
-            alignas(64) float l[16];
-            _mm512_store_ps(l, S[r][p]);
-            for (int h = 0; h < 2 && 2 * p + h < T; ++h) {
-                const int t = 2 * p + h;
-                float s = sf[4 * r + t];
-                for (int k = 0; k < 8; ++k) s += l[8 * h + k];
-                y[t * ldy + r] = s;
-            }
-        }
+    for (int g = 0; g < RG; ++g) {
+        const int rows = nr - 16 * g;
+        if (rows <= 0) break;
+        const __mmask16 mask = rows >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rows) - 1);
+        for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy + 16 * g, mask, F[g][t]);
     }
 }
 
-// The 4 x 4 VNNI tile for qgemm_glue.h.
-struct Tile512 {
-    static constexpr int kRows = 4;
-    template <int R, int T>
-    static void run(const PackedW16* w, int64_t ws, const PackedA16* a, int64_t as, int64_t nb, bool has_min,
-                    float* y, int64_t ldy) {
-        tile_body<R, T>(w, ws, a, as, nb, has_min, nullptr, kChunkFirst | kChunkLast, y, ldy);
-    }
-};
+constexpr int kRgK = 2, kTmaxK = 4;
 
-// The chunked tile (QgemmTileChunkFn): the instance for nr x nt.
-using ChunkInstFn = void (*)(const PackedW16*, int64_t, const PackedA16*, int64_t, int64_t, bool, float*, int, float*,
-                             int64_t);
-template <int R>
-constexpr ChunkInstFn chunk_inst(int nt) {
-    return nt == 1 ? tile_body<R, 1> : nt == 2 ? tile_body<R, 2> : nt == 3 ? tile_body<R, 3> : tile_body<R, 4>;
+using TileKInstFn = void (*)(const qi::PackedWK*, int64_t, int, const qi::PackedAK*, int64_t, int64_t, float*, int,
+                             float*, int64_t);
+template <int RG, bool Q6>
+constexpr TileKInstFn tile_k_inst(int nt) {
+    return nt == 1 ? tile_k_body<RG, 1, Q6> : nt == 2 ? tile_k_body<RG, 2, Q6> : nt == 3 ? tile_k_body<RG, 3, Q6>
+                                                                                       : tile_k_body<RG, 4, Q6>;
 }
 
-void tile_chunk(const PackedW16* w, int64_t ws, int nr, const PackedA16* a, int64_t as, int nt, int64_t nb,
-                bool has_min, float* st, int flags, float* y, int64_t ldy) {
-    const ChunkInstFn f = nr >= 4 ? chunk_inst<4>(nt) : nr == 3 ? chunk_inst<3>(nt) : nr == 2 ? chunk_inst<2>(nt)
-                                                                                              : chunk_inst<1>(nt);
-    f(w, ws, a, as, nb, has_min, st, flags, y, ldy);
+// QgemmTileKFn: one row group when the panel has at most 16 rows (the state layout is the same: row
+// group g, token t at st + 16 * (g * T + t) with T the instance's token count, used only by calls of one
+// instance).
+void tile_k(int type, const qi::PackedWK* w, int64_t ws, int nr, const qi::PackedAK* a, int64_t as, int nt, int64_t nb,
+            float* st, int flags, float* y, int64_t ldy) {
+    const bool q6 = type == T_Q6_K;
+    TileKInstFn f;
+    if (nr > 16) f = q6 ? tile_k_inst<2, true>(nt) : tile_k_inst<2, false>(nt);
+    else f = q6 ? tile_k_inst<1, true>(nt) : tile_k_inst<1, false>(nt);
+    f(w, ws, nr, a, as, nb, st, flags, y, ldy);
 }
 
 // ---- Decode: one weight row against a few packed tokens, unpacking each block in registers ----
@@ -203,15 +158,46 @@ inline void scales_k4_16(const uint8_t* q, __m128i& sc, __m128i& m) {
     m = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)(m_lo | (uint64_t)m_hi << 32)));
 }
 
-inline float finish(__m256 sums, float sumf) {
-    alignas(32) float l[8];
-    _mm256_store_ps(l, sums);
-    for (int k = 0; k < 8; ++k) sumf += l[k];
-    return sumf;
+// The spec's float steps of one super-block for NT decode tokens at once, 4 tokens per xmm (lane t of
+// f[g] is token 4g + t's one float sum): isum[t] = the sum of the 16 int32 of v[t] (exact; groups of 4
+// tokens share transposing adds), then per lane fma(d_w * d_a, isum, acc) and, with MIN, fma(-(dmin_w *
+// d_a), summ, acc) -- lane for lane the reference's (kx_step). A horizontal reduction and scalar
+// steps per token cost the multi-token Q6_K decode about a fifth of its speed per core.
+template <int NT, bool MIN>
+inline void kq_steps_tokens(__m128 (&f)[(NT + 3) / 4], const __m512i* v, float dw, float dmin, const PackedA16* a,
+                            int64_t a_stride, int64_t i, const int32_t* summ) {
+    for (int g = 0; 4 * g < NT; ++g) {
+        const int t0 = 4 * g;
+        __m256i h[4];
+        alignas(16) float da[4];
+        alignas(16) int32_t sm[4];
+        for (int k = 0; k < 4; ++k) {
+            const bool in = t0 + k < NT;
+            h[k] = in ? _mm256_add_epi32(_mm512_castsi512_si256(v[in ? t0 + k : 0]),
+                                         _mm512_extracti64x4_epi64(v[in ? t0 + k : 0], 1))
+                      : _mm256_setzero_si256();
+            da[k] = in ? a[(t0 + k) * a_stride + i].d : 0.0f;
+            sm[k] = MIN && in ? summ[t0 + k] : 0;
+        }
+        // per 128-bit half: [sum4(h0), sum4(h1), sum4(h2), sum4(h3)] after two hadds.
+        const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(h[0], h[1]), _mm256_hadd_epi32(h[2], h[3]));
+        const __m128i isum = _mm_add_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+        const __m128 dav = _mm_load_ps(da);
+        f[g] = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(dw), dav), _mm_cvtepi32_ps(isum), f[g]);
+        if (MIN) {
+            const __m128 summ4 = _mm_cvtepi32_ps(_mm_load_si128((const __m128i*)sm));
+            f[g] = _mm_fnmadd_ps(_mm_mul_ps(_mm_set1_ps(dmin), dav), summ4, f[g]);
+        }
+    }
 }
 
-inline __m256i fold(__m512i acc) {
-    return _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+template <int NT>
+inline void store_tokens(const __m128 (&f)[(NT + 3) / 4], float* y, int64_t y_stride) {
+    for (int g = 0; 4 * g < NT; ++g) {
+        alignas(16) float o[4];
+        _mm_store_ps(o, f[g]);
+        for (int k = 0; k < 4 && 4 * g + k < NT; ++k) y[(4 * g + k) * y_stride] = o[k];
+    }
 }
 
 // Integer accumulators per token: with few tokens a block's 8 vpdpwssd into one register are a
@@ -227,12 +213,8 @@ template <bool Q5, int NT>
 void k45_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
     constexpr size_t kBytes = Q5 ? sizeof(block_q5_K) : sizeof(block_q4_K);
     const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
-    __m256 sums[NT];
-    float sumf[NT];
-    for (int t = 0; t < NT; ++t) {
-        sums[t] = _mm256_setzero_ps();
-        sumf[t] = 0;
-    }
+    __m128 facc[(NT + 3) / 4];  // the spec's one float sum per token (token t in lane t % 4 of facc[t / 4])
+    for (auto& f : facc) f = _mm_setzero_ps();
     for (int64_t i = 0; i < nb; ++i, row += kBytes) {
         prefetch_ahead(row);
         const uint16_t d16 = *(const uint16_t*)row, dmin16 = *(const uint16_t*)(row + 2);
@@ -263,17 +245,15 @@ void k45_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t 
                 ah = _mm512_dpwssd_epi32(ah, wh, _mm512_loadu_si512(at.a + 64 * g + 32));
             }
         }
+        __m512i l[NT];
+        int32_t summ[NT];
         for (int t = 0; t < NT; ++t) {
-            const PackedA16& at = a[t * a_stride + i];
-            const float dd = h2f(d16) * at.d;
-            const __m512i l = kChains<NT> == 2 ? _mm512_add_epi32(acc[t], acc2[t]) : acc[t];
-            sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(fold(l))));
-            const int32_t summ = hsum4(_mm_madd_epi16(mv, _mm_loadu_si128((const __m128i*)at.bs8)));
-            const float dm = h2f(dmin16) * at.d;
-            sumf[t] -= dm * (float)summ;
+            l[t] = kChains<NT> == 2 ? _mm512_add_epi32(acc[t], acc2[t]) : acc[t];
+            summ[t] = hsum4(_mm_madd_epi16(mv, _mm_loadu_si128((const __m128i*)a[t * a_stride + i].bs8)));
         }
+        kq_steps_tokens<NT, true>(facc, l, h2f(d16), h2f(dmin16), a, a_stride, i, summ);
     }
-    for (int t = 0; t < NT; ++t) y[t * y_stride] = finish(sums[t], sumf[t]);
+    store_tokens<NT>(facc, y, y_stride);
 }
 
 // Q4_K in the decode order (quants_q8.cpp q4k_dec_value): per 64 raw bytes one vpshufb and shifts/masks
@@ -291,12 +271,8 @@ void q4_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
         for (int hi = 0; hi < 2; ++hi)
             sidx[G][hi] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(4 * G + hi))),
                                              _mm256_set1_epi16((short)(4 * G + 2 + hi)), 1);
-    __m256 sums[NT];
-    float sumf[NT];
-    for (int t = 0; t < NT; ++t) {
-        sums[t] = _mm256_setzero_ps();
-        sumf[t] = 0;
-    }
+    __m128 facc[(NT + 3) / 4];  // the spec's one float sum per token (token t in lane t % 4 of facc[t / 4])
+    for (auto& f : facc) f = _mm_setzero_ps();
     for (int64_t i = 0; i < nb; ++i, row += sizeof(block_q4_K)) {
         prefetch_ahead(row);
         const uint16_t d16 = *(const uint16_t*)row, dmin16 = *(const uint16_t*)(row + 2);
@@ -321,28 +297,23 @@ void q4_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
                 ao[t] = _mm512_dpwssd_epi32(ao[t], e3, _mm512_loadu_si512(at + 96));
             }
         }
+        __m512i l[NT];
+        int32_t summ[NT];
         for (int t = 0; t < NT; ++t) {
-            const PackedA16& at = a[t * a_stride + i];
-            const __m256i e8 = fold(ae[t]), o8 = fold(ao[t]);
-            const __m128i e4 = _mm_add_epi32(_mm256_castsi256_si128(e8), _mm256_extracti128_si256(e8, 1));
-            const __m128i o4 = _mm_add_epi32(_mm256_castsi256_si128(o8), _mm256_extracti128_si256(o8, 1));
-            const __m256i l8 = _mm256_set_m128i(_mm_unpackhi_epi32(e4, o4), _mm_unpacklo_epi32(e4, o4));
-            const float dd = h2f(d16) * at.d;
-            sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(l8)));
-            const int32_t summ = hsum4(_mm_madd_epi16(mv, _mm_loadu_si128((const __m128i*)at.bs8)));
-            const float dm = h2f(dmin16) * at.d;
-            sumf[t] -= dm * (float)summ;
+            l[t] = _mm512_add_epi32(ae[t], ao[t]);
+            summ[t] = hsum4(_mm_madd_epi16(mv, _mm_loadu_si128((const __m128i*)a[t * a_stride + i].bs8)));
         }
+        kq_steps_tokens<NT, true>(facc, l, h2f(d16), h2f(dmin16), a, a_stride, i, summ);
     }
-    for (int t = 0; t < NT; ++t) y[t * y_stride] = finish(sums[t], sumf[t]);
+    store_tokens<NT>(facc, y, y_stride);
 }
 
 // Q6_K: levels u (0..63) from ql/qh as in simd/quants_avx2.cpp, value (u - 32) * scale of its 16 values.
 template <int NT>
 void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
     const __m512i off = _mm512_set1_epi16(32);
-    __m256 sums[NT];
-    for (int t = 0; t < NT; ++t) sums[t] = _mm256_setzero_ps();
+    __m128 facc[(NT + 3) / 4];
+    for (auto& f : facc) f = _mm_setzero_ps();
     for (int64_t i = 0; i < nb; ++i, row += sizeof(block_q6_K)) {
         prefetch_ahead(row);
         _mm_prefetch((const char*)row + 1024 + 192, _MM_HINT_T0);  // 210-byte blocks
@@ -369,49 +340,65 @@ void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t
                 }
             }
         }
-        for (int t = 0; t < NT; ++t) {
-            const float dd = h2f(d16) * a[t * a_stride + i].d;
-            const __m512i l = kChains<NT> == 2 ? _mm512_add_epi32(acc[t], acc2[t]) : acc[t];
-            sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(fold(l))));
-        }
+        __m512i l[NT];
+        for (int t = 0; t < NT; ++t) l[t] = kChains<NT> == 2 ? _mm512_add_epi32(acc[t], acc2[t]) : acc[t];
+        kq_steps_tokens<NT, false>(facc, l, h2f(d16), 0.0f, a, a_stride, i, nullptr);
     }
-    for (int t = 0; t < NT; ++t) y[t * y_stride] = finish(sums[t], 0.0f);
+    store_tokens<NT>(facc, y, y_stride);
 }
 
-// ---- Weight packing for the prefill GEMM: one raw block -> PackedW16 with the decode kernels' unpacking ----
-// The same integers as the scalar q4/q5/q6_k_pack16 (levels times their sub-block scale in lane-pair
-// order), which took 7% of a pp512 profile of the 27B slice; the fp16 scales convert exactly.
-void pack16_k(int type, const void* block, PackedW16* o) {
-    const uint8_t* b = (const uint8_t*)block;
+// ---- Weight packing for the prefill GEMM: up to 16 raw weight rows -> nb PackedWK blocks ----
+// Per super-block: each row's levels as they are stored (no scale applied), unpacked with the decode
+// kernels' shifts and masks into natural order in a 16 x 256-byte staging area, its scales and mins
+// as int32 / int16 pairs; then four 16 x 16 dword transposes put dword k of row r at q[k][r] (dword
+// scatters for the same took 4 x 16 stores per row and a quarter of a 1-thread qgemm's time).
+
+// o[c] = dword c of r[0..15] (a 16 x 16 dword transpose; r is overwritten).
+inline void transpose16(__m512i (&r)[16], __m512i (&o)[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    // r[4i + q], 128-bit lane L: rows 4i..4i+3 of column 4L + q.
+    for (int i = 0; i < 4; ++i) {
+        r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int q = 0; q < 4; ++q) {
+        const __m512i ab_lo = _mm512_shuffle_i32x4(r[q], r[4 + q], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512i ab_hi = _mm512_shuffle_i32x4(r[q], r[4 + q], _MM_SHUFFLE(3, 2, 3, 2));
+        const __m512i cd_lo = _mm512_shuffle_i32x4(r[8 + q], r[12 + q], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512i cd_hi = _mm512_shuffle_i32x4(r[8 + q], r[12 + q], _MM_SHUFFLE(3, 2, 3, 2));
+        o[q] = _mm512_shuffle_i32x4(ab_lo, cd_lo, _MM_SHUFFLE(2, 0, 2, 0));
+        o[4 + q] = _mm512_shuffle_i32x4(ab_lo, cd_lo, _MM_SHUFFLE(3, 1, 3, 1));
+        o[8 + q] = _mm512_shuffle_i32x4(ab_hi, cd_hi, _MM_SHUFFLE(2, 0, 2, 0));
+        o[12 + q] = _mm512_shuffle_i32x4(ab_hi, cd_hi, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+// One raw block's 256 levels in natural order (lv), scales into o.sc[.][r], mins, d, dmin of row r.
+inline void unpack_levels_k(int type, const uint8_t* b, int r, uint8_t* lv, qi::PackedWK& o) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     if (type == T_Q6_K) {
-        const __m512i off = _mm512_set1_epi16(32);
-        const int8_t* scales = (const int8_t*)(b + 192);
         for (int h = 0; h < 2; ++h) {
-            const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(b + 64 * h));
-            const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(b + 64 * h + 32));
-            const __m256i qh = _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * h));
             __m256i u[4];
-            q6k_quarters(ql0, ql1, qh, u);
-            for (int k = 0; k < 4; ++k) {
-                const int sb = 8 * h + 2 * k;
-                const __m512i sc = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(scales[sb]),
-                                                           _mm512_set1_epi16(scales[sb + 1]));
-                _mm512_storeu_si512(o->w + 128 * h + 32 * k,
-                                    _mm512_mullo_epi16(_mm512_sub_epi16(pairs_u8_to_i16(u[k]), off), sc));
-            }
+            q6k_quarters(_mm256_loadu_si256((const __m256i*)(b + 64 * h)),
+                         _mm256_loadu_si256((const __m256i*)(b + 64 * h + 32)),
+                         _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * h)), u);
+            for (int k = 0; k < 4; ++k) _mm256_store_si256((__m256i*)(lv + 128 * h + 32 * k), u[k]);
         }
-        o->d = h2f(*(const uint16_t*)(b + 208));
-        o->dmin = 0;
-        _mm_storeu_si128((__m128i*)o->m, _mm_setzero_si128());
+        const int8_t* scales = (const int8_t*)(b + 192);
+        for (int j = 0; j < 16; ++j) o.sc[j][r] = scales[j];
+        for (int k = 0; k < 4; ++k) o.m[k][r] = 0;
+        o.d[r] = h2f(*(const uint16_t*)(b + 208));
+        o.dmin[r] = 0;
         return;
     }
     const bool q5 = type == T_Q5_K;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     const uint8_t* qs = q5 ? b + 48 : b + 16;
-    __m128i sc16, mv;
-    scales_k4_16(b + 4, sc16, mv);
-    alignas(16) int16_t sc[8];
-    _mm_store_si128((__m128i*)sc, sc16);
     const __m256i h = q5 ? _mm256_loadu_si256((const __m256i*)(b + 16)) : _mm256_setzero_si256();
     for (int g = 0; g < 4; ++g) {
         const __m256i raw = _mm256_loadu_si256((const __m256i*)(qs + 32 * g));
@@ -421,12 +408,90 @@ void pack16_k(int type, const void* block, PackedW16* o) {
             lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g), one), 4));
             hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g + 1), one), 4));
         }
-        _mm512_storeu_si512(o->w + 64 * g, _mm512_mullo_epi16(pairs_u8_to_i16(lo), _mm512_set1_epi16(sc[2 * g])));
-        _mm512_storeu_si512(o->w + 64 * g + 32, _mm512_mullo_epi16(pairs_u8_to_i16(hi), _mm512_set1_epi16(sc[2 * g + 1])));
+        _mm256_store_si256((__m256i*)(lv + 64 * g), lo);
+        _mm256_store_si256((__m256i*)(lv + 64 * g + 32), hi);
     }
-    o->d = h2f(*(const uint16_t*)b);
-    o->dmin = h2f(*(const uint16_t*)(b + 2));
-    _mm_storeu_si128((__m128i*)o->m, mv);
+    __m128i sc16, mv;
+    scales_k4_16(b + 4, sc16, mv);
+    alignas(16) int16_t sc[8], m[8];
+    _mm_store_si128((__m128i*)sc, sc16);
+    _mm_store_si128((__m128i*)m, mv);
+    for (int j = 0; j < 8; ++j) o.sc[j][r] = sc[j];
+    for (int j = 8; j < 16; ++j) o.sc[j][r] = 0;
+    for (int k = 0; k < 4; ++k)
+        o.m[k][r] = (int32_t)((uint32_t)(uint16_t)m[2 * k] | (uint32_t)(uint16_t)m[2 * k + 1] << 16);
+    o.d[r] = h2f(*(const uint16_t*)b);
+    o.dmin[r] = h2f(*(const uint16_t*)(b + 2));
+}
+
+void pack_k(int type, const void* rows, size_t row_stride, int nrows, int64_t nb, qi::PackedWK* out) {
+    const size_t bytes = type == T_Q6_K ? sizeof(block_q6_K) : type == T_Q5_K ? sizeof(block_q5_K) : sizeof(block_q4_K);
+    alignas(64) uint8_t lv[16][QK_K];
+    for (int r = nrows; r < 16; ++r) std::memset(lv[r], 0, QK_K);
+    for (int64_t i = 0; i < nb; ++i) {
+        qi::PackedWK& o = out[i];
+        for (int r = 0; r < nrows; ++r)
+            unpack_levels_k(type, (const uint8_t*)rows + r * row_stride + i * bytes, r, lv[r], o);
+        for (int r = nrows; r < 16; ++r) {  // rows that hold no weight row: all zero
+            for (int j = 0; j < 16; ++j) o.sc[j][r] = 0;
+            for (int k = 0; k < 4; ++k) o.m[k][r] = 0;
+            o.d[r] = o.dmin[r] = 0;
+        }
+        for (int c = 0; c < 4; ++c) {
+            __m512i rv[16], ov[16];
+            for (int r = 0; r < 16; ++r) rv[r] = _mm512_load_si512(lv[r] + 64 * c);
+            transpose16(rv, ov);
+            for (int k = 0; k < 16; ++k) _mm512_store_si512(o.q[16 * c + k], ov[k]);
+        }
+    }
+}
+
+// ---- Activations of the k-quant GEMM: floats -> PackedAK, exactly as quants_q8.cpp q8_k_from_float ----
+// (then qgemm.cpp q8_k_pack_k): the first value of largest magnitude sets iscale = -127 / vmax, each
+// value rounds with ggml's nearest_int (add 1.5 * 2^23, read the mantissa: the same float mul and add
+// per element as the scalar code), clamped at 127; the scalar quantizer took about a sixth of a
+// 1-thread qgemm (Q4_K, K 5120, N 1024).
+void pack_act_k(const float* x, int64_t n, qi::PackedAK* out) {
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        qi::PackedAK& o = out[i];
+        __m512 mx = _mm512_setzero_ps();
+        for (int c = 0; c < 16; ++c) mx = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(x + 16 * c), absmask), mx);
+        const float amax = _mm512_reduce_max_ps(mx);
+        if (!(amax > 0)) {  // all zero (or no value compares greater than 0, as the scalar loop)
+            std::memset((void*)&o, 0, sizeof(o));
+            continue;
+        }
+        float vmax = 0;
+        for (int c = 0; c < 16; ++c) {
+            const __mmask16 eq = _mm512_cmp_ps_mask(_mm512_and_ps(_mm512_loadu_ps(x + 16 * c), absmask),
+                                                    _mm512_set1_ps(amax), _CMP_EQ_OQ);
+            if (eq) {
+                vmax = x[16 * c + __builtin_ctz((unsigned)eq)];
+                break;
+            }
+        }
+        const float iscale = -127.f / vmax;
+        const __m512 is = _mm512_set1_ps(iscale), magic = _mm512_set1_ps(12582912.f);
+        const __m512i mant = _mm512_set1_epi32(0x007FFFFF), bias = _mm512_set1_epi32(0x00400000);
+        const __m512i top = _mm512_set1_epi32(127);
+        alignas(64) int32_t bs16[16];
+        for (int c = 0; c < 16; ++c) {
+            const __m512 v = _mm512_add_ps(_mm512_mul_ps(is, _mm512_loadu_ps(x + 16 * c)), magic);
+            __m512i q = _mm512_sub_epi32(_mm512_and_si512(_mm512_castps_si512(v), mant), bias);
+            q = _mm512_min_epi32(q, top);
+            _mm_storeu_si128((__m128i*)(o.q + 16 * c), _mm512_cvtepi32_epi8(q));
+            // The sums per 16 of the stored int8 values (as the scalar code sums its qs).
+            bs16[c] = _mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(_mm512_cvtepi32_epi8(q)));
+        }
+        o.d = 1 / iscale;
+        for (int k = 0; k < 4; ++k) {
+            const int32_t lo = (int16_t)bs16[4 * k] + (int16_t)bs16[4 * k + 1];
+            const int32_t hi = (int16_t)bs16[4 * k + 2] + (int16_t)bs16[4 * k + 3];
+            o.bs8p[k] = (int32_t)(((uint32_t)(uint16_t)(int16_t)lo) | ((uint32_t)(uint16_t)(int16_t)hi << 16));
+        }
+        for (int j = 0; j < 16; ++j) o.off6[j] = -32 * bs16[j];
+    }
 }
 
 template <int NT>
@@ -677,7 +742,7 @@ void tile8_any(const qi::PackedW8* w, int64_t ng, const qi::PackedA8* a, int64_t
 }  // namespace
 
 extern const QgemmKernels kQgemmAvx512;
-const QgemmKernels kQgemmAvx512 = {"avx512vnni", 4, 4, tile_any<Tile512>, rows_dot, 8, tile8_any, rows8_dot,
-                                   tile_chunk, kTileState, pack16_k};
+const QgemmKernels kQgemmAvx512 = {"avx512vnni", 0, 0, nullptr, rows_dot, 8, tile8_any, rows8_dot,
+                                   nullptr, 0, nullptr, kRgK, kTmaxK, tile_k, pack_k, pack_act_k};
 
 }  // namespace pq

@@ -1,8 +1,9 @@
 // quants_avx2.cpp: AVX2 integer kernels of the quantized dot products.
 //
-// Bit-identical with the references by construction: these compute only exact integer sums, in the
-// same 8 lanes (value index mod 8) that ggml's scalar kernels use, and the callers in the scalar quant
-// files do the float steps. The trick that keeps the lane structure with _mm256_maddubs_epi16 (which
+// Bit-identical with the references by construction: these compute only exact integer sums, in 8 lanes
+// (value index mod 8; for the k-quants partial sums of the super-block's isum, which the callers add
+// up), and the callers in the scalar quant files do the float steps.
+// The trick that keeps the lane structure with _mm256_maddubs_epi16 (which
 // adds adjacent byte products): shuffle each 16 bytes to the order 0,8,1,9,...,7,15 so that the
 // adjacent pair is always two values of the same lane.
 //
