@@ -76,8 +76,8 @@ class TimedSequence(StateSequence):
     def mtp_draft(self, token, argmax=False):
         return self._timed("draft", super().mtp_draft, token, argmax)
 
-    def mtp_draft_greedy(self, token, k):
-        return self._timed("draft", super().mtp_draft_greedy, token, k)
+    def mtp_draft_greedy(self, token, k, p_first=0.0, p_min=0.0):
+        return self._timed("draft", super().mtp_draft_greedy, token, k, p_first, p_min)
 
 
 class TimedGeneration(Generation):

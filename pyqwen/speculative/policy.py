@@ -30,7 +30,11 @@ class SpecConfig:
                                  # arithmetic-bound, only k=1 pays a little (benchmarks/spec_breakdown.py)
     lookup_draft: int = 8        # up to this many tokens from a lookup match (one verify checks them all)
     lookup_min_match: int = 3    # auto: an n-gram match this long makes lookup the drafter
-    p_min: float = 0.0           # MTP: stop the chain once the draft's own top probability falls below
+    # Adaptive MTP depth: the chain stops before a draft whose own top softmax probability is below p_first
+    # (the first draft: then the step decodes plainly) or p_min (the later ones). Any stopping rule that
+    # looks only at the drafts keeps the output exact (verification decides; sampled drafts keep their q).
+    p_first: float = 0.0
+    p_min: float = 0.0
 
     def validate(self) -> None:
         if self.mode not in SPEC_MODES:
@@ -39,8 +43,10 @@ class SpecConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or not 1 <= v <= MAX_DRAFT:
                 raise ValueError(f"{name} must be an integer in 1..{MAX_DRAFT}, got {v!r}")
-        if not 0.0 <= self.p_min < 1.0:
-            raise ValueError(f"p_min must be in [0, 1), got {self.p_min}")
+        for name in ("p_first", "p_min"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {v!r}")
 
 
 def add_spec_args(parser) -> None:
@@ -103,25 +109,27 @@ class Drafter:
         if not self._use_mtp:
             return "none", [], None
         greedy = self._sampler.params.greedy
+        adaptive = self.cfg.p_first > 0.0 or self.cfg.p_min > 0.0
         # greedy drafts on a device-sampling backend: the argmax is taken where the logits are
-        on_device = greedy and self.cfg.p_min == 0.0 and bool(getattr(self._seq, "device_sampling", False))
+        on_device = greedy and not adaptive and bool(getattr(self._seq, "device_sampling", False))
         n = min(self.cfg.draft, limit)
-        if greedy and self.cfg.p_min == 0.0 and not on_device and getattr(self._seq, "fused_greedy_spec", False):
-            # the whole greedy chain in one core call (the same argmax of each draft's logits as below)
-            return "mtp", self._seq.mtp_draft_greedy(token, n), None
+        if greedy and not on_device and getattr(self._seq, "fused_greedy_spec", False):
+            # the whole greedy chain in one core call (the same argmax and stopping rule as below)
+            return "mtp", self._seq.mtp_draft_greedy(token, n, self.cfg.p_first, self.cfg.p_min), None
         drafts: list[int] = []
         qs: list | None = None if greedy else []
         tok = token
-        for _ in range(n):
+        for i in range(n):
             if on_device:
                 drafts.append(int(self._seq.mtp_draft(tok, argmax=True)))
                 tok = drafts[-1]
                 continue
             logits = self._seq.mtp_draft(tok)
+            p_stop = self.cfg.p_first if i == 0 else self.cfg.p_min
+            if p_stop > 0.0 and _top_prob(logits) < p_stop:
+                break       # the head is unsure of this draft: verify what there is
             if greedy:
                 nxt = int(np.argmax(logits))
-                if self.cfg.p_min > 0.0 and drafts and _top_prob(logits) < self.cfg.p_min:
-                    break
             else:
                 ids, probs = self._sampler.distribution(logits, history + drafts)
                 nxt = int(ids[self._sampler.rng.choice(len(ids), p=probs)])
