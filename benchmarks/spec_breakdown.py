@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,8 +86,10 @@ class TimedGeneration(Generation):
         return self._seq._timed("accept", super()._accept, rows, drafts, q, history)
 
 
-def run(model, ids: list[int], mode: str, k: int | None, fused: bool, n_gen: int):
+def run(model, ids: list[int], mode: str, k: int | None, fused: bool, n_gen: int, p_min: float | None = None):
     spec = model.spec_for(mode, k)
+    if p_min is not None:
+        spec = replace(spec, p_min=p_min)
     seq = TimedSequence(model, model.new_state(), fused)
     g = TimedGeneration(seq, ids, ids, Sampler(SamplingParams(temperature=0.0)), n_gen, model.tokenizer.eog_ids,
                         [], model.tokenizer.stream_decoder(), GenerationStats(prompt_tokens=len(ids)),
@@ -112,19 +115,21 @@ def main() -> int:
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--domains", default="code,prose")
     ap.add_argument("--modes", default="off,mtp1,mtp2,mtp3,mtp4,lookup,auto,auto1",
-                    help="off, mtpK, lookup, auto or autoK (K: the MTP draft length; auto alone: the default)")
+                    help="off, mtpK, lookup, auto or autoK (K: the MTP draft length; auto alone: the default); "
+                         "mtpK:P / autoK:P: adaptive depth, the chain stopping below top probability P (p_min)")
     ap.add_argument("--generic", action="store_true", help="also every speculative mode through the generic path")
     args = ap.parse_args()
 
     model = pyqwen.Model.load(args.model, threads=args.threads, backend="cpu", spec="auto", n_ctx=2048)
     modes = []
     for m in args.modes.split(","):
+        m, _, p = m.partition(":")          # mtp4:0.4: MTP up to 4 deep, stopping below top probability 0.4
         base = m.rstrip("0123456789")       # mtp2: MTP drafting 2 deep; auto1: auto with MTP drafts 1 deep
         mode, k = base, (int(m[len(base):]) if m != base else None)
         if mode == "mtp" and not model.has_mtp:
             continue
         paths = [True] if mode == "off" else ([True, False] if args.generic else [True])
-        modes += [(mode, k, fused) for fused in paths]
+        modes += [(mode, k, fused, float(p) if p else None) for fused in paths]
     print(f"model {model.path.name}, threads {args.threads}, greedy, {args.gen} tokens per prompt, "
           f"best of {args.rounds} interleaved rounds per (prompt, mode)")
     for domain in args.domains.split(","):
@@ -134,7 +139,7 @@ def main() -> int:
             for pi, p in enumerate(ps):
                 ref = None
                 for mk in modes:
-                    g, parts, dec, cpu, _ = run(model, p, mk[0], mk[1], mk[2], args.gen)
+                    g, parts, dec, cpu, _ = run(model, p, *mk[:3], args.gen, mk[3])
                     if ref is None:
                         ref = g.tokens
                     if g.tokens != ref:
@@ -166,8 +171,12 @@ def main() -> int:
                 n_ver += st.verify_steps
                 n_acc += st.accepted_tokens
                 rest += dec - sum(parts.values())
-            mode, k, fused = mk
+            mode, k, fused, p_min = mk
             name = f"{mode} k={k}" if k else (f"{mode} (k={model.spec_for(mode).draft})" if mode == "auto" else mode)
+            if p_min is not None:
+                name += f" p_min={p_min}"
+            elif mode in ("auto", "mtp") and model.spec_for(mode).p_min:
+                name += f" (p_min={model.spec_for(mode).p_min})"
             path = "-" if mode == "off" else ("fused" if fused else "generic")
             tpv = (n_acc + n_ver) / n_ver if n_ver else 1.0
             cols = [f"{1e3 * agg[p] / n_ver:.3f}" if n_ver else "-" for p in PARTS[:4]]

@@ -86,13 +86,20 @@ inline void dots_m(Load load, int64_t n, const float* x, int64_t x_stride, float
 
 // R weight rows x M tokens: out[r * M + t] = the 16-lane sum vector (a0 + a1) of row r and token t,
 // each accumulated exactly as dots_m accumulates it.
-template <int R, int M, class Load>
-inline void vecs_rm(Load load, int64_t w_stride, int64_t n, const float* x, int64_t x_stride, __m512* out) {
+constexpr int64_t kPrefetchRows = 4;
+
+template <int R, int M, class Load, class Prefetch>
+inline void vecs_rm(Load load, Prefetch pf, int64_t w_stride, int64_t n, const float* x, int64_t x_stride, __m512* out) {
     __m512 a0[R][M], a1[R][M];
     for (int r = 0; r < R; ++r)
         for (int t = 0; t < M; ++t) a0[r][t] = a1[r][t] = _mm512_setzero_ps();
     for (int64_t i = 0; i + 32 <= n; i += 32) {
         for (int r = 0; r < R; ++r) {
+            // The weights stream from beyond the private caches (the demo's 24 MB does not fit L2) and a
+            // row is a few cache lines: the hardware prefetcher alone leaves a several-token pass waiting
+            // on them. Each step asks for the line kPrefetchRows rows ahead (a hint: past the end of the
+            // tensor it is dropped, never a fault).
+            pf(r * w_stride + i + kPrefetchRows * w_stride);
             const __m512 w0 = load(r * w_stride + i), w1 = load(r * w_stride + i + 16);
             for (int t = 0; t < M; ++t) {
                 a0[r][t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * x_stride + i), a0[r][t]);
@@ -104,17 +111,17 @@ inline void vecs_rm(Load load, int64_t w_stride, int64_t n, const float* x, int6
         for (int t = 0; t < M; ++t) out[r * M + t] = _mm512_add_ps(a0[r][t], a1[r][t]);
 }
 
-template <int R, class Load>
-inline void vecs_r(Load load, int64_t w_stride, int64_t n, const float* x, int64_t x_stride, int64_t m, __m512* out) {
+template <int R, class Load, class Prefetch>
+inline void vecs_r(Load load, Prefetch pf, int64_t w_stride, int64_t n, const float* x, int64_t x_stride, int64_t m, __m512* out) {
     switch (m) {
-        case 8: vecs_rm<R, 8>(load, w_stride, n, x, x_stride, out); break;
-        case 7: vecs_rm<R, 7>(load, w_stride, n, x, x_stride, out); break;
-        case 6: vecs_rm<R, 6>(load, w_stride, n, x, x_stride, out); break;
-        case 5: vecs_rm<R, 5>(load, w_stride, n, x, x_stride, out); break;
-        case 4: vecs_rm<R, 4>(load, w_stride, n, x, x_stride, out); break;
-        case 3: vecs_rm<R, 3>(load, w_stride, n, x, x_stride, out); break;
-        case 2: vecs_rm<R, 2>(load, w_stride, n, x, x_stride, out); break;
-        default: vecs_rm<R, 1>(load, w_stride, n, x, x_stride, out); break;
+        case 8: vecs_rm<R, 8>(load, pf, w_stride, n, x, x_stride, out); break;
+        case 7: vecs_rm<R, 7>(load, pf, w_stride, n, x, x_stride, out); break;
+        case 6: vecs_rm<R, 6>(load, pf, w_stride, n, x, x_stride, out); break;
+        case 5: vecs_rm<R, 5>(load, pf, w_stride, n, x, x_stride, out); break;
+        case 4: vecs_rm<R, 4>(load, pf, w_stride, n, x, x_stride, out); break;
+        case 3: vecs_rm<R, 3>(load, pf, w_stride, n, x, x_stride, out); break;
+        case 2: vecs_rm<R, 2>(load, pf, w_stride, n, x, x_stride, out); break;
+        default: vecs_rm<R, 1>(load, pf, w_stride, n, x, x_stride, out); break;
     }
 }
 
@@ -122,8 +129,8 @@ inline void vecs_r(Load load, int64_t w_stride, int64_t n, const float* x, int64
 // blocks (4 for one token, 2 for up to 4 tokens: enough independent sums to hide the FMA latency on
 // short rows; 1 from 5 tokens on, whose 2 x 8 accumulators already fill the registers), tokens in
 // tiles of up to 8 per pass; the sums of a block are folded four at a time.
-template <class LoadAt, class ScalarAt>
-void rows_any(LoadAt load_at, ScalarAt scalar_at, int64_t w_stride, int64_t rows, const float* x, int64_t x_stride,
+template <class LoadAt, class ScalarAt, class PrefetchAt>
+void rows_any(LoadAt load_at, ScalarAt scalar_at, PrefetchAt prefetch_at, int64_t w_stride, int64_t rows, const float* x, int64_t x_stride,
               int64_t m, int64_t n, float* y, int64_t y_stride) {
     const int rb = m == 1 ? 4 : m <= 4 ? 2 : 1;
     __m512 v[4 * 8];
@@ -134,9 +141,10 @@ void rows_any(LoadAt load_at, ScalarAt scalar_at, int64_t w_stride, int64_t rows
             const int64_t M = m - t0 < 8 ? m - t0 : 8;
             const auto load = [&](int64_t i) { return load_at(r0 * w_stride + i); };
             const float* xt = x + t0 * x_stride;
-            if (R == 4) vecs_r<4>(load, w_stride, n, xt, x_stride, M, v);
-            else if (R == 2) vecs_r<2>(load, w_stride, n, xt, x_stride, M, v);
-            else vecs_r<1>(load, w_stride, n, xt, x_stride, M, v);
+            const auto pf = [&](int64_t i) { prefetch_at(r0 * w_stride + i); };
+            if (R == 4) vecs_r<4>(load, pf, w_stride, n, xt, x_stride, M, v);
+            else if (R == 2) vecs_r<2>(load, pf, w_stride, n, xt, x_stride, M, v);
+            else vecs_r<1>(load, pf, w_stride, n, xt, x_stride, M, v);
             const int cnt = (int)(R * M);
             for (int j = cnt; j % 4; ++j) v[j] = _mm512_setzero_ps();
             for (int j = 0; j < cnt; j += 4) reduce4(v[j], v[j + 1], v[j + 2], v[j + 3], s + j);
@@ -187,13 +195,13 @@ void dots_bf16_avx512(const uint16_t* w, const float* x, int64_t x_stride, int64
 void rows_f16_avx512(const uint16_t* w, int64_t w_stride, int64_t rows, const float* x, int64_t x_stride, int64_t m,
                      int64_t n, float* y, int64_t y_stride) {
     rows_any([w](int64_t i) { return load_w(w + i, false); }, [w](int64_t i) { return scalar_w(w[i], false); },
-             w_stride, rows, x, x_stride, m, n, y, y_stride);
+             [w](int64_t i) { _mm_prefetch((const char*)(w + i), _MM_HINT_T0); }, w_stride, rows, x, x_stride, m, n, y, y_stride);
 }
 
 void rows_bf16_avx512(const uint16_t* w, int64_t w_stride, int64_t rows, const float* x, int64_t x_stride, int64_t m,
                       int64_t n, float* y, int64_t y_stride) {
     rows_any([w](int64_t i) { return load_w(w + i, true); }, [w](int64_t i) { return scalar_w(w[i], true); },
-             w_stride, rows, x, x_stride, m, n, y, y_stride);
+             [w](int64_t i) { _mm_prefetch((const char*)(w + i), _MM_HINT_T0); }, w_stride, rows, x, x_stride, m, n, y, y_stride);
 }
 
 float dot_f16_avx512(const uint16_t* w, const float* x, int64_t n) {
