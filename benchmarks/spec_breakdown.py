@@ -149,8 +149,8 @@ def main() -> int:
                         best[(pi, mk)] = (dec, cpu, dict(parts), g.stats)
         print(f"\n### {domain}: {len(ps)} held-out prompts of {args.prompt_tokens} tokens\n")
         print("| mode | path | ms/token | x off | cpu ms/token | x off (cpu) | tok/verify | per verification, ms: verify | "
-              "draft | accept | rollback | plain step | rest (Python) |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "draft | accept | rollback | plain step | rest (Python) | accepted per draft position |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         off = [best[(pi, modes[0])] for pi in range(len(ps))]
         base = [b[0] / max(b[3].generated_tokens - 1, 1) for b in off]
         base_cpu = [b[1] / max(b[3].generated_tokens - 1, 1) for b in off]
@@ -159,6 +159,7 @@ def main() -> int:
             agg = defaultdict(float)
             n_ver = n_acc = 0
             rest = 0.0
+            pos_d, pos_a = defaultdict(int), defaultdict(int)
             for pi in range(len(ps)):
                 dec, cpu, parts, st = best[(pi, mk)]
                 n = max(st.generated_tokens - 1, 1)
@@ -168,6 +169,9 @@ def main() -> int:
                 ratio_cpu.append(base_cpu[pi] / (cpu / n))
                 for k_, v in parts.items():
                     agg[k_] += v
+                for i, (d_, a_) in enumerate(zip(st.drafted_at, st.accepted_at)):
+                    pos_d[i] += d_
+                    pos_a[i] += a_
                 n_ver += st.verify_steps
                 n_acc += st.accepted_tokens
                 rest += dec - sum(parts.values())
@@ -185,7 +189,8 @@ def main() -> int:
             cpu = (f"{1e3 * statistics.median(cpu_tok):.3f} | {statistics.median(ratio_cpu):.2f}" if args.threads == 1
                    else "- | -")
             print(f"| {name} | {path} | {1e3 * statistics.median(per_tok):.3f} | {statistics.median(ratio):.2f} | {cpu} | "
-                  f"{tpv:.2f} | {' | '.join(cols)} | {step} | {rst} |")
+                  f"{tpv:.2f} | {' | '.join(cols)} | {step} | {rst} | "
+                  f"{' '.join(f'{pos_a[i] / pos_d[i]:.2f}' for i in sorted(pos_d) if pos_d[i]) or '-'} |")
         step = statistics.median(b[2].get("step", 0.0) / max(b[3].generated_tokens - 1, 1) for b in off)
         print(f"\noff: the forward of a plain step {1e3 * step:.3f} ms of {1e3 * statistics.median(base):.3f} ms "
               f"per token (medians over the prompts)")
