@@ -44,12 +44,12 @@ def test_the_core_chain_stops_where_the_head_is_unsure(mtp_gguf):  # noqa: F811
             chain.append(int(np.argmax(lg)))
         # thresholds between the chain's own probabilities, so cuts land at every depth
         p_first = tops[0] * (0.5 if trial % 3 else 2.0)
-        p_min = float(np.sort(tops[1:])[trial % 5]) * (1 + 1e-9)
+        p_min = 0.0 if trial % 4 == 3 else float(np.sort(tops[1:])[trial % 5]) * (1 + 1e-9)
         want = 0 if tops[0] < p_first else next((i for i in range(1, 6) if tops[i] < p_min), 6)
         got = m.mtp_draft_greedy(b, tok, 6, p_first, p_min)
         assert got == chain[:want], (trial, tops, p_first, p_min)
         lengths.add(len(got))
-    assert len(lengths) >= 4
+    assert len(lengths) >= 3   # no cut, a cut before the first draft, cuts inside the chain
 
 
 def test_bad_thresholds_are_clear_errors():
