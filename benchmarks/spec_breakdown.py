@@ -176,11 +176,11 @@ def main() -> int:
                 n_acc += st.accepted_tokens
                 rest += dec - sum(parts.values())
             mode, k, fused, p_min = mk
-            name = f"{mode} k={k}" if k else (f"{mode} (k={model.spec_for(mode).draft})" if mode == "auto" else mode)
+            name = f"{mode} k={k}" if k else (f"{mode} (k<={model.spec_for(mode).mtp_depth()})" if mode == "auto" else mode)
             if p_min is not None:
                 name += f" p_min={p_min}"
-            elif mode in ("auto", "mtp") and model.spec_for(mode).p_min:
-                name += f" (p_min={model.spec_for(mode).p_min})"
+            elif mode in ("auto", "mtp") and not k and model.spec_for(mode).stop_thresholds()[1]:
+                name += f" (p_min={model.spec_for(mode).stop_thresholds()[1]})"
             path = "-" if mode == "off" else ("fused" if fused else "generic")
             tpv = (n_acc + n_ver) / n_ver if n_ver else 1.0
             cols = [f"{1e3 * agg[p] / n_ver:.3f}" if n_ver else "-" for p in PARTS[:4]]
