@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,8 +77,8 @@ class TimedSequence(StateSequence):
     def mtp_draft(self, token, argmax=False):
         return self._timed("draft", super().mtp_draft, token, argmax)
 
-    def mtp_draft_greedy(self, token, k):
-        return self._timed("draft", super().mtp_draft_greedy, token, k)
+    def mtp_draft_greedy(self, token, k, p_first=0.0, p_min=0.0):
+        return self._timed("draft", super().mtp_draft_greedy, token, k, p_first, p_min)
 
 
 class TimedGeneration(Generation):
@@ -85,8 +86,10 @@ class TimedGeneration(Generation):
         return self._seq._timed("accept", super()._accept, rows, drafts, q, history)
 
 
-def run(model, ids: list[int], mode: str, k: int | None, fused: bool, n_gen: int):
+def run(model, ids: list[int], mode: str, k: int | None, fused: bool, n_gen: int, p_min: float | None = None):
     spec = model.spec_for(mode, k)
+    if p_min is not None:
+        spec = replace(spec, p_min=p_min)
     seq = TimedSequence(model, model.new_state(), fused)
     g = TimedGeneration(seq, ids, ids, Sampler(SamplingParams(temperature=0.0)), n_gen, model.tokenizer.eog_ids,
                         [], model.tokenizer.stream_decoder(), GenerationStats(prompt_tokens=len(ids)),
@@ -112,19 +115,21 @@ def main() -> int:
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--domains", default="code,prose")
     ap.add_argument("--modes", default="off,mtp1,mtp2,mtp3,mtp4,lookup,auto,auto1",
-                    help="off, mtpK, lookup, auto or autoK (K: the MTP draft length; auto alone: the default)")
+                    help="off, mtpK, lookup, auto or autoK (K: the MTP draft length; auto alone: the default); "
+                         "mtpK:P / autoK:P: adaptive depth, the chain stopping below top probability P (p_min)")
     ap.add_argument("--generic", action="store_true", help="also every speculative mode through the generic path")
     args = ap.parse_args()
 
     model = pyqwen.Model.load(args.model, threads=args.threads, backend="cpu", spec="auto", n_ctx=2048)
     modes = []
     for m in args.modes.split(","):
+        m, _, p = m.partition(":")          # mtp4:0.4: MTP up to 4 deep, stopping below top probability 0.4
         base = m.rstrip("0123456789")       # mtp2: MTP drafting 2 deep; auto1: auto with MTP drafts 1 deep
         mode, k = base, (int(m[len(base):]) if m != base else None)
         if mode == "mtp" and not model.has_mtp:
             continue
         paths = [True] if mode == "off" else ([True, False] if args.generic else [True])
-        modes += [(mode, k, fused) for fused in paths]
+        modes += [(mode, k, fused, float(p) if p else None) for fused in paths]
     print(f"model {model.path.name}, threads {args.threads}, greedy, {args.gen} tokens per prompt, "
           f"best of {args.rounds} interleaved rounds per (prompt, mode)")
     for domain in args.domains.split(","):
@@ -134,7 +139,7 @@ def main() -> int:
             for pi, p in enumerate(ps):
                 ref = None
                 for mk in modes:
-                    g, parts, dec, cpu, _ = run(model, p, mk[0], mk[1], mk[2], args.gen)
+                    g, parts, dec, cpu, _ = run(model, p, *mk[:3], args.gen, mk[3])
                     if ref is None:
                         ref = g.tokens
                     if g.tokens != ref:
@@ -144,8 +149,8 @@ def main() -> int:
                         best[(pi, mk)] = (dec, cpu, dict(parts), g.stats)
         print(f"\n### {domain}: {len(ps)} held-out prompts of {args.prompt_tokens} tokens\n")
         print("| mode | path | ms/token | x off | cpu ms/token | x off (cpu) | tok/verify | per verification, ms: verify | "
-              "draft | accept | rollback | plain step | rest (Python) |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "draft | accept | rollback | plain step | rest (Python) | accepted per draft position |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         off = [best[(pi, modes[0])] for pi in range(len(ps))]
         base = [b[0] / max(b[3].generated_tokens - 1, 1) for b in off]
         base_cpu = [b[1] / max(b[3].generated_tokens - 1, 1) for b in off]
@@ -154,6 +159,7 @@ def main() -> int:
             agg = defaultdict(float)
             n_ver = n_acc = 0
             rest = 0.0
+            pos_d, pos_a = defaultdict(int), defaultdict(int)
             for pi in range(len(ps)):
                 dec, cpu, parts, st = best[(pi, mk)]
                 n = max(st.generated_tokens - 1, 1)
@@ -163,11 +169,18 @@ def main() -> int:
                 ratio_cpu.append(base_cpu[pi] / (cpu / n))
                 for k_, v in parts.items():
                     agg[k_] += v
+                for i, (d_, a_) in enumerate(zip(st.drafted_at, st.accepted_at)):
+                    pos_d[i] += d_
+                    pos_a[i] += a_
                 n_ver += st.verify_steps
                 n_acc += st.accepted_tokens
                 rest += dec - sum(parts.values())
-            mode, k, fused = mk
-            name = f"{mode} k={k}" if k else (f"{mode} (k={model.spec_for(mode).draft})" if mode == "auto" else mode)
+            mode, k, fused, p_min = mk
+            name = f"{mode} k={k}" if k else (f"{mode} (k<={model.spec_for(mode).mtp_depth()})" if mode == "auto" else mode)
+            if p_min is not None:
+                name += f" p_min={p_min}"
+            elif mode in ("auto", "mtp") and not k and model.spec_for(mode).stop_thresholds()[1]:
+                name += f" (p_min={model.spec_for(mode).stop_thresholds()[1]})"
             path = "-" if mode == "off" else ("fused" if fused else "generic")
             tpv = (n_acc + n_ver) / n_ver if n_ver else 1.0
             cols = [f"{1e3 * agg[p] / n_ver:.3f}" if n_ver else "-" for p in PARTS[:4]]
@@ -176,7 +189,8 @@ def main() -> int:
             cpu = (f"{1e3 * statistics.median(cpu_tok):.3f} | {statistics.median(ratio_cpu):.2f}" if args.threads == 1
                    else "- | -")
             print(f"| {name} | {path} | {1e3 * statistics.median(per_tok):.3f} | {statistics.median(ratio):.2f} | {cpu} | "
-                  f"{tpv:.2f} | {' | '.join(cols)} | {step} | {rst} |")
+                  f"{tpv:.2f} | {' | '.join(cols)} | {step} | {rst} | "
+                  f"{' '.join(f'{pos_a[i] / pos_d[i]:.2f}' for i in sorted(pos_d) if pos_d[i]) or '-'} |")
         step = statistics.median(b[2].get("step", 0.0) / max(b[3].generated_tokens - 1, 1) for b in off)
         print(f"\noff: the forward of a plain step {1e3 * step:.3f} ms of {1e3 * statistics.median(base):.3f} ms "
               f"per token (medians over the prompts)")

@@ -138,17 +138,19 @@ PYBIND11_MODULE(_core, m) {
             "n_keep) follows as after verify.")
         .def(
             "mtp_draft_greedy",
-            [](PyModel& pm, State& st, int32_t token, int64_t k) {
+            [](PyModel& pm, State& st, int32_t token, int64_t k, double p_first, double p_min) {
                 std::vector<int32_t> out((size_t)std::max<int64_t>(k, 0));
                 {
                     py::gil_scoped_release release;
                     std::lock_guard<std::mutex> lock(pm.mu);
-                    pm.model->mtp_draft_greedy(st, token, k, out.data());
+                    out.resize((size_t)pm.model->mtp_draft_greedy(st, token, k, out.data(), p_first, p_min));
                 }
                 return out;
             },
-            py::arg("state"), py::arg("token"), py::arg("k"),
-            "k chained greedy MTP drafts after `token` (each the argmax of mtp_draft's logits); their ids.")
+            py::arg("state"), py::arg("token"), py::arg("k"), py::arg("p_first") = 0.0, py::arg("p_min") = 0.0,
+            "Up to k chained greedy MTP drafts after `token` (each the argmax of mtp_draft's logits); their ids. "
+            "The chain stops before a draft whose top softmax probability is below p_first (the first) or "
+            "p_min (the others).")
         .def(
             "mtp_draft",
             [](PyModel& pm, State& st, int32_t token) {

@@ -11,6 +11,8 @@
 #include "gdn.h"
 #include "gdn_chunk.h"
 #include "simd/dispatch.h"
+#include "threadpool.h"
+#include "tensor.h"
 #include "model.h"
 #include "matmul.h"
 #include "ops.h"
@@ -38,7 +40,45 @@ static std::tuple<int64_t, int64_t, int64_t> delta_rule_dims(const farr& q, cons
     return {n, dk, dv};
 }
 
+using harr = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>;
+
 void bind_ref(py::module_& m) {
+    m.def(
+        "float_matmul",
+        [](harr w, farr x, bool bf16, int n_threads) {
+            // The model's matmul on F16/BF16 weights (the active kernel set, pyqwen._core.set_simd).
+            need(w.ndim() == 2 && x.ndim() == 2 && w.shape(1) == x.shape(1), "w [N, K], x [T, K]");
+            need(w.shape(0) > 0 && w.shape(1) > 0 && n_threads >= 1 && n_threads <= 64, "bad sizes");
+            const int64_t N = w.shape(0), K = w.shape(1), T = x.shape(0);
+            farr y({T, N});
+            py::gil_scoped_release nogil;
+            ThreadPool pool(n_threads);
+            Tensor W;
+            W.type = bf16 ? T_BF16 : T_F16;
+            W.ne0 = K;
+            W.ne1 = N;
+            W.data = (const uint8_t*)w.data();
+            if (T > 0) matmul(pool, W, x.data(), T, y.mutable_data());
+            return y;
+        },
+        py::arg("w"), py::arg("x"), py::arg("bf16") = false, py::arg("n_threads") = 1,
+        "y [T, N] = x [T, K] @ W^T through matmul (the decode and verify path).");
+    m.def(
+        "float_dots_one",
+        [](harr w, farr x, bool bf16) {
+            // Every (row, token) through the active set's one-token dot: what decoding one token computes.
+            need(w.ndim() == 2 && x.ndim() == 2 && w.shape(1) == x.shape(1), "w [N, K], x [T, K]");
+            const int64_t N = w.shape(0), K = w.shape(1), T = x.shape(0);
+            farr y({T, N});
+            const SimdKernels& sk = simd_kernels();
+            for (int64_t t = 0; t < T; ++t)
+                for (int64_t r = 0; r < N; ++r)
+                    y.mutable_data()[t * N + r] =
+                        (bf16 ? sk.dot_bf16 : sk.dot_f16)(w.data() + r * K, x.data() + t * K, K);
+            return y;
+        },
+        py::arg("w"), py::arg("x"), py::arg("bf16") = false,
+        "y [T, N]: each (row, token) by the active kernel set's one-token dot.");
     m.def(
         "ref_rms_norm",
         [](farr x, py::object w, float eps) {

@@ -39,9 +39,15 @@ static constexpr int64_t kTokTile = 16;
 static void matmul_float(ThreadPool& pool, const Tensor& W, const float* x, int64_t n_tok, float* y) {
     const int64_t K = W.ne0, N = W.ne1;
     const SimdKernels& sk = simd_kernels();
+    // A kernel set with a several-row kernel takes the thread's whole block of rows per token tile.
+    const auto rows_fn = W.type == T_F16 ? sk.rows_f16 : W.type == T_BF16 ? sk.rows_bf16 : nullptr;
     pool.parallel_for(N, [&](int64_t r0, int64_t r1, int) {
         for (int64_t t0 = 0; t0 < n_tok; t0 += kTokTile) {
             const int64_t t1 = std::min(n_tok, t0 + kTokTile);
+            if (rows_fn) {
+                rows_fn((const uint16_t*)W.row(r0), K, r1 - r0, x + t0 * K, K, t1 - t0, K, y + t0 * N + r0, N);
+                continue;
+            }
             for (int64_t r = r0; r < r1; ++r) {
                 // One weight row against the tile's tokens, each token summed as a one-token dot would.
                 const void* wr = W.row(r);

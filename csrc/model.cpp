@@ -330,15 +330,28 @@ int64_t Model::verify_greedy(State& st, const int32_t* tokens, int64_t n, int32_
     return n_acc;
 }
 
-void Model::mtp_draft_greedy(State& st, int32_t token, int64_t k, int32_t* out) {
+// The largest softmax probability of a logits row: 1 / sum exp(x - max), in double (as
+// pyqwen.speculative.policy's _top_prob computes it). NaN when the row holds one.
+static double top_prob_row(const float* x, int64_t n) {
+    float mx = x[0];
+    for (int64_t i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) sum += std::exp((double)x[i] - (double)mx);
+    return 1.0 / sum;
+}
+
+int64_t Model::mtp_draft_greedy(State& st, int32_t token, int64_t k, int32_t* out, double p_first, double p_min) {
     if (k < 0 || k >= kMaxVerifyTokens)
         throw std::invalid_argument("a draft chain is 0.." + std::to_string(kMaxVerifyTokens - 1) + " tokens long");
     const int64_t V = cfg_.n_vocab;
     st.spec_rows.resize(std::max(st.spec_rows.size(), (size_t)V));
     for (int64_t i = 0; i < k; ++i) {
         mtp_draft(st, token, st.spec_rows.data());
+        const double p = i == 0 ? p_first : p_min;
+        if (p > 0.0 && top_prob_row(st.spec_rows.data(), V) < p) return i;  // the head is unsure: stop here
         token = out[i] = argmax_row(st.spec_rows.data(), V);
     }
+    return k;
 }
 
 void Model::mtp_block(State& st, const float* h, const int32_t* tok, int64_t n, int64_t pos0, float* hidden_out,

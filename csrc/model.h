@@ -109,8 +109,11 @@ public:
     // n_acc + 1: a stop string or an end-of-generation token inside the accepted run).
     int64_t verify_greedy(State& st, const int32_t* tokens, int64_t n, int32_t* next);
 
-    // k chained greedy MTP draft steps after `token` (mtp_draft + argmax each); their ids into out[k].
-    void mtp_draft_greedy(State& st, int32_t token, int64_t k, int32_t* out);
+    // Up to k chained greedy MTP draft steps after `token` (mtp_draft + argmax each); their ids into out.
+    // Adaptive depth: the chain stops before a draft whose top softmax probability is below p_first (the
+    // first draft) or p_min (the others); 0 = never. Returns how many were drafted.
+    int64_t mtp_draft_greedy(State& st, int32_t token, int64_t k, int32_t* out, double p_first = 0.0,
+                             double p_min = 0.0);
 
     // One MTP draft step: the draft logits [n_vocab] for the token after `token`. The first call after a
     // forward pairs `token` (the one sampled from the forward's last logits, not fed yet) with the hidden

@@ -32,7 +32,9 @@ Speculative decoding (pyqwen.speculative), where `speculation` is True:
 Optional (the CPU core; the generation loop's fast path for greedy decoding without penalties):
 - verify_greedy(state, tokens) -> (n_acc, next)  verify and accept by argmax in one call (no logits cross);
                                                 rollback follows as after verify
-- mtp_draft_greedy(state, token, k) -> [k ids]   k chained greedy MTP drafts in one call
+- mtp_draft_greedy(state, token, k, p_first=0, p_min=0) -> [<= k ids]   chained greedy MTP drafts in one
+                                                call, stopping before a draft whose top probability is below
+                                                p_first (the first) / p_min (the others)
 """
 
 from __future__ import annotations
@@ -134,8 +136,8 @@ class CpuCore(CoreAdapter):
     def verify_greedy(self, state, tokens) -> tuple[int, int]:
         return self._m.verify_greedy(state, tokens)
 
-    def mtp_draft_greedy(self, state, token: int, k: int) -> list[int]:
-        return self._m.mtp_draft_greedy(state, int(token), int(k))
+    def mtp_draft_greedy(self, state, token: int, k: int, p_first: float = 0.0, p_min: float = 0.0) -> list[int]:
+        return self._m.mtp_draft_greedy(state, int(token), int(k), float(p_first), float(p_min))
 
     def __getattr__(self, name: str):
         # Anything else the C++ class offers (introspection, timings) stays reachable.

@@ -160,7 +160,7 @@ class Sequence(Protocol):
 
     def verify_greedy(self, tokens: list[int]) -> tuple[int, int]: ...  # verify(); (n_acc, next) by argmax
 
-    def mtp_draft_greedy(self, token: int, k: int) -> list[int]: ...
+    def mtp_draft_greedy(self, token: int, k: int, p_first: float = 0.0, p_min: float = 0.0) -> list[int]: ...
 
 
 class StateSequence:
@@ -196,8 +196,8 @@ class StateSequence:
     def verify_greedy(self, tokens):
         return self._model.verify_greedy(self.state, tokens)
 
-    def mtp_draft_greedy(self, token, k):
-        return self._model.mtp_draft_greedy(self.state, token, k)
+    def mtp_draft_greedy(self, token, k, p_first=0.0, p_min=0.0):
+        return self._model.mtp_draft_greedy(self.state, token, k, p_first, p_min)
 
 
 class Generation:

@@ -312,9 +312,11 @@ class Model:
         self._check_room(state, len(tokens))
         return self._core.verify_greedy(state, tokens)
 
-    def mtp_draft_greedy(self, state, token: int, k: int) -> list[int]:
-        """k chained MTP draft steps after `token`, each the argmax of mtp_draft's logits, in one core call."""
-        return self._core.mtp_draft_greedy(state, int(token), int(k))
+    def mtp_draft_greedy(self, state, token: int, k: int, p_first: float = 0.0, p_min: float = 0.0) -> list[int]:
+        """Up to k chained MTP draft steps after `token`, each the argmax of mtp_draft's logits, in one core
+        call; the chain stops before a draft whose top softmax probability is below p_first (the first
+        draft) or p_min (the others)."""
+        return self._core.mtp_draft_greedy(state, int(token), int(k), float(p_first), float(p_min))
 
     def mtp_draft(self, state, token: int, argmax: bool = False):
         """One MTP draft step: logits [n_vocab] of the token after `token` (see pyqwen.backend), or with

@@ -208,8 +208,8 @@ class Turn:
     def verify_greedy(self, tokens: list[int]) -> tuple[int, int]:
         return self.cache._verify_greedy(self.session, tokens)
 
-    def mtp_draft_greedy(self, token: int, k: int) -> list[int]:
-        return self.cache.model.mtp_draft_greedy(self.session.state, token, k)
+    def mtp_draft_greedy(self, token: int, k: int, p_first: float = 0.0, p_min: float = 0.0) -> list[int]:
+        return self.cache.model.mtp_draft_greedy(self.session.state, token, k, p_first, p_min)
 
     def generate(self, sampler, max_tokens: int, eog_ids: set[int], stop: list[str], stream_decoder,
                  logprobs: int | None = None, spec: str | None = None, draft: int | None = None,

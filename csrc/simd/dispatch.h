@@ -45,6 +45,13 @@ struct SimdKernels {
     void (*attention_rows_f16)(const float* q, int64_t q_stride, int64_t M, const int64_t* n_keys, const uint8_t* K,
                                size_t k_stride, const uint8_t* V, size_t v_stride, int64_t D, float scale, float* o,
                                int64_t o_stride);
+    // y[t * y_stride + r] = dot(w + r * w_stride, x + t * x_stride) for r < rows, t < m: a block of weight
+    // rows against m tokens, each (row, token) summed exactly as dots_f16 / dots_bf16 sum it (so decode
+    // and verification agree bit for bit). nullptr: matmul calls dots_* row by row.
+    void (*rows_f16)(const uint16_t* w, int64_t w_stride, int64_t rows, const float* x, int64_t x_stride, int64_t m,
+                     int64_t n, float* y, int64_t y_stride);
+    void (*rows_bf16)(const uint16_t* w, int64_t w_stride, int64_t rows, const float* x, int64_t x_stride, int64_t m,
+                      int64_t n, float* y, int64_t y_stride);
 };
 
 const SimdKernels& simd_kernels();

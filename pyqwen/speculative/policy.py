@@ -19,28 +19,60 @@ import numpy as np
 
 SPEC_MODES = ("off", "auto", "mtp", "lookup")
 MAX_DRAFT = 15  # a verification feeds at most 16 tokens (csrc/common/model_spec.h kMaxVerifyTokens)
+# MTP draft length of --spec mtp without --draft: the best of the 27B projection (benchmarks/verify_cost.py:
+# CPU 1.6x at k=2, 4090/5090 1.76x at 2, 1.8x at 3), where a verification streams the weights once.
+MTP_DRAFT = 2
+# --spec auto without --draft: an adaptive chain, up to AUTO_DRAFT deep, stopping before a draft whose top
+# probability is below AUTO_P_MIN. On the trained demo model (held-out code / prose, MTP 4 deep, the
+# acceptance of a draft whose predecessors were accepted, by the head's top probability): the second
+# draft at >= 0.4 98-100 %, below 0.2 16-23 %; the third 31-100 % (few samples) against 18-34 %. With
+# the measured verify costs the cut chain matches k = 1 where verifying 2 tokens costs 1.6x a step and
+# beats it by 6-9 % where it costs 1.45x, and beats k = 2..4 at both; inside auto (lookup first) it
+# measured 1.30x / 1.30x against auto with k = 2's 1.22x / 1.21x (benchmarks/spec_breakdown.py).
+AUTO_DRAFT = 4
+AUTO_P_MIN = 0.4
 
 
 @dataclass
 class SpecConfig:
     mode: str = "auto"
-    draft: int = 2               # MTP draft length k: the best of the 27B projection (benchmarks/verify_cost.py:
-                                 # CPU 1.6x at k=2, 4090/5090 1.76x at 2, 1.8x at 3), where a verification
-                                 # streams the weights once; on the tiny demo model, whose verification is
-                                 # arithmetic-bound, only k=1 pays a little (benchmarks/spec_breakdown.py)
+    draft: int | None = None     # MTP draft length k; None: the mode's default (MTP_DRAFT, or for auto
+                                 # AUTO_DRAFT with the adaptive stop at AUTO_P_MIN)
     lookup_draft: int = 8        # up to this many tokens from a lookup match (one verify checks them all)
     lookup_min_match: int = 3    # auto: an n-gram match this long makes lookup the drafter
-    p_min: float = 0.0           # MTP: stop the chain once the draft's own top probability falls below
+    # Adaptive MTP depth: the chain stops before a draft whose own top softmax probability is below p_first
+    # (the first draft: then the step decodes plainly) or p_min (the later ones). Any stopping rule that
+    # looks only at the drafts keeps the output exact (verification decides; sampled drafts keep their q).
+    p_first: float = 0.0
+    p_min: float = 0.0
 
     def validate(self) -> None:
         if self.mode not in SPEC_MODES:
             raise ValueError(f"spec must be one of {', '.join(SPEC_MODES)}, got {self.mode!r}")
         for name in ("draft", "lookup_draft"):
             v = getattr(self, name)
+            if name == "draft" and v is None:
+                continue
             if not isinstance(v, int) or not 1 <= v <= MAX_DRAFT:
                 raise ValueError(f"{name} must be an integer in 1..{MAX_DRAFT}, got {v!r}")
-        if not 0.0 <= self.p_min < 1.0:
-            raise ValueError(f"p_min must be in [0, 1), got {self.p_min}")
+        for name in ("p_first", "p_min"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {v!r}")
+
+
+    def mtp_depth(self) -> int:
+        """The MTP chain's length limit."""
+        if self.draft is not None:
+            return self.draft
+        return AUTO_DRAFT if self.mode == "auto" else MTP_DRAFT
+
+    def stop_thresholds(self) -> tuple[float, float]:
+        """(p_first, p_min) of the adaptive chain: as set, or auto's default when neither it nor the depth
+        was given."""
+        if self.mode == "auto" and self.draft is None and self.p_first == 0.0 and self.p_min == 0.0:
+            return 0.0, AUTO_P_MIN
+        return self.p_first, self.p_min
 
 
 def add_spec_args(parser) -> None:
@@ -50,7 +82,8 @@ def add_spec_args(parser) -> None:
                    help="drafter: the MTP head, prompt lookup, auto (lookup on long matches, else MTP) or off "
                         "(default auto; a file without an MTP head then uses lookup)")
     g.add_argument("--draft", "--draft-max", "--spec-draft-n-max", dest="draft", type=int, default=None,
-                   metavar="K", help=f"MTP draft length, 1..{MAX_DRAFT} (default {SpecConfig.draft})")
+                   metavar="K", help=f"MTP draft length, 1..{MAX_DRAFT} (default: {MTP_DRAFT} for mtp; for auto up to "
+                        f"{AUTO_DRAFT}, stopping where the head's top probability is below {AUTO_P_MIN})")
 
 
 def resolve_mode(mode: str, *, has_mtp: bool, speculation: bool, mtp_problem: str | None = None) -> str:
@@ -103,25 +136,31 @@ class Drafter:
         if not self._use_mtp:
             return "none", [], None
         greedy = self._sampler.params.greedy
+        p_first, p_min = self.cfg.stop_thresholds()
+        device = bool(getattr(self._seq, "device_sampling", False))
+        if greedy and device and self.cfg.p_first == 0.0 and self.cfg.p_min == 0.0:
+            p_first = p_min = 0.0   # auto's default stop needs logits on the host: a device keeps its argmax chain
+        adaptive = p_first > 0.0 or p_min > 0.0
         # greedy drafts on a device-sampling backend: the argmax is taken where the logits are
-        on_device = greedy and self.cfg.p_min == 0.0 and bool(getattr(self._seq, "device_sampling", False))
-        n = min(self.cfg.draft, limit)
-        if greedy and self.cfg.p_min == 0.0 and not on_device and getattr(self._seq, "fused_greedy_spec", False):
-            # the whole greedy chain in one core call (the same argmax of each draft's logits as below)
-            return "mtp", self._seq.mtp_draft_greedy(token, n), None
+        on_device = greedy and not adaptive and device
+        n = min(self.cfg.mtp_depth(), limit)
+        if greedy and not on_device and getattr(self._seq, "fused_greedy_spec", False):
+            # the whole greedy chain in one core call (the same argmax and stopping rule as below)
+            return "mtp", self._seq.mtp_draft_greedy(token, n, p_first, p_min), None
         drafts: list[int] = []
         qs: list | None = None if greedy else []
         tok = token
-        for _ in range(n):
+        for i in range(n):
             if on_device:
                 drafts.append(int(self._seq.mtp_draft(tok, argmax=True)))
                 tok = drafts[-1]
                 continue
             logits = self._seq.mtp_draft(tok)
+            p_stop = p_first if i == 0 else p_min
+            if p_stop > 0.0 and _top_prob(logits) < p_stop:
+                break       # the head is unsure of this draft: verify what there is
             if greedy:
                 nxt = int(np.argmax(logits))
-                if self.cfg.p_min > 0.0 and drafts and _top_prob(logits) < self.cfg.p_min:
-                    break
             else:
                 ids, probs = self._sampler.distribution(logits, history + drafts)
                 nxt = int(ids[self._sampler.rng.choice(len(ids), p=probs)])
