@@ -4,6 +4,8 @@
 
 #include <immintrin.h>
 
+#include <cstdint>
+
 namespace pq {
 
 // The sum of the 8 lanes, in a fixed order (the one every AVX2 kernel's results are defined by).
@@ -26,6 +28,37 @@ static inline void q6k_quarters(__m256i ql0, __m256i ql1, __m256i qh, __m256i (&
                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
     u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+}
+
+// The 256 levels of one raw Q6_K block in natural order (level + 32) into lv (32-byte aligned).
+static inline void q6k_levels256(const uint8_t* b, uint8_t* lv) {
+    for (int h = 0; h < 2; ++h) {
+        __m256i u[4];
+        q6k_quarters(_mm256_loadu_si256((const __m256i*)(b + 64 * h)),
+                     _mm256_loadu_si256((const __m256i*)(b + 64 * h + 32)),
+                     _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * h)), u);
+        for (int k = 0; k < 4; ++k) _mm256_store_si256((__m256i*)(lv + 128 * h + 32 * k), u[k]);
+    }
+}
+
+// The 256 levels of one raw Q4_K (q5 false) or Q5_K block in natural order into lv (32-byte aligned):
+// 64-value group g takes the low nibbles of its 32 bytes, then the high ones; Q5_K adds bit 2g / 2g+1
+// of qh as bit 4.
+static inline void q45k_levels256(const uint8_t* b, bool q5, uint8_t* lv) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const uint8_t* qs = q5 ? b + 48 : b + 16;
+    const __m256i hb = q5 ? _mm256_loadu_si256((const __m256i*)(b + 16)) : _mm256_setzero_si256();
+    for (int g = 0; g < 4; ++g) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i*)(qs + 32 * g));
+        __m256i lo = _mm256_and_si256(raw, m4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+        if (q5) {
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * g), one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * g + 1), one), 4));
+        }
+        _mm256_store_si256((__m256i*)(lv + 64 * g), lo);
+        _mm256_store_si256((__m256i*)(lv + 64 * g + 32), hi);
+    }
 }
 
 }  // namespace pq

@@ -115,7 +115,6 @@ inline void scale_min_k4(int j, const uint8_t* q, int& sc, int& m) {
 // copied a dword at a time to q[k][r] (about 1% of a 1-thread qgemm here: no transposes needed).
 void pack_k(int type, const void* rows, size_t row_stride, int nrows, int64_t nb, qi::PackedWK* out) {
     const size_t bytes = type == T_Q6_K ? sizeof(block_q6_K) : type == T_Q5_K ? sizeof(block_q5_K) : sizeof(block_q4_K);
-    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     for (int64_t i = 0; i < nb; ++i) {
         qi::PackedWK& o = out[i];
         std::memset((void*)&o, 0, sizeof(o));
@@ -123,32 +122,11 @@ void pack_k(int type, const void* rows, size_t row_stride, int nrows, int64_t nb
             const uint8_t* b = (const uint8_t*)rows + r * row_stride + i * bytes;
             alignas(32) uint8_t lv[QK_K];
             if (type == T_Q6_K) {
-                for (int h = 0; h < 2; ++h) {
-                    __m256i u[4];
-                    q6k_quarters(_mm256_loadu_si256((const __m256i*)(b + 64 * h)),
-                                 _mm256_loadu_si256((const __m256i*)(b + 64 * h + 32)),
-                                 _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * h)), u);
-                    for (int k = 0; k < 4; ++k) _mm256_store_si256((__m256i*)(lv + 128 * h + 32 * k), u[k]);
-                }
+                q6k_levels256(b, lv);
                 for (int j = 0; j < 16; ++j) o.sc[j][r] = ((const int8_t*)b)[192 + j];
                 o.d[r] = h2f(*(const uint16_t*)(b + 208));
             } else {
-                const bool q5 = type == T_Q5_K;
-                const uint8_t* qs = q5 ? b + 48 : b + 16;
-                const __m256i hb = q5 ? _mm256_loadu_si256((const __m256i*)(b + 16)) : _mm256_setzero_si256();
-                for (int g = 0; g < 4; ++g) {
-                    const __m256i raw = _mm256_loadu_si256((const __m256i*)(qs + 32 * g));
-                    __m256i lo = _mm256_and_si256(raw, m4);
-                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-                    if (q5) {
-                        const __m256i b4 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * g), one);
-                        const __m256i b5 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * g + 1), one);
-                        lo = _mm256_or_si256(lo, _mm256_slli_epi16(b4, 4));
-                        hi = _mm256_or_si256(hi, _mm256_slli_epi16(b5, 4));
-                    }
-                    _mm256_store_si256((__m256i*)(lv + 64 * g), lo);
-                    _mm256_store_si256((__m256i*)(lv + 64 * g + 32), hi);
-                }
+                q45k_levels256(b, type == T_Q5_K, lv);
                 int sc[8], m[8];
                 for (int j = 0; j < 8; ++j) scale_min_k4(j, b + 4, sc[j], m[j]);
                 for (int j = 0; j < 8; ++j) o.sc[j][r] = sc[j];

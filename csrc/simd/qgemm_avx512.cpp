@@ -381,15 +381,8 @@ inline void transpose16(__m512i (&r)[16], __m512i (&o)[16]) {
 
 // One raw block's 256 levels in natural order (lv), scales into o.sc[.][r], mins, d, dmin of row r.
 inline void unpack_levels_k(int type, const uint8_t* b, int r, uint8_t* lv, qi::PackedWK& o) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     if (type == T_Q6_K) {
-        for (int h = 0; h < 2; ++h) {
-            __m256i u[4];
-            q6k_quarters(_mm256_loadu_si256((const __m256i*)(b + 64 * h)),
-                         _mm256_loadu_si256((const __m256i*)(b + 64 * h + 32)),
-                         _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * h)), u);
-            for (int k = 0; k < 4; ++k) _mm256_store_si256((__m256i*)(lv + 128 * h + 32 * k), u[k]);
-        }
+        q6k_levels256(b, lv);
         const int8_t* scales = (const int8_t*)(b + 192);
         for (int j = 0; j < 16; ++j) o.sc[j][r] = scales[j];
         for (int k = 0; k < 4; ++k) o.m[k][r] = 0;
@@ -397,20 +390,7 @@ inline void unpack_levels_k(int type, const uint8_t* b, int r, uint8_t* lv, qi::
         o.dmin[r] = 0;
         return;
     }
-    const bool q5 = type == T_Q5_K;
-    const uint8_t* qs = q5 ? b + 48 : b + 16;
-    const __m256i h = q5 ? _mm256_loadu_si256((const __m256i*)(b + 16)) : _mm256_setzero_si256();
-    for (int g = 0; g < 4; ++g) {
-        const __m256i raw = _mm256_loadu_si256((const __m256i*)(qs + 32 * g));
-        __m256i lo = _mm256_and_si256(raw, m4);
-        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-        if (q5) {
-            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g), one), 4));
-            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g + 1), one), 4));
-        }
-        _mm256_store_si256((__m256i*)(lv + 64 * g), lo);
-        _mm256_store_si256((__m256i*)(lv + 64 * g + 32), hi);
-    }
+    q45k_levels256(b, type == T_Q5_K, lv);
     __m128i sc16, mv;
     scales_k4_16(b + 4, sc16, mv);
     alignas(16) int16_t sc[8], m[8];
