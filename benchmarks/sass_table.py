@@ -150,7 +150,8 @@ def fast_path(f: Func, loop: tuple[int, int]) -> list[Insn]:
         i = f.insns[k]
         out.append(i)
         conditional = bool(i.pred) or bool(re.match(r"!?U?P\d", i.args))  # @P0 BRA / BRA.U !UP0, ...
-        if i.op.startswith("BRA") and not i.op.startswith("BRA.DIV") and (not conditional or i.op.startswith("BRA.CONV")):
+        taken = not conditional or i.op.startswith("BRA.CONV")
+        if i.op.startswith("BRA") and not i.op.startswith("BRA.DIV") and taken:
             t = branch_target(f, i)
             if t == loop[0] or t is None or t not in at or not loop[0] <= t <= loop[1]:
                 break
@@ -182,10 +183,7 @@ def reads(ins: Insn) -> set[int]:
     """Registers an instruction reads (a store's data operand widened by its width; the destination of
     other instructions excluded). Conservative enough for a first-use scan."""
     parts = [p.strip() for p in ins.args.split(",")]
-    if ins.op.startswith(("ST", "RED", "ATOM")) and not ins.op.startswith("STL") or ins.op.startswith("STL"):
-        src = parts
-    else:
-        src = parts[1:]
+    src = parts if ins.op.startswith(("ST", "RED")) else parts[1:]  # stores and reductions have no destination
     out: set[int] = set()
     for p in src:
         for r in _REG.findall(p):
@@ -212,7 +210,7 @@ class Report:
     loads: dict[str, int]  # kind/width -> count in the streaming loop
     weight_loads: int
     in_flight: int  # weight loads issued before the first read of any of them
-    overlap_insns: int  # instructions from the last weight load to the first read of one
+    overlap_insns: int  # distance (instructions on the path) from the last weight load to the first read of one
     head_insns: int  # instructions from the loop head to the first weight load (nothing of the warp in flight)
 
 
@@ -307,7 +305,8 @@ def render(reports: list[Report], arch: str, detail: bool) -> str:
         loads = ", ".join(f"{v} {k}" for k, v in sorted(r.loads.items())) or "-"
         rows.append(f"| `{names[r.name]}` | {r.regs} | {r.spill_bytes or '?'} | {r.spill_in_stream} / "
                     f"{r.spill_in_other_loop} / {r.spill_outside} | {r.local_other} | {', '.join(r.calls) or '-'} | "
-                    f"{r.stream_insns} / {r.path_insns} | {loads} | {r.in_flight} | {r.head_insns} / {r.overlap_insns} |")
+                    f"{r.stream_insns} / {r.path_insns} | {loads} | {r.in_flight} | "
+                    f"{r.head_insns} / {r.overlap_insns} |")
     if detail:
         rows.append("")
         for r in sorted(reports, key=lambda r: names[r.name]):

@@ -33,8 +33,8 @@
 // output. The quantization launch reads n_tok * K * 4 and writes n_tok * K * 1.25 bytes. For Qwen3.6-27B
 // shapes the weights are > 99% of the traffic.
 //
-// Expected throughput on an RTX 4090 (1008 GB/s): with 12 CTAs of 4 warps resident per SM (40-64 registers
-// per thread for n_tok <= 4) and ~1 KB of weight loads in flight per warp, the kernel should stream
+// Expected throughput on an RTX 4090 (1008 GB/s): with 7-9 CTAs of 4 warps resident per SM (56-72 registers,
+// Q4_K/Q6_K, n_tok <= 2) and 576-1712 B of weight loads in flight per warp (SASS: gpu_roofline.md), it should stream
 // weights at 80-90% of peak for 1-2 tokens: a 5120 x 17408 Q4_K ffn_down (50 MB) in ~60 us, the whole
 // Qwen3.6-27B Q4_K_M weight set (~15.8 GB without the gathered token_embd) in ~19 ms, i.e. a ~50 token/s
 // matmul ceiling for decode. Per token and 32-unit chunk a warp issues ~3 activation loads per lane
