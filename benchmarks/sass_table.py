@@ -11,13 +11,14 @@ ptxas tags as spill/refill (nvdisasm's `(*"SpillRefill"*)`; with cuobjdump: thos
 pointer), split into inside the streaming loop / inside another loop / outside loops, with the source line
 of the kernel they belong to; other STL/LDL (local arrays, e.g. the conv epilogue's taps); the slow-path
 subroutines called (IEEE division, reciprocal, ...); and for the streaming loop -- the innermost loop that
-holds the weight loads (`ld.global.nc.L1::no_allocate`, SASS `LDG.E.NA.128.CONSTANT`) -- its static size,
-its global loads by kind and width, and how many of the weight loads are issued before the first
-instruction that reads any of them (scanning on round the loop: the register double buffer of matvec.cuh
-shows as every weight load of an iteration being consumed only by the next iteration's shared-memory store).
-
-Static counts: the loop body includes its rarely taken paths (the 16-bit tail loads at the end of a
-tensor); one warp executes one of the alternatives per piece.
+holds the weight loads (`ld.global.nc.L1::no_allocate`, SASS `LDG.E.NA.128.CONSTANT`) -- its static size and
+its instructions per iteration on the common path (fast_path: every lane active, the usual side of each
+`if`), the global loads one lane issues per iteration by kind and width (plus the static count of the
+16-bit tail loads, a path taken only at the end of a tensor), how many weight loads are issued before the
+first instruction that reads any of them (following the path into the next iteration: matvec.cuh's
+register double buffer shows as every weight load of an iteration being read first by the next
+iteration's shared-memory store), that distance in instructions, and the instructions from the loop head
+to the first weight load (the part of an iteration with none of the warp's weight loads in flight).
 """
 
 from __future__ import annotations
@@ -242,6 +243,8 @@ def analyse(f: Func, spill_bytes: str = "") -> Report:
         lines[key] = lines.get(key, 0) + 1
     calls = sorted({sub for sub, a, b in subs if not sub.endswith(("warpsync", "shflsync_bfly_p", "shflsync_idx_p",
                                                                      "shflsync_down_p", "shflsync_up_p"))})
+    if not subs and not f.tagged:
+        calls = ["? (cuobjdump names no subroutines)"]
     loads: dict[str, int] = {}
     in_flight = overlap = n_stream = n_path = head = 0
     if stream:
