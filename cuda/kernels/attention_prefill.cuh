@@ -254,7 +254,8 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
     if (kv.v_rot && nsplit == 1) {
         // A rotated V cache (uniform over the grid): the tile's normalised rows go through shared memory
         // (the Q/K/V tiles are no longer read) to be rotated back (hadamard.cuh), then are gated.
-        static_assert(sizeof(float) * kPrefillBM * D <= prefill_smem_bytes<D>(), "the O tile fits the tiles' space");
+        static_assert(sizeof(float) * kPrefillBM * D <= sizeof(uint16_t) * (kPrefillBM + 2 * kPrefillBN) * (D + 8),
+                      "the O tile fits the tiles' space (prefill_smem_bytes)");
         float* os = reinterpret_cast<float*>(smem);  // [kPrefillBM][D]
         __syncthreads();  // without a key tile (no loop) a Q-tile store may still be pending elsewhere
 #pragma unroll
