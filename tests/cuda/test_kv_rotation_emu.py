@@ -129,6 +129,9 @@ def test_rotation_off_is_honoured(cpu, core):
     got, ref = run(core, gs), run(cpu, cs)
     err = np.abs(got - ref)
     assert err.max() < QUANT_MAX["q4_0"] and err.mean() < QUANT_MEAN, (err.max(), err.mean())
+    # and the bound above tells the two apart: these unrotated CUDA rows against the CPU's rotated ones fail it
+    rotated = run(cpu, cpu.new_state(N_CTX, "q4_0", mtp=True))
+    assert np.abs(got - rotated).max() > 5 * QUANT_MAX["q4_0"]
     kg, _ = first_layer_rows(core, gs, True)
     kc, _ = first_layer_rows(cpu, cs, False)
     assert len(kg) == len(kc) > 0
@@ -136,3 +139,15 @@ def test_rotation_off_is_honoured(cpu, core):
     # a rotated snapshot does not restore into an unrotated state
     with pytest.raises(ValueError):
         core.restore(gs, core.snapshot(core.new_state(N_CTX, "q4_0", mtp=True), True))
+
+
+def test_model_new_state_passes_kv_rotation_to_the_cuda_core(core, r3_mtp_f16):
+    """pyqwen.Model's option reaches the CUDA states as the CPU ones (it used to be refused on CUDA)."""
+    from test_server_emu import model_on
+
+    m = model_on(core, r3_mtp_f16, N_CTX)
+    m.kv_type = "q8_0"
+    assert m.kv_rotation and m.new_state(mtp=False).kv_rotation
+    m.kv_rotation = False
+    st = m.new_state(mtp=False)
+    assert st.kv_type == "q8_0" and not st.kv_rotation
