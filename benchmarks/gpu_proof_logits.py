@@ -92,10 +92,9 @@ def compare(label: str, path: Path, wtype: str, n_prompt: int, n_decode: int, n_
 
     n_ctx = n_prompt + n_decode + 8
     t0 = time.perf_counter()
-    # kv_rotation=False: a quantized KV cache stores the rows as the CUDA backend does (unrotated), so both
-    # round the same values
-    cpu = pyqwen.Model.load(str(path), n_ctx=n_ctx, backend="cpu", n_batch=n_batch, kv_type=kv, spec="off",
-                            kv_rotation=False)
+    # a quantized KV cache stores Hadamard-rotated rows on both backends (kv_rotation, on by default), so
+    # both round the same values
+    cpu = pyqwen.Model.load(str(path), n_ctx=n_ctx, backend="cpu", n_batch=n_batch, kv_type=kv, spec="off")
     gpu = pyqwen.Model.load(str(path), n_ctx=n_ctx, backend="cuda", n_batch=n_batch, kv_type=kv, spec="off")
     load_s = time.perf_counter() - t0
     for m in (cpu, gpu):

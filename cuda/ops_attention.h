@@ -20,10 +20,15 @@ namespace pq::cuda {
 // One layer's KV cache: K rows [n_ctx][Hkv][D] and V rows likewise, each in its own type: T_F16 (fp16 bit
 // patterns), T_Q8_0 or T_Q4_0 (each head's D values as D/32 ggml blocks, written with llama.cpp's reference
 // quantizer: formats.h). k / v may be null where a function says so.
+// k_rot / v_rot: the rows are stored Hadamard-rotated in blocks of that many values (csrc/common/model_spec.h
+// kv_rotation_block, llama.cpp's default for quantized caches; 0: stored as they come; else a power of two
+// >= 2 dividing D). k_rot also rotates the queries (scores unchanged), v_rot rotates the attention output
+// back before the sigmoid gate (kernels/hadamard.cuh): the CPU backend's csrc/model.cpp attn_layer.
 struct KvCache {
     void* k = nullptr;
     void* v = nullptr;
     int k_type = T_F16, v_type = T_F16;
+    int k_rot = 0, v_rot = 0;
 };
 
 inline bool kv_cache_type_ok(int t) { return t == T_F16 || t == T_Q8_0 || t == T_Q4_0; }
@@ -115,6 +120,10 @@ cudaError_t attention_ex(float* qg, float* k, const float* v, const float* q_nor
                          const KvCache& kv, int64_t n_ctx, int64_t pos0, int64_t n, int H, int Hkv, int D,
                          const RopeFreqs& rope, float eps, float* out, void* scratch, cudaStream_t stream,
                          const AttentionTuning& tuning);
+
+// Test entry point of cuda/kernels/hadamard.cuh: rows [rows][D] (D <= 256, block a power of two dividing
+// D) rotated in place, one row per block of D threads (warp == false) or of one warp (warp == true).
+cudaError_t hadamard_probe(float* x, int64_t rows, int D, int block, bool warp, cudaStream_t stream);
 
 // Test entry point of cuda/kernels/tile_load.cuh (one warp): the 16 x ld fp16 tile (ld a multiple of 8 in
 // 16..64) is copied to shared memory with cp.async (waited for unless skip_wait), then lane l runs

@@ -76,8 +76,7 @@ class CoreAdapter:
         return self._m.config
 
     def new_state(self, n_ctx: int, kv_type: str = "f16", mtp: bool = False, kv_rotation: bool = True):
-        # kv_rotation=False: a quantized cache of plain rows (the CPU core's option; the CUDA one has no
-        # rotation yet and takes no such argument)
+        # kv_rotation=False: a quantized cache of plain rows (both cores take the option; rotated by default)
         if not kv_rotation:
             return self._m.new_state(n_ctx, kv_type, mtp, False)
         return self._m.new_state(n_ctx, kv_type, mtp)

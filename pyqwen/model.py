@@ -119,7 +119,7 @@ class Model:
         self.kv_type = kv_type
         self.n_batch = n_batch
         self.backend = "cpu"
-        self.kv_rotation = True              # quantized KV rows stored rotated (load() sets it per backend)
+        self.kv_rotation = True              # quantized KV rows stored rotated (load() sets it)
         from .speculative.policy import SpecConfig
 
         self.spec = SpecConfig(mode="off")   # set by load(): the default speculative-decoding policy
@@ -143,8 +143,7 @@ class Model:
         per prefill chunk; rope_scaling ('none', 'linear', 'yarn'), rope_scale (the factor), yarn_orig_ctx,
         yarn_ext_factor, yarn_attn_factor, yarn_beta_fast, yarn_beta_slow override the file's RoPE scaling
         (llama.cpp's names; pyqwen.rope_scaling); kv_rotation: a quantized cache stores Hadamard-rotated
-        rows, llama.cpp's default (None: on where the backend implements it, the CPU; the CUDA backend
-        stores quantized rows unrotated for now); progress(done, total) is called between prefill chunks
+        rows, llama.cpp's default (None: on; both backends store the same rotated rows); progress(done, total) is called between prefill chunks
         of long prompts (return False to cancel: PrefillCancelled); device: the
         CUDA device index for the GPU backend (CUDA_VISIBLE_DEVICES selects and renumbers the devices);
         spec: the default speculative decoding ('auto', 'mtp', 'lookup', 'off'; pyqwen.speculative) and
@@ -170,9 +169,6 @@ class Model:
 
         kv_type = kv_spec(kv_type, kv_type_v)
         chosen = select_backend(backend, kv_type, device=device)  # 'auto': cuda if pyqwen._cuda sees the device
-        if chosen == "cuda" and kv_rotation:
-            raise ValueError("the CUDA backend stores quantized KV rows unrotated: kv_rotation=True needs "
-                             "backend='cpu'")
         if path is None:
             from .demo import demo_model_path
 
@@ -218,7 +214,7 @@ class Model:
             template = BrokenChatTemplate(source, e)
         model = cls(gf, core, tokenizer, template, n_ctx, kv_type, n_batch)
         model.backend = chosen
-        model.kv_rotation = chosen == "cpu" if kv_rotation is None else bool(kv_rotation)
+        model.kv_rotation = True if kv_rotation is None else bool(kv_rotation)
         model.progress = progress  # default prefill progress callback (forward)
         model._set_spec(spec_cfg)
         return model
@@ -267,7 +263,7 @@ class Model:
         that generation can draft with it (default: when the model loaded with MTP drafting enabled)."""
         if mtp is None:
             mtp = self.mtp_states
-        rot = {"kv_rotation": False} if self.backend == "cpu" and not self.kv_rotation else {}
+        rot = {} if self.kv_rotation else {"kv_rotation": False}
         if mtp:
             if not self.has_mtp:
                 raise ValueError(self.gguf.mtp_problem() or "the MTP head is not loaded on this backend")

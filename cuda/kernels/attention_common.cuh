@@ -10,6 +10,7 @@
 
 #include "../compat.cuh"
 #include "../pdl.cuh"
+#include "hadamard.cuh"
 #include "q8_act.cuh"
 #include "reduce.cuh"
 #include "rope.cuh"  // KvLayout
@@ -118,13 +119,13 @@ __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf
 
 // ---- split-K combine ---------------------------------------------------------------------------------
 
-// out[t][h*D + d] = sigmoid(gate) * sum_s w_s O_s[d] / sum_s w_s l_s with w_s = exp2(m_s - max m), for
-// query row th = t*H + h (the combine's one home: attn_combine_kernel, and the decode kernel's last split
-// block, attention_decode.cuh). part_ml as floats (m, l pairs); P: const float* or const volatile float*
+// The normalised attention output o[t][h*D + d] = sum_s w_s O_s[d] / sum_s w_s l_s with
+// w_s = exp2(m_s - max m), for query row th = t*H + h (the combine's one home: attn_combine_kernel, and the
+// decode kernel's last split block, attention_decode.cuh); the caller rotates it back (a rotated V cache)
+// and gates it (attn_gate). part_ml as floats (m, l pairs); P: const float* or const volatile float*
 // (partials written by other blocks of the same grid, read past this SM's L1).
 template <class P>
-__device__ __forceinline__ float attn_combine_value(P part_o, P part_ml, const float* __restrict__ qg, int64_t th,
-                                                    int d, int D, int nsplit) {
+__device__ __forceinline__ float attn_combine_raw(P part_o, P part_ml, int64_t th, int d, int D, int nsplit) {
     const int64_t ml = th * nsplit;
     float M = -INFINITY;
     for (int s = 0; s < nsplit; ++s) M = fmaxf(M, part_ml[2 * (ml + s)]);
@@ -137,20 +138,34 @@ __device__ __forceinline__ float attn_combine_value(P part_o, P part_ml, const f
         l += w * el;
         o += w * part_o[(ml + s) * D + d];
     }
-    return o / l * sigmoid_f(qg[th * 2 * D + D + d]);
+    return o / l;
 }
 
-// With out_qs (n == 1), out also to the output projection's Q8_1 activations (q8_act.cuh).
+// The sigmoid output gate of value d of query row th (qg's per-head [q | gate] rows).
+__device__ __forceinline__ float attn_gate(float o, const float* __restrict__ qg, int64_t th, int d, int D) {
+    return o * sigmoid_f(qg[th * 2 * D + D + d]);
+}
+
+// With out_qs (n == 1), out also to the output projection's Q8_1 activations (q8_act.cuh). v_rot: the
+// V cache's rotation block (0: none); the row is rotated back in shared memory before the gate.
 // Grid (H, n), block D threads. part_o: [(t*H + h) * nsplit + s][D]; part_ml: [(t*H + h) * nsplit + s].
 __global__ void __launch_bounds__(256)
     attn_combine_kernel(const float* __restrict__ part_o, const float2* __restrict__ part_ml,
                         const float* __restrict__ qg, float* __restrict__ out, int H, int D, int nsplit,
-                        int8_t* __restrict__ out_qs, float2* __restrict__ out_ds) {
+                        int8_t* __restrict__ out_qs, float2* __restrict__ out_ds, int v_rot) {
     pq_grid_dependency_wait();  // PDL (pdl.cuh): first, before any global memory access
     pq_launch_dependents();
     const int64_t th = (int64_t)blockIdx.y * H + blockIdx.x;
     const int d = threadIdx.x;
-    const float r = attn_combine_value(part_o, reinterpret_cast<const float*>(part_ml), qg, th, d, D, nsplit);
+    float o = attn_combine_raw(part_o, reinterpret_cast<const float*>(part_ml), th, d, D, nsplit);
+    if (v_rot) {  // uniform over the grid: every thread reaches the barriers
+        __shared__ float row[256];  // D <= 256
+        row[d] = o;
+        __syncthreads();
+        hadamard_rotate(row, D, v_rot, d, D, BlockSync{});
+        o = row[d];
+    }
+    const float r = attn_gate(o, qg, th, d, D);
     out[th * D + d] = r;
     // the output projection's Q8_1 input (one query: out_qs/out_ds are that token's row), quantized here
     // instead of by a launch of its own; D is whole warps and whole Q8_1 blocks

@@ -195,7 +195,8 @@ __device__ __forceinline__ void attn_decode_split(const float* __restrict__ qg, 
 
 // With cnt (one query: the decode step), the combine runs here, not as attn_combine_kernel: the last of a
 // row's nsplit blocks to finish (cnt[blockIdx.y] counts them and is reset to 0 by the last; zero before
-// the first launch) combines its NR heads -- attn_combine_value, the combine kernel's arithmetic, and
+// the first launch) combines its NR heads -- attn_combine_raw, the rotation back of a rotated V cache
+// (hadamard.cuh) and attn_gate, the combine kernel's arithmetic, and
 // the output projection's Q8_1 when out_qs -- the CUDA guide's threadfence reduction, as the matvec's
 // quantizing CTAs (matvec.cuh). One latency-bound node fewer per attention layer (issue 10).
 template <int D, int NR>
@@ -223,9 +224,25 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
     const int h0 = (blockIdx.y / groups) * G + (blockIdx.y % groups) * NR;
     const volatile float* po = part_o;  // written by the other split blocks
     const volatile float* pml = reinterpret_cast<const volatile float*>(part_ml);
+    if (kv.v_rot) {
+        // A rotated V cache: the NR normalised rows go through shared memory (the split's merge buffer,
+        // free since the barrier above) to be rotated back, then are gated -- attn_combine_kernel's steps.
+        PQ_DYN_SHARED(float, rows);  // NR * D <= kDecodeWarps * NR * (D + 2) floats
+        for (int idx = threadIdx.x; idx < NR * D; idx += kDecodeWarps * 32)
+            rows[idx] = attn_combine_raw(po, pml, h0 + idx / D, idx % D, D, (int)gridDim.x);
+        __syncthreads();
+        hadamard_rotate(rows, NR * D, kv.v_rot, threadIdx.x, kDecodeWarps * 32, BlockSync{});
+        for (int idx = threadIdx.x; idx < NR * D; idx += kDecodeWarps * 32) {
+            const int h = h0 + idx / D, d = idx % D;
+            const float r = attn_gate(rows[idx], qg, h, d, D);
+            out[(int64_t)h * D + d] = r;
+            if (out_qs) q8_act_store(r, (int64_t)h * D + d, out_qs, out_ds);
+        }
+        return;
+    }
     for (int idx = threadIdx.x; idx < NR * D; idx += kDecodeWarps * 32) {  // whole warps: D % 32 == 0
         const int h = h0 + idx / D, d = idx % D;
-        const float r = attn_combine_value(po, pml, qg, h, d, D, (int)gridDim.x);
+        const float r = attn_gate(attn_combine_raw(po, pml, h, d, D, (int)gridDim.x), qg, h, d, D);
         out[(int64_t)h * D + d] = r;
         if (out_qs) q8_act_store(r, (int64_t)h * D + d, out_qs, out_ds);
     }

@@ -19,7 +19,7 @@
 //     fragments (the m16n8 C layout of two key octets is the m16n8k16 A layout), O += P V (fp32 acc; V
 //     fragments by ldmatrix.x4.trans);
 //   - a warp whose rows all end before the tile skips its math (causal), still joining the barriers.
-// One split writes the gated output; several (small batches over long caches, e.g. speculative
+// One split writes the gated output (with a rotated V cache, rotated back first: hadamard.cuh); several (small batches over long caches, e.g. speculative
 // verification) write partials for attn_combine_kernel. mma_m16n8k16 (attention_common.cuh), ldmatrix and
 // cp.async (tile_load.cuh) are inline PTX on the GPU and portable twins in the emulator.
 #pragma once
@@ -250,6 +250,31 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
     for (int e = 0; e < 2; ++e) {
         l[e] += __shfl_xor_sync(kFullMask, l[e], 1);
         l[e] += __shfl_xor_sync(kFullMask, l[e], 2);
+    }
+    if (kv.v_rot && nsplit == 1) {
+        // A rotated V cache (uniform over the grid): the tile's normalised rows go through shared memory
+        // (the Q/K/V tiles are no longer read) to be rotated back (hadamard.cuh), then are gated.
+        static_assert(sizeof(float) * kPrefillBM * D <= sizeof(uint16_t) * (kPrefillBM + 2 * kPrefillBN) * (D + 8),
+                      "the O tile fits the tiles' space (prefill_smem_bytes)");
+        float* os = reinterpret_cast<float*>(smem);  // [kPrefillBM][D]
+        __syncthreads();  // without a key tile (no loop) a Q-tile store may still be pending elsewhere
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const float inv = rvalid[e] ? 1.0f / l[e] : 0.0f;  // rows past the batch: zeros, not written out
+            float* dst = os + (warp * 16 + gid + 8 * e) * D + 2 * tig;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+                *reinterpret_cast<float2*>(dst + nt * 8) = make_float2(o[nt][2 * e] * inv, o[nt][2 * e + 1] * inv);
+        }
+        __syncthreads();
+        hadamard_rotate(os, kPrefillBM * D, kv.v_rot, tid, kPrefillWarps * 32, BlockSync{});
+        for (int idx = tid; idx < kPrefillBM * D; idx += kPrefillWarps * 32) {
+            const int row = tile0 + idx / D, d = idx % D;
+            if (row >= rows) break;  // rows are in order: every later idx of this thread is past the batch too
+            const int64_t th = (int64_t)(row / G) * H + g * G + row % G;
+            out[th * D + d] = attn_gate(os[idx], qg, th, d, D);
+        }
+        return;
     }
 #pragma unroll
     for (int e = 0; e < 2; ++e) {

@@ -20,6 +20,7 @@
 #include "../compat.cuh"
 #include "../pdl.cuh"
 #include "../rope_table.h"
+#include "hadamard.cuh"
 #include "reduce.cuh"
 
 namespace pq::cuda {
@@ -32,6 +33,9 @@ struct KvLayout {
     int k_type = T_F16, v_type = T_F16;
     int k_head = 0, v_head = 0;      // bytes of one head's slice of a row
     int64_t k_row = 0, v_row = 0;    // bytes of one row (Hkv heads)
+    // Hadamard rotation blocks (hadamard.cuh; model_spec.h kv_rotation_block), 0: rows stored as they come.
+    // k_rot also rotates the queries, v_rot rotates the attention output back before the gate.
+    int k_rot = 0, v_rot = 0;
 };
 
 __host__ __device__ inline int kv_head_bytes(int type, int D) {
@@ -97,9 +101,11 @@ __global__ void __launch_bounds__(kPrepWarps * 32)
     const float scale = rsqrtf(ss / (float)D + eps);
     __syncwarp();  // every lane has read x before any lane overwrites it
 
-    // fp16 rows are appended by the lanes as they produce the values; quantized ones once the row is whole.
+    // fp16 rows are appended by the lanes as they produce the values; quantized or rotated ones once the
+    // row is whole.
+    const bool rot = kv.k_rot != 0;  // q and k rows alike (scores unchanged)
     uint8_t* kc = (is_k && k_cache) ? k_cache + pos * kv.k_row + g * kv.k_head : nullptr;
-    uint16_t* kh = kv.k_type == T_F16 ? reinterpret_cast<uint16_t*>(kc) : nullptr;
+    uint16_t* kh = (kv.k_type == T_F16 && !rot) ? reinterpret_cast<uint16_t*>(kc) : nullptr;
     const int half = freqs.n_rot / 2;
     const float posf = (float)pos, ms = freqs.mscale;
     for (int p = lane; p < half; p += 32) {
@@ -123,16 +129,40 @@ __global__ void __launch_bounds__(kPrepWarps * 32)
         x[i] = y;
         if (kh) kh[i] = __half_as_ushort(__float2half_rn(y));
     }
+    // The rotation (csrc/model.cpp attn_layer: after RoPE, before the store) runs on the warp's own row in
+    // shared memory; the rotated q / k goes back to x (the attention kernels read q from qg).
+    __shared__ float rows[kPrepWarps][256];  // D <= 256
+    float* buf = rows[threadIdx.x / 32];
+    if (rot) {
+        __syncwarp();  // x is complete
+        for (int i = lane; i < D; i += 32) buf[i] = x[i];
+        __syncwarp();
+        hadamard_rotate(buf, D, kv.k_rot, lane, 32, WarpSync{});
+        for (int i = lane; i < D; i += 32) x[i] = buf[i];
+    }
     if (kc && !kh) {
-        __syncwarp();  // the row is complete in x: lane b quantizes block b (D / 32 <= 8 lanes)
-        for (int b = lane; b < D / 32; b += 32) {
-            if (kv.k_type == T_Q8_0) quantize_block_q8_0(x + b * 32, reinterpret_cast<block_q8_0*>(kc) + b);
-            else quantize_block_q4_0(x + b * 32, reinterpret_cast<block_q4_0*>(kc) + b);
+        __syncwarp();  // the row is complete in x (and in buf when rotated)
+        const float* src = rot ? buf : x;
+        if (kv.k_type == T_F16) {  // a rotated fp16 row (the kernels allow it; the model never asks)
+            uint16_t* h = reinterpret_cast<uint16_t*>(kc);
+            for (int i = lane; i < D; i += 32) h[i] = __half_as_ushort(__float2half_rn(src[i]));
+        } else {
+            for (int b = lane; b < D / 32; b += 32) {  // lane b quantizes block b (D / 32 <= 8 lanes)
+                if (kv.k_type == T_Q8_0) quantize_block_q8_0(src + b * 32, reinterpret_cast<block_q8_0*>(kc) + b);
+                else quantize_block_q4_0(src + b * 32, reinterpret_cast<block_q4_0*>(kc) + b);
+            }
         }
     }
     if (is_k && v_cache) {
         const float* vr = v + (t * Hkv + g) * D;
         uint8_t* vc = v_cache + pos * kv.v_row + g * kv.v_head;
+        if (kv.v_rot) {  // v rotated before it is stored (the output is rotated back after attention)
+            __syncwarp();  // every lane is done with buf's k row
+            for (int i = lane; i < D; i += 32) buf[i] = vr[i];
+            __syncwarp();
+            hadamard_rotate(buf, D, kv.v_rot, lane, 32, WarpSync{});
+            vr = buf;
+        }
         if (kv.v_type == T_F16) {
             uint16_t* vh = reinterpret_cast<uint16_t*>(vc);
             for (int i = lane; i < D; i += 32) vh[i] = __half_as_ushort(__float2half_rn(vr[i]));

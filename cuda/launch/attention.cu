@@ -6,6 +6,7 @@
 #include "../kernels/attention_decode.cuh"
 #include "../kernels/attention_prefill.cuh"
 #include "../kernels/decode_position.cuh"
+#include "../kernels/hadamard.cuh"
 #include "../kernels/rope.cuh"
 #include "../ops_attention.h"
 
@@ -92,11 +93,16 @@ KvLayout kv_layout(const KvCache& kv, int Hkv, int D) {
     l.v_head = kv_head_bytes(kv.v_type, D);
     l.k_row = (int64_t)Hkv * l.k_head;
     l.v_row = (int64_t)Hkv * l.v_head;
+    l.k_rot = kv.k_rot;
+    l.v_rot = kv.v_rot;
     return l;
 }
 
 // Every head dim the launchers take (32..256) is whole Q8_0/Q4_0 blocks.
-bool kv_ok(const KvCache& kv) { return kv_cache_type_ok(kv.k_type) && kv_cache_type_ok(kv.v_type); }
+bool kv_ok(const KvCache& kv, int D) {
+    return kv_cache_type_ok(kv.k_type) && kv_cache_type_ok(kv.v_type) && hadamard_block_ok(kv.k_rot, D) &&
+           hadamard_block_ok(kv.v_rot, D);
+}
 
 }  // namespace
 
@@ -109,7 +115,7 @@ cudaError_t prepare_impl(float* qg, float* k, const float* v, const float* q_nor
                          const RopeFreqs& rope, float eps, cudaStream_t stream) {
     if (n == 0) return cudaSuccess;
     if (n < 0 || pos0 < 0 || pos0 + n > kMaxCtx || !valid_heads(H, Hkv, D) || rope.n_rot < 0 || rope.n_rot > D ||
-        !k || (qg && !q_norm) || !k_norm || (kv.v && !v) || (!qg && !kv.k) || !kv_ok(kv))
+        !k || (qg && !q_norm) || !k_norm || (kv.v && !v) || (!qg && !kv.k) || !kv_ok(kv, D))
         return cudaErrorInvalidValue;
     const int64_t rows = n * ((qg ? H : 0) + Hkv);
     const int64_t blocks = cdiv(rows, kPrepWarps);
@@ -152,7 +158,7 @@ cudaError_t attention_impl(float* qg, float* k, const float* v, const float* q_n
     if (out_qs && (n != 1 || tuning.force_prefill || !out_ds || D % 32 != 0)) return cudaErrorInvalidValue;
     if (counters && (n != 1 || tuning.force_prefill)) return cudaErrorInvalidValue;
     if (n < 0 || pos0 < 0 || n_ctx <= 0 || n_ctx > kMaxCtx || pos0 + n > n_ctx || !valid_heads(H, Hkv, D) || !v ||
-        !kv.k || !kv.v || !kv_ok(kv) || !out || n * (H / Hkv) > INT_MAX)
+        !kv.k || !kv.v || !kv_ok(kv, D) || !out || n * (H / Hkv) > INT_MAX)
         return cudaErrorInvalidValue;
 
     // Plan (and validate) everything before the first launch: a rejected call changes nothing.
@@ -198,7 +204,7 @@ cudaError_t attention_impl(float* qg, float* k, const float* v, const float* q_n
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     if (combine) {
         PQ_LAUNCH_PDL(attn_combine_kernel, dim3(H, (unsigned)n), D, 0, stream, po, pml, qg, out, H, D, (int)nsplit, out_qs,
-                  reinterpret_cast<float2*>(out_ds));
+                  reinterpret_cast<float2*>(out_ds), kv.v_rot);
         return cudaGetLastError();
     }
     return cudaSuccess;
@@ -228,6 +234,15 @@ cudaError_t attention_decode_graph(float* qg, float* k, const float* v, const fl
                                    float* out_ds, void* scratch, cudaStream_t stream, unsigned* counters) {
     return attention_impl(qg, k, v, q_norm, k_norm, kv, n_ctx, pos, 1, H, Hkv, D, rope, eps, out, scratch, stream,
                           AttentionTuning{}, out_qs, out_ds, true, dpos, counters);
+}
+
+cudaError_t hadamard_probe(float* x, int64_t rows, int D, int block, bool warp, cudaStream_t stream) {
+    if (!x || rows < 0 || rows > 65535 || D < 2 || D > 256 || block == 0 || !hadamard_block_ok(block, D))
+        return cudaErrorInvalidValue;
+    if (rows == 0) return cudaSuccess;
+    if (warp) PQ_LAUNCH(hadamard_probe_kernel<true>, (unsigned)rows, 32, 0, stream, x, D, block);
+    else PQ_LAUNCH(hadamard_probe_kernel<false>, (unsigned)rows, D, 0, stream, x, D, block);
+    return cudaGetLastError();
 }
 
 cudaError_t decode_position_set(int32_t* pos, int64_t value, cudaStream_t stream) {

@@ -75,13 +75,16 @@ void check_cuda_limits(const ModelConfig& c) {
         fail("DeltaNet conv kernel > 8 or key head dim > 256 is not supported by the CUDA kernels");
 }
 
-// One layer's cache in the state's K/V types, as the attention launchers take it.
-KvCache kv_cache(const State& st, uint8_t* k, uint8_t* v) {
+// One layer's cache in the state's K/V types, as the attention launchers take it, with the state's
+// Hadamard rotation of quantized rows (model_spec.h kv_rotation_block: the CPU's csrc/model.cpp attn_layer).
+KvCache kv_cache(const ModelConfig& c, const State& st, uint8_t* k, uint8_t* v) {
     KvCache kv;
     kv.k = k;
     kv.v = v;
     kv.k_type = st.kv_types().k;
     kv.v_type = st.kv_types().v;
+    kv.k_rot = st.kv_types().rotation_block(kKeys, (int)c.head_dim);
+    kv.v_rot = st.kv_types().rotation_block(kValues, (int)c.head_dim);
     return kv;
 }
 
@@ -384,10 +387,7 @@ std::unique_ptr<State> Model::new_state(int64_t n_ctx, KvTypes kv_types, bool mt
         throw std::invalid_argument("the CUDA backend's KV cache is f16, q8_0 or q4_0 for K and V (got " +
                                     kv_types_name(kv_types) + "; f32 runs on the CPU backend)");
     check_kv_types(cfg_, kv_types);
-    // Not yet here: llama.cpp's Hadamard rotation of quantized rows (the CPU's default, model_spec.h
-    // kv_rotation_block). Rotating the output back before the sigmoid gate needs the combine kernel (and
-    // the prefill path) to rotate in shared memory; until then quantized rows are stored as they come.
-    kv_types.rotate = false;
+    // kv_types.rotate (default on): quantized rows stored Hadamard-rotated as on the CPU (kv_cache below).
     if (mtp && !has_mtp()) throw std::invalid_argument("this model has no MTP head (no nextn block in the file)");
     use_device();
     ensure_workspace(n_ctx);
@@ -616,7 +616,7 @@ void Model::run_layers(State& st, int64_t n, VerifyLog* log) {
             if (n == 1 && !log) PQ_OP(attention_one(st, slot, L, nullptr, nullptr, false));  // a decode step
             else for (int64_t t = 0; t < steps; ++t)
                 PQ_OP(attention(b.qg + t * 2 * H * D, b.k + t * Hkv * D, b.v + t * Hkv * D, L.attn_q_norm.f32(),
-                                L.attn_k_norm.f32(), kv_cache(st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos + t,
+                                L.attn_k_norm.f32(), kv_cache(cfg_, st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos + t,
                                 per, (int)H, (int)Hkv, (int)D, rope_, eps, b.ao + t * H * D, b.scratch, s));
             PQ_OP(matmul(L.attn_output.type, L.attn_output.data, H * D, E, b.ao, n, b.t, b.scratch, s));
         }
@@ -776,14 +776,14 @@ void Model::run_layers_decode(State& st, int64_t n, VerifyLog* log, bool defer_l
                     for (int64_t t = 0; t < n; ++t)
                         PQ_OP(attention_decode_q8(b.qg + t * 2 * HD, b.k + t * Hkv * D, b.v + t * Hkv * D,
                                                   L.attn_q_norm.f32(), L.attn_k_norm.f32(),
-                                                  kv_cache(st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos + t,
+                                                  kv_cache(cfg_, st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos + t,
                                                   (int)H, (int)Hkv, (int)D, rope_, eps, b.ao + t * HD,
                                                   qo ? qs + t * HD : nullptr, qo ? ds + t * (HD / 32) * 2 : nullptr,
                                                   b.scratch, s, b.q8cnt));
                 }
             } else {
                 PQ_OP(attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(),
-                                kv_cache(st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos, n, (int)H, (int)Hkv, (int)D,
+                                kv_cache(cfg_, st, st.k_[slot], st.v_[slot]), st.n_ctx, st.pos, n, (int)H, (int)Hkv, (int)D,
                                 rope_, eps, b.ao, b.scratch, s));
                 quantize_for(b.ao, HD, n, {&L.attn_output});
             }
@@ -844,12 +844,12 @@ void Model::run_mtp_block(State& st, const int32_t* tok, const float* h_first, c
     PQ_OP(matmul(L.attn_k.type, L.attn_k.data, E, Hkv * D, b.a, m, b.k, b.scratch, s));
     PQ_OP(matmul(L.attn_v.type, L.attn_v.data, E, Hkv * D, b.a, m, b.v, b.scratch, s));
     if (!full) {  // catching the cache up: only the K/V rows (k normed and roped, as the full block stores them)
-        PQ_OP(attention_prepare(nullptr, b.k, b.v, nullptr, L.attn_k_norm.f32(), kv_cache(st, st.mtp_k_[0], st.mtp_v_[0]),
+        PQ_OP(attention_prepare(nullptr, b.k, b.v, nullptr, L.attn_k_norm.f32(), kv_cache(cfg_, st, st.mtp_k_[0], st.mtp_v_[0]),
                                 pos0, m, (int)H, (int)Hkv, (int)D, rope_, eps, s));
         return;
     }
     PQ_OP(matmul(L.attn_q.type, L.attn_q.data, E, 2 * H * D, b.a, m, b.qg, b.scratch, s));
-    PQ_OP(attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv_cache(st, st.mtp_k_[0], st.mtp_v_[0]),
+    PQ_OP(attention(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv_cache(cfg_, st, st.mtp_k_[0], st.mtp_v_[0]),
                     st.n_ctx, pos0, m, (int)H, (int)Hkv, (int)D, rope_, eps, b.ao, b.scratch, s));
     PQ_OP(matmul(L.attn_output.type, L.attn_output.data, H * D, E, b.ao, m, b.t, b.scratch, s));
     PQ_OP(add_f32(b.mx, b.t, b.mx, m * E, s));
@@ -1024,7 +1024,7 @@ cudaError_t Model::attention_one(State& st, int slot, const Layer& L, int8_t* ou
                                  bool fused_combine) {
     const ModelConfig& c = cfg_;
     Buffers& b = *buf_;
-    const KvCache kv = kv_cache(st, st.k_[slot], st.v_[slot]);
+    const KvCache kv = kv_cache(cfg_, st, st.k_[slot], st.v_[slot]);
     const int H = (int)c.n_head, Hkv = (int)c.n_head_kv, D = (int)c.head_dim;
     if (graph_pos_)
         return attention_decode_graph(b.qg, b.k, b.v, L.attn_q_norm.f32(), L.attn_k_norm.f32(), kv, st.n_ctx, st.pos,

@@ -91,7 +91,7 @@ py::tuple attention(const F32Array& qg, const F32Array& k, const F32Array& v, co
                     const F32Array& k_norm, const py::array& k_cache, const py::array& v_cache, int64_t pos0,
                     int n_rot, float rope_base, float eps, int64_t decode_split, int64_t prefill_split,
                     bool force_prefill, const std::string& kv_type, const py::object& rope_freqs, float mscale,
-                    int64_t graph_pos, bool fused_combine) {
+                    int64_t graph_pos, bool fused_combine, bool kv_rotation) {
     const Heads h = heads_of(qg, k, v);
     need_vec(q_norm, h.D, "q_norm");
     need_vec(k_norm, h.D, "k_norm");
@@ -118,6 +118,8 @@ py::tuple attention(const F32Array& qg, const F32Array& k, const F32Array& v, co
     kvc.v = dvc.as<void>();
     kvc.k_type = kt.k;
     kvc.v_type = kt.v;
+    kvc.k_rot = kv_rotation ? pq::kv_rotation_block(kt.k, h.D, pq::kKeys) : 0;  // the model's choice
+    kvc.v_rot = kv_rotation ? pq::kv_rotation_block(kt.v, h.D, pq::kValues) : 0;
     // fused_combine: the decode kernel's last split blocks combine (counters: H zeros, left zero)
     DeviceBuffer dcnt(sizeof(unsigned) * (size_t)h.H);
     const std::vector<unsigned> zeros((size_t)h.H, 0u);
@@ -178,6 +180,20 @@ py::tuple attention(const F32Array& qg, const F32Array& k, const F32Array& v, co
     return py::make_tuple(out, qo, ko, back(kco, kt.k), back(vco, kt.v));
 }
 
+// x [rows, D] rotated by hadamard_probe (kernels/hadamard.cuh): warp=False one block of D threads per row,
+// warp=True one warp per row.
+F32Array hadamard(const F32Array& x, int block, bool warp) {
+    need(x.ndim() == 2 && x.shape(1) >= 2 && x.shape(1) <= 256 && x.shape(0) <= 65535,
+         "x must be [rows <= 65535, D <= 256] float32");
+    const int D = (int)x.shape(1);
+    need(block >= 2 && (block & (block - 1)) == 0 && D % block == 0, "block: a power of two >= 2 dividing D");
+    auto dx = DeviceBuffer::from(x);
+    finish(pq::cuda::hadamard_probe(dx.as<float>(), x.shape(0), D, block, warp, nullptr), "hadamard_probe");
+    F32Array y({x.shape(0), x.shape(1)});
+    dx.download(y.mutable_data());
+    return y;
+}
+
 // out [32, 8] uint32 of tile_load_probe: per lane its ldmatrix.x4 and ldmatrix.x4.trans registers.
 py::array tile_load_probe(const py::array& tile, const I32Array& offsets, bool skip_wait) {
     F16Bits t = f16_bits(tile, "tile");
@@ -206,13 +222,18 @@ void bind_attention(py::module_& m) {
           py::arg("k_cache"), py::arg("v_cache"), py::arg("pos0"), py::arg("n_rot"), py::arg("rope_base"),
           py::arg("eps"), py::arg("decode_split") = 0, py::arg("prefill_split") = 0, py::arg("force_prefill") = false,
           py::arg("kv_type") = "f16", py::arg("rope_freqs") = py::none(), py::arg("mscale") = 1.0f,
-          py::arg("graph_pos") = -1, py::arg("fused_combine") = false,
+          py::arg("graph_pos") = -1, py::arg("fused_combine") = false, py::arg("kv_rotation") = false,
           "Gated-attention core (ops_attention.h attention_ex): qg [n,H,2D], k/v [n,Hkv,D] float32, caches "
           "[n_ctx,Hkv,D] float16, or for kv_type q8_0 / q4_0 ('K,V' for two types) uint8 [n_ctx, row bytes] "
           "of ggml blocks. rope_freqs (n_rot/2 float64) and mscale replace base^(-2i/n_rot) and 1 (YaRN). "
           "Returns (out [n,H*D], qg, k, k_cache, v_cache) after the call. graph_pos >= 0 (one token): "
           "attention_decode_graph launched for position graph_pos with pos0 in device memory (same bucket). "
-          "fused_combine (one token): the split-K combine in the decode kernel's last split blocks.");
+          "fused_combine (one token): the split-K combine in the decode kernel's last split blocks. "
+          "kv_rotation: quantized rows Hadamard-rotated as the model stores them (model_spec.h "
+          "kv_rotation_block; q rotated with k, the output rotated back before the gate).");
+    m.def("hadamard", &hadamard, py::arg("x"), py::arg("block"), py::arg("warp") = false,
+          "kernels/hadamard.cuh on rows x [rows, D<=256]: each row times the orthonormal Sylvester Hadamard "
+          "matrix per block (warp: one warp per row, else a block of D threads).");
     m.def("attention_prepare", &attention_prepare, py::arg("qg"), py::arg("k"), py::arg("v"), py::arg("q_norm"),
           py::arg("k_norm"), py::arg("pos0"), py::arg("n_rot"), py::arg("rope_base"), py::arg("eps"),
           py::arg("rope_freqs") = py::none(), py::arg("mscale") = 1.0f,

@@ -128,15 +128,19 @@ void bind_model(py::module_& m) {
                                })
         .def(
             "new_state",
-            [](PyModel& pm, int64_t n_ctx, const std::string& kv_type, bool mtp) {
-                const pq::KvTypes kt = pq::kv_types_from_name(kv_type);  // ValueError on a bad name
+            [](PyModel& pm, int64_t n_ctx, const std::string& kv_type, bool mtp, bool kv_rotation) {
+                pq::KvTypes kt = pq::kv_types_from_name(kv_type);  // ValueError on a bad name
+                kt.rotate = kv_rotation;
                 py::gil_scoped_release release;
                 std::lock_guard<std::mutex> lock(pm.mu);
                 return pm.model->new_state(n_ctx, kt, mtp);
             },
-            py::arg("n_ctx"), py::arg("kv_type") = "f16", py::arg("mtp") = false, py::keep_alive<0, 1>(),
+            py::arg("n_ctx"), py::arg("kv_type") = "f16", py::arg("mtp") = false, py::arg("kv_rotation") = true,
+            py::keep_alive<0, 1>(),
             "A sequence state. kv_type: the KV cache's type, f16, q8_0 or q4_0, or 'K,V' for two (llama.cpp's "
-            "-ctk/-ctv); mtp=True also keeps the MTP head's cache (for mtp_draft).")
+            "-ctk/-ctv); mtp=True also keeps the MTP head's cache (for mtp_draft); kv_rotation: a quantized "
+            "cache stores Hadamard-rotated rows (llama.cpp's default; model_spec.h kv_rotation_block), as the "
+            "CPU core's.")
         .def_property_readonly("has_mtp", [](PyModel& pm) { return pm.model->has_mtp(); })
         .def(
             "verify",

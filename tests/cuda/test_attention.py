@@ -203,7 +203,7 @@ def test_decode_graph_reads_the_position_from_device(ops, H, Hkv, D, pos0, graph
 def test_decode_combine_in_the_last_split_block(ops, H, Hkv, D, pos0, graph_pos):
     """The split-K combine run by the decode kernel's last split block of each head group (a counter per
     group, left zero: the binding checks) instead of attn_combine_kernel: the same arithmetic
-    (attn_combine_value), so the output, roped q/k and cache rows are bit-identical."""
+    (attn_combine_raw, attn_gate), so the output, roped q/k and cache rows are bit-identical."""
     case = make_case(1, H, Hkv, D, pos0, n_ctx=600)
     kw = dict(n_rot=min(D, 64), rope_base=1e4, eps=1e-6, graph_pos=graph_pos)
     separate = ops.attention(**case, **kw)

@@ -10,7 +10,7 @@ everything here runs in subprocesses.
 - No false alarms: the lane exchange with __syncwarp, 96 atomicAdds on one shared int.
 - Every real kernel family runs clean: the kernel test files (norms, quantizers, element-wise, argmax,
   matvec decode, prefill GEMM helpers, int8 MMQ, conv1d, GDN decode/chunk, RoPE + attention decode/prefill
-  over f16 and quantized caches) and the device sampler, under racecheck, at their small shapes.
+  over f16, quantized and Hadamard-rotated caches) and the device sampler, under racecheck, at their small shapes.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ KERNEL_TESTS = [
     "test_gdn.py",            # conv1d, gdn decode, gdn prep / chunk prep / chunk scan, gated norm
     "test_attention.py",      # norm + RoPE + append, decode, prefill (cp.async / ldmatrix twins), combine
     "test_attention_kvq.py",  # the same over Q8_0 / Q4_0 caches (dequantizing tile loads)
+    "test_attention_rotation.py",  # Hadamard-rotated caches: the rotation in each kernel's shared memory
     "test_mmq.py",            # int8 MMQ prefill (mma twin), quantize_act
     "test_tile_load.py",      # ldmatrix / cp.async emulation probes
     # the matmul's last-CTA layer-entry epilogue (add + RMSNorm + Q8_1 by 128 threads playing 256)
