@@ -17,6 +17,21 @@ static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
+// hsum256 of a, b, c, d at once into out[0..3], with the shuffles shared by the four: each add pairs the
+// same lanes as hsum256's (and a float add is commutative), so each result is hsum256's bit for bit.
+static inline void hsum256x4(__m256 a, __m256 b, __m256 c, __m256 d, float* out) {
+    // s4 = lo + hi 128-bit halves, of a | b and of c | d
+    const __m256 x = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    const __m256 y = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+    // per 128-bit half: [x0 + x2, x1 + x3, y0 + y2, y1 + y3]
+    const __m256 z = _mm256_add_ps(_mm256_shuffle_ps(x, y, _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm256_shuffle_ps(x, y, _MM_SHUFFLE(3, 2, 3, 2)));
+    // lanes 0, 1 of each half: z0 + z1, z2 + z3, i.e. [a, c, .. | b, d, ..]
+    const __m256 s = _mm256_add_ps(_mm256_shuffle_ps(z, z, _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm256_shuffle_ps(z, z, _MM_SHUFFLE(3, 1, 3, 1)));
+    _mm_storeu_ps(out, _mm_unpacklo_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
+}
+
 // Q6_K: the four 32-value quarters of one 128-value half as unsigned 6-bit levels (level + 32; layout as
 // q6_k_levels in quants_q6k.cpp) from its 64 low-nibble bytes (ql0 | ql1) and 32 high-bit bytes (qh).
 static inline void q6k_quarters(__m256i ql0, __m256i ql1, __m256i qh, __m256i (&u)[4]) {
