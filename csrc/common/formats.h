@@ -265,17 +265,23 @@ PQ_HD inline void quantize_block_q8_0(const float* x, block_q8_0* y) {
     for (int j = 0; j < QK8_0; ++j) y->qs[j] = trunc_to_i8(roundf(x[j] * id));
 }
 
-// One Q4_0 block: d = max / -8 with max the signed value of largest |x| (the first on ties), q = x/d + 8
-// truncated and clamped to [0, 15] as ggml's MIN(15, (int8_t)v) stored into a uint8_t.
-PQ_HD inline void quantize_block_q4_0(const float* x, block_q4_0* y) {
+// The signed value of largest magnitude among x[0..n) (the first one on ties; 0 for all zeros), as
+// ggml's q4_0 / q5_0 / q8_K / make_qx_quants pick it.
+PQ_HD inline float signed_absmax(const float* x, int n) {
     float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < QK4_0; ++j) {
+    for (int j = 0; j < n; ++j) {
         if (amax < fabsf(x[j])) {
             amax = fabsf(x[j]);
             max = x[j];
         }
     }
-    const float d = max / -8;
+    return max;
+}
+
+// One Q4_0 block: d = max / -8 with max the signed value of largest |x| (the first on ties), q = x/d + 8
+// truncated and clamped to [0, 15] as ggml's MIN(15, (int8_t)v) stored into a uint8_t.
+PQ_HD inline void quantize_block_q4_0(const float* x, block_q4_0* y) {
+    const float d = signed_absmax(x, QK4_0) / -8;
     const float id = d ? 1.0f / d : 0.0f;
     y->d = fp32_to_fp16(d);
     for (int j = 0; j < QK4_0 / 2; ++j) {
