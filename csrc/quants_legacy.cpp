@@ -38,6 +38,22 @@ inline void min_max(const float* x, int n, float* mn, float* mx) {
     *mx = hi;
 }
 
+// The block header of Q4_1 / Q5_1 (levels 0..nmax): d = (max - min) / nmax and m = min stored into y;
+// returns min and 1/d (0 for a flat block), with which the levels are (x - min) * id + 0.5 truncated.
+struct MinScale {
+    float mn, id;
+};
+template <class Block>
+inline MinScale put_min_scale(const float* x, int nmax, Block& y) {
+    static_assert(QK4_1 == QK5_1, "one block size");
+    float mn, mx;
+    min_max(x, QK4_1, &mn, &mx);
+    const float d = (mx - mn) / nmax;
+    y.d = fp32_to_fp16(d);
+    y.m = fp32_to_fp16(mn);
+    return {mn, d ? 1.0f / d : 0.0f};
+}
+
 // Q5_0 / Q5_1 storage of a block's 32 unsigned 5-bit levels: values j and j + 16 share byte qs[j] (low,
 // high nibble), their 5th bits are bits j and j + 16 of the 32-bit qh.
 inline void q5_pack(const uint8_t* lv, uint8_t* qs, uint8_t* qh_bytes) {
@@ -82,12 +98,7 @@ void q4_0_to_float(const void* src, float* y, int64_t n) {
 void q4_1_from_float(const float* x, void* dst, int64_t n) {
     block_q4_1* y = (block_q4_1*)dst;
     for (int64_t i = 0; i < n / QK4_1; ++i, x += QK4_1) {
-        float mn, mx;
-        min_max(x, QK4_1, &mn, &mx);
-        const float d = (mx - mn) / ((1 << 4) - 1);
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = fp32_to_fp16(d);
-        y[i].m = fp32_to_fp16(mn);
+        const auto [mn, id] = put_min_scale(x, (1 << 4) - 1, y[i]);
         for (int j = 0; j < QK4_1 / 2; ++j) {
             const uint8_t xi0 = clamp_trunc(15, (x[j] - mn) * id + 0.5f);
             const uint8_t xi1 = clamp_trunc(15, (x[QK4_1 / 2 + j] - mn) * id + 0.5f);
@@ -135,12 +146,7 @@ void q5_0_to_float(const void* src, float* y, int64_t n) {
 void q5_1_from_float(const float* x, void* dst, int64_t n) {
     block_q5_1* y = (block_q5_1*)dst;
     for (int64_t i = 0; i < n / QK5_1; ++i, x += QK5_1) {
-        float mn, mx;
-        min_max(x, QK5_1, &mn, &mx);
-        const float d = (mx - mn) / ((1 << 5) - 1);
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = fp32_to_fp16(d);
-        y[i].m = fp32_to_fp16(mn);
+        const auto [mn, id] = put_min_scale(x, (1 << 5) - 1, y[i]);
         uint8_t lv[QK5_1];
         // No clamp here in ggml: (x - min)/d never exceeds 31.5 for finite input.
         for (int j = 0; j < QK5_1; ++j) lv[j] = trunc_to_u8((x[j] - mn) * id + 0.5f);
