@@ -7,8 +7,6 @@
 
 #include <immintrin.h>
 
-#include <type_traits>
-
 namespace pq {
 
 // The 16-lane sum in one fixed tree: s8[j] = v[j] + v[j + 8], s4[j] = s8[j] + s8[j + 4], then
@@ -43,22 +41,6 @@ static inline void hsum512x4(__m512 a, __m512 b, __m512 c, __m512 d, float* out)
     const __m512 s = hsum512x4_lanes(a, b, c, d);
     _mm_storeu_ps(out, _mm512_castps512_ps128(
                            _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), s)));
-}
-
-// f(std::integral_constant<int, K>()) for K = k in 1..8 (anything else: 1): a run-time token count to
-// the template parameter of a kernel unrolled over up to 8 tokens (`decltype(k)::value` in f).
-template <class F>
-inline void with_count8(int k, F&& f) {
-    switch (k) {
-        case 8: f(std::integral_constant<int, 8>()); break;
-        case 7: f(std::integral_constant<int, 7>()); break;
-        case 6: f(std::integral_constant<int, 6>()); break;
-        case 5: f(std::integral_constant<int, 5>()); break;
-        case 4: f(std::integral_constant<int, 4>()); break;
-        case 3: f(std::integral_constant<int, 3>()); break;
-        case 2: f(std::integral_constant<int, 2>()); break;
-        default: f(std::integral_constant<int, 1>()); break;
-    }
 }
 
 }  // namespace pq

@@ -11,7 +11,6 @@
 
 #include "qgemm.h"
 #include "simd/avx2_util.h"
-#include "simd/avx512_util.h"
 #include "simd/qgemm_glue.h"
 
 namespace pq {
@@ -211,7 +210,7 @@ constexpr int kChains = NT <= 4 ? 2 : 1;
 // NT tokens per call: each block is unpacked once and fed to every token, whose lanes and float steps
 // are exactly those of a one-token call (a token's result does not depend on NT).
 template <bool Q5, int NT>
-[[gnu::noinline]] void k45_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
+void k45_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
     constexpr size_t kBytes = Q5 ? sizeof(block_q5_K) : sizeof(block_q4_K);
     __m128 facc[(NT + 3) / 4];  // the spec's one float sum per token (token t in lane t % 4 of facc[t / 4])
     for (auto& f : facc) f = _mm_setzero_ps();
@@ -257,7 +256,7 @@ template <bool Q5, int NT>
 // sets 0, 1 (first byte of each word) hold even lanes 0,2,4,6 in the dwords of each 128-bit lane, sets
 // 2, 3 the odd lanes; the 4 lanes x 2 are folded and interleaved to ggml's 8 lanes once per block.
 template <int NT>
-[[gnu::noinline]] void q4_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
+void q4_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
     const __m512i shuf = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15));
     const __m512i m4 = _mm512_set1_epi16(0x0F);
     // Scale word index per nibble set half (lo/hi) and group pair G: lanes 0-1 group 2G, lanes 2-3 group 2G+1.
@@ -305,7 +304,7 @@ template <int NT>
 
 // Q6_K: levels u (0..63) from ql/qh as in simd/quants_avx2.cpp, value (u - 32) * scale of its 16 values.
 template <int NT>
-[[gnu::noinline]] void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
+void q6_k_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
     const __m512i off = _mm512_set1_epi16(32);
     __m128 facc[(NT + 3) / 4];
     for (auto& f : facc) f = _mm_setzero_ps();
@@ -478,9 +477,7 @@ void rows_nt(int type, const uint8_t* w, const PackedA16* a, int64_t a_stride, i
     }
 }
 
-// y[t * y_stride] = dot(row, token t) for t < nt (the per-type kernels above are kept out of line:
-// inlined into this dispatcher through with_count8, GCC gave the 4-8 token Q4_K/Q6_K rows 1.5-2% more
-// CPU time): up to 8 tokens per pass over the row (8 int32
+// y[t * y_stride] = dot(row, token t) for t < nt: up to 8 tokens per pass over the row (8 int32
 // accumulators + the unpacked weights fit the 32 zmm registers), so a verification of up to 8 tokens
 // reads and unpacks each weight byte once.
 void rows_dot(int type, const void* w, const PackedA16* a, int64_t a_stride, int nt, int64_t nb, float* y,
@@ -489,9 +486,16 @@ void rows_dot(int type, const void* w, const PackedA16* a, int64_t a_stride, int
     for (int t = 0; t < nt; t += 8) {
         const PackedA16* at = a + t * a_stride;
         float* yt = y + t * y_stride;
-        with_count8(std::min(8, nt - t), [&](auto NT) {
-            rows_nt<decltype(NT)::value>(type, row, at, a_stride, nb, yt, y_stride);
-        });
+        switch (std::min(8, nt - t)) {
+            case 8: rows_nt<8>(type, row, at, a_stride, nb, yt, y_stride); break;
+            case 7: rows_nt<7>(type, row, at, a_stride, nb, yt, y_stride); break;
+            case 6: rows_nt<6>(type, row, at, a_stride, nb, yt, y_stride); break;
+            case 5: rows_nt<5>(type, row, at, a_stride, nb, yt, y_stride); break;
+            case 4: rows_nt<4>(type, row, at, a_stride, nb, yt, y_stride); break;
+            case 3: rows_nt<3>(type, row, at, a_stride, nb, yt, y_stride); break;
+            case 2: rows_nt<2>(type, row, at, a_stride, nb, yt, y_stride); break;
+            default: rows_nt<1>(type, row, at, a_stride, nb, yt, y_stride); break;
+        }
     }
 }
 
@@ -638,7 +642,16 @@ void rows8_dot(int type, const void* w, const qi::PackedA8* a, int64_t as, int n
     for (int t = 0; t < nt; t += 8) {
         const qi::PackedA8* at = a + t * as;
         float* yt = y + t * ys;
-        with_count8(std::min(8, nt - t), [&](auto NT) { rows8_nt<decltype(NT)::value>(type, row, at, as, ng, yt, ys); });
+        switch (std::min(8, nt - t)) {
+            case 8: rows8_nt<8>(type, row, at, as, ng, yt, ys); break;
+            case 7: rows8_nt<7>(type, row, at, as, ng, yt, ys); break;
+            case 6: rows8_nt<6>(type, row, at, as, ng, yt, ys); break;
+            case 5: rows8_nt<5>(type, row, at, as, ng, yt, ys); break;
+            case 4: rows8_nt<4>(type, row, at, as, ng, yt, ys); break;
+            case 3: rows8_nt<3>(type, row, at, as, ng, yt, ys); break;
+            case 2: rows8_nt<2>(type, row, at, as, ng, yt, ys); break;
+            default: rows8_nt<1>(type, row, at, as, ng, yt, ys); break;
+        }
     }
 }
 
