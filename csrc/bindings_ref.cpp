@@ -64,6 +64,9 @@ void bind_ref(py::module_& m) {
         py::arg("w"), py::arg("x"), py::arg("bf16") = false, py::arg("n_threads") = 1,
         "y [T, N] = x [T, K] @ W^T through matmul (the decode and verify path).");
     m.def(
+        "float_rows_kernel", []() { return simd_kernels().rows_f16 != nullptr && simd_kernels().rows_bf16 != nullptr; },
+        "Whether the active kernel set's matmul takes F16/BF16 weights through a several-row kernel (rows_*).");
+    m.def(
         "float_dots_one",
         [](harr w, farr x, bool bf16) {
             // Every (row, token) through the active set's one-token dot: what decoding one token computes.

@@ -163,6 +163,20 @@ void pack8_levels(const int8_t* v, int r, PackedW8& p);
 void q8_0_pack_a8(const float* x, int64_t n, PackedA8* out);
 void q8_k_pack_a8(const float* x, int64_t n, PackedA8* out);
 
+// The exact integer part of a k-quant super-block's dot (the spec of the Q4_K/Q5_K/Q6_K kernels):
+// sum over the QK_K / SUB sub-blocks j of sc[j] * sum over their SUB values e of q8[e] * q[e] (levels q
+// and scales sc of any integer type; every sum fits int32, bounds in the per-format files).
+template <int SUB, class Q, class S>
+inline int32_t subblock_isum(const Q* q, const int8_t* q8, const S* sc) {
+    int32_t isum = 0;
+    for (int j = 0; j < QK_K / SUB; ++j) {
+        int32_t s = 0;
+        for (int e = SUB * j; e < SUB * j + SUB; ++e) s += q8[e] * q[e];
+        isum += sc[j] * s;
+    }
+    return isum;
+}
+
 // Lane-pair order of 256 values q (any integer type) times the scale of their 16-value group.
 template <class Q>
 inline void pack_lane_pairs(const Q* q, const int* scale16, int16_t* w) {

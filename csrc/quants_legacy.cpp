@@ -28,18 +28,6 @@ inline uint8_t clamp_trunc(int maxq, float v) {
 // (uint8_t)v in C: truncation through a 32-bit int, low byte kept (what x86-64 compilers emit).
 inline uint8_t trunc_to_u8(float v) { return (uint8_t)trunc_to_i8(v); }
 
-// Block amax picking the signed value of largest magnitude (first one on ties), as q4_0/q5_0 do.
-inline float signed_absmax(const float* x, int n) {
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < n; ++j) {
-        if (amax < fabsf(x[j])) {
-            amax = fabsf(x[j]);
-            max = x[j];
-        }
-    }
-    return max;
-}
-
 inline void min_max(const float* x, int n, float* mn, float* mx) {
     float lo = FLT_MAX, hi = -FLT_MAX;
     for (int j = 0; j < n; ++j) {
@@ -50,10 +38,41 @@ inline void min_max(const float* x, int n, float* mn, float* mx) {
     *mx = hi;
 }
 
-inline uint32_t load_qh(const uint8_t* qh) {
-    uint32_t v;
-    memcpy(&v, qh, sizeof(v));
-    return v;
+// The block header of Q4_1 / Q5_1 (levels 0..nmax): d = (max - min) / nmax and m = min stored into y;
+// returns min and 1/d (0 for a flat block), with which the levels are (x - min) * id + 0.5 truncated.
+struct MinScale {
+    float mn, id;
+};
+template <class Block>
+inline MinScale put_min_scale(const float* x, int nmax, Block& y) {
+    static_assert(QK4_1 == QK5_1, "one block size");
+    float mn, mx;
+    min_max(x, QK4_1, &mn, &mx);
+    const float d = (mx - mn) / nmax;
+    y.d = fp32_to_fp16(d);
+    y.m = fp32_to_fp16(mn);
+    return {mn, d ? 1.0f / d : 0.0f};
+}
+
+// Q5_0 / Q5_1 storage of a block's 32 unsigned 5-bit levels: values j and j + 16 share byte qs[j] (low,
+// high nibble), their 5th bits are bits j and j + 16 of the 32-bit qh.
+inline void q5_pack(const uint8_t* lv, uint8_t* qs, uint8_t* qh_bytes) {
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+        qs[j] = (uint8_t)((lv[j] & 0x0F) | ((lv[j + 16] & 0x0F) << 4));
+        qh |= ((lv[j] & 0x10u) >> 4) << (j + 0);
+        qh |= ((lv[j + 16] & 0x10u) >> 4) << (j + 16);
+    }
+    memcpy(qh_bytes, &qh, sizeof(qh));
+}
+
+inline void q5_levels(const uint8_t* qs, const uint8_t* qh_bytes, uint8_t* lv) {
+    uint32_t qh;
+    memcpy(&qh, qh_bytes, sizeof(qh));
+    for (int j = 0; j < 16; ++j) {
+        lv[j] = (uint8_t)((qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10));
+        lv[j + 16] = (uint8_t)((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10));
+    }
 }
 
 }  // namespace
@@ -79,12 +98,7 @@ void q4_0_to_float(const void* src, float* y, int64_t n) {
 void q4_1_from_float(const float* x, void* dst, int64_t n) {
     block_q4_1* y = (block_q4_1*)dst;
     for (int64_t i = 0; i < n / QK4_1; ++i, x += QK4_1) {
-        float mn, mx;
-        min_max(x, QK4_1, &mn, &mx);
-        const float d = (mx - mn) / ((1 << 4) - 1);
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = fp32_to_fp16(d);
-        y[i].m = fp32_to_fp16(mn);
+        const auto [mn, id] = put_min_scale(x, (1 << 4) - 1, y[i]);
         for (int j = 0; j < QK4_1 / 2; ++j) {
             const uint8_t xi0 = clamp_trunc(15, (x[j] - mn) * id + 0.5f);
             const uint8_t xi1 = clamp_trunc(15, (x[QK4_1 / 2 + j] - mn) * id + 0.5f);
@@ -112,15 +126,9 @@ void q5_0_from_float(const float* x, void* dst, int64_t n) {
         const float d = signed_absmax(x, QK5_0) / -16;
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = fp32_to_fp16(d);
-        uint32_t qh = 0;
-        for (int j = 0; j < QK5_0 / 2; ++j) {
-            const uint8_t xi0 = clamp_trunc(31, x[j] * id + 16.5f);
-            const uint8_t xi1 = clamp_trunc(31, x[QK5_0 / 2 + j] * id + 16.5f);
-            y[i].qs[j] = (uint8_t)((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
-            qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
-            qh |= ((xi1 & 0x10u) >> 4) << (j + QK5_0 / 2);
-        }
-        memcpy(y[i].qh, &qh, sizeof(qh));
+        uint8_t lv[QK5_0];
+        for (int j = 0; j < QK5_0; ++j) lv[j] = clamp_trunc(31, x[j] * id + 16.5f);
+        q5_pack(lv, y[i].qs, y[i].qh);
     }
 }
 
@@ -128,13 +136,9 @@ void q5_0_to_float(const void* src, float* y, int64_t n) {
     const block_q5_0* b = (const block_q5_0*)src;
     for (int64_t i = 0; i < n / QK5_0; ++i, y += QK5_0) {
         const float d = fp16_to_fp32(b[i].d);
-        const uint32_t qh = load_qh(b[i].qh);
-        for (int j = 0; j < QK5_0 / 2; ++j) {
-            const int x0 = ((b[i].qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - 16;
-            const int x1 = ((b[i].qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16;
-            y[j] = x0 * d;
-            y[j + QK5_0 / 2] = x1 * d;
-        }
+        uint8_t lv[QK5_0];
+        q5_levels(b[i].qs, b[i].qh, lv);
+        for (int j = 0; j < QK5_0; ++j) y[j] = (lv[j] - 16) * d;
     }
 }
 
@@ -142,22 +146,11 @@ void q5_0_to_float(const void* src, float* y, int64_t n) {
 void q5_1_from_float(const float* x, void* dst, int64_t n) {
     block_q5_1* y = (block_q5_1*)dst;
     for (int64_t i = 0; i < n / QK5_1; ++i, x += QK5_1) {
-        float mn, mx;
-        min_max(x, QK5_1, &mn, &mx);
-        const float d = (mx - mn) / ((1 << 5) - 1);
-        const float id = d ? 1.0f / d : 0.0f;
-        y[i].d = fp32_to_fp16(d);
-        y[i].m = fp32_to_fp16(mn);
-        uint32_t qh = 0;
-        for (int j = 0; j < QK5_1 / 2; ++j) {
-            // No clamp here in ggml: (x - min)/d never exceeds 31.5 for finite input.
-            const uint8_t xi0 = trunc_to_u8((x[j] - mn) * id + 0.5f);
-            const uint8_t xi1 = trunc_to_u8((x[QK5_1 / 2 + j] - mn) * id + 0.5f);
-            y[i].qs[j] = (uint8_t)((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
-            qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
-            qh |= ((xi1 & 0x10u) >> 4) << (j + QK5_1 / 2);
-        }
-        memcpy(y[i].qh, &qh, sizeof(qh));
+        const auto [mn, id] = put_min_scale(x, (1 << 5) - 1, y[i]);
+        uint8_t lv[QK5_1];
+        // No clamp here in ggml: (x - min)/d never exceeds 31.5 for finite input.
+        for (int j = 0; j < QK5_1; ++j) lv[j] = trunc_to_u8((x[j] - mn) * id + 0.5f);
+        q5_pack(lv, y[i].qs, y[i].qh);
     }
 }
 
@@ -165,13 +158,9 @@ void q5_1_to_float(const void* src, float* y, int64_t n) {
     const block_q5_1* b = (const block_q5_1*)src;
     for (int64_t i = 0; i < n / QK5_1; ++i, y += QK5_1) {
         const float d = fp16_to_fp32(b[i].d), m = fp16_to_fp32(b[i].m);
-        const uint32_t qh = load_qh(b[i].qh);
-        for (int j = 0; j < QK5_1 / 2; ++j) {
-            const int x0 = (b[i].qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10);
-            const int x1 = (b[i].qs[j] >> 4) | ((qh >> (j + 12)) & 0x10);
-            y[j] = x0 * d + m;
-            y[j + QK5_1 / 2] = x1 * d + m;
-        }
+        uint8_t lv[QK5_1];
+        q5_levels(b[i].qs, b[i].qh, lv);
+        for (int j = 0; j < QK5_1; ++j) y[j] = lv[j] * d + m;
     }
 }
 
@@ -202,18 +191,14 @@ inline void unpack(const block_q4_1& b, int8_t* q) {
     }
 }
 inline void unpack(const block_q5_0& b, int8_t* q) {
-    const uint32_t qh = load_qh(b.qh);
-    for (int j = 0; j < 16; ++j) {
-        q[j] = (int8_t)(((b.qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - 16);
-        q[j + 16] = (int8_t)(((b.qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16);
-    }
+    uint8_t lv[32];
+    q5_levels(b.qs, b.qh, lv);
+    for (int j = 0; j < 32; ++j) q[j] = (int8_t)(lv[j] - 16);
 }
 inline void unpack(const block_q5_1& b, int8_t* q) {
-    const uint32_t qh = load_qh(b.qh);
-    for (int j = 0; j < 16; ++j) {
-        q[j] = (int8_t)((b.qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10));
-        q[j + 16] = (int8_t)((b.qs[j] >> 4) | ((qh >> (j + 12)) & 0x10));
-    }
+    uint8_t lv[32];
+    q5_levels(b.qs, b.qh, lv);
+    for (int j = 0; j < 32; ++j) q[j] = (int8_t)lv[j];
 }
 
 inline const int8_t* act_qs(const block_q8_0& a) { return a.qs; }

@@ -137,13 +137,7 @@ template <class Block, void (*levels)(const Block&, uint8_t*)>
 int32_t kx_isum_ref(const Block& b, const int8_t* q8, const uint8_t* sc) {
     uint8_t q[QK_K];
     levels(b, q);
-    int32_t isum = 0;
-    for (int j = 0; j < QK_K / 32; ++j) {
-        int32_t s = 0;
-        for (int e = 32 * j; e < 32 * j + 32; ++e) s += q8[e] * q[e];
-        isum += sc[j] * s;
-    }
-    return isum;
+    return subblock_isum<32>(q, q8, sc);
 }
 
 #if defined(PQ_HAVE_AVX2_KERNELS)
@@ -169,6 +163,17 @@ inline void kx_decode(const uint8_t* q, uint16_t d16, uint16_t dmin16, const uin
     }
 }
 
+// Q4_K / Q5_K dequantization: the two differ only in how their levels are stored.
+template <class Block, void (*levels)(const Block&, uint8_t*)>
+void kx_to_float(const void* src, float* y, int64_t n) {
+    const Block* b = (const Block*)src;
+    uint8_t q[QK_K];
+    for (int64_t i = 0; i < n / QK_K; ++i, y += QK_K) {
+        levels(b[i], q);
+        kx_decode(q, b[i].d, b[i].dmin, b[i].scales, y);
+    }
+}
+
 }  // namespace
 
 // ---- Q4_K ----
@@ -183,14 +188,7 @@ void q4_k_from_float(const float* x, void* dst, int64_t n) {
     }
 }
 
-void q4_k_to_float(const void* src, float* y, int64_t n) {
-    const block_q4_K* b = (const block_q4_K*)src;
-    uint8_t q[QK_K];
-    for (int64_t i = 0; i < n / QK_K; ++i, y += QK_K) {
-        q4_k_levels(b[i], q);
-        kx_decode(q, b[i].d, b[i].dmin, b[i].scales, y);
-    }
-}
+void q4_k_to_float(const void* src, float* y, int64_t n) { kx_to_float<block_q4_K, q4_k_levels>(src, y, n); }
 
 float q4_k_vec_dot(int64_t n, const void* w, const void* x) {
     return kx_vec_dot<block_q4_K>(n, w, x, kx_isum_ref<block_q4_K, q4_k_levels>);
@@ -237,14 +235,7 @@ void q5_k_from_float(const float* x, void* dst, int64_t n) {
     }
 }
 
-void q5_k_to_float(const void* src, float* y, int64_t n) {
-    const block_q5_K* b = (const block_q5_K*)src;
-    uint8_t q[QK_K];
-    for (int64_t i = 0; i < n / QK_K; ++i, y += QK_K) {
-        q5_k_levels(b[i], q);
-        kx_decode(q, b[i].d, b[i].dmin, b[i].scales, y);
-    }
-}
+void q5_k_to_float(const void* src, float* y, int64_t n) { kx_to_float<block_q5_K, q5_k_levels>(src, y, n); }
 
 float q5_k_vec_dot(int64_t n, const void* w, const void* x) {
     return kx_vec_dot<block_q5_K>(n, w, x, kx_isum_ref<block_q5_K, q5_k_levels>);

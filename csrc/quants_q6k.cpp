@@ -101,13 +101,7 @@ namespace {
 int32_t q6_k_isum_ref(const block_q6_K& b, const int8_t* q8) {
     int8_t q[QK_K];
     q6_k_levels(b, q);
-    int32_t isum = 0;
-    for (int j = 0; j < QK_K / 16; ++j) {
-        int32_t s = 0;
-        for (int e = 16 * j; e < 16 * j + 16; ++e) s += q8[e] * q[e];
-        isum += b.scales[j] * s;
-    }
-    return isum;
+    return subblock_isum<16>(q, q8, b.scales);
 }
 
 template <class IsumFn>

@@ -93,15 +93,8 @@ void q8_1_to_float(const void* src, float* y, int64_t n) {
 void q8_k_from_float(const float* x, void* dst, int64_t n) {
     block_q8_K* y = (block_q8_K*)dst;
     for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
-        float vmax = 0, amax = 0;
-        for (int j = 0; j < QK_K; ++j) {
-            const float ax = fabsf(x[j]);
-            if (ax > amax) {
-                amax = ax;
-                vmax = x[j];
-            }
-        }
-        if (!amax) {
+        const float vmax = signed_absmax(x, QK_K);  // formats.h
+        if (!vmax) {
             // ggml leaves bsums untouched here; we zero the whole block so output is deterministic.
             memset(&y[i], 0, sizeof(block_q8_K));
             continue;

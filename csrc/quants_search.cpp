@@ -87,14 +87,7 @@ float search_scale_min(int n, int nmax, const float* x, const float* weights, ui
 float search_scale_sym(int n, int nmax, const float* x, int8_t* L) {
     // The signed value of largest magnitude maps to level -nmax: the level range [-nmax, nmax-1] is
     // lopsided, and putting the extreme on the long side lets it be hit exactly.
-    float vmax = 0, amax = 0;
-    for (int i = 0; i < n; ++i) {
-        const float ax = fabsf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            vmax = x[i];
-        }
-    }
+    const float vmax = signed_absmax(x, n), amax = fabsf(vmax);  // formats.h
     if (amax < kGroupMaxEps) {
         for (int i = 0; i < n; ++i) L[i] = 0;
         return 0.f;

@@ -29,10 +29,14 @@ void dots_bf16_avx2(const uint16_t* w, const float* x, int64_t x_stride, int64_t
 void attention_rows_f16_avx2(const float* q, int64_t q_stride, int64_t M, const int64_t* n_keys, const uint8_t* K,
                              size_t k_stride, const uint8_t* V, size_t v_stride, int64_t D, float scale, float* o,
                              int64_t o_stride);
+void rows_f16_avx2(const uint16_t* w, int64_t w_stride, int64_t rows, const float* x, int64_t x_stride, int64_t m,
+                   int64_t n, float* y, int64_t y_stride);
+void rows_bf16_avx2(const uint16_t* w, int64_t w_stride, int64_t rows, const float* x, int64_t x_stride, int64_t m,
+                    int64_t n, float* y, int64_t y_stride);
 static const SimdKernels kAvx2 = {"avx2", dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2, dots_f32_avx2, dots_f16_avx2,
                                   dots_bf16_avx2, axpy_f16_avx2, mul_silu_avx2, conv1d_silu_avx2,
                                   wsum_avx2, exp_acc_avx2, delta_rule_head_avx2,
-                                  attention_rows_f16_avx2};
+                                  attention_rows_f16_avx2, rows_f16_avx2, rows_bf16_avx2};
 #endif
 #if defined(PQ_HAVE_AVX2_KERNELS) && defined(PQ_HAVE_AVX512_KERNELS)
 float dot_f16_avx512(const uint16_t* w, const float* x, int64_t n);

@@ -1,4 +1,5 @@
-"""The several-row F16/BF16 matmul kernel (csrc/simd/dot_avx512.cpp rows_*) against the one-token dot.
+"""The several-row F16/BF16 matmul kernels (csrc/simd/dot_avx512.cpp and dot_avx2.cpp rows_*) against the
+one-token dot of the same kernel set.
 
 Decode feeds one token, a speculative verification k + 1: both go through matmul, which hands a thread's
 block of rows to the kernel set's rows_* kernel (blocks of rows x tokens, sums folded four at a time).
@@ -88,23 +89,32 @@ def test_rows_kernel_edge_values(kernel_set):
     np.testing.assert_array_equal(got, T.float_dots_one(w, x, False))
 
 
-def test_rows_kernel_is_not_the_scalar_order():
-    # the check above can fail: the avx512 set's 16-lane order differs from the scalar reference's
-    if "avx512" not in SETS:
-        pytest.skip("no AVX-512 here")
+def test_simd_sets_take_the_rows_kernel(kernel_set):
+    # the checks above are on the rows_* kernels, not on the per-row dots matmul falls back to without one
+    assert T.float_rows_kernel() == (kernel_set != "ref")
+
+
+def _matmul_with(name, w, x, bf16=False):
+    assert _core.set_simd(name)
+    try:
+        return T.float_matmul(w, x, bf16, 1)
+    finally:
+        _core.set_simd("auto")
+
+
+@pytest.mark.parametrize("fast", ["avx512", "avx2"])
+def test_rows_kernel_is_not_another_order(fast):
+    # the bit-equality checks above can fail: each SIMD set's fold order (16 lanes, 8 lanes) gives other
+    # bits than the scalar reference's and than the other set's, on rows long enough to round differently
+    if fast not in SETS:
+        pytest.skip(f"no {fast} here")
     rng = np.random.default_rng(3)
     w = _weights(rng, 8, 512, False)
     x = rng.standard_normal((3, 512)).astype(np.float32)
-    assert _core.set_simd("avx512")
-    try:
-        fast = T.float_matmul(w, x, False, 1)
-    finally:
-        _core.set_simd("ref")
-    try:
-        ref = T.float_dots_one(w, x, False)
-    finally:
-        _core.set_simd("auto")
-    assert not np.array_equal(fast, ref)
+    got = _matmul_with(fast, w, x)
+    for other in SETS:
+        if other != fast:
+            assert not np.array_equal(got, _matmul_with(other, w, x)), other
 
 
 def test_bad_shapes_are_errors():

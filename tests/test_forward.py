@@ -165,18 +165,13 @@ def test_multi_token_float_dots_equal_one_token_dots():
 
 def test_simd_delta_rule_matches_reference():
     """The vectorised gated delta rule against the plain reference loop (summation order differs)."""
+    from test_gdn_avx512 import delta_rule_inputs
+
     from pyqwen import _core
 
     rng = np.random.default_rng(4)
     for n, dk, dv in [(1, 128, 128), (7, 128, 128), (5, 72, 40), (3, 20, 8), (4, 7, 5)]:
-        q = rng.standard_normal((n, dk)).astype(np.float32)
-        k = rng.standard_normal((n, dk)).astype(np.float32)
-        q /= np.linalg.norm(q, axis=1, keepdims=True)
-        k /= np.linalg.norm(k, axis=1, keepdims=True)
-        v = rng.standard_normal((n, dv)).astype(np.float32)
-        g = -rng.uniform(0, 2, n).astype(np.float32)
-        beta = rng.uniform(0, 1, n).astype(np.float32)
-        S = rng.standard_normal((dv, dk)).astype(np.float32)
+        q, k, v, g, beta, S = delta_rule_inputs(rng, n, dk, dv)
         assert _core.set_simd("ref")
         o_ref, s_ref = _core.testing.ref_delta_rule(q, k, v, g, beta, S, dk ** -0.5)
         if not _core.set_simd("avx2"):

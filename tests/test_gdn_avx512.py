@@ -22,7 +22,9 @@ def _has(name):
 pytestmark = pytest.mark.skipif(not (_has("avx2") and _has("avx512")), reason="needs AVX2 and AVX-512 kernel sets")
 
 
-def _inputs(rng, n, dk, dv):
+def delta_rule_inputs(rng, n, dk, dv):
+    """One head's delta-rule arguments as the model feeds them (q, k unit rows; g < 0; beta in [0, 1])
+    (also used by test_forward.py's reference check of the AVX2 kernel)."""
     q = rng.standard_normal((n, dk)).astype(np.float32)
     k = rng.standard_normal((n, dk)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -60,7 +62,7 @@ def _f64(q, k, v, g, beta, S):
                                      (9, 48, 40), (4, 112, 7), (3, 72, 40), (6, 144, 8), (2, 8, 5)])
 def test_avx512_delta_rule_equals_avx2_bit_for_bit(n, dk, dv):
     rng = np.random.default_rng(n * 1000 + dk + dv)
-    a = _inputs(rng, n, dk, dv)
+    a = delta_rule_inputs(rng, n, dk, dv)
     o512, s512 = _run("avx512", *a)
     o2, s2 = _run("avx2", *a)
     assert np.array_equal(o512, o2) and np.array_equal(s512, s2)
@@ -77,7 +79,7 @@ def test_avx512_delta_rule_is_batch_invariant(dk):
     """n tokens in one call give the bits of n one-token calls (decode steps) and of other splits."""
     rng = np.random.default_rng(dk)
     n, dv = 19, 32
-    q, k, v, g, beta, S = _inputs(rng, n, dk, dv)
+    q, k, v, g, beta, S = delta_rule_inputs(rng, n, dk, dv)
     o_all, s_all = _run("avx512", q, k, v, g, beta, S)
     for cuts in ([1] * n, [16, 3], [5, 9, 5]):
         st, outs, t0 = S, [], 0

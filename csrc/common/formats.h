@@ -43,6 +43,19 @@ enum GgmlType : int32_t {
 };
 
 // ---- 16-bit floats -------------------------------------------------------------------------------
+// The bits of a float and back (a memcpy: no aliasing games, compiled to a register move).
+PQ_HD inline uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+PQ_HD inline float f32_from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 // IEEE half <-> float, bit-exact with ggml's scalar conversions (round to nearest even, subnormals kept).
 PQ_HD inline float fp16_to_fp32(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
@@ -66,15 +79,12 @@ PQ_HD inline float fp16_to_fp32(uint16_t h) {
     } else {
         bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
     }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
+    return f32_from_bits(bits);
 }
 
 PQ_HD inline uint16_t fp32_to_fp16(float f) {
     // Same algorithm as ggml's fallback GGML_COMPUTE_FP32_TO_FP16 (Maratyszcza's FP16 library).
-    uint32_t w;
-    memcpy(&w, &f, 4);
+    const uint32_t w = f32_bits(f);
     const float scale_to_inf = 0x1.0p+112f;
     const float scale_to_zero = 0x1.0p-110f;
     float af = f < 0 ? -f : f;
@@ -83,29 +93,19 @@ PQ_HD inline uint16_t fp32_to_fp16(float f) {
     const uint32_t sign = w & 0x80000000u;
     uint32_t bias = shl1_w & 0xFF000000u;
     if (bias < 0x71000000u) bias = 0x71000000u;
-    uint32_t bb = (bias >> 1) + 0x07800000u;
-    float fb;
-    memcpy(&fb, &bb, 4);
-    base = fb + base;
-    uint32_t bits;
-    memcpy(&bits, &base, 4);
+    base = f32_from_bits((bias >> 1) + 0x07800000u) + base;
+    const uint32_t bits = f32_bits(base);
     const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
     const uint32_t mantissa_bits = bits & 0x00000FFFu;
     const uint32_t nonsign = exp_bits + mantissa_bits;
     return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
 }
 
-PQ_HD inline float bf16_to_fp32(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
+PQ_HD inline float bf16_to_fp32(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
 
 PQ_HD inline uint16_t fp32_to_bf16(float f) {
     // ggml_compute_fp32_to_bf16: NaN kept quiet, otherwise round to nearest even.
-    uint32_t u;
-    memcpy(&u, &f, 4);
+    const uint32_t u = f32_bits(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);
     return (uint16_t)((u + (0x7fffu + ((u >> 16) & 1))) >> 16);
 }
@@ -265,17 +265,23 @@ PQ_HD inline void quantize_block_q8_0(const float* x, block_q8_0* y) {
     for (int j = 0; j < QK8_0; ++j) y->qs[j] = trunc_to_i8(roundf(x[j] * id));
 }
 
-// One Q4_0 block: d = max / -8 with max the signed value of largest |x| (the first on ties), q = x/d + 8
-// truncated and clamped to [0, 15] as ggml's MIN(15, (int8_t)v) stored into a uint8_t.
-PQ_HD inline void quantize_block_q4_0(const float* x, block_q4_0* y) {
+// The signed value of largest magnitude among x[0..n) (the first one on ties; 0 for all zeros), as
+// ggml's q4_0 / q5_0 / q8_K / make_qx_quants pick it.
+PQ_HD inline float signed_absmax(const float* x, int n) {
     float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < QK4_0; ++j) {
+    for (int j = 0; j < n; ++j) {
         if (amax < fabsf(x[j])) {
             amax = fabsf(x[j]);
             max = x[j];
         }
     }
-    const float d = max / -8;
+    return max;
+}
+
+// One Q4_0 block: d = max / -8 with max the signed value of largest |x| (the first on ties), q = x/d + 8
+// truncated and clamped to [0, 15] as ggml's MIN(15, (int8_t)v) stored into a uint8_t.
+PQ_HD inline void quantize_block_q4_0(const float* x, block_q4_0* y) {
+    const float d = signed_absmax(x, QK4_0) / -8;
     const float id = d ? 1.0f / d : 0.0f;
     y->d = fp32_to_fp16(d);
     for (int j = 0; j < QK4_0 / 2; ++j) {

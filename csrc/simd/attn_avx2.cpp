@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "simd/attn_flash.h"
+#include "simd/avx2_util.h"
 
 namespace pq {
 
@@ -29,12 +30,7 @@ struct Vec8 {
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23));
     }
     // The 8 lanes in a fixed tree (the same for every score).
-    static float hsum(V v) {
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        return _mm_cvtss_f32(s);
-    }
+    static float hsum(V v) { return hsum256(v); }
     static void hsum4(V a0, V a1, V a2, V a3, float* out) {
         out[0] = hsum(a0);
         out[1] = hsum(a1);

@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "simd/attn_flash.h"
+#include "simd/avx512_util.h"
 
 namespace pq {
 
@@ -32,26 +33,9 @@ struct Vec16 {
     static V pow2i(V n) {
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23));
     }
-    // The 16 lanes in a fixed tree (the same for every score).
-    static float hsum(V v) {
-        const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        return _mm_cvtss_f32(s);
-    }
-    // hsum of four vectors at once, out[0..3]: per vector the same tree as hsum (256-bit halves, then
-    // 128-bit quarters, then lanes (0+2)+(1+3)), with the shuffles shared by the four.
-    static void hsum4(V a0, V a1, V a2, V a3, float* out) {
-        // quarters of a0/a1: [a0.q0+a0.q2, a0.q1+a0.q3, a1.q0+a1.q2, a1.q1+a1.q3]; a2/a3 alike
-        const V t01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
-        const V t23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
-        // quarter c: (q0+q2)+(q1+q3) of a_c
-        const V u = _mm512_add_ps(_mm512_shuffle_f32x4(t01, t23, 0x88), _mm512_shuffle_f32x4(t01, t23, 0xDD));
-        const V v = _mm512_add_ps(u, _mm512_permute_ps(u, 0x4E));  // lanes (0+2), (1+3) of each quarter
-        const V w = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));  // lane 0: (0+2)+(1+3)
-        _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), w)));
-    }
+    // The 16 lanes in a fixed tree (the same for every score), and four at once by the same tree.
+    static float hsum(V v) { return hsum512(v); }
+    static void hsum4(V a0, V a1, V a2, V a3, float* out) { hsum512x4(a0, a1, a2, a3, out); }
     static float hmax(V v) { return _mm512_reduce_max_ps(v); }
     // Lane i: base + i.
     static V iota(int base) {

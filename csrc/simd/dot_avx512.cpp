@@ -6,14 +6,16 @@
 // converted weight vectors fit the 32 zmm registers): a speculative verification of up to 8 tokens
 // reads and converts each weight once.
 //
-// The 16-lane sum is folded by an explicit tree (reduce16: GCC's _mm512_reduce_add_ps order, written out
-// so no compiler's intrinsic decides it), and the several-row kernel (rows_*) folds four sums at once by
-// the same tree with transposing shuffles (reduce4): on the demo model's short rows (K = 256) the
+// The 16-lane sum is folded by an explicit tree (avx512_util.h hsum512: GCC's _mm512_reduce_add_ps
+// order, written out so no compiler's intrinsic decides it), and the several-row kernel (rows_*) folds
+// four sums at once by the same tree with transposing shuffles (reduce4): on the demo model's short rows (K = 256) the
 // per-(row, token) fold was a third of a dot's instructions, on the ports the FMAs and the F16
 // conversions need.
 #include <immintrin.h>
 
 #include <cstdint>
+
+#include "simd/avx512_util.h"
 
 namespace pq {
 
@@ -34,29 +36,11 @@ inline float scalar_w(uint16_t h, bool bf16) {
     return _cvtsh_ss(h);
 }
 
-// ((s4[0] + s4[2]) + (s4[1] + s4[3])) with s4[j] = s8[j] + s8[j + 4], s8[j] = v[j] + v[j + 8].
-inline float reduce16(__m512 v) {
-    const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-    const __m128 s2 = _mm_add_ps(s4, _mm_shuffle_ps(s4, s4, _MM_SHUFFLE(1, 0, 3, 2)));
-    return _mm_cvtss_f32(s2) + _mm_cvtss_f32(_mm_shuffle_ps(s2, s2, _MM_SHUFFLE(1, 1, 1, 1)));
-}
-
-// reduce16 of a, b, c, d at once (each add pairs the same lanes as reduce16's, so each result is
-// bit-identical to it): out[0..3].
+// hsum512 of a, b, c, d (avx512_util.h: the one-token dot's own tree) into out[0..3], picked from a
+// stored vector (the form the several-row kernel was measured with).
 inline void reduce4(__m512 a, __m512 b, __m512 c, __m512 d, float* out) {
-    // s8 of a | s8 of b, and of c | d: 128-bit quarters (0,1) + (2,3) of each
-    const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
-                                    _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
-    const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(1, 0, 1, 0)),
-                                    _mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(3, 2, 3, 2)));
-    // s4 of a | b | c | d: the even quarters + the odd ones
-    const __m512 s4 = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)),
-                                    _mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));
-    const __m512 s2 = _mm512_add_ps(s4, _mm512_permute_ps(s4, _MM_SHUFFLE(1, 0, 3, 2)));
-    const __m512 s1 = _mm512_add_ps(s2, _mm512_permute_ps(s2, _MM_SHUFFLE(2, 3, 0, 1)));
     alignas(64) float t[16];
-    _mm512_store_ps(t, s1);
+    _mm512_store_ps(t, hsum512x4_lanes(a, b, c, d));
     out[0] = t[0];
     out[1] = t[4];
     out[2] = t[8];
@@ -81,7 +65,7 @@ inline void dots_m(Load load, int64_t n, const float* x, int64_t x_stride, float
             a1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * x_stride + i + 16), a1[t]);
         }
     }
-    for (int t = 0; t < M; ++t) y[t * y_stride] = reduce16(_mm512_add_ps(a0[t], a1[t]));
+    for (int t = 0; t < M; ++t) y[t * y_stride] = hsum512(_mm512_add_ps(a0[t], a1[t]));
 }
 
 // R weight rows x M tokens: out[r * M + t] = the 16-lane sum vector (a0 + a1) of row r and token t,

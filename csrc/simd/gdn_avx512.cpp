@@ -16,6 +16,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "simd/avx512_util.h"
+
 namespace pq {
 
 void delta_rule_head_avx2(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
@@ -23,16 +25,6 @@ void delta_rule_head_avx2(const float* q, const float* k, const float* v, int64_
                           int64_t dk, int64_t dv, int64_t n, float q_scale, float* o, int64_t o_stride);
 
 namespace {
-
-// hsum256(lo + hi) of avx2_util.h, written here so no copy compiled with AVX-512 flags can stand in for
-// the AVX2 one at link time.
-inline float halves_hsum(__m512 a) {
-    const __m256 v = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
-    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-    return _mm_cvtss_f32(lo);
-}
 
 template <int NV>  // dk = 16 NV
 void delta_rule_rows(const float* q, const float* k, const float* v, int64_t q_stride, int64_t k_stride,
@@ -60,14 +52,14 @@ void delta_rule_rows(const float* q, const float* k, const float* v, int64_t q_s
                 r[i] = _mm512_mul_ps(_mm512_loadu_ps(row + 16 * i), vdecay);
                 u = _mm512_fmadd_ps(r[i], kv[i], u);
             }
-            const __m512 vdelta = _mm512_set1_ps(b * (vt[j] - halves_hsum(u)));
+            const __m512 vdelta = _mm512_set1_ps(b * (vt[j] - hsum512(u)));
             __m512 a = _mm512_setzero_ps();
             for (int i = 0; i < NV; ++i) {
                 r[i] = _mm512_fmadd_ps(kv[i], vdelta, r[i]);
                 _mm512_storeu_ps(row + 16 * i, r[i]);
                 a = _mm512_fmadd_ps(r[i], qs[i], a);
             }
-            ot[j] = halves_hsum(a);
+            ot[j] = hsum512(a);
         }
     }
 }

@@ -212,7 +212,6 @@ constexpr int kChains = NT <= 4 ? 2 : 1;
 template <bool Q5, int NT>
 void k45_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t nb, float* y, int64_t y_stride) {
     constexpr size_t kBytes = Q5 ? sizeof(block_q5_K) : sizeof(block_q4_K);
-    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     __m128 facc[(NT + 3) / 4];  // the spec's one float sum per token (token t in lane t % 4 of facc[t / 4])
     for (auto& f : facc) f = _mm_setzero_ps();
     for (int64_t i = 0; i < nb; ++i, row += kBytes) {
@@ -229,13 +228,8 @@ void k45_rows(const uint8_t* row, const PackedA16* a, int64_t a_stride, int64_t 
         for (int t = 0; t < NT; ++t) acc[t] = acc2[t] = _mm512_setzero_si512();
         const __m256i h = Q5 ? _mm256_loadu_si256((const __m256i*)qh) : _mm256_setzero_si256();
         for (int g = 0; g < 4; ++g) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i*)(qs + 32 * g));
-            __m256i lo = _mm256_and_si256(raw, m4);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-            if (Q5) {
-                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g), one), 4));
-                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g + 1), one), 4));
-            }
+            __m256i lo, hi;
+            q45k_group(_mm256_loadu_si256((const __m256i*)(qs + 32 * g)), h, g, Q5, lo, hi);
             const __m512i wl = _mm512_mullo_epi16(pairs_u8_to_i16(lo), _mm512_set1_epi16(sc[2 * g]));
             const __m512i wh = _mm512_mullo_epi16(pairs_u8_to_i16(hi), _mm512_set1_epi16(sc[2 * g + 1]));
             for (int t = 0; t < NT; ++t) {
