@@ -539,6 +539,13 @@ def as_worker(argv: list[str], worker_main) -> bool:
     return True
 
 
+def add_runner_args(ap) -> None:
+    """The command-line options of run_worker's limits (both fuzzers take them)."""
+    ap.add_argument("--mem-gib", type=float, default=3.0, help="address-space limit of each worker")
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds per case before it counts as a hang")
+    ap.add_argument("--nice", type=int, default=0)
+
+
 def run_worker(cmd: list[str], indices: list[int], *, mem_bytes: int, case_timeout: float, nice: int = 0,
                startup_timeout: float | None = None) -> list[dict]:
     """Run `cmd` (a worker speaking the start/result line protocol) over `indices`, restarting it after a
@@ -721,9 +728,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", type=int, default=10_000)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--batch", type=int, default=50)
-    ap.add_argument("--mem-gib", type=float, default=3.0, help="address-space limit of each worker")
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds per case before it counts as a hang")
-    ap.add_argument("--nice", type=int, default=0)
+    add_runner_args(ap)
     ap.add_argument("--report", type=Path, help="write the JSON summary here")
     ap.add_argument("--replay", help="SEED:INDEX -- write that case's file to --out and print its mutations")
     ap.add_argument("--out", type=Path)
