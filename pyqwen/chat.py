@@ -24,6 +24,8 @@ import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .stream_tags import partial_suffix
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
@@ -228,14 +230,6 @@ def split_reasoning(text: str, started_in_think: bool) -> tuple[str | None, str]
     return text[:end].strip("\n"), text[end + len(THINK_CLOSE):].lstrip("\n")
 
 
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
-    for k in range(min(len(text), len(tag) - 1), 0, -1):
-        if text.endswith(tag[:k]):
-            return k
-    return 0
-
-
 class ReasoningSplitter:
     """Streaming form of `split_reasoning`: `push(delta)` returns [(kind, text), ...] with kind
     'reasoning' or 'content'. A tag split across pushes is held back, never emitted as text, and so are
@@ -268,7 +262,7 @@ class ReasoningSplitter:
                     self._pending = self._pending[end + len(THINK_CLOSE):]
                     self._state, self._at_start = "content", True
                     continue
-                keep = _partial_suffix(self._pending, THINK_CLOSE)
+                keep = partial_suffix(self._pending, THINK_CLOSE)
                 body = self._pending[:len(self._pending) - keep].rstrip("\n")
                 self._emit(out, "reasoning", body)
                 self._pending = self._pending[len(body):]

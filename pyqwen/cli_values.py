@@ -19,12 +19,17 @@ def int_arg(lo: int | None = None, what: str = "integer"):
     return parse
 
 
+def number(s: str, what: str = "a number") -> float:
+    """float(s), or argparse's error saying what was expected (inf and nan pass: the caller decides)."""
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+
+
 def float_arg(s: str) -> float:
     """A finite number."""
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    v = number(s)
     if not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {s!r}")
     return v

@@ -34,6 +34,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from .stream_tags import partial_suffix
+
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
 
@@ -210,14 +212,6 @@ def parse_call_block(body: str, properties: Mapping[str, dict] | None = None) ->
     return ToolCall(name=name, arguments=args)
 
 
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of text that is a proper prefix of tag."""
-    for k in range(min(len(text), len(tag) - 1), 0, -1):
-        if text.endswith(tag[:k]):
-            return k
-    return 0
-
-
 class ToolCallParser:
     """Incremental qwen3_coder tool-call parser over the visible content of a reply.
 
@@ -256,7 +250,7 @@ class ToolCallParser:
             if not self._in_call:
                 i = self._buf.find(TOOL_CALL_OPEN)
                 if i < 0:
-                    keep = _partial_suffix(self._buf, TOOL_CALL_OPEN)
+                    keep = partial_suffix(self._buf, TOOL_CALL_OPEN)
                     self._content(out, self._buf[:len(self._buf) - keep])
                     self._buf = self._buf[len(self._buf) - keep:]
                     return out

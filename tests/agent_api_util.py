@@ -9,9 +9,7 @@ Every other test uses the model's own greedy output."""
 
 from __future__ import annotations
 
-import contextlib
-
-import pyqwen
+from pq_testutil import scripted_server
 
 API_KEY = "agent-key-123"
 
@@ -23,20 +21,8 @@ SCRIPTED_CALL = ("The user wants weather.\n</think>\n\nLet me check.\n\n<tool_ca
 SCRIPTED_ANSWER = "Done checking.\n</think>\n\nSunny in Paris."
 
 
-@contextlib.contextmanager
 def live_server():
-    from pyqwen.server.app import create_app
-    from pyqwen.server.engine import Engine
-    from pyqwen.server.testing import Script, serve_in_thread
-
-    m = pyqwen.Model.load(kv_type="f32", threads=1, n_ctx=1024)
-    script = Script(m)
-    engine = Engine(m, sampler_factory=script.factory, cache_ram_mib=256)
-    try:
-        with serve_in_thread(create_app(engine, api_key=API_KEY)) as url:
-            yield {"model": m, "script": script, "engine": engine, "url": url}
-    finally:
-        engine.shutdown()
+    return scripted_server(api_key=API_KEY, n_ctx=1024)
 
 
 def openai_reference(server, messages, *, max_tokens, thinking, tools=None, stop=None, session=None) -> dict:

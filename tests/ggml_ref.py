@@ -190,3 +190,10 @@ def _load() -> tuple[GgmlRef | None, str]:
 
 
 REF, SKIP_REASON = _load()
+
+
+def first_diff(ours: np.ndarray, ref: np.ndarray, block_bytes: int) -> str:
+    """Where two quantized byte arrays first differ, for a byte-identity test's failure message."""
+    i = int(np.flatnonzero(ours != ref)[0])
+    return (f"first differing byte {i} (block {i // block_bytes}, offset {i % block_bytes}): "
+            f"ours {ours[i]} ggml {ref[i]}")

@@ -111,12 +111,6 @@ OPTIONS = [
 
 
 @pytest.fixture(scope="module")
-def hf():
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(DEMO))
-
-
-@pytest.fixture(scope="module")
 def ct():
     return ChatTemplate(TEMPLATE)
 

@@ -184,15 +184,6 @@ def test_bad_chunk_is_a_clear_error():
 # ---- the whole model ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def real_shape(tmp_path_factory):
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    import real_shape
-
-    return real_shape.shared(tmp_path_factory)
-
-
 N_PREFILL = 300
 
 

@@ -18,7 +18,7 @@ core = pytest.importorskip("pyqwen._core")
 if not hasattr(core, "quantize"):
     pytest.skip("pyqwen._core was built without the quant bindings (bind_quants)", allow_module_level=True)
 
-from ggml_ref import REF, SKIP_REASON  # noqa: E402  (tests/ is on sys.path under pytest)
+from ggml_ref import REF, SKIP_REASON, first_diff  # noqa: E402  (tests/ is on sys.path under pytest)
 
 Q8_0, Q8_1, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS = 8, 9, 12, 13, 14, 15, 20, 23
 WEIGHT_QUANTIZERS = [Q8_0, Q4_K, Q5_K, Q6_K]
@@ -141,11 +141,6 @@ KINDS = ["normal", "weights", "uniform_pos", "uniform_neg", "zeros", "constant",
          "wild_magnitudes"]
 
 
-def _first_diff(a: np.ndarray, b: np.ndarray, bb: int) -> str:
-    i = int(np.flatnonzero(a != b)[0])
-    return f"first differing byte {i} (block {i // bb}, offset {i % bb}): ours {a[i]} ggml {b[i]}"
-
-
 @needs_ggml
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("t", WEIGHT_QUANTIZERS, ids=tname)
@@ -156,7 +151,7 @@ def test_quantize_byte_identical_to_ggml(t, kind):
         ours = core.quantize(t, x)
         ref = REF.quantize(t, x)
         assert ours.dtype == np.uint8 and ours.shape == ref.shape
-        assert np.array_equal(ours, ref), f"{tname(t)} {kind} {nrows}x{n}: " + _first_diff(ours, ref, BLOCK[t][1])
+        assert np.array_equal(ours, ref), f"{tname(t)} {kind} {nrows}x{n}: " + first_diff(ours, ref, BLOCK[t][1])
 
 
 @needs_ggml
@@ -167,7 +162,7 @@ def test_quantize_byte_identical_many_random_rows(t):
     x = np.concatenate([_rows(k, 16, 1024, rng) for k in ("normal", "weights", "outlier", "mixed_blocks")])
     ours = core.quantize(t, x, n_threads=2)
     ref = REF.quantize(t, x)
-    assert np.array_equal(ours, ref), _first_diff(ours, ref, BLOCK[t][1])
+    assert np.array_equal(ours, ref), first_diff(ours, ref, BLOCK[t][1])
 
 
 def test_q8_0_matches_gguf_quantizer():
@@ -187,7 +182,7 @@ def test_activation_quantizers_match_ggml_ref(t):
         x = _rows(kind, 1, 1024, rng)
         ours = core.quantize(t, x)
         ref = REF.from_float_ref(t, x)
-        assert np.array_equal(ours, ref), f"{kind}: " + _first_diff(ours, ref, BLOCK[t][1])
+        assert np.array_equal(ours, ref), f"{kind}: " + first_diff(ours, ref, BLOCK[t][1])
     # All-zero Q8_K block: ggml writes d = 0 and qs = 0 but leaves bsums untouched; we zero them.
     z = core.quantize(Q8_K, np.zeros(256, np.float32)) if t == Q8_K else None
     if z is not None:

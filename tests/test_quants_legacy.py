@@ -22,7 +22,7 @@ core = pytest.importorskip("pyqwen._core")
 if not hasattr(core, "quantize") or core.testing.quant_type_info(2) is None:
     pytest.skip("pyqwen._core was built without the legacy quant formats", allow_module_level=True)
 
-from ggml_ref import REF, SKIP_REASON  # noqa: E402  (tests/ is on sys.path under pytest)
+from ggml_ref import REF, SKIP_REASON, first_diff  # noqa: E402  (tests/ is on sys.path under pytest)
 
 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = 2, 3, 6, 7, 8, 9
 LEGACY = [Q4_0, Q4_1, Q5_0, Q5_1]
@@ -165,10 +165,7 @@ def test_quantize_byte_identical_to_ggml(t, kind):
         ours = core.quantize(t, x)
         ref = ggml_quantize(t, x)
         assert ours.shape == ref.shape
-        if not np.array_equal(ours, ref):
-            i = int(np.flatnonzero(ours != ref)[0])
-            pytest.fail(f"{tname(t)} {kind} {nrows}x{n}: byte {i} (block {i // BLOCK_BYTES[t]}, offset "
-                        f"{i % BLOCK_BYTES[t]}): ours {ours[i]} ggml {ref[i]}")
+        assert np.array_equal(ours, ref), f"{tname(t)} {kind} {nrows}x{n}: " + first_diff(ours, ref, BLOCK_BYTES[t])
 
 
 @needs_ggml

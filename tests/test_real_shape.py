@@ -16,13 +16,6 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="session")
-def real_shape(tmp_path_factory):
-    import real_shape
-
-    return real_shape.shared(tmp_path_factory)
-
-
 def _rel(a, ref):
     return float(np.abs(a - ref).max() / np.abs(ref).max())
 

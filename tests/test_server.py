@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-import pyqwen
+from pq_testutil import scripted_server
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
@@ -33,17 +33,8 @@ TOOLS = [{"type": "function", "function": {
 
 @pytest.fixture(scope="module")
 def server():
-    from pyqwen.server.app import create_app
-    from pyqwen.server.engine import Engine
-    from pyqwen.server.testing import Script, serve_in_thread
-
-    m = pyqwen.Model.load(kv_type="f32", threads=1, n_ctx=1024)
-    script = Script(m)
-    engine = Engine(m, sampler_factory=script.factory, cache_ram_mib=256)
-    with serve_in_thread(create_app(engine, api_key=API_KEY)) as url:
-        yield {"model": m, "script": script, "engine": engine, "url": url,
-               "client": openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)}
-    engine.shutdown()
+    with scripted_server(api_key=API_KEY, n_ctx=1024) as s:
+        yield dict(s, client=openai.OpenAI(base_url=s["url"] + "/v1", api_key=API_KEY, max_retries=0, timeout=120))
 
 
 def post(server, path, body=None, *, raw=None, headers=None, key=API_KEY, **kw):

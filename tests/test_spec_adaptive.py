@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 import pyqwen
+from pq_testutil import prefilled_pair, same_law_pvalue
 from pyqwen.speculative import policy
 
-from test_spec_fused import PROMPTS, demo, generate  # noqa: F401  (demo: the fixture)
+from test_spec_fused import PROMPTS, demo, fused_is_generic_and_plain  # noqa: F401  (demo: the fixture)
 from test_speculative import feed, load, mtp_gguf  # noqa: F401  (mtp_gguf: the fixture)
 
 
@@ -34,9 +35,7 @@ def test_the_core_chain_stops_where_the_head_is_unsure(mtp_gguf):  # noqa: F811
     lengths = set()
     for trial in range(16):
         prompt = [int(x) for x in rng.integers(0, 2400, int(rng.integers(1, 20)))]
-        a, b = m.new_state(64), m.new_state(64)
-        m.forward(a, prompt, logits="none")
-        m.forward(b, prompt, logits="none")
+        a, b = prefilled_pair(m, prompt, 64)
         tok, chain, tops = int(rng.integers(0, 2400)), [], []
         for _ in range(6):
             lg = m.mtp_draft(a, chain[-1] if chain else tok)
@@ -68,14 +67,7 @@ def test_adaptive_greedy_generation_is_plain_decoding_fused_and_generic(demo, sp
     try:
         cut = 0
         for i, p in enumerate(PROMPTS):
-            n = 160 if i < 2 else 90
-            g0, _ = generate(demo, p, fused=False, spec="off", max_tokens=n)
-            gf, _ = generate(demo, p, fused=True, spec=spec, draft=draft, max_tokens=n)
-            gg, _ = generate(demo, p, fused=False, spec=spec, draft=draft, max_tokens=n)
-            assert gf.tokens == g0.tokens == gg.tokens and gf.text == g0.text, (i, spec, draft)
-            assert gf.fed_tokens == gg.fed_tokens
-            for f in ("verify_steps", "draft_tokens", "accepted_tokens", "drafted_at", "accepted_at"):
-                assert getattr(gf.stats, f) == getattr(gg.stats, f), (i, spec, f)
+            gf, _ = fused_is_generic_and_plain(demo, p, spec, draft, 160 if i < 2 else 90, (i, spec, draft))
             st = gf.stats
             cut += st.drafted_at[0] - (st.drafted_at[draft - 1] if len(st.drafted_at) >= draft else 0)
         assert cut > 0   # the chain did stop early (else this tests nothing adaptive)
@@ -86,8 +78,6 @@ def test_adaptive_greedy_generation_is_plain_decoding_fused_and_generic(demo, sp
 def test_adaptive_sampling_keeps_the_distribution(mtp_gguf):  # noqa: F811
     """The real MTP drafter with temperature > 0 and a stopping threshold at the head's median top
     probability: the first generated tokens' joint law equals plain sampling's."""
-    from scipy.stats import chi2_contingency
-
     m = load(mtp_gguf("qwen35-r2-untied"), spec="mtp")
     prompt = [3, 17, 400, 9, 81, 5, 1200, 44]
     st = m.new_state(64)
@@ -113,10 +103,6 @@ def test_adaptive_sampling_keeps_the_distribution(mtp_gguf):  # noqa: F811
     a, _ = joint("off", range(1500))
     b, drafted = joint("mtp", range(20_000, 21_500))
     assert drafted > 300      # drafts were made (and cut: draft=3 would give 3 per verification)
-    keys = sorted(set(a) | set(b), key=lambda k: -(a.get(k, 0) + b.get(k, 0)))
-    head = [k for k in keys if a.get(k, 0) + b.get(k, 0) >= 20]
-    rows = np.array([[a.get(k, 0) for k in head] + [sum(v for k, v in a.items() if k not in head)],
-                     [b.get(k, 0) for k in head] + [sum(v for k, v in b.items() if k not in head)]])
-    rows = rows[:, rows.sum(0) > 0]
-    assert len(head) >= 5
-    assert chi2_contingency(rows).pvalue > 1e-3
+    p, rows, n_kept = same_law_pvalue(a, b)
+    assert n_kept >= 5
+    assert p > 1e-3, (p, rows)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import pyqwen
+from pq_testutil import prefilled_pair
 from pyqwen.generation import Generation, GenerationStats, StateSequence
 from pyqwen.sampling import Sampler, SamplingParams
 from pyqwen.speculative import policy
@@ -90,9 +91,7 @@ def test_verify_greedy_is_verify_then_greedy_acceptance(mtp_gguf, out_type):  # 
     seen = set()
     for trial in range(24):
         prompt = [int(x) for x in rng.integers(0, 2400, int(rng.integers(2, 30)))]
-        a, b = m.new_state(128), m.new_state(128)
-        m.forward(a, prompt, logits="none")
-        m.forward(b, prompt, logits="none")
+        a, b = prefilled_pair(m, prompt, 128)
         # drafts that follow the model's own greedy continuation for a while, then go astray
         g = m.generate(prompt, max_tokens=16, temperature=0, spec="off")
         list(g)
@@ -134,9 +133,7 @@ def test_mtp_draft_greedy_is_the_argmax_chain(mtp_gguf):  # noqa: F811
     rng = np.random.default_rng(3)
     for _ in range(6):
         prompt = [int(x) for x in rng.integers(0, 2400, int(rng.integers(1, 20)))]
-        a, b = m.new_state(64), m.new_state(64)
-        m.forward(a, prompt, logits="none")
-        m.forward(b, prompt, logits="none")
+        a, b = prefilled_pair(m, prompt, 64)
         tok, chain = int(rng.integers(0, 2400)), []
         for _ in range(5):
             chain.append(int(np.argmax(m.mtp_draft(a, chain[-1] if chain else tok))))
@@ -155,19 +152,25 @@ PROMPTS = [
 ]
 
 
+def fused_is_generic_and_plain(demo, prompt, spec, draft, n, where):
+    """Greedy generation of `prompt` three ways -- no speculation, the fused speculative loop, the generic
+    one -- asserted to give the same reply, the fused and generic loops the same drafts accepted the same
+    way (`where` labels a failure). Returns the fused (generation, recorder)."""
+    g0, _ = generate(demo, prompt, fused=False, spec="off", max_tokens=n)
+    gf, sf = generate(demo, prompt, fused=True, spec=spec, draft=draft, max_tokens=n)
+    gg, _ = generate(demo, prompt, fused=False, spec=spec, draft=draft, max_tokens=n)
+    assert gf.tokens == g0.tokens == gg.tokens and gf.text == g0.text, where
+    assert gf.finish_reason == g0.finish_reason
+    assert gf.fed_tokens == gg.fed_tokens
+    for f in ("verify_steps", "draft_tokens", "accepted_tokens", "drafted_at", "accepted_at"):
+        assert getattr(gf.stats, f) == getattr(gg.stats, f), (*where, f)
+    return gf, sf
+
+
 @pytest.mark.parametrize("spec,draft", [("mtp", 1), ("mtp", 3), ("lookup", None), ("auto", 2), ("auto", 4)])
 def test_fused_generation_is_the_generic_path_and_plain_decoding(demo, spec, draft):
     for i, p in enumerate(PROMPTS):
-        n = 200 if i < 2 else 100
-        g0, _ = generate(demo, p, fused=False, spec="off", max_tokens=n)
-        gf, sf = generate(demo, p, fused=True, spec=spec, draft=draft, max_tokens=n)
-        gg, _ = generate(demo, p, fused=False, spec=spec, draft=draft, max_tokens=n)
-        assert gf.tokens == g0.tokens == gg.tokens and gf.text == g0.text, (i, spec, draft)
-        assert gf.finish_reason == g0.finish_reason
-        assert gf.fed_tokens == gg.fed_tokens
-        # the same drafts, accepted the same way
-        for f in ("verify_steps", "draft_tokens", "accepted_tokens", "drafted_at", "accepted_at"):
-            assert getattr(gf.stats, f) == getattr(gg.stats, f), (i, spec, f)
+        gf, sf = fused_is_generic_and_plain(demo, p, spec, draft, 200 if i < 2 else 100, (i, spec, draft))
         assert len(sf.verifies) == gf.stats.verify_steps
 
 

@@ -16,6 +16,7 @@ import pytest
 
 import pyqwen
 from mtp_fixture import with_mtp
+from pq_testutil import check_rollback_refusals, corrupted_truth_draft, same_law_pvalue
 from pyqwen.speculative import policy
 
 
@@ -95,13 +96,7 @@ def test_rollback_errors_are_clear(mtp_gguf):
     m = load(mtp_gguf("qwen35-r2-untied"), spec="mtp")
     st = m.new_state(64)
     feed(m, st, PROMPT, "none")
-    with pytest.raises(ValueError, match="verify forward"):
-        m.rollback(st, 1)
-    m.verify(st, [1, 2, 3])
-    with pytest.raises(ValueError, match="keeps 1..3"):
-        m.rollback(st, 4)
-    with pytest.raises(ValueError, match="keeps 1..3"):
-        m.rollback(st, 0)
+    check_rollback_refusals(m, st)
     m.rollback(st, 2)
     with pytest.raises(ValueError, match="verify forward"):
         m.rollback(st, 1)  # one rollback per verification
@@ -179,12 +174,7 @@ class OracleDrafter(policy.Drafter):
     rng = random.Random(0)
 
     def propose(self, token, history, limit):
-        n_gen = len(history) - self.prompt_len
-        k = self.rng.randint(1, min(limit, 6))
-        d = list(self.truth[n_gen:n_gen + k])
-        if d and self.rng.random() < 0.6:
-            d[self.rng.randrange(len(d))] = self.rng.randrange(2000)
-        return ("mtp", d, None) if d else ("none", [], None)
+        return corrupted_truth_draft(self.truth, len(history) - self.prompt_len, limit, self.rng, 6)
 
 
 @pytest.mark.parametrize("out_type", ["f32", "q4_k_m"])
@@ -248,8 +238,6 @@ def test_the_state_after_a_speculative_generation_holds_what_was_fed(mtp_gguf, m
 def test_sampling_with_drafts_keeps_the_distribution(mtp_gguf, monkeypatch):
     """Temperature > 0: the joint distribution of the first generated tokens with drafting equals plain
     sampling's (two-sample chi-square over 1,500 generations each), with drafts that are often right."""
-    from scipy.stats import chi2_contingency
-
     m = load(mtp_gguf("qwen35-r2-untied"), spec="mtp")
     prompt = PROMPT[:8]
     kw = dict(temperature=1.3, top_k=3, top_p=1.0, min_p=0.0)
@@ -285,14 +273,8 @@ def test_sampling_with_drafts_keeps_the_distribution(mtp_gguf, monkeypatch):
 
     a = joint(False, range(1500))
     b = joint(True, range(10_000, 11_500))
-    keys = sorted(set(a) | set(b), key=lambda k: -(a.get(k, 0) + b.get(k, 0)))
-    # Rare outcomes pooled so every cell has a fair expected count.
-    head = [k for k in keys if a.get(k, 0) + b.get(k, 0) >= 20]
-    rows = np.array([[a.get(k, 0) for k in head] + [sum(v for k, v in a.items() if k not in head)],
-                     [b.get(k, 0) for k in head] + [sum(v for k, v in b.items() if k not in head)]])
-    rows = rows[:, rows.sum(0) > 0]
-    assert len(head) >= 5
-    p = chi2_contingency(rows).pvalue
+    p, rows, n_kept = same_law_pvalue(a, b)      # rare outcomes pooled (a fair expected count per cell)
+    assert n_kept >= 5
     assert p > 1e-3, (p, rows)
 
 

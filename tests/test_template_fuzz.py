@@ -92,12 +92,6 @@ def hostile_conversation(rng: random.Random) -> tuple[list[dict], list[dict] | N
     return msgs, tools
 
 
-@pytest.fixture(scope="module")
-def hf():
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(DEMO))
-
-
 def test_the_demo_template_is_the_official_one():
     if SHARED_TEMPLATE.exists():
         assert TEMPLATE == SHARED_TEMPLATE.read_text(encoding="utf-8")

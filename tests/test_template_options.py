@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 
 import pyqwen
+from pq_testutil import scripted_server
 
-DEMO_TOKENIZER = Path(pyqwen.__file__).parent / "data" / "demo_tokenizer"
 
 HISTORY = [
     {"role": "system", "content": "Be brief."},
@@ -36,12 +35,6 @@ OPTIONS = [
     {}, {"enable_thinking": False}, {"enable_thinking": True}, {"preserve_thinking": True},
     {"preserve_thinking": True, "enable_thinking": False}, {"preserve_thinking": False},
 ]
-
-
-@pytest.fixture(scope="module")
-def hf():
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(DEMO_TOKENIZER))
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +92,8 @@ def test_model_chat_passes_unknown_template_kwargs(model, hf):
 def server(model):
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
-    from pyqwen.server.app import create_app
-    from pyqwen.server.engine import Engine
-    from pyqwen.server.testing import Script, serve_in_thread
-
-    script = Script(model)
-    engine = Engine(model, sampler_factory=script.factory, cache_ram_mib=64)
-    with serve_in_thread(create_app(engine)) as url:
-        yield {"url": url, "script": script}
-    engine.shutdown()
+    with scripted_server(model, cache_ram_mib=64) as s:
+        yield s
 
 
 @pytest.mark.parametrize("tools", [None, TOOLS], ids=["no-tools", "tools"])

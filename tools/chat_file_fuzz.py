@@ -269,9 +269,8 @@ BUG_OUTCOMES = ("foreign", "memory", "crash", "hang", "worker", "pyqwen_error", 
 
 def run_campaign(model_path: str, seed: int, n_cases: int, *, mem_bytes: int = 3 << 30,
                  case_timeout: float = 60.0, nice: int = 0) -> dict:
-    cmd = [sys.executable, "-P", os.path.abspath(__file__), "--worker", model_path, str(seed)]
     t0 = time.monotonic()
-    results = gguf_fuzz.run_worker(cmd, list(range(n_cases)), mem_bytes=mem_bytes, case_timeout=case_timeout,
+    results = gguf_fuzz.run_worker(gguf_fuzz.worker_command(__file__, model_path, seed), list(range(n_cases)), mem_bytes=mem_bytes, case_timeout=case_timeout,
                                    nice=nice)
     counts = Counter(r["outcome"] for r in results)
     return {"cases": len(results), "seconds": round(time.monotonic() - t0, 1), "outcomes": dict(counts),
@@ -285,17 +284,13 @@ def run_campaign(model_path: str, seed: int, n_cases: int, *, mem_bytes: int = 3
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--worker":
-        model_path, seed, tmp, idx = argv[1:5]
-        worker_main(model_path, int(seed), [int(i) for i in idx.split(",")], tmp)
+    if gguf_fuzz.as_worker(argv, worker_main):
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="a qwen35 GGUF with a chat template (small)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cases", type=int, default=2000)
-    ap.add_argument("--mem-gib", type=float, default=3.0)
-    ap.add_argument("--timeout", type=float, default=60.0)
-    ap.add_argument("--nice", type=int, default=0)
+    gguf_fuzz.add_runner_args(ap)
     ap.add_argument("--replay", help="SEED:INDEX -- write that case to --out and run it here")
     ap.add_argument("--out", type=Path, default=Path("case.json"))
     a = ap.parse_args(argv)

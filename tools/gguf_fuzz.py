@@ -523,6 +523,29 @@ def _limit(mem_bytes: int):
     return f
 
 
+def worker_command(script: str, path: str, seed: int) -> list[str]:
+    """The command line of a fuzzer's worker: `script --worker PATH SEED`; run_worker appends the temp dir
+    and the case indices (I,J,...), and `as_worker` in the worker reads them back."""
+    return [sys.executable, "-P", os.path.abspath(script), "--worker", path, str(seed)]
+
+
+def as_worker(argv: list[str], worker_main) -> bool:
+    """In a fuzzer's main: when argv is a `worker_command` (plus what run_worker appends), run
+    worker_main(path, seed, indices, tmpdir) and return True; else False (argv is the user's)."""
+    if not argv or argv[0] != "--worker":
+        return False
+    path, seed, tmp, idx = argv[1:5]
+    worker_main(path, int(seed), [int(i) for i in idx.split(",")], tmp)
+    return True
+
+
+def add_runner_args(ap) -> None:
+    """The command-line options of run_worker's limits (both fuzzers take them)."""
+    ap.add_argument("--mem-gib", type=float, default=3.0, help="address-space limit of each worker")
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds per case before it counts as a hang")
+    ap.add_argument("--nice", type=int, default=0)
+
+
 def run_worker(cmd: list[str], indices: list[int], *, mem_bytes: int, case_timeout: float, nice: int = 0,
                startup_timeout: float | None = None) -> list[dict]:
     """Run `cmd` (a worker speaking the start/result line protocol) over `indices`, restarting it after a
@@ -599,8 +622,7 @@ def run_worker(cmd: list[str], indices: list[int], *, mem_bytes: int, case_timeo
 def run_batch(seed_path: str, seed: int, indices: list[int], *, mem_bytes: int, case_timeout: float,
               nice: int = 0) -> list[dict]:
     """Run GGUF cases in one worker, restarting after a crash or hang; one result per index."""
-    cmd = [sys.executable, "-P", os.path.abspath(__file__), "--worker", seed_path, str(seed)]
-    return run_worker(cmd, indices, mem_bytes=mem_bytes, case_timeout=case_timeout, nice=nice)
+    return run_worker(worker_command(__file__, seed_path, seed), indices, mem_bytes=mem_bytes, case_timeout=case_timeout, nice=nice)
 
 
 def run_campaign(seed_path: str, seed: int, n_cases: int, *, jobs: int = 1, batch: int = 50,
@@ -698,9 +720,7 @@ SHORT_KEYS = ("cases", "outcomes", "bugs", "hang_recorded", "hang_starved", "loa
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--worker":
-        seed_path, seed, tmp, idx = argv[1:5]
-        worker_main(seed_path, int(seed), [int(i) for i in idx.split(",")], tmp)
+    if as_worker(argv, worker_main):
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed-gguf", required=True, help="a valid qwen35 GGUF to mutate (small: every case loads it)")
@@ -708,9 +728,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", type=int, default=10_000)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--batch", type=int, default=50)
-    ap.add_argument("--mem-gib", type=float, default=3.0, help="address-space limit of each worker")
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds per case before it counts as a hang")
-    ap.add_argument("--nice", type=int, default=0)
+    add_runner_args(ap)
     ap.add_argument("--report", type=Path, help="write the JSON summary here")
     ap.add_argument("--replay", help="SEED:INDEX -- write that case's file to --out and print its mutations")
     ap.add_argument("--out", type=Path)

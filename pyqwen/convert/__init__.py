@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import gguf
 import numpy as np
@@ -139,15 +139,22 @@ def build_arg_parser(prog: str = "convert_gguf.py") -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str = "convert_gguf.py") -> int:
     """CLI entry (also `pyqwen convert`); returns the process exit code."""
     args = build_arg_parser(prog).parse_args(argv)
+    return write_and_report(prog, args.out_type, lambda stats: convert(
+        args.hf_dir, args.outfile, args.out_type, mtp=not args.no_mtp, name=args.name, threads=args.threads,
+        stats=stats))
+
+
+def write_and_report(prog: str, out_type: str, write: Callable[[WriteStats], Path]) -> int:
+    """The end of `pyqwen convert` and `pyqwen quantize`: run `write(stats)` (it returns the output path),
+    print its summary line, or the error (exit 1) or the interruption (exit 130). Returns the exit code."""
     stats = WriteStats()
     try:
-        out = convert(args.hf_dir, args.outfile, args.out_type, mtp=not args.no_mtp, name=args.name,
-                      threads=args.threads, stats=stats)
+        out = write(stats)
     except (ConvertError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; no output written", file=sys.stderr)
         return 130
-    print(summary_line(out, args.out_type, stats, stats.bytes_in))
+    print(summary_line(out, out_type, stats, stats.bytes_in))
     return 0

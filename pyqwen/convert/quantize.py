@@ -294,25 +294,16 @@ def build_arg_parser(prog: str = "pyqwen quantize") -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str = "pyqwen quantize") -> int:
     """CLI entry (`pyqwen quantize`); returns the process exit code."""
-    from . import summary_line
+    from . import write_and_report
 
     ap = build_arg_parser(prog)
     args = ap.parse_args(argv)
     if args.type and args.type_option and args.type != args.type_option:
         ap.error(f"two types given: {args.type} and --type {args.type_option}")
     args.out_type = args.type or args.type_option or "q4_k_m"
-    stats = WriteStats()
-    try:
-        out = quantize_gguf(args.input, args.output, args.out_type, threads=args.threads,
-                            allow_requantize=args.allow_requantize, stats=stats)
-    except (ConvertError, OSError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; no output written", file=sys.stderr)
-        return 130
-    print(summary_line(out, args.out_type, stats, stats.bytes_in))
-    return 0
+    return write_and_report(prog, args.out_type, lambda stats: quantize_gguf(
+        args.input, args.output, args.out_type, threads=args.threads, allow_requantize=args.allow_requantize,
+        stats=stats))
 
 
 if __name__ == "__main__":

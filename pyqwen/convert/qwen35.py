@@ -16,6 +16,7 @@ import numpy as np
 from ..rope_scaling import RopeScaling
 from ..rope_scaling import from_hf as rope_scaling_from_hf
 from .hf_checkpoint import ConvertError, HFCheckpoint
+from .writer import add_metadata
 
 ARCH = "qwen35"
 # llama.cpp's loader requires rope.dimension_sections; this is what its converter writes when the
@@ -159,12 +160,7 @@ def write_metadata(writer, p: Qwen35Params, n_mtp: int) -> None:
     writer.add_rope_dimension_sections(list(p.rope_sections))
     writer.add_rope_freq_base(p.rope_theta)
     for key, value in p.rope_scaling.gguf_keys(ARCH).items():
-        if isinstance(value, str):
-            writer.add_string(key, value)
-        elif isinstance(value, int):
-            writer.add_uint32(key, value)
-        else:
-            writer.add_float32(key, value)
+        add_metadata(writer, key, value)
     writer.add_layer_norm_rms_eps(p.rms_eps)
     writer.add_key_length(p.head_dim)
     writer.add_value_length(p.head_dim)

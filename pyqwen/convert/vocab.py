@@ -12,6 +12,7 @@ import gguf
 
 from ..hf_vocab import (CONTROL, NORMAL, PRE_BY_REGEX, QWEN2_REGEX, QWEN35_REGEX, UNUSED,  # noqa: F401
                         USER_DEFINED, vocab_metadata)
+from .writer import add_metadata
 
 
 def write_vocab(writer: gguf.GGUFWriter, tokenizer_dir: Path | str, vocab_size: int) -> None:
@@ -19,11 +20,5 @@ def write_vocab(writer: gguf.GGUFWriter, tokenizer_dir: Path | str, vocab_size: 
     for key, value in vocab_metadata(tokenizer_dir, vocab_size).items():
         if key == gguf.Keys.Tokenizer.TOKEN_TYPE:
             writer.add_token_types(value)  # int32 array
-        elif isinstance(value, bool):
-            writer.add_bool(key, value)
-        elif isinstance(value, int):
-            writer.add_uint32(key, value)
-        elif isinstance(value, str):
-            writer.add_string(key, value)
         else:
-            writer.add_array(key, value)
+            add_metadata(writer, key, value)

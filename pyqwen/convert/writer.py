@@ -73,6 +73,21 @@ class LayerInfo:
         return self.n_attention_wv if self.n_attention_wv is not None else self.n_layer_all
 
 
+def add_metadata(writer: gguf.GGUFWriter, key: str, value) -> None:
+    """One metadata value with the GGUF type llama.cpp's converter gives it: bool, uint32 for an int,
+    float32 for a float, string, else an array (bool before int: a bool is an int in Python)."""
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_uint32(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    else:
+        writer.add_array(key, value)
+
+
 def keeps_f32(gguf_name: str, shape: tuple[int, ...]) -> bool:
     """Tensors llama.cpp never stores reduced: 1-D tensors, norms, the conv kernel, non-`.weight`
     tensors (e.g. `ssm_a`). Its kernels only take these as F32."""

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from .api_common import Gateway, bad_field, dumps, session_string
 from .engine import new_id
-from .protocol import APIError
+from .protocol import APIError, each_object
 
 PATH = "/v1/messages"
 # The shared parser's field names -> this API's (for its errors).
@@ -64,11 +64,8 @@ def _text_of(blocks: Any, param: str) -> str:
     return "\n\n".join(parts) if param == "system" else "".join(parts)
 
 
-def _message(m: Any, i: int) -> list[dict]:
-    """One Anthropic message -> one or more OpenAI chat messages."""
-    p = f"messages[{i}]"
-    if not isinstance(m, dict):
-        raise bad_field(f"'{p}' must be an object", p)
+def _message(m: dict, p: str) -> list[dict]:
+    """One Anthropic message (at path `p`) -> one or more OpenAI chat messages."""
     role = m.get("role")
     if role not in ("user", "assistant"):
         raise bad_field(f"'{p}.role' must be 'user' or 'assistant', got {role!r}", f"{p}.role")
@@ -81,10 +78,7 @@ def _message(m: Any, i: int) -> list[dict]:
     thinking: list[str] = []
     calls: list[dict] = []
     results: list[dict] = []
-    for j, b in enumerate(content):
-        q = f"{p}.content[{j}]"
-        if not isinstance(b, dict):
-            raise bad_field(f"'{q}' must be an object", q)
+    for q, b in each_object(content, f"{p}.content"):
         kind = b.get("type")
         if kind == "text":
             if not isinstance(b.get("text"), str):
@@ -131,10 +125,7 @@ def _tools(tools: Any) -> list[dict] | None:
     if not isinstance(tools, list):
         raise bad_field("'tools' must be an array", "tools")
     out = []
-    for i, t in enumerate(tools):
-        p = f"tools[{i}]"
-        if not isinstance(t, dict):
-            raise bad_field(f"'{p}' must be an object", p)
+    for p, t in each_object(tools, "tools"):
         if t.get("type") not in (None, "custom"):
             raise bad_field(f"'{p}': server tools (type {t.get('type')!r}) are not supported; "
                             f"only client tools with an input_schema", f"{p}.type")
@@ -195,8 +186,8 @@ def to_openai(body: dict) -> tuple[dict, dict]:
     system = body.get("system")
     if system is not None:
         messages.append({"role": "system", "content": _text_of(system, "system")})
-    for i, m in enumerate(raw):
-        messages.extend(_message(m, i))
+    for p, m in each_object(raw, "messages"):
+        messages.extend(_message(m, p))
     stop = body.get("stop_sequences")
     if stop is not None and not isinstance(stop, list):
         raise bad_field("'stop_sequences' must be an array of strings", "stop_sequences")

@@ -22,7 +22,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from .engine import Engine, Job
-from .protocol import APIError, ChatRequest, parse_chat, parse_completion, parse_json_body
+from .protocol import APIError, ChatRequest, bad, parse_chat, parse_completion, parse_json_body
 
 MAX_SESSION_KEY = 256
 
@@ -122,8 +122,7 @@ def session_string(value: Any) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= MAX_SESSION_KEY else None
 
 
-def bad_field(message: str, param: str | None = None) -> APIError:
-    return APIError(400, message, "invalid_request_error", param)
+bad_field = bad     # the agent APIs' name for protocol.bad: a 400 invalid_request_error naming the field
 
 
 def dumps(obj: Any) -> str:

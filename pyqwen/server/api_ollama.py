@@ -32,7 +32,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from .api_common import Gateway, bad_field, dumps
-from .protocol import APIError, parse_json_body
+from .protocol import APIError, each_object, parse_json_body
 
 # The ollama API version reported by /api/version. Clients gate features on it (tool calling,
 # `think`), so it names the API this module speaks, not pyqwen's own version.
@@ -95,10 +95,7 @@ def _messages(raw: Any) -> list[dict]:
     if not isinstance(raw, list):
         raise bad_field("'messages' must be an array", "messages")
     out = []
-    for i, m in enumerate(raw):
-        p = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise bad_field(f"'{p}' must be an object", p)
+    for p, m in each_object(raw, "messages"):
         if m.get("images"):
             raise bad_field(f"'{p}.images': this model reads text only", f"{p}.images")
         msg = {k: m[k] for k in ("role", "content") if k in m}
@@ -307,22 +304,22 @@ def register_ollama(app, gw: Gateway) -> None:
         return {"name": engine.model_name, "model": engine.model_name, "modified_at": started, "size": f["size"],
                 "digest": "", "details": f["details"]}
 
-    @app.get("/api/tags")
-    async def api_tags(request: Request):
+    def models(request: Request, path: str, **running) -> Any:
+        """/api/tags and /api/ps: the one model, with the fields /api/ps adds for a running one."""
         try:
             check(request)
         except APIError as e:
-            return error(e, "/api/tags")
-        return {"models": [entry()]}
+            return error(e, path)
+        return {"models": [dict(entry(), **running)]}
+
+    @app.get("/api/tags")
+    async def api_tags(request: Request):
+        return models(request, "/api/tags")
 
     @app.get("/api/ps")
     async def api_ps(request: Request):
-        try:
-            check(request)
-        except APIError as e:
-            return error(e, "/api/ps")
-        return {"models": [dict(entry(), expires_at="9999-12-31T23:59:59Z", size_vram=0,
-                                context_length=engine.model.n_ctx)]}
+        return models(request, "/api/ps", expires_at="9999-12-31T23:59:59Z", size_vram=0,
+                      context_length=engine.model.n_ctx)
 
     @app.post("/api/show")
     async def api_show(request: Request):

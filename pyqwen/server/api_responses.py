@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from .api_common import Gateway, bad_field, dumps, session_string
 from .engine import new_id
-from .protocol import APIError
+from .protocol import APIError, each_object
 
 PATH = "/v1/responses"
 NAMES = {"max_tokens": "max_output_tokens", "chat_template_kwargs": "reasoning", "response_format": "text.format"}   # for the parser's errors
@@ -100,10 +100,7 @@ def _items(items: Any) -> list[dict]:
             out.append(msg)
         return out[-1]
 
-    for i, it in enumerate(items):
-        p = f"input[{i}]"
-        if not isinstance(it, dict):
-            raise bad_field(f"'{p}' must be an object", p)
+    for p, it in each_object(items, "input"):
         kind = it.get("type", "message")
         if kind == "message":
             role = it.get("role")

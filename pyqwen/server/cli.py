@@ -12,7 +12,7 @@ import os
 import sys
 
 from ..cli_model_args import add_cache_and_rope_args, cache_and_rope_kwargs
-from ..cli_values import int_arg
+from ..cli_values import int_arg, number
 
 
 _positive_int = int_arg(1, "integer")
@@ -26,10 +26,7 @@ def _port(s: str) -> int:
 
 
 def _mib(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size in MiB, got {s!r}") from None
+    v = number(s, "a size in MiB")
     if not v >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
     return v

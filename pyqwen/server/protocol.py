@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from ..constrain import Constraint, request_constraint
 from ..errors import GrammarError
@@ -39,6 +39,17 @@ class APIError(Exception):
 
 def bad(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, "invalid_request_error", param, code)
+
+
+def each_object(items: list, param: str) -> Iterator[tuple[str, dict]]:
+    """(path, item) for each item of the JSON array `items` (found at `param`), path being `param[i]`;
+    a 400 naming the first item that is not an object. Lazy: each item is checked as the caller reaches
+    it, so an error in an earlier item's fields is reported first."""
+    for i, item in enumerate(items):
+        p = f"{param}[{i}]"
+        if not isinstance(item, dict):
+            raise bad(f"'{p}' must be an object", p)
+        yield p, item
 
 
 def parse_json_body(raw: bytes) -> dict:
@@ -197,10 +208,7 @@ def _content(v: Any, param: str, *, allow_none: bool) -> Any:
         return v
     if isinstance(v, list):
         parts = []
-        for j, part in enumerate(v):
-            p = f"{param}[{j}]"
-            if not isinstance(part, dict):
-                raise bad(f"'{p}' must be an object", p)
+        for p, part in each_object(v, param):
             kind = part.get("type", "text")
             if kind != "text":
                 raise bad(f"content parts of type {kind!r} are not supported (text only)", f"{p}.type")
@@ -215,10 +223,7 @@ def _messages(raw: Any) -> list[dict]:
     if not isinstance(raw, list) or not raw:
         raise bad("'messages' must be a non-empty array", "messages")
     out = []
-    for i, m in enumerate(raw):
-        p = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise bad(f"'{p}' must be an object", p)
+    for p, m in each_object(raw, "messages"):
         role = m.get("role")
         if role not in _ROLES:
             raise bad(f"'{p}.role' must be one of system, developer, user, assistant, tool; got {role!r}",

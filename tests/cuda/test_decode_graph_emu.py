@@ -26,11 +26,6 @@ PROMPT = [(7 * i + 3) % 2400 for i in range(100)]  # 100 tokens: the first decod
 PROMPT_B = [(11 * i + 5) % 2400 for i in range(20)]
 
 
-@pytest.fixture(scope="module")
-def tiny_f16(gguf_cache):
-    return gguf_cache("qwen35-r2-untied", "f16")
-
-
 def load(emu_ops, path, use_graphs: bool):
     from pyqwen.cuda_backend import CudaCore
     from pyqwen.gguf_file import GGUFFile

@@ -14,13 +14,9 @@ bounded by the issue's goal of 600.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
 Q4_K, Q6_K = 12, 14
 BEFORE_27B = 1268  # issue 10: graph nodes per decoded token of the 27B before the fused decode path
 SEPARATE_NORMS_27B = 515  # ... and with the layer entries (add + norm + Q8_1) as launches of their own
@@ -79,25 +75,14 @@ def layers_27b() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def q4km(tmp_path_factory):
-    import pyqwen  # noqa: F401  (the installed package, before the fixture script puts the repo on sys.path)
-
-    sys.path[:0] = [str(TESTS), str(TESTS / "fixtures")]
-    mqf = pytest.importorskip("make_quant_fixture")
-    from pyqwen.convert import convert
-
-    root = tmp_path_factory.mktemp("q4km_nodes")
-    return convert(mqf.build_checkpoint(root / "hf"), root / "aligned-q4_k_m.gguf", "q4_k_m", progress=False)
-
-
-@pytest.fixture(scope="module")
-def core(emu_ops, q4km):
+def core(emu_ops, aligned_q4km):
     from pyqwen.cuda_backend import CudaCore
     from pyqwen.gguf_file import GGUFFile
 
     # direct launches: body_nodes is then the ledger's count of one body (a recorded graph adds its
     # position node: tests/cuda/test_decode_graph_emu.py)
-    return CudaCore.from_gguf(GGUFFile.open(q4km), 64, n_batch=32, module=emu_ops, progress=False, use_graphs=False)
+    return CudaCore.from_gguf(GGUFFile.open(aligned_q4km), 64, n_batch=32, module=emu_ops, progress=False,
+                              use_graphs=False)
 
 
 def ledger_diff(emu_ops, fn):
@@ -110,10 +95,10 @@ def ledger_diff(emu_ops, fn):
 PROMPT = [1, 5, 17, 300, 42, 7]
 
 
-def test_decode_body_nodes(emu_ops, core, q4km):
+def test_decode_body_nodes(emu_ops, core, aligned_q4km):
     from pyqwen.gguf_file import GGUFFile
 
-    gf = GGUFFile.open(q4km)
+    gf = GGUFFile.open(aligned_q4km)
     layers = layers_of(gf)
     assert {L["types"]["attn_qkv"] for L in layers if L["recurrent"]} == {Q4_K, Q6_K}  # both variants present
     st = core.new_state(64)

@@ -17,11 +17,6 @@ import pytest
 INSUFFICIENT_DRIVER = 35  # cudaErrorInsufficientDriver
 
 
-@pytest.fixture(scope="module")
-def tiny_f16(gguf_cache):
-    return gguf_cache("qwen35-r2-untied", "f16")
-
-
 def test_driver_error_is_reported_not_swallowed(emu_ops):
     from pyqwen.cuda_backend import cuda_available, select_backend
 

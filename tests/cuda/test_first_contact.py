@@ -20,11 +20,6 @@ PROMPT = [1, 5, 17, 300, 42]
 F32 = 0  # ggml type id
 
 
-@pytest.fixture(scope="module")
-def tiny_f16(gguf_cache):
-    return gguf_cache("qwen35-r2-untied", "f16")
-
-
 def test_one_token_chunks_keep_every_token(emu_ops, tiny_f16):
     import pyqwen
     from pyqwen.cuda_backend import CudaCore

@@ -22,11 +22,6 @@ N_BATCH = 16
 PROMPT = [(7 * i * i + 3 * i + 1) % 2400 + 1 for i in range(40)]
 
 
-@pytest.fixture(scope="module")
-def tiny_f16(gguf_cache):
-    return gguf_cache("qwen35-r2-untied", "f16")
-
-
 def feed(core_or_cpu, state, toks, chunk=N_BATCH):
     """Logits of every token, the prompt fed in chunks of `chunk` (the same pieces on both backends)."""
     out = []

@@ -309,7 +309,7 @@ def test_matmul_prefill_large_activations(ops):
 
 
 # ---- 4. the whole model ------------------------------------------------------------------------------------------
-def test_q4_k_m_model_prefill_through_mmq(emu_ops, tmp_path_factory):
+def test_q4_k_m_model_prefill_through_mmq(emu_ops, aligned_q4km, aligned_q4km_f32):
     """The 256-aligned Q4_K_M fixture (tests/fixtures/make_quant_fixture.py: Q4_K and Q6_K projections, K a
     multiple of 256, so every layer's prefill matmul takes MMQ), one 17-token chunk, logits of every row.
 
@@ -330,21 +330,12 @@ def test_q4_k_m_model_prefill_through_mmq(emu_ops, tmp_path_factory):
     test_q4_k_m_model): the CPU's own Q8_K path lands at KL ~0.027 from it, MMQ's Q8_1 at ~0.025 (the fp16
     GEMM, with finer activations, at 3e-5). The bar: no further than 1.25 x the CPU's own quantized path.
     """
-    import sys
-    from pathlib import Path
-
-    tests = Path(__file__).resolve().parents[1]
-    sys.path[:0] = [str(tests), str(tests / "fixtures")]
-    mqf = pytest.importorskip("make_quant_fixture")
     tcq = pytest.importorskip("test_convert_quant")
     import pyqwen
-    from pyqwen.convert import convert
     from pyqwen.cuda_backend import CudaCore
     from pyqwen.gguf_file import GGUFFile
 
-    root = tmp_path_factory.mktemp("mmq-q4km")
-    q4 = convert(mqf.build_checkpoint(root / "hf"), root / "aligned-q4_k_m.gguf", "q4_k_m", progress=False)
-    deq = tcq.dequantized_copy(q4, root / "aligned-deq.gguf")
+    q4, deq = aligned_q4km, aligned_q4km_f32
     prompt = [1, 5, 17, 300, 42, 7, 99, 1000, 3, 11, 250, 2400, 8, 64, 65, 66, 901]
     core = CudaCore.from_gguf(GGUFFile.open(str(q4)), 64, n_batch=32, module=emu_ops)
     t = emu_ops.testing

@@ -43,18 +43,6 @@ def assert_logits_close(got: np.ndarray, ref: np.ndarray, gemm: bool = False) ->
     assert (got.reshape(-1, ref.shape[-1]).argmax(-1) == ref.reshape(-1, ref.shape[-1]).argmax(-1)).all()
 
 
-@pytest.fixture(scope="module")
-def tiny_f16(gguf_cache):
-    return gguf_cache("qwen35-r2-untied", "f16")
-
-
-@pytest.fixture(scope="module")
-def cpu_model(tiny_f16):
-    import pyqwen
-
-    return pyqwen.Model.load(str(tiny_f16), n_ctx=64, backend="cpu")
-
-
 def load_cuda_core(mod, path, n_batch: int, n_ctx: int = 64):
     from pyqwen.cuda_backend import CudaCore
     from pyqwen.gguf_file import GGUFFile
@@ -291,7 +279,7 @@ def test_memory_plan_is_what_the_model_allocates(emu_ops, tiny_f16, n_batch, n_c
 
 # ---- a k-quant model: Q4_K / Q6_K weights end to end ------------------------------------------------------
 
-def test_q4_k_m_model(emu_ops, tmp_path_factory):
+def test_q4_k_m_model(emu_ops, aligned_q4km, aligned_q4km_f32):
     """The 256-aligned fixture (tests/fixtures/make_quant_fixture.py) as Q4_K_M (Q4_K embedding and
     projections, Q6_K LM head / ffn_down / attn_qkv): every k-quant weight goes through get_rows, the
     fp16 GEMM (prefill) and the Q8_1 mmv kernels (decode).
@@ -303,19 +291,10 @@ def test_q4_k_m_model(emu_ops, tmp_path_factory):
     the GEMM prefill must match it closely (observed KL 2.5e-5, same top-1 everywhere); the Q8_1 decode
     steps must be no further from it than the CPU's own Q8_K path is (observed KL 3e-3 vs 7e-2).
     """
-    import sys
-    from pathlib import Path
-
-    tests = Path(__file__).resolve().parents[1]
-    sys.path[:0] = [str(tests), str(tests / "fixtures")]
-    mqf = pytest.importorskip("make_quant_fixture")
     tcq = pytest.importorskip("test_convert_quant")
     import pyqwen
-    from pyqwen.convert import convert
 
-    root = tmp_path_factory.mktemp("q4km")
-    q4 = convert(mqf.build_checkpoint(root / "hf"), root / "aligned-q4_k_m.gguf", "q4_k_m", progress=False)
-    deq = tcq.dequantized_copy(q4, root / "aligned-deq.gguf")
+    q4, deq = aligned_q4km, aligned_q4km_f32
     cpu_q4 = pyqwen.Model.load(str(q4), n_ctx=64, backend="cpu")._core
     cpu_deq = pyqwen.Model.load(str(deq), n_ctx=64, backend="cpu")._core
     core = load_cuda_core(emu_ops, q4, n_batch=32)

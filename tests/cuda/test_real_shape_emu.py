@@ -17,13 +17,6 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module")
-def real_shape(tmp_path_factory):
-    import real_shape
-
-    return real_shape.shared(tmp_path_factory)
-
-
 def test_decode_steps_match_transformers(emu_ops, real_shape):
     from pyqwen.cuda_backend import CudaCore
     from pyqwen.gguf_file import GGUFFile

@@ -19,11 +19,6 @@ pytest.importorskip("fastapi")
 PROMPT = [1, 5, 17, 300, 42, 7]
 
 
-@pytest.fixture(scope="module")
-def tiny_f16(gguf_cache):
-    return gguf_cache("qwen35-r2-untied", "f16")
-
-
 def model_on(core, path, n_ctx: int):
     """A pyqwen.Model around an already built backend (Model.load builds the real pyqwen._cuda one)."""
     from pyqwen.chat import ChatTemplate

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from mtp_fixture import with_mtp
+from pq_testutil import check_rollback_refusals, corrupted_truth_draft
 from test_model_emu import load_cuda_core
 from test_server_emu import model_on
 
@@ -221,13 +222,7 @@ def test_rollback_on_states_without_an_mtp_cache(core, prefilled):
 
 def test_speculation_errors_are_the_cpus(core, cpu, prefilled):
     gs = prefilled()
-    with pytest.raises(ValueError, match="verify forward"):
-        core.rollback(gs, 1)
-    core.verify(gs, [1, 2, 3])
-    with pytest.raises(ValueError, match="keeps 1..3"):
-        core.rollback(gs, 4)
-    with pytest.raises(ValueError, match="keeps 1..3"):
-        core.rollback(gs, 0)
+    check_rollback_refusals(core, gs)
     other = prefilled()
     with pytest.raises(ValueError, match="verify forward"):
         core.rollback(other, 1)  # the log belongs to gs
@@ -294,12 +289,7 @@ class OracleDrafter:
     def make(cls, base):
         class Oracle(base):
             def propose(self, token, history, limit):
-                n_gen = len(history) - cls.prompt_len
-                k = cls.rng.randint(1, min(limit, 5))
-                d = list(cls.truth[n_gen:n_gen + k])
-                if d and cls.rng.random() < 0.6:
-                    d[cls.rng.randrange(len(d))] = cls.rng.randrange(2000)
-                return ("mtp", d, None) if d else ("none", [], None)
+                return corrupted_truth_draft(cls.truth, len(history) - cls.prompt_len, limit, cls.rng, 5)
 
         return Oracle
 

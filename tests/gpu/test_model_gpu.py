@@ -21,18 +21,6 @@ cuda = gpu_module()
 pytestmark = pytest.mark.skipif(cuda is None, reason="pyqwen._cuda not built or no CUDA device")
 
 
-@pytest.fixture(scope="module")
-def tiny_f16(gguf_cache):
-    return gguf_cache("qwen35-r2-untied", "f16")
-
-
-@pytest.fixture(scope="module")
-def cpu_model(tiny_f16):
-    import pyqwen
-
-    return pyqwen.Model.load(str(tiny_f16), n_ctx=64, backend="cpu")
-
-
 @pytest.mark.parametrize("n_batch,prompt", [(4, SHORT), (16, PROMPT), (32, PROMPT)])
 def test_forward_decode_snapshot_match_cpu(tiny_f16, cpu_model, n_batch, prompt):
     core = load_cuda_core(cuda, tiny_f16, n_batch=n_batch)
