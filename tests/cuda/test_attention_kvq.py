@@ -101,6 +101,34 @@ def make_case(n, H, Hkv, D, pos0, kt, vt, seed=0):
     return case
 
 
+def append_rows(cache: np.ndarray, t: str, new: np.ndarray, pos0: int) -> np.ndarray:
+    """A copy of the cache with the n new rows [n, Hkv, D] stored at pos0 in type t (f16, or llama.cpp's
+    quantization of each row)."""
+    c, n = cache.copy(), new.shape[0]
+    c[pos0:pos0 + n] = new.astype(np.float16) if t == "f16" else quantize_rows(new.reshape(n, -1), t)
+    return c
+
+
+def cached_attention(q, kc, vc, kt, vt, pos0, Hkv, q8_query=None):
+    """float64 causal GQA attention of the n new queries q [n, H, D] (positions pos0..) over the
+    dequantized cache rows 0..pos0+n; with q8_query, a quantized K cache sees the query as the kernel
+    does: quantized to q8_0."""
+    n, H, D = q.shape
+    L = pos0 + n
+    K = dequantize_rows(kc[:L], kt).reshape(L, Hkv, D)
+    V = dequantize_rows(vc[:L], vt).reshape(L, Hkv, D)
+    G = H // Hkv
+    if q8_query is not None and kt != "f16":
+        q = dequantize_rows(quantize_rows(q8_query.reshape(n * H, D), "q8_0"), "q8_0").reshape(n, H, D)
+    out = np.zeros((n, H, D))
+    for t in range(n):
+        for h in range(H):
+            s = K[:pos0 + t + 1, h // G] @ q[t, h] / np.sqrt(D)
+            p = np.exp(s - s.max())
+            out[t, h] = (p / p.sum()) @ V[:pos0 + t + 1, h // G]
+    return out
+
+
 def reference(case, kt, vt, freqs, mscale=1.0, eps=1e-6, q8_query=None):
     """(out [n, H*D], q, k, k_cache, v_cache) with the new rows quantized from the reference's k and v.
     q8_query: the kernel's normed + roped q [n, H, D]; scores against a quantized K then use it quantized to
@@ -114,21 +142,8 @@ def reference(case, kt, vt, freqs, mscale=1.0, eps=1e-6, q8_query=None):
     pos = np.arange(pos0, pos0 + n)
     q = rope(rms_norm(qg[:, :, :D], case["q_norm"], eps), pos, freqs, mscale)
     kk = rope(rms_norm(k, case["k_norm"], eps), pos, freqs, mscale)
-    kc, vc = case["k_cache"].copy(), case["v_cache"].copy()
-    for c, t, new in ((kc, kt, kk), (vc, vt, v)):
-        c[pos0:pos0 + n] = new.astype(np.float16) if t == "f16" else quantize_rows(new.reshape(n, -1), t)
-    L = pos0 + n
-    K = dequantize_rows(kc[:L], kt).reshape(L, Hkv, D)
-    V = dequantize_rows(vc[:L], vt).reshape(L, Hkv, D)
-    G = H // Hkv
-    if q8_query is not None and kt != "f16":
-        q = dequantize_rows(quantize_rows(q8_query.reshape(n * H, D), "q8_0"), "q8_0").reshape(n, H, D)
-    out = np.zeros((n, H, D))
-    for t in range(n):
-        for h in range(H):
-            s = K[:pos0 + t + 1, h // G] @ q[t, h] / np.sqrt(D)
-            p = np.exp(s - s.max())
-            out[t, h] = (p / p.sum()) @ V[:pos0 + t + 1, h // G]
+    kc, vc = append_rows(case["k_cache"], kt, kk, pos0), append_rows(case["v_cache"], vt, v, pos0)
+    out = cached_attention(q, kc, vc, kt, vt, pos0, Hkv, q8_query)
     gate = 1.0 / (1.0 + np.exp(-qg[:, :, D:].astype(np.float64)))
     return (out * gate).reshape(n, H * D), q, kk, kc, vc
 

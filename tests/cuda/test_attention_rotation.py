@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_attention_kvq import (PREFILL_TOL, check_cache, dequantize_rows, make_case, plain_freqs, quantize_rows,
-                                reference as plain_reference, rms_norm, rope)
+from test_attention_kvq import (PREFILL_TOL, append_rows, cached_attention, check_cache, make_case,
+                                plain_freqs, quantize_rows, reference as plain_reference, rms_norm, rope)
 
 pytest.importorskip("gguf.quants")
 
@@ -109,21 +109,9 @@ def rotated_reference(case, kt, vt, freqs, q8_query=None, eps=1e-6):
     rk, rv = blocks(kt, vt, D)
     pos = np.arange(pos0, pos0 + n)
     q = rotate64(rope(rms_norm(qg[:, :, :D], case["q_norm"], eps), pos, freqs), rk)
-    kc, vc = case["k_cache"].copy(), case["v_cache"].copy()
-    for c, t, new in ((kc, kt, case["k_rot"]), (vc, vt, case["v_rot"])):
-        c[pos0:pos0 + n] = new.astype(np.float16) if t == "f16" else quantize_rows(new.reshape(n, -1), t)
-    L = pos0 + n
-    K = dequantize_rows(kc[:L], kt).reshape(L, Hkv, D)
-    V = dequantize_rows(vc[:L], vt).reshape(L, Hkv, D)
-    G = H // Hkv
-    if q8_query is not None and kt != "f16":
-        q = dequantize_rows(quantize_rows(q8_query.reshape(n * H, D), "q8_0"), "q8_0").reshape(n, H, D)
-    o = np.zeros((n, H, D))
-    for t in range(n):
-        for h in range(H):
-            s = K[:pos0 + t + 1, h // G] @ q[t, h] / np.sqrt(D)
-            p = np.exp(s - s.max())
-            o[t, h] = (p / p.sum()) @ V[:pos0 + t + 1, h // G]
+    kc = append_rows(case["k_cache"], kt, case["k_rot"], pos0)
+    vc = append_rows(case["v_cache"], vt, case["v_rot"], pos0)
+    o = cached_attention(q, kc, vc, kt, vt, pos0, Hkv, q8_query)
     gate = 1.0 / (1.0 + np.exp(-qg[:, :, D:].astype(np.float64)))
     unrotated = (o * gate).reshape(n, H * D)  # what a kernel that forgot to rotate back would give
     return (rotate64(o, rv) * gate).reshape(n, H * D), q, unrotated
