@@ -101,6 +101,16 @@ def make_case(n, H, Hkv, D, pos0, kt, vt, seed=0):
     return case
 
 
+def split_case(full: dict, at: int) -> tuple[dict, dict]:
+    """A case of n new tokens cut into its first `at` tokens and the rest (at position pos0 + at; the
+    caller gives the second part the cache the first one left)."""
+    new = ("qg", "k", "v")
+    first = {key: (val[:at] if key in new else val) for key, val in full.items()}
+    second = {key: (val[at:] if key in new else val) for key, val in full.items()}
+    second["pos0"] = full["pos0"] + at
+    return first, second
+
+
 def append_rows(cache: np.ndarray, t: str, new: np.ndarray, pos0: int) -> np.ndarray:
     """A copy of the cache with the n new rows [n, Hkv, D] stored at pos0 in type t (f16, or llama.cpp's
     quantization of each row)."""
@@ -234,10 +244,9 @@ def test_decode_matches_prefill_on_same_quantized_cache(ops):
     """A prefill of 6 then a decode of 1 == the reference over 7 tokens (q4_0 K, q8_0 V)."""
     H, Hkv, D = 6, 1, 32
     full = make_case(7, H, Hkv, D, 0, "q4_0", "q8_0", seed=5)
-    first = {key: (val[:6] if key in ("qg", "k", "v") else val) for key, val in full.items()}
+    first, second = split_case(full, 6)
     _, _, _, kc, vc = run(ops, first, "q4_0", "q8_0", 32)
-    second = {key: (val[6:] if key in ("qg", "k", "v") else val) for key, val in full.items()}
-    second.update(k_cache=kc, v_cache=vc, pos0=6)
+    second.update(k_cache=kc, v_cache=vc)
     out, qg2, *_ = run(ops, second, "q4_0", "q8_0", 32)
     _, q_ref, *_ = reference(full, "q4_0", "q8_0", plain_freqs(32, 1e6))
     q_ref[6:] = qg2[:, :, :D]  # only the decoded row's output is compared

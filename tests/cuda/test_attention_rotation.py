@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from test_attention_kvq import (PREFILL_TOL, append_rows, cached_attention, check_cache, make_case,
-                                plain_freqs, quantize_rows, reference as plain_reference, rms_norm, rope)
+                                plain_freqs, split_case, quantize_rows, reference as plain_reference, rms_norm, rope)
 
 pytest.importorskip("gguf.quants")
 
@@ -117,10 +117,10 @@ def rotated_reference(case, kt, vt, freqs, q8_query=None, eps=1e-6):
     return (rotate64(o, rv) * gate).reshape(n, H * D), q, unrotated
 
 
-def run_rot(ops, case, kt, vt, n_rot, **tune):
+def run_rot(ops, case, kt, vt, n_rot, rotation=True, **tune):
     spec = kt if kt == vt else f"{kt},{vt}"
     args = {key: case[key] for key in ("qg", "k", "v", "q_norm", "k_norm", "k_cache", "v_cache", "pos0")}
-    return ops.attention(**args, n_rot=n_rot, rope_base=1e6, eps=1e-6, kv_type=spec, kv_rotation=True, **tune)
+    return ops.attention(**args, n_rot=n_rot, rope_base=1e6, eps=1e-6, kv_type=spec, kv_rotation=rotation, **tune)
 
 
 ROT_PAIRS = [("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q8_0", "f16"), ("f16", "q4_0"), ("q4_0", "q8_0")]
@@ -183,10 +183,9 @@ def test_decode_after_rotated_prefill(ops):
     """A prefill of 6 then a decode of 1 on one rotated cache (q4_0 K, q8_0 V, D = 64) == the reference."""
     H, Hkv, D = 4, 2, 64
     full = make_case(7, H, Hkv, D, 0, "q4_0", "q8_0", seed=5)
-    first = {key: (val[:6] if key in ("qg", "k", "v") else val) for key, val in full.items()}
+    first, second = split_case(full, 6)
     _, _, k_a, kc, vc = run_rot(ops, first, "q4_0", "q8_0", 64)
-    second = {key: (val[6:] if key in ("qg", "k", "v") else val) for key, val in full.items()}
-    second.update(k_cache=kc, v_cache=vc, pos0=6)
+    second.update(k_cache=kc, v_cache=vc)
     out, qg2, k_b, *_ = run_rot(ops, second, "q4_0", "q8_0", 64)
     q8 = np.zeros((7, H, D), np.float32)
     q8[6] = qg2[0, :, :D]
@@ -197,15 +196,8 @@ def test_decode_after_rotated_prefill(ops):
 
 def test_rotation_off_and_unrotatable_shapes(ops):
     """kv_rotation=False stores the plain rows; D = 32 (not a multiple of 64) and fp16 rows never rotate."""
-    case = make_case(1, 2, 1, 32, 4, "q8_0", "q8_0")
-    a = run_rot(ops, case, "q8_0", "q8_0", 32)
-    b = ops.attention(**{k: case[k] for k in ("qg", "k", "v", "q_norm", "k_norm", "k_cache", "v_cache", "pos0")},
-                      n_rot=32, rope_base=1e6, eps=1e-6, kv_type="q8_0")
-    for x, y in zip(a, b):
-        assert x.tobytes() == y.tobytes()
-    case = make_case(1, 2, 1, 64, 4, "f16", "f16")
-    a = run_rot(ops, case, "f16", "f16", 64)
-    b = ops.attention(**{k: case[k] for k in ("qg", "k", "v", "q_norm", "k_norm", "k_cache", "v_cache", "pos0")},
-                      n_rot=64, rope_base=1e6, eps=1e-6, kv_type="f16")
-    for x, y in zip(a, b):
-        assert x.tobytes() == y.tobytes()
+    for D, t in ((32, "q8_0"), (64, "f16")):
+        case = make_case(1, 2, 1, D, 4, t, t)
+        rotated, plain = run_rot(ops, case, t, t, D), run_rot(ops, case, t, t, D, rotation=False)
+        for x, y in zip(rotated, plain):
+            assert x.tobytes() == y.tobytes()
